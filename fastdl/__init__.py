@@ -1,0 +1,9 @@
+"""fastdl: fast CPU deep learning for convolutional networks.
+
+Compiled kernels (Cython + BLAS for convolution, Numba for the rest) under a
+small autograd and a PyTorch-shaped API.
+"""
+from fastdl import runtime  # first: configures Numba before it is imported
+from fastdl.runtime import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
