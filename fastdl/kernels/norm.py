@@ -1,0 +1,737 @@
+"""Normalisation kernels: batch, layer, instance and group norm, forward and backward.
+
+Design
+------
+One layout serves all four. The input is viewed, without copying, as
+``(A, K, S, B)``: statistics are taken per ``k`` over ``(a, s, b)``, and the
+affine parameter of element ``(a, k, s, b)`` is ``weight[(k % P) * S + s]``:
+
+=============  ======================  ===========  ======  ====
+norm           view of x               K            S       P
+=============  ======================  ===========  ======  ====
+batch_norm     (N, C, 1, H*W)          C            1       C
+group_norm     (1, N*G, C/G, H*W)      N*G          C/G     G
+instance_norm  (1, N*C, 1, H*W)        N*C          1       C
+layer_norm     (1, rows, D, 1)         rows         D       1
+=============  ======================  ===========  ======  ====
+
+For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
+
+* Forward fuses statistics, normalisation and the affine step. The loop over
+  ``k`` is a ``prange``; for each ``k`` the statistics pass is followed at once
+  by the normalise pass, so the second read of that ``k``'s data usually hits
+  cache. Statistics are exact two-pass moments over blocks of ``_BLOCK``
+  elements (in cache), merged across blocks with Chan's formula, accumulated in
+  float64 whatever the input dtype: stable for large means, one read from
+  memory.
+* Backward per ``k`` does the two reductions ``sum(w * g)`` and
+  ``sum(w * g * x_hat)`` then writes ``dx`` in a second pass over the (cached)
+  data. ``grad_weight`` / ``grad_bias`` are summed per fixed chunk of ``k``
+  into a ``(chunks, P * S)`` float64 buffer, then over chunks in order.
+* Reproducibility: every reduction runs sequentially inside one ``k`` or one
+  fixed chunk, and neither depends on the thread count, so results are bitwise
+  identical at any number of threads (torch's are not: pytorch#88718).
+"""
+import numbers
+
+import numpy as np
+
+from fastdl.kernels._jit import jit, prange
+
+__all__ = [
+    "batch_norm_forward", "batch_norm_backward",
+    "layer_norm_forward", "layer_norm_backward",
+    "group_norm_forward", "group_norm_backward",
+    "instance_norm_forward", "instance_norm_backward",
+]
+
+# elements per statistics block: 16 KiB of float32, resident in L1 for the second pass
+_BLOCK = 4096
+# fixed number of chunks for the parameter-gradient sums (independent of threads)
+_GRAD_CHUNKS = 64
+
+
+# ---------------------------------------------------------------------------
+# Numba kernels on the (A, K, S, B) layout
+# ---------------------------------------------------------------------------
+
+def _block_moments(run, start, stop):
+    """Count, mean and sum of squared deviations of ``run[start:stop]`` (two passes)."""
+    total = 0.0
+    for i in range(start, stop):
+        total += run[i]
+    count = stop - start
+    mean = total / count
+    squares = 0.0
+    for i in range(start, stop):
+        deviation = run[i] - mean
+        squares += deviation * deviation
+    return count, mean, squares
+
+
+# reassociation lets LLVM vectorise the float64 sums; the order is fixed at
+# compile time, so results still do not depend on the thread count
+_block_moments_kernel = jit(_block_moments, fastmath={"reassoc", "contract"})
+
+
+def _moments_of(x, k):
+    """Mean and biased variance of ``x[:, k]`` (all ``a`` and all of each run)."""
+    count, mean, squares = 0, 0.0, 0.0
+    run_length = x.shape[2]
+    for a in range(x.shape[0]):
+        run = x[a, k]
+        for start in range(0, run_length, _BLOCK):
+            stop = min(start + _BLOCK, run_length)
+            block_count, block_mean, block_squares = _block_moments_kernel(run, start, stop)
+            # Chan et al.'s pairwise update of (count, mean, M2)
+            merged = count + block_count
+            delta = block_mean - mean
+            mean += delta * block_count / merged
+            squares += block_squares + delta * delta * count * block_count / merged
+            count = merged
+    return mean, squares / count
+
+
+_moments_of_kernel = jit(_moments_of)
+
+
+def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats,
+                       mean, var, inv_std, y, x_hat):
+    # x, y, x_hat: (A, K, S * B); mean, var, inv_std: (K,) float64, outputs
+    # when use_input_stats (var is then the biased variance), else mean and
+    # inv_std are inputs; weight, bias: (P * S,) float64
+    n_outer, n_kept, run_length = x.shape
+    n_inner = run_length // n_sub
+    for k in prange(n_kept):
+        if use_input_stats:
+            mean_k, var_k = _moments_of_kernel(x, k)
+            mean[k] = mean_k
+            var[k] = var_k
+            inv_std[k] = 1.0 / np.sqrt(var_k + eps)
+        shift = mean[k]
+        scale = inv_std[k]
+        param_base = (k % n_params) * n_sub
+        for a in range(n_outer):
+            for s in range(n_sub):
+                w = weight[param_base + s]
+                b = bias[param_base + s]
+                for i in range(s * n_inner, (s + 1) * n_inner):
+                    normalized = (x[a, k, i] - shift) * scale
+                    x_hat[a, k, i] = normalized
+                    y[a, k, i] = normalized * w + b
+
+
+def _normalize_forward_rows(x, weight, bias, eps, mean, var, inv_std, y, x_hat):
+    # The layer-norm layout (A = 1, B = 1, P = 1), x: (1, rows, D): the weight
+    # is indexed along the row, so the inner loop runs over the row instead
+    # of a length-1 axis.
+    n_rows, row_length = x.shape[1], x.shape[2]
+    for row in prange(n_rows):
+        mean_k, var_k = _moments_of_kernel(x, row)
+        shift = mean_k
+        scale = 1.0 / np.sqrt(var_k + eps)
+        mean[row] = shift
+        var[row] = var_k
+        inv_std[row] = scale
+        for i in range(row_length):
+            normalized = (x[0, row, i] - shift) * scale
+            x_hat[0, row, i] = normalized
+            y[0, row, i] = normalized * weight[i] + bias[i]
+
+
+# fastmath: reassociation (vectorised float64 sums in a compile-time order)
+# and contraction (FMA) change results by rounding only; no nnan/ninf, so
+# NaN and inf propagate
+_FASTMATH = {"reassoc", "contract"}
+normalize_forward_kernel = jit(_normalize_forward, parallel=True, fastmath=_FASTMATH)
+normalize_forward_rows_kernel = jit(_normalize_forward_rows, parallel=True,
+                                    fastmath=_FASTMATH)
+
+
+def _chunk_bounds(chunk, n_chunks, n_kept):
+    per_chunk = (n_kept + n_chunks - 1) // n_chunks
+    return chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)
+
+
+_chunk_bounds_kernel = jit(_chunk_bounds, inline="always")
+
+
+def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, inv_std, use_input_stats,
+                        needs_grad_x, grad_x, grad_weight_parts, grad_bias_parts):
+    # grad_out, x_hat, grad_x: (A, K, S * B); grad_*_parts: (chunks, P * S) float64
+    n_outer, n_kept, run_length = x_hat.shape
+    n_inner = run_length // n_sub
+    count = n_outer * run_length
+    n_chunks = grad_weight_parts.shape[0]
+    for chunk in prange(n_chunks):
+        k_start, k_stop = _chunk_bounds_kernel(chunk, n_chunks, n_kept)
+        for k in range(k_start, k_stop):
+            param_base = (k % n_params) * n_sub
+            sum_grad = 0.0
+            sum_grad_x_hat = 0.0
+            for a in range(n_outer):
+                for s in range(n_sub):
+                    run_grad = 0.0
+                    run_grad_x_hat = 0.0
+                    for i in range(s * n_inner, (s + 1) * n_inner):
+                        g = grad_out[a, k, i]
+                        run_grad += g
+                        run_grad_x_hat += g * x_hat[a, k, i]
+                    w = weight[param_base + s]
+                    sum_grad += w * run_grad
+                    sum_grad_x_hat += w * run_grad_x_hat
+                    grad_bias_parts[chunk, param_base + s] += run_grad
+                    grad_weight_parts[chunk, param_base + s] += run_grad_x_hat
+            if not needs_grad_x:
+                continue
+            scale = inv_std[k]
+            # with fixed (running) statistics x_hat does not depend on the batch
+            mean_grad = sum_grad / count if use_input_stats else 0.0
+            mean_grad_x_hat = sum_grad_x_hat / count if use_input_stats else 0.0
+            for a in range(n_outer):
+                for s in range(n_sub):
+                    w = weight[param_base + s]
+                    for i in range(s * n_inner, (s + 1) * n_inner):
+                        grad_x[a, k, i] = scale * (w * grad_out[a, k, i] - mean_grad
+                                                   - x_hat[a, k, i] * mean_grad_x_hat)
+
+
+def _normalize_backward_rows(grad_out, x_hat, weight, inv_std, needs_grad_x, grad_x,
+                             grad_weight_parts, grad_bias_parts):
+    # The layer-norm layout, as _normalize_forward_rows; arrays are (1, rows, D).
+    n_rows, row_length = x_hat.shape[1], x_hat.shape[2]
+    n_chunks = grad_weight_parts.shape[0]
+    for chunk in prange(n_chunks):
+        row_start, row_stop = _chunk_bounds_kernel(chunk, n_chunks, n_rows)
+        for row in range(row_start, row_stop):
+            sum_grad = 0.0
+            sum_grad_x_hat = 0.0
+            for i in range(row_length):
+                g = grad_out[0, row, i]
+                g_x_hat = g * x_hat[0, row, i]
+                grad_bias_parts[chunk, i] += g
+                grad_weight_parts[chunk, i] += g_x_hat
+                sum_grad += weight[i] * g
+                sum_grad_x_hat += weight[i] * g_x_hat
+            if not needs_grad_x:
+                continue
+            scale = inv_std[row]
+            mean_grad = sum_grad / row_length
+            mean_grad_x_hat = sum_grad_x_hat / row_length
+            for i in range(row_length):
+                grad_x[0, row, i] = scale * (weight[i] * grad_out[0, row, i] - mean_grad
+                                             - x_hat[0, row, i] * mean_grad_x_hat)
+
+
+normalize_backward_kernel = jit(_normalize_backward, parallel=True, fastmath=_FASTMATH)
+normalize_backward_rows_kernel = jit(_normalize_backward_rows, parallel=True,
+                                     fastmath=_FASTMATH)
+
+
+# ---------------------------------------------------------------------------
+# The shared driver: one forward and one backward for every layout
+# ---------------------------------------------------------------------------
+
+class _Layout:
+    """The ``(A, K, S, B)`` view of one input and its parameter period ``P``."""
+
+    def __init__(self, n_outer, n_kept, n_sub, n_inner, n_params):
+        self.n_outer, self.n_kept = n_outer, n_kept
+        self.n_sub, self.n_inner, self.n_params = n_sub, n_inner, n_params
+
+    @property
+    def run_length(self):
+        return self.n_sub * self.n_inner
+
+    @property
+    def count(self):
+        """Number of elements reduced into each statistic."""
+        return self.n_outer * self.run_length
+
+    @property
+    def is_rows(self):
+        """Layer-norm layout: one contiguous row per statistic, weight along it."""
+        return self.n_outer == 1 and self.n_inner == 1 and self.n_params == 1
+
+    def view(self, array):
+        return array.reshape(self.n_outer, self.n_kept, self.run_length)
+
+
+def _check_float_array(name, argument, array):
+    if not isinstance(array, np.ndarray):
+        raise TypeError("%s: %s must be a numpy.ndarray, got %s"
+                        % (name, argument, type(array).__name__))
+    if array.dtype not in (np.float32, np.float64):
+        raise TypeError("%s: %s must be float32 or float64, got %s"
+                        % (name, argument, array.dtype))
+    return np.ascontiguousarray(array)
+
+
+def _param_vector(name, argument, value, shape, fill):
+    """``weight``/``bias``/running statistic as a flat float64 vector (``fill`` for None)."""
+    if value is None:
+        return np.full(int(np.prod(shape)), fill, dtype=np.float64)
+    value = _check_float_array(name, argument, value)
+    if value.shape != tuple(shape):
+        raise ValueError("%s: %s must have shape %s, got %s"
+                         % (name, argument, tuple(shape), value.shape))
+    return value.astype(np.float64).ravel()
+
+
+def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
+    """Normalise ``x`` on ``layout``; input statistics unless ``mean``/``inv_std`` are given.
+
+    Returns y, x_hat (shape of x), and mean, var, inv_std as float64 (K,) vectors
+    (var is None with given statistics).
+    """
+    x3 = layout.view(x)
+    y = np.empty_like(x3)
+    x_hat = np.empty_like(x3)
+    use_input_stats = mean is None
+    var = np.empty(layout.n_kept)
+    if use_input_stats:
+        mean = np.empty(layout.n_kept)
+        inv_std = np.empty(layout.n_kept)
+    if use_input_stats and layout.is_rows:
+        normalize_forward_rows_kernel(x3, weight, bias, eps, mean, var, inv_std, y, x_hat)
+    else:
+        normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub, eps,
+                                 use_input_stats, mean, var, inv_std, y, x_hat)
+    return (y.reshape(x.shape), x_hat.reshape(x.shape), mean,
+            var if use_input_stats else None, inv_std)
+
+
+def _backward(grad_out, x_hat, layout, weight, inv_std, use_input_stats, needs_grad_x):
+    """Gradients on ``layout``: grad_x (or None) and flat float64 grad_weight, grad_bias."""
+    grad3 = layout.view(grad_out)
+    x_hat3 = layout.view(x_hat)
+    n_params = layout.n_params * layout.n_sub
+    n_chunks = min(layout.n_kept, _GRAD_CHUNKS)
+    grad_weight_parts = np.zeros((n_chunks, n_params))
+    grad_bias_parts = np.zeros((n_chunks, n_params))
+    grad_x = np.empty_like(x_hat3) if needs_grad_x else np.empty((0, 0, 0), x_hat.dtype)
+    inv_std = np.ascontiguousarray(inv_std, dtype=np.float64).ravel()
+    if use_input_stats and layout.is_rows:
+        normalize_backward_rows_kernel(grad3, x_hat3, weight, inv_std, needs_grad_x, grad_x,
+                                       grad_weight_parts, grad_bias_parts)
+    else:
+        normalize_backward_kernel(grad3, x_hat3, weight, layout.n_params, layout.n_sub, inv_std,
+                                  use_input_stats, needs_grad_x, grad_x,
+                                  grad_weight_parts, grad_bias_parts)
+    # summed over chunks in a fixed order (numpy's pairwise sum of a fixed shape)
+    grad_weight = grad_weight_parts.sum(axis=0)
+    grad_bias = grad_bias_parts.sum(axis=0)
+    return (grad_x.reshape(x_hat.shape) if needs_grad_x else None), grad_weight, grad_bias
+
+
+def _check_backward(name, grad_out, x_hat, inv_std, n_kept):
+    grad_out = _check_float_array(name, "grad_out", grad_out)
+    x_hat = _check_float_array(name, "x_hat", x_hat)
+    if grad_out.shape != x_hat.shape:
+        raise ValueError("%s: grad_out has shape %s but x_hat has shape %s"
+                         % (name, grad_out.shape, x_hat.shape))
+    if np.size(inv_std) != n_kept:
+        raise ValueError("%s: inv_std has %d values, expected %d"
+                         % (name, np.size(inv_std), n_kept))
+    return grad_out, x_hat
+
+
+def _finish_grads(grad_weight, grad_bias, weight, param_shape, dtype,
+                  needs_grad_weight, needs_grad_bias):
+    grad_weight = (grad_weight.reshape(param_shape).astype(weight.dtype)
+                   if needs_grad_weight and weight is not None else None)
+    grad_bias = grad_bias.reshape(param_shape).astype(dtype) if needs_grad_bias else None
+    return grad_weight, grad_bias
+
+
+def _check_eps(name, eps):
+    if not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError("%s: eps must be a non-negative number, got %r" % (name, eps))
+    return float(eps)
+
+
+def _update_running(running, batch_value, factor):
+    """``running ← (1 − factor) · running + factor · batch_value``, in place."""
+    running *= 1.0 - factor
+    running += (factor * batch_value).astype(running.dtype)
+
+
+def _momentum_factor(name, momentum, num_batches_tracked):
+    # momentum=None is torch's cumulative moving average: factor 1 / batches seen
+    if momentum is not None:
+        return float(momentum)
+    if num_batches_tracked is None or num_batches_tracked < 1:
+        raise ValueError("%s: momentum=None (cumulative average) needs num_batches_tracked "
+                         ">= 1, got %r" % (name, num_batches_tracked))
+    return 1.0 / num_batches_tracked
+
+
+def _check_running(name, argument, running, n_channels):
+    if running is None:
+        return None
+    if not isinstance(running, np.ndarray) or running.dtype not in (np.float32, np.float64):
+        raise TypeError("%s: %s must be a float32 or float64 numpy.ndarray, got %r"
+                        % (name, argument, getattr(running, "dtype", type(running).__name__)))
+    if running.shape != (n_channels,):
+        raise ValueError("%s: %s must have shape %s, got %s"
+                         % (name, argument, (n_channels,), running.shape))
+    return running
+
+
+# ---------------------------------------------------------------------------
+# Batch norm
+# ---------------------------------------------------------------------------
+
+def _batch_norm_layout(shape):
+    n_channels = shape[1]
+    return _Layout(shape[0], n_channels, 1, int(np.prod(shape[2:], dtype=np.int64)),
+                   n_channels)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
+                       eps=1e-5, num_batches_tracked=None):
+    """Batch normalisation over (N, *spatial) per channel, updating running stats in place.
+
+    ``y = weight * (x − μ) / √(σ² + eps) + bias`` with μ, σ² the batch mean and
+    biased variance per channel (training) or the running statistics (eval). In
+    training, ``running_var`` receives the unbiased ``σ² · n / (n − 1)``,
+    n = N · prod(spatial).
+
+    Parameters
+    ----------
+    x : ndarray, (N, C) or (N, C, *spatial), float32 or float64
+    weight, bias : ndarray (C,) or None
+    running_mean, running_var : ndarray (C,) or None
+        Updated in place in training; required in eval.
+    training : bool
+    momentum : float or None
+        None: cumulative average with factor ``1 / num_batches_tracked``.
+    eps : float
+    num_batches_tracked : int, optional
+        Batches seen including this one (only for ``momentum=None``).
+
+    Returns
+    -------
+    y, x_hat : ndarray, shape and dtype of ``x``
+    inv_std : ndarray, (C,), float64
+        ``1 / √(σ² + eps)`` of the statistics used.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, one value per channel in training, eval without running stats.
+    """
+    name = "batch_norm"
+    x = _check_float_array(name, "input", x)
+    if x.ndim < 2:
+        raise ValueError("%s: input must be (N, C) or (N, C, *spatial), got shape %s"
+                         % (name, x.shape))
+    eps = _check_eps(name, eps)
+    layout = _batch_norm_layout(x.shape)
+    n_channels = x.shape[1]
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
+    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0)
+    running_mean = _check_running(name, "running_mean", running_mean, n_channels)
+    running_var = _check_running(name, "running_var", running_var, n_channels)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("%s: running_mean and running_var are required when not training"
+                             % name)
+        inv_std = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps,
+                                           running_mean.astype(np.float64), inv_std)
+        return y, x_hat, inv_std
+    if layout.count <= 1:
+        raise ValueError("%s: Expected more than 1 value per channel when training, "
+                         "got input size %s" % (name, x.shape))
+    factor = None
+    if running_mean is not None or running_var is not None:
+        factor = _momentum_factor(name, momentum, num_batches_tracked)
+    y, x_hat, mean, var, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
+    if running_mean is not None:
+        _update_running(running_mean, mean, factor)
+    if running_var is not None:
+        _update_running(running_var, var * (layout.count / (layout.count - 1)), factor)
+    return y, x_hat, inv_std
+
+
+def batch_norm_backward(grad_out, x_hat, inv_std, weight, training, needs_grad_x=True,
+                        needs_grad_weight=True, needs_grad_bias=True):
+    """Gradients of ``batch_norm_forward``.
+
+    Training (batch statistics)::
+
+        dx = inv_std · (w·g − mean(w·g) − x_hat · mean(w·g·x_hat))
+
+    with means over (N, *spatial) per channel; eval: ``dx = inv_std · w · g``.
+
+    Parameters
+    ----------
+    grad_out, x_hat : ndarray, shape of x, float32 or float64
+    inv_std : ndarray, (C,)
+    weight : ndarray (C,) or None
+    training : bool
+        Whether the forward used batch statistics.
+    needs_grad_x, needs_grad_weight, needs_grad_bias : bool
+
+    Returns
+    -------
+    grad_x : ndarray (shape of x) or None
+    grad_weight : ndarray (C,) or None (also None when ``weight`` is None)
+    grad_bias : ndarray (C,) or None
+    """
+    name = "batch_norm_backward"
+    layout = _batch_norm_layout(np.shape(x_hat))
+    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
+    n_channels = x_hat.shape[1]
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
+    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
+                                               inv_std, bool(training), needs_grad_x)
+    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (n_channels,),
+                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
+
+
+# ---------------------------------------------------------------------------
+# Layer norm
+# ---------------------------------------------------------------------------
+
+def _normalized_shape(name, x_shape, normalized_shape):
+    if isinstance(normalized_shape, (numbers.Integral, np.integer)):
+        normalized_shape = (normalized_shape,)
+    try:
+        normalized_shape = tuple(int(n) for n in normalized_shape)
+    except TypeError:
+        raise TypeError("%s: normalized_shape must be an int or a sequence of ints, got %r"
+                        % (name, normalized_shape)) from None
+    if not normalized_shape or tuple(x_shape[len(x_shape) - len(normalized_shape):]) \
+            != normalized_shape or len(normalized_shape) > len(x_shape):
+        raise ValueError("%s: input of shape %s does not end with normalized_shape %s"
+                         % (name, tuple(x_shape), normalized_shape))
+    return normalized_shape
+
+
+def _layer_norm_layout(x_shape, normalized_shape):
+    row_length = int(np.prod(normalized_shape, dtype=np.int64))
+    n_rows = int(np.prod(x_shape, dtype=np.int64)) // row_length
+    return _Layout(1, n_rows, row_length, 1, 1)
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the trailing ``normalized_shape`` dimensions.
+
+    Parameters
+    ----------
+    x : ndarray, (*, *normalized_shape), float32 or float64
+    normalized_shape : int or tuple of int
+    weight, bias : ndarray of shape ``normalized_shape``, or None
+    eps : float
+
+    Returns
+    -------
+    y, x_hat : ndarray, shape and dtype of ``x``
+    inv_std : ndarray, ``x.shape[:-len(normalized_shape)]``, float64
+    """
+    name = "layer_norm"
+    x = _check_float_array(name, "input", x)
+    normalized_shape = _normalized_shape(name, x.shape, normalized_shape)
+    eps = _check_eps(name, eps)
+    layout = _layer_norm_layout(x.shape, normalized_shape)
+    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0)
+    bias_vector = _param_vector(name, "bias", bias, normalized_shape, 0.0)
+    y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
+    return y, x_hat, inv_std.reshape(x.shape[:x.ndim - len(normalized_shape)])
+
+
+def layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape, needs_grad_x=True,
+                        needs_grad_weight=True, needs_grad_bias=True):
+    """Gradients of ``layer_norm_forward``.
+
+    Parameters
+    ----------
+    grad_out, x_hat : ndarray, shape of x, float32 or float64
+    inv_std : ndarray, ``x.shape[:-len(normalized_shape)]``
+    weight : ndarray of shape ``normalized_shape``, or None
+    normalized_shape : int or tuple of int
+    needs_grad_x, needs_grad_weight, needs_grad_bias : bool
+
+    Returns
+    -------
+    grad_x : ndarray (shape of x) or None
+    grad_weight, grad_bias : ndarray of shape ``normalized_shape``, or None
+    """
+    name = "layer_norm_backward"
+    normalized_shape = _normalized_shape(name, np.shape(x_hat), normalized_shape)
+    layout = _layer_norm_layout(np.shape(x_hat), normalized_shape)
+    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
+    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0)
+    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
+                                               inv_std, True, needs_grad_x)
+    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, normalized_shape,
+                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
+
+
+# ---------------------------------------------------------------------------
+# Group norm and instance norm
+# ---------------------------------------------------------------------------
+
+def _check_channels_first(name, x, min_ndim):
+    if x.ndim < min_ndim:
+        raise ValueError("%s: input must be (N, C%s), got shape %s"
+                         % (name, ", *spatial" if min_ndim > 2 else "[, *spatial]", x.shape))
+
+
+def _group_norm_layout(name, shape, num_groups):
+    n_channels = shape[1]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (numbers.Integral, np.integer)):
+        raise TypeError("%s: num_groups must be an int, got %r" % (name, num_groups))
+    if num_groups < 1 or n_channels % num_groups != 0:
+        raise ValueError("%s: num_channels (%d) must be divisible by num_groups (%d)"
+                         % (name, n_channels, num_groups))
+    spatial = int(np.prod(shape[2:], dtype=np.int64))
+    return _Layout(1, shape[0] * num_groups, n_channels // num_groups, spatial,
+                   int(num_groups))
+
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalisation: statistics per (sample, group of C / G channels).
+
+    Parameters
+    ----------
+    x : ndarray, (N, C) or (N, C, *spatial), float32 or float64
+    num_groups : int
+        G; C must be divisible by G (G = 1: layer norm over (C, *spatial);
+        G = C: instance norm).
+    weight, bias : ndarray (C,) or None
+    eps : float
+
+    Returns
+    -------
+    y, x_hat : ndarray, shape and dtype of ``x``
+    inv_std : ndarray, (N, G), float64
+
+    Raises
+    ------
+    ValueError
+        C not divisible by G, wrong shapes.
+    """
+    name = "group_norm"
+    x = _check_float_array(name, "input", x)
+    _check_channels_first(name, x, 2)
+    layout = _group_norm_layout(name, x.shape, num_groups)
+    eps = _check_eps(name, eps)
+    weight_vector = _param_vector(name, "weight", weight, (x.shape[1],), 1.0)
+    bias_vector = _param_vector(name, "bias", bias, (x.shape[1],), 0.0)
+    y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
+    return y, x_hat, inv_std.reshape(x.shape[0], num_groups)
+
+
+def group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups, needs_grad_x=True,
+                        needs_grad_weight=True, needs_grad_bias=True):
+    """Gradients of ``group_norm_forward``.
+
+    Parameters
+    ----------
+    grad_out, x_hat : ndarray, shape of x, float32 or float64
+    inv_std : ndarray, (N, G)
+    weight : ndarray (C,) or None
+    num_groups : int
+    needs_grad_x, needs_grad_weight, needs_grad_bias : bool
+
+    Returns
+    -------
+    grad_x : ndarray (shape of x) or None
+    grad_weight, grad_bias : ndarray (C,) or None
+    """
+    name = "group_norm_backward"
+    layout = _group_norm_layout(name, np.shape(x_hat), num_groups)
+    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
+    n_channels = x_hat.shape[1]
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
+    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
+                                               inv_std, True, needs_grad_x)
+    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (n_channels,),
+                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
+
+
+def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, bias=None,
+                          use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Instance normalisation: statistics per (sample, channel) over the spatial axes.
+
+    With ``use_input_stats`` the running statistics (if given) are updated in
+    place with the batch average of the per-instance mean and unbiased
+    variance, as torch; otherwise they normalise.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, *spatial), float32 or float64
+    running_mean, running_var : ndarray (C,) or None
+    weight, bias : ndarray (C,) or None
+    use_input_stats : bool
+    momentum, eps : float
+
+    Returns
+    -------
+    y, x_hat : ndarray, shape and dtype of ``x``
+    inv_std : ndarray, (N, C), float64
+    """
+    name = "instance_norm"
+    x = _check_float_array(name, "input", x)
+    _check_channels_first(name, x, 3)
+    eps = _check_eps(name, eps)
+    n_samples, n_channels = x.shape[:2]
+    layout = _group_norm_layout(name, x.shape, n_channels)
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
+    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0)
+    running_mean = _check_running(name, "running_mean", running_mean, n_channels)
+    running_var = _check_running(name, "running_var", running_var, n_channels)
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("%s: running_mean and running_var are required when "
+                             "use_input_stats=False" % name)
+        mean = np.tile(running_mean.astype(np.float64), n_samples)
+        inv_std = np.tile(1.0 / np.sqrt(running_var.astype(np.float64) + eps), n_samples)
+        y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps,
+                                           mean, inv_std)
+        return y, x_hat, inv_std.reshape(n_samples, n_channels)
+    if layout.count <= 1:
+        raise ValueError("%s: Expected more than 1 spatial element when training, "
+                         "got input size %s" % (name, x.shape))
+    y, x_hat, mean, var, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
+    if running_mean is not None:
+        _update_running(running_mean, mean.reshape(n_samples, n_channels).mean(axis=0),
+                        float(momentum))
+    if running_var is not None:
+        unbiased = var.reshape(n_samples, n_channels) * (layout.count / (layout.count - 1))
+        _update_running(running_var, unbiased.mean(axis=0), float(momentum))
+    return y, x_hat, inv_std.reshape(n_samples, n_channels)
+
+
+def instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats=True,
+                           needs_grad_x=True, needs_grad_weight=True, needs_grad_bias=True):
+    """Gradients of ``instance_norm_forward``.
+
+    Parameters
+    ----------
+    grad_out, x_hat : ndarray, shape of x, float32 or float64
+    inv_std : ndarray, (N, C)
+    weight : ndarray (C,) or None
+    use_input_stats : bool
+        As given to the forward (False: statistics are constants).
+    needs_grad_x, needs_grad_weight, needs_grad_bias : bool
+
+    Returns
+    -------
+    grad_x : ndarray (shape of x) or None
+    grad_weight, grad_bias : ndarray (C,) or None
+    """
+    name = "instance_norm_backward"
+    x_shape = np.shape(x_hat)
+    if len(x_shape) < 3:
+        raise ValueError("%s: x_hat must be (N, C, *spatial), got shape %s" % (name, x_shape))
+    layout = _group_norm_layout(name, x_shape, x_shape[1])
+    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
+    weight_vector = _param_vector(name, "weight", weight, (x_shape[1],), 1.0)
+    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
+                                               inv_std, bool(use_input_stats), needs_grad_x)
+    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (x_shape[1],),
+                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
