@@ -55,18 +55,19 @@ _GRAD_CHUNKS = 64
 # Numba kernels on the (A, K, S, B) layout
 # ---------------------------------------------------------------------------
 
-def _block_moments(run, start, stop):
-    """Count, mean and sum of squared deviations of ``run[start:stop]`` (two passes)."""
+def _block_moments(block):
+    """Mean and sum of squared deviations of a 1-D ``block`` (two passes, in cache)."""
+    # loops index from 0 over slices throughout this module: Numba then knows
+    # the index is non-negative, drops its wraparound check, and LLVM vectorises
     total = 0.0
-    for i in range(start, stop):
-        total += run[i]
-    count = stop - start
-    mean = total / count
+    for i in range(block.shape[0]):
+        total += block[i]
+    mean = total / block.shape[0]
     squares = 0.0
-    for i in range(start, stop):
-        deviation = run[i] - mean
+    for i in range(block.shape[0]):
+        deviation = block[i] - mean
         squares += deviation * deviation
-    return count, mean, squares
+    return mean, squares
 
 
 # reassociation lets LLVM vectorise the float64 sums; the order is fixed at
@@ -77,13 +78,13 @@ _block_moments_kernel = jit(_block_moments, fastmath={"reassoc", "contract"})
 def _moments_of(x, k):
     """Mean and biased variance of ``x[:, k]`` (all ``a`` and all of each run)."""
     count, mean, squares = 0, 0.0, 0.0
-    run_length = x.shape[2]
     for a in range(x.shape[0]):
         run = x[a, k]
-        for start in range(0, run_length, _BLOCK):
-            stop = min(start + _BLOCK, run_length)
-            block_count, block_mean, block_squares = _block_moments_kernel(run, start, stop)
+        for start in range(0, run.shape[0], _BLOCK):
+            block = run[start:start + _BLOCK]
+            block_mean, block_squares = _block_moments_kernel(block)
             # Chan et al.'s pairwise update of (count, mean, M2)
+            block_count = block.shape[0]
             merged = count + block_count
             delta = block_mean - mean
             mean += delta * block_count / merged
@@ -95,57 +96,113 @@ def _moments_of(x, k):
 _moments_of_kernel = jit(_moments_of)
 
 
-def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats,
-                       mean, var, inv_std, y, x_hat):
-    # x, y, x_hat: (A, K, S * B); mean, var, inv_std: (K,) float64, outputs
-    # when use_input_stats (var is then the biased variance), else mean and
-    # inv_std are inputs; weight, bias: (P * S,) float64
-    n_outer, n_kept, run_length = x.shape
-    n_inner = run_length // n_sub
-    for k in prange(n_kept):
+def _normalize_runs(x, k, n_sub, param_base, weight_along_run, weight, bias, shift, scale,
+                    y, x_hat):
+    """``x_hat = (x - shift) * scale``, ``y = x_hat * w + b`` over ``x[:, k]``."""
+    n_inner = x.shape[2] // n_sub
+    for a in range(x.shape[0]):
+        for s in range(n_sub):
+            x_run = x[a, k, s * n_inner:(s + 1) * n_inner]
+            x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
+            y_run = y[a, k, s * n_inner:(s + 1) * n_inner]
+            if weight_along_run:
+                for i in range(n_inner):
+                    normalized = (x_run[i] - shift) * scale
+                    x_hat_run[i] = normalized
+                    y_run[i] = normalized * weight[i] + bias[i]
+            else:
+                w = weight[param_base + s]
+                b = bias[param_base + s]
+                for i in range(n_inner):
+                    normalized = (x_run[i] - shift) * scale
+                    x_hat_run[i] = normalized
+                    y_run[i] = normalized * w + b
+
+
+_normalize_runs_kernel = jit(_normalize_runs, fastmath={"contract"})
+
+
+def _normalize_forward(x, weight, bias, n_params, n_sub, weight_along_run, eps,
+                       use_input_stats, mean, var, inv_std, y, x_hat):
+    # x, y, x_hat: (A, K, S * B); weight, bias: (P * S,) in x's dtype, or
+    # (B,) when weight_along_run (layer norm: P = S = 1); mean,
+    # var, inv_std: (K,) float64, outputs when use_input_stats (var is then
+    # the biased variance), else mean and inv_std are inputs
+    for k in prange(x.shape[1]):
         if use_input_stats:
             mean_k, var_k = _moments_of_kernel(x, k)
             mean[k] = mean_k
             var[k] = var_k
             inv_std[k] = 1.0 / np.sqrt(var_k + eps)
-        shift = mean[k]
-        scale = inv_std[k]
-        param_base = (k % n_params) * n_sub
-        for a in range(n_outer):
-            for s in range(n_sub):
-                w = weight[param_base + s]
-                b = bias[param_base + s]
-                for i in range(s * n_inner, (s + 1) * n_inner):
-                    normalized = (x[a, k, i] - shift) * scale
-                    x_hat[a, k, i] = normalized
-                    y[a, k, i] = normalized * w + b
+        # the elementwise pass runs in x's dtype (as torch): float32 SIMD is
+        # twice as wide, and the statistics are already exact
+        shift_scale = np.empty(2, dtype=x.dtype)
+        shift_scale[0] = mean[k]
+        shift_scale[1] = inv_std[k]
+        _normalize_runs_kernel(x, k, n_sub, (k % n_params) * n_sub, weight_along_run,
+                               weight, bias, shift_scale[0], shift_scale[1], y, x_hat)
 
 
-def _normalize_forward_rows(x, weight, bias, eps, mean, var, inv_std, y, x_hat):
-    # The layer-norm layout (A = 1, B = 1, P = 1), x: (1, rows, D): the weight
-    # is indexed along the row, so the inner loop runs over the row instead
-    # of a length-1 axis.
-    n_rows, row_length = x.shape[1], x.shape[2]
-    for row in prange(n_rows):
-        mean_k, var_k = _moments_of_kernel(x, row)
-        shift = mean_k
-        scale = 1.0 / np.sqrt(var_k + eps)
-        mean[row] = shift
-        var[row] = var_k
-        inv_std[row] = scale
-        for i in range(row_length):
-            normalized = (x[0, row, i] - shift) * scale
-            x_hat[0, row, i] = normalized
-            y[0, row, i] = normalized * weight[i] + bias[i]
+normalize_forward_kernel = jit(_normalize_forward, parallel=True)
 
 
-# fastmath: reassociation (vectorised float64 sums in a compile-time order)
-# and contraction (FMA) change results by rounding only; no nnan/ninf, so
-# NaN and inf propagate
-_FASTMATH = {"reassoc", "contract"}
-normalize_forward_kernel = jit(_normalize_forward, parallel=True, fastmath=_FASTMATH)
-normalize_forward_rows_kernel = jit(_normalize_forward_rows, parallel=True,
-                                    fastmath=_FASTMATH)
+def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight,
+                 grad_weight_part, grad_bias_part):
+    """Per-``k`` sums of ``w·g`` and ``w·g·x_hat``; per-parameter sums into the parts."""
+    n_inner = x_hat.shape[2] // n_sub
+    sum_grad = 0.0
+    sum_grad_x_hat = 0.0
+    for a in range(x_hat.shape[0]):
+        for s in range(n_sub):
+            grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
+            x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
+            if weight_along_run:
+                for i in range(n_inner):
+                    g = grad_run[i]
+                    g_x_hat = g * x_hat_run[i]
+                    grad_bias_part[i] += g
+                    grad_weight_part[i] += g_x_hat
+                    sum_grad += weight[i] * g
+                    sum_grad_x_hat += weight[i] * g_x_hat
+                continue
+            run_grad = 0.0
+            run_grad_x_hat = 0.0
+            for i in range(n_inner):
+                run_grad += grad_run[i]
+                run_grad_x_hat += grad_run[i] * x_hat_run[i]
+            w = weight[param_base + s]
+            sum_grad += w * run_grad
+            sum_grad_x_hat += w * run_grad_x_hat
+            grad_bias_part[param_base + s] += run_grad
+            grad_weight_part[param_base + s] += run_grad_x_hat
+    return sum_grad, sum_grad_x_hat
+
+
+def _input_grad_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight, scale,
+                     mean_grad, mean_grad_x_hat, grad_x):
+    """``dx = scale · (w·g − mean_grad − x_hat · mean_grad_x_hat)`` over ``[:, k]``."""
+    n_inner = x_hat.shape[2] // n_sub
+    for a in range(x_hat.shape[0]):
+        for s in range(n_sub):
+            grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
+            x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
+            grad_x_run = grad_x[a, k, s * n_inner:(s + 1) * n_inner]
+            if weight_along_run:
+                for i in range(n_inner):
+                    grad_x_run[i] = scale * (weight[i] * grad_run[i] - mean_grad
+                                             - x_hat_run[i] * mean_grad_x_hat)
+                continue
+            w = weight[param_base + s]
+            for i in range(n_inner):
+                grad_x_run[i] = scale * (w * grad_run[i] - mean_grad
+                                         - x_hat_run[i] * mean_grad_x_hat)
+
+
+# reassoc: vectorised float64 sums in a compile-time order (thread-count
+# independent); contract: FMA. Both change results by rounding only; no
+# nnan/ninf, so NaN and inf propagate.
+_reduce_runs_kernel = jit(_reduce_runs, fastmath={"reassoc", "contract"})
+_input_grad_runs_kernel = jit(_input_grad_runs, fastmath={"contract"})
 
 
 def _chunk_bounds(chunk, n_chunks, n_kept):
@@ -153,79 +210,37 @@ def _chunk_bounds(chunk, n_chunks, n_kept):
     return chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)
 
 
-_chunk_bounds_kernel = jit(_chunk_bounds, inline="always")
+_chunk_bounds_kernel = jit(_chunk_bounds)
 
 
-def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, inv_std, use_input_stats,
-                        needs_grad_x, grad_x, grad_weight_parts, grad_bias_parts):
-    # grad_out, x_hat, grad_x: (A, K, S * B); grad_*_parts: (chunks, P * S) float64
-    n_outer, n_kept, run_length = x_hat.shape
-    n_inner = run_length // n_sub
-    count = n_outer * run_length
+def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, weight_along_run, inv_std,
+                        use_input_stats, needs_grad_x, grad_x, grad_weight_parts,
+                        grad_bias_parts):
+    # grad_out, x_hat, grad_x: (A, K, S * B); weight as in _normalize_forward;
+    # grad_*_parts: (chunks, P * S) float64, one row per fixed chunk of k
+    count = x_hat.shape[0] * x_hat.shape[2]
     n_chunks = grad_weight_parts.shape[0]
     for chunk in prange(n_chunks):
-        k_start, k_stop = _chunk_bounds_kernel(chunk, n_chunks, n_kept)
+        k_start, k_stop = _chunk_bounds_kernel(chunk, n_chunks, x_hat.shape[1])
         for k in range(k_start, k_stop):
             param_base = (k % n_params) * n_sub
-            sum_grad = 0.0
-            sum_grad_x_hat = 0.0
-            for a in range(n_outer):
-                for s in range(n_sub):
-                    run_grad = 0.0
-                    run_grad_x_hat = 0.0
-                    for i in range(s * n_inner, (s + 1) * n_inner):
-                        g = grad_out[a, k, i]
-                        run_grad += g
-                        run_grad_x_hat += g * x_hat[a, k, i]
-                    w = weight[param_base + s]
-                    sum_grad += w * run_grad
-                    sum_grad_x_hat += w * run_grad_x_hat
-                    grad_bias_parts[chunk, param_base + s] += run_grad
-                    grad_weight_parts[chunk, param_base + s] += run_grad_x_hat
+            sum_grad, sum_grad_x_hat = _reduce_runs_kernel(
+                grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight,
+                grad_weight_parts[chunk], grad_bias_parts[chunk])
             if not needs_grad_x:
                 continue
-            scale = inv_std[k]
+            coefficients = np.zeros(3, dtype=x_hat.dtype)
+            coefficients[0] = inv_std[k]
             # with fixed (running) statistics x_hat does not depend on the batch
-            mean_grad = sum_grad / count if use_input_stats else 0.0
-            mean_grad_x_hat = sum_grad_x_hat / count if use_input_stats else 0.0
-            for a in range(n_outer):
-                for s in range(n_sub):
-                    w = weight[param_base + s]
-                    for i in range(s * n_inner, (s + 1) * n_inner):
-                        grad_x[a, k, i] = scale * (w * grad_out[a, k, i] - mean_grad
-                                                   - x_hat[a, k, i] * mean_grad_x_hat)
+            if use_input_stats:
+                coefficients[1] = sum_grad / count
+                coefficients[2] = sum_grad_x_hat / count
+            _input_grad_runs_kernel(grad_out, x_hat, k, n_sub, param_base, weight_along_run,
+                                    weight, coefficients[0], coefficients[1], coefficients[2],
+                                    grad_x)
 
 
-def _normalize_backward_rows(grad_out, x_hat, weight, inv_std, needs_grad_x, grad_x,
-                             grad_weight_parts, grad_bias_parts):
-    # The layer-norm layout, as _normalize_forward_rows; arrays are (1, rows, D).
-    n_rows, row_length = x_hat.shape[1], x_hat.shape[2]
-    n_chunks = grad_weight_parts.shape[0]
-    for chunk in prange(n_chunks):
-        row_start, row_stop = _chunk_bounds_kernel(chunk, n_chunks, n_rows)
-        for row in range(row_start, row_stop):
-            sum_grad = 0.0
-            sum_grad_x_hat = 0.0
-            for i in range(row_length):
-                g = grad_out[0, row, i]
-                g_x_hat = g * x_hat[0, row, i]
-                grad_bias_parts[chunk, i] += g
-                grad_weight_parts[chunk, i] += g_x_hat
-                sum_grad += weight[i] * g
-                sum_grad_x_hat += weight[i] * g_x_hat
-            if not needs_grad_x:
-                continue
-            scale = inv_std[row]
-            mean_grad = sum_grad / row_length
-            mean_grad_x_hat = sum_grad_x_hat / row_length
-            for i in range(row_length):
-                grad_x[0, row, i] = scale * (weight[i] * grad_out[0, row, i] - mean_grad
-                                             - x_hat[0, row, i] * mean_grad_x_hat)
-
-
-normalize_backward_kernel = jit(_normalize_backward, parallel=True, fastmath=_FASTMATH)
-normalize_backward_rows_kernel = jit(_normalize_backward_rows, parallel=True,
-                                     fastmath=_FASTMATH)
+normalize_backward_kernel = jit(_normalize_backward, parallel=True)
 
 
 # ---------------------------------------------------------------------------
@@ -233,11 +248,16 @@ normalize_backward_rows_kernel = jit(_normalize_backward_rows, parallel=True,
 # ---------------------------------------------------------------------------
 
 class _Layout:
-    """The ``(A, K, S, B)`` view of one input and its parameter period ``P``."""
+    """The ``(A, K, S, B)`` view of one input and its parameter period ``P``.
 
-    def __init__(self, n_outer, n_kept, n_sub, n_inner, n_params):
+    ``weight_along_run``: the layer-norm case, one weight per element of the
+    run (P = S = 1, weight of length B) instead of one per ``(k % P, s)``.
+    """
+
+    def __init__(self, n_outer, n_kept, n_sub, n_inner, n_params, weight_along_run=False):
         self.n_outer, self.n_kept = n_outer, n_kept
         self.n_sub, self.n_inner, self.n_params = n_sub, n_inner, n_params
+        self.weight_along_run = weight_along_run
 
     @property
     def run_length(self):
@@ -249,9 +269,9 @@ class _Layout:
         return self.n_outer * self.run_length
 
     @property
-    def is_rows(self):
-        """Layer-norm layout: one contiguous row per statistic, weight along it."""
-        return self.n_outer == 1 and self.n_inner == 1 and self.n_params == 1
+    def n_weights(self):
+        """Length of the flat weight vector the kernels index."""
+        return self.n_inner if self.weight_along_run else self.n_params * self.n_sub
 
     def view(self, array):
         return array.reshape(self.n_outer, self.n_kept, self.run_length)
@@ -267,15 +287,15 @@ def _check_float_array(name, argument, array):
     return np.ascontiguousarray(array)
 
 
-def _param_vector(name, argument, value, shape, fill):
-    """``weight``/``bias``/running statistic as a flat float64 vector (``fill`` for None)."""
+def _param_vector(name, argument, value, shape, fill, dtype):
+    """``weight``/``bias`` as a flat contiguous vector of ``dtype`` (``fill`` for None)."""
     if value is None:
-        return np.full(int(np.prod(shape)), fill, dtype=np.float64)
+        return np.full(int(np.prod(shape)), fill, dtype=dtype)
     value = _check_float_array(name, argument, value)
     if value.shape != tuple(shape):
         raise ValueError("%s: %s must have shape %s, got %s"
                          % (name, argument, tuple(shape), value.shape))
-    return value.astype(np.float64).ravel()
+    return value.astype(dtype).ravel()
 
 
 def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
@@ -292,11 +312,9 @@ def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
     if use_input_stats:
         mean = np.empty(layout.n_kept)
         inv_std = np.empty(layout.n_kept)
-    if use_input_stats and layout.is_rows:
-        normalize_forward_rows_kernel(x3, weight, bias, eps, mean, var, inv_std, y, x_hat)
-    else:
-        normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub, eps,
-                                 use_input_stats, mean, var, inv_std, y, x_hat)
+    normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub,
+                             layout.weight_along_run, eps, use_input_stats, mean, var, inv_std,
+                             y, x_hat)
     return (y.reshape(x.shape), x_hat.reshape(x.shape), mean,
             var if use_input_stats else None, inv_std)
 
@@ -305,19 +323,14 @@ def _backward(grad_out, x_hat, layout, weight, inv_std, use_input_stats, needs_g
     """Gradients on ``layout``: grad_x (or None) and flat float64 grad_weight, grad_bias."""
     grad3 = layout.view(grad_out)
     x_hat3 = layout.view(x_hat)
-    n_params = layout.n_params * layout.n_sub
     n_chunks = min(layout.n_kept, _GRAD_CHUNKS)
-    grad_weight_parts = np.zeros((n_chunks, n_params))
-    grad_bias_parts = np.zeros((n_chunks, n_params))
+    grad_weight_parts = np.zeros((n_chunks, layout.n_weights))
+    grad_bias_parts = np.zeros((n_chunks, layout.n_weights))
     grad_x = np.empty_like(x_hat3) if needs_grad_x else np.empty((0, 0, 0), x_hat.dtype)
     inv_std = np.ascontiguousarray(inv_std, dtype=np.float64).ravel()
-    if use_input_stats and layout.is_rows:
-        normalize_backward_rows_kernel(grad3, x_hat3, weight, inv_std, needs_grad_x, grad_x,
-                                       grad_weight_parts, grad_bias_parts)
-    else:
-        normalize_backward_kernel(grad3, x_hat3, weight, layout.n_params, layout.n_sub, inv_std,
-                                  use_input_stats, needs_grad_x, grad_x,
-                                  grad_weight_parts, grad_bias_parts)
+    normalize_backward_kernel(grad3, x_hat3, weight, layout.n_params, layout.n_sub,
+                              layout.weight_along_run, inv_std, use_input_stats, needs_grad_x,
+                              grad_x, grad_weight_parts, grad_bias_parts)
     # summed over chunks in a fixed order (numpy's pairwise sum of a fixed shape)
     grad_weight = grad_weight_parts.sum(axis=0)
     grad_bias = grad_bias_parts.sum(axis=0)
@@ -330,6 +343,7 @@ def _check_backward(name, grad_out, x_hat, inv_std, n_kept):
     if grad_out.shape != x_hat.shape:
         raise ValueError("%s: grad_out has shape %s but x_hat has shape %s"
                          % (name, grad_out.shape, x_hat.shape))
+    grad_out = grad_out.astype(x_hat.dtype, copy=False)
     if np.size(inv_std) != n_kept:
         raise ValueError("%s: inv_std has %d values, expected %d"
                          % (name, np.size(inv_std), n_kept))
@@ -429,8 +443,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     eps = _check_eps(name, eps)
     layout = _batch_norm_layout(x.shape)
     n_channels = x.shape[1]
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
-    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0)
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x.dtype)
+    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0, x.dtype)
     running_mean = _check_running(name, "running_mean", running_mean, n_channels)
     running_var = _check_running(name, "running_var", running_var, n_channels)
     if not training:
@@ -484,7 +498,7 @@ def batch_norm_backward(grad_out, x_hat, inv_std, weight, training, needs_grad_x
     layout = _batch_norm_layout(np.shape(x_hat))
     grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
     n_channels = x_hat.shape[1]
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x_hat.dtype)
     grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
                                                inv_std, bool(training), needs_grad_x)
     return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (n_channels,),
@@ -513,7 +527,7 @@ def _normalized_shape(name, x_shape, normalized_shape):
 def _layer_norm_layout(x_shape, normalized_shape):
     row_length = int(np.prod(normalized_shape, dtype=np.int64))
     n_rows = int(np.prod(x_shape, dtype=np.int64)) // row_length
-    return _Layout(1, n_rows, row_length, 1, 1)
+    return _Layout(1, n_rows, 1, row_length, 1, weight_along_run=True)
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -536,8 +550,8 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     normalized_shape = _normalized_shape(name, x.shape, normalized_shape)
     eps = _check_eps(name, eps)
     layout = _layer_norm_layout(x.shape, normalized_shape)
-    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0)
-    bias_vector = _param_vector(name, "bias", bias, normalized_shape, 0.0)
+    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0, x.dtype)
+    bias_vector = _param_vector(name, "bias", bias, normalized_shape, 0.0, x.dtype)
     y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
     return y, x_hat, inv_std.reshape(x.shape[:x.ndim - len(normalized_shape)])
 
@@ -563,7 +577,7 @@ def layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape, need
     normalized_shape = _normalized_shape(name, np.shape(x_hat), normalized_shape)
     layout = _layer_norm_layout(np.shape(x_hat), normalized_shape)
     grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
-    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0)
+    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0, x_hat.dtype)
     grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
                                                inv_std, True, needs_grad_x)
     return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, normalized_shape,
@@ -619,8 +633,8 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
     _check_channels_first(name, x, 2)
     layout = _group_norm_layout(name, x.shape, num_groups)
     eps = _check_eps(name, eps)
-    weight_vector = _param_vector(name, "weight", weight, (x.shape[1],), 1.0)
-    bias_vector = _param_vector(name, "bias", bias, (x.shape[1],), 0.0)
+    weight_vector = _param_vector(name, "weight", weight, (x.shape[1],), 1.0, x.dtype)
+    bias_vector = _param_vector(name, "bias", bias, (x.shape[1],), 0.0, x.dtype)
     y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
     return y, x_hat, inv_std.reshape(x.shape[0], num_groups)
 
@@ -646,7 +660,7 @@ def group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups, needs_grad
     layout = _group_norm_layout(name, np.shape(x_hat), num_groups)
     grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
     n_channels = x_hat.shape[1]
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x_hat.dtype)
     grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
                                                inv_std, True, needs_grad_x)
     return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (n_channels,),
@@ -680,8 +694,8 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     eps = _check_eps(name, eps)
     n_samples, n_channels = x.shape[:2]
     layout = _group_norm_layout(name, x.shape, n_channels)
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0)
-    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0)
+    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x.dtype)
+    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0, x.dtype)
     running_mean = _check_running(name, "running_mean", running_mean, n_channels)
     running_var = _check_running(name, "running_var", running_var, n_channels)
     if not use_input_stats:
@@ -730,7 +744,7 @@ def instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats=Tru
         raise ValueError("%s: x_hat must be (N, C, *spatial), got shape %s" % (name, x_shape))
     layout = _group_norm_layout(name, x_shape, x_shape[1])
     grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
-    weight_vector = _param_vector(name, "weight", weight, (x_shape[1],), 1.0)
+    weight_vector = _param_vector(name, "weight", weight, (x_shape[1],), 1.0, x_hat.dtype)
     grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
                                                inv_std, bool(use_input_stats), needs_grad_x)
     return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (x_shape[1],),
