@@ -1,0 +1,195 @@
+"""Independent NumPy/SciPy references the kernel tests compare against.
+
+Each reference is written the obvious way (SciPy filters, NumPy reductions,
+explicit loops), never by calling fastdl, so that a test compares two
+implementations that share no code.
+"""
+import numpy as np
+from scipy import ndimage
+
+
+# ---------------------------------------------------------------------------
+# Finite differences
+# ---------------------------------------------------------------------------
+
+def finite_difference_vjp(function, inputs, grad_out, index, step=1e-6):
+    """Central-difference gradient of ``sum(function(*inputs) * grad_out)`` w.r.t. one input.
+
+    Parameters
+    ----------
+    function : callable returning one ndarray
+    inputs : list of float64 ndarrays (not modified)
+    grad_out : ndarray, shape of the output
+    index : int
+        Which input to differentiate.
+    step : float
+
+    Returns
+    -------
+    ndarray, shape of ``inputs[index]``
+    """
+    inputs = [np.array(value, dtype=np.float64, copy=True) for value in inputs]
+    target = inputs[index]
+    gradient = np.zeros_like(target)
+    flat_target = target.reshape(-1)
+    flat_gradient = gradient.reshape(-1)
+    for i in range(flat_target.size):
+        saved = flat_target[i]
+        flat_target[i] = saved + step
+        plus = np.sum(function(*inputs) * grad_out)
+        flat_target[i] = saved - step
+        minus = np.sum(function(*inputs) * grad_out)
+        flat_target[i] = saved
+        flat_gradient[i] = (plus - minus) / (2 * step)
+    return gradient
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------
+
+def _pool_output_size(size, kernel, stride, padding, ceil_mode):
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_geometry(shape, kernel, stride, padding, ceil_mode):
+    """Output sizes and the extra right/bottom cells a ceil_mode window overhangs."""
+    out_h = _pool_output_size(shape[-2], kernel[0], stride[0], padding[0], ceil_mode)
+    out_w = _pool_output_size(shape[-1], kernel[1], stride[1], padding[1], ceil_mode)
+    extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - (shape[-2] + 2 * padding[0]))
+    extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - (shape[-1] + 2 * padding[1]))
+    return out_h, out_w, extra_h, extra_w
+
+
+def _window_starts(kernel, stride, n_out):
+    # scipy's filters centre a size-k window at start + k // 2
+    return kernel // 2 + stride * np.arange(n_out)
+
+
+def max_pool2d_reference(x, kernel, stride, padding, ceil_mode=False):
+    """``scipy.ndimage.maximum_filter`` on the -inf padded input, sampled at the strides."""
+    out_h, out_w, extra_h, extra_w = _pool_geometry(x.shape, kernel, stride, padding, ceil_mode)
+    padded = np.pad(x.astype(np.float64),
+                    ((0, 0), (0, 0), (padding[0], padding[0] + extra_h),
+                     (padding[1], padding[1] + extra_w)), constant_values=-np.inf)
+    filtered = ndimage.maximum_filter(padded, size=(1, 1) + tuple(kernel), mode="constant",
+                                      cval=-np.inf)
+    rows = _window_starts(kernel[0], stride[0], out_h)
+    cols = _window_starts(kernel[1], stride[1], out_w)
+    return filtered[:, :, rows][:, :, :, cols]
+
+
+def max_pool2d_indices_reference(x, kernel, stride, padding, ceil_mode=False):
+    """Explicit loops: flat in-plane index of the first maximum of each window."""
+    n, c, height, width = x.shape
+    out_h, out_w, _, _ = _pool_geometry(x.shape, kernel, stride, padding, ceil_mode)
+    indices = np.empty((n, c, out_h, out_w), dtype=np.int64)
+    for oh in range(out_h):
+        h0 = max(oh * stride[0] - padding[0], 0)
+        h1 = min(oh * stride[0] - padding[0] + kernel[0], height)
+        for ow in range(out_w):
+            w0 = max(ow * stride[1] - padding[1], 0)
+            w1 = min(ow * stride[1] - padding[1] + kernel[1], width)
+            window = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+            first = np.argmax(window, axis=2)       # first occurrence of the maximum
+            indices[:, :, oh, ow] = (h0 + first // (w1 - w0)) * width + w0 + first % (w1 - w0)
+    return indices
+
+
+def avg_pool2d_reference(x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
+    """``scipy.ndimage.uniform_filter`` window sums divided by torch's divisor.
+
+    The divisor counts the padded cells with ``count_include_pad`` (never the
+    cells a ``ceil_mode`` window overhangs past the padding), else the real cells.
+    """
+    out_h, out_w, extra_h, extra_w = _pool_geometry(x.shape, kernel, stride, padding, ceil_mode)
+    pads = ((0, 0), (0, 0), (padding[0], padding[0] + extra_h),
+            (padding[1], padding[1] + extra_w))
+    size = (1, 1) + tuple(kernel)
+    area = kernel[0] * kernel[1]
+
+    def window_sums(array):
+        return ndimage.uniform_filter(array, size=size, mode="constant", cval=0.0) * area
+
+    sums = window_sums(np.pad(x.astype(np.float64), pads))
+    real = np.pad(np.ones((1, 1) + x.shape[2:]), pads)
+    if count_include_pad:
+        counted = np.pad(np.ones((1, 1, x.shape[2] + 2 * padding[0],
+                                  x.shape[3] + 2 * padding[1])),
+                         ((0, 0), (0, 0), (0, extra_h), (0, extra_w)))
+    else:
+        counted = real
+    divisor = np.rint(window_sums(counted))
+    rows = _window_starts(kernel[0], stride[0], out_h)
+    cols = _window_starts(kernel[1], stride[1], out_w)
+    return (sums / divisor)[:, :, rows][:, :, :, cols]
+
+
+def adaptive_avg_pool2d_reference(x, output_size):
+    """Explicit loops over torch's bins [floor(i*H/out), ceil((i+1)*H/out))."""
+    out_h, out_w = output_size
+    height, width = x.shape[-2:]
+    out = np.empty(x.shape[:-2] + (out_h, out_w))
+    for i in range(out_h):
+        h0, h1 = (i * height) // out_h, -(-((i + 1) * height) // out_h)
+        for j in range(out_w):
+            w0, w1 = (j * width) // out_w, -(-((j + 1) * width) // out_w)
+            out[..., i, j] = x[..., h0:h1, w0:w1].astype(np.float64).mean(axis=(-2, -1))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Normalisation (zscore-style: (x - mean) / sqrt(biased var + eps))
+# ---------------------------------------------------------------------------
+
+def zscore_reference(x, axes, eps):
+    """``(x − mean) / √(var + eps)`` over ``axes`` with the biased variance, in float64."""
+    x = x.astype(np.float64)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+def _channel_shape(x):
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _affine(x_hat, weight, bias, shape):
+    y = x_hat
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64).reshape(shape)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64).reshape(shape)
+    return y
+
+
+def batch_norm_reference(x, weight, bias, eps, running_mean=None, running_var=None):
+    """Training mode (batch statistics) or, given running statistics, eval mode."""
+    shape = _channel_shape(x)
+    if running_mean is None:
+        axes = (0,) + tuple(range(2, x.ndim))
+        x_hat = zscore_reference(x, axes, eps)
+    else:
+        x_hat = ((x.astype(np.float64) - np.reshape(running_mean, shape))
+                 / np.sqrt(np.reshape(running_var, shape).astype(np.float64) + eps))
+    return _affine(x_hat, weight, bias, shape)
+
+
+def layer_norm_reference(x, normalized_shape, weight, bias, eps):
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    return _affine(zscore_reference(x, axes, eps), weight, bias, normalized_shape)
+
+
+def group_norm_reference(x, num_groups, weight, bias, eps):
+    grouped = x.reshape(x.shape[0], num_groups, -1)
+    x_hat = zscore_reference(grouped, (2,), eps).reshape(x.shape)
+    return _affine(x_hat, weight, bias, _channel_shape(x))
+
+
+def instance_norm_reference(x, weight, bias, eps):
+    axes = tuple(range(2, x.ndim))
+    return _affine(zscore_reference(x, axes, eps), weight, bias, _channel_shape(x))
