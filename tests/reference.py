@@ -126,7 +126,7 @@ def avg_pool2d_reference(x, kernel, stride, padding, ceil_mode=False, count_incl
     divisor = np.rint(window_sums(counted))
     rows = _window_starts(kernel[0], stride[0], out_h)
     cols = _window_starts(kernel[1], stride[1], out_w)
-    return (sums / divisor)[:, :, rows][:, :, :, cols]
+    return sums[:, :, rows][:, :, :, cols] / divisor[:, :, rows][:, :, :, cols]
 
 
 def adaptive_avg_pool2d_reference(x, output_size):
