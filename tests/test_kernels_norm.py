@@ -1,0 +1,421 @@
+"""Normalisation kernels against NumPy references, finite differences and torch."""
+import numba
+import numpy as np
+import pytest
+
+from fastdl.kernels import norm
+from reference import (batch_norm_reference, finite_difference_vjp, group_norm_reference,
+                       instance_norm_reference, layer_norm_reference)
+
+EPS = 1e-5
+
+
+def make_input(rng, shape, dtype, contiguous, offset=0.0):
+    """Random input, or the same kind of values as a non-contiguous view."""
+    if contiguous:
+        return (rng.standard_normal(shape) * 2 + offset).astype(dtype)
+    base = (rng.standard_normal(shape + (2,)) * 2 + offset).astype(dtype)
+    view = base[..., 0]
+    assert not view.flags.c_contiguous
+    return view
+
+
+def tolerance(dtype):
+    return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+def affine(rng, shape, with_affine):
+    if not with_affine:
+        return None, None
+    return rng.standard_normal(shape), rng.standard_normal(shape)
+
+
+# ---------------------------------------------------------------------------
+# Forward against the zscore-style references
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5), (3, 4, 5, 6)])
+@pytest.mark.parametrize("with_affine", [True, False])
+def test_batch_norm_training_forward(rng, dtype, contiguous, shape, with_affine):
+    x = make_input(rng, shape, dtype, contiguous, offset=3.0)
+    weight, bias = affine(rng, shape[1], with_affine)
+    y, x_hat, inv_std = norm.batch_norm_forward(x, weight, bias, None, None, True, 0.1, EPS)
+    assert y.dtype == dtype and x_hat.dtype == dtype and inv_std.shape == (shape[1],)
+    np.testing.assert_allclose(y, batch_norm_reference(x, weight, bias, EPS), **tolerance(dtype))
+    np.testing.assert_allclose(x_hat, batch_norm_reference(x, None, None, EPS),
+                               **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("shape, normalized_shape", [((6, 10), (10,)), ((2, 3, 4, 5), (4, 5)),
+                                                     ((3, 7), 7)])
+@pytest.mark.parametrize("with_affine", [True, False])
+def test_layer_norm_forward(rng, dtype, contiguous, shape, normalized_shape, with_affine):
+    x = make_input(rng, shape, dtype, contiguous, offset=-2.0)
+    trailing = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+    weight, bias = affine(rng, trailing, with_affine)
+    y, x_hat, inv_std = norm.layer_norm_forward(x, normalized_shape, weight, bias, EPS)
+    assert y.dtype == dtype and inv_std.shape == shape[:len(shape) - len(trailing)]
+    np.testing.assert_allclose(y, layer_norm_reference(x, trailing, weight, bias, EPS),
+                               **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("shape, num_groups", [((2, 6, 4, 5), 3), ((2, 6, 4, 5), 1),
+                                               ((2, 6, 4, 5), 6), ((5, 4), 2), ((2, 4, 7), 2)])
+@pytest.mark.parametrize("with_affine", [True, False])
+def test_group_norm_forward(rng, dtype, contiguous, shape, num_groups, with_affine):
+    x = make_input(rng, shape, dtype, contiguous, offset=1.0)
+    weight, bias = affine(rng, shape[1], with_affine)
+    y, x_hat, inv_std = norm.group_norm_forward(x, num_groups, weight, bias, EPS)
+    assert y.dtype == dtype and inv_std.shape == (shape[0], num_groups)
+    np.testing.assert_allclose(y, group_norm_reference(x, num_groups, weight, bias, EPS),
+                               **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 2, 7)])
+@pytest.mark.parametrize("with_affine", [True, False])
+def test_instance_norm_forward(rng, dtype, contiguous, shape, with_affine):
+    x = make_input(rng, shape, dtype, contiguous, offset=5.0)
+    weight, bias = affine(rng, shape[1], with_affine)
+    y, x_hat, inv_std = norm.instance_norm_forward(x, None, None, weight, bias, True, 0.1, EPS)
+    assert inv_std.shape == shape[:2]
+    np.testing.assert_allclose(y, instance_norm_reference(x, weight, bias, EPS),
+                               **tolerance(dtype))
+
+
+def test_group_norm_special_cases_equal_layer_and_instance_norm(rng):
+    x = rng.standard_normal((3, 4, 5, 6))
+    y_one_group = norm.group_norm_forward(x, 1)[0]
+    np.testing.assert_allclose(y_one_group, norm.layer_norm_forward(x, (4, 5, 6))[0],
+                               rtol=1e-12, atol=1e-12)
+    y_group_per_channel = norm.group_norm_forward(x, 4)[0]
+    np.testing.assert_allclose(y_group_per_channel, norm.instance_norm_forward(x)[0],
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_float32_statistics_stay_accurate_far_from_zero(rng):
+    # a large common offset with a small spread: one-pass E[x^2] - E[x]^2 in
+    # float32 would lose every digit of the variance here
+    x = (1e4 + rng.standard_normal((4, 3, 64, 64))).astype(np.float32)
+    y = norm.batch_norm_forward(x, None, None, None, None, True, 0.1, EPS)[0]
+    expected = batch_norm_reference(x, None, None, EPS)
+    np.testing.assert_allclose(y, expected, atol=2e-3)
+    y = norm.layer_norm_forward(x, (64, 64))[0]
+    np.testing.assert_allclose(y, layer_norm_reference(x, (64, 64), None, None, EPS), atol=2e-3)
+
+
+# ---------------------------------------------------------------------------
+# Batch-norm running statistics (PITFALLS 1)
+# ---------------------------------------------------------------------------
+
+def test_batch_norm_running_stats_use_unbiased_variance(rng):
+    x = rng.standard_normal((4, 3, 2, 5)) * 3 + 1
+    running_mean = np.full(3, 0.5)
+    running_var = np.full(3, 2.0)
+    y, _, inv_std = norm.batch_norm_forward(x, None, None, running_mean, running_var, True,
+                                            0.1, EPS)
+    n = 4 * 2 * 5
+    batch_mean = x.mean(axis=(0, 2, 3))
+    biased_var = x.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(running_mean, 0.9 * 0.5 + 0.1 * batch_mean, rtol=1e-12)
+    np.testing.assert_allclose(running_var, 0.9 * 2.0 + 0.1 * biased_var * n / (n - 1),
+                               rtol=1e-12)
+    # ... while the batch itself is normalised with the biased variance
+    np.testing.assert_allclose(inv_std, 1 / np.sqrt(biased_var + EPS), rtol=1e-12)
+
+
+def test_batch_norm_momentum_none_is_cumulative_average(rng):
+    batches = [rng.standard_normal((5, 2)) + i for i in range(3)]
+    running_mean, running_var = np.zeros(2), np.ones(2)
+    for count, x in enumerate(batches, start=1):
+        norm.batch_norm_forward(x, None, None, running_mean, running_var, True, None, EPS,
+                                num_batches_tracked=count)
+    np.testing.assert_allclose(running_mean, np.mean([b.mean(axis=0) for b in batches], 0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(running_var, np.mean([b.var(axis=0, ddof=1) for b in batches],
+                                                    0), rtol=1e-12)
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        norm.batch_norm_forward(batches[0], None, None, running_mean, running_var, True, None)
+
+
+def test_batch_norm_eval_uses_running_stats_only(rng):
+    x = rng.standard_normal((4, 3, 5))
+    weight, bias = rng.standard_normal(3), rng.standard_normal(3)
+    running_mean, running_var = rng.standard_normal(3), rng.random(3) + 0.5
+    saved = running_mean.copy(), running_var.copy()
+    y, _, _ = norm.batch_norm_forward(x, weight, bias, running_mean, running_var, False, 0.1,
+                                      EPS)
+    np.testing.assert_allclose(y, batch_norm_reference(x, weight, bias, EPS, running_mean,
+                                                       running_var), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(running_mean, saved[0])
+    np.testing.assert_array_equal(running_var, saved[1])
+    # batch size 1 is fine in eval
+    norm.batch_norm_forward(x[:1, :, :1], None, None, running_mean, running_var, False)
+
+
+def test_batch_norm_one_value_per_channel_in_training_raises():
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        norm.batch_norm_forward(np.ones((1, 3)), None, None, None, None, True)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        norm.batch_norm_forward(np.ones((1, 3, 1, 1)), None, None, None, None, True)
+    # one sample with spatial extent has several values per channel
+    norm.batch_norm_forward(np.arange(6.0).reshape(1, 3, 2), None, None, None, None, True)
+
+
+def test_instance_norm_running_stats_and_eval(rng):
+    x = rng.standard_normal((3, 2, 4, 5)) + 2
+    running_mean, running_var = np.zeros(2), np.ones(2)
+    norm.instance_norm_forward(x, running_mean, running_var, None, None, True, 0.1, EPS)
+    n = 20
+    np.testing.assert_allclose(running_mean, 0.1 * x.mean(axis=(2, 3)).mean(axis=0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(running_var, 0.9 + 0.1 * (x.var(axis=(2, 3)) * n / (n - 1))
+                               .mean(axis=0), rtol=1e-12)
+    y = norm.instance_norm_forward(x, running_mean, running_var, None, None, False)[0]
+    np.testing.assert_allclose(y, batch_norm_reference(x, None, None, EPS, running_mean,
+                                                       running_var), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="Expected more than 1 spatial element"):
+        norm.instance_norm_forward(np.ones((2, 3, 1, 1)))
+
+
+# ---------------------------------------------------------------------------
+# Backward: finite differences in float64
+# ---------------------------------------------------------------------------
+
+def check_backward(rng, forward, backward, x, weight, bias):
+    """Compare every gradient of ``forward(x, weight, bias)`` with finite differences."""
+    y, x_hat, inv_std = forward(x, weight, bias)
+    grad_out = rng.standard_normal(y.shape)
+    grad_x, grad_weight, grad_bias = backward(grad_out, x_hat, inv_std, weight)
+
+    def output(*inputs):
+        return forward(*inputs)[0]
+
+    inputs = [x, weight, bias]
+    np.testing.assert_allclose(grad_x, finite_difference_vjp(output, inputs, grad_out, 0),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad_weight, finite_difference_vjp(output, inputs, grad_out, 1),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad_bias, finite_difference_vjp(output, inputs, grad_out, 2),
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 3, 2, 3)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_backward_finite_differences(rng, shape, training):
+    x = rng.standard_normal(shape)
+    running_mean, running_var = rng.standard_normal(shape[1]), rng.random(shape[1]) + 0.5
+
+    def forward(x, weight, bias):
+        # copies: the running statistics must not drift between evaluations
+        return norm.batch_norm_forward(x, weight, bias, running_mean.copy(), running_var.copy(),
+                                       training, 0.1, EPS)
+
+    def backward(grad_out, x_hat, inv_std, weight):
+        return norm.batch_norm_backward(grad_out, x_hat, inv_std, weight, training)
+
+    check_backward(rng, forward, backward, x, rng.standard_normal(shape[1]),
+                   rng.standard_normal(shape[1]))
+
+
+@pytest.mark.parametrize("shape, normalized_shape", [((4, 6), (6,)), ((2, 3, 2, 3), (2, 3))])
+def test_layer_norm_backward_finite_differences(rng, shape, normalized_shape):
+    def forward(x, weight, bias):
+        return norm.layer_norm_forward(x, normalized_shape, weight, bias, EPS)
+
+    def backward(grad_out, x_hat, inv_std, weight):
+        return norm.layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape)
+
+    check_backward(rng, forward, backward, rng.standard_normal(shape),
+                   rng.standard_normal(normalized_shape), rng.standard_normal(normalized_shape))
+
+
+@pytest.mark.parametrize("shape, num_groups", [((2, 4, 2, 3), 2), ((2, 4, 3), 1),
+                                               ((2, 4, 3), 4), ((3, 4), 2)])
+def test_group_norm_backward_finite_differences(rng, shape, num_groups):
+    def forward(x, weight, bias):
+        return norm.group_norm_forward(x, num_groups, weight, bias, EPS)
+
+    def backward(grad_out, x_hat, inv_std, weight):
+        return norm.group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups)
+
+    check_backward(rng, forward, backward, rng.standard_normal(shape),
+                   rng.standard_normal(shape[1]), rng.standard_normal(shape[1]))
+
+
+@pytest.mark.parametrize("use_input_stats", [True, False])
+def test_instance_norm_backward_finite_differences(rng, use_input_stats):
+    shape = (2, 3, 2, 3)
+    running_mean, running_var = rng.standard_normal(3), rng.random(3) + 0.5
+
+    def forward(x, weight, bias):
+        return norm.instance_norm_forward(x, running_mean.copy(), running_var.copy(), weight,
+                                          bias, use_input_stats, 0.1, EPS)
+
+    def backward(grad_out, x_hat, inv_std, weight):
+        return norm.instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats)
+
+    check_backward(rng, forward, backward, rng.standard_normal(shape), rng.standard_normal(3),
+                   rng.standard_normal(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_float32_matches_float64_and_contiguity(rng, dtype):
+    x = rng.standard_normal((4, 6, 3, 5))
+    grad_out = rng.standard_normal(x.shape)
+    weight = rng.standard_normal(6)
+    _, x_hat, inv_std = norm.group_norm_forward(x, 3, weight, None)
+    expected = norm.group_norm_backward(grad_out, x_hat, inv_std, weight, 3)
+    x_hat_cast = np.asfortranarray(x_hat.astype(dtype))     # non-contiguous in C order
+    grad_cast = np.asfortranarray(grad_out.astype(dtype))
+    result = norm.group_norm_backward(grad_cast, x_hat_cast, inv_std, weight, 3)
+    assert result[0].dtype == dtype
+    for got, want in zip(result, expected):
+        np.testing.assert_allclose(got, want, **tolerance(dtype))
+
+
+def test_needs_flags_and_missing_weight(rng):
+    x = rng.standard_normal((4, 3, 5))
+    _, x_hat, inv_std = norm.batch_norm_forward(x, None, None, None, None, True)
+    grad_out = rng.standard_normal(x.shape)
+    grad_x, grad_weight, grad_bias = norm.batch_norm_backward(grad_out, x_hat, inv_std, None,
+                                                              True)
+    assert grad_x is not None and grad_weight is None
+    np.testing.assert_allclose(grad_bias, grad_out.sum(axis=(0, 2)), rtol=1e-12)
+    grad_x, grad_weight, grad_bias = norm.batch_norm_backward(
+        grad_out, x_hat, inv_std, np.ones(3), True, needs_grad_x=False, needs_grad_bias=False)
+    assert grad_x is None and grad_bias is None
+    np.testing.assert_allclose(grad_weight, (grad_out * x_hat).sum(axis=(0, 2)), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Thread-count reproducibility (PITFALLS 11)
+# ---------------------------------------------------------------------------
+
+def run_all_norms(x, grad_out, weight, bias):
+    results = []
+    n_channels = x.shape[1]
+    forwards = [
+        (lambda: norm.batch_norm_forward(x, weight, bias, np.zeros(n_channels),
+                                         np.ones(n_channels), True),
+         lambda f: norm.batch_norm_backward(grad_out, f[1], f[2], weight, True)),
+        (lambda: norm.group_norm_forward(x, 4, weight, bias),
+         lambda f: norm.group_norm_backward(grad_out, f[1], f[2], weight, 4)),
+        (lambda: norm.instance_norm_forward(x, None, None, weight, bias),
+         lambda f: norm.instance_norm_backward(grad_out, f[1], f[2], weight)),
+        (lambda: norm.layer_norm_forward(x, x.shape[2:], None, None),
+         lambda f: norm.layer_norm_backward(grad_out, f[1], f[2], None, x.shape[2:])),
+    ]
+    for forward, backward in forwards:
+        outputs = forward()
+        results.extend(outputs)
+        results.extend(g for g in backward(outputs) if g is not None)
+    return results
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bitwise_identical_at_one_and_two_threads(rng, dtype):
+    x = (rng.standard_normal((6, 8, 33, 17)) * 3 + 1).astype(dtype)
+    grad_out = rng.standard_normal(x.shape).astype(dtype)
+    weight, bias = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = run_all_norms(x, grad_out, weight, bias)
+        numba.set_num_threads(2)
+        double = run_all_norms(x, grad_out, weight, bias)
+    finally:
+        numba.set_num_threads(previous)
+    assert len(single) == len(double)
+    for one, two in zip(single, double):
+        assert one.tobytes() == two.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# torch as an extra oracle
+# ---------------------------------------------------------------------------
+
+def test_norms_match_torch(rng):
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    x = rng.standard_normal((4, 6, 5, 3)) * 2 + 1
+    weight, bias = rng.standard_normal(6), rng.standard_normal(6)
+    grad_out = rng.standard_normal(x.shape)
+    cases = [
+        (lambda t, w, b: functional.batch_norm(t, None, None, w, b, True),
+         lambda: norm.batch_norm_forward(x, weight, bias, None, None, True),
+         lambda f: norm.batch_norm_backward(grad_out, f[1], f[2], weight, True)),
+        (lambda t, w, b: functional.group_norm(t, 3, w, b),
+         lambda: norm.group_norm_forward(x, 3, weight, bias),
+         lambda f: norm.group_norm_backward(grad_out, f[1], f[2], weight, 3)),
+        (lambda t, w, b: functional.instance_norm(t, weight=w, bias=b),
+         lambda: norm.instance_norm_forward(x, None, None, weight, bias),
+         lambda f: norm.instance_norm_backward(grad_out, f[1], f[2], weight)),
+    ]
+    for torch_op, forward, backward in cases:
+        tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+        out = torch_op(*tensors)
+        out.backward(torch.tensor(grad_out))
+        result = forward()
+        np.testing.assert_allclose(result[0], out.detach().numpy(), rtol=1e-10, atol=1e-10)
+        for ours, tensor in zip(backward(result), tensors):
+            np.testing.assert_allclose(ours, tensor.grad.numpy(), rtol=1e-9, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+def test_bad_inputs_raise_clear_errors():
+    x = np.zeros((2, 6, 4, 4))
+    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by "
+                                         r"num_groups \(4\)"):
+        norm.group_norm_forward(x, 4)
+    with pytest.raises(ValueError, match="divisible"):
+        norm.group_norm_forward(x, 0)
+    with pytest.raises(TypeError, match="num_groups must be an int"):
+        norm.group_norm_forward(x, 2.0)
+    with pytest.raises(ValueError, match=r"weight must have shape \(6,\), got \(5,\)"):
+        norm.batch_norm_forward(x, np.ones(5), None, None, None, True)
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        norm.group_norm_forward(x, 2, None, np.ones((6, 1)))
+    with pytest.raises(ValueError, match=r"running_var must have shape \(6,\), got \(3,\)"):
+        norm.batch_norm_forward(x, None, None, np.zeros(6), np.ones(3), True)
+    with pytest.raises(ValueError, match="required when not training"):
+        norm.batch_norm_forward(x, None, None, None, None, False)
+    with pytest.raises(ValueError, match=r"batch_norm: input must be \(N, C\)"):
+        norm.batch_norm_forward(np.zeros(5), None, None, None, None, True)
+    with pytest.raises(ValueError, match=r"instance_norm: input must be \(N, C, \*spatial\)"):
+        norm.instance_norm_forward(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="does not end with normalized_shape"):
+        norm.layer_norm_forward(x, (3, 4))
+    with pytest.raises(ValueError, match=r"weight must have shape \(4, 4\)"):
+        norm.layer_norm_forward(x, (4, 4), np.ones(4))
+    with pytest.raises(TypeError, match="float32 or float64, got int64"):
+        norm.layer_norm_forward(np.zeros((2, 4), dtype=np.int64), 4)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        norm.group_norm_forward([[1.0, 2.0]], 1)
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        norm.batch_norm_backward(np.zeros((2, 6)), x, np.ones(6), None, True)
+    with pytest.raises(ValueError, match="inv_std has 3 values, expected 6"):
+        norm.batch_norm_backward(x, x, np.ones(3), None, True)
+
+
+def test_kernels_do_not_modify_inputs(rng):
+    x = rng.standard_normal((3, 4, 5))
+    weight, bias = rng.standard_normal(4), rng.standard_normal(4)
+    saved = [a.copy() for a in (x, weight, bias)]
+    _, x_hat, inv_std = norm.group_norm_forward(x, 2, weight, bias)
+    grad_out = rng.standard_normal(x.shape)
+    saved_grad = grad_out.copy()
+    norm.group_norm_backward(grad_out, x_hat, inv_std, weight, 2)
+    for array, copy in zip((x, weight, bias, grad_out), saved + [saved_grad]):
+        np.testing.assert_array_equal(array, copy)
