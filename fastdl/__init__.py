@@ -5,5 +5,8 @@ small autograd and a PyTorch-shaped API.
 """
 from fastdl import runtime  # first: configures Numba before it is imported
 from fastdl.runtime import get_num_threads, set_num_threads
+from fastdl.autograd import (Tensor, cat, enable_grad, is_grad_enabled, no_grad, stack,
+                             tensor)
+from fastdl.random import manual_seed
 
 __version__ = "0.1.0"
