@@ -124,13 +124,14 @@ class Function:
 
 
 def _as_array(data, dtype=None):
-    array = np.asarray(data, dtype=dtype)
-    if dtype is None:
-        if array.dtype.kind == "f" and array.dtype not in (np.float32, np.float64):
+    """ndarrays keep float32/float64; Python floats (and float16) become float32."""
+    if dtype is not None:
+        return np.asarray(data, dtype=dtype)
+    array = np.asarray(data)
+    if array.dtype.kind == "f" and array.dtype != np.float32:
+        python_data = not isinstance(data, (np.ndarray, np.generic))
+        if python_data or array.dtype != np.float64:
             array = array.astype(np.float32)
-        elif array.dtype.kind in "f" and not isinstance(data, np.ndarray) \
-                and array.dtype == np.float64 and not isinstance(data, np.generic):
-            array = array.astype(np.float32)  # Python floats default to float32, as torch
     return array
 
 
@@ -434,8 +435,11 @@ def tensor(data, requires_grad=False, dtype=None):
     requires_grad : bool
     dtype : numpy dtype, optional
     """
-    return Tensor(np.array(data.data if isinstance(data, Tensor) else data, dtype=dtype,
-                           copy=True), requires_grad=requires_grad)
+    if isinstance(data, Tensor):
+        data = data.data
+    array = _as_array(data, dtype)
+    return Tensor(array.copy() if array is data or np.shares_memory(array, data) else array,
+                  requires_grad=requires_grad)
 
 
 # ---------------------------------------------------------------- the tape walk
