@@ -391,7 +391,8 @@ def test_bad_inputs_raise_clear_errors():
         norm.batch_norm_forward(x, None, None, np.zeros(6), np.ones(3), True)
     with pytest.raises(ValueError, match="required when not training"):
         norm.batch_norm_forward(x, None, None, None, None, False)
-    with pytest.raises(ValueError, match=r"batch_norm: input must be \(N, C\)"):
+    with pytest.raises(ValueError, match=r"batch_norm: input must be \(N, C\[, \*spatial\]\), "
+                                         r"got shape \(5,\)"):
         norm.batch_norm_forward(np.zeros(5), None, None, None, None, True)
     with pytest.raises(ValueError, match=r"instance_norm: input must be \(N, C, \*spatial\)"):
         norm.instance_norm_forward(np.zeros((2, 3)))

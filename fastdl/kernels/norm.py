@@ -12,8 +12,11 @@ norm           view of x               K            S       P
 batch_norm     (N, C, 1, H*W)          C            1       C
 group_norm     (1, N*G, C/G, H*W)      N*G          C/G     G
 instance_norm  (1, N*C, 1, H*W)        N*C          1       C
-layer_norm     (1, rows, D, 1)         rows         D       1
+layer_norm     (1, rows, 1, D)         rows         1       1
 =============  ======================  ===========  ======  ====
+
+Layer norm's weight runs along ``B`` instead (``weight_along_run``: one
+weight per element of the row).
 
 For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
 
@@ -346,53 +349,73 @@ def _check_backward(name, grad_out, x_hat, inv_std, n_kept):
     if grad_out.shape != x_hat.shape:
         raise ValueError("%s: grad_out has shape %s but x_hat has shape %s"
                          % (name, grad_out.shape, x_hat.shape))
-    grad_out = grad_out.astype(x_hat.dtype, copy=False)
     if np.size(inv_std) != n_kept:
         raise ValueError("%s: inv_std has %d values, expected %d"
                          % (name, np.size(inv_std), n_kept))
-    return grad_out, x_hat
+    return grad_out.astype(x_hat.dtype, copy=False), x_hat
 
 
-def _finish_grads(grad_weight, grad_bias, weight, param_shape, dtype,
-                  needs_grad_weight, needs_grad_bias):
+def _public_backward(name, layout, param_shape, grad_out, x_hat, inv_std, weight,
+                     use_input_stats, needs):
+    """Validate, run ``_backward`` and shape the parameter gradients (the four backwards)."""
+    needs_grad_x, needs_grad_weight, needs_grad_bias = needs
+    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
+    weight_vector = _param_vector(name, "weight", weight, param_shape, 1.0, x_hat.dtype)
+    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector, inv_std,
+                                               bool(use_input_stats), needs_grad_x)
     grad_weight = (grad_weight.reshape(param_shape).astype(weight.dtype)
                    if needs_grad_weight and weight is not None else None)
-    grad_bias = grad_bias.reshape(param_shape).astype(dtype) if needs_grad_bias else None
-    return grad_weight, grad_bias
+    grad_bias = (grad_bias.reshape(param_shape).astype(grad_out.dtype)
+                 if needs_grad_bias else None)
+    return grad_x, grad_weight, grad_bias
 
 
-def _check_eps(name, eps):
+def _check_input(name, x, min_ndim, eps, layout_of):
+    """Validated contiguous ``x``, ``eps`` as a float, and ``x``'s layout."""
+    x = _check_float_array(name, "input", x)
+    if x.ndim < min_ndim:
+        raise ValueError("%s: input must be (N, C%s), got shape %s"
+                         % (name, ", *spatial" if min_ndim > 2 else "[, *spatial]", x.shape))
     if not isinstance(eps, numbers.Real) or not eps >= 0:
         raise ValueError("%s: eps must be a non-negative number, got %r" % (name, eps))
-    return float(eps)
+    return x, float(eps), layout_of(x.shape)
 
 
-def _update_running(running, batch_value, factor):
-    """``running ← (1 − factor) · running + factor · batch_value``, in place."""
-    running *= 1.0 - factor
-    running += (factor * batch_value).astype(running.dtype)
+def _affine_vectors(name, weight, bias, shape, dtype):
+    return (_param_vector(name, "weight", weight, shape, 1.0, dtype),
+            _param_vector(name, "bias", bias, shape, 0.0, dtype))
 
 
-def _momentum_factor(name, momentum, num_batches_tracked):
-    # momentum=None is torch's cumulative moving average: factor 1 / batches seen
-    if momentum is not None:
-        return float(momentum)
-    if num_batches_tracked is None or num_batches_tracked < 1:
-        raise ValueError("%s: momentum=None (cumulative average) needs num_batches_tracked "
-                         ">= 1, got %r" % (name, num_batches_tracked))
-    return 1.0 / num_batches_tracked
+def _check_running(name, running_mean, running_var, n_channels, required):
+    for argument, running in (("running_mean", running_mean), ("running_var", running_var)):
+        if running is None:
+            if required:
+                raise ValueError("%s: running_mean and running_var are required %s"
+                                 % (name, required))
+            continue
+        if not isinstance(running, np.ndarray) or running.dtype not in (np.float32,
+                                                                         np.float64):
+            raise TypeError("%s: %s must be a float32 or float64 numpy.ndarray, got %r"
+                            % (name, argument,
+                               getattr(running, "dtype", type(running).__name__)))
+        if running.shape != (n_channels,):
+            raise ValueError("%s: %s must have shape %s, got %s"
+                             % (name, argument, (n_channels,), running.shape))
 
 
-def _check_running(name, argument, running, n_channels):
-    if running is None:
-        return None
-    if not isinstance(running, np.ndarray) or running.dtype not in (np.float32, np.float64):
-        raise TypeError("%s: %s must be a float32 or float64 numpy.ndarray, got %r"
-                        % (name, argument, getattr(running, "dtype", type(running).__name__)))
-    if running.shape != (n_channels,):
-        raise ValueError("%s: %s must have shape %s, got %s"
-                         % (name, argument, (n_channels,), running.shape))
-    return running
+def _running_statistics(running_mean, running_var, eps, repeats):
+    """Fixed statistics from running ones, repeated for every sample when ``repeats > 1``."""
+    mean = np.tile(running_mean.astype(np.float64), repeats)
+    inv_std = np.tile(1.0 / np.sqrt(running_var.astype(np.float64) + eps), repeats)
+    return mean, inv_std
+
+
+def _update_running(running_mean, running_var, mean, var, count, factor):
+    """``running ← (1 − factor) · running + factor · batch``, in place; var made unbiased."""
+    for running, batch in ((running_mean, mean), (running_var, var * (count / (count - 1)))):
+        if running is not None:
+            running *= 1.0 - factor
+            running += (factor * batch).astype(running.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -400,9 +423,7 @@ def _check_running(name, argument, running, n_channels):
 # ---------------------------------------------------------------------------
 
 def _batch_norm_layout(shape):
-    n_channels = shape[1]
-    return _Layout(shape[0], n_channels, 1, int(np.prod(shape[2:], dtype=np.int64)),
-                   n_channels)
+    return _Layout(shape[0], shape[1], 1, int(np.prod(shape[2:], dtype=np.int64)), shape[1])
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
@@ -439,36 +460,30 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         Wrong shapes, one value per channel in training, eval without running stats.
     """
     name = "batch_norm"
-    x = _check_float_array(name, "input", x)
-    if x.ndim < 2:
-        raise ValueError("%s: input must be (N, C) or (N, C, *spatial), got shape %s"
-                         % (name, x.shape))
-    eps = _check_eps(name, eps)
-    layout = _batch_norm_layout(x.shape)
-    n_channels = x.shape[1]
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x.dtype)
-    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0, x.dtype)
-    running_mean = _check_running(name, "running_mean", running_mean, n_channels)
-    running_var = _check_running(name, "running_var", running_var, n_channels)
+    x, eps, layout = _check_input(name, x, 2, eps, _batch_norm_layout)
+    weight, bias = _affine_vectors(name, weight, bias, (x.shape[1],), x.dtype)
+    _check_running(name, running_mean, running_var, x.shape[1],
+                   None if training else "when not training")
     if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError("%s: running_mean and running_var are required when not training"
-                             % name)
-        inv_std = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-        y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps,
-                                           running_mean.astype(np.float64), inv_std)
+        y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps,
+                                           *_running_statistics(running_mean, running_var,
+                                                                eps, 1))
         return y, x_hat, inv_std
     if layout.count <= 1:
         raise ValueError("%s: Expected more than 1 value per channel when training, "
                          "got input size %s" % (name, x.shape))
     factor = None
     if running_mean is not None or running_var is not None:
-        factor = _momentum_factor(name, momentum, num_batches_tracked)
-    y, x_hat, mean, var, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
-    if running_mean is not None:
-        _update_running(running_mean, mean, factor)
-    if running_var is not None:
-        _update_running(running_var, var * (layout.count / (layout.count - 1)), factor)
+        if momentum is not None:
+            factor = float(momentum)
+        elif num_batches_tracked is not None and num_batches_tracked >= 1:
+            # torch's cumulative moving average: factor 1 / batches seen
+            factor = 1.0 / num_batches_tracked
+        else:
+            raise ValueError("%s: momentum=None (cumulative average) needs "
+                             "num_batches_tracked >= 1, got %r" % (name, num_batches_tracked))
+    y, x_hat, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
+    _update_running(running_mean, running_var, mean, var, layout.count, factor)
     return y, x_hat, inv_std
 
 
@@ -476,11 +491,11 @@ def batch_norm_backward(grad_out, x_hat, inv_std, weight, training, needs_grad_x
                         needs_grad_weight=True, needs_grad_bias=True):
     """Gradients of ``batch_norm_forward``.
 
-    Training (batch statistics)::
+    Training (batch statistics), with means over (N, *spatial) per channel::
 
         dx = inv_std · (w·g − mean(w·g) − x_hat · mean(w·g·x_hat))
 
-    with means over (N, *spatial) per channel; eval: ``dx = inv_std · w · g``.
+    eval (running statistics): ``dx = inv_std · w · g``.
 
     Parameters
     ----------
@@ -497,15 +512,10 @@ def batch_norm_backward(grad_out, x_hat, inv_std, weight, training, needs_grad_x
     grad_weight : ndarray (C,) or None (also None when ``weight`` is None)
     grad_bias : ndarray (C,) or None
     """
-    name = "batch_norm_backward"
-    layout = _batch_norm_layout(np.shape(x_hat))
-    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
-    n_channels = x_hat.shape[1]
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x_hat.dtype)
-    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
-                                               inv_std, bool(training), needs_grad_x)
-    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (n_channels,),
-                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
+    shape = np.shape(x_hat)
+    return _public_backward("batch_norm_backward", _batch_norm_layout(shape), shape[1:2],
+                            grad_out, x_hat, inv_std, weight, training,
+                            (needs_grad_x, needs_grad_weight, needs_grad_bias))
 
 
 # ---------------------------------------------------------------------------
@@ -520,8 +530,9 @@ def _normalized_shape(name, x_shape, normalized_shape):
     except TypeError:
         raise TypeError("%s: normalized_shape must be an int or a sequence of ints, got %r"
                         % (name, normalized_shape)) from None
-    if not normalized_shape or tuple(x_shape[len(x_shape) - len(normalized_shape):]) \
-            != normalized_shape or len(normalized_shape) > len(x_shape):
+    trailing = tuple(x_shape[len(x_shape) - len(normalized_shape):])
+    if not normalized_shape or len(normalized_shape) > len(x_shape) \
+            or trailing != normalized_shape:
         raise ValueError("%s: input of shape %s does not end with normalized_shape %s"
                          % (name, tuple(x_shape), normalized_shape))
     return normalized_shape
@@ -549,19 +560,17 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     inv_std : ndarray, ``x.shape[:-len(normalized_shape)]``, float64
     """
     name = "layer_norm"
-    x = _check_float_array(name, "input", x)
-    normalized_shape = _normalized_shape(name, x.shape, normalized_shape)
-    eps = _check_eps(name, eps)
-    layout = _layer_norm_layout(x.shape, normalized_shape)
-    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0, x.dtype)
-    bias_vector = _param_vector(name, "bias", bias, normalized_shape, 0.0, x.dtype)
-    y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
+    normalized_shape = _normalized_shape(name, np.shape(x), normalized_shape)
+    x, eps, layout = _check_input(name, x, 1, eps,
+                                  lambda shape: _layer_norm_layout(shape, normalized_shape))
+    weight, bias = _affine_vectors(name, weight, bias, normalized_shape, x.dtype)
+    y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps)
     return y, x_hat, inv_std.reshape(x.shape[:x.ndim - len(normalized_shape)])
 
 
 def layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape, needs_grad_x=True,
                         needs_grad_weight=True, needs_grad_bias=True):
-    """Gradients of ``layer_norm_forward``.
+    """Gradients of ``layer_norm_forward`` (the batch-norm formula, means over each row).
 
     Parameters
     ----------
@@ -579,23 +588,13 @@ def layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape, need
     name = "layer_norm_backward"
     normalized_shape = _normalized_shape(name, np.shape(x_hat), normalized_shape)
     layout = _layer_norm_layout(np.shape(x_hat), normalized_shape)
-    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
-    weight_vector = _param_vector(name, "weight", weight, normalized_shape, 1.0, x_hat.dtype)
-    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
-                                               inv_std, True, needs_grad_x)
-    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, normalized_shape,
-                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
+    return _public_backward(name, layout, normalized_shape, grad_out, x_hat, inv_std, weight,
+                            True, (needs_grad_x, needs_grad_weight, needs_grad_bias))
 
 
 # ---------------------------------------------------------------------------
 # Group norm and instance norm
 # ---------------------------------------------------------------------------
-
-def _check_channels_first(name, x, min_ndim):
-    if x.ndim < min_ndim:
-        raise ValueError("%s: input must be (N, C%s), got shape %s"
-                         % (name, ", *spatial" if min_ndim > 2 else "[, *spatial]", x.shape))
-
 
 def _group_norm_layout(name, shape, num_groups):
     n_channels = shape[1]
@@ -632,19 +631,16 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
         C not divisible by G, wrong shapes.
     """
     name = "group_norm"
-    x = _check_float_array(name, "input", x)
-    _check_channels_first(name, x, 2)
-    layout = _group_norm_layout(name, x.shape, num_groups)
-    eps = _check_eps(name, eps)
-    weight_vector = _param_vector(name, "weight", weight, (x.shape[1],), 1.0, x.dtype)
-    bias_vector = _param_vector(name, "bias", bias, (x.shape[1],), 0.0, x.dtype)
-    y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
+    x, eps, layout = _check_input(name, x, 2, eps,
+                                  lambda shape: _group_norm_layout(name, shape, num_groups))
+    weight, bias = _affine_vectors(name, weight, bias, (x.shape[1],), x.dtype)
+    y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps)
     return y, x_hat, inv_std.reshape(x.shape[0], num_groups)
 
 
 def group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups, needs_grad_x=True,
                         needs_grad_weight=True, needs_grad_bias=True):
-    """Gradients of ``group_norm_forward``.
+    """Gradients of ``group_norm_forward`` (the batch-norm formula, means over each group).
 
     Parameters
     ----------
@@ -660,14 +656,14 @@ def group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups, needs_grad
     grad_weight, grad_bias : ndarray (C,) or None
     """
     name = "group_norm_backward"
-    layout = _group_norm_layout(name, np.shape(x_hat), num_groups)
-    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
-    n_channels = x_hat.shape[1]
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x_hat.dtype)
-    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
-                                               inv_std, True, needs_grad_x)
-    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (n_channels,),
-                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
+    shape = np.shape(x_hat)
+    return _public_backward(name, _group_norm_layout(name, shape, num_groups), shape[1:2],
+                            grad_out, x_hat, inv_std, weight, True,
+                            (needs_grad_x, needs_grad_weight, needs_grad_bias))
+
+
+def _instance_norm_layout(shape):
+    return _group_norm_layout("instance_norm", shape, shape[1])
 
 
 def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, bias=None,
@@ -692,34 +688,22 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     inv_std : ndarray, (N, C), float64
     """
     name = "instance_norm"
-    x = _check_float_array(name, "input", x)
-    _check_channels_first(name, x, 3)
-    eps = _check_eps(name, eps)
+    x, eps, layout = _check_input(name, x, 3, eps, _instance_norm_layout)
     n_samples, n_channels = x.shape[:2]
-    layout = _group_norm_layout(name, x.shape, n_channels)
-    weight_vector = _param_vector(name, "weight", weight, (n_channels,), 1.0, x.dtype)
-    bias_vector = _param_vector(name, "bias", bias, (n_channels,), 0.0, x.dtype)
-    running_mean = _check_running(name, "running_mean", running_mean, n_channels)
-    running_var = _check_running(name, "running_var", running_var, n_channels)
+    weight, bias = _affine_vectors(name, weight, bias, (n_channels,), x.dtype)
+    _check_running(name, running_mean, running_var, n_channels,
+                   None if use_input_stats else "when use_input_stats=False")
     if not use_input_stats:
-        if running_mean is None or running_var is None:
-            raise ValueError("%s: running_mean and running_var are required when "
-                             "use_input_stats=False" % name)
-        mean = np.tile(running_mean.astype(np.float64), n_samples)
-        inv_std = np.tile(1.0 / np.sqrt(running_var.astype(np.float64) + eps), n_samples)
-        y, x_hat, _, _, inv_std = _forward(x, layout, weight_vector, bias_vector, eps,
-                                           mean, inv_std)
+        y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps,
+                                           *_running_statistics(running_mean, running_var,
+                                                                eps, n_samples))
         return y, x_hat, inv_std.reshape(n_samples, n_channels)
     if layout.count <= 1:
         raise ValueError("%s: Expected more than 1 spatial element when training, "
                          "got input size %s" % (name, x.shape))
-    y, x_hat, mean, var, inv_std = _forward(x, layout, weight_vector, bias_vector, eps)
-    if running_mean is not None:
-        _update_running(running_mean, mean.reshape(n_samples, n_channels).mean(axis=0),
-                        float(momentum))
-    if running_var is not None:
-        unbiased = var.reshape(n_samples, n_channels) * (layout.count / (layout.count - 1))
-        _update_running(running_var, unbiased.mean(axis=0), float(momentum))
+    y, x_hat, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
+    _update_running(running_mean, running_var, mean.reshape(n_samples, -1).mean(axis=0),
+                    var.reshape(n_samples, -1).mean(axis=0), layout.count, float(momentum))
     return y, x_hat, inv_std.reshape(n_samples, n_channels)
 
 
@@ -742,13 +726,9 @@ def instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats=Tru
     grad_weight, grad_bias : ndarray (C,) or None
     """
     name = "instance_norm_backward"
-    x_shape = np.shape(x_hat)
-    if len(x_shape) < 3:
-        raise ValueError("%s: x_hat must be (N, C, *spatial), got shape %s" % (name, x_shape))
-    layout = _group_norm_layout(name, x_shape, x_shape[1])
-    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
-    weight_vector = _param_vector(name, "weight", weight, (x_shape[1],), 1.0, x_hat.dtype)
-    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector,
-                                               inv_std, bool(use_input_stats), needs_grad_x)
-    return (grad_x,) + _finish_grads(grad_weight, grad_bias, weight, (x_shape[1],),
-                                     grad_out.dtype, needs_grad_weight, needs_grad_bias)
+    shape = np.shape(x_hat)
+    if len(shape) < 3:
+        raise ValueError("%s: x_hat must be (N, C, *spatial), got shape %s" % (name, shape))
+    return _public_backward(name, _instance_norm_layout(shape), shape[1:2], grad_out, x_hat,
+                            inv_std, weight, use_input_stats,
+                            (needs_grad_x, needs_grad_weight, needs_grad_bias))
