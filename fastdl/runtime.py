@@ -154,15 +154,59 @@ def set_num_threads(n):
     n_numba = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n_numba)
     _blas_controller().limit(limits=n, user_api="blas")
+    blas_single_threaded.forget_libraries()
     _num_threads = n_numba
 
 
-_controller = None
-
-
 def _blas_controller():
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-        _controller = ThreadpoolController()
-    return _controller
+    """A fresh view of the loaded BLAS libraries (NumPy's and SciPy's may differ)."""
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
+
+
+class _BlasSingleThreaded:
+    """Context manager: BLAS runs one thread while fastdl's own parallel region runs.
+
+    Multi-threaded OpenBLAS called from inside OpenMP workers oversubscribes the
+    cores (measured 2–20× slower). Nested and concurrent uses are counted so
+    that only the outermost exit restores the thread count.
+    """
+
+    def __init__(self):
+        import threading
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._libraries = None
+        self._saved = []
+
+    def forget_libraries(self):
+        """Rescan the loaded BLAS libraries at the next use."""
+        with self._lock:
+            if self._depth == 0:
+                self._libraries = None
+
+    def _blas_libraries(self):
+        if self._libraries is None:
+            self._libraries = _blas_controller().select(user_api="blas").lib_controllers
+        return self._libraries
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                libraries = self._blas_libraries()
+                self._saved = [lib.num_threads for lib in libraries]
+                for lib in libraries:
+                    lib.set_num_threads(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lib, count in zip(self._blas_libraries(), self._saved):
+                    lib.set_num_threads(count)
+        return False
+
+
+blas_single_threaded = _BlasSingleThreaded()

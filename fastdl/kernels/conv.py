@@ -1,0 +1,258 @@
+"""2-D convolution and transposed convolution, forward and backward (fastdl_ext + BLAS).
+
+The compiled loops live in ``fastdl_ext/conv.pyx`` (tiled im2col/col2im with
+OpenMP, single-threaded GEMM from SciPy's BLAS per tile). This module chooses
+the tile size, allocates outputs, keeps BLAS single-threaded while the OpenMP
+region runs, and expresses the transposed convolution through the same three
+kernels: conv_transpose's forward *is* conv's grad_input, and vice versa.
+
+Shapes: ``x (N, C_in, H, W)``, ``weight (C_out, C_in/groups, kH, kW)``,
+output ``(N, C_out, OH, OW)`` with
+``OH = floor((H + 2*pad_h - dil_h*(kH - 1) - 1) / stride_h) + 1`` (likewise OW).
+"""
+import numbers
+
+import numpy as np
+
+from fastdl import runtime
+from fastdl.shapes import conv_output_size
+from fastdl_ext import conv as _ext
+
+__all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+           "conv_transpose2d_forward", "conv_transpose2d_grad_input",
+           "conv_transpose2d_grad_weight", "check_conv2d_args", "pair"]
+
+# Bytes of one thread's column tile: fits in L2 with room for the weights.
+_TILE_BYTES = 256 * 1024
+
+
+def pair(value, name, op="conv2d"):
+    """``value`` as a pair of ints (``3`` → ``(3, 3)``), with a clear error otherwise."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        return int(value[0]), int(value[1])
+    raise TypeError("%s: %s must be an int or a pair of ints, got %r" % (op, name, value))
+
+
+def _tile_size(k, positions, itemsize, n_images, threads):
+    tile = max(16, _TILE_BYTES // (k * itemsize))
+    if n_images < threads:  # batch smaller than the team: split each image further
+        per_image = -(-threads // max(n_images, 1))
+        tile = min(tile, max(16, -(-positions // per_image)))
+    return int(min(tile, max(positions, 1)))
+
+
+def _contiguous(array):
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _call(kernel, *args):
+    threads = runtime.get_num_threads()
+    with runtime.blas_single_threaded:
+        kernel(*args, threads)
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Cross-correlation of ``x`` with ``weight`` (PyTorch's conv2d).
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W), float32 or float64
+    weight : ndarray (C_out, C_in/groups, kH, kW), same dtype
+    bias : ndarray (C_out,) or None
+    stride, padding, dilation : int or pair of ints
+    groups : int
+
+    Returns
+    -------
+    ndarray (N, C_out, OH, OW)
+    """
+    stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
+                                 pair(dilation, "dilation"))
+    x, weight = _contiguous(x), _contiguous(weight)
+    n, _, height, width = x.shape
+    c_out, c_in_group, kh, kw = weight.shape
+    out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
+    out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
+    out = np.empty((n, c_out, out_h, out_w), dtype=x.dtype)
+    tile = _tile_size(c_in_group * kh * kw, out_h * out_w, x.itemsize, n,
+                      runtime.get_num_threads())
+    _call(_ext.conv2d_forward_into, x, weight, out, stride, padding, dilation, groups, tile)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1).astype(x.dtype, copy=False)
+    return out
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
+                      groups=1):
+    """Gradient of conv2d with respect to its input (the transposed convolution).
+
+    Parameters
+    ----------
+    grad_out : ndarray (N, C_out, OH, OW)
+    weight : ndarray (C_out, C_in/groups, kH, kW)
+    input_shape : tuple (N, C_in, H, W)
+
+    Returns
+    -------
+    ndarray ``input_shape``
+    """
+    stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
+                                 pair(dilation, "dilation"))
+    grad_out, weight = _contiguous(grad_out), _contiguous(weight)
+    grad_input = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
+    k = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    positions = grad_out.shape[2] * grad_out.shape[3]
+    tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0],
+                      runtime.get_num_threads())
+    _call(_ext.conv2d_grad_input_into, grad_out, weight, grad_input, stride, padding,
+          dilation, groups, tile)
+    return grad_input
+
+
+def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv2d with respect to its weight.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    grad_out : ndarray (N, C_out, OH, OW)
+    weight_shape : tuple (C_out, C_in/groups, kH, kW)
+
+    Returns
+    -------
+    ndarray ``weight_shape``
+    """
+    stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
+                                 pair(dilation, "dilation"))
+    x, grad_out = _contiguous(x), _contiguous(grad_out)
+    threads = runtime.get_num_threads()
+    partial = np.zeros((threads,) + tuple(weight_shape), dtype=x.dtype)
+    k = weight_shape[1] * weight_shape[2] * weight_shape[3]
+    positions = grad_out.shape[2] * grad_out.shape[3]
+    tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
+    with runtime.blas_single_threaded:
+        _ext.conv2d_grad_weight_into(x, grad_out, partial, stride, padding, dilation, groups,
+                                     tile, threads)
+    return partial[0] if threads == 1 else partial.sum(axis=0)
+
+
+def conv2d_grad_bias(grad_out):
+    """Gradient of conv2d with respect to its bias: ``grad_out`` summed over N, OH, OW."""
+    return grad_out.sum(axis=(0, 2, 3))
+
+
+def _transposed_output_shape(x_shape, weight_shape, stride, padding, output_padding, groups,
+                             dilation):
+    n, _, height, width = x_shape
+    out_h = ((height - 1) * stride[0] - 2 * padding[0] + dilation[0] * (weight_shape[2] - 1)
+             + output_padding[0] + 1)
+    out_w = ((width - 1) * stride[1] - 2 * padding[1] + dilation[1] * (weight_shape[3] - 1)
+             + output_padding[1] + 1)
+    return n, weight_shape[1] * groups, out_h, out_w
+
+
+def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_padding=0,
+                             groups=1, dilation=1):
+    """Transposed convolution (PyTorch's conv_transpose2d): conv2d's grad_input.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W)
+    weight : ndarray (C_in, C_out/groups, kH, kW)
+    bias : ndarray (C_out,) or None
+
+    Returns
+    -------
+    ndarray (N, C_out, OH, OW),
+    ``OH = (H-1)*stride - 2*padding + dilation*(kH-1) + output_padding + 1``.
+    """
+    stride, padding = pair(stride, "stride", "conv_transpose2d"), pair(padding, "padding")
+    output_padding, dilation = pair(output_padding, "output_padding"), pair(dilation,
+                                                                            "dilation")
+    shape = _transposed_output_shape(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation)
+    out = conv2d_grad_input(x, weight, shape, stride, padding, dilation, groups)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1).astype(out.dtype, copy=False)
+    return out
+
+
+def conv_transpose2d_grad_input(grad_out, weight, stride=1, padding=0, groups=1, dilation=1):
+    """Gradient of conv_transpose2d with respect to its input: conv2d of ``grad_out``."""
+    return conv2d_forward(grad_out, weight, None, stride, padding, dilation, groups)
+
+
+def conv_transpose2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
+                                 dilation=1):
+    """Gradient of conv_transpose2d with respect to its weight ``(C_in, C_out/groups, kH, kW)``."""
+    return conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups)
+
+
+def check_conv2d_args(op, x, weight, bias, stride, padding, dilation, groups,
+                      transposed=False, output_padding=0):
+    """Validate conv arguments at the API boundary; return the normalised pairs.
+
+    Raises
+    ------
+    TypeError
+        Non-float or mismatched dtypes, non-integer hyper-parameters.
+    ValueError
+        Wrong ndim, channel mismatch, channels not divisible by groups,
+        non-positive stride/dilation, negative padding, kernel larger than
+        the padded input.
+    """
+    stride, padding = pair(stride, "stride", op), pair(padding, "padding", op)
+    dilation = pair(dilation, "dilation", op)
+    output_padding = pair(output_padding, "output_padding", op)
+    if x.ndim != 4:
+        raise ValueError("%s: input must be 4-D (N, C, H, W), got shape %s" % (op, x.shape))
+    if weight.ndim != 4:
+        raise ValueError("%s: weight must be 4-D, got shape %s" % (op, weight.shape))
+    for name, array in (("input", x), ("weight", weight)) + ((("bias", bias),) if bias
+                                                            is not None else ()):
+        if array.dtype not in (np.float32, np.float64):
+            raise TypeError("%s: %s must be float32 or float64, got %s" % (op, name, array.dtype))
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError("%s: input, weight and bias must share one dtype, got %s, %s, %s"
+                        % (op, x.dtype, weight.dtype, None if bias is None else bias.dtype))
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError("%s: groups must be a positive int, got %r" % (op, groups))
+    if min(stride) < 1 or min(dilation) < 1:
+        raise ValueError("%s: stride and dilation must be >= 1, got stride=%s dilation=%s"
+                         % (op, stride, dilation))
+    if min(padding) < 0 or min(output_padding) < 0:
+        raise ValueError("%s: padding must be >= 0, got %s" % (op, padding))
+    channels = x.shape[1]
+    if channels % groups:
+        raise ValueError("%s: input channels (%d) must be divisible by groups (%d)"
+                         % (op, channels, groups))
+    if transposed:
+        if weight.shape[0] != channels:
+            raise ValueError("%s: weight has %d input channels but input has %d channels"
+                             % (op, weight.shape[0], channels))
+        out_channels = weight.shape[1] * groups
+        if output_padding[0] >= max(stride[0], dilation[0]) or \
+                output_padding[1] >= max(stride[1], dilation[1]):
+            raise ValueError("%s: output_padding %s must be smaller than stride or dilation"
+                             % (op, output_padding))
+    else:
+        if weight.shape[1] * groups != channels:
+            raise ValueError("%s: weight has %d input channels per group but input has %d "
+                             "channels (groups=%d)" % (op, weight.shape[1], channels, groups))
+        if weight.shape[0] % groups:
+            raise ValueError("%s: output channels (%d) must be divisible by groups (%d)"
+                             % (op, weight.shape[0], groups))
+        out_channels = weight.shape[0]
+        for axis, name in ((0, "height"), (1, "width")):
+            span = dilation[axis] * (weight.shape[2 + axis] - 1) + 1
+            if x.shape[2 + axis] + 2 * padding[axis] < span:
+                raise ValueError("%s: kernel %s %d (dilated) is larger than the padded input "
+                                 "%s %d" % (op, name, span, name,
+                                            x.shape[2 + axis] + 2 * padding[axis]))
+    if bias is not None and bias.shape != (out_channels,):
+        raise ValueError("%s: bias must have shape (%d,), got %s" % (op, out_channels,
+                                                                     bias.shape))
+    return stride, padding, dilation, output_padding

@@ -1,0 +1,273 @@
+# cython: language_level=3
+"""Convolution by tiled im2col + GEMM, with OpenMP over (image, column tile).
+
+Design
+------
+The output of one image, ``(C_out, P)`` with ``P = OH * OW`` positions, is cut
+into column tiles of ``T`` positions. A work item is one (image, tile): it
+unfolds just that tile of the input into a thread-local ``(K, T)`` column
+buffer (``K = C_in/groups * kH * kW``, ``T`` chosen by the caller so the buffer
+stays in cache — never a whole-batch column matrix) and multiplies it by the
+weights with a single-threaded ``sgemm``/``dgemm`` from SciPy's BLAS. Tiles
+make batch 1 use every core, too.
+
+* Forward:      out[:, tile]  = W_g @ cols                 (per group g)
+* grad_weight:  dW_g         += grad_out[:, tile] @ cols^T  (thread-local dW, summed after)
+* grad_input:   cols          = W_g^T @ grad_out[:, tile], then col2im scatter-add.
+  Tiles of one image overlap in the input, so grad_input parallelises over
+  images (the 1×1, stride-1, unpadded case writes disjoint tiles and runs
+  over all items).
+
+Row-major GEMM through column-major BLAS: a row-major (r × c) matrix is a
+column-major (c × r) one, so ``C = A @ B`` is computed as ``C^T = B^T @ A^T``
+by swapping the operands and m ↔ n.
+
+For 1×1 kernels with stride 1 and no padding the input tile *is* the column
+matrix (leading dimension ``H*W``): no unfolding.
+"""
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport malloc, free
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating alpha,
+                       floating* a, int lda, floating* b, int ldb, floating beta,
+                       floating* c, int ldc) noexcept nogil:
+    if floating is float:
+        sgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+
+
+cdef struct Geometry:
+    int channels       # input channels of one group
+    int height
+    int width
+    int kernel_h
+    int kernel_w
+    int stride_h
+    int stride_w
+    int pad_h
+    int pad_w
+    int dilation_h
+    int dilation_w
+    int out_w
+
+
+cdef void _im2col_tile(const floating* image, Geometry g, int start, int tile,
+                       floating* cols) noexcept nogil:
+    """cols[(c*kH + i)*kW + j, t] = image[c, y, x] of output position start + t (0 outside)."""
+    cdef int c, i, j, t, oy, ox, iy, ix, row
+    cdef int oy0 = start // g.out_w
+    cdef int ox0 = start % g.out_w
+    cdef const floating* plane
+    cdef floating* dest
+    for c in range(g.channels):
+        plane = image + <Py_ssize_t>c * g.height * g.width
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                row = (c * g.kernel_h + i) * g.kernel_w + j
+                dest = cols + <Py_ssize_t>row * tile
+                oy = oy0
+                ox = ox0
+                for t in range(tile):
+                    iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
+                    ix = ox * g.stride_w - g.pad_w + j * g.dilation_w
+                    if 0 <= iy < g.height and 0 <= ix < g.width:
+                        dest[t] = plane[iy * g.width + ix]
+                    else:
+                        dest[t] = 0
+                    ox = ox + 1
+                    if ox == g.out_w:
+                        ox = 0
+                        oy = oy + 1
+
+
+cdef void _col2im_tile(const floating* cols, Geometry g, int start, int tile,
+                       floating* image) noexcept nogil:
+    """The adjoint of _im2col_tile: scatter-add the tile's columns into ``image``."""
+    cdef int c, i, j, t, oy, ox, iy, ix, row
+    cdef int oy0 = start // g.out_w
+    cdef int ox0 = start % g.out_w
+    cdef floating* plane
+    cdef const floating* source
+    for c in range(g.channels):
+        plane = image + <Py_ssize_t>c * g.height * g.width
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                row = (c * g.kernel_h + i) * g.kernel_w + j
+                source = cols + <Py_ssize_t>row * tile
+                oy = oy0
+                ox = ox0
+                for t in range(tile):
+                    iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
+                    ix = ox * g.stride_w - g.pad_w + j * g.dilation_w
+                    if 0 <= iy < g.height and 0 <= ix < g.width:
+                        plane[iy * g.width + ix] += source[t]
+                    ox = ox + 1
+                    if ox == g.out_w:
+                        ox = 0
+                        oy = oy + 1
+
+
+cdef Geometry _geometry(int channels, int height, int width, int kernel_h, int kernel_w,
+                        tuple stride, tuple padding, tuple dilation, int out_w):
+    cdef Geometry g
+    g.channels = channels
+    g.height = height
+    g.width = width
+    g.kernel_h = kernel_h
+    g.kernel_w = kernel_w
+    g.stride_h, g.stride_w = stride
+    g.pad_h, g.pad_w = padding
+    g.dilation_h, g.dilation_w = dilation
+    g.out_w = out_w
+    return g
+
+
+cdef inline bint _is_pointwise(Geometry g) noexcept nogil:
+    return (g.kernel_h == 1 and g.kernel_w == 1 and g.stride_h == 1 and g.stride_w == 1
+            and g.pad_h == 0 and g.pad_w == 0)
+
+
+def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
+                        floating[:, :, :, ::1] out, tuple stride, tuple padding,
+                        tuple dilation, int groups, int tile, int num_threads):
+    """out[n] = conv(x[n], weight) for every image; ``out`` (N, C_out, OH, OW) is overwritten."""
+    cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
+    cdef int out_channels = weight.shape[0], kernel_h = weight.shape[2]
+    cdef int kernel_w = weight.shape[3]
+    cdef int out_h = out.shape[2], out_w = out.shape[3]
+    cdef int positions = out_h * out_w
+    cdef int out_per_group = out_channels // groups
+    cdef Geometry g = _geometry(weight.shape[1], height, width, kernel_h, kernel_w, stride,
+                                padding, dilation, out_w)
+    cdef int k = g.channels * kernel_h * kernel_w
+    cdef bint pointwise = _is_pointwise(g)
+    cdef int tiles = (positions + tile - 1) // tile
+    cdef int item, image, start, width_t, group
+    cdef floating* cols
+    cdef floating* operand
+    cdef int ld_operand
+    cdef const floating* image_ptr
+    if n_images == 0 or positions == 0:
+        return
+    with nogil:
+        for item in prange(n_images * tiles, num_threads=num_threads, schedule="static"):
+            image = item // tiles
+            start = (item % tiles) * tile
+            width_t = min(tile, positions - start)
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * tile) if not pointwise \
+                else NULL
+            for group in range(groups):
+                image_ptr = &x[image, group * g.channels, 0, 0]
+                if pointwise:
+                    operand = <floating*>image_ptr + start
+                    ld_operand = height * width
+                else:
+                    _im2col_tile(image_ptr, g, start, width_t, cols)
+                    operand = cols
+                    ld_operand = width_t
+                _gemm(c'N', c'N', width_t, out_per_group, k, 1, operand, ld_operand,
+                      &weight[group * out_per_group, 0, 0, 0], k, 0,
+                      &out[image, group * out_per_group, 0, 0] + start, positions)
+            free(cols)
+
+
+def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
+                            floating[:, :, :, :, ::1] partial, tuple stride, tuple padding,
+                            tuple dilation, int groups, int tile, int num_threads):
+    """partial[t] += this thread's sum of grad_out_tile @ cols^T; caller sums over t.
+
+    ``partial`` is (threads, C_out, C_in/groups, kH, kW), zero on entry.
+    """
+    cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
+    cdef int out_channels = partial.shape[1], kernel_h = partial.shape[3]
+    cdef int kernel_w = partial.shape[4]
+    cdef int out_w = grad_out.shape[3]
+    cdef int positions = grad_out.shape[2] * out_w
+    cdef int out_per_group = out_channels // groups
+    cdef Geometry g = _geometry(partial.shape[2], height, width, kernel_h, kernel_w, stride,
+                                padding, dilation, out_w)
+    cdef int k = g.channels * kernel_h * kernel_w
+    cdef bint pointwise = _is_pointwise(g)
+    cdef int tiles = (positions + tile - 1) // tile
+    cdef int item, image, start, width_t, group, thread
+    cdef floating* cols
+    cdef floating* operand
+    cdef int ld_operand
+    cdef const floating* image_ptr
+    if n_images == 0 or positions == 0:
+        return
+    with nogil:
+        for item in prange(n_images * tiles, num_threads=num_threads, schedule="static"):
+            thread = threadid()
+            image = item // tiles
+            start = (item % tiles) * tile
+            width_t = min(tile, positions - start)
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * tile) if not pointwise \
+                else NULL
+            for group in range(groups):
+                image_ptr = &x[image, group * g.channels, 0, 0]
+                if pointwise:
+                    operand = <floating*>image_ptr + start
+                    ld_operand = height * width
+                else:
+                    _im2col_tile(image_ptr, g, start, width_t, cols)
+                    operand = cols
+                    ld_operand = width_t
+                _gemm(c'T', c'N', k, out_per_group, width_t, 1, operand, ld_operand,
+                      &grad_out[image, group * out_per_group, 0, 0] + start, positions, 1,
+                      &partial[thread, group * out_per_group, 0, 0, 0], k)
+            free(cols)
+
+
+def conv2d_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] weight,
+                           floating[:, :, :, ::1] grad_input, tuple stride, tuple padding,
+                           tuple dilation, int groups, int tile, int num_threads):
+    """grad_input = conv2d's adjoint applied to grad_out; ``grad_input`` must be zero on entry."""
+    cdef int n_images = grad_input.shape[0], height = grad_input.shape[2]
+    cdef int width = grad_input.shape[3]
+    cdef int out_channels = weight.shape[0], kernel_h = weight.shape[2]
+    cdef int kernel_w = weight.shape[3]
+    cdef int out_w = grad_out.shape[3]
+    cdef int positions = grad_out.shape[2] * out_w
+    cdef int out_per_group = out_channels // groups
+    cdef Geometry g = _geometry(weight.shape[1], height, width, kernel_h, kernel_w, stride,
+                                padding, dilation, out_w)
+    cdef int k = g.channels * kernel_h * kernel_w
+    cdef bint pointwise = _is_pointwise(g)
+    cdef int tiles = (positions + tile - 1) // tile
+    cdef int item, image, start, width_t, group, tile_index
+    cdef floating* cols
+    if n_images == 0 or positions == 0:
+        return
+    with nogil:
+        if pointwise:
+            # Disjoint tiles: the column matrix is the gradient image itself.
+            for item in prange(n_images * tiles, num_threads=num_threads, schedule="static"):
+                image = item // tiles
+                start = (item % tiles) * tile
+                width_t = min(tile, positions - start)
+                for group in range(groups):
+                    _gemm(c'N', c'T', width_t, k, out_per_group, 1,
+                          &grad_out[image, group * out_per_group, 0, 0] + start, positions,
+                          &weight[group * out_per_group, 0, 0, 0], k, 0,
+                          &grad_input[image, group * g.channels, 0, 0] + start, positions)
+        else:
+            for image in prange(n_images, num_threads=num_threads, schedule="static"):
+                cols = <floating*>malloc(sizeof(floating) * <size_t>k * tile)
+                for tile_index in range(tiles):
+                    start = tile_index * tile
+                    width_t = min(tile, positions - start)
+                    for group in range(groups):
+                        _gemm(c'N', c'T', width_t, k, out_per_group, 1,
+                              &grad_out[image, group * out_per_group, 0, 0] + start, positions,
+                              &weight[group * out_per_group, 0, 0, 0], k, 0, cols, width_t)
+                        _col2im_tile(cols, g, start, width_t,
+                                     &grad_input[image, group * g.channels, 0, 0])
+                free(cols)
