@@ -62,11 +62,13 @@ def _block_moments(block):
     """Mean and sum of squared deviations of a 1-D ``block`` (two passes, in cache)."""
     # loops index from 0 over slices throughout this module: Numba then knows
     # the index is non-negative, drops its wraparound check, and LLVM vectorises
-    total = 0.0
+    # (accumulators are np.float64: uncompiled, under NEP 50, a Python float
+    # plus a float32 is float32)
+    total = np.float64(0.0)
     for i in range(block.shape[0]):
         total += block[i]
     mean = total / block.shape[0]
-    squares = 0.0
+    squares = np.float64(0.0)
     for i in range(block.shape[0]):
         deviation = block[i] - mean
         squares += deviation * deviation
@@ -153,8 +155,8 @@ def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight
                  grad_weight_part, grad_bias_part):
     """Per-``k`` sums of ``w·g`` and ``w·g·x_hat``; per-parameter sums into the parts."""
     n_inner = x_hat.shape[2] // n_sub
-    sum_grad = 0.0
-    sum_grad_x_hat = 0.0
+    sum_grad = np.float64(0.0)
+    sum_grad_x_hat = np.float64(0.0)
     for a in range(x_hat.shape[0]):
         for s in range(n_sub):
             grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
@@ -168,8 +170,8 @@ def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight
                     sum_grad += weight[i] * g
                     sum_grad_x_hat += weight[i] * g_x_hat
                 continue
-            run_grad = 0.0
-            run_grad_x_hat = 0.0
+            run_grad = np.float64(0.0)
+            run_grad_x_hat = np.float64(0.0)
             for i in range(n_inner):
                 run_grad += grad_run[i]
                 run_grad_x_hat += grad_run[i] * x_hat_run[i]

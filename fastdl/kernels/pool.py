@@ -22,7 +22,9 @@ Design
   ``val > max || isnan(val)``). Backward scatters through these indices, so
   the gradient of a tied window goes to exactly one cell and the gradient sum
   equals the upstream sum.
-* Sums are accumulated in float64 whatever the input dtype.
+* Sums are accumulated in float64 whatever the input dtype (``np.float64``
+  accumulators: uncompiled, under NEP 50, a Python float plus a float32 would
+  be float32).
 * Fast paths: 2x2 windows tiling the input (kernel == stride == 2, no
   padding) run unrolled straight-line kernels for max and average pooling
   (measured ~5-10x faster than the generic path at N32 C64 32x32), and
@@ -368,7 +370,7 @@ def _window_mean_plane(x, h_starts, h_stops, h_counts, w_starts, w_stops, w_coun
         for ow in range(out_w):
             # a slice indexed from 0: no wraparound checks, so the sum vectorises
             window = row[w_starts[ow]:w_stops[ow]]
-            total = 0.0
+            total = np.float64(0.0)
             for i in range(window.shape[0]):
                 total += window[i]
             row_sums[h, ow] = total
@@ -547,7 +549,7 @@ def _global_mean_forward(planes, out):
     # output size 1 (global average pool): one contiguous sum per plane
     for plane in prange(planes.shape[0]):
         values = planes[plane]
-        total = 0.0
+        total = np.float64(0.0)
         for i in range(values.shape[0]):
             total += values[i]
         out[plane] = total / values.shape[0]
