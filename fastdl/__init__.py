@@ -8,5 +8,6 @@ from fastdl.runtime import get_num_threads, set_num_threads
 from fastdl.autograd import (Tensor, cat, enable_grad, is_grad_enabled, no_grad, stack,
                              tensor)
 from fastdl.random import manual_seed
+from fastdl import functional
 
 __version__ = "0.1.0"

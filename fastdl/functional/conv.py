@@ -1,0 +1,86 @@
+"""Differentiable convolution and transposed convolution."""
+from fastdl.autograd import Function
+from fastdl.functional._util import as_tensor, data_of
+from fastdl.kernels import conv as kernels
+
+
+class Conv2d(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.hyper = (stride, padding, dilation, groups)
+        return kernels.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x = (kernels.conv2d_grad_input(grad, weight, x.shape, *ctx.hyper)
+                  if needs[0] else None)
+        grad_weight = (kernels.conv2d_grad_weight(x, grad, weight.shape, *ctx.hyper)
+                       if needs[1] else None)
+        grad_bias = kernels.conv2d_grad_bias(grad) if needs[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    input : Tensor (N, C_in, H, W)
+    weight : Tensor (C_out, C_in/groups, kH, kW)
+    bias : Tensor (C_out,) or None
+    stride, padding, dilation : int or pair
+    groups : int
+
+    Returns
+    -------
+    Tensor (N, C_out, OH, OW), ``OH = (H + 2p - d(kH-1) - 1) // s + 1``.
+    """
+    stride, padding, dilation, _ = kernels.check_conv2d_args(
+        "conv2d", data_of(input), data_of(weight), data_of(bias), stride, padding, dilation,
+        groups)
+    return Conv2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride, padding,
+                        dilation, groups)
+
+
+class ConvTranspose2d(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, output_padding, groups, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.hyper = (stride, padding, groups, dilation)
+        return kernels.conv_transpose2d_forward(x, weight, bias, stride, padding,
+                                                output_padding, groups, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x = (kernels.conv_transpose2d_grad_input(grad, weight, *ctx.hyper)
+                  if needs[0] else None)
+        grad_weight = (kernels.conv_transpose2d_grad_weight(x, grad, weight.shape, *ctx.hyper)
+                       if needs[1] else None)
+        grad_bias = kernels.conv2d_grad_bias(grad) if needs[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1):
+    """2-D transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    Parameters
+    ----------
+    input : Tensor (N, C_in, H, W)
+    weight : Tensor (C_in, C_out/groups, kH, kW)
+
+    Returns
+    -------
+    Tensor (N, C_out, OH, OW),
+    ``OH = (H-1)*stride - 2*padding + dilation*(kH-1) + output_padding + 1``.
+    """
+    stride, padding, dilation, output_padding = kernels.check_conv2d_args(
+        "conv_transpose2d", data_of(input), data_of(weight), data_of(bias), stride, padding,
+        dilation, groups, transposed=True, output_padding=output_padding)
+    return ConvTranspose2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride,
+                                 padding, output_padding, groups, dilation)

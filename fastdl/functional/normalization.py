@@ -1,0 +1,103 @@
+"""Differentiable batch, layer, group and instance normalisation.
+
+The four differ only in the kernels they call; one ``Function`` pattern
+serves them: the forward saves ``x_hat`` and ``inv_std``, the backward asks
+the kernel for exactly the gradients needed.
+"""
+from fastdl.autograd import Function
+from fastdl.functional._util import as_tensor, check_float, contiguous, data_of
+from fastdl.kernels import norm as kernels
+
+
+class _Normalization(Function):
+    """Inputs: (x, weight, bias); subclasses bind ``_forward``/``_backward``."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_hat, inv_std, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        return ctx.backward_kernel(contiguous(grad), x_hat, inv_std, weight, *ctx.extra,
+                                   needs_grad_x=needs[0],
+                                   needs_grad_weight=needs[1] and weight is not None,
+                                   needs_grad_bias=needs[2])
+
+
+class BatchNorm(_Normalization):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
+                num_batches_tracked):
+        y, x_hat, inv_std = kernels.batch_norm_forward(contiguous(x), weight, bias,
+                                                       running_mean, running_var, training,
+                                                       momentum, eps, num_batches_tracked)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.backward_kernel, ctx.extra = kernels.batch_norm_backward, (training,)
+        return y
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, num_batches_tracked=None):
+    """Batch normalisation, as ``torch.nn.functional.batch_norm``.
+
+    Training normalises with the batch mean and biased variance and updates
+    ``running_mean``/``running_var`` in place (unbiased variance); eval uses
+    the running statistics.
+    """
+    check_float("batch_norm", "input", input)
+    return BatchNorm.apply(as_tensor(input), as_tensor(weight), as_tensor(bias),
+                           data_of(running_mean), data_of(running_var), training, momentum,
+                           eps, num_batches_tracked)
+
+
+class LayerNorm(_Normalization):
+    @staticmethod
+    def forward(ctx, x, weight, bias, normalized_shape, eps):
+        y, x_hat, inv_std = kernels.layer_norm_forward(contiguous(x), normalized_shape, weight,
+                                                       bias, eps)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.backward_kernel, ctx.extra = kernels.layer_norm_backward, (normalized_shape,)
+        return y
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the trailing ``normalized_shape``."""
+    check_float("layer_norm", "input", input)
+    return LayerNorm.apply(as_tensor(input), as_tensor(weight), as_tensor(bias),
+                           normalized_shape, eps)
+
+
+class GroupNorm(_Normalization):
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps):
+        y, x_hat, inv_std = kernels.group_norm_forward(contiguous(x), num_groups, weight, bias,
+                                                       eps)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.backward_kernel, ctx.extra = kernels.group_norm_backward, (num_groups,)
+        return y
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalisation: C split into ``num_groups`` groups (C % G must be 0)."""
+    check_float("group_norm", "input", input)
+    return GroupNorm.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), num_groups,
+                           eps)
+
+
+class InstanceNorm(_Normalization):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, use_input_stats, momentum,
+                eps):
+        y, x_hat, inv_std = kernels.instance_norm_forward(contiguous(x), running_mean,
+                                                          running_var, weight, bias,
+                                                          use_input_stats, momentum, eps)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.backward_kernel, ctx.extra = kernels.instance_norm_backward, (use_input_stats,)
+        return y
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Instance normalisation: statistics per (sample, channel)."""
+    check_float("instance_norm", "input", input)
+    return InstanceNorm.apply(as_tensor(input), as_tensor(weight), as_tensor(bias),
+                              data_of(running_mean), data_of(running_var), use_input_stats,
+                              momentum, eps)
