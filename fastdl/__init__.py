@@ -9,5 +9,6 @@ from fastdl.autograd import (Tensor, cat, enable_grad, is_grad_enabled, no_grad,
                              tensor)
 from fastdl.random import manual_seed
 from fastdl import functional
+from fastdl.serialization import load, save
 
 __version__ = "0.1.0"
