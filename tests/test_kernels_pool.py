@@ -283,6 +283,9 @@ def test_bad_inputs_raise_clear_errors():
                                  (1, 1, 4, 4))
     with pytest.raises(ValueError, match="grad_out has shape"):
         pool.avg_pool2d_backward(np.zeros((1, 1, 3, 3)), (1, 1, 4, 4), 2)
+    with pytest.raises(ValueError, match=r"2 indices lie outside the \(4, 4\) input planes"):
+        pool.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.array([[[[0, 16], [15, -1]]]]),
+                                 (1, 1, 4, 4))
 
 
 def test_validate_pool2d_args_normalises():

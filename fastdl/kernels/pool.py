@@ -273,15 +273,22 @@ def _max_pool2d_forward_2x2(x, out, indices):
                 indices[plane, oh, ow] = best_index
 
 
-def _max_pool2d_backward(grad_out, indices, grad_x):
+def _max_pool2d_backward(grad_out, indices, grad_x, out_of_range):
     # grad_x is (planes, H * W): the flat index needs no division. Each plane
-    # is zeroed right before its scatter, while it is in cache.
+    # is zeroed right before its scatter, while it is in cache. Indices not
+    # made by the forward are never followed out of the plane: they are
+    # counted in out_of_range (a well-predicted branch, no measurable cost).
     planes, out_h, out_w = grad_out.shape
+    plane_size = grad_x.shape[1]
     for plane in prange(planes):
         grad_x[plane, :] = 0
         for oh in range(out_h):
             for ow in range(out_w):
-                grad_x[plane, indices[plane, oh, ow]] += grad_out[plane, oh, ow]
+                index = indices[plane, oh, ow]
+                if 0 <= index < plane_size:
+                    grad_x[plane, index] += grad_out[plane, oh, ow]
+                else:
+                    out_of_range[plane] += 1
 
 
 max_pool2d_forward_kernel = jit(_max_pool2d_forward, parallel=True)
@@ -352,7 +359,11 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     index_planes = np.ascontiguousarray(indices, dtype=np.int64).reshape(grad_planes.shape)
     grad_x = np.empty((grad_planes.shape[0], input_shape[-2] * input_shape[-1]),
                       dtype=grad_out.dtype)
-    max_pool2d_backward_kernel(grad_planes, index_planes, grad_x)
+    out_of_range = np.zeros(grad_planes.shape[0], dtype=np.int64)
+    max_pool2d_backward_kernel(grad_planes, index_planes, grad_x, out_of_range)
+    if out_of_range.any():
+        raise ValueError("max_pool2d_backward: %d indices lie outside the %s input planes"
+                         % (out_of_range.sum(), input_shape[-2:]))
     return grad_x.reshape(input_shape)
 
 
