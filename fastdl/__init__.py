@@ -8,7 +8,7 @@ from fastdl.runtime import get_num_threads, set_num_threads
 from fastdl.autograd import (Tensor, cat, enable_grad, is_grad_enabled, no_grad, stack,
                              tensor)
 from fastdl.random import manual_seed
-from fastdl import functional
+from fastdl import functional, nn, optim
 from fastdl.serialization import load, save
 
 __version__ = "0.1.0"
