@@ -12,3 +12,5 @@ from fastdl import functional, nn, optim
 from fastdl.serialization import load, save
 
 __version__ = "0.1.0"
+
+runtime.pin_blas_to_one_thread()  # after the kernels loaded SciPy's BLAS too

@@ -2,8 +2,7 @@
 
 The compiled loops live in ``fastdl_ext/conv.pyx`` (tiled im2col/col2im with
 OpenMP, single-threaded GEMM from SciPy's BLAS per tile). This module chooses
-the tile size, allocates outputs, keeps BLAS single-threaded while the OpenMP
-region runs, and expresses the transposed convolution through the same three
+the tile size, allocates outputs, and expresses the transposed convolution through the same three
 kernels: conv_transpose's forward *is* conv's grad_input, and vice versa.
 
 Shapes: ``x (N, C_in, H, W)``, ``weight (C_out, C_in/groups, kH, kW)``,
@@ -49,9 +48,7 @@ def _contiguous(array):
 
 
 def _call(kernel, *args):
-    threads = runtime.get_num_threads()
-    with runtime.blas_single_threaded:
-        kernel(*args, threads)
+    kernel(*args, runtime.get_num_threads())
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -133,9 +130,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
-    with runtime.blas_single_threaded:
-        _ext.conv2d_grad_weight_into(x, grad_out, partial, stride, padding, dilation, groups,
-                                     tile, threads)
+    _ext.conv2d_grad_weight_into(x, grad_out, partial, stride, padding, dilation, groups,
+                                 tile, threads)
     return partial[0] if threads == 1 else partial.sum(axis=0)
 
 
