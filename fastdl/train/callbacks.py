@@ -1,7 +1,6 @@
 """Callbacks: early stopping, checkpoints. Each gets ``on_epoch_end(trainer, record)``."""
 import math
 
-import numpy as np
 
 from fastdl.train.checkpoint import save_checkpoint
 
