@@ -210,24 +210,16 @@ _reduce_runs_kernel = jit(_reduce_runs, fastmath={"reassoc", "contract"})
 _input_grad_runs_kernel = jit(_input_grad_runs, fastmath={"contract"})
 
 
-def _chunk_bounds(chunk, n_chunks, n_kept):
-    per_chunk = (n_kept + n_chunks - 1) // n_chunks
-    return chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)
-
-
-_chunk_bounds_kernel = jit(_chunk_bounds)
-
-
 def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, weight_along_run, inv_std,
                         use_input_stats, needs_grad_x, grad_x, grad_weight_parts,
                         grad_bias_parts):
     # grad_out, x_hat, grad_x: (A, K, S * B); weight as in _normalize_forward;
     # grad_*_parts: (chunks, P * S) float64, one row per fixed chunk of k
     count = x_hat.shape[0] * x_hat.shape[2]
-    n_chunks = grad_weight_parts.shape[0]
+    n_kept, n_chunks = x_hat.shape[1], grad_weight_parts.shape[0]
+    per_chunk = (n_kept + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        k_start, k_stop = _chunk_bounds_kernel(chunk, n_chunks, x_hat.shape[1])
-        for k in range(k_start, k_stop):
+        for k in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)):
             param_base = (k % n_params) * n_sub
             sum_grad, sum_grad_x_hat = _reduce_runs_kernel(
                 grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight,
