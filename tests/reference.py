@@ -193,3 +193,39 @@ def group_norm_reference(x, num_groups, weight, bias, eps):
 def instance_norm_reference(x, weight, bias, eps):
     axes = tuple(range(2, x.ndim))
     return _affine(zscore_reference(x, axes, eps), weight, bias, _channel_shape(x))
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------
+
+def conv2d_reference(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                     groups=1):
+    """Grouped, strided, dilated cross-correlation via ``scipy.signal.correlate``.
+
+    One 2-D correlation per (image, output channel, input channel), summed over
+    the group's input channels; stride by slicing the stride-1 result.
+    """
+    from scipy import signal
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    n, _, _, _ = x.shape
+    c_out, c_in_group, kh, kw = weight.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    dilated = np.zeros((c_out, c_in_group, dilation[0] * (kh - 1) + 1,
+                        dilation[1] * (kw - 1) + 1))
+    dilated[:, :, ::dilation[0], ::dilation[1]] = weight
+    out_per_group = c_out // groups
+    out = []
+    for image in range(n):
+        planes = []
+        for oc in range(c_out):
+            first = (oc // out_per_group) * c_in_group
+            total = sum(signal.correlate(padded[image, first + ic], dilated[oc, ic],
+                                         mode="valid") for ic in range(c_in_group))
+            planes.append(total[::stride[0], ::stride[1]])
+        out.append(planes)
+    out = np.array(out)
+    if bias is not None:
+        out = out + np.asarray(bias, dtype=np.float64).reshape(1, -1, 1, 1)
+    return out

@@ -1,0 +1,166 @@
+"""Convolution kernels against the SciPy reference, adjoint identities and finite differences."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastdl.kernels import conv
+from fastdl.shapes import conv_output_size
+from reference import conv2d_reference, finite_difference_vjp
+
+# (N, C_in, H, W, C_out, k, stride, padding, dilation, groups)
+CASES = [
+    (2, 3, 7, 9, 4, 3, 1, 1, 1, 1),     # non-square, padding
+    (1, 4, 8, 6, 6, 3, 2, 2, 2, 2),     # batch 1, stride 2, padding k-1, dilation 2, groups
+    (3, 4, 5, 5, 4, 3, 1, 0, 1, 4),     # depthwise
+    (2, 6, 6, 7, 4, 1, 1, 0, 1, 2),     # 1x1 grouped (pointwise fast path)
+    (1, 2, 9, 9, 3, 2, 3, 1, 1, 1),     # stride > kernel
+    (2, 3, 11, 5, 5, 5, 1, 2, 1, 1),    # odd sizes, 5x5
+    (2, 4, 6, 6, 8, 1, 2, 0, 1, 1),     # strided 1x1 (goes through im2col)
+]
+
+
+def _arrays(case, dtype, rng):
+    n, c, h, w, c_out, k, stride, padding, dilation, groups = case
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c // groups, k, k)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    return x, weight, bias, (stride, stride), (padding, padding), (dilation, dilation), groups
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_forward_matches_scipy(case, dtype, rtol, rng):
+    x, weight, bias, stride, padding, dilation, groups = _arrays(case, dtype, rng)
+    out = conv.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
+    expected = conv2d_reference(x, weight, bias, stride, padding, dilation, groups)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_backward_kernels_are_adjoints_of_forward(case, dtype, rtol, rng):
+    """<conv(x, w), g> = <x, grad_input(g)> = <w, grad_weight(x, g)>, against SciPy's conv."""
+    x, weight, _, stride, padding, dilation, groups = _arrays(case, dtype, rng)
+    forward = conv2d_reference(x, weight, None, stride, padding, dilation, groups)
+    grad_out = rng.normal(size=forward.shape).astype(dtype)
+    inner = np.sum(forward * grad_out)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, stride, padding, dilation,
+                                        groups)
+    grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, stride, padding,
+                                          dilation, groups)
+    scale = np.sum(np.abs(forward * grad_out))
+    assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
+    assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
+    np.testing.assert_allclose(conv.conv2d_grad_bias(grad_out), grad_out.sum(axis=(0, 2, 3)),
+                               rtol=rtol)
+
+
+@pytest.mark.parametrize("case", CASES[:4])
+def test_backward_kernels_match_finite_differences(case, rng):
+    x, weight, _, stride, padding, dilation, groups = _arrays(case, np.float64, rng)
+
+    def forward(x_, w_):
+        return conv2d_reference(x_, w_, None, stride, padding, dilation, groups)
+    grad_out = rng.normal(size=forward(x, weight).shape)
+    np.testing.assert_allclose(
+        conv.conv2d_grad_input(grad_out, weight, x.shape, stride, padding, dilation, groups),
+        finite_difference_vjp(forward, [x, weight], grad_out, 0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        conv.conv2d_grad_weight(x, grad_out, weight.shape, stride, padding, dilation, groups),
+        finite_difference_vjp(forward, [x, weight], grad_out, 1), rtol=1e-6, atol=1e-7)
+
+
+def test_non_contiguous_input_is_handled(rng):
+    base = rng.normal(size=(2, 3, 10, 12))
+    x = base[:, :, ::2, 1::2]
+    weight = rng.normal(size=(5, 3, 3, 3))[:, :, ::-1]
+    out = conv.conv2d_forward(x, weight, None, 1, 1)
+    np.testing.assert_allclose(out, conv2d_reference(x, weight, None, (1, 1), (1, 1)),
+                               rtol=1e-10)
+
+
+@pytest.mark.parametrize("groups, output_padding, stride", [(1, 0, 1), (2, 1, 2), (3, 0, 2)])
+def test_transposed_conv_is_adjoint_of_conv(groups, output_padding, stride, rng):
+    x = rng.normal(size=(2, 6, 4, 5))
+    weight = rng.normal(size=(6, 2, 3, 3))  # (C_in, C_out/groups, k, k)
+    bias = rng.normal(size=2 * groups)
+    out = conv.conv_transpose2d_forward(x, weight, bias, stride, 1, output_padding, groups)
+    expected_h = (4 - 1) * stride - 2 + 3 + output_padding
+    assert out.shape == (2, 2 * groups, expected_h, (5 - 1) * stride - 2 + 3 + output_padding)
+    # conv_transpose(x) is the adjoint of conv with the same weight: <T(x), y> = <x, conv(y)>.
+    y = rng.normal(size=out.shape)
+    conv_y = conv2d_reference(y, weight, None, (stride, stride), (1, 1), (1, 1), groups)
+    assert np.isclose(np.sum((out - bias.reshape(1, -1, 1, 1)) * y), np.sum(x * conv_y),
+                      rtol=1e-10)
+    grad_x = conv.conv_transpose2d_grad_input(y, weight, stride, 1, groups)
+    np.testing.assert_allclose(grad_x, conv_y, rtol=1e-10, atol=1e-12)
+    grad_w = conv.conv_transpose2d_grad_weight(x, y, weight.shape, stride, 1, groups)
+    assert np.isclose(np.sum(grad_w * weight), np.sum(x * conv_y), rtol=1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), c_group=st.integers(1, 3), groups=st.integers(1, 2),
+       out_group=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.integers(1, 4), stride=st.integers(1, 3), dilation=st.integers(1, 2),
+       padding=st.integers(0, 3), seed=st.integers(0, 2 ** 16))
+def test_property_random_shapes(n, c_group, groups, out_group, h, w, k, stride, dilation,
+                                padding, seed):
+    span = dilation * (k - 1) + 1
+    if h + 2 * padding < span or w + 2 * padding < span:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, c_group * groups, h, w))
+    weight = rng.normal(size=(out_group * groups, c_group, k, k))
+    args = ((stride, stride), (padding, padding), (dilation, dilation), groups)
+    out = conv.conv2d_forward(x, weight, None, *args)
+    assert out.shape[2:] == (conv_output_size(h, k, stride, padding, dilation),
+                             conv_output_size(w, k, stride, padding, dilation))
+    np.testing.assert_allclose(out, conv2d_reference(x, weight, None, *args), rtol=1e-9,
+                               atol=1e-9)
+    grad_out = rng.normal(size=out.shape)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, *args)
+    assert np.isclose(np.sum(x * grad_input), np.sum(out * grad_out), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, error, match", [
+    ((2, 3, 8), (4, 3, 3, 3), {}, ValueError, "4-D"),
+    ((2, 4, 8, 8), (4, 3, 3, 3), {}, ValueError, "weight has 3 input channels per group but "
+                                                  "input has 4 channels"),
+    ((2, 3, 8, 8), (4, 1, 3, 3), {"groups": 2}, ValueError, "divisible by groups"),
+    ((2, 3, 2, 2), (4, 3, 5, 5), {}, ValueError, "larger than the padded input"),
+    ((2, 3, 8, 8), (4, 3, 3, 3), {"stride": 0}, ValueError, "stride"),
+    ((2, 3, 8, 8), (4, 3, 3, 3), {"dilation": -1}, ValueError, "dilation"),
+    ((2, 3, 8, 8), (4, 3, 3, 3), {"padding": -1}, ValueError, "padding"),
+    ((2, 3, 8, 8), (4, 3, 3, 3), {"stride": 1.5}, TypeError, "stride"),
+])
+def test_bad_arguments_raise_before_any_kernel(x_shape, w_shape, kwargs, error, match):
+    x, weight = np.zeros(x_shape), np.zeros(w_shape)
+    arguments = dict(stride=1, padding=0, dilation=1, groups=1)
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        conv.check_conv2d_args("conv2d", x, weight, None, **arguments)
+
+
+def test_bad_dtypes_raise():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        conv.check_conv2d_args("conv2d", np.zeros((1, 1, 4, 4), np.int64),
+                               np.zeros((1, 1, 3, 3)), None, 1, 0, 1, 1)
+    with pytest.raises(TypeError, match="share one dtype"):
+        conv.check_conv2d_args("conv2d", np.zeros((1, 1, 4, 4), np.float32),
+                               np.zeros((1, 1, 3, 3)), None, 1, 0, 1, 1)
+
+
+@pytest.mark.parametrize("n, k, s, p, d, expected", [
+    (32, 3, 1, 1, 1, 32), (28, 5, 1, 0, 1, 24), (16, 3, 2, 1, 1, 8), (7, 3, 2, 0, 2, 2),
+    (1, 1, 1, 0, 1, 1)])
+def test_conv_output_size_formula(n, k, s, p, d, expected):
+    assert conv_output_size(n, k, s, p, d) == expected
+    assert expected == len(range(0, n + 2 * p - d * (k - 1), s))
+
+
+def test_conv_output_size_rejects_bad_input():
+    with pytest.raises(ValueError, match="stride"):
+        conv_output_size(8, 3, stride=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        conv_output_size(2, 5)

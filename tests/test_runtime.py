@@ -1,0 +1,98 @@
+"""Thread control, the Numba cache location, and concurrent callers."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import fastdl
+from fastdl import runtime
+from fastdl.kernels import conv
+from fastdl.kernels.optim import sum_of_squares
+
+
+def test_set_num_threads_round_trip_and_validation():
+    before = fastdl.get_num_threads()
+    try:
+        fastdl.set_num_threads(1)
+        assert fastdl.get_num_threads() == 1
+        import numba
+        assert numba.get_num_threads() == 1
+        from threadpoolctl import threadpool_info
+        assert all(info["num_threads"] == 1 for info in threadpool_info()
+                   if info["user_api"] == "blas")
+    finally:
+        fastdl.set_num_threads(before)
+    with pytest.raises(ValueError, match=">= 1"):
+        fastdl.set_num_threads(0)
+    with pytest.raises(TypeError, match="int"):
+        fastdl.set_num_threads(1.5)
+
+
+def test_default_threads_respect_affinity_and_quota():
+    assert 1 <= runtime.available_cpus() <= (os.cpu_count() or 1)
+    assert fastdl.get_num_threads() <= runtime.available_cpus()
+
+
+def test_cgroup_quota_is_read(tmp_path, monkeypatch):
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/sys/fs/cgroup/cpu.max":
+            return real_open(cpu_max, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert runtime._cgroup_cpu_limit() == 2     # 1.5 CPUs rounds up
+    cpu_max.write_text("max 100000\n")
+    assert runtime._cgroup_cpu_limit() is None
+
+
+def test_nothing_writable_disables_the_cache_instead_of_crashing(tmp_path):
+    script = textwrap.dedent("""
+        import tempfile
+        tempfile.tempdir = "/dev/null/unwritable"
+        import numpy as np
+        import fastdl
+        from fastdl import runtime
+        from fastdl.kernels.activation import relu_forward
+        assert not runtime.cache_enabled()
+        print(relu_forward(np.array([-1.0, 2.0])).tolist())
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(HOME="/dev/null", XDG_CACHE_HOME="/dev/null/cache")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0.0, 2.0]"
+
+
+def test_many_python_threads_calling_parallel_kernels_get_serial_answers(rng):
+    x = rng.normal(size=(4, 8, 12, 12)).astype(np.float32)
+    weights = [rng.normal(size=(8, 8, 3, 3)).astype(np.float32) for _ in range(8)]
+    vectors = [rng.normal(size=200_000) for _ in range(8)]
+    expected = [(conv.conv2d_forward(x, w, None, 1, 1), sum_of_squares(v))
+                for w, v in zip(weights, vectors)]
+    results = [None] * 8
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                results[i] = (conv.conv2d_forward(x, weights[i], None, 1, 1),
+                              sum_of_squares(vectors[i]))
+        except Exception as error:  # reported below; a crash would abort the process
+            errors.append(error)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for (out, total), (expected_out, expected_total) in zip(results, expected):
+        np.testing.assert_array_equal(out, expected_out)
+        assert total == expected_total
