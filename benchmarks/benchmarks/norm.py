@@ -5,6 +5,10 @@ each benchmark in its own process and ``setup`` imports only the library
 being timed, so the two never share a process (nor an OpenMP runtime). Both
 run with fastdl's thread count. ``setup`` calls the step once, so JIT
 compilation is never timed.
+
+``CASES`` and ``make_step(case, library)`` are also what a side-by-side
+runner needs: build the step in a fresh process per library, call it once,
+then time repeated calls (BENCHMARKS.md method).
 """
 import numpy as np
 
