@@ -114,22 +114,34 @@ def tanh_backward(grad_out, output):
 
 def _softmax_rows(x, out, log):
     for row in prange(x.shape[0]):
-        peak = x[row, 0]
-        for j in range(1, x.shape[1]):
-            peak = max(peak, x[row, j])
-        total = 0.0
+        peak, peak_index = row_peak(x[row])
+        # log(sum exp) = peak + log1p(sum of the others): exact for the dominant entry
+        rest = 0.0
         for j in range(x.shape[1]):
-            total += np.exp(x[row, j] - peak)
+            if j != peak_index:
+                rest += np.exp(x[row, j] - peak)
         if log:
-            shift = peak + np.log(total)
+            log_rest = np.log1p(rest)
             for j in range(x.shape[1]):
-                out[row, j] = x[row, j] - shift
+                out[row, j] = (x[row, j] - peak) - log_rest  # peak + tiny would round
         else:
-            inverse = 1.0 / total
+            inverse = 1.0 / (1.0 + rest)
             for j in range(x.shape[1]):
                 out[row, j] = np.exp(x[row, j] - peak) * inverse
 
 
+def _row_peak(values):
+    """Maximum of a 1-D row and its first index."""
+    peak = values[0]
+    index = 0
+    for j in range(1, values.shape[0]):
+        if values[j] > peak:
+            peak = values[j]
+            index = j
+    return peak, index
+
+
+row_peak = jit(_row_peak, inline="always")
 _SOFTMAX = _bind(_softmax_rows)
 
 

@@ -19,6 +19,7 @@ is bitwise the same at any thread count.
 import numpy as np
 
 from fastdl.kernels._jit import jit, prange
+from fastdl.kernels.activation import row_peak
 
 __all__ = ["cross_entropy_forward_backward", "focal_loss_forward_backward",
            "mse_loss_forward_backward", "check_classification_target"]
@@ -33,13 +34,12 @@ def _focal_rows(logits, target, class_weight, ignore_index, gamma, losses, weigh
             for j in range(logits.shape[1]):
                 grad[row, j] = 0.0
             continue
-        peak = logits[row, 0]
-        for j in range(1, logits.shape[1]):
-            peak = max(peak, logits[row, j])
-        total = 0.0
+        peak, peak_index = row_peak(logits[row])
+        rest = 0.0
         for j in range(logits.shape[1]):
-            total += np.exp(logits[row, j] - peak)
-        log_total = np.log(total)
+            if j != peak_index:
+                rest += np.exp(logits[row, j] - peak)
+        log_total = np.log1p(rest)  # log(sum exp(z - peak)), exact for the dominant entry
         log_p = logits[row, label] - peak - log_total
         weight = class_weight[label]
         if gamma == 0.0:
