@@ -32,3 +32,57 @@ def conv_output_size(n, kernel, stride=1, padding=0, dilation=1):
         raise ValueError("conv_output_size: kernel span %d exceeds padded input %d"
                          % (span, n + 2 * padding))
     return (n + 2 * padding - span) // stride + 1
+
+
+def _window_layers(model):
+    """(kernel, stride, dilation) of each conv/pool layer along the main path, in order."""
+    from fastdl.nn import AvgPool2d, BasicBlock, Conv2d, MaxPool2d
+    layers = []
+
+    def visit(module):
+        if isinstance(module, Conv2d):
+            layers.append((module.kernel_size[0], module.stride[0], module.dilation[0]))
+        elif isinstance(module, (MaxPool2d, AvgPool2d)):
+            kernel = module.kernel_size if isinstance(module.kernel_size, int) \
+                else module.kernel_size[0]
+            stride = module.stride if module.stride is not None else kernel
+            stride = stride if isinstance(stride, int) else stride[0]
+            layers.append((kernel, stride, 1))
+        elif isinstance(module, BasicBlock):
+            visit(module.conv1)  # the main path; the shortcut's window is never larger
+            visit(module.conv2)
+        else:
+            for child in module.children():
+                visit(child)
+    visit(model)
+    return layers
+
+
+def receptive_field(model, input_size):
+    """Receptive field (in input pixels) after each conv/pool layer of ``model``.
+
+    The seed's recurrence ``l_k = l_{k-1} + (f_k - 1) * prod(s_1..s_{k-1})``,
+    with a dilated kernel ``f = d*(k - 1) + 1``. Layers are taken in module
+    order; residual blocks along their main path.
+
+    Parameters
+    ----------
+    model : nn.Module
+    input_size : int
+        Input height (= width); the field is capped at nothing, but a layer
+        whose window exceeds its (padded) input raises in the model itself.
+
+    Returns
+    -------
+    list of int, one per conv/pool layer.
+    """
+    if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral) or \
+            input_size < 1:
+        raise ValueError("receptive_field: input_size must be a positive int, got %r"
+                         % (input_size,))
+    field, jump, fields = 1, 1, []
+    for kernel, stride, dilation in _window_layers(model):
+        field += dilation * (kernel - 1) * jump
+        jump *= stride
+        fields.append(field)
+    return fields
