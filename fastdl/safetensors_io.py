@@ -40,7 +40,7 @@ def save_file(tensors, path, metadata=None):
     """
     arrays = {}
     for name, value in tensors.items():
-        array = np.ascontiguousarray(value)
+        array = np.require(value, requirements="C")  # keeps 0-d arrays 0-d
         if not isinstance(name, str):
             raise TypeError("save_file: tensor names must be str, got %r" % (name,))
         if array.dtype not in _SUPPORTED:
