@@ -111,6 +111,17 @@ def test_float32_statistics_stay_accurate_far_from_zero(rng):
     np.testing.assert_allclose(y, layer_norm_reference(x, (64, 64), None, None, EPS), atol=2e-3)
 
 
+def test_statistics_merge_across_blocks(rng):
+    # rows longer than one statistics block (4096) are merged with Chan's update
+    x = rng.standard_normal((3, 10_000)) * np.linspace(1, 5, 10_000) + np.linspace(0, 50, 10_000)
+    y = norm.layer_norm_forward(x, 10_000)[0]
+    np.testing.assert_allclose(y, layer_norm_reference(x, (10_000,), None, None, EPS),
+                               rtol=1e-10, atol=1e-10)
+    y = norm.group_norm_forward(x.reshape(3, 4, 2500), 2)[0]
+    np.testing.assert_allclose(y, group_norm_reference(x.reshape(3, 4, 2500), 2, None, None,
+                                                       EPS), rtol=1e-10, atol=1e-10)
+
+
 # ---------------------------------------------------------------------------
 # Batch-norm running statistics (PITFALLS 1)
 # ---------------------------------------------------------------------------
