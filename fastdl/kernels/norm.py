@@ -564,20 +564,17 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 def layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape, needs_grad_x=True,
                         needs_grad_weight=True, needs_grad_bias=True):
-    """Gradients of ``layer_norm_forward`` (the batch-norm formula, means over each row).
+    """Gradients of ``layer_norm_forward`` (``batch_norm_backward``'s formula per row).
 
     Parameters
     ----------
-    grad_out, x_hat : ndarray, shape of x, float32 or float64
-    inv_std : ndarray, ``x.shape[:-len(normalized_shape)]``
-    weight : ndarray of shape ``normalized_shape``, or None
+    grad_out, x_hat, inv_std, weight, needs_*
+        As ``batch_norm_backward``; ``inv_std`` and parameters shaped as the forward's.
     normalized_shape : int or tuple of int
-    needs_grad_x, needs_grad_weight, needs_grad_bias : bool
 
     Returns
     -------
-    grad_x : ndarray (shape of x) or None
-    grad_weight, grad_bias : ndarray of shape ``normalized_shape``, or None
+    grad_x (shape of x), grad_weight, grad_bias (``normalized_shape``), each or None
     """
     name = "layer_norm_backward"
     normalized_shape = _normalized_shape(name, np.shape(x_hat), normalized_shape)
@@ -634,20 +631,17 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
 
 def group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups, needs_grad_x=True,
                         needs_grad_weight=True, needs_grad_bias=True):
-    """Gradients of ``group_norm_forward`` (the batch-norm formula, means over each group).
+    """Gradients of ``group_norm_forward`` (``batch_norm_backward``'s formula per group).
 
     Parameters
     ----------
-    grad_out, x_hat : ndarray, shape of x, float32 or float64
-    inv_std : ndarray, (N, G)
-    weight : ndarray (C,) or None
+    grad_out, x_hat, weight, needs_*
+        As ``batch_norm_backward``; ``inv_std`` is (N, G).
     num_groups : int
-    needs_grad_x, needs_grad_weight, needs_grad_bias : bool
 
     Returns
     -------
-    grad_x : ndarray (shape of x) or None
-    grad_weight, grad_bias : ndarray (C,) or None
+    grad_x (shape of x), grad_weight, grad_bias ((C,)), each or None
     """
     name = "group_norm_backward"
     shape = np.shape(x_hat)
@@ -707,17 +701,14 @@ def instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats=Tru
 
     Parameters
     ----------
-    grad_out, x_hat : ndarray, shape of x, float32 or float64
-    inv_std : ndarray, (N, C)
-    weight : ndarray (C,) or None
+    grad_out, x_hat, weight, needs_*
+        As ``batch_norm_backward``; ``inv_std`` is (N, C).
     use_input_stats : bool
-        As given to the forward (False: statistics are constants).
-    needs_grad_x, needs_grad_weight, needs_grad_bias : bool
+        As given to the forward (False: the statistics were constants).
 
     Returns
     -------
-    grad_x : ndarray (shape of x) or None
-    grad_weight, grad_bias : ndarray (C,) or None
+    grad_x (shape of x), grad_weight, grad_bias ((C,)), each or None
     """
     name = "instance_norm_backward"
     shape = np.shape(x_hat)
