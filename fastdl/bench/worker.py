@@ -1,0 +1,72 @@
+"""One timing job in its own process: ``python -m fastdl.bench.worker SUITE INDEX LIBRARY``.
+
+Prints a JSON list of per-call seconds (or ``null`` when the library is missing).
+Each library runs in a separate process because torch brings its own OpenMP
+runtime and thread pool, which would steal cycles from fastdl's (BENCHMARKS.md).
+"""
+import json
+import sys
+import time
+
+
+def _set_threads(library, threads):
+    if library == "torch":
+        import torch
+        torch.set_num_threads(threads)
+    elif library == "fastdl":
+        import fastdl
+        fastdl.set_num_threads(threads)
+
+
+def machine_limits():
+    """(sgemm GFLOP/s, 3-stream memory GB/s) of this machine, measured with NumPy."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+    a = np.ones((2048, 2048), np.float32)
+    times = []
+    with threadpool_limits(limits=None):
+        for _ in range(3):
+            began = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - began)
+    gflops = 2 * 2048 ** 3 / min(times) / 1e9
+    x, y = np.ones(1 << 26, np.float32), np.ones(1 << 26, np.float32)
+    z = np.empty_like(x)
+    times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        np.add(x, y, out=z)
+        times.append(time.perf_counter() - began)
+    return gflops, 3 * 4 * x.size / min(times) / 1e9
+
+
+def main(argv):
+    suite, index, library, threads, repeats = argv[0], int(argv[1]), argv[2], int(argv[3]), \
+        int(argv[4])
+    if suite == "limits":
+        print(json.dumps(machine_limits()))
+        return 0
+    from fastdl.bench.suites import SUITES
+    case = SUITES[suite]()[index]
+    try:
+        _set_threads(library, threads)
+        step = (case[3] if library == "fastdl" else case[4])()
+    except ImportError:
+        print(json.dumps(None))
+        return 0
+    step()       # warm-up: JIT compilation and first-touch memory are never timed
+    step()
+    times = []
+    deadline = time.perf_counter() + 20.0
+    for _ in range(repeats):
+        began = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - began)
+        if time.perf_counter() > deadline:
+            break
+    print(json.dumps(times))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
