@@ -7,7 +7,6 @@ share of the machine's limits (NumPy sgemm 2048³ and 3-stream bandwidth).
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
