@@ -1,4 +1,4 @@
-"""The ``fastdl`` command: demo, train, bench, info.
+"""The ``fastdl`` command: demo, train, bench, info, warmup.
 
 Errors in what the user gave (a bad file, an unwritable directory, a wrong
 option) print one line on stderr and exit with status 2, before anything is
@@ -196,6 +196,30 @@ def _info(args):
     return 0
 
 
+def _warmup(args):
+    """Compile (or load from the cache) every kernel a plan needs, so serving starts warm."""
+    import fastdl
+    from fastdl import deploy, models
+    began = time.perf_counter()
+    if args.plans:
+        for path in args.plans:
+            try:
+                deploy.load(path, warmup=True)
+            except (OSError, ValueError) as error:
+                raise UsageError("%s: %s" % (path, error))
+    else:   # the model zoo's kernels: conv, pooling, linear, activations, and training
+        for model, shape in ((models.lenet5(), (2, 1, 28, 28)),
+                             (models.resnet8(width=4), (2, 3, 8, 8))):
+            x = np.zeros(shape, np.float32)
+            deploy.compile(model, x)
+            model.train()
+            fastdl.functional.cross_entropy(model(fastdl.Tensor(x)), np.zeros(2, np.int64)) \
+                .backward()
+    print("warm: kernels compiled or loaded from the cache in %.1f s"
+          % (time.perf_counter() - began))
+    return 0
+
+
 def _bench(argv):
     from fastdl import bench
     return bench.main(argv)
@@ -212,6 +236,8 @@ def build_parser():
     train.add_argument("--num-classes", type=int, default=0)
     _common(train, epochs=10, batch_size=64, lr=1e-3, optimizer="adam", out="fastdl-run")
     commands.add_parser("info", help="versions, threads, BLAS and cache")
+    warm = commands.add_parser("warmup", help="compile every kernel ahead of serving")
+    warm.add_argument("plans", nargs="*", help="plan files to load and run once")
     commands.add_parser("bench", help="fastdl vs PyTorch side by side", add_help=False)
     return parser
 
@@ -231,6 +257,8 @@ def main(argv=None):
                 raise UsageError("--lr must be > 0")
             _check_output_dir(args.out)
             return _demo(args) if args.command == "demo" else _train(args)
+        if args.command == "warmup":
+            return _warmup(args)
         return _info(args)
     except UsageError as error:
         print("fastdl: error: %s" % error, file=sys.stderr)

@@ -134,10 +134,37 @@ cdef inline bint _is_pointwise(Geometry g) noexcept nogil:
             and g.pad_h == 0 and g.pad_w == 0)
 
 
+cdef void _epilogue(floating* out, int channels, int positions, int width_t,
+                    const floating* bias, const floating* residual, bint activate,
+                    floating slope) noexcept nogil:
+    """bias, residual add and (leaky) ReLU on one tile while it is still in cache."""
+    cdef int channel, t
+    cdef floating value
+    cdef floating* row
+    for channel in range(channels):
+        row = out + <Py_ssize_t>channel * positions
+        for t in range(width_t):
+            value = row[t]
+            if bias != NULL:
+                value = value + bias[channel]
+            if residual != NULL:
+                value = value + residual[<Py_ssize_t>channel * positions + t]
+            if activate and value < 0:
+                value = value * slope
+            row[t] = value
+
+
 def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
                         floating[:, :, :, ::1] out, tuple stride, tuple padding,
-                        tuple dilation, int groups, int tile, int num_threads):
-    """out[n] = conv(x[n], weight) for every image; ``out`` (N, C_out, OH, OW) is overwritten."""
+                        tuple dilation, int groups, int tile, int num_threads,
+                        floating[::1] bias=None, floating[:, :, :, ::1] residual=None,
+                        bint activate=False, double slope=0.0):
+    """out[n] = act(conv(x[n], weight) + bias + residual[n]) for every image.
+
+    ``out`` (N, C_out, OH, OW) is overwritten; ``bias`` (C_out,), ``residual``
+    (shape of ``out``) and the activation (``activate``: ``v < 0 → slope·v``)
+    are applied per tile right after its GEMM, so the output is written once.
+    """
     cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
     cdef int out_channels = weight.shape[0], kernel_h = weight.shape[2]
     cdef int kernel_w = weight.shape[3]
@@ -154,6 +181,11 @@ def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
     cdef floating* operand
     cdef int ld_operand
     cdef const floating* image_ptr
+    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
+    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
+        else NULL
+    cdef floating slope_value = <floating>slope
+    cdef Py_ssize_t image_size = <Py_ssize_t>out_channels * positions
     if n_images == 0 or positions == 0:
         return
     with nogil:
@@ -175,6 +207,11 @@ def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
                 _gemm(c'N', c'N', width_t, out_per_group, k, 1, operand, ld_operand,
                       &weight[group * out_per_group, 0, 0, 0], k, 0,
                       &out[image, group * out_per_group, 0, 0] + start, positions)
+            if bias_ptr != NULL or residual_ptr != NULL or activate:
+                _epilogue(&out[image, 0, 0, 0] + start, out_channels, positions, width_t,
+                          bias_ptr,
+                          residual_ptr + image * image_size + start if residual_ptr != NULL
+                          else NULL, activate, slope_value)
             free(cols)
 
 

@@ -19,10 +19,17 @@ from fastdl_ext import conv as _ext
 
 __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
            "conv_transpose2d_forward", "conv_transpose2d_grad_input",
-           "conv_transpose2d_grad_weight", "check_conv2d_args", "pair"]
+           "conv_transpose2d_grad_weight", "conv2d_runner", "check_conv2d_args", "pair"]
 
 # Bytes of one thread's column tile: fits in L2 with room for the weights.
 _TILE_BYTES = 256 * 1024
+# Multiply-adds below which a second thread costs more to wake (tens of µs with passive
+# OpenMP waiting) than it saves: a LeNet-5 conv at batch 1 is ~0.1 M.
+_WORK_PER_THREAD = 2_000_000
+
+
+def _threads_for(multiply_adds):
+    return max(1, min(runtime.get_num_threads(), multiply_adds // _WORK_PER_THREAD))
 
 
 def pair(value, name, op="conv2d"):
@@ -47,12 +54,9 @@ def _contiguous(array):
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
-def _call(kernel, *args):
-    kernel(*args, runtime.get_num_threads())
-
-
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """Cross-correlation of ``x`` with ``weight`` (PyTorch's conv2d).
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=None,
+                   residual=None, negative_slope=None):
+    """Cross-correlation of ``x`` with ``weight`` (PyTorch's conv2d), with a fused epilogue.
 
     Parameters
     ----------
@@ -61,6 +65,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     bias : ndarray (C_out,) or None
     stride, padding, dilation : int or pair of ints
     groups : int
+    out : ndarray (N, C_out, OH, OW), optional
+        C-contiguous buffer of the right dtype to write into.
+    residual : ndarray like the output, optional
+        Added after the bias (a residual connection).
+    negative_slope : float, optional
+        Apply ``v if v > 0 else negative_slope * v`` last (0: ReLU).
 
     Returns
     -------
@@ -73,13 +83,43 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     c_out, c_in_group, kh, kw = weight.shape
     out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
     out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
-    out = np.empty((n, c_out, out_h, out_w), dtype=x.dtype)
-    tile = _tile_size(c_in_group * kh * kw, out_h * out_w, x.itemsize, n,
-                      runtime.get_num_threads())
-    _call(_ext.conv2d_forward_into, x, weight, out, stride, padding, dilation, groups, tile)
+    if out is None:
+        out = np.empty((n, c_out, out_h, out_w), dtype=x.dtype)
     if bias is not None:
-        out += bias.reshape(1, -1, 1, 1).astype(x.dtype, copy=False)
-    return out
+        bias = _contiguous(bias.astype(x.dtype, copy=False))
+    if residual is not None:
+        residual = _contiguous(residual)
+    run = conv2d_runner(x.shape, weight, bias, stride, padding, dilation, groups,
+                        negative_slope)
+    return run(x, out, residual)
+
+
+def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
+                  dilation=(1, 1), groups=1, negative_slope=None):
+    """A prepared ``run(x, out=None, residual=None)`` for one input shape (no re-checks).
+
+    Tile size, thread count and output shape are computed once, so inference
+    plans call the compiled loop with almost no Python in between. The caller
+    guarantees (as ``check_conv2d_args`` does) that the shapes fit.
+    """
+    n, _, height, width = input_shape
+    c_out, c_in_group, kh, kw = weight.shape
+    out_shape = (n, c_out, conv_output_size(height, kh, stride[0], padding[0], dilation[0]),
+                 conv_output_size(width, kw, stride[1], padding[1], dilation[1]))
+    positions = out_shape[2] * out_shape[3]
+    threads = _threads_for(n * c_out * positions * c_in_group * kh * kw)
+    tile = _tile_size(c_in_group * kh * kw, positions, weight.itemsize, n, threads)
+    activate = negative_slope is not None
+    slope = 0.0 if negative_slope is None else float(negative_slope)
+    forward = _ext.conv2d_forward_into
+
+    def run(x, out=None, residual=None):
+        if out is None:
+            out = np.empty(out_shape, dtype=x.dtype)
+        forward(x, weight, out, stride, padding, dilation, groups, tile, threads, bias,
+                residual, activate, slope)
+        return out
+    return run
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
@@ -102,10 +142,10 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     grad_input = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
-    tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0],
-                      runtime.get_num_threads())
-    _call(_ext.conv2d_grad_input_into, grad_out, weight, grad_input, stride, padding,
-          dilation, groups, tile)
+    threads = _threads_for(grad_out.shape[0] * weight.shape[0] * positions * k)
+    tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0], threads)
+    _ext.conv2d_grad_input_into(grad_out, weight, grad_input, stride, padding, dilation,
+                                groups, tile, threads)
     return grad_input
 
 
@@ -125,10 +165,10 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
                                  pair(dilation, "dilation"))
     x, grad_out = _contiguous(x), _contiguous(grad_out)
-    threads = runtime.get_num_threads()
-    partial = np.zeros((threads,) + tuple(weight_shape), dtype=x.dtype)
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
+    threads = _threads_for(x.shape[0] * weight_shape[0] * positions * k)
+    partial = np.zeros((threads,) + tuple(weight_shape), dtype=x.dtype)
     tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
     _ext.conv2d_grad_weight_into(x, grad_out, partial, stride, padding, dilation, groups,
                                  tile, threads)

@@ -293,6 +293,11 @@ def _max_pool2d_backward(grad_out, indices, grad_x, out_of_range):
 
 max_pool2d_forward_kernel = jit(_max_pool2d_forward, parallel=True)
 max_pool2d_forward_2x2_kernel = jit(_max_pool2d_forward_2x2, parallel=True)
+# Serial twins for small inputs (batch-1 inference): waking the thread pool costs
+# tens of µs, more than pooling a LeNet-sized map.
+_max_pool2d_forward_serial = jit(_max_pool2d_forward)
+_max_pool2d_forward_2x2_serial = jit(_max_pool2d_forward_2x2)
+_SERIAL_BELOW = 1 << 16  # input elements
 max_pool2d_backward_kernel = jit(_max_pool2d_backward, parallel=True)
 
 
@@ -321,13 +326,15 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     planes = _planes(x)
     out = np.empty((planes.shape[0],) + output_hw, dtype=x.dtype)
     indices = np.empty(out.shape, dtype=np.int64)
+    small = planes.size < _SERIAL_BELOW
     if _full_2x2_windows(x.shape, kernel, stride, padding, output_hw):
-        max_pool2d_forward_2x2_kernel(planes, out, indices)
+        (_max_pool2d_forward_2x2_serial if small else max_pool2d_forward_2x2_kernel)(
+            planes, out, indices)
     else:
         h_windows = _pool_windows(x.shape[-2], output_hw[0], kernel[0], stride[0], padding[0])
         w_windows = _pool_windows(x.shape[-1], output_hw[1], kernel[1], stride[1], padding[1])
-        max_pool2d_forward_kernel(planes, h_windows[0], h_windows[1], w_windows[0],
-                                  w_windows[1], out, indices)
+        (_max_pool2d_forward_serial if small else max_pool2d_forward_kernel)(
+            planes, h_windows[0], h_windows[1], w_windows[0], w_windows[1], out, indices)
     shape = x.shape[:-2] + output_hw
     return out.reshape(shape), indices.reshape(shape)
 

@@ -1,0 +1,92 @@
+"""Production inference: conv–BN fusion, compiled inference plans, safe plan files.
+
+    plan = fastdl.deploy.compile(model, example_input)   # eval-mode graph, fused
+    plan(x)                                             # ndarray logits, thread-safe
+    plan.save("model.plan.safetensors")
+    plan = fastdl.deploy.load("model.plan.safetensors", warmup=True)
+"""
+import copy
+
+import numpy as np
+
+from fastdl.deploy.compiler import build_graph
+from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+from fastdl.deploy.plan import InferencePlan
+from fastdl.nn import BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Linear, Parameter
+
+
+def _check_eval_bn(bn, kind):
+    if not isinstance(bn, kind):
+        raise TypeError("fuse: expected %s, got %s" % (kind.__name__, type(bn).__name__))
+    if bn.training:
+        raise ValueError("fuse: batch norm must be in eval mode (call .eval()); fusion uses "
+                         "the running statistics")
+    if bn.running_mean is None:
+        raise ValueError("fuse: batch norm has no running statistics")
+
+
+def fuse_conv_bn(conv, bn):
+    """A new Conv2d/ConvTranspose2d equal to ``bn(conv(x))`` in eval mode (gains a bias)."""
+    if not isinstance(conv, (Conv2d, ConvTranspose2d)):
+        raise TypeError("fuse_conv_bn: expected a Conv2d or ConvTranspose2d, got %s"
+                        % type(conv).__name__)
+    _check_eval_bn(bn, BatchNorm2d)
+    fused = copy.deepcopy(conv)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight.data, None if conv.bias is None else conv.bias.data, bn.running_mean,
+        bn.running_var, bn.eps, None if bn.weight is None else bn.weight.data,
+        None if bn.bias is None else bn.bias.data,
+        transposed=isinstance(conv, ConvTranspose2d), groups=conv.groups)
+    fused.weight = Parameter(weight)
+    fused.bias = Parameter(bias)
+    return fused
+
+
+def fuse_linear_bn(linear, bn):
+    """A new Linear equal to ``bn(linear(x))`` with an eval-mode BatchNorm1d."""
+    if not isinstance(linear, Linear):
+        raise TypeError("fuse_linear_bn: expected a Linear, got %s" % type(linear).__name__)
+    _check_eval_bn(bn, BatchNorm1d)
+    fused = copy.deepcopy(linear)
+    weight, bias = fuse_linear_bn_weights(
+        linear.weight.data, None if linear.bias is None else linear.bias.data,
+        bn.running_mean, bn.running_var, bn.eps,
+        None if bn.weight is None else bn.weight.data, None if bn.bias is None else
+        bn.bias.data)
+    fused.weight, fused.bias = Parameter(weight), Parameter(bias)
+    return fused
+
+
+def compile(model, example_input, max_shapes=4):
+    """Compile ``model`` (evaluated in eval mode) for inputs shaped like ``example_input``.
+
+    Parameters
+    ----------
+    model : nn.Module built from fastdl.nn layers, BasicBlocks or the model zoo
+    example_input : ndarray or Tensor (N, C, H, W)
+        Fixes (C, H, W) and the dtype; the batch size may vary later.
+
+    Returns
+    -------
+    InferencePlan
+
+    Raises
+    ------
+    ValueError
+        Naming the module that cannot be compiled.
+    """
+    example = np.asarray(getattr(example_input, "data", example_input))
+    if example.ndim != 4:
+        raise ValueError("deploy.compile: example_input must be (N, C, H, W), got shape %s"
+                         % (example.shape,))
+    ops, tensors = build_graph(model)
+    return InferencePlan(ops, tensors, example.shape[1:], max_shapes).warmup()
+
+
+def load(path, warmup=False):
+    """Load a plan saved by ``InferencePlan.save`` (validated; no pickle, no user code)."""
+    return InferencePlan.load(path, warmup)
+
+
+__all__ = ["InferencePlan", "compile", "fuse_conv_bn", "fuse_linear_bn",
+           "fuse_conv_bn_weights", "fuse_linear_bn_weights", "load"]

@@ -1,0 +1,357 @@
+"""InferencePlan: a validated op list over NumPy buffers, safe to call from many threads.
+
+Construction checks every op against the plan's input shape (shape inference),
+so a plan loaded from a file can never drive a kernel out of bounds. Each call
+takes a set of intermediate buffers for its input shape from a pool (or makes
+one), so concurrent callers never share buffers; the pool keeps at most
+``max_shapes`` input shapes (least recently used go), so memory stays flat
+when the batch size varies.
+"""
+import collections
+import json
+import numbers
+import threading
+
+import numpy as np
+
+from fastdl.deploy.compiler import ACTIVATIONS, OPS
+from fastdl.kernels import activation as act_kernels
+from fastdl.kernels import conv as conv_kernels
+from fastdl.kernels import pool as pool_kernels
+from fastdl.safetensors_io import load_file, save_file
+from fastdl.shapes import conv_output_size
+
+FORMAT_VERSION = 1
+_ATTRIBUTES = {
+    "conv2d": {"stride", "padding", "dilation", "groups", "negative_slope", "weights"},
+    "conv_transpose2d": {"stride", "padding", "dilation", "groups", "output_padding",
+                         "weights"},
+    "linear": {"negative_slope", "weights"},
+    "max_pool2d": {"kernel_size", "stride", "padding", "ceil_mode"},
+    "avg_pool2d": {"kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"},
+    "adaptive_avg_pool2d": {"output_size"},
+    "flatten": {"start_dim"},
+    "affine_channels": {"weights"},
+    "activation": {"kind", "negative_slope"},
+}
+
+
+def _fail(message):
+    raise ValueError("invalid inference plan: " + message)
+
+
+def _ints(value, count, what, low):
+    if not isinstance(value, list) or len(value) != count or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
+        _fail("%s must be a list of %d ints >= %d, got %r" % (what, count, low, value))
+    return tuple(value)
+
+
+def _weight(tensors, op, role, index, ndim):
+    name = op.get("weights", {}).get(role)
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in tensors:
+        _fail("op %d names a missing tensor %r" % (index, name))
+    array = tensors[name]
+    if array.ndim != ndim:
+        _fail("tensor %r of op %d must be %d-D, got shape %s" % (name, index, ndim,
+                                                                 array.shape))
+    return array
+
+
+def _infer_conv(op, index, shape, tensors, transposed):
+    weight = _weight(tensors, op, "weight", index, 4)
+    if weight is None:
+        _fail("op %d (%s) has no weight" % (index, op["op"]))
+    stride = _ints(op["stride"], 2, "stride", 1)
+    padding = _ints(op["padding"], 2, "padding", 0)
+    dilation = _ints(op["dilation"], 2, "dilation", 1)
+    groups = op["groups"]
+    if not isinstance(groups, int) or groups < 1 or len(shape) != 4:
+        _fail("op %d: bad groups %r or input shape %s" % (index, groups, shape))
+    channels = shape[1]
+    if transposed:
+        out_channels = weight.shape[1] * groups
+        output_padding = _ints(op["output_padding"], 2, "output_padding", 0)
+        if weight.shape[0] != channels or channels % groups:
+            _fail("op %d: weight %s does not fit %d input channels" % (index, weight.shape,
+                                                                       channels))
+        size = [(shape[2 + a] - 1) * stride[a] - 2 * padding[a] + dilation[a] * (
+            weight.shape[2 + a] - 1) + output_padding[a] + 1 for a in (0, 1)]
+        if min(size) < 1:
+            _fail("op %d: empty output" % index)
+    else:
+        out_channels = weight.shape[0]
+        if weight.shape[1] * groups != channels or out_channels % groups:
+            _fail("op %d: weight %s with groups=%d does not fit %d input channels"
+                  % (index, weight.shape, groups, channels))
+        try:
+            size = [conv_output_size(shape[2 + a], weight.shape[2 + a], stride[a],
+                                     padding[a], dilation[a]) for a in (0, 1)]
+        except ValueError as error:
+            _fail("op %d: %s" % (index, error))
+    bias = _weight(tensors, op, "bias", index, 1)
+    if bias is not None and bias.shape != (out_channels,):
+        _fail("op %d: bias shape %s, expected (%d,)" % (index, bias.shape, out_channels))
+    return (shape[0], out_channels, size[0], size[1])
+
+
+def _infer(op, index, shapes, tensors):
+    """Output shape of ``op`` given its input shapes; raise on any inconsistency."""
+    shape = shapes[0]
+    kind = op["op"]
+    if kind in ("conv2d", "conv_transpose2d"):
+        out = _infer_conv(op, index, shape, tensors, kind == "conv_transpose2d")
+        if len(shapes) > 1 and shapes[1] != out:
+            _fail("op %d: residual shape %s differs from the output %s" % (index, shapes[1],
+                                                                           out))
+        return out
+    if kind == "linear":
+        weight = _weight(tensors, op, "weight", index, 2)
+        if weight is None or len(shape) != 2 or shape[1] != weight.shape[1]:
+            _fail("op %d: linear weight %s does not fit input %s"
+                  % (index, None if weight is None else weight.shape, shape))
+        bias = _weight(tensors, op, "bias", index, 1)
+        if bias is not None and bias.shape != (weight.shape[0],):
+            _fail("op %d: bias shape %s" % (index, bias.shape))
+        return (shape[0], weight.shape[0])
+    if kind in ("max_pool2d", "avg_pool2d"):
+        try:
+            _, _, _, output_hw = pool_kernels.validate_pool2d_args(
+                kind, shape, op["kernel_size"], op["stride"], op["padding"],
+                bool(op["ceil_mode"]))
+        except (TypeError, ValueError) as error:
+            _fail("op %d: %s" % (index, error))
+        return shape[:2] + tuple(output_hw)
+    if kind == "adaptive_avg_pool2d":
+        size = _ints(op["output_size"], 2, "output_size", 1)
+        if len(shape) != 4:
+            _fail("op %d: adaptive pooling needs a 4-D input, got %s" % (index, shape))
+        return shape[:2] + size
+    if kind == "flatten":
+        start = op["start_dim"]
+        if not isinstance(start, int) or not 1 <= start < len(shape):
+            _fail("op %d: bad start_dim %r for shape %s" % (index, start, shape))
+        return shape[:start] + (int(np.prod(shape[start:])),)
+    if kind == "affine_channels":
+        for role in ("scale", "shift"):
+            array = _weight(tensors, op, role, index, 1)
+            if array is None or len(shape) < 2 or array.shape != (shape[1],):
+                _fail("op %d: %s must have shape (%d,)" % (index, role, shape[1]))
+        return shape
+    if op.get("kind") not in ACTIVATIONS:
+        _fail("op %d: unknown activation %r" % (index, op.get("kind")))
+    return shape
+
+
+def _validate(ops, tensors, input_shape, dtype):
+    if not isinstance(ops, list) or not ops:
+        _fail("ops must be a non-empty list")
+    shapes = {0: (1,) + tuple(input_shape)}
+    for index, op in enumerate(ops):
+        if not isinstance(op, dict) or op.get("op") not in OPS:
+            _fail("op %d is unknown: %r" % (index, op.get("op") if isinstance(op, dict)
+                                            else op))
+        extra = set(op) - {"op", "inputs", "output"} - _ATTRIBUTES[op["op"]]
+        missing = _ATTRIBUTES[op["op"]] - set(op) - {"weights"}
+        if extra or missing:
+            _fail("op %d (%s): unexpected %s, missing %s" % (index, op["op"], sorted(extra),
+                                                            sorted(missing)))
+        inputs = op.get("inputs")
+        if not isinstance(inputs, list) or not 1 <= len(inputs) <= 2 or not all(
+                isinstance(i, int) and i in shapes for i in inputs):
+            _fail("op %d: inputs %r must name earlier values" % (index, inputs))
+        if len(inputs) == 2 and op["op"] != "conv2d":
+            _fail("op %d: only conv2d takes a residual input" % index)
+        if op.get("output") != index + 1:
+            _fail("op %d: output id must be %d" % (index, index + 1))
+        slope = op.get("negative_slope")
+        if slope is not None and not isinstance(slope, numbers.Real):
+            _fail("op %d: negative_slope must be a number or null" % index)
+        shapes[index + 1] = _infer(op, index, [shapes[i] for i in inputs], tensors)
+    for name, array in tensors.items():
+        if array.dtype != dtype:
+            _fail("tensor %r has dtype %s, the plan is %s" % (name, array.dtype, dtype))
+    return shapes
+
+
+def _activate_in_place(out, slope):
+    if slope is None:
+        return out
+    if slope == 0:
+        return np.maximum(out, 0, out=out)
+    return np.copyto(out, np.where(out > 0, out, out * out.dtype.type(slope))) or out
+
+
+class InferencePlan:
+    """A compiled, eval-only model: ``plan(x)`` returns the logits as an ndarray.
+
+    Parameters
+    ----------
+    ops : list of dict
+        From ``fastdl.deploy.compile`` or a plan file.
+    tensors : dict of str to ndarray
+    input_shape : tuple (C, H, W)
+        The batch size may vary from call to call; the rest is fixed.
+    max_shapes : int
+        Input shapes whose buffers are kept.
+    """
+
+    def __init__(self, ops, tensors, input_shape, max_shapes=4):
+        self.input_shape = tuple(int(n) for n in input_shape)
+        dtypes = {a.dtype for a in tensors.values()} or {np.dtype(np.float32)}
+        if len(dtypes) != 1 or dtypes & {np.dtype(np.float32), np.dtype(np.float64)} != dtypes:
+            _fail("tensors must share one float dtype, got %s" % sorted(map(str, dtypes)))
+        self.dtype = dtypes.pop()
+        self.shapes = _validate(ops, tensors, self.input_shape, self.dtype)
+        self.ops = ops
+        self.tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        self._steps = [self._step(op) for op in ops]
+        self._pools = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.max_shapes = int(max_shapes)
+
+    # ---------------------------------------------------------------- running
+    def _step(self, op):
+        kind = op["op"]
+        weights = {role: self.tensors[name] for role, name in op.get("weights", {}).items()}
+        weight, bias = weights.get("weight"), weights.get("bias")
+        slope = op.get("negative_slope")
+        if kind == "conv2d":
+            runners = {}   # per batch size: tile and thread count prepared once
+            source = op["inputs"][0]
+            residual_source = op["inputs"][1] if len(op["inputs"]) > 1 else None
+            hyper = (tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]),
+                     op["groups"], slope)
+
+            def conv(values, buffer):
+                x = values[source]
+                run = runners.get(x.shape[0])
+                if run is None:
+                    run = runners[x.shape[0]] = conv_kernels.conv2d_runner(
+                        x.shape, weight, bias, *hyper)
+                return run(x, buffer, None if residual_source is None
+                           else values[residual_source])
+            return conv
+        if kind == "conv_transpose2d":
+            return lambda values, buffer: conv_kernels.conv_transpose2d_forward(
+                values[op["inputs"][0]], weight, bias, op["stride"], op["padding"],
+                op["output_padding"], op["groups"], op["dilation"])
+        if kind == "linear":
+            weight_t = np.ascontiguousarray(weight.T)
+
+            def linear(values, buffer):
+                out = np.matmul(values[op["inputs"][0]], weight_t, out=buffer)
+                if bias is not None:
+                    out += bias
+                return _activate_in_place(out, slope)
+            return linear
+        if kind == "max_pool2d":
+            return lambda values, buffer: pool_kernels.max_pool2d_forward(
+                values[op["inputs"][0]], op["kernel_size"], op["stride"], op["padding"],
+                op["ceil_mode"])[0]
+        if kind == "avg_pool2d":
+            return lambda values, buffer: pool_kernels.avg_pool2d_forward(
+                values[op["inputs"][0]], op["kernel_size"], op["stride"], op["padding"],
+                op["ceil_mode"], op["count_include_pad"])
+        if kind == "adaptive_avg_pool2d":
+            return lambda values, buffer: pool_kernels.adaptive_avg_pool2d_forward(
+                values[op["inputs"][0]], tuple(op["output_size"]))
+        if kind == "flatten":
+            return lambda values, buffer: values[op["inputs"][0]].reshape(
+                values[op["inputs"][0]].shape[:op["start_dim"]] + (-1,))
+        if kind == "affine_channels":
+            shape = (1, -1) + (1,) * (len(self.shapes[op["inputs"][0]]) - 2)
+            scale, shift = weights["scale"].reshape(shape), weights["shift"].reshape(shape)
+            return lambda values, buffer: values[op["inputs"][0]] * scale + shift
+        function = {"relu": act_kernels.relu_forward, "sigmoid": act_kernels.sigmoid_forward,
+                    "tanh": act_kernels.tanh_forward, "identity": lambda x: x,
+                    "leaky_relu": lambda x: act_kernels.leaky_relu_forward(
+                        x, op["negative_slope"])}[op["kind"]]
+        return lambda values, buffer: function(values[op["inputs"][0]])
+
+    def _buffers(self, batch):
+        """Take a buffer set for this batch size (made on first use)."""
+        with self._lock:
+            free = self._pools.pop(batch, [])
+            self._pools[batch] = free           # most recently used last
+            while len(self._pools) > self.max_shapes:
+                self._pools.popitem(last=False)
+            if free:
+                return free.pop()
+        buffers = []
+        for index, op in enumerate(self.ops):
+            if op["op"] in ("conv2d", "linear"):
+                shape = (batch,) + self.shapes[index + 1][1:]
+                buffers.append(np.empty(shape, dtype=self.dtype))
+            else:
+                buffers.append(None)
+        return buffers
+
+    def _release(self, batch, buffers):
+        with self._lock:
+            free = self._pools.get(batch)
+            if free is not None and len(free) < 16:
+                free.append(buffers)
+
+    def run(self, x):
+        """Run the plan on ``x (N, C, H, W)``; returns a new ndarray."""
+        x = np.asarray(getattr(x, "data", x))
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise ValueError("InferencePlan: expected input (N, %d, %d, %d), got shape %s"
+                             % (self.input_shape + (x.shape,)))
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        batch = x.shape[0]
+        buffers = self._buffers(batch)
+        try:
+            values = [x] + [None] * len(self.ops)
+            for index, step in enumerate(self._steps):
+                values[index + 1] = step(values, buffers[index])
+            return np.array(values[-1], copy=True)
+        finally:
+            self._release(batch, buffers)
+
+    __call__ = run
+
+    def warmup(self):
+        """Run once at batch 1 so every kernel is compiled/loaded before the first request."""
+        self.run(np.zeros((1,) + self.input_shape, dtype=self.dtype))
+        return self
+
+    # ------------------------------------------------------------------- files
+    def save(self, path):
+        """Write the plan (weights + JSON op list) to one safetensors file, atomically."""
+        description = {"format": "fastdl-plan", "version": FORMAT_VERSION,
+                       "input_shape": list(self.input_shape), "dtype": str(self.dtype),
+                       "ops": self.ops}
+        save_file(self.tensors, path, metadata={"fastdl.plan": json.dumps(description)})
+
+    @classmethod
+    def load(cls, path, warmup=False):
+        """Read and validate a plan file; nothing in it is executed or unpickled.
+
+        Raises
+        ------
+        ValueError
+            A truncated, corrupted or hostile file, an unknown op, or tensors
+            whose shapes disagree with the plan.
+        """
+        tensors, metadata = load_file(path)
+        try:
+            description = json.loads(metadata["fastdl.plan"])
+        except KeyError:
+            raise ValueError("%s is not a fastdl inference plan (no plan metadata)" % path) \
+                from None
+        except json.JSONDecodeError as error:
+            raise ValueError("%s: plan metadata is not JSON (%s)" % (path, error)) from None
+        if not isinstance(description, dict) or description.get("format") != "fastdl-plan" \
+                or description.get("version") != FORMAT_VERSION:
+            raise ValueError("%s: not a fastdl plan of format version %d" % (path,
+                                                                             FORMAT_VERSION))
+        input_shape = _ints(description.get("input_shape"), 3, "input_shape", 1)
+        plan = cls(description.get("ops"), tensors, input_shape)
+        if str(plan.dtype) != description.get("dtype"):
+            _fail("dtype %r in the header, %s in the tensors" % (description.get("dtype"),
+                                                                  plan.dtype))
+        return plan.warmup() if warmup else plan

@@ -1,0 +1,227 @@
+"""Inference plans: equal to the eager model, thread-safe, flat memory, safe files."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastdl
+from fastdl import deploy, nn
+from fastdl.data import load_digits
+from fastdl.models import lenet5, resnet8, resnet20
+
+
+def _trained_stats(model, shape, rng):
+    """Move BN running statistics away from their initial values."""
+    model.train()
+    for _ in range(2):
+        model(fastdl.Tensor(rng.normal(size=shape).astype(np.float32)))
+    return model.eval()
+
+
+def _eager(model, x):
+    with fastdl.no_grad():
+        return model.eval()(fastdl.Tensor(x)).data
+
+
+@pytest.mark.parametrize("factory, shape", [(lenet5, (1, 28, 28)),
+                                            (lambda: resnet8(width=8), (3, 16, 16)),
+                                            (lambda: resnet20(width=8), (3, 16, 16))])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_plan_equals_eager_model(factory, shape, batch, rng):
+    fastdl.manual_seed(0)
+    model = _trained_stats(factory(), (8,) + shape, rng)
+    x = rng.normal(size=(batch,) + shape).astype(np.float32)
+    plan = deploy.compile(model, x)
+    np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-5)
+    assert not model.training
+
+
+def test_plan_on_real_digits():
+    digits = load_digits()
+    fastdl.manual_seed(0)
+    model = lenet5(input_size=8)
+    x = digits.test.arrays[0]
+    plan = deploy.compile(model, x[:1])
+    np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv2d(4, 6, 3, padding=1), lambda: nn.Conv2d(4, 6, 3, bias=False),
+    lambda: nn.Conv2d(4, 6, 3, groups=2), lambda: nn.Conv2d(4, 4, 3, groups=4, bias=False),
+    lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_fuse_conv_bn_module_equals_unfused_pair(conv, affine, rng):
+    fastdl.manual_seed(1)
+    layer = conv().double()
+    bn = nn.BatchNorm2d(6 if layer.out_channels == 6 else 4, eps=1e-3, affine=affine).double()
+    bn.running_mean[:] = rng.normal(size=bn.num_features)
+    bn.running_var[:] = rng.uniform(0.2, 3, size=bn.num_features)
+    if affine:
+        bn.weight.data[:] = rng.normal(size=bn.num_features)
+        bn.bias.data[:] = rng.normal(size=bn.num_features)
+    bn.eval()
+    x = fastdl.Tensor(rng.normal(size=(2, 4, 6, 6)))
+    fused = deploy.fuse_conv_bn(layer, bn)
+    assert fused.bias is not None
+    with fastdl.no_grad():
+        np.testing.assert_allclose(fused(x).data, bn(layer(x)).data, rtol=1e-10, atol=1e-12)
+
+
+def test_fuse_requires_eval_mode_and_running_stats():
+    with pytest.raises(ValueError, match="eval mode"):
+        deploy.fuse_conv_bn(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+    with pytest.raises(ValueError, match="running statistics"):
+        deploy.fuse_conv_bn(nn.Conv2d(2, 2, 1),
+                            nn.BatchNorm2d(2, track_running_stats=False).eval())
+    layer, bn = nn.Linear(3, 2).double(), nn.BatchNorm1d(2).double().eval()
+    bn.running_var[:] = [2.0, 0.5]
+    x = fastdl.Tensor(np.random.default_rng(0).normal(size=(4, 3)))
+    with fastdl.no_grad():
+        np.testing.assert_allclose(deploy.fuse_linear_bn(layer, bn)(x).data, bn(layer(x)).data,
+                                   rtol=1e-12)
+
+
+def test_unsupported_module_is_named():
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x
+    with pytest.raises(ValueError, match="cannot compile module '1' \\(Custom\\)"):
+        deploy.compile(nn.Sequential(nn.Conv2d(1, 2, 3), Custom()), np.zeros((1, 1, 5, 5)))
+
+
+def test_save_load_in_a_fresh_process_gives_identical_outputs(tmp_path, rng):
+    fastdl.manual_seed(0)
+    model = _trained_stats(resnet8(width=4), (4, 3, 8, 8), rng)
+    x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    plan = deploy.compile(model, x)
+    path = tmp_path / "plan.safetensors"
+    plan.save(path)
+    np.save(tmp_path / "x.npy", x)
+    script = ("import numpy as np, sys; from fastdl import deploy; "
+              "p = deploy.load(sys.argv[1], warmup=True); "
+              "np.save(sys.argv[3], p(np.load(sys.argv[2])))")
+    subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, timeout=300)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), plan(x))
+
+
+def test_sixteen_threads_get_the_serial_answers(rng):
+    fastdl.manual_seed(0)
+    plan = deploy.compile(lenet5(), np.zeros((1, 1, 28, 28), np.float32))
+    inputs = [rng.normal(size=(1 + i % 3, 1, 28, 28)).astype(np.float32) for i in range(16)]
+    expected = [plan(x) for x in inputs]
+    results = [None] * 16
+
+    def call(i):
+        for _ in range(20):
+            results[i] = plan(inputs[i])
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_memory_is_flat_over_many_calls_with_varying_batch(rng):
+    fastdl.manual_seed(0)
+    plan = deploy.compile(lenet5(input_size=8), np.zeros((1, 1, 8, 8), np.float32))
+    inputs = [rng.normal(size=(b, 1, 8, 8)).astype(np.float32) for b in (1, 2, 3, 5, 8, 13)]
+    for x in inputs:
+        plan(x)
+    tracemalloc.start()
+    for i in range(3000):
+        plan(inputs[i % len(inputs)])
+    first, _ = tracemalloc.get_traced_memory()
+    for i in range(3000):
+        plan(inputs[i % len(inputs)])
+    second, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(plan._pools) <= plan.max_shapes
+    assert second - first < 256 * 1024
+
+
+def _tamper(path, change):
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    change(header)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + length:])
+
+
+def _edit_plan(edit):
+    def change(header):
+        plan = json.loads(header["__metadata__"]["fastdl.plan"])
+        edit(plan)
+        header["__metadata__"]["fastdl.plan"] = json.dumps(plan)
+    return change
+
+
+@pytest.mark.parametrize("case, match", [
+    ("truncated", "truncated"),
+    ("magic", "beyond the file"),
+    ("header_length", "beyond the file"),
+    ("pickle", "beyond the file"),
+    ("unknown_op", "unknown"),
+    ("shape", "does not fit|must be"),
+    ("not_a_plan", "not a fastdl inference plan"),
+    ("bad_input", "earlier values"),
+])
+def test_hostile_plan_files_are_rejected(tmp_path, case, match):
+    fastdl.manual_seed(0)
+    plan = deploy.compile(lenet5(), np.zeros((1, 1, 28, 28), np.float32))
+    path = tmp_path / "plan.safetensors"
+    plan.save(path)
+    raw = path.read_bytes()
+    if case == "truncated":
+        path.write_bytes(raw[:-100])
+    elif case == "magic":
+        path.write_bytes(b"PK\x03\x04" + raw[4:])
+    elif case == "header_length":
+        path.write_bytes((len(raw) * 2).to_bytes(8, "little") + raw[8:])
+    elif case == "pickle":
+        path.write_bytes(pickle.dumps({"weights": np.zeros(3)}))
+    elif case == "unknown_op":
+        _tamper(path, _edit_plan(lambda p: p["ops"][0].update(op="system")))
+    elif case == "shape":
+        _tamper(path, _edit_plan(lambda p: p["ops"][0]["weights"].update(
+            weight=p["ops"][-1]["weights"]["weight"])))
+    elif case == "not_a_plan":
+        _tamper(path, lambda h: h.pop("__metadata__"))
+    else:
+        _tamper(path, _edit_plan(lambda p: p["ops"][1].update(inputs=[7])))
+    with pytest.raises(ValueError, match=match):
+        deploy.load(path)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    plan = deploy.compile(lenet5(), np.zeros((1, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="expected input"):
+        plan(np.zeros((1, 3, 28, 28), np.float32))
+
+
+def test_serve_example_answers_concurrent_loopback_requests(tmp_path):
+    fastdl.manual_seed(0)
+    deploy.compile(lenet5(input_size=8), np.zeros((1, 1, 8, 8), np.float32)).save(
+        tmp_path / "plan.safetensors")
+    example = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "serve.py")
+    result = subprocess.run([sys.executable, example, str(tmp_path / "plan.safetensors"),
+                             "--selftest", "64"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "64 requests, 0 wrong answers" in result.stdout
+
+
+def test_warmup_command(tmp_path):
+    from fastdl.cli import main
+    plan = deploy.compile(lenet5(), np.zeros((1, 1, 28, 28), np.float32))
+    plan.save(tmp_path / "p.safetensors")
+    assert main(["warmup", str(tmp_path / "p.safetensors")]) == 0
+    assert main(["warmup", str(tmp_path / "missing.safetensors")]) == 2
