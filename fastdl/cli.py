@@ -97,6 +97,13 @@ def run_training(model_name, train_set, val_set, test_set, num_classes, input_sh
     optimizer = _make_optimizer(args.optimizer, model.parameters(), args.lr)
     weight = None
     sampler = RandomSampler(len(train_set))
+    if args.distributed:
+        from fastdl.distributed import DistributedSampler, init
+        if args.balance in ("oversample", "undersample"):
+            raise UsageError("--balance %s cannot be combined with --distributed"
+                             % args.balance)
+        init()
+        sampler = DistributedSampler(len(train_set), seed=args.seed)
     if args.balance == "weights":
         weight = class_weights(train_set.targets, num_classes)
     elif args.balance in ("oversample", "undersample"):
@@ -110,7 +117,8 @@ def run_training(model_name, train_set, val_set, test_set, num_classes, input_sh
     # Keep the weights of the best validation epoch; stop early only when asked.
     callbacks.append(EarlyStopping("val_loss", patience=args.patience or args.epochs))
     trainer = Trainer(model, optimizer, loss_fn, callbacks,
-                      CosineAnnealingLR(optimizer, args.epochs), progress=not args.quiet)
+                      CosineAnnealingLR(optimizer, args.epochs), progress=not args.quiet,
+                      distributed=args.distributed)
     train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, seed=args.seed,
                               transform=transform)
     began = time.perf_counter()
@@ -125,7 +133,8 @@ def run_training(model_name, train_set, val_set, test_set, num_classes, input_sh
     wall = time.perf_counter() - began
     samples = sum(len(train_loader.sampler) for _ in trainer.history.records)
     result = trainer.evaluate(DataLoader(test_set, 512))
-    _write_outputs(args.out, trainer, model, result, num_classes, wall, samples)
+    if trainer.group is None or trainer.group.rank == 0:
+        _write_outputs(args.out, trainer, model, result, num_classes, wall, samples)
     return 0
 
 
@@ -146,6 +155,9 @@ def _common(parser, epochs, batch_size, lr, optimizer, out):
                         help="stop after this many epochs without a better val loss (0: never)")
     parser.add_argument("--augment", action="store_true", help="random-crop augmentation")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over MPI: mpiexec -n RANKS fastdl ... "
+                             "--distributed (--batch-size is per rank)")
 
 
 def _demo(args):

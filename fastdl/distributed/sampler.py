@@ -52,10 +52,16 @@ class DistributedSampler:
         """Reshuffle for ``epoch`` (call it at the start of every epoch, on every rank)."""
         self.epoch = int(epoch)
 
-    def indices(self):
-        """This rank's indices for the current epoch, as an int64 array."""
+    def indices(self, epoch=None, seed=None):
+        """This rank's indices for ``epoch`` (default: the one set), as an int64 array.
+
+        ``epoch`` and ``seed`` are the DataLoader's sampler protocol; the
+        sampler's own seed (the same on every rank) is used when ``seed`` is None.
+        """
+        epoch = self.epoch if epoch is None else int(epoch)
+        seed = self.seed if seed is None else int(seed)
         if self.shuffle:
-            order = np.random.default_rng(self.seed + self.epoch).permutation(self.dataset_length)
+            order = np.random.default_rng([seed, epoch]).permutation(self.dataset_length)
         else:
             order = np.arange(self.dataset_length)
         if self.total_size > len(order):

@@ -34,16 +34,24 @@ class Trainer:
         Added to the loss (e.g. ``lambda m: 1e-4 * F.l2_penalty(m.parameters())``).
     progress : bool or None
         tqdm bar per epoch; None shows it only on a terminal.
+    distributed : bool
+        Data-parallel over MPI (``fastdl.distributed``): weights broadcast from
+        rank 0 at the start, gradients averaged every step, metrics reduced;
+        only rank 0 shows progress and writes checkpoints. Give each rank its
+        shard with a ``DistributedSampler``.
     """
 
     def __init__(self, model, optimizer, loss_fn, callbacks=None, scheduler=None,
-                 grad_clip=None, regularization=None, progress=None, group=None):
+                 grad_clip=None, regularization=None, progress=None, distributed=False):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.callbacks = list(callbacks or [])
         self.scheduler, self.grad_clip, self.regularization = scheduler, grad_clip, \
             regularization
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
-        self.group = group  # a fastdl.distributed group, or None for one process
+        self.group = None
+        if distributed:
+            from fastdl.distributed import init
+            self.group = init()
         self.history = History()
         self.stop_training = False
         self.epoch = -1
@@ -105,6 +113,9 @@ class Trainer:
         if resume is not None:
             start = self.load_checkpoint(resume) + 1
         self.stop_training = False
+        if self.group is not None:
+            from fastdl.distributed import broadcast_parameters
+            broadcast_parameters(self.model, group=self.group)
         for callback in self.callbacks:
             callback.on_train_begin(self)
         show = self.progress and (self.group is None or self.group.rank == 0)

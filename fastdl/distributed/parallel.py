@@ -1,0 +1,42 @@
+"""Data parallelism: one broadcast of the weights, one Allreduce of the gradients per step."""
+import numpy as np
+
+from fastdl.distributed.comm import get_group
+
+
+def _flat_by_dtype(arrays):
+    groups = {}
+    for array in arrays:
+        groups.setdefault(array.dtype, []).append(array)
+    return groups
+
+
+def broadcast_parameters(model, root=0, group=None):
+    """Copy rank ``root``'s parameters and buffers to every rank (one message per dtype)."""
+    group = group or get_group()
+    if group.size == 1:
+        return
+    arrays = [p.data for p in model.parameters()] + [b for b in model.buffers()]
+    for dtype, members in _flat_by_dtype(arrays).items():
+        flat = np.concatenate([a.reshape(-1) for a in members]).astype(dtype, copy=False)
+        group.broadcast_(flat, root)
+        offset = 0
+        for array in members:
+            array.reshape(-1)[...] = flat[offset:offset + array.size]
+            offset += array.size
+
+
+def average_gradients(optimizer, group=None):
+    """Average every parameter's gradient across ranks, in place, with one Allreduce.
+
+    The optimizer's flat gradient buffer is reduced as a whole; parameters
+    without a gradient on this step contribute zeros (and stay ``None``).
+    """
+    group = group or get_group()
+    if group.size == 1:
+        return
+    for p in optimizer.params:
+        if p.grad is None:
+            p._grad_storage[...] = 0
+    group.allreduce_(optimizer.flat_grads)
+    optimizer.flat_grads /= optimizer.flat_grads.dtype.type(group.size)

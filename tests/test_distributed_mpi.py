@@ -1,0 +1,44 @@
+"""Data-parallel training under a real MPI launcher (mpiexec -n 2)."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+mpi4py = pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install fastdl[mpi])")
+
+
+def _mpiexec(script, *args, timeout=300, extra_env=None):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=
+               ":oversubscribe", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env.update(extra_env or {})
+    return subprocess.run([MPIEXEC, "-n", "2", "--oversubscribe", sys.executable,
+                           os.path.join(HERE, "mpi", script), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_two_ranks_equal_one_process_with_double_batch():
+    result = _mpiexec("data_parallel.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "data-parallel OK" in result.stdout
+
+
+def test_a_dying_rank_ends_the_job_and_the_checkpoint_loads(tmp_path):
+    import fastdl
+    from fastdl import nn, optim
+    from fastdl.train import load_checkpoint
+    checkpoint = str(tmp_path / "ck.safetensors")
+    began = time.monotonic()
+    result = _mpiexec("rank_dies.py", checkpoint, timeout=240,
+                      extra_env={"FASTDL_DIST_TIMEOUT": "20"})
+    assert result.returncode != 0
+    assert time.monotonic() - began < 200
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    extra = load_checkpoint(checkpoint, model, optim.SGD(model.parameters(), lr=0.1))
+    assert extra["epoch"] >= 1
