@@ -74,15 +74,42 @@ def receptive_field(model, input_size):
 
     Returns
     -------
-    list of int, one per conv/pool layer.
+    list of int, one per conv/pool layer; for a ``ResNetFPN``, one per pyramid
+    level (shallow to deep).
     """
     if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral) or \
             input_size < 1:
         raise ValueError("receptive_field: input_size must be a positive int, got %r"
                          % (input_size,))
+    from fastdl.models.fcn import ResNetFPN
+    if isinstance(model, ResNetFPN):
+        return _fpn_receptive_fields(model)
     field, jump, fields = 1, 1, []
     for kernel, stride, dilation in _window_layers(model):
         field += dilation * (kernel - 1) * jump
         jump *= stride
         fields.append(field)
+    return fields
+
+
+def _fpn_receptive_fields(model):
+    """Per FPN level: the field of its 3×3 smoothing output.
+
+    A level's merged map adds the nearest-upsampled deeper map, whose pixels
+    see the deepest stage's field (upsampling copies, it does not widen); the
+    3×3 smoothing then adds ``2 * stride`` of that level.
+    """
+    backbone = model.backbone
+    field, jump, stage_fields, stage_jumps = 1, 1, [], []
+    for part in (backbone.stem, backbone.layer1, backbone.layer2, backbone.layer3):
+        for kernel, stride, dilation in _window_layers(part):
+            field += dilation * (kernel - 1) * jump
+            jump *= stride
+        if part is not backbone.stem:
+            stage_fields.append(field)
+            stage_jumps.append(jump)
+    fields = []
+    for level, level_jump in enumerate(stage_jumps):
+        seen = stage_fields[-1] if model.fpn.top_down else stage_fields[level]
+        fields.append(seen + 2 * level_jump)
     return fields

@@ -1,5 +1,7 @@
 """The model zoo."""
+from fastdl.models.fcn import FCN, FPN, ResNetFPN, fcn, resnet_fpn
 from fastdl.models.lenet import lenet5
 from fastdl.models.resnet import ResNet, resnet8, resnet20
 
-__all__ = ["ResNet", "lenet5", "resnet8", "resnet20"]
+__all__ = ["FCN", "FPN", "ResNet", "ResNetFPN", "fcn", "lenet5", "resnet8", "resnet20",
+           "resnet_fpn"]
