@@ -129,6 +129,18 @@ cdef Geometry _geometry(int channels, int height, int width, int kernel_h, int k
     return g
 
 
+cdef inline floating* _columns(const floating* image, Geometry g, int start, int width_t,
+                               bint pointwise, floating* cols, int* leading) noexcept nogil:
+    """The (K, width_t) column matrix of one tile: the image itself for pointwise convs
+    (leading dimension H*W), else unfolded into ``cols`` (leading dimension width_t)."""
+    if pointwise:
+        leading[0] = g.height * g.width
+        return <floating*>image + start
+    _im2col_tile(image, g, start, width_t, cols)
+    leading[0] = width_t
+    return cols
+
+
 cdef inline bint _is_pointwise(Geometry g) noexcept nogil:
     return (g.kernel_h == 1 and g.kernel_w == 1 and g.stride_h == 1 and g.stride_w == 1
             and g.pad_h == 0 and g.pad_w == 0)
@@ -180,7 +192,6 @@ def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
     cdef floating* cols
     cdef floating* operand
     cdef int ld_operand
-    cdef const floating* image_ptr
     cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
     cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
         else NULL
@@ -196,14 +207,8 @@ def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
             cols = <floating*>malloc(sizeof(floating) * <size_t>k * tile) if not pointwise \
                 else NULL
             for group in range(groups):
-                image_ptr = &x[image, group * g.channels, 0, 0]
-                if pointwise:
-                    operand = <floating*>image_ptr + start
-                    ld_operand = height * width
-                else:
-                    _im2col_tile(image_ptr, g, start, width_t, cols)
-                    operand = cols
-                    ld_operand = width_t
+                operand = _columns(&x[image, group * g.channels, 0, 0], g, start, width_t,
+                                   pointwise, cols, &ld_operand)
                 _gemm(c'N', c'N', width_t, out_per_group, k, 1, operand, ld_operand,
                       &weight[group * out_per_group, 0, 0, 0], k, 0,
                       &out[image, group * out_per_group, 0, 0] + start, positions)
@@ -237,7 +242,6 @@ def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef floating* cols
     cdef floating* operand
     cdef int ld_operand
-    cdef const floating* image_ptr
     if n_images == 0 or positions == 0:
         return
     with nogil:
@@ -249,14 +253,8 @@ def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
             cols = <floating*>malloc(sizeof(floating) * <size_t>k * tile) if not pointwise \
                 else NULL
             for group in range(groups):
-                image_ptr = &x[image, group * g.channels, 0, 0]
-                if pointwise:
-                    operand = <floating*>image_ptr + start
-                    ld_operand = height * width
-                else:
-                    _im2col_tile(image_ptr, g, start, width_t, cols)
-                    operand = cols
-                    ld_operand = width_t
+                operand = _columns(&x[image, group * g.channels, 0, 0], g, start, width_t,
+                                   pointwise, cols, &ld_operand)
                 _gemm(c'T', c'N', k, out_per_group, width_t, 1, operand, ld_operand,
                       &grad_out[image, group * out_per_group, 0, 0] + start, positions, 1,
                       &partial[thread, group * out_per_group, 0, 0, 0], k)
