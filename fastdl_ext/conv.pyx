@@ -58,60 +58,79 @@ cdef struct Geometry:
     int out_w
 
 
+cdef inline void _valid_columns(Geometry g, int j, int* first, int* stop) noexcept nogil:
+    """Output columns ox whose input column ox*stride - pad + j*dilation lies inside."""
+    cdef int offset = j * g.dilation_w - g.pad_w
+    cdef int lo = 0
+    cdef int hi
+    if offset < 0:
+        lo = (-offset + g.stride_w - 1) // g.stride_w
+    hi = (g.width - 1 - offset) // g.stride_w + 1 if g.width - 1 - offset >= 0 else 0
+    first[0] = min(lo, g.out_w)
+    stop[0] = max(first[0], min(hi, g.out_w))
+
+
 cdef void _im2col_tile(const floating* image, Geometry g, int start, int tile,
                        floating* cols) noexcept nogil:
-    """cols[(c*kH + i)*kW + j, t] = image[c, y, x] of output position start + t (0 outside)."""
-    cdef int c, i, j, t, oy, ox, iy, ix, row
-    cdef int oy0 = start // g.out_w
-    cdef int ox0 = start % g.out_w
-    cdef const floating* plane
+    """cols[(c*kH + i)*kW + j, t] = image[c, y, x] of output position start + t (0 outside).
+
+    Walks the tile one output row at a time, so the bounds are decided per row
+    segment and the inner copy is a plain strided loop the compiler vectorises.
+    """
+    cdef int c, i, j, t, oy, ox, iy, row, ox_begin, ox_end, first, stop, offset
+    cdef const floating* source
     cdef floating* dest
     for c in range(g.channels):
-        plane = image + <Py_ssize_t>c * g.height * g.width
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
                 row = (c * g.kernel_h + i) * g.kernel_w + j
-                dest = cols + <Py_ssize_t>row * tile
-                oy = oy0
-                ox = ox0
-                for t in range(tile):
+                _valid_columns(g, j, &first, &stop)
+                offset = j * g.dilation_w - g.pad_w
+                t = 0
+                while t < tile:
+                    oy = (start + t) // g.out_w
+                    ox_begin = (start + t) % g.out_w
+                    ox_end = min(g.out_w, ox_begin + tile - t)
+                    dest = cols + <Py_ssize_t>row * tile + t - ox_begin
                     iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
-                    ix = ox * g.stride_w - g.pad_w + j * g.dilation_w
-                    if 0 <= iy < g.height and 0 <= ix < g.width:
-                        dest[t] = plane[iy * g.width + ix]
+                    if iy < 0 or iy >= g.height:
+                        for ox in range(ox_begin, ox_end):
+                            dest[ox] = 0
                     else:
-                        dest[t] = 0
-                    ox = ox + 1
-                    if ox == g.out_w:
-                        ox = 0
-                        oy = oy + 1
+                        source = image + (<Py_ssize_t>c * g.height + iy) * g.width + offset
+                        for ox in range(ox_begin, min(first, ox_end)):
+                            dest[ox] = 0
+                        for ox in range(max(first, ox_begin), min(stop, ox_end)):
+                            dest[ox] = source[ox * g.stride_w]
+                        for ox in range(max(stop, ox_begin), ox_end):
+                            dest[ox] = 0
+                    t = t + ox_end - ox_begin
 
 
 cdef void _col2im_tile(const floating* cols, Geometry g, int start, int tile,
                        floating* image) noexcept nogil:
     """The adjoint of _im2col_tile: scatter-add the tile's columns into ``image``."""
-    cdef int c, i, j, t, oy, ox, iy, ix, row
-    cdef int oy0 = start // g.out_w
-    cdef int ox0 = start % g.out_w
-    cdef floating* plane
+    cdef int c, i, j, t, oy, ox, iy, row, ox_begin, ox_end, first, stop, offset
     cdef const floating* source
+    cdef floating* dest
     for c in range(g.channels):
-        plane = image + <Py_ssize_t>c * g.height * g.width
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
                 row = (c * g.kernel_h + i) * g.kernel_w + j
-                source = cols + <Py_ssize_t>row * tile
-                oy = oy0
-                ox = ox0
-                for t in range(tile):
+                _valid_columns(g, j, &first, &stop)
+                offset = j * g.dilation_w - g.pad_w
+                t = 0
+                while t < tile:
+                    oy = (start + t) // g.out_w
+                    ox_begin = (start + t) % g.out_w
+                    ox_end = min(g.out_w, ox_begin + tile - t)
                     iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
-                    ix = ox * g.stride_w - g.pad_w + j * g.dilation_w
-                    if 0 <= iy < g.height and 0 <= ix < g.width:
-                        plane[iy * g.width + ix] += source[t]
-                    ox = ox + 1
-                    if ox == g.out_w:
-                        ox = 0
-                        oy = oy + 1
+                    if 0 <= iy < g.height:
+                        source = cols + <Py_ssize_t>row * tile + t - ox_begin
+                        dest = image + (<Py_ssize_t>c * g.height + iy) * g.width + offset
+                        for ox in range(max(first, ox_begin), min(stop, ox_end)):
+                            dest[ox * g.stride_w] += source[ox]
+                    t = t + ox_end - ox_begin
 
 
 cdef Geometry _geometry(int channels, int height, int width, int kernel_h, int kernel_w,
