@@ -114,6 +114,31 @@ def _configure_numba_environment():
 _configure_numba_environment()
 
 
+def _keep_freed_memory_for_reuse():
+    """Ask glibc to keep large freed blocks instead of returning them to the OS.
+
+    By default glibc serves blocks over 128 KiB with mmap and unmaps them on
+    free, so every training step page-faults its activations afresh; that was
+    measured to cost more than the kernels (batch norm 4 ms -> 1 ms). Raising the
+    mmap and trim thresholds keeps them in the heap (peak RSS is unchanged).
+    Set FASTDL_MALLOPT=0 to leave glibc's defaults.
+    """
+    if os.environ.get("FASTDL_MALLOPT", "1") == "0":
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc: nothing to tune
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 256 * 1024 * 1024)
+                and mallopt(m_trim_threshold, 1024 * 1024 * 1024))
+
+
+_keep_freed_memory_for_reuse()
+
+
 def cache_enabled():
     """Whether compiled Numba kernels are cached on disk (False when nothing is writable)."""
     return _CACHE_ENABLED

@@ -137,7 +137,7 @@ def _optimizer_case(kind):
         torch = _torch()
         params = [torch.randn(n, requires_grad=True) for n in sizes]
         for p in params:
-            p.grad = torch.ones(n)
+            p.grad = torch.ones_like(p)
         options = {"sgd": dict(lr=0.01, momentum=0.9)}.get(kind, dict(lr=0.01))
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
                "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[kind]
