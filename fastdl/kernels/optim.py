@@ -44,18 +44,20 @@ def _sgd(params, grads, momentum_buffer, chunks_start, chunks_end, chunks_segmen
                                           hyper[segment, 2], hyper[segment, 3])
         first = steps[segment] == 1
         nesterov = hyper[segment, 4] != 0
-        for i in range(chunks_start[chunk], chunks_end[chunk]):
-            g = grads[i]
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        p, grad, buffer = params[start:stop], grads[start:stop], momentum_buffer[start:stop]
+        for i in range(p.shape[0]):   # from 0 over slices: LLVM vectorises this
+            g = grad[i]
             if decay != 0:
-                g = g + decay * params[i]
+                g = g + decay * p[i]
             if momentum != 0:
                 if first:
                     buf = g
                 else:
-                    buf = momentum * momentum_buffer[i] + (1 - dampening) * g
-                momentum_buffer[i] = buf
+                    buf = momentum * buffer[i] + (1 - dampening) * g
+                buffer[i] = buf
                 g = g + momentum * buf if nesterov else buf
-            params[i] = params[i] - lr * g
+            p[i] = p[i] - lr * g
 
 
 def _adagrad(params, grads, state_sum, chunks_start, chunks_end, chunks_segment, active, steps,
@@ -67,12 +69,14 @@ def _adagrad(params, grads, state_sum, chunks_start, chunks_end, chunks_segment,
             continue
         decay, eps = hyper[segment, 2], hyper[segment, 3]
         clr = hyper[segment, 0] / (1 + (steps[segment] - 1) * hyper[segment, 1])
-        for i in range(chunks_start[chunk], chunks_end[chunk]):
-            g = grads[i]
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        p, grad, total = params[start:stop], grads[start:stop], state_sum[start:stop]
+        for i in range(p.shape[0]):
+            g = grad[i]
             if decay != 0:
-                g = g + decay * params[i]
-            state_sum[i] = state_sum[i] + g * g
-            params[i] = params[i] - clr * (g / (np.sqrt(state_sum[i]) + eps))
+                g = g + decay * p[i]
+            total[i] = total[i] + g * g
+            p[i] = p[i] - clr * (g / (np.sqrt(total[i]) + eps))
 
 
 def _rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, chunks_start, chunks_end,
@@ -85,21 +89,25 @@ def _rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, chunks_start,
         lr, alpha, eps = hyper[segment, 0], hyper[segment, 1], hyper[segment, 2]
         decay, momentum = hyper[segment, 3], hyper[segment, 4]
         centered = hyper[segment, 5] != 0
-        for i in range(chunks_start[chunk], chunks_end[chunk]):
-            g = grads[i]
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        p, grad = params[start:stop], grads[start:stop]
+        square, mean, buffer = (square_avg[start:stop], grad_avg[start:stop],
+                                momentum_buffer[start:stop])
+        for i in range(p.shape[0]):
+            g = grad[i]
             if decay != 0:
-                g = g + decay * params[i]
-            square_avg[i] = alpha * square_avg[i] + (1 - alpha) * g * g
+                g = g + decay * p[i]
+            square[i] = alpha * square[i] + (1 - alpha) * g * g
             if centered:
-                grad_avg[i] = alpha * grad_avg[i] + (1 - alpha) * g
-                avg = np.sqrt(square_avg[i] - grad_avg[i] * grad_avg[i]) + eps
+                mean[i] = alpha * mean[i] + (1 - alpha) * g
+                avg = np.sqrt(square[i] - mean[i] * mean[i]) + eps
             else:
-                avg = np.sqrt(square_avg[i]) + eps
+                avg = np.sqrt(square[i]) + eps
             if momentum > 0:
-                momentum_buffer[i] = momentum * momentum_buffer[i] + g / avg
-                params[i] = params[i] - lr * momentum_buffer[i]
+                buffer[i] = momentum * buffer[i] + g / avg
+                p[i] = p[i] - lr * buffer[i]
             else:
-                params[i] = params[i] - lr * (g / avg)
+                p[i] = p[i] - lr * (g / avg)
 
 
 def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chunks_end,
@@ -116,22 +124,26 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = np.sqrt(1 - beta2 ** step)
         step_size = lr / bias_correction1
-        for i in range(chunks_start[chunk], chunks_end[chunk]):
-            g = grads[i]
-            p = params[i]
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        param, grad = params[start:stop], grads[start:stop]
+        first, second, second_max = (exp_avg[start:stop], exp_avg_sq[start:stop],
+                                     max_exp_avg_sq[start:stop])
+        for i in range(param.shape[0]):
+            g = grad[i]
+            p = param[i]
             if decay != 0:
                 if decoupled:        # AdamW: decay the weights, not the gradient
                     p = p * (1 - lr * decay)
                 else:
                     g = g + decay * p
-            m = beta1 * exp_avg[i] + (1 - beta1) * g
-            v = beta2 * exp_avg_sq[i] + (1 - beta2) * g * g
-            exp_avg[i] = m
-            exp_avg_sq[i] = v
+            m = beta1 * first[i] + (1 - beta1) * g
+            v = beta2 * second[i] + (1 - beta2) * g * g
+            first[i] = m
+            second[i] = v
             if amsgrad:
-                v = max(max_exp_avg_sq[i], v)
-                max_exp_avg_sq[i] = v
-            params[i] = p - step_size * (m / (np.sqrt(v) / bias_correction2_sqrt + eps))
+                v = max(second_max[i], v)
+                second_max[i] = v
+            param[i] = p - step_size * (m / (np.sqrt(v) / bias_correction2_sqrt + eps))
 
 
 sgd_update = jit(_sgd, parallel=True)
@@ -148,8 +160,9 @@ def _sum_of_squares(values):
     partial = np.zeros(n_blocks, dtype=np.float64)
     for block in prange(n_blocks):
         total = np.float64(0.0)
-        for i in range(block * _NORM_BLOCK, min((block + 1) * _NORM_BLOCK, values.shape[0])):
-            value = np.float64(values[i])
+        part = values[block * _NORM_BLOCK:min((block + 1) * _NORM_BLOCK, values.shape[0])]
+        for i in range(part.shape[0]):
+            value = np.float64(part[i])
             total += value * value
         partial[block] = total
     result = np.float64(0.0)
@@ -163,8 +176,9 @@ def _max_abs(values):
     partial = np.zeros(n_blocks, dtype=np.float64)
     for block in prange(n_blocks):
         best = np.float64(0.0)
-        for i in range(block * _NORM_BLOCK, min((block + 1) * _NORM_BLOCK, values.shape[0])):
-            value = abs(np.float64(values[i]))
+        part = values[block * _NORM_BLOCK:min((block + 1) * _NORM_BLOCK, values.shape[0])]
+        for i in range(part.shape[0]):
+            value = abs(np.float64(part[i]))
             if value > best or value != value:  # keep NaN visible
                 best = value
         partial[block] = best

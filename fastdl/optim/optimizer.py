@@ -17,6 +17,18 @@ from fastdl.kernels.optim import make_chunks
 __all__ = ["Optimizer"]
 
 
+def _touched_zeros(size, dtype):
+    """Zeros whose pages are really allocated.
+
+    ``np.zeros`` maps large arrays to the kernel's shared zero page until first
+    written; a fused update over such a buffer (e.g. Adam's unused amsgrad slot)
+    ran 14x slower (89 ms instead of 6 ms for 10M parameters).
+    """
+    array = np.empty(size, dtype=dtype)
+    array.fill(0)
+    return array
+
+
 class Optimizer:
     """Base class. Subclasses set ``defaults``, ``state_slots``, ``hyper_names`` and ``_update``.
 
@@ -85,8 +97,8 @@ class Optimizer:
         total = int(sum(sizes))
         old_state = getattr(self, "_slot_values", None)
         self.flat_params = np.empty(total, dtype=dtype)
-        self.flat_grads = np.zeros(total, dtype=dtype)
-        slots = {name: np.zeros(total, dtype=dtype) for name in self.state_slots}
+        self.flat_grads = _touched_zeros(total, dtype)
+        slots = {name: _touched_zeros(total, dtype) for name in self.state_slots}
         for p, start, size in zip(params, starts, sizes):
             view = self.flat_params[start:start + size]
             view[...] = p.data.reshape(-1)
@@ -124,7 +136,8 @@ class Optimizer:
     def _hyper(self):
         table = np.array([[float(group[name]) for name in self.hyper_names]
                           for group in self.param_groups], dtype=np.float64)
-        return np.ascontiguousarray(table[self._group_of])
+        # in the parameters' dtype: float32 updates then run in float32 SIMD, as torch's
+        return np.ascontiguousarray(table[self._group_of], dtype=self.flat_params.dtype)
 
     def step(self, closure=None):
         """Update every parameter that has a gradient, in one fused kernel call.
