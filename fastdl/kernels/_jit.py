@@ -8,12 +8,31 @@ kernel as ordinary Python; Numba itself honours that variable).
     relu_forward = jit(_relu_forward)                  # serial
     relu_forward = jit(_relu_forward, parallel=True)   # prange loops
 """
+import types
+
 from fastdl import runtime  # noqa: F401  (sets Numba's environment before import)
 
 import numba
 from numba import prange  # noqa: F401  (re-exported for kernels)
 
 __all__ = ["jit", "prange"]
+
+
+def _variant(fn, parallel, fastmath):
+    """A copy of ``fn`` whose qualified name says how it is compiled.
+
+    Numba's on-disk cache keys a function by its qualified name, line and
+    bytecode, not by ``parallel``/``fastmath``: a serial and a parallel binding
+    of one plain kernel would load each other's machine code (a parallel
+    max-pool was found running serially, 10x slower).
+    """
+    tag = ("parallel" if parallel else "serial") + ("_fastmath" if fastmath else "")
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = "%s.%s" % (fn.__qualname__, tag)
+    copy.__module__, copy.__doc__ = fn.__module__, fn.__doc__
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
 
 
 def jit(function=None, *, parallel=False, fastmath=False, inline="never"):
@@ -33,8 +52,8 @@ def jit(function=None, *, parallel=False, fastmath=False, inline="never"):
     numba dispatcher (or a decorator when called without ``function``).
     """
     def bind(fn):
-        return numba.njit(fn, cache=runtime.cache_enabled(), parallel=parallel,
-                          fastmath=fastmath, nogil=True, inline=inline)
+        return numba.njit(_variant(fn, parallel, fastmath), cache=runtime.cache_enabled(),
+                          parallel=parallel, fastmath=fastmath, nogil=True, inline=inline)
     if function is None:
         return bind
     return bind(function)
