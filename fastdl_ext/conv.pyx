@@ -25,7 +25,7 @@ by swapping the operands and m ↔ n.
 For 1×1 kernels with stride 1 and no padding the input tile *is* the column
 matrix (leading dimension ``H*W``): no unfolding.
 """
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -280,6 +280,45 @@ def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
             free(cols)
 
 
+cdef void _grad_input_by_channels(floating[:, :, :, ::1] grad_out,
+                                  floating[:, :, :, ::1] weight,
+                                  floating[:, :, :, ::1] grad_input, Geometry g, int groups,
+                                  int tile, int tiles, int num_threads) noexcept nogil:
+    """grad_input for fewer images than threads: each thread owns a slice of the input
+    channels, computes just its rows of the column gradient and scatters them, so the
+    threads never write the same pixel (tiles of one image overlap in the input)."""
+    cdef int n_images = grad_input.shape[0]
+    cdef int positions = grad_out.shape[2] * grad_out.shape[3]
+    cdef int out_per_group = weight.shape[0] // groups
+    cdef int window = g.kernel_h * g.kernel_w
+    cdef int k = g.channels * window
+    cdef int image, tile_index, start, width_t, group, chunk, first, last
+    cdef Geometry part
+    cdef floating* cols
+    with parallel(num_threads=num_threads):
+        cols = <floating*>malloc(sizeof(floating) * <size_t>k * tile)
+        for image in range(n_images):
+            for tile_index in range(tiles):
+                start = tile_index * tile
+                width_t = min(tile, positions - start)
+                for group in range(groups):
+                    for chunk in prange(num_threads, schedule="static"):
+                        first = chunk * g.channels // num_threads
+                        last = (chunk + 1) * g.channels // num_threads
+                        if last > first:
+                            part = g
+                            part.channels = last - first
+                            _gemm(c'N', c'T', width_t, (last - first) * window,
+                                  out_per_group, 1,
+                                  &grad_out[image, group * out_per_group, 0, 0] + start,
+                                  positions,
+                                  &weight[group * out_per_group, 0, 0, 0] + first * window, k,
+                                  0, cols, width_t)
+                            _col2im_tile(cols, part, start, width_t,
+                                         &grad_input[image, group * g.channels + first, 0, 0])
+        free(cols)
+
+
 def conv2d_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] weight,
                            floating[:, :, :, ::1] grad_input, tuple stride, tuple padding,
                            tuple dilation, int groups, int tile, int num_threads):
@@ -312,6 +351,9 @@ def conv2d_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, :, :, ::
                           &grad_out[image, group * out_per_group, 0, 0] + start, positions,
                           &weight[group * out_per_group, 0, 0, 0], k, 0,
                           &grad_input[image, group * g.channels, 0, 0] + start, positions)
+        elif n_images < num_threads and g.channels >= num_threads:
+            _grad_input_by_channels(grad_out, weight, grad_input, g, groups, tile, tiles,
+                                    num_threads)
         else:
             for image in prange(n_images, num_threads=num_threads, schedule="static"):
                 cols = <floating*>malloc(sizeof(floating) * <size_t>k * tile)

@@ -144,6 +144,10 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     positions = grad_out.shape[2] * grad_out.shape[3]
     threads = _threads_for(grad_out.shape[0] * weight.shape[0] * positions * k)
     tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0], threads)
+    if grad_out.shape[0] < threads <= weight.shape[1]:
+        # Threads split the channels of each tile and meet at a barrier per tile:
+        # few large tiles keep the barriers rare.
+        tile = max(tile, -(-positions // 4))
     _ext.conv2d_grad_input_into(grad_out, weight, grad_input, stride, padding, dilation,
                                 groups, tile, threads)
     return grad_input
