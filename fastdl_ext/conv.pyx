@@ -70,16 +70,19 @@ cdef inline void _valid_columns(Geometry g, int j, int* first, int* stop) noexce
     stop[0] = max(first[0], min(hi, g.out_w))
 
 
-cdef void _im2col_tile(const floating* image, Geometry g, int start, int tile,
-                       floating* cols) noexcept nogil:
-    """cols[(c*kH + i)*kW + j, t] = image[c, y, x] of output position start + t (0 outside).
+cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* image,
+                     bint scatter) noexcept nogil:
+    """Unfold (``scatter`` False) or fold back (True) one tile of output positions.
 
-    Walks the tile one output row at a time, so the bounds are decided per row
-    segment and the inner copy is a plain strided loop the compiler vectorises.
+    Unfold: ``cols[(c*kH + i)*kW + j, t] = image[c, y, x]`` of position
+    ``start + t`` (0 outside the image). Fold: the adjoint, scatter-adding the
+    columns into ``image``. The tile is walked one output row at a time, so the
+    bounds are decided per row segment and the inner loops are plain strided
+    copies the compiler vectorises.
     """
     cdef int c, i, j, t, oy, ox, iy, row, ox_begin, ox_end, first, stop, offset
-    cdef const floating* source
-    cdef floating* dest
+    cdef floating* pixels
+    cdef floating* column
     for c in range(g.channels):
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
@@ -91,46 +94,34 @@ cdef void _im2col_tile(const floating* image, Geometry g, int start, int tile,
                     oy = (start + t) // g.out_w
                     ox_begin = (start + t) % g.out_w
                     ox_end = min(g.out_w, ox_begin + tile - t)
-                    dest = cols + <Py_ssize_t>row * tile + t - ox_begin
+                    column = cols + <Py_ssize_t>row * tile + t - ox_begin
                     iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
-                    if iy < 0 or iy >= g.height:
+                    pixels = image + (<Py_ssize_t>c * g.height + iy) * g.width + offset
+                    if scatter:
+                        if 0 <= iy < g.height:
+                            for ox in range(max(first, ox_begin), min(stop, ox_end)):
+                                pixels[ox * g.stride_w] += column[ox]
+                    elif iy < 0 or iy >= g.height:
                         for ox in range(ox_begin, ox_end):
-                            dest[ox] = 0
+                            column[ox] = 0
                     else:
-                        source = image + (<Py_ssize_t>c * g.height + iy) * g.width + offset
                         for ox in range(ox_begin, min(first, ox_end)):
-                            dest[ox] = 0
+                            column[ox] = 0
                         for ox in range(max(first, ox_begin), min(stop, ox_end)):
-                            dest[ox] = source[ox * g.stride_w]
+                            column[ox] = pixels[ox * g.stride_w]
                         for ox in range(max(stop, ox_begin), ox_end):
-                            dest[ox] = 0
+                            column[ox] = 0
                     t = t + ox_end - ox_begin
 
 
-cdef void _col2im_tile(const floating* cols, Geometry g, int start, int tile,
-                       floating* image) noexcept nogil:
-    """The adjoint of _im2col_tile: scatter-add the tile's columns into ``image``."""
-    cdef int c, i, j, t, oy, ox, iy, row, ox_begin, ox_end, first, stop, offset
-    cdef const floating* source
-    cdef floating* dest
-    for c in range(g.channels):
-        for i in range(g.kernel_h):
-            for j in range(g.kernel_w):
-                row = (c * g.kernel_h + i) * g.kernel_w + j
-                _valid_columns(g, j, &first, &stop)
-                offset = j * g.dilation_w - g.pad_w
-                t = 0
-                while t < tile:
-                    oy = (start + t) // g.out_w
-                    ox_begin = (start + t) % g.out_w
-                    ox_end = min(g.out_w, ox_begin + tile - t)
-                    iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
-                    if 0 <= iy < g.height:
-                        source = cols + <Py_ssize_t>row * tile + t - ox_begin
-                        dest = image + (<Py_ssize_t>c * g.height + iy) * g.width + offset
-                        for ox in range(max(first, ox_begin), min(stop, ox_end)):
-                            dest[ox * g.stride_w] += source[ox]
-                    t = t + ox_end - ox_begin
+cdef inline void _im2col_tile(const floating* image, Geometry g, int start, int tile,
+                              floating* cols) noexcept nogil:
+    _walk_tile(cols, g, start, tile, <floating*>image, False)
+
+
+cdef inline void _col2im_tile(const floating* cols, Geometry g, int start, int tile,
+                              floating* image) noexcept nogil:
+    _walk_tile(<floating*>cols, g, start, tile, image, True)
 
 
 cdef Geometry _geometry(int channels, int height, int width, int kernel_h, int kernel_w,
