@@ -12,6 +12,8 @@ then time repeated calls (BENCHMARKS.md method).
 """
 import numpy as np
 
+from ._common import aligned_step, step_benchmark
+
 # name -> (input shape, how the norm reduces: "batch", "group8", "layer", "instance")
 CASES = {
     "batch_norm2d N32 C64 32x32": ((32, 64, 32, 32), "batch"),
@@ -77,29 +79,8 @@ def torch_step(shape, kind):
 
 def make_step(case, library):
     """Build the step of ``case`` for ``library``, with both libraries' threads aligned."""
-    import fastdl
-    shape, kind = CASES[case]
-    if library == "fastdl":
-        return fastdl_step(shape, kind)
-    step = torch_step(shape, kind)
-    import torch
-    torch.set_num_threads(fastdl.get_num_threads())
-    return step
+    return aligned_step(fastdl_step, torch_step, CASES[case], library)
 
 
-class NormForwardBackward:
-    """Training-mode forward + backward (dx, dγ, dβ), float32."""
-
-    params = [list(CASES), ["fastdl", "torch"]]
-    param_names = ["case", "library"]
-    timeout = 120
-
-    def setup(self, case, library):
-        self.step = make_step(case, library)
-        self.step()
-
-    def time_forward_backward(self, case, library):
-        self.step()
-
-    def peakmem_forward_backward(self, case, library):
-        self.step()
+NormForwardBackward = step_benchmark("NormForwardBackward", "Training-mode forward + backward (dx, dγ, dβ), float32.",
+                                      CASES, make_step)

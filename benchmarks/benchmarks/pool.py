@@ -5,6 +5,8 @@ with fastdl's thread count, JIT warm-up in ``setup``.
 """
 import numpy as np
 
+from ._common import aligned_step, step_benchmark
+
 # name -> (input shape, pooling op, op arguments)
 CASES = {
     "max_pool2d 2x2 N32 C64 32x32": ((32, 64, 32, 32), "max", (2, 2, 0)),
@@ -65,29 +67,8 @@ def torch_step(shape, op, args):
 
 def make_step(case, library):
     """Build the step of ``case`` for ``library``, with both libraries' threads aligned."""
-    import fastdl
-    shape, op, args = CASES[case]
-    if library == "fastdl":
-        return fastdl_step(shape, op, args)
-    step = torch_step(shape, op, args)
-    import torch
-    torch.set_num_threads(fastdl.get_num_threads())
-    return step
+    return aligned_step(fastdl_step, torch_step, CASES[case], library)
 
 
-class PoolForwardBackward:
-    """Forward + backward (dx), float32."""
-
-    params = [list(CASES), ["fastdl", "torch"]]
-    param_names = ["case", "library"]
-    timeout = 120
-
-    def setup(self, case, library):
-        self.step = make_step(case, library)
-        self.step()
-
-    def time_forward_backward(self, case, library):
-        self.step()
-
-    def peakmem_forward_backward(self, case, library):
-        self.step()
+PoolForwardBackward = step_benchmark("PoolForwardBackward", "Forward + backward (dx), float32.",
+                                      CASES, make_step)
