@@ -15,7 +15,10 @@ def _array(value):
 
 
 def assert_close(actual, expected, rtol=1e-7, atol=0.0, msg=""):
-    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise (Tensors or arrays)."""
+    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise.
+
+    Accepts Tensors or arrays.
+    """
     np.testing.assert_allclose(_array(actual), _array(expected), rtol=rtol, atol=atol,
                                err_msg=msg)
 
@@ -30,7 +33,10 @@ def _scalar_output(fn, inputs, projection):
 
 
 def numerical_grad(fn, inputs, index, projection, eps=1e-6):
-    """Central finite-difference gradient of ``sum(fn(*inputs) * projection)`` wrt input ``index``."""
+    """Central finite-difference gradient of ``sum(fn(*inputs) * projection)``.
+
+    Differentiates with respect to ``inputs[index]`` (a float64 Tensor).
+    """
     data = inputs[index].data
     grad = np.zeros(data.shape, dtype=np.float64)
     flat = data.reshape(-1)

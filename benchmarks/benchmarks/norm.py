@@ -82,5 +82,6 @@ def make_step(case, library):
     return aligned_step(fastdl_step, torch_step, CASES[case], library)
 
 
-NormForwardBackward = step_benchmark("NormForwardBackward", "Training-mode forward + backward (dx, dγ, dβ), float32.",
-                                      CASES, make_step)
+NormForwardBackward = step_benchmark(
+    "NormForwardBackward", "Training-mode forward + backward (dx, dγ, dβ), float32.", CASES,
+    make_step)

@@ -60,7 +60,10 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop: ``v ← αv + (1−α)g²``; ``θ ← θ − η g/(√v + ε)`` (centered and momentum as torch)."""
+    """RMSprop: ``v ← αv + (1−α)g²``; ``θ ← θ − η g/(√v + ε)``.
+
+    ``centered`` and ``momentum`` follow torch.
+    """
 
     state_slots = ("square_avg", "grad_avg", "momentum_buffer")
     hyper_names = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
