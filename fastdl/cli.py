@@ -116,8 +116,9 @@ def run_training(model_name, train_set, val_set, test_set, num_classes, input_sh
     callbacks = [ModelCheckpoint(checkpoint)]
     # Keep the weights of the best validation epoch; stop early only when asked.
     callbacks.append(EarlyStopping("val_loss", patience=args.patience or args.epochs))
-    trainer = Trainer(model, optimizer, loss_fn, callbacks,
-                      CosineAnnealingLR(optimizer, args.epochs), progress=not args.quiet,
+    trainer = Trainer(model, optimizer, loss_fn, callbacks=callbacks,
+                      scheduler=CosineAnnealingLR(optimizer, args.epochs),
+                      progress=False if args.quiet else None,
                       distributed=args.distributed)
     train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, seed=args.seed,
                               transform=transform)

@@ -23,8 +23,8 @@ def _trainer(callbacks=(), seed=0, lr=3e-3, loss=None):
     model = lenet5(input_size=8)
     optimizer = optim.Adam(model.parameters(), lr)
     scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, 4)
-    return Trainer(model, optimizer, loss or nn.CrossEntropyLoss(), list(callbacks),
-                   scheduler, progress=False)
+    return Trainer(model, optimizer, loss or nn.CrossEntropyLoss(), callbacks=list(callbacks),
+                   scheduler=scheduler, progress=False)
 
 
 def test_resume_gives_identical_weights(digits, tmp_path):
@@ -141,3 +141,18 @@ def test_cross_validate_returns_folds_and_an_ensemble(digits):
     probabilities = ensemble.predict_proba(x)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
     assert np.mean(ensemble.predict(x) == y) > 0.85
+
+
+def test_evaluate_reports_extra_metrics_logged_per_epoch(digits):
+    metrics = pytest.importorskip("sklearn.metrics")
+    fastdl.manual_seed(0)
+    model = lenet5(input_size=8)
+    trainer = Trainer(model, optim.Adam(model.parameters(), 3e-3), nn.CrossEntropyLoss(),
+                      {"balanced_accuracy": metrics.balanced_accuracy_score}, progress=False)
+    history = trainer.fit(DataLoader(digits.train, 64, shuffle=True),
+                          DataLoader(digits.val, 512), epochs=2)
+    result = trainer.evaluate(DataLoader(digits.val, 512))
+    recall = per_class_recall(result["y_true"], result["y_pred"], 10)
+    assert result["balanced_accuracy"] == pytest.approx(np.mean(recall))
+    assert history.records[-1]["val_balanced_accuracy"] == pytest.approx(
+        result["balanced_accuracy"])

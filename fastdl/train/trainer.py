@@ -25,6 +25,9 @@ class Trainer:
     model : nn.Module returning logits
     optimizer : optim.Optimizer
     loss_fn : callable ``(logits, targets) -> scalar Tensor``
+    metrics : dict of name -> callable ``(y_true, y_pred) -> float``, optional
+        Extra scores computed by :meth:`evaluate` (and logged as ``val_<name>``),
+        e.g. ``{"balanced_accuracy": ...}``.
     callbacks : list of Callback
     scheduler : lr scheduler (stepped once per epoch; ReduceLROnPlateau gets val_loss)
     grad_clip : float, optional
@@ -41,9 +44,10 @@ class Trainer:
         shard with a ``DistributedSampler``.
     """
 
-    def __init__(self, model, optimizer, loss_fn, callbacks=None, scheduler=None,
+    def __init__(self, model, optimizer, loss_fn, metrics=None, callbacks=None, scheduler=None,
                  grad_clip=None, regularization=None, progress=None, distributed=False):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.metrics = dict(metrics or {})
         self.callbacks = list(callbacks or [])
         self.scheduler, self.grad_clip, self.regularization = scheduler, grad_clip, \
             regularization
@@ -132,9 +136,12 @@ class Trainer:
                     loss, correct = self._train_batch(x, y)
                     totals += (loss * len(y), correct, len(y))
                     elapsed = time.perf_counter() - began
+                    # refresh=False: tqdm redraws on its own interval with the current
+                    # batch count (a forced redraw here would show a stale count).
                     bar.set_postfix(loss="%.4f" % (totals[0] / totals[2]),
                                     acc="%.3f" % (totals[1] / totals[2]),
-                                    samples_s="%.0f" % (totals[2] / max(elapsed, 1e-9)))
+                                    samples_s="%.0f" % (totals[2] / max(elapsed, 1e-9)),
+                                    refresh=False)
                 bar.close()
                 totals = self._reduce(totals)
                 record = {"epoch": epoch, "train_loss": float(totals[0] / totals[2]),
@@ -146,6 +153,7 @@ class Trainer:
                 if val_loader is not None:
                     scores = self.evaluate(val_loader)
                     record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+                    record.update({"val_" + name: scores[name] for name in self.metrics})
                 self.history.append(record)
                 self._step_scheduler(record)
                 for callback in self.callbacks:
@@ -171,7 +179,8 @@ class Trainer:
 
         Returns
         -------
-        dict with ``loss``, ``accuracy``, ``y_true``, ``y_pred``
+        dict with ``loss``, ``accuracy``, ``y_true``, ``y_pred`` and one entry per
+        metric given to the Trainer
         """
         was_training = self.model.training
         self.model.eval()
@@ -191,9 +200,12 @@ class Trainer:
         totals = self._reduce(totals)
         y_true = np.concatenate(y_true) if y_true else np.zeros(0, np.int64)
         y_pred = np.concatenate(y_pred) if y_pred else np.zeros(0, np.int64)
-        return {"loss": float(totals[0] / max(totals[2], 1)),
-                "accuracy": float(totals[1] / max(totals[2], 1)),
-                "y_true": y_true, "y_pred": y_pred}
+        scores = {"loss": float(totals[0] / max(totals[2], 1)),
+                  "accuracy": float(totals[1] / max(totals[2], 1)),
+                  "y_true": y_true, "y_pred": y_pred}
+        for name, metric in self.metrics.items():
+            scores[name] = float(metric(y_true, y_pred))
+        return scores
 
     def predict(self, x, batch_size=256):
         """Logits for ``x (N, ...)`` in eval mode, batched, as an ndarray."""
