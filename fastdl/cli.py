@@ -127,9 +127,14 @@ def run_training(model_name, train_set, val_set, test_set, num_classes, input_sh
         trainer.fit(train_loader, DataLoader(val_set, 512), args.epochs,
                     resume=checkpoint if args.resume else None)
     except KeyboardInterrupt:
-        trainer.save_checkpoint(checkpoint)
-        print("\ninterrupted: checkpoint saved to %s (continue with --resume)" % checkpoint,
-              file=sys.stderr)
+        # The checkpoint of the last finished epoch is already on disk (written
+        # atomically); keeping it, rather than saving mid-epoch, makes --resume replay
+        # the interrupted epoch exactly.
+        if os.path.exists(checkpoint):
+            print("\ninterrupted in epoch %d: %s holds the end of epoch %d; continue with "
+                  "--resume" % (trainer.epoch, checkpoint, trainer.epoch - 1), file=sys.stderr)
+        else:
+            print("\ninterrupted in the first epoch: nothing to resume", file=sys.stderr)
         return 130
     wall = time.perf_counter() - began
     samples = sum(len(train_loader.sampler) for _ in trainer.history.records)

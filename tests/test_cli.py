@@ -83,3 +83,24 @@ def test_train_on_npz_with_resnet8(tmp_path):
 def test_info_runs(capsys):
     assert main(["info"]) == 0
     assert "fastdl" in capsys.readouterr().out
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_resume_replays_exactly(tmp_path, monkeypatch):
+    import fastdl
+    from fastdl.train import Trainer
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    common = ["demo", "--quiet", "--epochs", "3", "--seed", "1"]
+    assert main(common + ["--out", str(straight)]) == 0
+    original = Trainer._train_batch
+
+    def interrupt_in_epoch_two(self, x, y):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, x, y)
+    monkeypatch.setattr(Trainer, "_train_batch", interrupt_in_epoch_two)
+    assert main(common + ["--out", str(interrupted)]) == 130
+    monkeypatch.setattr(Trainer, "_train_batch", original)
+    assert main(common + ["--resume", "--out", str(interrupted)]) == 0
+    a = fastdl.load(straight / "checkpoint.safetensors")
+    b = fastdl.load(interrupted / "checkpoint.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
