@@ -18,29 +18,16 @@ make batch 1 use every core, too.
   images (the 1×1, stride-1, unpadded case writes disjoint tiles and runs
   over all items).
 
-Row-major GEMM through column-major BLAS: a row-major (r × c) matrix is a
-column-major (c × r) one, so ``C = A @ B`` is computed as ``C^T = B^T @ A^T``
-by swapping the operands and m ↔ n.
+Row-major GEMM goes through column-major BLAS with the operands swapped
+(``_blas.pxd``).
 
 For 1×1 kernels with stride 1 and no padding the input tile *is* the column
 matrix (leading dimension ``H*W``): no unfolding.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-ctypedef fused floating:
-    float
-    double
-
-
-cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating alpha,
-                       floating* a, int lda, floating* b, int ldb, floating beta,
-                       floating* c, int ldc) noexcept nogil:
-    if floating is float:
-        sgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
-    else:
-        dgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+from fastdl_ext._blas cimport floating, gemm as _gemm
 
 
 cdef struct Geometry:

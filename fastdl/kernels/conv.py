@@ -1,7 +1,8 @@
 """2-D convolution and transposed convolution, forward and backward (fastdl_ext + BLAS).
 
 The compiled loops live in ``fastdl_ext/conv.pyx`` (tiled im2col/col2im with
-OpenMP, single-threaded GEMM from SciPy's BLAS per tile). This module chooses
+OpenMP, single-threaded GEMM from SciPy's BLAS per tile); 3×3 stride-1 convs
+with enough channels take Winograd's F(2×2, 3×3) instead (``winograd.py``). This module chooses
 the tile size, allocates outputs, and expresses the transposed convolution through the same three
 kernels: conv_transpose's forward *is* conv's grad_input, and vice versa.
 
@@ -14,6 +15,7 @@ import numbers
 import numpy as np
 
 from fastdl import runtime
+from fastdl.kernels import winograd
 from fastdl.shapes import conv_output_size
 from fastdl_ext import conv as _ext
 
@@ -108,6 +110,9 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
                  conv_output_size(width, kw, stride[1], padding[1], dilation[1]))
     positions = out_shape[2] * out_shape[3]
     threads = _threads_for(n * c_out * positions * c_in_group * kh * kw)
+    if winograd.applies(weight.shape, stride, dilation, groups):
+        return winograd.forward_runner(input_shape, weight, bias, padding, threads,
+                                       negative_slope)
     tile = _tile_size(c_in_group * kh * kw, positions, weight.itemsize, n, threads)
     activate = negative_slope is not None
     slope = 0.0 if negative_slope is None else float(negative_slope)
@@ -143,6 +148,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     threads = _threads_for(grad_out.shape[0] * weight.shape[0] * positions * k)
+    if winograd.applies(weight.shape, stride, dilation, groups):
+        return winograd.grad_input(grad_out, weight, grad_input, padding, threads)
     tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0], threads)
     if grad_out.shape[0] < threads <= weight.shape[1]:
         # Threads split the channels of each tile and meet at a barrier per tile:
@@ -172,6 +179,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     threads = _threads_for(x.shape[0] * weight_shape[0] * positions * k)
+    if winograd.applies(tuple(weight_shape), stride, dilation, groups):
+        return winograd.grad_weight(x, grad_out, weight_shape, padding, threads)
     partial = np.zeros((threads,) + tuple(weight_shape), dtype=x.dtype)
     tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
     _ext.conv2d_grad_weight_into(x, grad_out, partial, stride, padding, dilation, groups,

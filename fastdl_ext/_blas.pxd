@@ -1,0 +1,21 @@
+# cython: language_level=3
+"""Single-threaded GEMM from SciPy's BLAS for both float widths, shared by the kernels.
+
+Row-major GEMM through column-major BLAS: a row-major (r × c) matrix is a
+column-major (c × r) one, so ``C = A @ B`` is computed as ``C^T = B^T @ A^T``
+by swapping the operands and m ↔ n.
+"""
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef inline void gemm(char transa, char transb, int m, int n, int k, floating alpha,
+                      floating* a, int lda, floating* b, int ldb, floating beta,
+                      floating* c, int ldc) noexcept nogil:
+    if floating is float:
+        sgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)

@@ -1,0 +1,433 @@
+# cython: language_level=3
+"""3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3).
+
+Each 2×2 output tile comes from a 4×4 input patch ``d``:
+``Y = Aᵀ [ Σ_c (G g Gᵀ) ⊙ (Bᵀ d B) ] A``. The sum over input channels of the
+16 element-wise products is 16 matrix products, one per transformed position
+ξ: ``M[ξ] (C_out × T) = U[ξ] (C_out × C_in) @ V[ξ] (C_in × T)`` over a block of
+``T`` tiles, so the multiplies drop from 36 to 16 per tile and channel pair
+(2.25×) and still run through single-threaded BLAS.
+
+Backward is the exact adjoint of the same linear map, not a second
+convolution: the output transform's adjoint turns the 2×2 output gradient into
+``dM = A dY Aᵀ``; then ``dV[ξ] = U[ξ]ᵀ dM[ξ]`` folds back into the input as
+``B dV Bᵀ`` (grad_input), and ``dU[ξ] = Σ_tiles dM[ξ] V[ξ]ᵀ`` (grad_weight,
+brought back to 3×3 by the caller as ``Gᵀ dU G``).
+
+Work items are blocks of whole tile rows (image, tile row), so a block's GEMMs
+are large even for small maps, and batch 1 splits into several blocks.
+Neighbouring tile rows overlap by two input rows, so grad_input scatters even
+tile rows in one pass and odd ones in a second: within a pass no two blocks
+touch the same input pixel.
+
+Layouts: ``u`` is (16, plane), row ξ holding U[ξ] as a row-major (C_out, C_in)
+matrix (plane ≥ C_out·C_in, padded so the 16 rows do not share cache sets); a thread's ``V`` is (16, C_in, T) and
+``M`` (16, C_out, T), ξ = 4·row + column of the 4×4 transformed tile.
+"""
+from cython.parallel cimport parallel, prange, threadid
+from libc.stdlib cimport malloc, free
+
+from fastdl_ext._blas cimport floating, gemm
+
+
+cdef struct Tiling:
+    int in_channels
+    int out_channels
+    int height
+    int width
+    int pad_h
+    int pad_w
+    int out_h
+    int out_w
+    int tiles_x
+    int first_row        # the tile rows of a pass: first_row, first_row + row_step, ...
+    int row_step
+    int rows_per_image   # tile rows of one image in this pass
+    int rows_per_block
+
+
+cdef Tiling _tiling(int n_images, int in_channels, int out_channels, int height, int width,
+                    tuple padding, int out_h, int out_w, int first_row, int row_step,
+                    int rows_per_block, int* blocks):
+    cdef Tiling s
+    cdef int tiles_y = (out_h + 1) // 2
+    s.in_channels = in_channels
+    s.out_channels = out_channels
+    s.height = height
+    s.width = width
+    s.pad_h, s.pad_w = padding
+    s.out_h = out_h
+    s.out_w = out_w
+    s.tiles_x = (out_w + 1) // 2
+    s.first_row = first_row
+    s.row_step = row_step
+    s.rows_per_image = max(0, (tiles_y - first_row + row_step - 1) // row_step)
+    s.rows_per_block = rows_per_block
+    blocks[0] = (n_images * s.rows_per_image + rows_per_block - 1) // rows_per_block
+    return s
+
+
+cdef inline void _unit(Tiling s, int unit, int* image, int* row) noexcept nogil:
+    """The image and tile row of the ``unit``-th (image, tile row) pair of a pass."""
+    image[0] = unit // s.rows_per_image
+    row[0] = s.first_row + s.row_step * (unit % s.rows_per_image)
+
+
+cdef inline Py_ssize_t _plane(int channels, int tiles) noexcept nogil:
+    """Elements between consecutive ξ matrices of a block buffer. A power-of-two
+    stride would map the 16 streams of a transform onto the same cache sets; 16
+    extra elements shift each by a cache line."""
+    return <Py_ssize_t>channels * tiles + 16
+
+
+cdef inline int _block_units(Tiling s, int block, int n_images) noexcept nogil:
+    """How many (image, tile row) pairs block ``block`` holds (it starts at
+    ``block * rows_per_block``)."""
+    return min(s.rows_per_block, n_images * s.rows_per_image - block * s.rows_per_block)
+
+
+cdef void _transform_input(const floating* x, Tiling s, int first, int units,
+                           floating* v) noexcept nogil:
+    """v[ξ, c, t] = (Bᵀ d B)[ξ], d the tile's 4×4 input patch (zero in the padding)."""
+    cdef int tiles = units * s.tiles_x
+    cdef Py_ssize_t plane = _plane(s.in_channels, tiles)
+    cdef floating d[4][4]
+    cdef floating rows[4][4]
+    cdef int c, unit, image, row, tx, t, r, q, y0, x0, y, column
+    cdef const floating* channel
+    cdef floating* dst
+    for c in range(s.in_channels):
+        t = 0
+        for unit in range(first, first + units):
+            _unit(s, unit, &image, &row)
+            channel = x + (<Py_ssize_t>image * s.in_channels + c) * s.height * s.width
+            y0 = 2 * row - s.pad_h
+            for tx in range(s.tiles_x):
+                x0 = 2 * tx - s.pad_w
+                if y0 >= 0 and y0 + 4 <= s.height and x0 >= 0 and x0 + 4 <= s.width:
+                    for r in range(4):
+                        for q in range(4):
+                            d[r][q] = channel[(y0 + r) * s.width + x0 + q]
+                else:
+                    for r in range(4):
+                        y = y0 + r
+                        for q in range(4):
+                            column = x0 + q
+                            d[r][q] = channel[y * s.width + column] if (
+                                0 <= y < s.height and 0 <= column < s.width) else 0
+                for q in range(4):
+                    rows[0][q] = d[0][q] - d[2][q]
+                    rows[1][q] = d[1][q] + d[2][q]
+                    rows[2][q] = d[2][q] - d[1][q]
+                    rows[3][q] = d[1][q] - d[3][q]
+                dst = v + <Py_ssize_t>c * tiles + t
+                for r in range(4):
+                    dst[(4 * r) * plane] = rows[r][0] - rows[r][2]
+                    dst[(4 * r + 1) * plane] = rows[r][1] + rows[r][2]
+                    dst[(4 * r + 2) * plane] = rows[r][2] - rows[r][1]
+                    dst[(4 * r + 3) * plane] = rows[r][1] - rows[r][3]
+                t = t + 1
+
+
+cdef void _adjoint_input(const floating* dv, Tiling s, int first, int units,
+                         floating* grad_input) noexcept nogil:
+    """grad_input patch += B dV Bᵀ for each tile, dropping what falls in the padding."""
+    cdef int tiles = units * s.tiles_x
+    cdef Py_ssize_t plane = _plane(s.in_channels, tiles)
+    cdef floating g[4][4]
+    cdef floating rows[4][4]
+    cdef floating patch[4][4]
+    cdef int c, unit, image, row, tx, t, r, q, y0, x0, y, column
+    cdef floating* channel
+    cdef const floating* src
+    for c in range(s.in_channels):
+        t = 0
+        for unit in range(first, first + units):
+            _unit(s, unit, &image, &row)
+            channel = grad_input + (<Py_ssize_t>image * s.in_channels + c) * s.height * s.width
+            y0 = 2 * row - s.pad_h
+            for tx in range(s.tiles_x):
+                x0 = 2 * tx - s.pad_w
+                src = dv + <Py_ssize_t>c * tiles + t
+                for r in range(4):
+                    for q in range(4):
+                        g[r][q] = src[(4 * r + q) * plane]
+                for q in range(4):
+                    rows[0][q] = g[0][q]
+                    rows[1][q] = g[1][q] - g[2][q] + g[3][q]
+                    rows[2][q] = g[1][q] + g[2][q] - g[0][q]
+                    rows[3][q] = -g[3][q]
+                for r in range(4):
+                    patch[r][0] = rows[r][0]
+                    patch[r][1] = rows[r][1] - rows[r][2] + rows[r][3]
+                    patch[r][2] = rows[r][1] + rows[r][2] - rows[r][0]
+                    patch[r][3] = -rows[r][3]
+                if y0 >= 0 and y0 + 4 <= s.height and x0 >= 0 and x0 + 4 <= s.width:
+                    for r in range(4):
+                        for q in range(4):
+                            channel[(y0 + r) * s.width + x0 + q] += patch[r][q]
+                else:
+                    for r in range(4):
+                        y = y0 + r
+                        for q in range(4):
+                            column = x0 + q
+                            if 0 <= y < s.height and 0 <= column < s.width:
+                                channel[y * s.width + column] += patch[r][q]
+                t = t + 1
+
+
+cdef void _transform_output(const floating* m, Tiling s, int first, int units,
+                            floating* out, const floating* bias, const floating* residual,
+                            bint activate, floating slope) noexcept nogil:
+    """out tile = Aᵀ M A, then bias, residual and (leaky) ReLU while it is in registers."""
+    cdef int tiles = units * s.tiles_x
+    cdef Py_ssize_t plane = _plane(s.out_channels, tiles)
+    cdef floating mm[4][4]
+    cdef floating rows[2][4]
+    cdef floating y[2][2]
+    cdef floating value
+    cdef int co, unit, image, row, tx, t, r, q, a, b, oy, ox
+    cdef Py_ssize_t base
+    cdef const floating* src
+    for co in range(s.out_channels):
+        t = 0
+        for unit in range(first, first + units):
+            _unit(s, unit, &image, &row)
+            base = (<Py_ssize_t>image * s.out_channels + co) * s.out_h * s.out_w
+            for tx in range(s.tiles_x):
+                src = m + <Py_ssize_t>co * tiles + t
+                for r in range(4):
+                    for q in range(4):
+                        mm[r][q] = src[(4 * r + q) * plane]
+                for q in range(4):
+                    rows[0][q] = mm[0][q] + mm[1][q] + mm[2][q]
+                    rows[1][q] = mm[1][q] - mm[2][q] - mm[3][q]
+                for a in range(2):
+                    y[a][0] = rows[a][0] + rows[a][1] + rows[a][2]
+                    y[a][1] = rows[a][1] - rows[a][2] - rows[a][3]
+                for a in range(2):
+                    oy = 2 * row + a
+                    if oy >= s.out_h:
+                        break
+                    for b in range(2):
+                        ox = 2 * tx + b
+                        if ox >= s.out_w:
+                            break
+                        value = y[a][b]
+                        if bias != NULL:
+                            value = value + bias[co]
+                        if residual != NULL:
+                            value = value + residual[base + oy * s.out_w + ox]
+                        if activate and value < 0:
+                            value = value * slope
+                        out[base + oy * s.out_w + ox] = value
+                t = t + 1
+
+
+cdef void _adjoint_output(const floating* grad_out, Tiling s, int first, int units,
+                          floating* dm) noexcept nogil:
+    """dm[ξ, co, t] = (A dY Aᵀ)[ξ], dY the tile's 2×2 output gradient (0 past the edge)."""
+    cdef int tiles = units * s.tiles_x
+    cdef Py_ssize_t plane = _plane(s.out_channels, tiles)
+    cdef floating g[2][2]
+    cdef floating rows[4][2]
+    cdef int co, unit, image, row, tx, t, r, a, b, oy, ox
+    cdef const floating* channel
+    cdef floating* dst
+    for co in range(s.out_channels):
+        t = 0
+        for unit in range(first, first + units):
+            _unit(s, unit, &image, &row)
+            channel = grad_out + (<Py_ssize_t>image * s.out_channels + co) * s.out_h * s.out_w
+            for tx in range(s.tiles_x):
+                for a in range(2):
+                    oy = 2 * row + a
+                    for b in range(2):
+                        ox = 2 * tx + b
+                        g[a][b] = channel[oy * s.out_w + ox] if (
+                            oy < s.out_h and ox < s.out_w) else 0
+                for b in range(2):
+                    rows[0][b] = g[0][b]
+                    rows[1][b] = g[0][b] + g[1][b]
+                    rows[2][b] = g[0][b] - g[1][b]
+                    rows[3][b] = -g[1][b]
+                dst = dm + <Py_ssize_t>co * tiles + t
+                for r in range(4):
+                    dst[(4 * r) * plane] = rows[r][0]
+                    dst[(4 * r + 1) * plane] = rows[r][0] + rows[r][1]
+                    dst[(4 * r + 2) * plane] = rows[r][0] - rows[r][1]
+                    dst[(4 * r + 3) * plane] = -rows[r][1]
+                t = t + 1
+
+
+def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
+                          floating[:, :, :, ::1] out, tuple padding, int rows_per_block,
+                          int num_threads, floating[::1] bias=None,
+                          floating[:, :, :, ::1] residual=None, bint activate=False,
+                          double slope=0.0):
+    """out = act(conv3x3(x) + bias + residual), ``u`` the transformed weights (16, C_out, C_in).
+
+    ``rows_per_block`` tile rows (of ``ceil(OW/2)`` tiles each) make one work item.
+    """
+    cdef int n_images = x.shape[0], in_channels = x.shape[1], out_channels = out.shape[1]
+    cdef int blocks, block, first, units, tiles, xi
+    cdef Tiling s = _tiling(n_images, in_channels, out_channels, x.shape[2], x.shape[3],
+                            padding, out.shape[2], out.shape[3], 0, 1, rows_per_block,
+                            &blocks)
+    cdef size_t max_tiles = <size_t>rows_per_block * s.tiles_x
+    cdef floating* v
+    cdef floating* m
+    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
+    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
+        else NULL
+    cdef floating slope_value = <floating>slope
+    if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        v = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
+        m = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
+        for block in prange(blocks, schedule="static"):
+            first = block * s.rows_per_block
+            units = _block_units(s, block, n_images)
+            tiles = units * s.tiles_x
+            _transform_input(&x[0, 0, 0, 0], s, first, units, v)
+            for xi in range(16):
+                gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
+                     v + xi * _plane(in_channels, tiles), tiles,
+                     &u[xi, 0], in_channels, 0,
+                     m + xi * _plane(out_channels, tiles), tiles)
+            _transform_output(m, s, first, units, &out[0, 0, 0, 0], bias_ptr, residual_ptr,
+                              activate, slope_value)
+        free(v)
+        free(m)
+
+
+def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u,
+                             floating[:, :, :, ::1] grad_input, tuple padding,
+                             int rows_per_block, int num_threads):
+    """grad_input += the adjoint of ``winograd_forward_into`` applied to ``grad_out``.
+
+    ``grad_input`` (N, C_in, H, W) must be zero on entry.
+    """
+    cdef int n_images = grad_input.shape[0], in_channels = grad_input.shape[1]
+    cdef int out_channels = grad_out.shape[1]
+    cdef int blocks, block, first, units, tiles, xi, parity
+    cdef Tiling s
+    cdef size_t max_tiles = <size_t>rows_per_block * ((grad_out.shape[3] + 1) // 2)
+    cdef floating* dv
+    cdef floating* dm
+    if n_images == 0 or grad_out.shape[2] == 0 or grad_out.shape[3] == 0:
+        return
+    for parity in range(2):
+        s = _tiling(n_images, in_channels, out_channels, grad_input.shape[2],
+                    grad_input.shape[3], padding, grad_out.shape[2], grad_out.shape[3],
+                    parity, 2, rows_per_block, &blocks)
+        if blocks == 0:
+            continue
+        with nogil, parallel(num_threads=num_threads):
+            dv = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
+            dm = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
+            for block in prange(blocks, schedule="static"):
+                first = block * s.rows_per_block
+                units = _block_units(s, block, n_images)
+                tiles = units * s.tiles_x
+                _adjoint_output(&grad_out[0, 0, 0, 0], s, first, units, dm)
+                for xi in range(16):
+                    gemm(c'N', c'T', tiles, in_channels, out_channels, 1,
+                         dm + xi * _plane(out_channels, tiles), tiles,
+                         &u[xi, 0], in_channels, 0,
+                         dv + xi * _plane(in_channels, tiles), tiles)
+                _adjoint_input(dv, s, first, units, &grad_input[0, 0, 0, 0])
+            free(dv)
+            free(dm)
+
+
+def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
+                              floating[:, :, ::1] partial, tuple padding,
+                              int rows_per_block, int num_threads):
+    """partial[thread, ξ] += Σ_tiles dM[ξ] V[ξ]ᵀ, the gradient of ``u``; zero on entry.
+
+    ``partial`` is (threads, 16, plane) laid out like ``u``; the caller sums over threads and
+    maps the result back to 3×3 weights (``Gᵀ dU G``).
+    """
+    cdef int n_images = x.shape[0], in_channels = x.shape[1]
+    cdef int out_channels = grad_out.shape[1]
+    cdef int blocks, block, first, units, tiles, xi, thread
+    cdef Tiling s = _tiling(n_images, in_channels, out_channels, x.shape[2], x.shape[3],
+                            padding, grad_out.shape[2], grad_out.shape[3], 0, 1,
+                            rows_per_block, &blocks)
+    cdef size_t max_tiles = <size_t>rows_per_block * s.tiles_x
+    cdef floating* v
+    cdef floating* dm
+    if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        v = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
+        dm = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
+        for block in prange(blocks, schedule="static"):
+            thread = threadid()
+            first = block * s.rows_per_block
+            units = _block_units(s, block, n_images)
+            tiles = units * s.tiles_x
+            _transform_input(&x[0, 0, 0, 0], s, first, units, v)
+            _adjoint_output(&grad_out[0, 0, 0, 0], s, first, units, dm)
+            for xi in range(16):
+                gemm(c'T', c'N', in_channels, out_channels, tiles, 1,
+                     v + xi * _plane(in_channels, tiles), tiles,
+                     dm + xi * _plane(out_channels, tiles), tiles, 1,
+                     &partial[thread, xi, 0], in_channels)
+        free(v)
+        free(dm)
+
+
+def transform_weight_into(floating[:, :, :, ::1] weight, floating[:, ::1] u):
+    """u[ξ, o*C_in + c] = (G g Gᵀ)[ξ] for each 3×3 filter g = weight[o, c].
+
+    ``u`` is (16, plane) with plane ≥ C_out·C_in (rows padded apart, see the callers).
+    """
+    cdef int o, c, r, q, column
+    cdef int in_channels = weight.shape[1]
+    cdef floating rows[4][3]
+    cdef floating half = 0.5
+    with nogil:
+        for o in range(weight.shape[0]):
+            for c in range(weight.shape[1]):
+                for q in range(3):
+                    rows[0][q] = weight[o, c, 0, q]
+                    rows[1][q] = half * (weight[o, c, 0, q] + weight[o, c, 1, q]
+                                         + weight[o, c, 2, q])
+                    rows[2][q] = half * (weight[o, c, 0, q] - weight[o, c, 1, q]
+                                         + weight[o, c, 2, q])
+                    rows[3][q] = weight[o, c, 2, q]
+                column = o * in_channels + c
+                for r in range(4):
+                    u[4 * r, column] = rows[r][0]
+                    u[4 * r + 1, column] = half * (rows[r][0] + rows[r][1] + rows[r][2])
+                    u[4 * r + 2, column] = half * (rows[r][0] - rows[r][1] + rows[r][2])
+                    u[4 * r + 3, column] = rows[r][2]
+
+
+def weight_from_transformed_into(floating[:, :, ::1] partial, floating[:, :, :, ::1] weight):
+    """weight[o, c] = Gᵀ D G, D the 4×4 of Σ_t partial[t, ξ, o*C_in + c]: the transform's
+    adjoint, summing the threads' parts on the way."""
+    cdef int o, c, t, r, q, xi, column
+    cdef int in_channels = weight.shape[1]
+    cdef floating d[4][4]
+    cdef floating rows[3][4]
+    cdef floating half = 0.5
+    with nogil:
+        for o in range(weight.shape[0]):
+            for c in range(weight.shape[1]):
+                column = o * in_channels + c
+                for xi in range(16):
+                    d[xi // 4][xi % 4] = 0
+                    for t in range(partial.shape[0]):
+                        d[xi // 4][xi % 4] += partial[t, xi, column]
+                for q in range(4):
+                    rows[0][q] = d[0][q] + half * (d[1][q] + d[2][q])
+                    rows[1][q] = half * (d[1][q] - d[2][q])
+                    rows[2][q] = half * (d[1][q] + d[2][q]) + d[3][q]
+                for r in range(3):
+                    weight[o, c, r, 0] = rows[r][0] + half * (rows[r][1] + rows[r][2])
+                    weight[o, c, r, 1] = half * (rows[r][1] - rows[r][2])
+                    weight[o, c, r, 2] = half * (rows[r][1] + rows[r][2]) + rows[r][3]

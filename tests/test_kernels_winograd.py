@@ -1,0 +1,163 @@
+"""Winograd F(2×2, 3×3) convolution against the SciPy reference and finite differences.
+
+``MIN_CHANNELS`` is lowered so that small, fast shapes exercise the Winograd loops
+directly; one test keeps the real threshold and goes through the public kernels.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastdl.kernels import conv, winograd
+from reference import conv2d_reference, finite_difference_vjp
+
+# (N, C_in, H, W, C_out, padding): odd and even sizes, batch 1, padding 0..3,
+# maps smaller than one tile row, outputs of one row or column.
+CASES = [
+    (2, 3, 7, 9, 5, 1),
+    (1, 4, 8, 8, 6, 0),
+    (3, 5, 6, 5, 2, 2),
+    (1, 2, 3, 3, 3, 0),
+    (2, 3, 4, 6, 3, 3),
+    (1, 2, 3, 11, 4, 0),
+    (2, 1, 13, 10, 1, 1),
+]
+THREADS = [1, 2, 3]
+
+
+@pytest.fixture
+def small_channels(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+
+
+def _arrays(case, dtype, rng):
+    n, c_in, h, w, c_out, padding = case
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, 3, 3)).astype(dtype)
+    out_shape = (n, c_out, h + 2 * padding - 2, w + 2 * padding - 2)
+    return x, weight, (padding, padding), out_shape
+
+
+def _reference(x, weight, padding, bias=None):
+    return conv2d_reference(x, weight, bias, (1, 1), padding, (1, 1), 1)
+
+
+def test_applies_only_to_3x3_stride_1_single_group_with_enough_channels():
+    c = winograd.MIN_CHANNELS
+    assert winograd.applies((c, c, 3, 3), (1, 1), (1, 1), 1)
+    assert not winograd.applies((c, c, 3, 3), (2, 2), (1, 1), 1)
+    assert not winograd.applies((c, c, 3, 3), (1, 1), (2, 2), 1)
+    assert not winograd.applies((2 * c, c, 3, 3), (1, 1), (1, 1), 2)
+    assert not winograd.applies((c, c, 5, 5), (1, 1), (1, 1), 1)
+    assert not winograd.applies((c, c, 3, 1), (1, 1), (1, 1), 1)
+    assert not winograd.applies((c, c - 1, 3, 3), (1, 1), (1, 1), 1)
+    assert not winograd.applies((c - 1, c, 3, 3), (1, 1), (1, 1), 1)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_forward_matches_scipy(case, threads, dtype, rtol, rng):
+    x, weight, padding, out_shape = _arrays(case, dtype, rng)
+    out = np.full(out_shape, np.nan, dtype=dtype)
+    winograd.forward(x, weight, out, padding, threads)
+    expected = _reference(x, weight, padding)
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1])
+def test_fused_epilogue_matches_unfused(threads, slope, rng):
+    x, weight, padding, out_shape = _arrays((2, 3, 9, 7, 4, 1), np.float64, rng)
+    bias = rng.normal(size=out_shape[1])
+    residual = rng.normal(size=out_shape)
+    out = np.empty(out_shape)
+    winograd.forward(x, weight, out, padding, threads, bias, residual, slope)
+    expected = _reference(x, weight, padding, bias) + residual
+    if slope is not None:
+        expected = np.where(expected > 0, expected, slope * expected)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_backward_is_the_adjoint_of_scipy_forward(case, threads, dtype, rtol, rng):
+    """<conv(x, w), g> = <x, grad_input(g)> = <w, grad_weight(x, g)> with SciPy's conv."""
+    x, weight, padding, out_shape = _arrays(case, dtype, rng)
+    forward = _reference(x, weight, padding)
+    grad_out = rng.normal(size=out_shape).astype(dtype)
+    grad_input = winograd.grad_input(grad_out, weight, np.zeros_like(x), padding, threads)
+    grad_weight = winograd.grad_weight(x, grad_out, weight.shape, padding, threads)
+    inner = np.sum(forward * grad_out)
+    scale = np.sum(np.abs(forward * grad_out))
+    assert grad_input.dtype == grad_weight.dtype == dtype
+    assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
+    assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
+
+
+@pytest.mark.parametrize("case", CASES[:5])
+def test_backward_matches_finite_differences(case, rng):
+    x, weight, padding, out_shape = _arrays(case, np.float64, rng)
+    grad_out = rng.normal(size=out_shape)
+
+    def forward(x_, w_):
+        return _reference(x_, w_, padding)
+    np.testing.assert_allclose(
+        winograd.grad_input(grad_out, weight, np.zeros_like(x), padding, 2),
+        finite_difference_vjp(forward, [x, weight], grad_out, 0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        winograd.grad_weight(x, grad_out, weight.shape, padding, 2),
+        finite_difference_vjp(forward, [x, weight], grad_out, 1), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_public_kernels_take_winograd_above_the_threshold(dtype, rtol, rng):
+    """At the real threshold the public kernels dispatch here and agree with SciPy."""
+    c = winograd.MIN_CHANNELS
+    x = rng.normal(size=(2, c, 9, 8)).astype(dtype)
+    weight = rng.normal(size=(c + 1, c, 3, 3)).astype(dtype)
+    bias = rng.normal(size=c + 1).astype(dtype)
+    assert winograd.applies(weight.shape, (1, 1), (1, 1), 1)
+    expected = _reference(x, weight, (1, 1), bias)
+    out = conv.conv2d_forward(x, weight, bias, 1, 1)
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    grad_out = rng.normal(size=out.shape).astype(dtype)
+    inner = np.sum((expected - bias.reshape(1, -1, 1, 1)) * grad_out)
+    scale = np.sum(np.abs(expected * grad_out))
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, 1)
+    grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, 1)
+    assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
+    assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
+
+
+def test_transposed_conv_through_winograd_is_the_adjoint(small_channels, rng):
+    x = rng.normal(size=(2, 3, 6, 5))
+    weight = rng.normal(size=(3, 4, 3, 3))          # (C_in, C_out, k, k) for transposed
+    out = conv.conv_transpose2d_forward(x, weight, None, 1, 1)
+    probe = rng.normal(size=out.shape)
+    # conv_transpose is conv2d's adjoint: <T(x), p> = <x, conv2d(p, weight)>.
+    adjoint = _reference(probe, weight, (1, 1))
+    assert np.isclose(np.sum(out * probe), np.sum(x * adjoint), rtol=1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3), c_in=st.integers(1, 4), c_out=st.integers(1, 4),
+       h=st.integers(1, 12), w=st.integers(1, 12), padding=st.integers(0, 3),
+       threads=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
+def test_property_random_shapes(n, c_in, c_out, h, w, padding, threads, seed):
+    if min(h, w) + 2 * padding < 3:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, c_in, h, w))
+    weight = rng.normal(size=(c_out, c_in, 3, 3))
+    pads = (padding, padding)
+    expected = _reference(x, weight, pads)
+    out = np.empty_like(expected)
+    winograd.forward(x, weight, out, pads, threads)
+    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9)
+    grad_out = rng.normal(size=out.shape)
+    grad_input = winograd.grad_input(grad_out, weight, np.zeros_like(x), pads, threads)
+    grad_weight = winograd.grad_weight(x, grad_out, weight.shape, pads, threads)
+    inner = np.sum(expected * grad_out)
+    assert np.isclose(np.sum(x * grad_input), inner, rtol=1e-9, atol=1e-9)
+    assert np.isclose(np.sum(weight * grad_weight), inner, rtol=1e-9, atol=1e-9)
