@@ -18,13 +18,14 @@ def _set_threads(library, threads):
         fastdl.set_num_threads(threads)
 
 
-def machine_limits():
-    """(sgemm GFLOP/s, 3-stream memory GB/s) of this machine, measured with NumPy."""
+def machine_limits(threads):
+    """(sgemm GFLOP/s on ``threads`` BLAS threads, 3-stream memory GB/s) of this machine,
+    measured with NumPy (``np.add`` runs on one thread, as BENCHMARKS.md defines it)."""
     import numpy as np
     from threadpoolctl import threadpool_limits
     a = np.ones((2048, 2048), np.float32)
     times = []
-    with threadpool_limits(limits=None):
+    with threadpool_limits(limits=threads, user_api="blas"):
         for _ in range(3):
             began = time.perf_counter()
             a @ a
@@ -44,7 +45,7 @@ def main(argv):
     suite, index, library, threads, repeats = argv[0], int(argv[1]), argv[2], int(argv[3]), \
         int(argv[4])
     if suite == "limits":
-        print(json.dumps(machine_limits()))
+        print(json.dumps(machine_limits(threads)))
         return 0
     from fastdl.bench.suites import SUITES
     case = SUITES[suite]()[index]
