@@ -27,6 +27,7 @@ matrix (leading dimension ``H*W``): no unfolding.
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 
+from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._blas cimport floating, gemm as _gemm
 
 
@@ -67,7 +68,8 @@ cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* 
     bounds are decided per row segment and the inner loops are plain strided
     copies the compiler vectorises.
     """
-    cdef int c, i, j, t, oy, ox, iy, row, ox_begin, ox_end, first, stop, offset
+    cdef int c, i, j, t, oy, ox, iy, row, ox_begin, ox_end, first, stop, offset, lo, hi
+    cdef int first_row = start // g.out_w, first_column = start % g.out_w
     cdef floating* pixels
     cdef floating* column
     for c in range(g.channels):
@@ -77,28 +79,40 @@ cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* 
                 _valid_columns(g, j, &first, &stop)
                 offset = j * g.dilation_w - g.pad_w
                 t = 0
+                oy = first_row
+                ox_begin = first_column
                 while t < tile:
-                    oy = (start + t) // g.out_w
-                    ox_begin = (start + t) % g.out_w
                     ox_end = min(g.out_w, ox_begin + tile - t)
                     column = cols + <Py_ssize_t>row * tile + t - ox_begin
                     iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
                     pixels = image + (<Py_ssize_t>c * g.height + iy) * g.width + offset
+                    lo = max(first, ox_begin)
+                    hi = min(stop, ox_end)
                     if scatter:
                         if 0 <= iy < g.height:
-                            for ox in range(max(first, ox_begin), min(stop, ox_end)):
-                                pixels[ox * g.stride_w] += column[ox]
+                            if g.stride_w == 1:
+                                for ox in range(lo, hi):
+                                    pixels[ox] += column[ox]
+                            else:
+                                for ox in range(lo, hi):
+                                    pixels[ox * g.stride_w] += column[ox]
                     elif iy < 0 or iy >= g.height:
                         for ox in range(ox_begin, ox_end):
                             column[ox] = 0
                     else:
                         for ox in range(ox_begin, min(first, ox_end)):
                             column[ox] = 0
-                        for ox in range(max(first, ox_begin), min(stop, ox_end)):
-                            column[ox] = pixels[ox * g.stride_w]
+                        if g.stride_w == 1:
+                            for ox in range(lo, hi):
+                                column[ox] = pixels[ox]
+                        else:
+                            for ox in range(lo, hi):
+                                column[ox] = pixels[ox * g.stride_w]
                         for ox in range(max(stop, ox_begin), ox_end):
                             column[ox] = 0
                     t = t + ox_end - ox_begin
+                    oy = oy + 1
+                    ox_begin = 0
 
 
 cdef inline void _im2col_tile(const floating* image, Geometry g, int start, int tile,
@@ -148,19 +162,21 @@ cdef void _epilogue(floating* out, int channels, int positions, int width_t,
                     floating slope) noexcept nogil:
     """bias, residual add and (leaky) ReLU on one tile while it is still in cache."""
     cdef int channel, t
-    cdef floating value
+    cdef floating shift
     cdef floating* row
+    cdef const floating* added
     for channel in range(channels):
         row = out + <Py_ssize_t>channel * positions
-        for t in range(width_t):
-            value = row[t]
-            if bias != NULL:
-                value = value + bias[channel]
-            if residual != NULL:
-                value = value + residual[<Py_ssize_t>channel * positions + t]
-            if activate and value < 0:
-                value = value * slope
-            row[t] = value
+        shift = bias[channel] if bias != NULL else 0
+        if residual != NULL:
+            added = residual + <Py_ssize_t>channel * positions
+            for t in range(width_t):
+                row[t] = row[t] + shift + added[t]
+        elif bias != NULL:
+            for t in range(width_t):
+                row[t] = row[t] + shift
+        if activate:
+            leaky_relu(row, width_t, slope)
 
 
 def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,

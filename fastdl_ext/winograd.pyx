@@ -27,6 +27,7 @@ matrix (plane ≥ C_out·C_in, padded so the 16 rows do not share cache sets); a
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 
+from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._blas cimport floating, gemm
 
 
@@ -185,12 +186,13 @@ cdef void _transform_output(const floating* m, Tiling s, int first, int units,
     cdef floating mm[4][4]
     cdef floating rows[2][4]
     cdef floating y[2][2]
-    cdef floating value
+    cdef floating value, shift
     cdef int co, unit, image, row, tx, t, r, q, a, b, oy, ox
     cdef Py_ssize_t base
     cdef const floating* src
     for co in range(s.out_channels):
         t = 0
+        shift = bias[co] if bias != NULL else 0
         for unit in range(first, first + units):
             _unit(s, unit, &image, &row)
             base = (<Py_ssize_t>image * s.out_channels + co) * s.out_h * s.out_w
@@ -213,15 +215,14 @@ cdef void _transform_output(const floating* m, Tiling s, int first, int units,
                         ox = 2 * tx + b
                         if ox >= s.out_w:
                             break
-                        value = y[a][b]
-                        if bias != NULL:
-                            value = value + bias[co]
+                        value = y[a][b] + shift
                         if residual != NULL:
                             value = value + residual[base + oy * s.out_w + ox]
-                        if activate and value < 0:
-                            value = value * slope
                         out[base + oy * s.out_w + ox] = value
                 t = t + 1
+            if activate:   # the unit's two output rows are adjacent: one vectorised pass
+                oy = 2 * row
+                leaky_relu(out + base + oy * s.out_w, min(2, s.out_h - oy) * s.out_w, slope)
 
 
 cdef void _adjoint_output(const floating* grad_out, Tiling s, int first, int units,

@@ -1,9 +1,10 @@
-"""``fastdl bench``: fastdl and PyTorch side by side, each in its own process.
+"""``fastdl bench``: fastdl, PyTorch and ONNX Runtime side by side, each in its own process.
 
-For every case the two libraries are timed in alternating rounds (A B A B …),
-each round a fresh process with the same thread count; the table shows the
-medians, the ratio fastdl ÷ torch (lower is better), and the achieved rate as a
-share of the machine's limits (NumPy sgemm 2048³ and 3-stream bandwidth).
+For every case the libraries are timed in alternating rounds (A B A B …), each
+round a fresh process with the same thread count; the table shows the medians,
+the ratios fastdl ÷ torch and fastdl ÷ ONNX Runtime (inference cases; lower is
+better), and the achieved rate as a share of the machine's limits (NumPy sgemm
+2048³ and 3-stream bandwidth). A peer that is not installed shows as ``-``.
 """
 import argparse
 import json
@@ -31,33 +32,37 @@ def run(suites, rounds=3, threads=None, repeats=10, out=sys.stdout):
     sgemm, bandwidth = _job("limits", 0, "numpy", threads, 1)
     print("machine: sgemm %.0f GFLOP/s, bandwidth %.1f GB/s, %d threads each side, "
           "medians of %d alternating rounds" % (sgemm, bandwidth, threads, rounds), file=out)
-    header = "%-46s %11s %11s %7s %10s %7s" % ("case", "fastdl ms", "torch ms", "ratio",
-                                               "rate", "limit%")
+    header = "%-46s %10s %10s %6s %10s %6s %10s %6s" % (
+        "case", "fastdl ms", "torch ms", "ratio", "ort ms", "ratio", "rate", "limit%")
     print(header, file=out)
     print("-" * len(header), file=out)
     rows = []
     for suite in suites:
-        for index, (name, work, unit, _, _) in enumerate(SUITES[suite]()):
-            samples = {"fastdl": [], "torch": []}
+        for index, case in enumerate(SUITES[suite]()):
+            name, work, unit = case[:3]
+            libraries = ("fastdl", "torch", "onnxruntime")[:3 if len(case) > 5 else 2]
+            samples = {library: [] for library in libraries}
             for _ in range(rounds):
-                for library in ("fastdl", "torch"):
+                for library in libraries:
                     times = _job(suite, index, library, threads, repeats)
                     if times is not None:
                         samples[library].extend(times)
             ours = statistics.median(samples["fastdl"])
-            theirs = statistics.median(samples["torch"]) if samples["torch"] else None
             rate = work / ours / 1e9 if work else None
             limit = sgemm if unit == "GFLOP/s" else bandwidth
-            row = {"case": name, "fastdl_ms": ours * 1e3,
-                   "torch_ms": None if theirs is None else theirs * 1e3,
-                   "ratio": None if theirs is None else ours / theirs,
-                   "rate": rate, "unit": unit,
+            row = {"case": name, "fastdl_ms": ours * 1e3, "rate": rate, "unit": unit,
                    "limit_percent": None if rate is None else 100 * rate / limit}
+            cells = []
+            for peer, key in (("torch", "torch"), ("onnxruntime", "ort")):
+                theirs = statistics.median(samples[peer]) if samples.get(peer) else None
+                row[key + "_ms"] = None if theirs is None else theirs * 1e3
+                row["ratio" if key == "torch" else "ort_ratio"] = (
+                    None if theirs is None else ours / theirs)
+                cells += ["-", "-"] if theirs is None else ["%.3f" % (theirs * 1e3),
+                                                            "%.2f" % (ours / theirs)]
             rows.append(row)
-            print("%-46s %11.3f %11s %7s %10s %7s" % (
-                name[:46], row["fastdl_ms"],
-                "-" if theirs is None else "%.3f" % row["torch_ms"],
-                "-" if theirs is None else "%.2f" % row["ratio"],
+            print("%-46s %10.3f %10s %6s %10s %6s %10s %6s" % (
+                name[:46], row["fastdl_ms"], *cells,
                 "-" if rate is None else "%.1f %s" % (rate, unit.split("/")[0]),
                 "-" if rate is None else "%.0f" % row["limit_percent"]), file=out)
             out.flush()

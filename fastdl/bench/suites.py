@@ -1,8 +1,9 @@
 """Benchmark cases: the same work written for fastdl and for torch.
 
-A case is ``(name, work, unit, make_fastdl, make_torch)``; ``make_*`` builds
-the data and returns a zero-argument ``step`` (forward+backward, or one
-optimizer step). ``work`` is FLOPs (unit ``GFLOP/s``) or bytes moved
+A case is ``(name, work, unit, make_fastdl, make_torch)``, and inference cases
+add ``make_onnxruntime`` (``inference.py``); ``make_*`` builds the data and
+returns a zero-argument ``step`` (forward+backward, one optimizer step, or one
+inference). ``work`` is FLOPs (unit ``GFLOP/s``) or bytes moved
 (``GB/s``), used to report the achieved rate. Shapes are BENCHMARKS.md's.
 """
 import numpy as np
@@ -174,13 +175,10 @@ def _train_case(model_name, batch, size, channels):
         torch = _torch()
         nn = torch.nn
         if model_name == "lenet5":
-            model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Flatten(), nn.Linear(400, 120), nn.ReLU(),
-                                  nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+            model = _torch_lenet5(torch)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         else:
-            model = _torch_resnet8(torch)
+            model = _torch_resnet(torch)
             optimizer = torch.optim.Adam(model.parameters())
         x = torch.randn(batch, channels, size, size)
         y = torch.randint(0, 10, (batch,))
@@ -195,7 +193,16 @@ def _train_case(model_name, batch, size, channels):
     return name, None, "", make_fastdl, make_torch
 
 
-def _torch_resnet8(torch):
+def _torch_lenet5(torch):
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(400, 120), nn.ReLU(),
+                         nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def _torch_resnet(torch, blocks_per_stage=1):
+    """ResNet-8 (one block per stage) or ResNet-20 (three), as ``fastdl.models`` builds."""
     nn = torch.nn
 
     class Block(nn.Module):
@@ -213,9 +220,14 @@ def _torch_resnet8(torch):
         def forward(self, x):
             out = torch.relu(self.bn1(self.conv1(x)))
             return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+    blocks, channels = [], 16
+    for width, stride in ((16, 1), (32, 2), (64, 2)):
+        for index in range(blocks_per_stage):
+            blocks.append(Block(channels, width, stride if index == 0 else 1))
+            channels = width
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
-                         nn.ReLU(), Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+                         nn.ReLU(), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
 
 
 def _autograd_case():
@@ -251,4 +263,10 @@ SUITES = {
                                                           "adagrad")],
     "train": lambda: [_train_case("lenet5", 64, 28, 1), _train_case("resnet8", 32, 32, 3)],
     "autograd": lambda: [_autograd_case()],
+    "infer": lambda: _inference_cases(),
 }
+
+
+def _inference_cases():
+    from fastdl.bench.inference import inference_cases
+    return inference_cases()

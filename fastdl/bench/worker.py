@@ -51,7 +51,12 @@ def main(argv):
     case = SUITES[suite]()[index]
     try:
         _set_threads(library, threads)
-        step = (case[3] if library == "fastdl" else case[4])()
+        if library == "onnxruntime":
+            if len(case) < 6:
+                raise ImportError("no ONNX Runtime peer for this case")
+            step = case[5](threads)
+        else:
+            step = (case[3] if library == "fastdl" else case[4])()
     except ImportError:
         print(json.dumps(None))
         return 0
