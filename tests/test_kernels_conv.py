@@ -164,3 +164,17 @@ def test_conv_output_size_rejects_bad_input():
         conv_output_size(8, 3, stride=0)
     with pytest.raises(ValueError, match="exceeds"):
         conv_output_size(2, 5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_fused_activation_keeps_nan_and_matches_unfused(dtype, slope, rng):
+    x = rng.normal(size=(2, 3, 9, 8)).astype(dtype)
+    x[0, 0, 4, 4] = np.nan
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(dtype)
+    bias = rng.normal(size=4).astype(dtype)
+    plain = conv.conv2d_forward(x, weight, bias, 1, 1)
+    fused = conv.conv2d_forward(x, weight, bias, 1, 1, negative_slope=slope)
+    expected = np.where(plain > 0, plain, slope * plain)
+    assert np.isnan(fused).sum() == np.isnan(plain).sum() > 0
+    np.testing.assert_array_equal(fused, expected)
