@@ -293,3 +293,26 @@ def test_validate_pool2d_args_normalises():
         (3, 3), (3, 3), (1, 1), (3, 3))
     assert pool.validate_pool2d_args("f", (2, 7, 9), (2, 3), (1, 2), 0, True) == (
         (2, 3), (1, 2), (0, 0), (6, 4))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 8, 9), (4, 16, 64, 64)])   # serial and parallel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_runner_matches_reference(shape, dtype, rng):
+    x = rng.normal(size=shape).astype(dtype)
+    x[0, 1, 2:4, 2:4] = 1.5                       # a window of ties
+    run = pool.max_pool2d_runner(x.shape, 2)
+    expected = max_pool2d_reference(x, (2, 2), (2, 2), (0, 0)).astype(dtype)
+    np.testing.assert_array_equal(run(x), expected)
+    out = np.empty_like(expected)
+    assert run(x, out) is out
+    np.testing.assert_array_equal(out, expected)
+    x[0, 0, 0, 1] = np.nan                        # NaN wins its window, as in torch
+    expected[0, 0, 0, 0] = np.nan
+    np.testing.assert_array_equal(run(x), expected)
+
+
+def test_max_pool_runner_general_windows_fall_back(rng):
+    x = rng.normal(size=(2, 3, 9, 7))
+    run = pool.max_pool2d_runner(x.shape, 3, 2, 1, True)
+    np.testing.assert_array_equal(run(x), max_pool2d_reference(x, (3, 3), (2, 2), (1, 1),
+                                                               ceil_mode=True))

@@ -248,9 +248,18 @@ class InferencePlan:
                 return _activate_in_place(out, slope)
             return linear
         if kind == "max_pool2d":
-            return lambda values, buffer: pool_kernels.max_pool2d_forward(
-                values[op["inputs"][0]], op["kernel_size"], op["stride"], op["padding"],
-                op["ceil_mode"])[0]
+            pools = {}   # per batch size, like the convs' runners
+            source = op["inputs"][0]
+
+            def max_pool(values, buffer):
+                x = values[source]
+                run = pools.get(x.shape[0])
+                if run is None:
+                    run = pools[x.shape[0]] = pool_kernels.max_pool2d_runner(
+                        x.shape, op["kernel_size"], op["stride"], op["padding"],
+                        op["ceil_mode"])
+                return run(x, buffer)
+            return max_pool
         if kind == "avg_pool2d":
             return lambda values, buffer: pool_kernels.avg_pool2d_forward(
                 values[op["inputs"][0]], op["kernel_size"], op["stride"], op["padding"],
@@ -282,7 +291,7 @@ class InferencePlan:
                 return free.pop()
         buffers = []
         for index, op in enumerate(self.ops):
-            if op["op"] in ("conv2d", "linear"):
+            if op["op"] in ("conv2d", "linear", "max_pool2d"):
                 shape = (batch,) + self.shapes[index + 1][1:]
                 buffers.append(np.empty(shape, dtype=self.dtype))
             else:

@@ -38,6 +38,7 @@ from fastdl.kernels._pool_loops import (  # noqa: F401  (the compiled loops)
     _SERIAL_BELOW,
     _max_pool2d_forward_2x2_serial,
     _max_pool2d_forward_serial,
+    _max_pool2d_values_2x2_serial,
     avg_pool2d_backward_2x2_kernel,
     avg_pool2d_forward_2x2_kernel,
     global_mean_backward_kernel,
@@ -45,12 +46,13 @@ from fastdl.kernels._pool_loops import (  # noqa: F401  (the compiled loops)
     max_pool2d_backward_kernel,
     max_pool2d_forward_2x2_kernel,
     max_pool2d_forward_kernel,
+    max_pool2d_values_2x2_kernel,
     window_mean_backward_kernel,
     window_mean_forward_kernel)
 
 __all__ = [
     "validate_pool2d_args", "pool2d_output_size",
-    "max_pool2d_forward", "max_pool2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_runner",
     "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
 ]
@@ -237,6 +239,31 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
             planes, h_windows[0], h_windows[1], w_windows[0], w_windows[1], out, indices)
     shape = x.shape[:-2] + output_hw
     return out.reshape(shape), indices.reshape(shape)
+
+
+def max_pool2d_runner(input_shape, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """A prepared ``run(x, out=None)`` for inference: the pooled values only, no argmax.
+
+    The arguments are checked once, here; ``run`` expects C-contiguous inputs of
+    ``input_shape`` (N, C, H, W) and returns (N, C, H_out, W_out).
+    """
+    kernel, stride, padding, output_hw = validate_pool2d_args(
+        "max_pool2d", input_shape, kernel_size, stride, padding, ceil_mode)
+    if not _full_2x2_windows(input_shape, kernel, stride, padding, output_hw):
+        return lambda x, out=None: max_pool2d_forward(x, kernel, stride, padding,
+                                                      ceil_mode)[0]
+    height, width = input_shape[-2:]
+    planes = int(np.prod(input_shape[:-2]))
+    out_shape = tuple(input_shape[:-2]) + output_hw
+    loop = (_max_pool2d_values_2x2_serial if planes * height * width < _SERIAL_BELOW
+            else max_pool2d_values_2x2_kernel)
+
+    def run(x, out=None):
+        if out is None:
+            out = np.empty(out_shape, dtype=x.dtype)
+        loop(x.reshape(planes, height, width), out.reshape((planes,) + output_hw))
+        return out
+    return run
 
 
 def max_pool2d_backward(grad_out, indices, input_shape):
