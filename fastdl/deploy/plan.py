@@ -17,6 +17,7 @@ import numpy as np
 from fastdl.deploy.compiler import ACTIVATIONS, OPS
 from fastdl.kernels import activation as act_kernels
 from fastdl.kernels import conv as conv_kernels
+from fastdl.kernels import dense as dense_kernels
 from fastdl.kernels import pool as pool_kernels
 from fastdl.safetensors_io import load_file, save_file
 from fastdl.shapes import conv_output_size
@@ -176,14 +177,6 @@ def _validate(ops, tensors, input_shape, dtype):
     return shapes
 
 
-def _activate_in_place(out, slope):
-    if slope is None:
-        return out
-    if slope == 0:
-        return np.maximum(out, 0, out=out)
-    return np.copyto(out, np.where(out > 0, out, out * out.dtype.type(slope))) or out
-
-
 class InferencePlan:
     """A compiled, eval-only model: ``plan(x)`` returns the logits as an ndarray.
 
@@ -239,14 +232,8 @@ class InferencePlan:
                 values[op["inputs"][0]], weight, bias, op["stride"], op["padding"],
                 op["output_padding"], op["groups"], op["dilation"])
         if kind == "linear":
-            weight_t = np.ascontiguousarray(weight.T)
-
-            def linear(values, buffer):
-                out = np.matmul(values[op["inputs"][0]], weight_t, out=buffer)
-                if bias is not None:
-                    out += bias
-                return _activate_in_place(out, slope)
-            return linear
+            return lambda values, buffer: dense_kernels.linear_forward(
+                values[op["inputs"][0]], weight, bias, buffer, slope)
         if kind == "max_pool2d":
             pools = {}   # per batch size, like the convs' runners
             source = op["inputs"][0]

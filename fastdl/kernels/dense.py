@@ -1,0 +1,30 @@
+"""Dense layer forward with a fused bias and activation (``fastdl_ext/dense.pyx``)."""
+import numpy as np
+
+from fastdl_ext import dense as _ext
+
+__all__ = ["linear_forward"]
+
+
+def linear_forward(x, weight, bias=None, out=None, negative_slope=None):
+    """``act(x @ weight.T + bias)`` in one GEMM plus an in-cache epilogue.
+
+    Parameters
+    ----------
+    x : ndarray (N, in_features), float32 or float64
+    weight : ndarray (out_features, in_features), same dtype, C-contiguous
+    bias : ndarray (out_features,) or None
+    out : ndarray (N, out_features), optional, C-contiguous
+    negative_slope : float, optional
+        Apply ``v if v > 0 else negative_slope * v`` last (0: ReLU).
+
+    Returns
+    -------
+    ndarray (N, out_features)
+    """
+    x = np.ascontiguousarray(x)
+    if out is None:
+        out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    _ext.linear_forward_into(x, weight, out, bias, negative_slope is not None,
+                             0.0 if negative_slope is None else float(negative_slope))
+    return out
