@@ -26,6 +26,7 @@ matrix (plane ≥ C_out·C_in, padded so the 16 rows do not share cache sets); a
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
 
 from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._blas cimport floating, gemm
@@ -87,47 +88,61 @@ cdef inline int _block_units(Tiling s, int block, int n_images) noexcept nogil:
     return min(s.rows_per_block, n_images * s.rows_per_image - block * s.rows_per_block)
 
 
+cdef inline int _row_width(Tiling s) noexcept nogil:
+    """Input columns the tiles of one tile row read: 2 per tile plus the 2 of overlap."""
+    return 2 * s.tiles_x + 2
+
+
 cdef void _transform_input(const floating* x, Tiling s, int first, int units,
-                           floating* v) noexcept nogil:
-    """v[ξ, c, t] = (Bᵀ d B)[ξ], d the tile's 4×4 input patch (zero in the padding)."""
+                           floating* v, floating* rows) noexcept nogil:
+    """v[ξ, c, t] = (Bᵀ d B)[ξ], d the tile's 4×4 input patch (zero in the padding).
+
+    Per (channel, tile row) the four input rows are copied once into ``rows``
+    (4 × ``_row_width``, zero-padded), Bᵀ is applied along whole rows (unit
+    stride, vectorised), and only the column half of the transform is per tile.
+    """
     cdef int tiles = units * s.tiles_x
     cdef Py_ssize_t plane = _plane(s.in_channels, tiles)
-    cdef floating d[4][4]
-    cdef floating rows[4][4]
-    cdef int c, unit, image, row, tx, t, r, q, y0, x0, y, column
+    cdef int width = _row_width(s)
+    cdef floating* mixed = rows + 4 * width
+    cdef int c, unit, image, row, tx, t, r, q, y, x0, lo, hi
     cdef const floating* channel
+    cdef floating* line
     cdef floating* dst
+    cdef floating* a
+    x0 = -s.pad_w
+    lo = max(0, -x0)                      # first buffer column inside the image
+    hi = max(lo, min(width, s.width - x0))
     for c in range(s.in_channels):
         t = 0
         for unit in range(first, first + units):
             _unit(s, unit, &image, &row)
             channel = x + (<Py_ssize_t>image * s.in_channels + c) * s.height * s.width
-            y0 = 2 * row - s.pad_h
-            for tx in range(s.tiles_x):
-                x0 = 2 * tx - s.pad_w
-                if y0 >= 0 and y0 + 4 <= s.height and x0 >= 0 and x0 + 4 <= s.width:
-                    for r in range(4):
-                        for q in range(4):
-                            d[r][q] = channel[(y0 + r) * s.width + x0 + q]
+            for r in range(4):
+                line = rows + r * width
+                y = 2 * row - s.pad_h + r
+                if y < 0 or y >= s.height:
+                    memset(line, 0, sizeof(floating) * width)
                 else:
-                    for r in range(4):
-                        y = y0 + r
-                        for q in range(4):
-                            column = x0 + q
-                            d[r][q] = channel[y * s.width + column] if (
-                                0 <= y < s.height and 0 <= column < s.width) else 0
-                for q in range(4):
-                    rows[0][q] = d[0][q] - d[2][q]
-                    rows[1][q] = d[1][q] + d[2][q]
-                    rows[2][q] = d[2][q] - d[1][q]
-                    rows[3][q] = d[1][q] - d[3][q]
-                dst = v + <Py_ssize_t>c * tiles + t
-                for r in range(4):
-                    dst[(4 * r) * plane] = rows[r][0] - rows[r][2]
-                    dst[(4 * r + 1) * plane] = rows[r][1] + rows[r][2]
-                    dst[(4 * r + 2) * plane] = rows[r][2] - rows[r][1]
-                    dst[(4 * r + 3) * plane] = rows[r][1] - rows[r][3]
-                t = t + 1
+                    memset(line, 0, sizeof(floating) * lo)
+                    memcpy(line + lo, channel + <Py_ssize_t>y * s.width + x0 + lo,
+                           sizeof(floating) * (hi - lo))
+                    memset(line + hi, 0, sizeof(floating) * (width - hi))
+            for q in range(width):
+                mixed[q] = rows[q] - rows[2 * width + q]
+                mixed[width + q] = rows[width + q] + rows[2 * width + q]
+                mixed[2 * width + q] = rows[2 * width + q] - rows[width + q]
+                mixed[3 * width + q] = rows[width + q] - rows[3 * width + q]
+            for r in range(4):
+                dst = v + 4 * r * plane + <Py_ssize_t>c * tiles + t
+                line = mixed + r * width
+                for tx in range(s.tiles_x):
+                    a = line + 2 * tx
+                    dst[tx] = a[0] - a[2]
+                    dst[plane + tx] = a[1] + a[2]
+                    dst[2 * plane + tx] = a[2] - a[1]
+                    dst[3 * plane + tx] = a[1] - a[3]
+            t = t + s.tiles_x
 
 
 cdef void _adjoint_input(const floating* dv, Tiling s, int first, int units,
@@ -278,6 +293,7 @@ def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
     cdef size_t max_tiles = <size_t>rows_per_block * s.tiles_x
     cdef floating* v
     cdef floating* m
+    cdef floating* rows
     cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
     cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
         else NULL
@@ -287,11 +303,12 @@ def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
     with nogil, parallel(num_threads=num_threads):
         v = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
         m = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
+        rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
         for block in prange(blocks, schedule="static"):
             first = block * s.rows_per_block
             units = _block_units(s, block, n_images)
             tiles = units * s.tiles_x
-            _transform_input(&x[0, 0, 0, 0], s, first, units, v)
+            _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows)
             for xi in range(16):
                 gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
                      v + xi * _plane(in_channels, tiles), tiles,
@@ -301,6 +318,7 @@ def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
                               activate, slope_value)
         free(v)
         free(m)
+        free(rows)
 
 
 def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u,
@@ -360,17 +378,19 @@ def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] g
     cdef size_t max_tiles = <size_t>rows_per_block * s.tiles_x
     cdef floating* v
     cdef floating* dm
+    cdef floating* rows
     if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
         return
     with nogil, parallel(num_threads=num_threads):
         v = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
         dm = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
+        rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
         for block in prange(blocks, schedule="static"):
             thread = threadid()
             first = block * s.rows_per_block
             units = _block_units(s, block, n_images)
             tiles = units * s.tiles_x
-            _transform_input(&x[0, 0, 0, 0], s, first, units, v)
+            _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows)
             _adjoint_output(&grad_out[0, 0, 0, 0], s, first, units, dm)
             for xi in range(16):
                 gemm(c'T', c'N', in_channels, out_channels, tiles, 1,
@@ -379,6 +399,7 @@ def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] g
                      &partial[thread, xi, 0], in_channels)
         free(v)
         free(dm)
+        free(rows)
 
 
 def transform_weight_into(floating[:, :, :, ::1] weight, floating[:, ::1] u):

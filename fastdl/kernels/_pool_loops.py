@@ -257,4 +257,5 @@ def _global_mean_backward(grad_out, grad_x):
 
 
 global_mean_forward_kernel = jit(_global_mean_forward, parallel=True, fastmath={"reassoc"})
+_global_mean_forward_serial = jit(_global_mean_forward, fastmath={"reassoc"})
 global_mean_backward_kernel = jit(_global_mean_backward, parallel=True)

@@ -26,7 +26,8 @@ __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_
 # Bytes of one thread's column tile: fits in L2 with room for the weights.
 _TILE_BYTES = 256 * 1024
 # Multiply-adds below which a second thread costs more to wake (tens of µs with passive
-# OpenMP waiting) than it saves: a LeNet-5 conv at batch 1 is ~0.1 M.
+# OpenMP waiting) than it saves: a LeNet-5 conv at batch 1 is ~0.1 M. Winograd counts
+# the 4/9 of the direct multiply-adds it performs.
 _WORK_PER_THREAD = 2_000_000
 
 
@@ -109,10 +110,11 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     out_shape = (n, c_out, conv_output_size(height, kh, stride[0], padding[0], dilation[0]),
                  conv_output_size(width, kw, stride[1], padding[1], dilation[1]))
     positions = out_shape[2] * out_shape[3]
-    threads = _threads_for(n * c_out * positions * c_in_group * kh * kw)
+    multiply_adds = n * c_out * positions * c_in_group * kh * kw
     if winograd.applies(weight.shape, stride, dilation, groups):
-        return winograd.forward_runner(input_shape, weight, bias, padding, threads,
-                                       negative_slope)
+        return winograd.forward_runner(input_shape, weight, bias, padding,
+                                       _threads_for(multiply_adds * 4 // 9), negative_slope)
+    threads = _threads_for(multiply_adds)
     tile = _tile_size(c_in_group * kh * kw, positions, weight.itemsize, n, threads)
     activate = negative_slope is not None
     slope = 0.0 if negative_slope is None else float(negative_slope)
@@ -147,9 +149,11 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     grad_input = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
-    threads = _threads_for(grad_out.shape[0] * weight.shape[0] * positions * k)
+    multiply_adds = grad_out.shape[0] * weight.shape[0] * positions * k
     if winograd.applies(weight.shape, stride, dilation, groups):
-        return winograd.grad_input(grad_out, weight, grad_input, padding, threads)
+        return winograd.grad_input(grad_out, weight, grad_input, padding,
+                                   _threads_for(multiply_adds * 4 // 9))
+    threads = _threads_for(multiply_adds)
     tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0], threads)
     if grad_out.shape[0] < threads <= weight.shape[1]:
         # Threads split the channels of each tile and meet at a barrier per tile:
@@ -178,9 +182,11 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     x, grad_out = _contiguous(x), _contiguous(grad_out)
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
-    threads = _threads_for(x.shape[0] * weight_shape[0] * positions * k)
+    multiply_adds = x.shape[0] * weight_shape[0] * positions * k
     if winograd.applies(tuple(weight_shape), stride, dilation, groups):
-        return winograd.grad_weight(x, grad_out, weight_shape, padding, threads)
+        return winograd.grad_weight(x, grad_out, weight_shape, padding,
+                                    _threads_for(multiply_adds * 4 // 9))
+    threads = _threads_for(multiply_adds)
     partial = np.zeros((threads,) + tuple(weight_shape), dtype=x.dtype)
     tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
     _ext.conv2d_grad_weight_into(x, grad_out, partial, stride, padding, dilation, groups,

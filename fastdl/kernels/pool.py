@@ -36,6 +36,7 @@ import numpy as np
 
 from fastdl.kernels._pool_loops import (  # noqa: F401  (the compiled loops)
     _SERIAL_BELOW,
+    _global_mean_forward_serial,
     _max_pool2d_forward_2x2_serial,
     _max_pool2d_forward_serial,
     _max_pool2d_values_2x2_serial,
@@ -429,7 +430,8 @@ def adaptive_avg_pool2d_forward(x, output_size):
     planes = _planes(x)
     out = np.empty((planes.shape[0],) + output_hw, dtype=x.dtype)
     if output_hw == (1, 1):
-        global_mean_forward_kernel(planes.reshape(planes.shape[0], -1), out.reshape(-1))
+        (_global_mean_forward_serial if planes.size < _SERIAL_BELOW
+         else global_mean_forward_kernel)(planes.reshape(planes.shape[0], -1), out.reshape(-1))
     else:
         window_mean_forward_kernel(planes, *_adaptive_windows(x.shape[-2], output_hw[0]),
                                    *_adaptive_windows(x.shape[-1], output_hw[1]), out)
