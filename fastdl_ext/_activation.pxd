@@ -11,22 +11,16 @@ from fastdl_ext._blas cimport floating
 
 cdef extern from *:
     """
-    static void fastdl_leaky_relu_float(float *restrict values, Py_ssize_t count,
-                                        float slope) {
-        for (Py_ssize_t i = 0; i < count; i++) {
-            float v = values[i];
-            int positive = v > 0.0f;
-            values[i] = (positive ? v : 0.0f) + slope * (positive ? 0.0f : v);
+    #define FASTDL_LEAKY_RELU(name, type)                                              \
+        static void name(type *restrict values, Py_ssize_t count, type slope) {        \
+            for (Py_ssize_t i = 0; i < count; i++) {                                   \
+                type v = values[i];                                                    \
+                int positive = v > (type)0;                                            \
+                values[i] = (positive ? v : (type)0) + slope * (positive ? (type)0 : v); \
+            }                                                                          \
         }
-    }
-    static void fastdl_leaky_relu_double(double *restrict values, Py_ssize_t count,
-                                         double slope) {
-        for (Py_ssize_t i = 0; i < count; i++) {
-            double v = values[i];
-            int positive = v > 0.0;
-            values[i] = (positive ? v : 0.0) + slope * (positive ? 0.0 : v);
-        }
-    }
+    FASTDL_LEAKY_RELU(fastdl_leaky_relu_float, float)
+    FASTDL_LEAKY_RELU(fastdl_leaky_relu_double, double)
     """
     void _leaky_relu_float "fastdl_leaky_relu_float"(float* values, Py_ssize_t count,
                                                      float slope) noexcept nogil
