@@ -146,50 +146,65 @@ cdef void _transform_input(const floating* x, Tiling s, int first, int units,
 
 
 cdef void _adjoint_input(const floating* dv, Tiling s, int first, int units,
-                         floating* grad_input) noexcept nogil:
-    """grad_input patch += B dV Bᵀ for each tile, dropping what falls in the padding."""
+                         floating* grad_input, floating* rows) noexcept nogil:
+    """grad_input patch += B dV Bᵀ for each tile, dropping what falls in the padding.
+
+    Per (channel, tile row): the column half of the map is applied per tile and
+    accumulated into four zeroed ``_row_width`` rows of ``rows``, one per row of
+    dV (neighbouring tiles overlap by two columns); the row half then runs along
+    whole rows and adds them into the image (unit stride, vectorised).
+    """
     cdef int tiles = units * s.tiles_x
     cdef Py_ssize_t plane = _plane(s.in_channels, tiles)
-    cdef floating g[4][4]
-    cdef floating rows[4][4]
-    cdef floating patch[4][4]
-    cdef int c, unit, image, row, tx, t, r, q, y0, x0, y, column
+    cdef int width = _row_width(s)
+    cdef int c, unit, image, row, tx, t, r, q, y, x0, lo, hi
     cdef floating* channel
+    cdef floating* line
+    cdef floating* target
     cdef const floating* src
+    cdef const floating* l0
+    cdef const floating* l1
+    cdef const floating* l2
+    cdef const floating* l3
+    cdef floating g0, g1, g2, g3
+    x0 = -s.pad_w
+    lo = max(0, -x0)
+    hi = max(lo, min(width, s.width - x0))
+    l0, l1, l2, l3 = rows + lo, rows + width + lo, rows + 2 * width + lo, rows + 3 * width + lo
     for c in range(s.in_channels):
         t = 0
         for unit in range(first, first + units):
             _unit(s, unit, &image, &row)
             channel = grad_input + (<Py_ssize_t>image * s.in_channels + c) * s.height * s.width
-            y0 = 2 * row - s.pad_h
-            for tx in range(s.tiles_x):
-                x0 = 2 * tx - s.pad_w
-                src = dv + <Py_ssize_t>c * tiles + t
-                for r in range(4):
-                    for q in range(4):
-                        g[r][q] = src[(4 * r + q) * plane]
-                for q in range(4):
-                    rows[0][q] = g[0][q]
-                    rows[1][q] = g[1][q] - g[2][q] + g[3][q]
-                    rows[2][q] = g[1][q] + g[2][q] - g[0][q]
-                    rows[3][q] = -g[3][q]
-                for r in range(4):
-                    patch[r][0] = rows[r][0]
-                    patch[r][1] = rows[r][1] - rows[r][2] + rows[r][3]
-                    patch[r][2] = rows[r][1] + rows[r][2] - rows[r][0]
-                    patch[r][3] = -rows[r][3]
-                if y0 >= 0 and y0 + 4 <= s.height and x0 >= 0 and x0 + 4 <= s.width:
-                    for r in range(4):
-                        for q in range(4):
-                            channel[(y0 + r) * s.width + x0 + q] += patch[r][q]
+            memset(rows, 0, sizeof(floating) * 4 * width)
+            for r in range(4):
+                src = dv + 4 * r * plane + <Py_ssize_t>c * tiles + t
+                line = rows + r * width
+                for tx in range(s.tiles_x):
+                    g0, g1 = src[tx], src[plane + tx]
+                    g2, g3 = src[2 * plane + tx], src[3 * plane + tx]
+                    line[2 * tx] += g0
+                    line[2 * tx + 1] += g1 - g2 + g3
+                    line[2 * tx + 2] += g1 + g2 - g0
+                    line[2 * tx + 3] -= g3
+            for r in range(4):
+                y = 2 * row - s.pad_h + r
+                if y < 0 or y >= s.height:
+                    continue
+                target = channel + <Py_ssize_t>y * s.width + x0 + lo   # buffer column lo
+                if r == 0:
+                    for q in range(hi - lo):
+                        target[q] += l0[q]
+                elif r == 1:
+                    for q in range(hi - lo):
+                        target[q] += l1[q] - l2[q] + l3[q]
+                elif r == 2:
+                    for q in range(hi - lo):
+                        target[q] += l1[q] + l2[q] - l0[q]
                 else:
-                    for r in range(4):
-                        y = y0 + r
-                        for q in range(4):
-                            column = x0 + q
-                            if 0 <= y < s.height and 0 <= column < s.width:
-                                channel[y * s.width + column] += patch[r][q]
-                t = t + 1
+                    for q in range(hi - lo):
+                        target[q] -= l3[q]
+            t = t + s.tiles_x
 
 
 cdef void _transform_output(const floating* m, Tiling s, int first, int units,
@@ -335,6 +350,7 @@ def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u
     cdef size_t max_tiles = <size_t>rows_per_block * ((grad_out.shape[3] + 1) // 2)
     cdef floating* dv
     cdef floating* dm
+    cdef floating* rows
     if n_images == 0 or grad_out.shape[2] == 0 or grad_out.shape[3] == 0:
         return
     for parity in range(2):
@@ -346,6 +362,7 @@ def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u
         with nogil, parallel(num_threads=num_threads):
             dv = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
             dm = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
+            rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
             for block in prange(blocks, schedule="static"):
                 first = block * s.rows_per_block
                 units = _block_units(s, block, n_images)
@@ -356,9 +373,10 @@ def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u
                          dm + xi * _plane(out_channels, tiles), tiles,
                          &u[xi, 0], in_channels, 0,
                          dv + xi * _plane(in_channels, tiles), tiles)
-                _adjoint_input(dv, s, first, units, &grad_input[0, 0, 0, 0])
+                _adjoint_input(dv, s, first, units, &grad_input[0, 0, 0, 0], rows)
             free(dv)
             free(dm)
+            free(rows)
 
 
 def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
