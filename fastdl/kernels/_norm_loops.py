@@ -1,6 +1,7 @@
 """The compiled loops behind ``fastdl.kernels.norm`` (see its design notes).
 
-Plain-Python kernels on the ``(A, K, S, B)`` view, bound through ``jit``.
+Plain-Python kernels bound through ``jit``: batch, group and instance norm on
+the ``(A, K, S, B)`` view, layer norm on ``(rows, row_length)``.
 """
 import numpy as np
 
@@ -10,6 +11,11 @@ from fastdl.kernels._jit import jit, prange
 _BLOCK = 4096
 # fixed number of chunks for the parameter-gradient sums (independent of threads)
 _GRAD_CHUNKS = 64
+# layer norm backward: rows whose parameter-gradient terms are summed in x's dtype
+# before joining the float64 chunk sums (float64 read-modify-writes of every
+# element cost about as much as the rest of the backward; 64 float32 terms
+# bound the added relative error by 64 * 2**-24)
+_PARAM_TILE = 64
 
 
 # ---------------------------------------------------------------------------
@@ -59,8 +65,7 @@ def _moments_of(x, k):
 _moments_of_kernel = jit(_moments_of)
 
 
-def _normalize_runs(x, k, n_sub, param_base, weight_along_run, weight, bias, shift, scale,
-                    y, x_hat):
+def _normalize_runs(x, k, n_sub, param_base, weight, bias, shift, scale, y, x_hat):
     """``x_hat = (x - shift) * scale``, ``y = x_hat * w + b`` over ``x[:, k]``."""
     n_inner = x.shape[2] // n_sub
     for a in range(x.shape[0]):
@@ -68,27 +73,20 @@ def _normalize_runs(x, k, n_sub, param_base, weight_along_run, weight, bias, shi
             x_run = x[a, k, s * n_inner:(s + 1) * n_inner]
             x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
             y_run = y[a, k, s * n_inner:(s + 1) * n_inner]
-            if weight_along_run:
-                for i in range(n_inner):
-                    normalized = (x_run[i] - shift) * scale
-                    x_hat_run[i] = normalized
-                    y_run[i] = normalized * weight[i] + bias[i]
-            else:
-                w = weight[param_base + s]
-                b = bias[param_base + s]
-                for i in range(n_inner):
-                    normalized = (x_run[i] - shift) * scale
-                    x_hat_run[i] = normalized
-                    y_run[i] = normalized * w + b
+            w = weight[param_base + s]
+            b = bias[param_base + s]
+            for i in range(n_inner):
+                normalized = (x_run[i] - shift) * scale
+                x_hat_run[i] = normalized
+                y_run[i] = normalized * w + b
 
 
 _normalize_runs_kernel = jit(_normalize_runs, fastmath={"contract"})
 
 
-def _normalize_forward(x, weight, bias, n_params, n_sub, weight_along_run, eps,
-                       use_input_stats, mean, var, inv_std, y, x_hat):
-    # x, y, x_hat: (A, K, S * B); weight, bias: (P * S,) in x's dtype, or
-    # (B,) when weight_along_run (layer norm: P = S = 1); mean,
+def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats, mean, var,
+                       inv_std, y, x_hat):
+    # x, y, x_hat: (A, K, S * B); weight, bias: (P * S,) in x's dtype; mean,
     # var, inv_std: (K,) float64, outputs when use_input_stats (var is then
     # the biased variance), else mean and inv_std are inputs
     for k in prange(x.shape[1]):
@@ -99,18 +97,15 @@ def _normalize_forward(x, weight, bias, n_params, n_sub, weight_along_run, eps,
             inv_std[k] = 1.0 / np.sqrt(var_k + eps)
         # the elementwise pass runs in x's dtype (as torch): float32 SIMD is
         # twice as wide, and the statistics are already exact
-        shift_scale = np.empty(2, dtype=x.dtype)
-        shift_scale[0] = mean[k]
-        shift_scale[1] = inv_std[k]
-        _normalize_runs_kernel(x, k, n_sub, (k % n_params) * n_sub, weight_along_run,
-                               weight, bias, shift_scale[0], shift_scale[1], y, x_hat)
+        _normalize_runs_kernel(x, k, n_sub, (k % n_params) * n_sub, weight, bias,
+                               x.dtype.type(mean[k]), x.dtype.type(inv_std[k]), y, x_hat)
 
 
 normalize_forward_kernel = jit(_normalize_forward, parallel=True)
 
 
-def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight,
-                 grad_weight_part, grad_bias_part):
+def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight, grad_weight_part,
+                 grad_bias_part):
     """Per-``k`` sums of ``w·g`` and ``w·g·x_hat``; per-parameter sums into the parts."""
     n_inner = x_hat.shape[2] // n_sub
     sum_grad = np.float64(0.0)
@@ -119,15 +114,6 @@ def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight
         for s in range(n_sub):
             grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
             x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
-            if weight_along_run:
-                for i in range(n_inner):
-                    g = grad_run[i]
-                    g_x_hat = g * x_hat_run[i]
-                    grad_bias_part[i] += g
-                    grad_weight_part[i] += g_x_hat
-                    sum_grad += weight[i] * g
-                    sum_grad_x_hat += weight[i] * g_x_hat
-                continue
             run_grad = np.float64(0.0)
             run_grad_x_hat = np.float64(0.0)
             for i in range(n_inner):
@@ -141,8 +127,8 @@ def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight
     return sum_grad, sum_grad_x_hat
 
 
-def _input_grad_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight, scale,
-                     mean_grad, mean_grad_x_hat, grad_x):
+def _input_grad_runs(grad_out, x_hat, k, n_sub, param_base, weight, scale, mean_grad,
+                     mean_grad_x_hat, grad_x):
     """``dx = scale · (w·g − mean_grad − x_hat · mean_grad_x_hat)`` over ``[:, k]``."""
     n_inner = x_hat.shape[2] // n_sub
     for a in range(x_hat.shape[0]):
@@ -150,11 +136,6 @@ def _input_grad_runs(grad_out, x_hat, k, n_sub, param_base, weight_along_run, we
             grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
             x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
             grad_x_run = grad_x[a, k, s * n_inner:(s + 1) * n_inner]
-            if weight_along_run:
-                for i in range(n_inner):
-                    grad_x_run[i] = scale * (weight[i] * grad_run[i] - mean_grad
-                                             - x_hat_run[i] * mean_grad_x_hat)
-                continue
             w = weight[param_base + s]
             for i in range(n_inner):
                 grad_x_run[i] = scale * (w * grad_run[i] - mean_grad
@@ -168,10 +149,9 @@ _reduce_runs_kernel = jit(_reduce_runs, fastmath={"reassoc", "contract"})
 _input_grad_runs_kernel = jit(_input_grad_runs, fastmath={"contract"})
 
 
-def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, weight_along_run, inv_std,
-                        use_input_stats, needs_grad_x, grad_x, grad_weight_parts,
-                        grad_bias_parts):
-    # grad_out, x_hat, grad_x: (A, K, S * B); weight as in _normalize_forward;
+def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, inv_std, use_input_stats,
+                        needs_grad_x, grad_x, grad_weight_parts, grad_bias_parts):
+    # grad_out, x_hat, grad_x: (A, K, S * B); weight: (P * S,) in x's dtype;
     # grad_*_parts: (chunks, P * S) float64, one row per fixed chunk of k
     count = x_hat.shape[0] * x_hat.shape[2]
     n_kept, n_chunks = x_hat.shape[1], grad_weight_parts.shape[0]
@@ -180,19 +160,127 @@ def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, weight_along_r
         for k in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)):
             param_base = (k % n_params) * n_sub
             sum_grad, sum_grad_x_hat = _reduce_runs_kernel(
-                grad_out, x_hat, k, n_sub, param_base, weight_along_run, weight,
-                grad_weight_parts[chunk], grad_bias_parts[chunk])
+                grad_out, x_hat, k, n_sub, param_base, weight, grad_weight_parts[chunk],
+                grad_bias_parts[chunk])
             if not needs_grad_x:
                 continue
-            coefficients = np.zeros(3, dtype=x_hat.dtype)
-            coefficients[0] = inv_std[k]
             # with fixed (running) statistics x_hat does not depend on the batch
-            if use_input_stats:
-                coefficients[1] = sum_grad / count
-                coefficients[2] = sum_grad_x_hat / count
-            _input_grad_runs_kernel(grad_out, x_hat, k, n_sub, param_base, weight_along_run,
-                                    weight, coefficients[0], coefficients[1], coefficients[2],
-                                    grad_x)
+            mean_grad = sum_grad / count if use_input_stats else 0.0
+            mean_grad_x_hat = sum_grad_x_hat / count if use_input_stats else 0.0
+            to_dtype = x_hat.dtype.type
+            _input_grad_runs_kernel(grad_out, x_hat, k, n_sub, param_base, weight,
+                                    to_dtype(inv_std[k]), to_dtype(mean_grad),
+                                    to_dtype(mean_grad_x_hat), grad_x)
 
 
 normalize_backward_kernel = jit(_normalize_backward, parallel=True)
+
+
+# ---------------------------------------------------------------------------
+# Layer norm kernels on (rows, row_length): one weight per column
+# ---------------------------------------------------------------------------
+
+def _row_moments(row):
+    """Mean and biased variance of a 1-D contiguous ``row``."""
+    if row.shape[0] <= _BLOCK:
+        # the usual case, one block: no merge step
+        mean, squares = _block_moments_kernel(row)
+        return mean, squares / row.shape[0]
+    # long rows: block moments merged with Chan's update, as for the other norms
+    return _moments_of_kernel(row.reshape(1, 1, row.shape[0]), 0)
+
+
+_row_moments_kernel = jit(_row_moments)
+
+
+def _normalize_row(row, weight, bias, shift, scale, y_row, x_hat_row):
+    """``x_hat = (row - shift) * scale``, ``y = x_hat * weight + bias``."""
+    for i in range(row.shape[0]):
+        normalized = (row[i] - shift) * scale
+        x_hat_row[i] = normalized
+        y_row[i] = normalized * weight[i] + bias[i]
+
+
+_normalize_row_kernel = jit(_normalize_row, fastmath={"contract"})
+
+
+def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y, x_hat):
+    # x, y, x_hat: (rows, row_length); weight, bias: (row_length,) in x's dtype;
+    # mean, var (biased), inv_std: (rows,) float64 outputs
+    for row in prange(x.shape[0]):
+        # the second pass over the row (in the normalisation) hits L1
+        mean_row, var_row = _row_moments_kernel(x[row])
+        mean[row] = mean_row
+        var[row] = var_row
+        inv_std[row] = 1.0 / np.sqrt(var_row + eps)
+        # elementwise in x's dtype, as in _normalize_forward
+        _normalize_row_kernel(x[row], weight, bias, x.dtype.type(mean_row),
+                              x.dtype.type(inv_std[row]), y[row], x_hat[row])
+
+
+layer_norm_forward_kernel = jit(_layer_norm_forward, parallel=True)
+
+
+def _reduce_row(grad_row, x_hat_row, weight, tile_grad_weight, tile_grad_bias):
+    """Row sums of ``w·g`` and ``w·g·x_hat``; ``g·x_hat`` and ``g`` added to the tile sums."""
+    sum_grad = np.float64(0.0)
+    sum_grad_x_hat = np.float64(0.0)
+    for i in range(grad_row.shape[0]):
+        g = grad_row[i]
+        g_x_hat = g * x_hat_row[i]
+        tile_grad_weight[i] += g_x_hat
+        tile_grad_bias[i] += g
+        sum_grad += weight[i] * g
+        sum_grad_x_hat += weight[i] * g_x_hat
+    return sum_grad, sum_grad_x_hat
+
+
+def _input_grad_row(grad_row, x_hat_row, weight, scale, mean_grad, mean_grad_x_hat,
+                    grad_x_row):
+    """``dx = scale · (w·g − mean_grad − x_hat · mean_grad_x_hat)`` along one row."""
+    for i in range(grad_row.shape[0]):
+        grad_x_row[i] = scale * (weight[i] * grad_row[i] - mean_grad
+                                 - x_hat_row[i] * mean_grad_x_hat)
+
+
+def _move_into(partial, total):
+    """``total += partial`` (widening to ``total``'s dtype), then ``partial = 0``."""
+    for i in range(partial.shape[0]):
+        total[i] += partial[i]
+        partial[i] = 0
+
+
+# fastmath as for the (A, K, S, B) backward kernels above
+_reduce_row_kernel = jit(_reduce_row, fastmath={"reassoc", "contract"})
+_input_grad_row_kernel = jit(_input_grad_row, fastmath={"contract"})
+_move_into_kernel = jit(_move_into, fastmath={"reassoc", "contract"})
+
+
+def _layer_norm_backward(grad_out, x_hat, weight, inv_std, needs_grad_x, grad_x,
+                         grad_weight_parts, grad_bias_parts):
+    # grad_out, x_hat, grad_x: (rows, row_length); weight: (row_length,) in x's
+    # dtype; inv_std: (rows,) float64; grad_*_parts: (chunks, row_length)
+    # float64, one row per fixed chunk of rows. Each row's two sums are fused
+    # in one pass, and dx is written in a second pass over the row (in L1).
+    n_rows, row_length = x_hat.shape
+    n_chunks = grad_weight_parts.shape[0]
+    per_chunk = (n_rows + n_chunks - 1) // n_chunks
+    to_dtype = x_hat.dtype.type
+    for chunk in prange(n_chunks):
+        tile_grad_weight = np.zeros(row_length, dtype=x_hat.dtype)
+        tile_grad_bias = np.zeros(row_length, dtype=x_hat.dtype)
+        chunk_stop = min((chunk + 1) * per_chunk, n_rows)
+        for tile_start in range(chunk * per_chunk, chunk_stop, _PARAM_TILE):
+            for row in range(tile_start, min(tile_start + _PARAM_TILE, chunk_stop)):
+                sum_grad, sum_grad_x_hat = _reduce_row_kernel(
+                    grad_out[row], x_hat[row], weight, tile_grad_weight, tile_grad_bias)
+                if needs_grad_x:
+                    _input_grad_row_kernel(grad_out[row], x_hat[row], weight,
+                                           to_dtype(inv_std[row]),
+                                           to_dtype(sum_grad / row_length),
+                                           to_dtype(sum_grad_x_hat / row_length), grad_x[row])
+            _move_into_kernel(tile_grad_weight, grad_weight_parts[chunk])
+            _move_into_kernel(tile_grad_bias, grad_bias_parts[chunk])
+
+
+layer_norm_backward_kernel = jit(_layer_norm_backward, parallel=True)

@@ -16,7 +16,7 @@ layer_norm     (1, rows, 1, D)         rows         1       1
 =============  ======================  ===========  ======  ====
 
 Layer norm's weight runs along ``B`` instead (``weight_along_run``: one
-weight per element of the row).
+weight per element of the row); it has its own row kernels (last point below).
 
 For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
 
@@ -31,6 +31,14 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
   ``sum(w * g * x_hat)`` then writes ``dx`` in a second pass over the (cached)
   data. ``grad_weight`` / ``grad_bias`` are summed per fixed chunk of ``k``
   into a ``(chunks, P * S)`` float64 buffer, then over chunks in order.
+* Layer norm runs on the ``(rows, row_length)`` view with row kernels of
+  its own: forward, ``prange`` over rows, each row's moments (one block when
+  the row fits) then its normalisation; backward, per fixed chunk of rows,
+  both row sums in one pass and ``dx`` in a second (in L1). The per-column
+  ``g`` and ``g * x_hat`` terms of ``grad_weight``/``grad_bias`` are summed in
+  x's dtype over tiles of ``_PARAM_TILE`` rows before joining the float64
+  chunk sums: a float64 read-modify-write per element cost as much as the
+  rest of the backward.
 * Reproducibility: every reduction runs sequentially inside one ``k`` or one
   fixed chunk, and neither depends on the thread count, so results are bitwise
   identical at any number of threads (torch's are not: pytorch#88718).
@@ -39,7 +47,8 @@ import numbers
 
 import numpy as np
 
-from fastdl.kernels._norm_loops import (_BLOCK, _GRAD_CHUNKS, normalize_backward_kernel,
+from fastdl.kernels._norm_loops import (_BLOCK, _GRAD_CHUNKS, layer_norm_backward_kernel,
+                                        layer_norm_forward_kernel, normalize_backward_kernel,
                                         normalize_forward_kernel)
 
 __all__ = [
@@ -121,9 +130,12 @@ def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
     if use_input_stats:
         mean = np.empty(layout.n_kept)
         inv_std = np.empty(layout.n_kept)
-    normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub,
-                             layout.weight_along_run, eps, use_input_stats, mean, var, inv_std,
-                             y, x_hat)
+    if layout.weight_along_run:
+        # layer norm (always input statistics) on (rows, row_length)
+        layer_norm_forward_kernel(x3[0], weight, bias, eps, mean, var, inv_std, y[0], x_hat[0])
+    else:
+        normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub, eps,
+                                 use_input_stats, mean, var, inv_std, y, x_hat)
     return (y.reshape(x.shape), x_hat.reshape(x.shape), mean,
             var if use_input_stats else None, inv_std)
 
@@ -135,11 +147,16 @@ def _backward(grad_out, x_hat, layout, weight, inv_std, use_input_stats, needs_g
     n_chunks = min(layout.n_kept, _GRAD_CHUNKS)
     grad_weight_parts = np.zeros((n_chunks, layout.n_weights))
     grad_bias_parts = np.zeros((n_chunks, layout.n_weights))
-    grad_x = np.empty_like(x_hat3) if needs_grad_x else np.empty((0, 0, 0), x_hat.dtype)
+    # a (1, 0, 0) placeholder when dx is not needed: still indexable as grad_x[0]
+    grad_x = np.empty_like(x_hat3) if needs_grad_x else np.empty((1, 0, 0), x_hat.dtype)
     inv_std = np.ascontiguousarray(inv_std, dtype=np.float64).ravel()
-    normalize_backward_kernel(grad3, x_hat3, weight, layout.n_params, layout.n_sub,
-                              layout.weight_along_run, inv_std, use_input_stats, needs_grad_x,
-                              grad_x, grad_weight_parts, grad_bias_parts)
+    if layout.weight_along_run:
+        layer_norm_backward_kernel(grad3[0], x_hat3[0], weight, inv_std, needs_grad_x,
+                                   grad_x[0], grad_weight_parts, grad_bias_parts)
+    else:
+        normalize_backward_kernel(grad3, x_hat3, weight, layout.n_params, layout.n_sub, inv_std,
+                                  use_input_stats, needs_grad_x, grad_x, grad_weight_parts,
+                                  grad_bias_parts)
     # summed over chunks in a fixed order (numpy's pairwise sum of a fixed shape)
     grad_weight = grad_weight_parts.sum(axis=0)
     grad_bias = grad_bias_parts.sum(axis=0)
