@@ -234,19 +234,22 @@ def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
 
 
 def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
-                            floating[:, :, :, :, ::1] partial, tuple stride, tuple padding,
-                            tuple dilation, int groups, int tile, int num_threads):
-    """partial[t] += this thread's sum of grad_out_tile @ cols^T; caller sums over t.
+                            floating[:, :, :, ::1] partial, tuple weight_shape, tuple stride,
+                            tuple padding, tuple dilation, int groups, int tile,
+                            int num_threads):
+    """partial[t, group] += this thread's sum of cols @ grad_out_tileᵀ; caller sums over t.
 
-    ``partial`` is (threads, C_out, C_in/groups, kH, kW), zero on entry.
+    ``partial`` is (threads, groups, C_in/groups·kH·kW, C_out/groups), zero on
+    entry: the weight gradient transposed, the GEMM orientation OpenBLAS runs
+    faster for thin outputs (C_out × K output, long reduction over positions).
     """
     cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
-    cdef int out_channels = partial.shape[1], kernel_h = partial.shape[3]
-    cdef int kernel_w = partial.shape[4]
+    cdef int out_channels = weight_shape[0], kernel_h = weight_shape[2]
+    cdef int kernel_w = weight_shape[3]
     cdef int out_w = grad_out.shape[3]
     cdef int positions = grad_out.shape[2] * out_w
     cdef int out_per_group = out_channels // groups
-    cdef Geometry g = _geometry(partial.shape[2], height, width, kernel_h, kernel_w, stride,
+    cdef Geometry g = _geometry(weight_shape[1], height, width, kernel_h, kernel_w, stride,
                                 padding, dilation, out_w)
     cdef int k = g.channels * kernel_h * kernel_w
     cdef bint pointwise = _is_pointwise(g)
@@ -268,9 +271,9 @@ def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
             for group in range(groups):
                 operand = _columns(&x[image, group * g.channels, 0, 0], g, start, width_t,
                                    pointwise, cols, &ld_operand)
-                _gemm(c'T', c'N', k, out_per_group, width_t, 1, operand, ld_operand,
-                      &grad_out[image, group * out_per_group, 0, 0] + start, positions, 1,
-                      &partial[thread, group * out_per_group, 0, 0, 0], k)
+                _gemm(c'T', c'N', out_per_group, k, width_t, 1,
+                      &grad_out[image, group * out_per_group, 0, 0] + start, positions,
+                      operand, ld_operand, 1, &partial[thread, group, 0, 0], out_per_group)
             free(cols)
 
 

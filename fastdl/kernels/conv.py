@@ -187,11 +187,13 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
         return winograd.grad_weight(x, grad_out, weight_shape, padding,
                                     _threads_for(multiply_adds * 4 // 9))
     threads = _threads_for(multiply_adds)
-    partial = np.zeros((threads,) + tuple(weight_shape), dtype=x.dtype)
+    out_per_group = weight_shape[0] // groups
+    partial = np.zeros((threads, groups, k, out_per_group), dtype=x.dtype)
     tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
-    _ext.conv2d_grad_weight_into(x, grad_out, partial, stride, padding, dilation, groups,
-                                 tile, threads)
-    return partial[0] if threads == 1 else partial.sum(axis=0)
+    _ext.conv2d_grad_weight_into(x, grad_out, partial, tuple(weight_shape), stride, padding,
+                                 dilation, groups, tile, threads)
+    summed = partial[0] if threads == 1 else partial.sum(axis=0)   # (groups, K, C_out/g)
+    return np.ascontiguousarray(summed.transpose(0, 2, 1)).reshape(tuple(weight_shape))
 
 
 def conv2d_grad_bias(grad_out):
