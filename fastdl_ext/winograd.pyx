@@ -21,8 +21,9 @@ tile rows in one pass and odd ones in a second: within a pass no two blocks
 touch the same input pixel.
 
 Layouts: ``u`` is (16, plane), row ξ holding U[ξ] as a row-major (C_out, C_in)
-matrix (plane ≥ C_out·C_in, padded so the 16 rows do not share cache sets); a thread's ``V`` is (16, C_in, T) and
-``M`` (16, C_out, T), ξ = 4·row + column of the 4×4 transformed tile.
+matrix (plane ≥ C_out·C_in, padded so the 16 rows do not share cache sets); a
+thread's ``V`` is (16, C_in, T) and ``M`` (16, C_out, T), ξ = 4·row + column of
+the 4×4 transformed tile.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
@@ -80,6 +81,25 @@ cdef inline Py_ssize_t _plane(int channels, int tiles) noexcept nogil:
     stride would map the 16 streams of a transform onto the same cache sets; 16
     extra elements shift each by a cache line."""
     return <Py_ssize_t>channels * tiles + 16
+
+
+cdef inline size_t _input_planes(Tiling s, size_t max_tiles) noexcept nogil:
+    return 16 * _plane(s.in_channels, max_tiles)
+
+
+cdef inline size_t _output_planes(Tiling s, size_t max_tiles) noexcept nogil:
+    return 16 * _plane(s.out_channels, max_tiles)
+
+
+cdef floating* _scratch(Tiling s, size_t max_tiles, floating* like) noexcept nogil:
+    """One thread's buffers in one allocation (``like``, a typed NULL, picks the dtype): the
+    block's input-side planes (16 × C_in × T) at the start, then its output-side
+    planes (16 × C_out × T, from ``_input_planes`` on) and the transforms' row buffers
+    (8 × ``_row_width``, after both). The caller frees the returned pointer; it takes
+    the two offsets by plain assignment so that OpenMP keeps them thread-private."""
+    return <floating*>malloc(sizeof(floating) * (_input_planes(s, max_tiles)
+                                                 + _output_planes(s, max_tiles)
+                                                 + 8 * _row_width(s)))
 
 
 cdef inline int _block_units(Tiling s, int block, int n_images) noexcept nogil:
@@ -316,9 +336,9 @@ def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
     if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        v = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
-        m = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
-        rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
+        v = _scratch(s, max_tiles, <floating*>NULL)
+        m = v + _input_planes(s, max_tiles)
+        rows = m + _output_planes(s, max_tiles)
         for block in prange(blocks, schedule="static"):
             first = block * s.rows_per_block
             units = _block_units(s, block, n_images)
@@ -332,8 +352,6 @@ def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
             _transform_output(m, s, first, units, &out[0, 0, 0, 0], bias_ptr, residual_ptr,
                               activate, slope_value)
         free(v)
-        free(m)
-        free(rows)
 
 
 def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u,
@@ -360,9 +378,9 @@ def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u
         if blocks == 0:
             continue
         with nogil, parallel(num_threads=num_threads):
-            dv = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
-            dm = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
-            rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
+            dv = _scratch(s, max_tiles, <floating*>NULL)
+            dm = dv + _input_planes(s, max_tiles)
+            rows = dm + _output_planes(s, max_tiles)
             for block in prange(blocks, schedule="static"):
                 first = block * s.rows_per_block
                 units = _block_units(s, block, n_images)
@@ -375,8 +393,6 @@ def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u
                          dv + xi * _plane(in_channels, tiles), tiles)
                 _adjoint_input(dv, s, first, units, &grad_input[0, 0, 0, 0], rows)
             free(dv)
-            free(dm)
-            free(rows)
 
 
 def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
@@ -400,9 +416,9 @@ def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] g
     if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        v = <floating*>malloc(sizeof(floating) * 16 * _plane(in_channels, max_tiles))
-        dm = <floating*>malloc(sizeof(floating) * 16 * _plane(out_channels, max_tiles))
-        rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
+        v = _scratch(s, max_tiles, <floating*>NULL)
+        dm = v + _input_planes(s, max_tiles)
+        rows = dm + _output_planes(s, max_tiles)
         for block in prange(blocks, schedule="static"):
             thread = threadid()
             first = block * s.rows_per_block
@@ -416,8 +432,6 @@ def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] g
                      dm + xi * _plane(out_channels, tiles), tiles, 1,
                      &partial[thread, xi, 0], in_channels)
         free(v)
-        free(dm)
-        free(rows)
 
 
 def transform_weight_into(floating[:, :, :, ::1] weight, floating[:, ::1] u):
