@@ -41,9 +41,11 @@ def affine(rng, shape, with_affine):
 def test_batch_norm_training_forward(rng, dtype, contiguous, shape, with_affine):
     x = make_input(rng, shape, dtype, contiguous, offset=3.0)
     weight, bias = affine(rng, shape[1], with_affine)
-    y, x_hat, inv_std = norm.batch_norm_forward(x, weight, bias, None, None, True, 0.1, EPS)
-    assert y.dtype == dtype and x_hat.dtype == dtype and inv_std.shape == (shape[1],)
+    y, mean, inv_std = norm.batch_norm_forward(x, weight, bias, None, None, True, 0.1, EPS)
+    assert y.dtype == dtype and mean.shape == inv_std.shape == (shape[1],)
     np.testing.assert_allclose(y, batch_norm_reference(x, weight, bias, EPS), **tolerance(dtype))
+    channel = (1, -1) + (1,) * (len(shape) - 2)
+    x_hat = (x - mean.reshape(channel)) * inv_std.reshape(channel)   # what the backward uses
     np.testing.assert_allclose(x_hat, batch_norm_reference(x, None, None, EPS),
                                **tolerance(dtype))
 
@@ -57,8 +59,8 @@ def test_layer_norm_forward(rng, dtype, contiguous, shape, normalized_shape, wit
     x = make_input(rng, shape, dtype, contiguous, offset=-2.0)
     trailing = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
     weight, bias = affine(rng, trailing, with_affine)
-    y, x_hat, inv_std = norm.layer_norm_forward(x, normalized_shape, weight, bias, EPS)
-    assert y.dtype == dtype and inv_std.shape == shape[:len(shape) - len(trailing)]
+    y, mean, inv_std = norm.layer_norm_forward(x, normalized_shape, weight, bias, EPS)
+    assert y.dtype == dtype and mean.shape == inv_std.shape == shape[:len(shape) - len(trailing)]
     np.testing.assert_allclose(y, layer_norm_reference(x, trailing, weight, bias, EPS),
                                **tolerance(dtype))
 
@@ -71,8 +73,8 @@ def test_layer_norm_forward(rng, dtype, contiguous, shape, normalized_shape, wit
 def test_group_norm_forward(rng, dtype, contiguous, shape, num_groups, with_affine):
     x = make_input(rng, shape, dtype, contiguous, offset=1.0)
     weight, bias = affine(rng, shape[1], with_affine)
-    y, x_hat, inv_std = norm.group_norm_forward(x, num_groups, weight, bias, EPS)
-    assert y.dtype == dtype and inv_std.shape == (shape[0], num_groups)
+    y, mean, inv_std = norm.group_norm_forward(x, num_groups, weight, bias, EPS)
+    assert y.dtype == dtype and mean.shape == inv_std.shape == (shape[0], num_groups)
     np.testing.assert_allclose(y, group_norm_reference(x, num_groups, weight, bias, EPS),
                                **tolerance(dtype))
 
@@ -84,8 +86,8 @@ def test_group_norm_forward(rng, dtype, contiguous, shape, num_groups, with_affi
 def test_instance_norm_forward(rng, dtype, contiguous, shape, with_affine):
     x = make_input(rng, shape, dtype, contiguous, offset=5.0)
     weight, bias = affine(rng, shape[1], with_affine)
-    y, x_hat, inv_std = norm.instance_norm_forward(x, None, None, weight, bias, True, 0.1, EPS)
-    assert inv_std.shape == shape[:2]
+    y, mean, inv_std = norm.instance_norm_forward(x, None, None, weight, bias, True, 0.1, EPS)
+    assert mean.shape == inv_std.shape == shape[:2]
     np.testing.assert_allclose(y, instance_norm_reference(x, weight, bias, EPS),
                                **tolerance(dtype))
 
@@ -202,9 +204,9 @@ def test_instance_norm_running_stats_and_eval(rng):
 
 def check_backward(rng, forward, backward, x, weight, bias):
     """Compare every gradient of ``forward(x, weight, bias)`` with finite differences."""
-    y, x_hat, inv_std = forward(x, weight, bias)
+    y, mean, inv_std = forward(x, weight, bias)
     grad_out = rng.standard_normal(y.shape)
-    grad_x, grad_weight, grad_bias = backward(grad_out, x_hat, inv_std, weight)
+    grad_x, grad_weight, grad_bias = backward(grad_out, x, mean, inv_std, weight)
 
     def output(*inputs):
         return forward(*inputs)[0]
@@ -229,8 +231,8 @@ def test_batch_norm_backward_finite_differences(rng, shape, training):
         return norm.batch_norm_forward(x, weight, bias, running_mean.copy(), running_var.copy(),
                                        training, 0.1, EPS)
 
-    def backward(grad_out, x_hat, inv_std, weight):
-        return norm.batch_norm_backward(grad_out, x_hat, inv_std, weight, training)
+    def backward(grad_out, x, mean, inv_std, weight):
+        return norm.batch_norm_backward(grad_out, x, mean, inv_std, weight, training)
 
     check_backward(rng, forward, backward, x, rng.standard_normal(shape[1]),
                    rng.standard_normal(shape[1]))
@@ -241,8 +243,8 @@ def test_layer_norm_backward_finite_differences(rng, shape, normalized_shape):
     def forward(x, weight, bias):
         return norm.layer_norm_forward(x, normalized_shape, weight, bias, EPS)
 
-    def backward(grad_out, x_hat, inv_std, weight):
-        return norm.layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape)
+    def backward(grad_out, x, mean, inv_std, weight):
+        return norm.layer_norm_backward(grad_out, x, mean, inv_std, weight, normalized_shape)
 
     check_backward(rng, forward, backward, rng.standard_normal(shape),
                    rng.standard_normal(normalized_shape), rng.standard_normal(normalized_shape))
@@ -254,8 +256,8 @@ def test_group_norm_backward_finite_differences(rng, shape, num_groups):
     def forward(x, weight, bias):
         return norm.group_norm_forward(x, num_groups, weight, bias, EPS)
 
-    def backward(grad_out, x_hat, inv_std, weight):
-        return norm.group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups)
+    def backward(grad_out, x, mean, inv_std, weight):
+        return norm.group_norm_backward(grad_out, x, mean, inv_std, weight, num_groups)
 
     check_backward(rng, forward, backward, rng.standard_normal(shape),
                    rng.standard_normal(shape[1]), rng.standard_normal(shape[1]))
@@ -270,8 +272,8 @@ def test_instance_norm_backward_finite_differences(rng, use_input_stats):
         return norm.instance_norm_forward(x, running_mean.copy(), running_var.copy(), weight,
                                           bias, use_input_stats, 0.1, EPS)
 
-    def backward(grad_out, x_hat, inv_std, weight):
-        return norm.instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats)
+    def backward(grad_out, x, mean, inv_std, weight):
+        return norm.instance_norm_backward(grad_out, x, mean, inv_std, weight, use_input_stats)
 
     check_backward(rng, forward, backward, rng.standard_normal(shape), rng.standard_normal(3),
                    rng.standard_normal(3))
@@ -282,11 +284,11 @@ def test_backward_float32_matches_float64_and_contiguity(rng, dtype):
     x = rng.standard_normal((4, 6, 3, 5))
     grad_out = rng.standard_normal(x.shape)
     weight = rng.standard_normal(6)
-    _, x_hat, inv_std = norm.group_norm_forward(x, 3, weight, None)
-    expected = norm.group_norm_backward(grad_out, x_hat, inv_std, weight, 3)
-    x_hat_cast = np.asfortranarray(x_hat.astype(dtype))     # non-contiguous in C order
+    _, mean, inv_std = norm.group_norm_forward(x, 3, weight, None)
+    expected = norm.group_norm_backward(grad_out, x, mean, inv_std, weight, 3)
+    x_cast = np.asfortranarray(x.astype(dtype))     # non-contiguous in C order
     grad_cast = np.asfortranarray(grad_out.astype(dtype))
-    result = norm.group_norm_backward(grad_cast, x_hat_cast, inv_std, weight, 3)
+    result = norm.group_norm_backward(grad_cast, x_cast, mean, inv_std, weight, 3)
     assert result[0].dtype == dtype
     for got, want in zip(result, expected):
         np.testing.assert_allclose(got, want, **tolerance(dtype))
@@ -294,15 +296,16 @@ def test_backward_float32_matches_float64_and_contiguity(rng, dtype):
 
 def test_needs_flags_and_missing_weight(rng):
     x = rng.standard_normal((4, 3, 5))
-    _, x_hat, inv_std = norm.batch_norm_forward(x, None, None, None, None, True)
+    _, mean, inv_std = norm.batch_norm_forward(x, None, None, None, None, True)
     grad_out = rng.standard_normal(x.shape)
-    grad_x, grad_weight, grad_bias = norm.batch_norm_backward(grad_out, x_hat, inv_std, None,
+    grad_x, grad_weight, grad_bias = norm.batch_norm_backward(grad_out, x, mean, inv_std, None,
                                                               True)
     assert grad_x is not None and grad_weight is None
     np.testing.assert_allclose(grad_bias, grad_out.sum(axis=(0, 2)), rtol=1e-12)
     grad_x, grad_weight, grad_bias = norm.batch_norm_backward(
-        grad_out, x_hat, inv_std, np.ones(3), True, needs_grad_x=False, needs_grad_bias=False)
+        grad_out, x, mean, inv_std, np.ones(3), True, needs_grad_x=False, needs_grad_bias=False)
     assert grad_x is None and grad_bias is None
+    x_hat = (x - mean.reshape(1, -1, 1)) * inv_std.reshape(1, -1, 1)
     np.testing.assert_allclose(grad_weight, (grad_out * x_hat).sum(axis=(0, 2)), rtol=1e-12)
 
 
@@ -316,13 +319,13 @@ def run_all_norms(x, grad_out, weight, bias):
     forwards = [
         (lambda: norm.batch_norm_forward(x, weight, bias, np.zeros(n_channels),
                                          np.ones(n_channels), True),
-         lambda f: norm.batch_norm_backward(grad_out, f[1], f[2], weight, True)),
+         lambda f: norm.batch_norm_backward(grad_out, x, f[1], f[2], weight, True)),
         (lambda: norm.group_norm_forward(x, 4, weight, bias),
-         lambda f: norm.group_norm_backward(grad_out, f[1], f[2], weight, 4)),
+         lambda f: norm.group_norm_backward(grad_out, x, f[1], f[2], weight, 4)),
         (lambda: norm.instance_norm_forward(x, None, None, weight, bias),
-         lambda f: norm.instance_norm_backward(grad_out, f[1], f[2], weight)),
+         lambda f: norm.instance_norm_backward(grad_out, x, f[1], f[2], weight)),
         (lambda: norm.layer_norm_forward(x, x.shape[2:], None, None),
-         lambda f: norm.layer_norm_backward(grad_out, f[1], f[2], None, x.shape[2:])),
+         lambda f: norm.layer_norm_backward(grad_out, x, f[1], f[2], None, x.shape[2:])),
     ]
     for forward, backward in forwards:
         outputs = forward()
@@ -363,13 +366,13 @@ def test_norms_match_torch(rng):
     cases = [
         (lambda t, w, b: functional.batch_norm(t, None, None, w, b, True),
          lambda: norm.batch_norm_forward(x, weight, bias, None, None, True),
-         lambda f: norm.batch_norm_backward(grad_out, f[1], f[2], weight, True)),
+         lambda f: norm.batch_norm_backward(grad_out, x, f[1], f[2], weight, True)),
         (lambda t, w, b: functional.group_norm(t, 3, w, b),
          lambda: norm.group_norm_forward(x, 3, weight, bias),
-         lambda f: norm.group_norm_backward(grad_out, f[1], f[2], weight, 3)),
+         lambda f: norm.group_norm_backward(grad_out, x, f[1], f[2], weight, 3)),
         (lambda t, w, b: functional.instance_norm(t, weight=w, bias=b),
          lambda: norm.instance_norm_forward(x, None, None, weight, bias),
-         lambda f: norm.instance_norm_backward(grad_out, f[1], f[2], weight)),
+         lambda f: norm.instance_norm_backward(grad_out, x, f[1], f[2], weight)),
     ]
     for torch_op, forward, backward in cases:
         tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
@@ -416,18 +419,18 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match="numpy.ndarray"):
         norm.group_norm_forward([[1.0, 2.0]], 1)
     with pytest.raises(ValueError, match="grad_out has shape"):
-        norm.batch_norm_backward(np.zeros((2, 6)), x, np.ones(6), None, True)
+        norm.batch_norm_backward(np.zeros((2, 6)), x, np.zeros(6), np.ones(6), None, True)
     with pytest.raises(ValueError, match="inv_std has 3 values, expected 6"):
-        norm.batch_norm_backward(x, x, np.ones(3), None, True)
+        norm.batch_norm_backward(x, x, np.zeros(6), np.ones(3), None, True)
 
 
 def test_kernels_do_not_modify_inputs(rng):
     x = rng.standard_normal((3, 4, 5))
     weight, bias = rng.standard_normal(4), rng.standard_normal(4)
     saved = [a.copy() for a in (x, weight, bias)]
-    _, x_hat, inv_std = norm.group_norm_forward(x, 2, weight, bias)
+    _, mean, inv_std = norm.group_norm_forward(x, 2, weight, bias)
     grad_out = rng.standard_normal(x.shape)
     saved_grad = grad_out.copy()
-    norm.group_norm_backward(grad_out, x_hat, inv_std, weight, 2)
+    norm.group_norm_backward(grad_out, x, mean, inv_std, weight, 2)
     for array, copy in zip((x, weight, bias, grad_out), saved + [saved_grad]):
         np.testing.assert_array_equal(array, copy)

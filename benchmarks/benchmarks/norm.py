@@ -39,14 +39,14 @@ def fastdl_step(shape, kind):
     forward_backward = {
         "batch": (lambda: norm.batch_norm_forward(x, weight, bias, running_mean, running_var,
                                                   True, 0.1, 1e-5),
-                  lambda f: norm.batch_norm_backward(grad_out, f[1], f[2], weight, True)),
+                  lambda f: norm.batch_norm_backward(grad_out, x, f[1], f[2], weight, True)),
         "group8": (lambda: norm.group_norm_forward(x, 8, weight, bias),
-                   lambda f: norm.group_norm_backward(grad_out, f[1], f[2], weight, 8)),
+                   lambda f: norm.group_norm_backward(grad_out, x, f[1], f[2], weight, 8)),
         "layer": (lambda: norm.layer_norm_forward(x, shape[-1:], weight, bias),
-                  lambda f: norm.layer_norm_backward(grad_out, f[1], f[2], weight,
+                  lambda f: norm.layer_norm_backward(grad_out, x, f[1], f[2], weight,
                                                      shape[-1:])),
         "instance": (lambda: norm.instance_norm_forward(x, None, None, weight, bias),
-                     lambda f: norm.instance_norm_backward(grad_out, f[1], f[2], weight)),
+                     lambda f: norm.instance_norm_backward(grad_out, x, f[1], f[2], weight)),
     }
     forward, backward = forward_backward[kind]
     return lambda: backward(forward())

@@ -89,14 +89,14 @@ def _norm_case(kind):
 
         def step():
             if kind == "batch":
-                _, x_hat, inv_std = norm.batch_norm_forward(x, w, b, mean, var, True)
-                norm.batch_norm_backward(g, x_hat, inv_std, w, True)
+                _, batch_mean, inv_std = norm.batch_norm_forward(x, w, b, mean, var, True)
+                norm.batch_norm_backward(g, x, batch_mean, inv_std, w, True)
             elif kind == "group":
-                _, x_hat, inv_std = norm.group_norm_forward(x, 8, w, b)
-                norm.group_norm_backward(g, x_hat, inv_std, w, 8)
+                _, group_mean, inv_std = norm.group_norm_forward(x, 8, w, b)
+                norm.group_norm_backward(g, x, group_mean, inv_std, w, 8)
             else:
-                _, x_hat, inv_std = norm.layer_norm_forward(x, 768, w, b)
-                norm.layer_norm_backward(g, x_hat, inv_std, w, 768)
+                _, row_mean, inv_std = norm.layer_norm_forward(x, 768, w, b)
+                norm.layer_norm_backward(g, x, row_mean, inv_std, w, 768)
         return step
 
     def make_torch():

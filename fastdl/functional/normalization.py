@@ -1,8 +1,9 @@
 """Differentiable batch, layer, group and instance normalisation.
 
 The four differ only in the kernels they call; one ``Function`` pattern
-serves them: the forward saves ``x_hat`` and ``inv_std``, the backward asks
-the kernel for exactly the gradients needed.
+serves them: the forward saves its input with the statistics it used (``mean``,
+``inv_std``; the kernels recompute ``x_hat`` rather than store it), and the
+backward asks the kernel for exactly the gradients needed.
 """
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, check_float, contiguous, data_of
@@ -14,9 +15,9 @@ class _Normalization(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x_hat, inv_std, weight = ctx.saved_tensors
+        x, mean, inv_std, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        return ctx.backward_kernel(contiguous(grad), x_hat, inv_std, weight, *ctx.extra,
+        return ctx.backward_kernel(contiguous(grad), x, mean, inv_std, weight, *ctx.extra,
                                    needs_grad_x=needs[0],
                                    needs_grad_weight=needs[1] and weight is not None,
                                    needs_grad_bias=needs[2])
@@ -26,10 +27,11 @@ class BatchNorm(_Normalization):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 num_batches_tracked):
-        y, x_hat, inv_std = kernels.batch_norm_forward(contiguous(x), weight, bias,
+        x = contiguous(x)   # saved for the backward as the kernel saw it
+        y, mean, inv_std = kernels.batch_norm_forward(x, weight, bias,
                                                        running_mean, running_var, training,
                                                        momentum, eps, num_batches_tracked)
-        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.backward_kernel, ctx.extra = kernels.batch_norm_backward, (training,)
         return y
 
@@ -51,9 +53,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 class LayerNorm(_Normalization):
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape, eps):
-        y, x_hat, inv_std = kernels.layer_norm_forward(contiguous(x), normalized_shape, weight,
+        x = contiguous(x)   # saved for the backward as the kernel saw it
+        y, mean, inv_std = kernels.layer_norm_forward(x, normalized_shape, weight,
                                                        bias, eps)
-        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.backward_kernel, ctx.extra = kernels.layer_norm_backward, (normalized_shape,)
         return y
 
@@ -68,9 +71,10 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 class GroupNorm(_Normalization):
     @staticmethod
     def forward(ctx, x, weight, bias, num_groups, eps):
-        y, x_hat, inv_std = kernels.group_norm_forward(contiguous(x), num_groups, weight, bias,
+        x = contiguous(x)   # saved for the backward as the kernel saw it
+        y, mean, inv_std = kernels.group_norm_forward(x, num_groups, weight, bias,
                                                        eps)
-        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.backward_kernel, ctx.extra = kernels.group_norm_backward, (num_groups,)
         return y
 
@@ -86,10 +90,11 @@ class InstanceNorm(_Normalization):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, use_input_stats, momentum,
                 eps):
-        y, x_hat, inv_std = kernels.instance_norm_forward(contiguous(x), running_mean,
+        x = contiguous(x)   # saved for the backward as the kernel saw it
+        y, mean, inv_std = kernels.instance_norm_forward(x, running_mean,
                                                           running_var, weight, bias,
                                                           use_input_stats, momentum, eps)
-        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.backward_kernel, ctx.extra = kernels.instance_norm_backward, (use_input_stats,)
         return y
 

@@ -65,28 +65,25 @@ def _moments_of(x, k):
 _moments_of_kernel = jit(_moments_of)
 
 
-def _normalize_runs(x, k, n_sub, param_base, weight, bias, shift, scale, y, x_hat):
-    """``x_hat = (x - shift) * scale``, ``y = x_hat * w + b`` over ``x[:, k]``."""
+def _normalize_runs(x, k, n_sub, param_base, weight, bias, shift, scale, y):
+    """``y = x_hat * w + b`` with ``x_hat = (x - shift) * scale`` over ``x[:, k]``."""
     n_inner = x.shape[2] // n_sub
     for a in range(x.shape[0]):
         for s in range(n_sub):
             x_run = x[a, k, s * n_inner:(s + 1) * n_inner]
-            x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
             y_run = y[a, k, s * n_inner:(s + 1) * n_inner]
             w = weight[param_base + s]
             b = bias[param_base + s]
             for i in range(n_inner):
-                normalized = (x_run[i] - shift) * scale
-                x_hat_run[i] = normalized
-                y_run[i] = normalized * w + b
+                y_run[i] = (x_run[i] - shift) * scale * w + b
 
 
 _normalize_runs_kernel = jit(_normalize_runs, fastmath={"contract"})
 
 
 def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats, mean, var,
-                       inv_std, y, x_hat):
-    # x, y, x_hat: (A, K, S * B); weight, bias: (P * S,) in x's dtype; mean,
+                       inv_std, y):
+    # x, y: (A, K, S * B); weight, bias: (P * S,) in x's dtype; mean,
     # var, inv_std: (K,) float64, outputs when use_input_stats (var is then
     # the biased variance), else mean and inv_std are inputs
     for k in prange(x.shape[1]):
@@ -98,27 +95,30 @@ def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats, m
         # the elementwise pass runs in x's dtype (as torch): float32 SIMD is
         # twice as wide, and the statistics are already exact
         _normalize_runs_kernel(x, k, n_sub, (k % n_params) * n_sub, weight, bias,
-                               x.dtype.type(mean[k]), x.dtype.type(inv_std[k]), y, x_hat)
+                               x.dtype.type(mean[k]), x.dtype.type(inv_std[k]), y)
 
 
 normalize_forward_kernel = jit(_normalize_forward, parallel=True)
 
 
-def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight, grad_weight_part,
+def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_weight_part,
                  grad_bias_part):
-    """Per-``k`` sums of ``w·g`` and ``w·g·x_hat``; per-parameter sums into the parts."""
-    n_inner = x_hat.shape[2] // n_sub
+    """Per-``k`` sums of ``w·g`` and ``w·g·x_hat``; per-parameter sums into the parts.
+
+    ``x_hat = (x - shift) * scale`` is recomputed in x's dtype, as the forward did.
+    """
+    n_inner = x.shape[2] // n_sub
     sum_grad = np.float64(0.0)
     sum_grad_x_hat = np.float64(0.0)
-    for a in range(x_hat.shape[0]):
+    for a in range(x.shape[0]):
         for s in range(n_sub):
             grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
-            x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
+            x_run = x[a, k, s * n_inner:(s + 1) * n_inner]
             run_grad = np.float64(0.0)
             run_grad_x_hat = np.float64(0.0)
             for i in range(n_inner):
                 run_grad += grad_run[i]
-                run_grad_x_hat += grad_run[i] * x_hat_run[i]
+                run_grad_x_hat += grad_run[i] * ((x_run[i] - shift) * scale)
             w = weight[param_base + s]
             sum_grad += w * run_grad
             sum_grad_x_hat += w * run_grad_x_hat
@@ -127,19 +127,19 @@ def _reduce_runs(grad_out, x_hat, k, n_sub, param_base, weight, grad_weight_part
     return sum_grad, sum_grad_x_hat
 
 
-def _input_grad_runs(grad_out, x_hat, k, n_sub, param_base, weight, scale, mean_grad,
+def _input_grad_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, mean_grad,
                      mean_grad_x_hat, grad_x):
     """``dx = scale · (w·g − mean_grad − x_hat · mean_grad_x_hat)`` over ``[:, k]``."""
-    n_inner = x_hat.shape[2] // n_sub
-    for a in range(x_hat.shape[0]):
+    n_inner = x.shape[2] // n_sub
+    for a in range(x.shape[0]):
         for s in range(n_sub):
             grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
-            x_hat_run = x_hat[a, k, s * n_inner:(s + 1) * n_inner]
+            x_run = x[a, k, s * n_inner:(s + 1) * n_inner]
             grad_x_run = grad_x[a, k, s * n_inner:(s + 1) * n_inner]
             w = weight[param_base + s]
             for i in range(n_inner):
-                grad_x_run[i] = scale * (w * grad_run[i] - mean_grad
-                                         - x_hat_run[i] * mean_grad_x_hat)
+                x_hat = (x_run[i] - shift) * scale
+                grad_x_run[i] = scale * (w * grad_run[i] - mean_grad - x_hat * mean_grad_x_hat)
 
 
 # reassoc: vectorised float64 sums in a compile-time order (thread-count
@@ -149,28 +149,29 @@ _reduce_runs_kernel = jit(_reduce_runs, fastmath={"reassoc", "contract"})
 _input_grad_runs_kernel = jit(_input_grad_runs, fastmath={"contract"})
 
 
-def _normalize_backward(grad_out, x_hat, weight, n_params, n_sub, inv_std, use_input_stats,
+def _normalize_backward(grad_out, x, weight, n_params, n_sub, mean, inv_std, use_input_stats,
                         needs_grad_x, grad_x, grad_weight_parts, grad_bias_parts):
-    # grad_out, x_hat, grad_x: (A, K, S * B); weight: (P * S,) in x's dtype;
-    # grad_*_parts: (chunks, P * S) float64, one row per fixed chunk of k
-    count = x_hat.shape[0] * x_hat.shape[2]
-    n_kept, n_chunks = x_hat.shape[1], grad_weight_parts.shape[0]
+    # grad_out, x, grad_x: (A, K, S * B); weight: (P * S,) in x's dtype; mean,
+    # inv_std: (K,) float64, the forward's statistics; grad_*_parts: (chunks,
+    # P * S) float64, one row per fixed chunk of k
+    count = x.shape[0] * x.shape[2]
+    n_kept, n_chunks = x.shape[1], grad_weight_parts.shape[0]
     per_chunk = (n_kept + n_chunks - 1) // n_chunks
+    to_dtype = x.dtype.type
     for chunk in prange(n_chunks):
         for k in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)):
             param_base = (k % n_params) * n_sub
+            shift, scale = to_dtype(mean[k]), to_dtype(inv_std[k])
             sum_grad, sum_grad_x_hat = _reduce_runs_kernel(
-                grad_out, x_hat, k, n_sub, param_base, weight, grad_weight_parts[chunk],
-                grad_bias_parts[chunk])
+                grad_out, x, k, n_sub, param_base, weight, shift, scale,
+                grad_weight_parts[chunk], grad_bias_parts[chunk])
             if not needs_grad_x:
                 continue
             # with fixed (running) statistics x_hat does not depend on the batch
             mean_grad = sum_grad / count if use_input_stats else 0.0
             mean_grad_x_hat = sum_grad_x_hat / count if use_input_stats else 0.0
-            to_dtype = x_hat.dtype.type
-            _input_grad_runs_kernel(grad_out, x_hat, k, n_sub, param_base, weight,
-                                    to_dtype(inv_std[k]), to_dtype(mean_grad),
-                                    to_dtype(mean_grad_x_hat), grad_x)
+            _input_grad_runs_kernel(grad_out, x, k, n_sub, param_base, weight, shift, scale,
+                                    to_dtype(mean_grad), to_dtype(mean_grad_x_hat), grad_x)
 
 
 normalize_backward_kernel = jit(_normalize_backward, parallel=True)
@@ -193,19 +194,17 @@ def _row_moments(row):
 _row_moments_kernel = jit(_row_moments)
 
 
-def _normalize_row(row, weight, bias, shift, scale, y_row, x_hat_row):
-    """``x_hat = (row - shift) * scale``, ``y = x_hat * weight + bias``."""
+def _normalize_row(row, weight, bias, shift, scale, y_row):
+    """``y = x_hat * weight + bias`` with ``x_hat = (row - shift) * scale``."""
     for i in range(row.shape[0]):
-        normalized = (row[i] - shift) * scale
-        x_hat_row[i] = normalized
-        y_row[i] = normalized * weight[i] + bias[i]
+        y_row[i] = (row[i] - shift) * scale * weight[i] + bias[i]
 
 
 _normalize_row_kernel = jit(_normalize_row, fastmath={"contract"})
 
 
-def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y, x_hat):
-    # x, y, x_hat: (rows, row_length); weight, bias: (row_length,) in x's dtype;
+def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y):
+    # x, y: (rows, row_length); weight, bias: (row_length,) in x's dtype;
     # mean, var (biased), inv_std: (rows,) float64 outputs
     for row in prange(x.shape[0]):
         # the second pass over the row (in the normalisation) hits L1
@@ -215,19 +214,20 @@ def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y, x_hat):
         inv_std[row] = 1.0 / np.sqrt(var_row + eps)
         # elementwise in x's dtype, as in _normalize_forward
         _normalize_row_kernel(x[row], weight, bias, x.dtype.type(mean_row),
-                              x.dtype.type(inv_std[row]), y[row], x_hat[row])
+                              x.dtype.type(inv_std[row]), y[row])
 
 
 layer_norm_forward_kernel = jit(_layer_norm_forward, parallel=True)
 
 
-def _reduce_row(grad_row, x_hat_row, weight, tile_grad_weight, tile_grad_bias):
-    """Row sums of ``w·g`` and ``w·g·x_hat``; ``g·x_hat`` and ``g`` added to the tile sums."""
+def _reduce_row(grad_row, x_row, weight, shift, scale, tile_grad_weight, tile_grad_bias):
+    """Row sums of ``w·g`` and ``w·g·x_hat``; ``g·x_hat`` and ``g`` added to the tile sums
+    (``x_hat = (x - shift) * scale``, recomputed as the forward did)."""
     sum_grad = np.float64(0.0)
     sum_grad_x_hat = np.float64(0.0)
     for i in range(grad_row.shape[0]):
         g = grad_row[i]
-        g_x_hat = g * x_hat_row[i]
+        g_x_hat = g * ((x_row[i] - shift) * scale)
         tile_grad_weight[i] += g_x_hat
         tile_grad_bias[i] += g
         sum_grad += weight[i] * g
@@ -235,12 +235,12 @@ def _reduce_row(grad_row, x_hat_row, weight, tile_grad_weight, tile_grad_bias):
     return sum_grad, sum_grad_x_hat
 
 
-def _input_grad_row(grad_row, x_hat_row, weight, scale, mean_grad, mean_grad_x_hat,
+def _input_grad_row(grad_row, x_row, weight, shift, scale, mean_grad, mean_grad_x_hat,
                     grad_x_row):
     """``dx = scale · (w·g − mean_grad − x_hat · mean_grad_x_hat)`` along one row."""
     for i in range(grad_row.shape[0]):
-        grad_x_row[i] = scale * (weight[i] * grad_row[i] - mean_grad
-                                 - x_hat_row[i] * mean_grad_x_hat)
+        x_hat = (x_row[i] - shift) * scale
+        grad_x_row[i] = scale * (weight[i] * grad_row[i] - mean_grad - x_hat * mean_grad_x_hat)
 
 
 def _move_into(partial, total):
@@ -256,27 +256,28 @@ _input_grad_row_kernel = jit(_input_grad_row, fastmath={"contract"})
 _move_into_kernel = jit(_move_into, fastmath={"reassoc", "contract"})
 
 
-def _layer_norm_backward(grad_out, x_hat, weight, inv_std, needs_grad_x, grad_x,
+def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_x,
                          grad_weight_parts, grad_bias_parts):
-    # grad_out, x_hat, grad_x: (rows, row_length); weight: (row_length,) in x's
-    # dtype; inv_std: (rows,) float64; grad_*_parts: (chunks, row_length)
+    # grad_out, x, grad_x: (rows, row_length); weight: (row_length,) in x's
+    # dtype; mean, inv_std: (rows,) float64; grad_*_parts: (chunks, row_length)
     # float64, one row per fixed chunk of rows. Each row's two sums are fused
     # in one pass, and dx is written in a second pass over the row (in L1).
-    n_rows, row_length = x_hat.shape
+    n_rows, row_length = x.shape
     n_chunks = grad_weight_parts.shape[0]
     per_chunk = (n_rows + n_chunks - 1) // n_chunks
-    to_dtype = x_hat.dtype.type
+    to_dtype = x.dtype.type
     for chunk in prange(n_chunks):
-        tile_grad_weight = np.zeros(row_length, dtype=x_hat.dtype)
-        tile_grad_bias = np.zeros(row_length, dtype=x_hat.dtype)
+        tile_grad_weight = np.zeros(row_length, dtype=x.dtype)
+        tile_grad_bias = np.zeros(row_length, dtype=x.dtype)
         chunk_stop = min((chunk + 1) * per_chunk, n_rows)
         for tile_start in range(chunk * per_chunk, chunk_stop, _PARAM_TILE):
             for row in range(tile_start, min(tile_start + _PARAM_TILE, chunk_stop)):
+                shift, scale = to_dtype(mean[row]), to_dtype(inv_std[row])
                 sum_grad, sum_grad_x_hat = _reduce_row_kernel(
-                    grad_out[row], x_hat[row], weight, tile_grad_weight, tile_grad_bias)
+                    grad_out[row], x[row], weight, shift, scale, tile_grad_weight,
+                    tile_grad_bias)
                 if needs_grad_x:
-                    _input_grad_row_kernel(grad_out[row], x_hat[row], weight,
-                                           to_dtype(inv_std[row]),
+                    _input_grad_row_kernel(grad_out[row], x[row], weight, shift, scale,
                                            to_dtype(sum_grad / row_length),
                                            to_dtype(sum_grad_x_hat / row_length), grad_x[row])
             _move_into_kernel(tile_grad_weight, grad_weight_parts[chunk])

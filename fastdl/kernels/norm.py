@@ -116,15 +116,12 @@ def _param_vector(name, argument, value, shape, fill, dtype):
 def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
     """Normalise ``x`` on ``layout``; input statistics unless ``mean``/``inv_std`` are given.
 
-    Returns y, x_hat (shape of x), and mean, var, inv_std as float64 (K,) vectors
-    (var is None with given statistics).
+    Returns y (shape of x), and mean, var, inv_std as float64 (K,) vectors (var is
+    None with given statistics). Only ``y`` is written: the backward recomputes
+    ``x_hat`` from ``x``, ``mean`` and ``inv_std`` (one stream less each way).
     """
     x3 = layout.view(x)
-    # one block for both outputs: glibc then keeps it on the heap between
-    # calls instead of trimming and re-faulting the pages of two separate
-    # blocks (measured: page faults otherwise cost more than the kernel)
-    outputs = np.empty((2,) + x3.shape, dtype=x3.dtype)
-    y, x_hat = outputs[0], outputs[1]
+    y = np.empty_like(x3)
     use_input_stats = mean is None
     var = np.empty(layout.n_kept)
     if use_input_stats:
@@ -132,56 +129,57 @@ def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
         inv_std = np.empty(layout.n_kept)
     if layout.weight_along_run:
         # layer norm (always input statistics) on (rows, row_length)
-        layer_norm_forward_kernel(x3[0], weight, bias, eps, mean, var, inv_std, y[0], x_hat[0])
+        layer_norm_forward_kernel(x3[0], weight, bias, eps, mean, var, inv_std, y[0])
     else:
         normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub, eps,
-                                 use_input_stats, mean, var, inv_std, y, x_hat)
-    return (y.reshape(x.shape), x_hat.reshape(x.shape), mean,
-            var if use_input_stats else None, inv_std)
+                                 use_input_stats, mean, var, inv_std, y)
+    return y.reshape(x.shape), mean, var if use_input_stats else None, inv_std
 
 
-def _backward(grad_out, x_hat, layout, weight, inv_std, use_input_stats, needs_grad_x):
+def _backward(grad_out, x, layout, weight, mean, inv_std, use_input_stats, needs_grad_x):
     """Gradients on ``layout``: grad_x (or None) and flat float64 grad_weight, grad_bias."""
     grad3 = layout.view(grad_out)
-    x_hat3 = layout.view(x_hat)
+    x3 = layout.view(x)
     n_chunks = min(layout.n_kept, _GRAD_CHUNKS)
     grad_weight_parts = np.zeros((n_chunks, layout.n_weights))
     grad_bias_parts = np.zeros((n_chunks, layout.n_weights))
     # a (1, 0, 0) placeholder when dx is not needed: still indexable as grad_x[0]
-    grad_x = np.empty_like(x_hat3) if needs_grad_x else np.empty((1, 0, 0), x_hat.dtype)
+    grad_x = np.empty_like(x3) if needs_grad_x else np.empty((1, 0, 0), x.dtype)
+    mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
     inv_std = np.ascontiguousarray(inv_std, dtype=np.float64).ravel()
     if layout.weight_along_run:
-        layer_norm_backward_kernel(grad3[0], x_hat3[0], weight, inv_std, needs_grad_x,
+        layer_norm_backward_kernel(grad3[0], x3[0], weight, mean, inv_std, needs_grad_x,
                                    grad_x[0], grad_weight_parts, grad_bias_parts)
     else:
-        normalize_backward_kernel(grad3, x_hat3, weight, layout.n_params, layout.n_sub, inv_std,
-                                  use_input_stats, needs_grad_x, grad_x, grad_weight_parts,
-                                  grad_bias_parts)
+        normalize_backward_kernel(grad3, x3, weight, layout.n_params, layout.n_sub, mean,
+                                  inv_std, use_input_stats, needs_grad_x, grad_x,
+                                  grad_weight_parts, grad_bias_parts)
     # summed over chunks in a fixed order (numpy's pairwise sum of a fixed shape)
     grad_weight = grad_weight_parts.sum(axis=0)
     grad_bias = grad_bias_parts.sum(axis=0)
-    return (grad_x.reshape(x_hat.shape) if needs_grad_x else None), grad_weight, grad_bias
+    return (grad_x.reshape(x.shape) if needs_grad_x else None), grad_weight, grad_bias
 
 
-def _check_backward(name, grad_out, x_hat, inv_std, n_kept):
+def _check_backward(name, grad_out, x, mean, inv_std, n_kept):
     grad_out = _check_float_array(name, "grad_out", grad_out)
-    x_hat = _check_float_array(name, "x_hat", x_hat)
-    if grad_out.shape != x_hat.shape:
-        raise ValueError("%s: grad_out has shape %s but x_hat has shape %s"
-                         % (name, grad_out.shape, x_hat.shape))
-    if np.size(inv_std) != n_kept:
-        raise ValueError("%s: inv_std has %d values, expected %d"
-                         % (name, np.size(inv_std), n_kept))
-    return grad_out.astype(x_hat.dtype, copy=False), x_hat
+    x = _check_float_array(name, "input", x)
+    if grad_out.shape != x.shape:
+        raise ValueError("%s: grad_out has shape %s but input has shape %s"
+                         % (name, grad_out.shape, x.shape))
+    for label, stats in (("mean", mean), ("inv_std", inv_std)):
+        if np.size(stats) != n_kept:
+            raise ValueError("%s: %s has %d values, expected %d"
+                             % (name, label, np.size(stats), n_kept))
+    return grad_out.astype(x.dtype, copy=False), x
 
 
-def _public_backward(name, layout, param_shape, grad_out, x_hat, inv_std, weight,
+def _public_backward(name, layout, param_shape, grad_out, x, mean, inv_std, weight,
                      use_input_stats, needs):
     """Validate, run ``_backward`` and shape the parameter gradients (the four backwards)."""
     needs_grad_x, needs_grad_weight, needs_grad_bias = needs
-    grad_out, x_hat = _check_backward(name, grad_out, x_hat, inv_std, layout.n_kept)
-    weight_vector = _param_vector(name, "weight", weight, param_shape, 1.0, x_hat.dtype)
-    grad_x, grad_weight, grad_bias = _backward(grad_out, x_hat, layout, weight_vector, inv_std,
+    grad_out, x = _check_backward(name, grad_out, x, mean, inv_std, layout.n_kept)
+    weight_vector = _param_vector(name, "weight", weight, param_shape, 1.0, x.dtype)
+    grad_x, grad_weight, grad_bias = _backward(grad_out, x, layout, weight_vector, mean, inv_std,
                                                bool(use_input_stats), needs_grad_x)
     grad_weight = (grad_weight.reshape(param_shape).astype(weight.dtype)
                    if needs_grad_weight and weight is not None else None)
@@ -270,9 +268,10 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
 
     Returns
     -------
-    y, x_hat : ndarray, shape and dtype of ``x``
-    inv_std : ndarray, (C,), float64
-        ``1 / √(σ² + eps)`` of the statistics used.
+    y : ndarray, shape and dtype of ``x``
+    mean, inv_std : ndarray, (C,), float64
+        μ and ``1 / √(σ² + eps)`` of the statistics used; with ``x`` they are
+        what ``batch_norm_backward`` needs (``x_hat = (x − μ) · inv_std``).
 
     Raises
     ------
@@ -285,10 +284,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     _check_running(name, running_mean, running_var, x.shape[1],
                    None if training else "when not training")
     if not training:
-        y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps,
-                                           *_running_statistics(running_mean, running_var,
-                                                                eps, 1))
-        return y, x_hat, inv_std
+        y, mean, _, inv_std = _forward(x, layout, weight, bias, eps,
+                                       *_running_statistics(running_mean, running_var, eps, 1))
+        return y, mean, inv_std
     if layout.count <= 1:
         raise ValueError("%s: Expected more than 1 value per channel when training, "
                          "got input size %s" % (name, x.shape))
@@ -302,25 +300,28 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         else:
             raise ValueError("%s: momentum=None (cumulative average) needs "
                              "num_batches_tracked >= 1, got %r" % (name, num_batches_tracked))
-    y, x_hat, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
+    y, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
     _update_running(running_mean, running_var, mean, var, layout.count, factor)
-    return y, x_hat, inv_std
+    return y, mean, inv_std
 
 
-def batch_norm_backward(grad_out, x_hat, inv_std, weight, training, needs_grad_x=True,
+def batch_norm_backward(grad_out, x, mean, inv_std, weight, training, needs_grad_x=True,
                         needs_grad_weight=True, needs_grad_bias=True):
     """Gradients of ``batch_norm_forward``.
 
     Training (batch statistics), with means over (N, *spatial) per channel::
 
-        dx = inv_std · (w·g − mean(w·g) − x_hat · mean(w·g·x_hat))
+        dx = inv_std · (w·g − mean(w·g) − x_hat · mean(w·g·x_hat)),
+        x_hat = (x − μ) · inv_std
 
     eval (running statistics): ``dx = inv_std · w · g``.
 
     Parameters
     ----------
-    grad_out, x_hat : ndarray, shape of x, float32 or float64
-    inv_std : ndarray, (C,)
+    grad_out, x : ndarray, shape of x, float32 or float64
+        The output gradient and the forward's input.
+    mean, inv_std : ndarray, (C,)
+        As returned by ``batch_norm_forward``.
     weight : ndarray (C,) or None
     training : bool
         Whether the forward used batch statistics.
@@ -332,9 +333,9 @@ def batch_norm_backward(grad_out, x_hat, inv_std, weight, training, needs_grad_x
     grad_weight : ndarray (C,) or None (also None when ``weight`` is None)
     grad_bias : ndarray (C,) or None
     """
-    shape = np.shape(x_hat)
+    shape = np.shape(x)
     return _public_backward("batch_norm_backward", _batch_norm_layout(shape), shape[1:2],
-                            grad_out, x_hat, inv_std, weight, training,
+                            grad_out, x, mean, inv_std, weight, training,
                             (needs_grad_x, needs_grad_weight, needs_grad_bias))
 
 
@@ -376,26 +377,27 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
     Returns
     -------
-    y, x_hat : ndarray, shape and dtype of ``x``
-    inv_std : ndarray, ``x.shape[:-len(normalized_shape)]``, float64
+    y : ndarray, shape and dtype of ``x``
+    mean, inv_std : ndarray, ``x.shape[:-len(normalized_shape)]``, float64
     """
     name = "layer_norm"
     normalized_shape = _normalized_shape(name, np.shape(x), normalized_shape)
     x, eps, layout = _check_input(name, x, 1, eps,
                                   lambda shape: _layer_norm_layout(shape, normalized_shape))
     weight, bias = _affine_vectors(name, weight, bias, normalized_shape, x.dtype)
-    y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps)
-    return y, x_hat, inv_std.reshape(x.shape[:x.ndim - len(normalized_shape)])
+    y, mean, _, inv_std = _forward(x, layout, weight, bias, eps)
+    stats_shape = x.shape[:x.ndim - len(normalized_shape)]
+    return y, mean.reshape(stats_shape), inv_std.reshape(stats_shape)
 
 
-def layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape, needs_grad_x=True,
-                        needs_grad_weight=True, needs_grad_bias=True):
+def layer_norm_backward(grad_out, x, mean, inv_std, weight, normalized_shape,
+                        needs_grad_x=True, needs_grad_weight=True, needs_grad_bias=True):
     """Gradients of ``layer_norm_forward`` (``batch_norm_backward``'s formula per row).
 
     Parameters
     ----------
-    grad_out, x_hat, inv_std, weight, needs_*
-        As ``batch_norm_backward``; ``inv_std`` and parameters shaped as the forward's.
+    grad_out, x, mean, inv_std, weight, needs_*
+        As ``batch_norm_backward``; statistics and parameters shaped as the forward's.
     normalized_shape : int or tuple of int
 
     Returns
@@ -403,9 +405,9 @@ def layer_norm_backward(grad_out, x_hat, inv_std, weight, normalized_shape, need
     grad_x (shape of x), grad_weight, grad_bias (``normalized_shape``), each or None
     """
     name = "layer_norm_backward"
-    normalized_shape = _normalized_shape(name, np.shape(x_hat), normalized_shape)
-    layout = _layer_norm_layout(np.shape(x_hat), normalized_shape)
-    return _public_backward(name, layout, normalized_shape, grad_out, x_hat, inv_std, weight,
+    normalized_shape = _normalized_shape(name, np.shape(x), normalized_shape)
+    layout = _layer_norm_layout(np.shape(x), normalized_shape)
+    return _public_backward(name, layout, normalized_shape, grad_out, x, mean, inv_std, weight,
                             True, (needs_grad_x, needs_grad_weight, needs_grad_bias))
 
 
@@ -439,8 +441,8 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
 
     Returns
     -------
-    y, x_hat : ndarray, shape and dtype of ``x``
-    inv_std : ndarray, (N, G), float64
+    y : ndarray, shape and dtype of ``x``
+    mean, inv_std : ndarray, (N, G), float64
 
     Raises
     ------
@@ -451,18 +453,18 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
     x, eps, layout = _check_input(name, x, 2, eps,
                                   lambda shape: _group_norm_layout(name, shape, num_groups))
     weight, bias = _affine_vectors(name, weight, bias, (x.shape[1],), x.dtype)
-    y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps)
-    return y, x_hat, inv_std.reshape(x.shape[0], num_groups)
+    y, mean, _, inv_std = _forward(x, layout, weight, bias, eps)
+    return y, mean.reshape(x.shape[0], num_groups), inv_std.reshape(x.shape[0], num_groups)
 
 
-def group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups, needs_grad_x=True,
+def group_norm_backward(grad_out, x, mean, inv_std, weight, num_groups, needs_grad_x=True,
                         needs_grad_weight=True, needs_grad_bias=True):
     """Gradients of ``group_norm_forward`` (``batch_norm_backward``'s formula per group).
 
     Parameters
     ----------
-    grad_out, x_hat, weight, needs_*
-        As ``batch_norm_backward``; ``inv_std`` is (N, G).
+    grad_out, x, mean, inv_std, weight, needs_*
+        As ``batch_norm_backward``; ``mean`` and ``inv_std`` are (N, G).
     num_groups : int
 
     Returns
@@ -470,9 +472,9 @@ def group_norm_backward(grad_out, x_hat, inv_std, weight, num_groups, needs_grad
     grad_x (shape of x), grad_weight, grad_bias ((C,)), each or None
     """
     name = "group_norm_backward"
-    shape = np.shape(x_hat)
+    shape = np.shape(x)
     return _public_backward(name, _group_norm_layout(name, shape, num_groups), shape[1:2],
-                            grad_out, x_hat, inv_std, weight, True,
+                            grad_out, x, mean, inv_std, weight, True,
                             (needs_grad_x, needs_grad_weight, needs_grad_bias))
 
 
@@ -498,8 +500,8 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
 
     Returns
     -------
-    y, x_hat : ndarray, shape and dtype of ``x``
-    inv_std : ndarray, (N, C), float64
+    y : ndarray, shape and dtype of ``x``
+    mean, inv_std : ndarray, (N, C), float64
     """
     name = "instance_norm"
     x, eps, layout = _check_input(name, x, 3, eps, _instance_norm_layout)
@@ -508,27 +510,27 @@ def instance_norm_forward(x, running_mean=None, running_var=None, weight=None, b
     _check_running(name, running_mean, running_var, n_channels,
                    None if use_input_stats else "when use_input_stats=False")
     if not use_input_stats:
-        y, x_hat, _, _, inv_std = _forward(x, layout, weight, bias, eps,
-                                           *_running_statistics(running_mean, running_var,
-                                                                eps, n_samples))
-        return y, x_hat, inv_std.reshape(n_samples, n_channels)
+        y, mean, _, inv_std = _forward(x, layout, weight, bias, eps,
+                                       *_running_statistics(running_mean, running_var, eps,
+                                                            n_samples))
+        return y, mean.reshape(n_samples, n_channels), inv_std.reshape(n_samples, n_channels)
     if layout.count <= 1:
         raise ValueError("%s: Expected more than 1 spatial element when training, "
                          "got input size %s" % (name, x.shape))
-    y, x_hat, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
+    y, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
     _update_running(running_mean, running_var, mean.reshape(n_samples, -1).mean(axis=0),
                     var.reshape(n_samples, -1).mean(axis=0), layout.count, float(momentum))
-    return y, x_hat, inv_std.reshape(n_samples, n_channels)
+    return y, mean.reshape(n_samples, n_channels), inv_std.reshape(n_samples, n_channels)
 
 
-def instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats=True,
+def instance_norm_backward(grad_out, x, mean, inv_std, weight, use_input_stats=True,
                            needs_grad_x=True, needs_grad_weight=True, needs_grad_bias=True):
     """Gradients of ``instance_norm_forward``.
 
     Parameters
     ----------
-    grad_out, x_hat, weight, needs_*
-        As ``batch_norm_backward``; ``inv_std`` is (N, C).
+    grad_out, x, mean, inv_std, weight, needs_*
+        As ``batch_norm_backward``; ``mean`` and ``inv_std`` are (N, C).
     use_input_stats : bool
         As given to the forward (False: the statistics were constants).
 
@@ -537,9 +539,9 @@ def instance_norm_backward(grad_out, x_hat, inv_std, weight, use_input_stats=Tru
     grad_x (shape of x), grad_weight, grad_bias ((C,)), each or None
     """
     name = "instance_norm_backward"
-    shape = np.shape(x_hat)
+    shape = np.shape(x)
     if len(shape) < 3:
-        raise ValueError("%s: x_hat must be (N, C, *spatial), got shape %s" % (name, shape))
-    return _public_backward(name, _instance_norm_layout(shape), shape[1:2], grad_out, x_hat,
-                            inv_std, weight, use_input_stats,
+        raise ValueError("%s: input must be (N, C, *spatial), got shape %s" % (name, shape))
+    return _public_backward(name, _instance_norm_layout(shape), shape[1:2], grad_out, x,
+                            mean, inv_std, weight, use_input_stats,
                             (needs_grad_x, needs_grad_weight, needs_grad_bias))
