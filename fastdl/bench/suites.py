@@ -94,6 +94,9 @@ def _norm_case(kind):
             elif kind == "group":
                 _, group_mean, inv_std = norm.group_norm_forward(x, 8, w, b)
                 norm.group_norm_backward(g, x, group_mean, inv_std, w, 8)
+            elif kind == "instance":
+                _, item_mean, inv_std = norm.instance_norm_forward(x, weight=w, bias=b)
+                norm.instance_norm_backward(g, x, item_mean, inv_std, w)
             else:
                 _, row_mean, inv_std = norm.layer_norm_forward(x, 768, w, b)
                 norm.layer_norm_backward(g, x, row_mean, inv_std, w, 768)
@@ -111,9 +114,11 @@ def _norm_case(kind):
             return lambda: functional.batch_norm(x, mean, var, w, b, True).sum().backward()
         if kind == "group":
             return lambda: functional.group_norm(x, 8, w, b).sum().backward()
+        if kind == "instance":
+            return lambda: functional.instance_norm(x, weight=w, bias=b).sum().backward()
         return lambda: functional.layer_norm(x, (768,), w, b).sum().backward()
     label = {"batch": "batch_norm2d train N32 C64 32^2", "group": "group_norm G8 N32 C64 32^2",
-             "layer": "layer_norm 4096x768"}[kind]
+             "instance": "instance_norm2d N32 C64 32^2", "layer": "layer_norm 4096x768"}[kind]
     return label + " fwd+bwd", moved, "GB/s", make_fastdl, make_torch
 
 
@@ -258,7 +263,7 @@ def _autograd_case():
 SUITES = {
     "conv": lambda: [_conv_case(shape) for shape in CONV_SHAPES],
     "pool": lambda: [_pool_case()],
-    "norm": lambda: [_norm_case(kind) for kind in ("batch", "group", "layer")],
+    "norm": lambda: [_norm_case(kind) for kind in ("batch", "group", "instance", "layer")],
     "optim": lambda: [_optimizer_case(kind) for kind in ("sgd", "adam", "adamw", "rmsprop",
                                                           "adagrad")],
     "train": lambda: [_train_case("lenet5", 64, 28, 1), _train_case("resnet8", 32, 32, 3)],
