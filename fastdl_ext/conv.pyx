@@ -26,6 +26,7 @@ matrix (leading dimension ``H*W``): no unfolding.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
 
 from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._blas cimport floating, gemm as _gemm
@@ -56,6 +57,11 @@ cdef inline void _valid_columns(Geometry g, int j, int* first, int* stop) noexce
     hi = (g.width - 1 - offset) // g.stride_w + 1 if g.width - 1 - offset >= 0 else 0
     first[0] = min(lo, g.out_w)
     stop[0] = max(first[0], min(hi, g.out_w))
+
+
+cdef inline void _zero(floating* column, int begin, int end) noexcept nogil:
+    if end > begin:
+        memset(column + begin, 0, (end - begin) * sizeof(floating))
 
 
 cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* image,
@@ -97,19 +103,18 @@ cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* 
                                 for ox in range(lo, hi):
                                     pixels[ox * g.stride_w] += column[ox]
                     elif iy < 0 or iy >= g.height:
-                        for ox in range(ox_begin, ox_end):
-                            column[ox] = 0
+                        _zero(column, ox_begin, ox_end)
                     else:
-                        for ox in range(ox_begin, min(first, ox_end)):
-                            column[ox] = 0
+                        # segments are short (one output row): libc's memcpy/memset
+                        # pick the widest vectors the CPU has, loops here get SSE2
+                        _zero(column, ox_begin, min(first, ox_end))
                         if g.stride_w == 1:
-                            for ox in range(lo, hi):
-                                column[ox] = pixels[ox]
+                            if hi > lo:
+                                memcpy(column + lo, pixels + lo, (hi - lo) * sizeof(floating))
                         else:
                             for ox in range(lo, hi):
                                 column[ox] = pixels[ox * g.stride_w]
-                        for ox in range(max(stop, ox_begin), ox_end):
-                            column[ox] = 0
+                        _zero(column, max(stop, ox_begin), ox_end)
                     t = t + ox_end - ox_begin
                     oy = oy + 1
                     ox_begin = 0
