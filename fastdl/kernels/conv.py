@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from fastdl import runtime
-from fastdl.kernels import winograd
+from fastdl.kernels import direct, winograd
 from fastdl.shapes import conv_output_size
 from fastdl_ext import conv as _ext
 
@@ -115,6 +115,10 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
         return winograd.forward_runner(input_shape, weight, bias, padding,
                                        _threads_for(multiply_adds * 4 // 9), negative_slope)
     threads = _threads_for(multiply_adds)
+    if direct.applies(weight.shape, stride, dilation, groups, input_shape, padding,
+                      weight.itemsize):
+        return direct.forward_runner(input_shape, weight, bias, padding, threads,
+                                     negative_slope)
     tile = _tile_size(c_in_group * kh * kw, positions, weight.itemsize, n, threads)
     activate = negative_slope is not None
     slope = 0.0 if negative_slope is None else float(negative_slope)

@@ -1,0 +1,186 @@
+# cython: language_level=3
+"""Direct convolution for few output channels (stride 1, dilation 1, one group).
+
+With a handful of output channels (LeNet's 6 and 16) im2col + GEMM spends its
+time unfolding and packing, not multiplying: the GEMM's M is 6. Here each
+padded image is kept in L1 and the output is computed on a *wide grid*: with
+the padded row length ``Wp``, output position ``q = oy * Wp + ox`` of tap
+``(c, i, j)`` reads ``padded[c, oy + i, ox + j] = padded_flat[q + offset(c, i,
+j)]``, one linear offset per tap. A block of ``LANES`` consecutive ``q`` times
+``CO_BLOCK`` output channels lives in registers over all taps; grid columns
+``ox >= OW`` are computed and dropped (``(kW - 1) / Wp`` extra work).
+
+Weights come packed as ``(co_blocks, taps, CO_BLOCK)``, zero beyond C_out.
+"""
+from cython.parallel cimport parallel, prange, threadid
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from fastdl_ext._activation cimport leaky_relu
+from fastdl_ext._blas cimport floating
+
+cdef extern from *:
+    """
+    /* One register block: acc[b][v] = sum_t weights[t][b] * source[offsets[t] + v].
+       Compiled twice where GCC can dispatch at load time (an ifunc picks the clone
+       the CPU runs): for x86-64-v3 (AVX2 + FMA: eight 8-wide accumulators, two FMAs
+       per cycle) and for the baseline the package is built for. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #  if __GNUC__ >= 12
+    #    define FASTDL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #  else
+    #    define FASTDL_CLONES __attribute__((target_clones("avx2", "default")))
+    #  endif
+    #else
+    #  define FASTDL_CLONES
+    #endif
+    #define FASTDL_LANES 16
+    #define FASTDL_CO_BLOCK 4
+    /* Explicit vectors of 8 lanes (GCC/Clang vector extensions; lowered to what the
+       target has): left to itself the vectoriser splats the sources instead. */
+    #define FASTDL_DIRECT_BLOCK(name, type)                                             \
+        typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
+        FASTDL_CLONES static void name(const type *restrict source,                    \
+                                       const Py_ssize_t *restrict offsets, int taps,   \
+                                       const type *restrict weights,                   \
+                                       type *restrict wide, Py_ssize_t wide_stride) {  \
+            name##_vector acc[FASTDL_CO_BLOCK][2] = {{{0}}};                            \
+            for (int t = 0; t < taps; t++) {                                            \
+                name##_vector low, high;                                                \
+                __builtin_memcpy(&low, source + offsets[t], sizeof low);                \
+                __builtin_memcpy(&high, source + offsets[t] + 8, sizeof high);          \
+                const type *restrict w = weights + (Py_ssize_t)t * FASTDL_CO_BLOCK;     \
+                for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                             \
+                    acc[b][0] += w[b] * low;                                            \
+                    acc[b][1] += w[b] * high;                                           \
+                }                                                                       \
+            }                                                                           \
+            for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                                 \
+                __builtin_memcpy(wide + b * wide_stride, &acc[b][0], sizeof acc[b][0]); \
+                __builtin_memcpy(wide + b * wide_stride + 8, &acc[b][1],                \
+                                 sizeof acc[b][1]);                                     \
+            }                                                                           \
+        }
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block_float, float)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block_double, double)
+    """
+    enum:
+        LANES "FASTDL_LANES"          # output positions per register block
+        CO_BLOCK "FASTDL_CO_BLOCK"    # output channels per register block
+    void _block_float "fastdl_direct_block_float"(
+        const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
+        float* wide, Py_ssize_t wide_stride) noexcept nogil
+    void _block_double "fastdl_direct_block_double"(
+        const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
+        double* wide, Py_ssize_t wide_stride) noexcept nogil
+
+
+def lanes_and_block():
+    """(LANES, CO_BLOCK) of the compiled kernel, for packing the weights."""
+    return LANES, CO_BLOCK
+
+
+cdef inline void _block(const floating* source, const Py_ssize_t* offsets, int taps,
+                        const floating* weights, floating* wide,
+                        Py_ssize_t wide_stride) noexcept nogil:
+    """wide[b, v] = sum_t weights[t, b] * source[offsets[t] + v] for one register block."""
+    if floating is float:
+        _block_float(source, offsets, taps, weights, wide, wide_stride)
+    else:
+        _block_double(source, offsets, taps, weights, wide, wide_stride)
+
+
+cdef void _pad_image(const floating* image, int channels, int height, int width, int pad_h,
+                     int pad_w, int padded_h, int padded_w, floating* padded) noexcept nogil:
+    """Copy one (C, H, W) image into the zeroed interior of its (C, Hp, Wp) buffer."""
+    cdef int c, y
+    for c in range(channels):
+        for y in range(height):
+            memcpy(padded + (<Py_ssize_t>c * padded_h + y + pad_h) * padded_w + pad_w,
+                   image + (<Py_ssize_t>c * height + y) * width, width * sizeof(floating))
+
+
+def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
+                        floating[:, :, :, ::1] out, int kernel_h, int kernel_w, tuple padding,
+                        int num_threads, floating[::1] bias=None,
+                        floating[:, :, :, ::1] residual=None, bint activate=False,
+                        double slope=0.0):
+    """out[n] = act(conv(x[n]) + bias + residual[n]), stride 1, dilation 1, one group.
+
+    ``packed`` is (co_blocks, C_in * kH * kW, CO_BLOCK); ``out`` (N, C_out, OH, OW)
+    is overwritten.
+    """
+    cdef int n_images = x.shape[0], channels = x.shape[1]
+    cdef int height = x.shape[2], width = x.shape[3]
+    cdef int out_channels = out.shape[1], out_h = out.shape[2], out_w = out.shape[3]
+    cdef int pad_h = padding[0], pad_w = padding[1]
+    cdef int padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w
+    cdef int taps = channels * kernel_h * kernel_w
+    cdef int co_blocks = packed.shape[0]
+    # the wide grid rounded up to whole blocks; reads of the last block run past
+    # the padded image by up to LANES + kW elements, into zeroed slack
+    cdef Py_ssize_t grid = <Py_ssize_t>out_h * padded_w
+    cdef Py_ssize_t wide_stride = (grid + LANES - 1) // LANES * LANES
+    cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + LANES + kernel_w
+    cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
+    cdef Py_ssize_t plane = <Py_ssize_t>out_h * out_w
+    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
+    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
+        else NULL
+    cdef floating slope_value = <floating>slope
+    cdef Py_ssize_t* offsets
+    cdef floating* padded
+    cdef floating* wide
+    cdef floating* target
+    cdef const floating* added
+    cdef floating shift
+    cdef int* cached
+    cdef int item, image, block, b, co, oy, ox, c, i, j
+    cdef Py_ssize_t q
+    if n_images == 0 or plane == 0:
+        return
+    offsets = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * taps)
+    if offsets == NULL:
+        raise MemoryError()
+    for c in range(channels):
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                offsets[(c * kernel_h + i) * kernel_w + j] = \
+                    (<Py_ssize_t>c * padded_h + i) * padded_w + j
+    with nogil, parallel(num_threads=num_threads):
+        padded = <floating*>malloc(sizeof(floating) * padded_size)
+        wide = <floating*>malloc(sizeof(floating) * CO_BLOCK * wide_stride)
+        # the image now in ``padded`` (a pointer: prange may not assign the
+        # parallel block's own variables)
+        cached = <int*>malloc(sizeof(int))
+        cached[0] = -1
+        memset(padded, 0, sizeof(floating) * padded_size)
+        for item in prange(n_images * co_blocks, schedule="static"):
+            image = item // co_blocks
+            if image != cached[0]:
+                # the border and slack stay zero; only the interior changes
+                _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
+                           pad_h, pad_w, padded_h, padded_w, padded)
+                cached[0] = image
+            block = item % co_blocks
+            for q in range(wide_stride // LANES):
+                q = q * LANES
+                _block(padded + q, offsets, taps, &packed[block, 0, 0], wide + q,
+                       wide_stride)
+            for b in range(min(CO_BLOCK, out_channels - block * CO_BLOCK)):
+                co = block * CO_BLOCK + b
+                shift = bias_ptr[co] if bias_ptr != NULL else 0
+                for oy in range(out_h):
+                    target = &out[image, co, oy, 0]
+                    for ox in range(out_w):
+                        target[ox] = wide[b * wide_stride + oy * padded_w + ox] + shift
+                    if residual_ptr != NULL:
+                        added = residual_ptr + (image * out_channels + co) * plane + oy * out_w
+                        for ox in range(out_w):
+                            target[ox] = target[ox] + added[ox]
+                    if activate:
+                        leaky_relu(target, out_w, slope_value)
+        free(cached)
+        free(wide)
+        free(padded)
+    free(offsets)

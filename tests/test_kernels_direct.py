@@ -1,0 +1,93 @@
+"""Direct convolution (few output channels) against the SciPy reference.
+
+The same cases also run with the direct path switched off, so im2col + GEMM's
+forward keeps its coverage for the shapes the direct loop now takes.
+"""
+import numpy as np
+import pytest
+
+from fastdl.kernels import conv, direct
+from reference import conv2d_reference
+
+# (N, C_in, H, W, C_out, kH, kW, padding): C_out not a multiple of the channel
+# block, one output channel, rows shorter and longer than a register block,
+# non-square kernels and padding, batch 1, LeNet-5's two shapes.
+CASES = [
+    (2, 1, 28, 28, 6, 5, 5, (2, 2)),
+    (3, 6, 14, 14, 16, 5, 5, (0, 0)),
+    (1, 3, 7, 9, 5, 3, 3, (1, 1)),
+    (2, 2, 5, 23, 1, 3, 2, (0, 1)),
+    (1, 4, 17, 3, 7, 2, 3, (2, 0)),
+    (2, 3, 4, 4, 3, 4, 4, (3, 3)),
+    (1, 2, 1, 40, 9, 1, 5, (0, 2)),
+]
+
+
+def _arrays(case, dtype, rng):
+    n, c_in, h, w, c_out, kh, kw, padding = case
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, kh, kw)).astype(dtype)
+    return x, weight, padding
+
+
+def test_applies_to_few_output_channels_stride_1_single_group():
+    c = direct.MAX_OUT_CHANNELS
+    assert direct.applies((c, 3, 5, 5), (1, 1), (1, 1), 1)
+    assert not direct.applies((c + 1, 3, 5, 5), (1, 1), (1, 1), 1)
+    assert not direct.applies((c, 3, 5, 5), (2, 2), (1, 1), 1)
+    assert not direct.applies((c, 3, 5, 5), (1, 1), (2, 2), 1)
+    assert not direct.applies((c, 2, 5, 5), (1, 1), (1, 1), 2)
+    assert not direct.applies((c, 3, 1, 1), (1, 1), (1, 1), 1)
+    assert not direct.applies((c, 64, 3, 3), (1, 1), (1, 1), 1)   # taps beyond L1
+    assert direct.applies((c, 1, 5, 5), (1, 1), (1, 1), 1, (8, 1, 28, 28), (2, 2))
+    assert not direct.applies((c, 1, 5, 5), (1, 1), (1, 1), 1, (1, 1, 512, 512), (2, 2))
+
+
+def test_packed_weight_layout(rng):
+    weight = rng.normal(size=(6, 2, 3, 3))
+    packed = direct.pack_weight(weight)
+    assert packed.shape == (2, 18, direct.CO_BLOCK)
+    flat = weight.reshape(6, -1)
+    np.testing.assert_array_equal(packed[1, :, 1], flat[direct.CO_BLOCK + 1])
+    np.testing.assert_array_equal(packed[1, :, 2:], 0.0)   # channels 6 and 7 do not exist
+
+
+@pytest.mark.parametrize("use_direct", [True, False])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_forward_matches_scipy(case, dtype, rtol, use_direct, rng, monkeypatch):
+    if not use_direct:
+        monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
+    x, weight, padding = _arrays(case, dtype, rng)
+    out = conv.conv2d_forward(x, weight, padding=padding)
+    expected = conv2d_reference(x, weight, padding=padding)
+    assert out.dtype == dtype and out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1])
+def test_fused_epilogue_matches_unfused(slope, rng):
+    x, weight, padding = _arrays(CASES[2], np.float64, rng)
+    expected = conv2d_reference(x, weight, padding=padding)
+    bias = rng.normal(size=weight.shape[0])
+    residual = rng.normal(size=expected.shape)
+    out = conv.conv2d_forward(x, weight, bias, padding=padding, residual=residual,
+                              negative_slope=slope)
+    expected = expected + bias.reshape(1, -1, 1, 1) + residual
+    if slope is not None:
+        expected = np.where(expected > 0, expected, slope * expected)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_thread_count_does_not_change_the_result(threads, rng):
+    x, weight, padding = _arrays((7, 3, 12, 10, 6, 3, 3, (1, 1)), np.float32, rng)
+    serial = direct.forward_runner(x.shape, weight, None, padding, 1)(x)
+    parallel = direct.forward_runner(x.shape, weight, None, padding, threads)(x)
+    np.testing.assert_array_equal(parallel, serial)
+
+
+def test_empty_batch(rng):
+    weight = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
+    out = conv.conv2d_forward(np.zeros((0, 2, 8, 8), np.float32), weight, padding=1)
+    assert out.shape == (0, 4, 8, 8)
