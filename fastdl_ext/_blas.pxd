@@ -1,11 +1,12 @@
 # cython: language_level=3
-"""Single-threaded GEMM from SciPy's BLAS for both float widths, shared by the kernels.
+"""Single-threaded GEMM and GEMV from SciPy's BLAS for both float widths, shared by the
+kernels.
 
 Row-major GEMM through column-major BLAS: a row-major (r × c) matrix is a
 column-major (c × r) one, so ``C = A @ B`` is computed as ``C^T = B^T @ A^T``
 by swapping the operands and m ↔ n.
 """
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 ctypedef fused floating:
     float
@@ -19,3 +20,12 @@ cdef inline void gemm(char transa, char transb, int m, int n, int k, floating al
         sgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
     else:
         dgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+
+
+cdef inline void gemv(char trans, int m, int n, floating alpha, floating* a, int lda,
+                      floating* x, int incx, floating beta, floating* y,
+                      int incy) noexcept nogil:
+    if floating is float:
+        sgemv(&trans, &m, &n, &alpha, a, &lda, x, &incx, &beta, y, &incy)
+    else:
+        dgemv(&trans, &m, &n, &alpha, a, &lda, x, &incx, &beta, y, &incy)

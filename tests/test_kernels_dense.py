@@ -8,7 +8,7 @@ from fastdl.kernels import dense
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("slope", [None, 0.0, 0.2])
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("rows", [1, 7, 64])
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 64])   # GEMV per row up to 8, then GEMM
 def test_linear_forward_matches_numpy(dtype, rtol, slope, with_bias, rows, rng):
     x = rng.normal(size=(rows, 13)).astype(dtype)
     weight = rng.normal(size=(5, 13)).astype(dtype)
