@@ -16,6 +16,7 @@ import numpy as np
 
 from fastdl import runtime
 from fastdl.kernels import direct, winograd
+from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size
 from fastdl_ext import conv as _ext
 
@@ -123,17 +124,8 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
         return winograd.forward_runner(input_shape, weight, bias, padding,
                                        _threads_for(multiply_adds * 4 // 9), negative_slope)
     tile = _tile_size(c_in_group * kh * kw, positions, weight.itemsize, n, threads)
-    activate = negative_slope is not None
-    slope = 0.0 if negative_slope is None else float(negative_slope)
-    forward = _ext.conv2d_forward_into
-
-    def run(x, out=None, residual=None):
-        if out is None:
-            out = np.empty(out_shape, dtype=x.dtype)
-        forward(x, weight, out, stride, padding, dilation, groups, tile, threads, bias,
-                residual, activate, slope)
-        return out
-    return run
+    return fused_runner(_ext.conv2d_forward_into, out_shape, weight,
+                        (stride, padding, dilation, groups, tile, threads), bias, negative_slope)
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,

@@ -8,6 +8,7 @@ kernel larger than 1×1.
 """
 import numpy as np
 
+from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size
 from fastdl_ext import direct as _ext
 
@@ -56,14 +57,5 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
     c_out, _, kh, kw = weight.shape
     out_shape = (n, c_out, conv_output_size(height, kh, 1, padding[0], 1),
                  conv_output_size(width, kw, 1, padding[1], 1))
-    packed = pack_weight(weight)
-    activate = negative_slope is not None
-    slope = 0.0 if negative_slope is None else float(negative_slope)
-    forward = _ext.direct_forward_into
-
-    def run(x, out=None, residual=None):
-        if out is None:
-            out = np.empty(out_shape, dtype=x.dtype)
-        forward(x, packed, out, kh, kw, padding, threads, bias, residual, activate, slope)
-        return out
-    return run
+    return fused_runner(_ext.direct_forward_into, out_shape, pack_weight(weight),
+                        (kh, kw, padding, threads), bias, negative_slope)

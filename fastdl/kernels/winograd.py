@@ -9,6 +9,7 @@ beat im2col (2.25× fewer multiplies, plus cheap transforms).
 """
 import numpy as np
 
+from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size
 from fastdl_ext import winograd as _ext
 
@@ -63,17 +64,8 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
     out_w = conv_output_size(width, 3, 1, padding[1], 1)
     u = transform_weight(weight)
     rows = _rows_per_block(n, out_h, out_w, c_in + weight.shape[0], weight.itemsize, threads)
-    activate = negative_slope is not None
-    slope = 0.0 if negative_slope is None else float(negative_slope)
-    out_shape = (n, weight.shape[0], out_h, out_w)
-
-    def run(x, out=None, residual=None):
-        if out is None:
-            out = np.empty(out_shape, dtype=x.dtype)
-        _ext.winograd_forward_into(x, u, out, padding, rows, threads, bias, residual,
-                                   activate, slope)
-        return out
-    return run
+    return fused_runner(_ext.winograd_forward_into, (n, weight.shape[0], out_h, out_w), u,
+                        (padding, rows, threads), bias, negative_slope)
 
 
 def forward(x, weight, out, padding, threads, bias=None, residual=None, negative_slope=None):
