@@ -91,3 +91,23 @@ def test_empty_batch(rng):
     weight = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
     out = conv.conv2d_forward(np.zeros((0, 2, 8, 8), np.float32), weight, padding=1)
     assert out.shape == (0, 4, 8, 8)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+@pytest.mark.parametrize("kernel, padding", [(3, 1), (5, 2), (3, 0)])
+def test_grad_input_is_the_adjoint_of_the_forward(kernel, padding, dtype, rtol, rng,
+                                                  monkeypatch):
+    """<conv(x), g> = <x, grad_input(g)>, through the direct loop for "same" convs
+    (flipped weights) and through im2col otherwise; both paths agree."""
+    x = rng.normal(size=(2, 3, 7, 9)).astype(dtype)
+    weight = rng.normal(size=(5, 3, kernel, kernel)).astype(dtype)
+    expected = conv2d_reference(x, weight, padding=(padding, padding))
+    grad_out = rng.normal(size=expected.shape).astype(dtype)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, padding)
+    inner = np.sum(expected * grad_out)
+    scale = np.sum(np.abs(expected * grad_out))
+    assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
+    monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
+    through_im2col = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, padding)
+    np.testing.assert_allclose(grad_input, through_im2col, rtol=rtol,
+                               atol=rtol * np.abs(through_im2col).max())

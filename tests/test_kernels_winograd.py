@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastdl.kernels import conv, winograd
+from fastdl.kernels import conv, direct, winograd
 from reference import conv2d_reference, finite_difference_vjp
 
 # (N, C_in, H, W, C_out, padding): odd and even sizes, batch 1, padding 0..3,
@@ -26,7 +26,9 @@ THREADS = [1, 2, 3]
 
 @pytest.fixture
 def small_channels(monkeypatch):
+    # the direct loop takes few-channel convs first where it applies: off here
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
 
 
 def _arrays(case, dtype, rng):
@@ -112,12 +114,14 @@ def test_backward_matches_finite_differences(case, rng):
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 def test_public_kernels_take_winograd_above_the_threshold(dtype, rtol, rng):
-    """At the real threshold the public kernels dispatch here and agree with SciPy."""
-    c = winograd.MIN_CHANNELS
+    """Above both real thresholds the public kernels dispatch here and agree with SciPy."""
+    c = max(winograd.MIN_CHANNELS, direct.MAX_OUT_CHANNELS + 1)
     x = rng.normal(size=(2, c, 9, 8)).astype(dtype)
     weight = rng.normal(size=(c + 1, c, 3, 3)).astype(dtype)
     bias = rng.normal(size=c + 1).astype(dtype)
     assert winograd.applies(weight.shape, (1, 1), (1, 1), 1)
+    assert not direct.applies(weight.shape, (1, 1), (1, 1), 1)
+    assert not direct.applies((c, c + 1, 3, 3), (1, 1), (1, 1), 1)   # grad_input's
     expected = _reference(x, weight, (1, 1), bias)
     out = conv.conv2d_forward(x, weight, bias, 1, 1)
     np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())

@@ -145,10 +145,14 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
                                  pair(dilation, "dilation"))
     grad_out, weight = _contiguous(grad_out), _contiguous(weight)
-    grad_input = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     multiply_adds = grad_out.shape[0] * weight.shape[0] * positions * k
+    direct_runner = _grad_input_as_direct(grad_out.shape, weight, stride, padding, dilation,
+                                          groups, _threads_for(multiply_adds))
+    if direct_runner is not None:
+        return direct_runner(grad_out)
+    grad_input = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
     if winograd.applies(weight.shape, stride, dilation, groups):
         return winograd.grad_input(grad_out, weight, grad_input, padding,
                                    _threads_for(multiply_adds * 4 // 9))
@@ -161,6 +165,27 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     _ext.conv2d_grad_input_into(grad_out, weight, grad_input, stride, padding, dilation,
                                 groups, tile, threads)
     return grad_input
+
+
+def _grad_input_as_direct(grad_out_shape, weight, stride, padding, dilation, groups, threads):
+    """grad_input as a direct forward conv, or None where that does not pay.
+
+    At stride 1 the input gradient is the correlation of ``grad_out`` with the
+    flipped, channel-swapped weights and padding ``k - 1 - padding``. For "same"
+    convs (that padding equals the forward's) and few input channels the direct loop
+    beats Winograd and im2col's scatter (ResNet's 16 -> 16 at 32², batch 32: 2.0 vs
+    3.5-3.9 ms); wider full padding (LeNet's valid 5×5) wastes too much of its grid.
+    """
+    kh, kw = weight.shape[2:]
+    full_padding = (kh - 1 - padding[0], kw - 1 - padding[1])
+    if full_padding != tuple(padding) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
+        return None
+    flipped_shape = (weight.shape[1], weight.shape[0], kh, kw)
+    if not direct.applies(flipped_shape, stride, dilation, groups, grad_out_shape,
+                          full_padding, weight.itemsize):
+        return None
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return direct.forward_runner(grad_out_shape, flipped, None, full_padding, threads)
 
 
 def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1):
