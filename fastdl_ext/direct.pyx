@@ -63,6 +63,36 @@ cdef extern from *:
         }
     FASTDL_DIRECT_BLOCK(fastdl_direct_block_float, float)
     FASTDL_DIRECT_BLOCK(fastdl_direct_block_double, double)
+
+    /* Weight gradient of one channel block and two taps over a whole wide grid:
+       sums[b][k] += sum_q grad[b][q] * source[offsets[k] + q], q < length (a multiple
+       of 8; grid columns past the output width hold zero gradient). */
+    #define FASTDL_GRAD_PAIR(name, type)                                                \
+        typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
+        FASTDL_CLONES static void name(const type *restrict grad, Py_ssize_t grad_stride, \
+                                       const type *restrict source, Py_ssize_t first,  \
+                                       Py_ssize_t second, Py_ssize_t length,           \
+                                       type *restrict sums) {                          \
+            name##_vector acc[FASTDL_CO_BLOCK][2] = {{{0}}};                            \
+            for (Py_ssize_t q = 0; q < length; q += 8) {                                \
+                name##_vector x0, x1, g;                                                \
+                __builtin_memcpy(&x0, source + first + q, sizeof x0);                   \
+                __builtin_memcpy(&x1, source + second + q, sizeof x1);                  \
+                for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                             \
+                    __builtin_memcpy(&g, grad + b * grad_stride + q, sizeof g);         \
+                    acc[b][0] += g * x0;                                                \
+                    acc[b][1] += g * x1;                                                \
+                }                                                                       \
+            }                                                                           \
+            for (int b = 0; b < FASTDL_CO_BLOCK; b++)                                   \
+                for (int k = 0; k < 2; k++) {                                           \
+                    type total = 0;                                                     \
+                    for (int v = 0; v < 8; v++) total += acc[b][k][v];                  \
+                    sums[2 * b + k] += total;                                           \
+                }                                                                       \
+        }
+    FASTDL_GRAD_PAIR(fastdl_direct_grad_pair_float, float)
+    FASTDL_GRAD_PAIR(fastdl_direct_grad_pair_double, double)
     """
     enum:
         LANES "FASTDL_LANES"          # output positions per register block
@@ -73,6 +103,13 @@ cdef extern from *:
     void _block_double "fastdl_direct_block_double"(
         const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
         double* wide, Py_ssize_t wide_stride) noexcept nogil
+
+    void _grad_pair_float "fastdl_direct_grad_pair_float"(
+        const float* grad, Py_ssize_t grad_stride, const float* source, Py_ssize_t first,
+        Py_ssize_t second, Py_ssize_t length, float* sums) noexcept nogil
+    void _grad_pair_double "fastdl_direct_grad_pair_double"(
+        const double* grad, Py_ssize_t grad_stride, const double* source, Py_ssize_t first,
+        Py_ssize_t second, Py_ssize_t length, double* sums) noexcept nogil
 
 
 def lanes_and_block():
@@ -181,6 +218,80 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                     if activate:
                         leaky_relu(target, out_w, slope_value)
         free(cached)
+        free(wide)
+        free(padded)
+    free(offsets)
+
+
+cdef inline void _grad_pair(const floating* grad, Py_ssize_t grad_stride,
+                            const floating* source, Py_ssize_t first, Py_ssize_t second,
+                            Py_ssize_t length, floating* sums) noexcept nogil:
+    if floating is float:
+        _grad_pair_float(grad, grad_stride, source, first, second, length, sums)
+    else:
+        _grad_pair_double(grad, grad_stride, source, first, second, length, sums)
+
+
+def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
+                            floating[:, :, ::1] partial, int kernel_h, int kernel_w,
+                            tuple padding, int num_threads):
+    """Per-thread weight gradients of a stride-1, one-group conv, on the wide grid.
+
+    ``partial`` (threads, co_blocks * CO_BLOCK, C_in * kH * kW), zero on entry:
+    thread ``t`` adds the images it takes; the caller sums over threads.
+    """
+    cdef int n_images = x.shape[0], channels = x.shape[1]
+    cdef int height = x.shape[2], width = x.shape[3]
+    cdef int out_channels = grad_out.shape[1], out_h = grad_out.shape[2]
+    cdef int out_w = grad_out.shape[3]
+    cdef int pad_h = padding[0], pad_w = padding[1]
+    cdef int padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w
+    cdef int taps = channels * kernel_h * kernel_w
+    cdef int co_blocks = partial.shape[1] // CO_BLOCK
+    cdef Py_ssize_t length = (<Py_ssize_t>out_h * padded_w + 7) // 8 * 8
+    cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + 8 + kernel_w
+    cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
+    cdef Py_ssize_t* offsets
+    cdef floating* padded
+    cdef floating* wide
+    cdef floating* sums
+    cdef int image, block, b, co, oy, c, i, j, t, thread
+    if n_images == 0 or out_h * out_w == 0:
+        return
+    offsets = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * taps)
+    if offsets == NULL:
+        raise MemoryError()
+    for c in range(channels):
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                offsets[(c * kernel_h + i) * kernel_w + j] = \
+                    (<Py_ssize_t>c * padded_h + i) * padded_w + j
+    with nogil, parallel(num_threads=num_threads):
+        thread = threadid()
+        padded = <floating*>malloc(sizeof(floating) * padded_size)
+        # grad_out of one image on the wide grid, channels beyond C_out zero
+        wide = <floating*>malloc(sizeof(floating) * co_blocks * CO_BLOCK * length)
+        sums = <floating*>malloc(sizeof(floating) * 2 * CO_BLOCK)
+        memset(padded, 0, sizeof(floating) * padded_size)
+        memset(wide, 0, sizeof(floating) * co_blocks * CO_BLOCK * length)
+        for image in prange(n_images, schedule="static"):
+            _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
+                       pad_h, pad_w, padded_h, padded_w, padded)
+            for co in range(out_channels):
+                for oy in range(out_h):
+                    memcpy(wide + co * length + oy * padded_w, &grad_out[image, co, oy, 0],
+                           out_w * sizeof(floating))
+            for block in range(co_blocks):
+                for t in range(0, taps, 2):
+                    for b in range(2 * CO_BLOCK):
+                        sums[b] = 0
+                    _grad_pair(wide + block * CO_BLOCK * length, length, padded, offsets[t],
+                               offsets[min(t + 1, taps - 1)], length, sums)
+                    for b in range(CO_BLOCK):
+                        partial[thread, block * CO_BLOCK + b, t] += sums[2 * b]
+                        if t + 1 < taps:
+                            partial[thread, block * CO_BLOCK + b, t + 1] += sums[2 * b + 1]
+        free(sums)
         free(wide)
         free(padded)
     free(offsets)

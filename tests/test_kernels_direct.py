@@ -111,3 +111,35 @@ def test_grad_input_is_the_adjoint_of_the_forward(kernel, padding, dtype, rtol, 
     through_im2col = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, padding)
     np.testing.assert_allclose(grad_input, through_im2col, rtol=rtol,
                                atol=rtol * np.abs(through_im2col).max())
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+@pytest.mark.parametrize("case", [(2, 3, 20, 18, 5, 3, 3, (1, 1)), (3, 1, 28, 28, 6, 5, 5, (2, 2)),
+                                  (1, 2, 17, 40, 33, 3, 2, (0, 1))])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_grad_weight_is_the_adjoint_of_the_forward(case, threads, dtype, rtol, rng,
+                                                   monkeypatch):
+    """<conv(x, w), g> = <w, grad_weight(x, g)>; the direct loop and im2col agree."""
+    x, weight, padding = _arrays(case, dtype, rng)
+    assert direct.grad_weight_applies(weight.shape, (1, 1), (1, 1), 1, x.shape, padding)
+    expected = conv2d_reference(x, weight, padding=padding)
+    grad_out = rng.normal(size=expected.shape).astype(dtype)
+    grad_weight = direct.grad_weight(x, grad_out, weight.shape, padding, threads)
+    assert grad_weight.shape == weight.shape and grad_weight.dtype == dtype
+    inner = np.sum(expected * grad_out)
+    scale = np.sum(np.abs(expected * grad_out))
+    assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
+    monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
+    monkeypatch.setattr(direct, "MIN_GRAD_GRID", 10 ** 9)
+    through_im2col = conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, padding)
+    np.testing.assert_allclose(grad_weight, through_im2col, rtol=rtol,
+                               atol=rtol * np.abs(through_im2col).max())
+
+
+def test_grad_weight_applies_only_to_long_grids_and_few_channels_or_taps():
+    lenet_second = (16, 6, 5, 5)
+    assert not direct.grad_weight_applies(lenet_second, (1, 1), (1, 1), 1, (64, 6, 14, 14),
+                                          (0, 0))
+    assert direct.grad_weight_applies((32, 3, 3, 3), (1, 1), (1, 1), 1, (8, 3, 32, 32), (1, 1))
+    assert not direct.grad_weight_applies((32, 32, 3, 3), (1, 1), (1, 1), 1, (8, 32, 32, 32),
+                                          (1, 1))

@@ -207,6 +207,10 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     multiply_adds = x.shape[0] * weight_shape[0] * positions * k
+    if direct.grad_weight_applies(tuple(weight_shape), stride, dilation, groups, x.shape,
+                                  padding, x.itemsize):
+        return direct.grad_weight(x, grad_out, weight_shape, padding,
+                                  _threads_for(multiply_adds))
     if winograd.applies(tuple(weight_shape), stride, dilation, groups):
         return winograd.grad_weight(x, grad_out, weight_shape, padding,
                                     _threads_for(multiply_adds * 4 // 9))

@@ -12,7 +12,7 @@ from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size
 from fastdl_ext import direct as _ext
 
-__all__ = ["applies", "pack_weight", "forward_runner"]
+__all__ = ["applies", "grad_weight_applies", "pack_weight", "forward_runner", "grad_weight"]
 
 LANES, CO_BLOCK = _ext.lanes_and_block()
 # Beyond this the GEMM's M is wide enough for im2col + GEMM to win (measured on
@@ -21,25 +21,48 @@ MAX_OUT_CHANNELS = 16
 # Taps per output channel beyond which the weight block and the rows a block reads
 # leave L1.
 MAX_TAPS = 512
+# Wide-grid positions per image below which the weight gradient's horizontal sums
+# cost more than its passes save.
+MIN_GRAD_GRID = 256
 # A thread keeps one padded image and its output planes on the wide grid: about L2.
 MAX_IMAGE_BYTES = 256 * 1024
 
 
 def applies(weight_shape, stride, dilation, groups, input_shape=None, padding=(0, 0),
-            itemsize=4):
+            itemsize=4, max_out_channels=None):
     """Whether a conv with these (normalised) hyper-parameters takes the direct path.
 
     With ``input_shape`` (N, C_in, H, W) the padded image must also fit a thread's
     cache budget (large images go through im2col's bounded tiles instead).
+    ``max_out_channels`` overrides ``MAX_OUT_CHANNELS``.
     """
     c_out, c_in, kh, kw = weight_shape
+    if max_out_channels is None:
+        max_out_channels = MAX_OUT_CHANNELS
     if not (stride == (1, 1) and dilation == (1, 1) and groups == 1 and kh * kw > 1
-            and c_out <= MAX_OUT_CHANNELS and c_in * kh * kw <= MAX_TAPS):
+            and c_out <= max_out_channels and c_in * kh * kw <= MAX_TAPS):
         return False
     if input_shape is None:
         return True
     padded = (input_shape[2] + 2 * padding[0]) * (input_shape[3] + 2 * padding[1])
     return (c_in + CO_BLOCK) * padded * itemsize <= MAX_IMAGE_BYTES
+
+
+def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, padding,
+                        itemsize=4):
+    """Whether ``grad_weight`` beats im2col/Winograd for this conv (measured rules).
+
+    Its passes run over one image's whole wide grid and end in horizontal sums,
+    so the grid must be long (LeNet-5's second conv, 10×14, is not); with many
+    output channels and taps the GEMMs win, unless the taps are few (C3 -> 32).
+    """
+    c_out, c_in, kh, kw = weight_shape
+    out_h = conv_output_size(input_shape[2], kh, 1, padding[0], 1)
+    grid = out_h * (input_shape[3] + 2 * padding[1])
+    few_taps = c_in * kh * kw <= 64
+    return grid >= MIN_GRAD_GRID and applies(
+        weight_shape, stride, dilation, groups, input_shape, padding, itemsize,
+        max_out_channels=max(MAX_OUT_CHANNELS, c_out) if few_taps else None)
 
 
 def pack_weight(weight):
@@ -59,3 +82,16 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
                  conv_output_size(width, kw, 1, padding[1], 1))
     return fused_runner(_ext.direct_forward_into, out_shape, pack_weight(weight),
                         (kh, kw, padding, threads), bias, negative_slope)
+
+
+def grad_weight(x, grad_out, weight_shape, padding, threads):
+    """Weight gradient (C_out, C_in, kH, kW) of the stride-1 conv ``forward_runner`` runs.
+
+    Threads sum their images into their own rows of a partial buffer; the rows are
+    added in a fixed order after.
+    """
+    c_out, c_in, kh, kw = weight_shape
+    blocks = -(-c_out // CO_BLOCK)
+    partial = np.zeros((threads, blocks * CO_BLOCK, c_in * kh * kw), dtype=x.dtype)
+    _ext.direct_grad_weight_into(x, grad_out, partial, kh, kw, tuple(padding), threads)
+    return partial.sum(axis=0)[:c_out].reshape(weight_shape)
