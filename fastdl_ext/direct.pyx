@@ -1,16 +1,19 @@
 # cython: language_level=3
 """Direct convolution for few output channels (stride 1, dilation 1, one group).
 
-With a handful of output channels (LeNet's 6 and 16) im2col + GEMM spends its
-time unfolding and packing, not multiplying: the GEMM's M is 6. Here each
-padded image is kept in L1 and the output is computed on a *wide grid*: with
+With few output channels (LeNet's 6 and 16, ResNet's 16 and 32) im2col + GEMM
+spends its time unfolding and packing, not multiplying: the GEMM's M is 6 to 32,
+and Winograd's 16 GEMMs are as thin. Here each padded image is kept in cache
+and the output is computed on a *wide grid*: with
 the padded row length ``Wp``, output position ``q = oy * Wp + ox`` of tap
 ``(c, i, j)`` reads ``padded[c, oy + i, ox + j] = padded_flat[q + offset(c, i,
 j)]``, one linear offset per tap. A block of ``LANES`` consecutive ``q`` times
 ``CO_BLOCK`` output channels lives in registers over all taps; grid columns
 ``ox >= OW`` are computed and dropped (``(kW - 1) / Wp`` extra work).
 
-Weights come packed as ``(co_blocks, taps, CO_BLOCK)``, zero beyond C_out.
+Weights come packed as ``(co_blocks, taps, CO_BLOCK)``, zero beyond C_out. The
+weight gradient runs on the same grids: per channel block and pair of taps, one
+pass of 8-lane FMAs over the image's grid, then horizontal sums.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
@@ -43,22 +46,31 @@ cdef extern from *:
         FASTDL_CLONES static void name(const type *restrict source,                    \
                                        const Py_ssize_t *restrict offsets, int taps,   \
                                        const type *restrict weights,                   \
-                                       type *restrict wide, Py_ssize_t wide_stride) {  \
-            name##_vector acc[FASTDL_CO_BLOCK][2] = {{{0}}};                            \
-            for (int t = 0; t < taps; t++) {                                            \
-                name##_vector low, high;                                                \
-                __builtin_memcpy(&low, source + offsets[t], sizeof low);                \
-                __builtin_memcpy(&high, source + offsets[t] + 8, sizeof high);          \
-                const type *restrict w = weights + (Py_ssize_t)t * FASTDL_CO_BLOCK;     \
-                for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                             \
-                    acc[b][0] += w[b] * low;                                            \
-                    acc[b][1] += w[b] * high;                                           \
+                                       type *restrict wide, Py_ssize_t wide_stride,    \
+                                       Py_ssize_t blocks) {                            \
+            /* all of a channel block's position blocks in one call: a call per block   \
+               cost as much as 27 taps of work */                                       \
+            for (Py_ssize_t q = 0; q < blocks * FASTDL_LANES; q += FASTDL_LANES) {      \
+                const type *restrict at = source + q;                                   \
+                name##_vector acc[FASTDL_CO_BLOCK][2];                                  \
+                for (int b = 0; b < FASTDL_CO_BLOCK; b++)                               \
+                    acc[b][0] = acc[b][1] = (name##_vector){0};                         \
+                for (int t = 0; t < taps; t++) {                                        \
+                    name##_vector low, high;                                            \
+                    __builtin_memcpy(&low, at + offsets[t], sizeof low);                \
+                    __builtin_memcpy(&high, at + offsets[t] + 8, sizeof high);          \
+                    const type *restrict w = weights + (Py_ssize_t)t * FASTDL_CO_BLOCK; \
+                    for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                         \
+                        acc[b][0] += w[b] * low;                                        \
+                        acc[b][1] += w[b] * high;                                       \
+                    }                                                                   \
                 }                                                                       \
-            }                                                                           \
-            for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                                 \
-                __builtin_memcpy(wide + b * wide_stride, &acc[b][0], sizeof acc[b][0]); \
-                __builtin_memcpy(wide + b * wide_stride + 8, &acc[b][1],                \
-                                 sizeof acc[b][1]);                                     \
+                for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                             \
+                    __builtin_memcpy(wide + b * wide_stride + q, &acc[b][0],            \
+                                     sizeof acc[b][0]);                                 \
+                    __builtin_memcpy(wide + b * wide_stride + q + 8, &acc[b][1],        \
+                                     sizeof acc[b][1]);                                 \
+                }                                                                       \
             }                                                                           \
         }
     FASTDL_DIRECT_BLOCK(fastdl_direct_block_float, float)
@@ -99,10 +111,10 @@ cdef extern from *:
         CO_BLOCK "FASTDL_CO_BLOCK"    # output channels per register block
     void _block_float "fastdl_direct_block_float"(
         const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
-        float* wide, Py_ssize_t wide_stride) noexcept nogil
+        float* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
     void _block_double "fastdl_direct_block_double"(
         const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
-        double* wide, Py_ssize_t wide_stride) noexcept nogil
+        double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
 
     void _grad_pair_float "fastdl_direct_grad_pair_float"(
         const float* grad, Py_ssize_t grad_stride, const float* source, Py_ssize_t first,
@@ -117,14 +129,15 @@ def lanes_and_block():
     return LANES, CO_BLOCK
 
 
-cdef inline void _block(const floating* source, const Py_ssize_t* offsets, int taps,
-                        const floating* weights, floating* wide,
-                        Py_ssize_t wide_stride) noexcept nogil:
-    """wide[b, v] = sum_t weights[t, b] * source[offsets[t] + v] for one register block."""
+cdef inline void _blocks(const floating* source, const Py_ssize_t* offsets, int taps,
+                         const floating* weights, floating* wide, Py_ssize_t wide_stride,
+                         Py_ssize_t blocks) noexcept nogil:
+    """wide[b, q + v] = sum_t weights[t, b] * source[offsets[t] + q + v] for ``blocks``
+    register blocks of LANES positions."""
     if floating is float:
-        _block_float(source, offsets, taps, weights, wide, wide_stride)
+        _block_float(source, offsets, taps, weights, wide, wide_stride, blocks)
     else:
-        _block_double(source, offsets, taps, weights, wide, wide_stride)
+        _block_double(source, offsets, taps, weights, wide, wide_stride, blocks)
 
 
 cdef void _pad_image(const floating* image, int channels, int height, int width, int pad_h,
@@ -173,7 +186,6 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef floating shift
     cdef int* cached
     cdef int item, image, block, b, co, oy, ox, c, i, j
-    cdef Py_ssize_t q
     if n_images == 0 or plane == 0:
         return
     offsets = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * taps)
@@ -200,10 +212,8 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                            pad_h, pad_w, padded_h, padded_w, padded)
                 cached[0] = image
             block = item % co_blocks
-            for q in range(wide_stride // LANES):
-                q = q * LANES
-                _block(padded + q, offsets, taps, &packed[block, 0, 0], wide + q,
-                       wide_stride)
+            _blocks(padded, offsets, taps, &packed[block, 0, 0], wide, wide_stride,
+                    wide_stride // LANES)
             for b in range(min(CO_BLOCK, out_channels - block * CO_BLOCK)):
                 co = block * CO_BLOCK + b
                 shift = bias_ptr[co] if bias_ptr != NULL else 0
