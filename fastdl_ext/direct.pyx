@@ -75,35 +75,46 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCK(fastdl_direct_block_float, float)
     FASTDL_DIRECT_BLOCK(fastdl_direct_block_double, double)
 
-    /* Weight gradient of one channel block and two taps over a whole wide grid:
-       sums[b][k] += sum_q grad[b][q] * source[offsets[k] + q], q < length (a multiple
-       of 8; grid columns past the output width hold zero gradient). */
-    #define FASTDL_GRAD_PAIR(name, type)                                                \
+    /* Weight gradient of one channel block and GRAD_TAPS taps over a whole wide grid:
+       sums[b][k] = sum_q grad[b][q] * source[offsets[k] + q], q < length (a multiple
+       of 8; grid columns past the output width hold zero gradient). Twelve
+       accumulators, as in the forward block; the three taps are unrolled by hand
+       (kept in arrays, GCC spilled them: 3x slower). */
+    #define FASTDL_GRAD_TAPS 3
+    #define FASTDL_GRAD_BLOCK(name, type)                                               \
         typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
         FASTDL_CLONES static void name(const type *restrict grad, Py_ssize_t grad_stride, \
-                                       const type *restrict source, Py_ssize_t first,  \
-                                       Py_ssize_t second, Py_ssize_t length,           \
-                                       type *restrict sums) {                          \
-            name##_vector acc[FASTDL_CO_BLOCK][2] = {{{0}}};                            \
+                                       const type *restrict source,                    \
+                                       const Py_ssize_t *restrict offsets,             \
+                                       Py_ssize_t length, type *restrict sums) {       \
+            name##_vector acc[FASTDL_CO_BLOCK][FASTDL_GRAD_TAPS];                       \
+            for (int b = 0; b < FASTDL_CO_BLOCK; b++)                                   \
+                for (int k = 0; k < FASTDL_GRAD_TAPS; k++)                              \
+                    acc[b][k] = (name##_vector){0};                                     \
+            const type *restrict first = source + offsets[0];                           \
+            const type *restrict second = source + offsets[1];                          \
+            const type *restrict third = source + offsets[2];                           \
             for (Py_ssize_t q = 0; q < length; q += 8) {                                \
-                name##_vector x0, x1, g;                                                \
-                __builtin_memcpy(&x0, source + first + q, sizeof x0);                   \
-                __builtin_memcpy(&x1, source + second + q, sizeof x1);                  \
+                name##_vector x0, x1, x2, g;                                            \
+                __builtin_memcpy(&x0, first + q, sizeof x0);                            \
+                __builtin_memcpy(&x1, second + q, sizeof x1);                           \
+                __builtin_memcpy(&x2, third + q, sizeof x2);                            \
                 for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                             \
                     __builtin_memcpy(&g, grad + b * grad_stride + q, sizeof g);         \
                     acc[b][0] += g * x0;                                                \
                     acc[b][1] += g * x1;                                                \
+                    acc[b][2] += g * x2;                                                \
                 }                                                                       \
             }                                                                           \
             for (int b = 0; b < FASTDL_CO_BLOCK; b++)                                   \
-                for (int k = 0; k < 2; k++) {                                           \
+                for (int k = 0; k < FASTDL_GRAD_TAPS; k++) {                            \
                     type total = 0;                                                     \
                     for (int v = 0; v < 8; v++) total += acc[b][k][v];                  \
-                    sums[2 * b + k] += total;                                           \
+                    sums[FASTDL_GRAD_TAPS * b + k] = total;                             \
                 }                                                                       \
         }
-    FASTDL_GRAD_PAIR(fastdl_direct_grad_pair_float, float)
-    FASTDL_GRAD_PAIR(fastdl_direct_grad_pair_double, double)
+    FASTDL_GRAD_BLOCK(fastdl_direct_grad_float, float)
+    FASTDL_GRAD_BLOCK(fastdl_direct_grad_double, double)
     """
     enum:
         LANES "FASTDL_LANES"          # output positions per register block
@@ -115,12 +126,14 @@ cdef extern from *:
         const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
         double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
 
-    void _grad_pair_float "fastdl_direct_grad_pair_float"(
-        const float* grad, Py_ssize_t grad_stride, const float* source, Py_ssize_t first,
-        Py_ssize_t second, Py_ssize_t length, float* sums) noexcept nogil
-    void _grad_pair_double "fastdl_direct_grad_pair_double"(
-        const double* grad, Py_ssize_t grad_stride, const double* source, Py_ssize_t first,
-        Py_ssize_t second, Py_ssize_t length, double* sums) noexcept nogil
+    enum:
+        GRAD_TAPS "FASTDL_GRAD_TAPS"  # taps per weight-gradient pass
+    void _grad_float "fastdl_direct_grad_float"(
+        const float* grad, Py_ssize_t grad_stride, const float* source,
+        const Py_ssize_t* offsets, Py_ssize_t length, float* sums) noexcept nogil
+    void _grad_double "fastdl_direct_grad_double"(
+        const double* grad, Py_ssize_t grad_stride, const double* source,
+        const Py_ssize_t* offsets, Py_ssize_t length, double* sums) noexcept nogil
 
 
 def lanes_and_block():
@@ -232,13 +245,14 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     free(offsets)
 
 
-cdef inline void _grad_pair(const floating* grad, Py_ssize_t grad_stride,
-                            const floating* source, Py_ssize_t first, Py_ssize_t second,
+cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
+                            const floating* source, const Py_ssize_t* offsets,
                             Py_ssize_t length, floating* sums) noexcept nogil:
+    """sums[b * GRAD_TAPS + k] = grad[b] · source[offsets[k]:] over ``length``."""
     if floating is float:
-        _grad_pair_float(grad, grad_stride, source, first, second, length, sums)
+        _grad_float(grad, grad_stride, source, offsets, length, sums)
     else:
-        _grad_pair_double(grad, grad_stride, source, first, second, length, sums)
+        _grad_double(grad, grad_stride, source, offsets, length, sums)
 
 
 def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
@@ -264,7 +278,8 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef floating* padded
     cdef floating* wide
     cdef floating* sums
-    cdef int image, block, b, co, oy, c, i, j, t, thread
+    cdef Py_ssize_t* group
+    cdef int image, block, b, co, oy, c, i, j, k, t, thread
     if n_images == 0 or out_h * out_w == 0:
         return
     offsets = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * taps)
@@ -280,7 +295,8 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
         padded = <floating*>malloc(sizeof(floating) * padded_size)
         # grad_out of one image on the wide grid, channels beyond C_out zero
         wide = <floating*>malloc(sizeof(floating) * co_blocks * CO_BLOCK * length)
-        sums = <floating*>malloc(sizeof(floating) * 2 * CO_BLOCK)
+        sums = <floating*>malloc(sizeof(floating) * GRAD_TAPS * CO_BLOCK)
+        group = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * GRAD_TAPS)
         memset(padded, 0, sizeof(floating) * padded_size)
         memset(wide, 0, sizeof(floating) * co_blocks * CO_BLOCK * length)
         for image in prange(n_images, schedule="static"):
@@ -291,15 +307,18 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                     memcpy(wide + co * length + oy * padded_w, &grad_out[image, co, oy, 0],
                            out_w * sizeof(floating))
             for block in range(co_blocks):
-                for t in range(0, taps, 2):
-                    for b in range(2 * CO_BLOCK):
-                        sums[b] = 0
-                    _grad_pair(wide + block * CO_BLOCK * length, length, padded, offsets[t],
-                               offsets[min(t + 1, taps - 1)], length, sums)
+                for t in range((taps + GRAD_TAPS - 1) // GRAD_TAPS):
+                    t = t * GRAD_TAPS
+                    # a last short group repeats its final tap; the repeats are dropped
+                    for k in range(GRAD_TAPS):
+                        group[k] = offsets[min(t + k, taps - 1)]
+                    _grad_taps(wide + block * CO_BLOCK * length, length, padded, group,
+                               length, sums)
                     for b in range(CO_BLOCK):
-                        partial[thread, block * CO_BLOCK + b, t] += sums[2 * b]
-                        if t + 1 < taps:
-                            partial[thread, block * CO_BLOCK + b, t + 1] += sums[2 * b + 1]
+                        for k in range(min(GRAD_TAPS, taps - t)):
+                            partial[thread, block * CO_BLOCK + b, t + k] += \
+                                sums[b * GRAD_TAPS + k]
+        free(group)
         free(sums)
         free(wide)
         free(padded)

@@ -21,15 +21,17 @@ LANES, CO_BLOCK = _ext.lanes_and_block()
 # (measured at batch 32: 32 -> 32 at 16², direct 1.5 vs Winograd 2.1 ms; 64 -> 64,
 # 5.7 vs 5.2 ms).
 MAX_OUT_CHANNELS = 32
-# The weight gradient's passes end in horizontal sums per (channel, tap): beyond 16
-# output channels the GEMMs win (64 -> 64 at 8²: 1.24 vs 0.50 ms).
-GRAD_WEIGHT_MAX_OUT_CHANNELS = 16
+# The weight gradient's passes end in horizontal sums per (channel, tap): beyond 32
+# output channels the GEMMs win (64 -> 64 at 8²: 1.0 vs 0.5 ms; 32 -> 32 at 16²:
+# 1.8 vs 2.1 ms).
+GRAD_WEIGHT_MAX_OUT_CHANNELS = 32
 # Taps per output channel beyond which the weight block and the rows a block reads
 # leave L1.
 MAX_TAPS = 512
 # Wide-grid positions per image below which the weight gradient's horizontal sums
-# cost more than its passes save.
-MIN_GRAD_GRID = 256
+# cost more than its passes save (LeNet-5's second conv, 10 x 14 = 140, still wins:
+# 0.65 vs 0.80 ms).
+MIN_GRAD_GRID = 128
 # A thread keeps one padded image and its output planes on the wide grid: about L2.
 MAX_IMAGE_BYTES = 256 * 1024
 
@@ -59,7 +61,7 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
     """Whether ``grad_weight`` beats im2col/Winograd for this conv (measured rules).
 
     Its passes run over one image's whole wide grid and end in horizontal sums,
-    so the grid must be long (LeNet-5's second conv, 10×14, is not); beyond
+    so the grid must not be short (``MIN_GRAD_GRID``); beyond
     ``GRAD_WEIGHT_MAX_OUT_CHANNELS`` the GEMMs win, unless the taps are few (C3 -> 32).
     """
     c_out, c_in, kh, kw = weight_shape
