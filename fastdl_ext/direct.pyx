@@ -162,6 +162,22 @@ cdef void _pad_image(const floating* image, int channels, int height, int width,
                    image + (<Py_ssize_t>c * height + y) * width, width * sizeof(floating))
 
 
+cdef Py_ssize_t* _tap_offsets(int channels, int kernel_h, int kernel_w, int padded_h,
+                              int padded_w) except NULL:
+    """Flat offset of tap (c, i, j) in a (C, Hp, Wp) padded image; the caller frees it."""
+    cdef Py_ssize_t* offsets = <Py_ssize_t*>malloc(
+        sizeof(Py_ssize_t) * channels * kernel_h * kernel_w)
+    cdef int c, i, j
+    if offsets == NULL:
+        raise MemoryError()
+    for c in range(channels):
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                offsets[(c * kernel_h + i) * kernel_w + j] = \
+                    (<Py_ssize_t>c * padded_h + i) * padded_w + j
+    return offsets
+
+
 def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                         floating[:, :, :, ::1] out, int kernel_h, int kernel_w, tuple padding,
                         int num_threads, floating[::1] bias=None,
@@ -197,17 +213,10 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef const floating* added
     cdef floating shift
     cdef int* cached
-    cdef int item, image, block, b, co, oy, ox, c, i, j
+    cdef int item, image, block, b, co, oy, ox
     if n_images == 0 or plane == 0:
         return
-    offsets = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * taps)
-    if offsets == NULL:
-        raise MemoryError()
-    for c in range(channels):
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                offsets[(c * kernel_h + i) * kernel_w + j] = \
-                    (<Py_ssize_t>c * padded_h + i) * padded_w + j
+    offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
     with nogil, parallel(num_threads=num_threads):
         padded = <floating*>malloc(sizeof(floating) * padded_size)
         wide = <floating*>malloc(sizeof(floating) * CO_BLOCK * wide_stride)
@@ -279,17 +288,10 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef floating* wide
     cdef floating* sums
     cdef Py_ssize_t* group
-    cdef int image, block, b, co, oy, c, i, j, k, t, thread
+    cdef int image, block, b, co, oy, k, t, thread
     if n_images == 0 or out_h * out_w == 0:
         return
-    offsets = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * taps)
-    if offsets == NULL:
-        raise MemoryError()
-    for c in range(channels):
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                offsets[(c * kernel_h + i) * kernel_w + j] = \
-                    (<Py_ssize_t>c * padded_h + i) * padded_w + j
+    offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
     with nogil, parallel(num_threads=num_threads):
         thread = threadid()
         padded = <floating*>malloc(sizeof(floating) * padded_size)
