@@ -141,5 +141,7 @@ def test_grad_weight_applies_only_to_long_grids_and_few_channels_or_taps():
     assert direct.grad_weight_applies(lenet_second, (1, 1), (1, 1), 1, (64, 6, 14, 14), (0, 0))
     assert not direct.grad_weight_applies(lenet_second, (1, 1), (1, 1), 1, (64, 6, 8, 8), (0, 0))
     assert direct.grad_weight_applies((64, 3, 3, 3), (1, 1), (1, 1), 1, (8, 3, 32, 32), (1, 1))
+    assert not direct.grad_weight_applies((65, 3, 3, 3), (1, 1), (1, 1), 1, (8, 3, 32, 32),
+                                          (1, 1))
     assert not direct.grad_weight_applies((64, 64, 3, 3), (1, 1), (1, 1), 1, (8, 64, 8, 8),
                                           (1, 1))

@@ -62,7 +62,8 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
 
     Its passes run over one image's whole wide grid and end in horizontal sums,
     so the grid must not be short (``MIN_GRAD_GRID``); beyond
-    ``GRAD_WEIGHT_MAX_OUT_CHANNELS`` the GEMMs win, unless the taps are few (C3 -> 32).
+    ``GRAD_WEIGHT_MAX_OUT_CHANNELS`` the GEMMs win, unless the taps are few (C3 -> 32;
+    twice as many channels then, which also bounds the per-thread gradient grid).
     """
     c_out, c_in, kh, kw = weight_shape
     out_h = conv_output_size(input_shape[2], kh, 1, padding[0], 1)
@@ -70,7 +71,7 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
     few_taps = c_in * kh * kw <= 64
     return grid >= MIN_GRAD_GRID and applies(
         weight_shape, stride, dilation, groups, input_shape, padding, itemsize,
-        max_out_channels=c_out if few_taps else GRAD_WEIGHT_MAX_OUT_CHANNELS)
+        max_out_channels=GRAD_WEIGHT_MAX_OUT_CHANNELS * (2 if few_taps else 1))
 
 
 def pack_weight(weight):
