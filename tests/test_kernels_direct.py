@@ -5,6 +5,7 @@ forward keeps its coverage for the shapes the direct loop now takes.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from fastdl.kernels import conv, direct
 from reference import conv2d_reference
@@ -145,3 +146,27 @@ def test_grad_weight_applies_only_to_long_grids_and_few_channels_or_taps():
                                           (1, 1))
     assert not direct.grad_weight_applies((64, 64, 3, 3), (1, 1), (1, 1), 1, (8, 64, 8, 8),
                                           (1, 1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), c_in=st.integers(1, 8), c_out=st.integers(1, 40),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), ph=st.integers(0, 2), pw=st.integers(0, 2),
+       extra_h=st.integers(0, 14), extra_w=st.integers(0, 14), seed=st.integers(0, 2 ** 16))
+def test_random_shapes_through_the_public_kernels(n, c_in, c_out, kh, kw, ph, pw, extra_h,
+                                                   extra_w, seed):
+    """Whichever path a shape takes, forward matches SciPy and both gradients are its
+    adjoints (float64)."""
+    rng = np.random.default_rng(seed)
+    h, w = max(1, kh - 2 * ph) + extra_h, max(1, kw - 2 * pw) + extra_w
+    x = rng.normal(size=(n, c_in, h, w))
+    weight = rng.normal(size=(c_out, c_in, kh, kw))
+    expected = conv2d_reference(x, weight, padding=(ph, pw))
+    np.testing.assert_allclose(conv.conv2d_forward(x, weight, padding=(ph, pw)), expected,
+                               rtol=1e-9, atol=1e-9)
+    grad_out = rng.normal(size=expected.shape)
+    inner = np.sum(expected * grad_out)
+    scale = np.sum(np.abs(expected * grad_out))
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, (ph, pw))
+    grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, (ph, pw))
+    assert abs(np.sum(x * grad_input) - inner) <= 1e-9 * scale
+    assert abs(np.sum(weight * grad_weight) - inner) <= 1e-9 * scale
