@@ -210,6 +210,7 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef floating* padded
     cdef floating* wide
     cdef floating* target
+    cdef const floating* row
     cdef const floating* added
     cdef floating shift
     cdef int* cached
@@ -240,8 +241,12 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                 shift = bias_ptr[co] if bias_ptr != NULL else 0
                 for oy in range(out_h):
                     target = &out[image, co, oy, 0]
-                    for ox in range(out_w):
-                        target[ox] = wide[b * wide_stride + oy * padded_w + ox] + shift
+                    row = wide + b * wide_stride + <Py_ssize_t>oy * padded_w
+                    if bias_ptr == NULL:
+                        memcpy(target, row, out_w * sizeof(floating))
+                    else:
+                        for ox in range(out_w):
+                            target[ox] = row[ox] + shift
                     if residual_ptr != NULL:
                         added = residual_ptr + (image * out_channels + co) * plane + oy * out_w
                         for ox in range(out_w):
