@@ -170,3 +170,26 @@ def test_random_shapes_through_the_public_kernels(n, c_in, c_out, kh, kw, ph, pw
     grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, (ph, pw))
     assert abs(np.sum(x * grad_input) - inner) <= 1e-9 * scale
     assert abs(np.sum(weight * grad_weight) - inner) <= 1e-9 * scale
+
+
+def test_bad_input_to_the_public_conv_kernels_is_refused(rng):
+    """Shapes the compiled loops would run off are refused before any loop runs."""
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    grad_out = np.ones((2, 4, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="input channels"):
+        conv.conv2d_forward(np.ones((2, 5, 8, 8), np.float32), weight, padding=1)
+    with pytest.raises(ValueError, match="residual"):
+        conv.conv2d_forward(x, weight, padding=1, residual=np.ones((2, 4, 8, 9), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        conv.conv2d_forward(x, weight, padding=1, out=np.empty((2, 4, 8, 8)))
+    with pytest.raises(ValueError, match="grad_out"):
+        conv.conv2d_grad_input(np.ones((2, 4, 9, 8), np.float32), weight, x.shape, 1, 1)
+    with pytest.raises(ValueError, match="grad_out"):
+        conv.conv2d_grad_weight(x, np.ones((2, 5, 8, 8), np.float32), weight.shape, 1, 1)
+    with pytest.raises(ValueError, match="grad_out"):
+        conv.conv2d_grad_weight(x, grad_out.astype(np.float64), weight.shape, 1, 1)
+    with pytest.raises(ValueError, match="input channels"):
+        conv.conv2d_grad_weight(x, grad_out, (4, 2, 3, 3), 1, 1)
+    with pytest.raises(TypeError, match="grad_out"):
+        conv.conv2d_grad_input(grad_out.tolist(), weight, x.shape, 1, 1)

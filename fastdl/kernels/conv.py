@@ -80,15 +80,21 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     -------
     ndarray (N, C_out, OH, OW)
     """
-    stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
-                                 pair(dilation, "dilation"))
+    stride, padding, dilation, _ = check_conv2d_args("conv2d_forward", x, weight, bias, stride,
+                                                     padding, dilation, groups)
     x, weight = _contiguous(x), _contiguous(weight)
     n, _, height, width = x.shape
     c_out, c_in_group, kh, kw = weight.shape
-    out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
-    out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
+    out_shape = (n, c_out, conv_output_size(height, kh, stride[0], padding[0], dilation[0]),
+                 conv_output_size(width, kw, stride[1], padding[1], dilation[1]))
+    for name, array in (("out", out), ("residual", residual)):
+        # the compiled loops write and read these whole: a wrong shape would run off them
+        if array is not None and (array.shape != out_shape or array.dtype != x.dtype
+                                  or not array.flags.c_contiguous):
+            raise ValueError("conv2d_forward: %s must be a C-contiguous %s array of shape %s, "
+                             "got %s %s" % (name, x.dtype, out_shape, array.dtype, array.shape))
     if out is None:
-        out = np.empty((n, c_out, out_h, out_w), dtype=x.dtype)
+        out = np.empty(out_shape, dtype=x.dtype)
     if bias is not None:
         bias = _contiguous(bias.astype(x.dtype, copy=False))
     if residual is not None:
@@ -141,8 +147,40 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     -------
     ndarray ``input_shape``
     """
-    stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
-                                 pair(dilation, "dilation"))
+    stride, padding, dilation = _check_grad_out("conv2d_grad_input", grad_out, input_shape,
+                                                weight.shape, weight.dtype, stride, padding,
+                                                dilation, groups)
+    return _grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups)
+
+
+def _check_grad_out(op, grad_out, input_shape, weight_shape, dtype, stride, padding, dilation,
+                    groups):
+    """Validate a backward call (as ``check_conv2d_args`` the forward); return the pairs.
+
+    ``grad_out`` must be the forward's output shape exactly: the loops size their
+    grids from it and read the input through them.
+    """
+    if not isinstance(grad_out, np.ndarray):
+        raise TypeError("%s: grad_out must be a numpy.ndarray, got %s"
+                        % (op, type(grad_out).__name__))
+    # zero-stride stand-ins carry the shapes and dtype without allocating
+    stand_in = np.zeros((), dtype=dtype if dtype in (np.float32, np.float64) else np.int8)
+    stride, padding, dilation, _ = check_conv2d_args(
+        op, np.broadcast_to(stand_in, tuple(input_shape)),
+        np.broadcast_to(stand_in, tuple(weight_shape)), None, stride, padding, dilation, groups)
+    expected = (input_shape[0], weight_shape[0],
+                conv_output_size(input_shape[2], weight_shape[2], stride[0], padding[0],
+                                 dilation[0]),
+                conv_output_size(input_shape[3], weight_shape[3], stride[1], padding[1],
+                                 dilation[1]))
+    if grad_out.dtype != dtype or tuple(grad_out.shape) != expected:
+        raise ValueError("%s: grad_out must be %s of shape %s, got %s of shape %s"
+                         % (op, dtype, expected, grad_out.dtype, grad_out.shape))
+    return stride, padding, dilation
+
+
+def _grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups):
+    """conv2d_grad_input on checked arguments (normalised pairs)."""
     grad_out, weight = _contiguous(grad_out), _contiguous(weight)
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
@@ -200,8 +238,17 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     -------
     ndarray ``weight_shape``
     """
-    stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
-                                 pair(dilation, "dilation"))
+    if not isinstance(x, np.ndarray):
+        raise TypeError("conv2d_grad_weight: input must be a numpy.ndarray, got %s"
+                        % type(x).__name__)
+    stride, padding, dilation = _check_grad_out("conv2d_grad_weight", grad_out, x.shape,
+                                                weight_shape, x.dtype, stride, padding,
+                                                dilation, groups)
+    return _grad_weight(x, grad_out, weight_shape, stride, padding, dilation, groups)
+
+
+def _grad_weight(x, grad_out, weight_shape, stride, padding, dilation, groups):
+    """conv2d_grad_weight on checked arguments (normalised pairs)."""
     x, grad_out = _contiguous(x), _contiguous(grad_out)
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
@@ -258,7 +305,9 @@ def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_p
                                                                             "dilation")
     shape = _transposed_output_shape(x.shape, weight.shape, stride, padding, output_padding,
                                      groups, dilation)
-    out = conv2d_grad_input(x, weight, shape, stride, padding, dilation, groups)
+    # unchecked: with dilation > stride an output_padding the conv could not produce
+    # is valid here (the arguments are the functional layer's to check)
+    out = _grad_input(_contiguous(x), weight, shape, stride, padding, dilation, groups)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1).astype(out.dtype, copy=False)
     return out
@@ -272,7 +321,8 @@ def conv_transpose2d_grad_input(grad_out, weight, stride=1, padding=0, groups=1,
 def conv_transpose2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
                                  dilation=1):
     """Gradient of conv_transpose2d with respect to its weight ``(C_in, C_out/groups, kH, kW)``."""
-    return conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups)
+    return _grad_weight(grad_out, x, weight_shape, pair(stride, "stride"),
+                        pair(padding, "padding"), pair(dilation, "dilation"), groups)
 
 
 def check_conv2d_args(op, x, weight, bias, stride, padding, dilation, groups,
