@@ -16,8 +16,8 @@ weight gradient runs on the same grids: per channel block and pair of taps, one
 pass of 8-lane FMAs over the image's grid, then horizontal sums.
 """
 from cython.parallel cimport parallel, prange, threadid
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport calloc, malloc, free
+from libc.string cimport memcpy
 
 from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._blas cimport floating
@@ -162,6 +162,15 @@ cdef void _pad_image(const floating* image, int channels, int height, int width,
                    image + (<Py_ssize_t>c * height + y) * width, width * sizeof(floating))
 
 
+cdef void* _scratch(int threads, size_t per_thread) except NULL:
+    """Zeroed scratch for every thread, taken before the parallel region so that a
+    failed allocation raises instead of leaving a thread with NULL."""
+    cdef void* scratch = calloc(<size_t>max(threads, 1), per_thread)
+    if scratch == NULL:
+        raise MemoryError()
+    return scratch
+
+
 cdef Py_ssize_t* _tap_offsets(int channels, int kernel_h, int kernel_w, int padded_h,
                               int padded_w) except NULL:
     """Flat offset of tap (c, i, j) in a (C, Hp, Wp) padded image; the caller frees it."""
@@ -214,25 +223,34 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef const floating* added
     cdef floating shift
     cdef int* cached
-    cdef int item, image, block, b, co, oy, ox
+    cdef int item, image, block, b, co, oy, ox, thread
+    # per thread: the padded image (border and slack zero) and one channel block's grid
+    cdef size_t per_thread = sizeof(floating) * (padded_size + CO_BLOCK * wide_stride)
+    cdef char* scratch
     if n_images == 0 or plane == 0:
         return
     offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
+    try:
+        scratch = <char*>_scratch(num_threads, per_thread)
+        # the image each thread has in ``padded`` (memory, not a variable: prange may
+        # not assign the parallel block's own variables)
+        cached = <int*>_scratch(num_threads, sizeof(int))
+    except MemoryError:
+        free(offsets)
+        raise
+    for thread in range(num_threads):
+        cached[thread] = -1
     with nogil, parallel(num_threads=num_threads):
-        padded = <floating*>malloc(sizeof(floating) * padded_size)
-        wide = <floating*>malloc(sizeof(floating) * CO_BLOCK * wide_stride)
-        # the image now in ``padded`` (a pointer: prange may not assign the
-        # parallel block's own variables)
-        cached = <int*>malloc(sizeof(int))
-        cached[0] = -1
-        memset(padded, 0, sizeof(floating) * padded_size)
+        thread = threadid()
+        padded = <floating*>(scratch + thread * per_thread)
+        wide = padded + padded_size
         for item in prange(n_images * co_blocks, schedule="static"):
             image = item // co_blocks
-            if image != cached[0]:
+            if image != cached[thread]:
                 # the border and slack stay zero; only the interior changes
                 _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
                            pad_h, pad_w, padded_h, padded_w, padded)
-                cached[0] = image
+                cached[thread] = image
             block = item % co_blocks
             _blocks(padded, offsets, taps, &packed[block, 0, 0], wide, wide_stride,
                     wide_stride // LANES)
@@ -253,9 +271,8 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                             target[ox] = target[ox] + added[ox]
                     if activate:
                         leaky_relu(target, out_w, slope_value)
-        free(cached)
-        free(wide)
-        free(padded)
+    free(cached)
+    free(scratch)
     free(offsets)
 
 
@@ -293,19 +310,28 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef floating* wide
     cdef floating* sums
     cdef Py_ssize_t* group
+    cdef Py_ssize_t* groups_of_taps
     cdef int image, block, b, co, oy, k, t, thread
+    # per thread: the padded image, grad_out of one image on the wide grid (grid
+    # columns past the output width and channels beyond C_out stay zero), the sums
+    cdef size_t per_thread = sizeof(floating) * (padded_size + co_blocks * CO_BLOCK * length
+                                                 + GRAD_TAPS * CO_BLOCK)
+    cdef char* scratch
     if n_images == 0 or out_h * out_w == 0:
         return
     offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
+    try:
+        scratch = <char*>_scratch(num_threads, per_thread)
+        groups_of_taps = <Py_ssize_t*>_scratch(num_threads, sizeof(Py_ssize_t) * GRAD_TAPS)
+    except MemoryError:
+        free(offsets)
+        raise
     with nogil, parallel(num_threads=num_threads):
         thread = threadid()
-        padded = <floating*>malloc(sizeof(floating) * padded_size)
-        # grad_out of one image on the wide grid, channels beyond C_out zero
-        wide = <floating*>malloc(sizeof(floating) * co_blocks * CO_BLOCK * length)
-        sums = <floating*>malloc(sizeof(floating) * GRAD_TAPS * CO_BLOCK)
-        group = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * GRAD_TAPS)
-        memset(padded, 0, sizeof(floating) * padded_size)
-        memset(wide, 0, sizeof(floating) * co_blocks * CO_BLOCK * length)
+        padded = <floating*>(scratch + thread * per_thread)
+        wide = padded + padded_size
+        sums = wide + co_blocks * CO_BLOCK * length
+        group = groups_of_taps + thread * GRAD_TAPS
         for image in prange(n_images, schedule="static"):
             _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
                        pad_h, pad_w, padded_h, padded_w, padded)
@@ -325,8 +351,6 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                         for k in range(min(GRAD_TAPS, taps - t)):
                             partial[thread, block * CO_BLOCK + b, t + k] += \
                                 sums[b * GRAD_TAPS + k]
-        free(group)
-        free(sums)
-        free(wide)
-        free(padded)
+    free(groups_of_taps)
+    free(scratch)
     free(offsets)
