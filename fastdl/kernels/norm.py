@@ -143,7 +143,7 @@ def _backward(grad_out, x, layout, weight, mean, inv_std, use_input_stats, needs
     n_chunks = min(layout.n_kept, _GRAD_CHUNKS)
     grad_weight_parts = np.zeros((n_chunks, layout.n_weights))
     grad_bias_parts = np.zeros((n_chunks, layout.n_weights))
-    # a (1, 0, 0) placeholder when dx is not needed: still indexable as grad_x[0]
+    # dx not needed: an empty (1, 0, 0) array the kernels never write, still indexable as grad_x[0]
     grad_x = np.empty_like(x3) if needs_grad_x else np.empty((1, 0, 0), x.dtype)
     mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
     inv_std = np.ascontiguousarray(inv_std, dtype=np.float64).ravel()
