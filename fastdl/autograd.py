@@ -489,6 +489,12 @@ def _run_backward(root, grad, retain_graph):
                                                     input_grads):
             if not needs or input_grad is None:
                 continue
+            if input_grad.shape != tensor_input.data.shape:
+                # compiled backward kernels trust their grad_out's shape (as torch's
+                # validate_outputs, this catches a custom Function's bad gradient)
+                raise RuntimeError("%s.backward returned a gradient of shape %s for an input "
+                                   "of shape %s" % (node.function.__name__, input_grad.shape,
+                                                    tensor_input.data.shape))
             parent = tensor_input._ctx
             if parent is None:
                 tensor_input._accumulate_grad(input_grad)

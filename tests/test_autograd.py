@@ -117,6 +117,22 @@ def test_detach_and_grad_storage_contract(rng):
     assert not x.detach().requires_grad
 
 
+def test_a_gradient_of_the_wrong_shape_is_refused_before_it_reaches_a_kernel(rng):
+    class Truncating(fastdl.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a.copy()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad[:, :, :3]          # one row short: a conv kernel would read past it
+    x = t(rng, 1, 2, 6, 6)
+    w = t(rng, 3, 2, 3, 3)
+    with pytest.raises(RuntimeError, match=r"Truncating.backward returned a gradient of shape "
+                                           r"\(1, 3, 3, 4\) for an input of shape \(1, 3, 4, 4\)"):
+        Truncating.apply(fastdl.functional.conv2d(x, w)).sum().backward()
+
+
 def test_gradcheck_detects_a_wrong_gradient(rng):
     class Wrong(fastdl.autograd.Function):
         @staticmethod

@@ -9,15 +9,17 @@ class Conv2d(Function):
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         ctx.save_for_backward(x, weight)
         ctx.hyper = (stride, padding, dilation, groups)
-        return kernels.conv2d_forward(x, weight, bias, stride, padding, dilation, groups)
+        # conv2d() below checked the arguments and normalised the pairs
+        return kernels.conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation,
+                                                groups)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_x = (kernels.conv2d_grad_input(grad, weight, x.shape, *ctx.hyper)
+        grad_x = (kernels.conv2d_grad_input_unchecked(grad, weight, x.shape, *ctx.hyper)
                   if needs[0] else None)
-        grad_weight = (kernels.conv2d_grad_weight(x, grad, weight.shape, *ctx.hyper)
+        grad_weight = (kernels.conv2d_grad_weight_unchecked(x, grad, weight.shape, *ctx.hyper)
                        if needs[1] else None)
         grad_bias = kernels.conv2d_grad_bias(grad) if needs[2] else None
         return grad_x, grad_weight, grad_bias

@@ -10,19 +10,20 @@ Shapes: ``x (N, C_in, H, W)``, ``weight (C_out, C_in/groups, kH, kW)``,
 output ``(N, C_out, OH, OW)`` with
 ``OH = floor((H + 2*pad_h - dil_h*(kH - 1) - 1) / stride_h) + 1`` (likewise OW).
 """
-import numbers
 
 import numpy as np
 
 from fastdl import runtime
 from fastdl.kernels import direct, winograd
 from fastdl.kernels._runner import fused_runner
-from fastdl.shapes import conv_output_size
+from fastdl.shapes import conv_output_size, is_int
 from fastdl_ext import conv as _ext
 
 __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
            "conv_transpose2d_forward", "conv_transpose2d_grad_input",
-           "conv_transpose2d_grad_weight", "conv2d_runner", "check_conv2d_args", "pair"]
+           "conv_transpose2d_grad_weight", "conv2d_runner", "check_conv2d_args", "pair",
+           "conv2d_forward_unchecked", "conv2d_grad_input_unchecked",
+           "conv2d_grad_weight_unchecked"]
 
 # Bytes of one thread's column tile: fits in L2 with room for the weights.
 _TILE_BYTES = 256 * 1024
@@ -38,10 +39,10 @@ def _threads_for(multiply_adds):
 
 def pair(value, name, op="conv2d"):
     """``value`` as a pair of ints (``3`` → ``(3, 3)``), with a clear error otherwise."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if is_int(value):
         return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+    if isinstance(value, (tuple, list)) and len(value) == 2 and is_int(value[0]) and is_int(
+            value[1]):
         return int(value[0]), int(value[1])
     raise TypeError("%s: %s must be an int or a pair of ints, got %r" % (op, name, value))
 
@@ -82,6 +83,17 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     """
     stride, padding, dilation, _ = check_conv2d_args("conv2d_forward", x, weight, bias, stride,
                                                      padding, dilation, groups)
+    return conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation, groups, out, residual,
+                             negative_slope)
+
+
+def conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation, groups, out=None,
+                      residual=None, negative_slope=None):
+    """conv2d_forward for callers that ran ``check_conv2d_args`` (normalised pairs).
+
+    The autograd layer checks once at the call and then runs this, and the
+    backward ``*_unchecked`` kernels, with no second pass over the arguments.
+    """
     x, weight = _contiguous(x), _contiguous(weight)
     n, _, height, width = x.shape
     c_out, c_in_group, kh, kw = weight.shape
@@ -150,7 +162,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     stride, padding, dilation = _check_grad_out("conv2d_grad_input", grad_out, input_shape,
                                                 weight.shape, weight.dtype, stride, padding,
                                                 dilation, groups)
-    return _grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups)
+    return conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, dilation, groups)
 
 
 def _check_grad_out(op, grad_out, input_shape, weight_shape, dtype, stride, padding, dilation,
@@ -179,7 +191,7 @@ def _check_grad_out(op, grad_out, input_shape, weight_shape, dtype, stride, padd
     return stride, padding, dilation
 
 
-def _grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups):
+def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, dilation, groups):
     """conv2d_grad_input on checked arguments (normalised pairs)."""
     grad_out, weight = _contiguous(grad_out), _contiguous(weight)
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
@@ -244,10 +256,10 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     stride, padding, dilation = _check_grad_out("conv2d_grad_weight", grad_out, x.shape,
                                                 weight_shape, x.dtype, stride, padding,
                                                 dilation, groups)
-    return _grad_weight(x, grad_out, weight_shape, stride, padding, dilation, groups)
+    return conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation, groups)
 
 
-def _grad_weight(x, grad_out, weight_shape, stride, padding, dilation, groups):
+def conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation, groups):
     """conv2d_grad_weight on checked arguments (normalised pairs)."""
     x, grad_out = _contiguous(x), _contiguous(grad_out)
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
@@ -307,7 +319,7 @@ def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_p
                                      groups, dilation)
     # unchecked: with dilation > stride an output_padding the conv could not produce
     # is valid here (the arguments are the functional layer's to check)
-    out = _grad_input(_contiguous(x), weight, shape, stride, padding, dilation, groups)
+    out = conv2d_grad_input_unchecked(_contiguous(x), weight, shape, stride, padding, dilation, groups)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1).astype(out.dtype, copy=False)
     return out
@@ -321,7 +333,7 @@ def conv_transpose2d_grad_input(grad_out, weight, stride=1, padding=0, groups=1,
 def conv_transpose2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
                                  dilation=1):
     """Gradient of conv_transpose2d with respect to its weight ``(C_in, C_out/groups, kH, kW)``."""
-    return _grad_weight(grad_out, x, weight_shape, pair(stride, "stride"),
+    return conv2d_grad_weight_unchecked(grad_out, x, weight_shape, pair(stride, "stride"),
                         pair(padding, "padding"), pair(dilation, "dilation"), groups)
 
 
@@ -352,7 +364,7 @@ def check_conv2d_args(op, x, weight, bias, stride, padding, dilation, groups,
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         raise TypeError("%s: input, weight and bias must share one dtype, got %s, %s, %s"
                         % (op, x.dtype, weight.dtype, None if bias is None else bias.dtype))
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ValueError("%s: groups must be a positive int, got %r" % (op, groups))
     if min(stride) < 1 or min(dilation) < 1:
         raise ValueError("%s: stride and dilation must be >= 1, got stride=%s dilation=%s"

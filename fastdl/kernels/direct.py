@@ -77,10 +77,18 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
 def pack_weight(weight):
     """(C_out, C_in, kH, kW) weights as (co_blocks, C_in*kH*kW, CO_BLOCK), zero-filled."""
     c_out = weight.shape[0]
+    taps = weight.size // c_out
     blocks = -(-c_out // CO_BLOCK)
-    padded = np.zeros((blocks * CO_BLOCK, int(np.prod(weight.shape[1:]))), dtype=weight.dtype)
-    padded[:c_out] = weight.reshape(c_out, -1)
-    return np.ascontiguousarray(padded.reshape(blocks, CO_BLOCK, -1).transpose(0, 2, 1))
+    full = c_out // CO_BLOCK
+    packed = np.zeros((blocks, taps, CO_BLOCK), dtype=weight.dtype)
+    # written through a (blocks, CO_BLOCK, taps) view: one strided copy, which
+    # matters in training, where the weights are packed again every step
+    by_channel = packed.transpose(0, 2, 1)
+    rows = weight.reshape(c_out, taps)
+    by_channel[:full] = rows[:full * CO_BLOCK].reshape(full, CO_BLOCK, taps)
+    if full < blocks:
+        by_channel[full, :c_out - full * CO_BLOCK] = rows[full * CO_BLOCK:]
+    return packed
 
 
 def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=None):

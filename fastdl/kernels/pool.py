@@ -30,7 +30,6 @@ Design
   (measured ~5-10x faster than the generic path at N32 C64 32x32), and
   output size 1 of adaptive pooling is one contiguous sum per plane.
 """
-import numbers
 
 import numpy as np
 
@@ -50,6 +49,7 @@ from fastdl.kernels._pool_loops import (  # noqa: F401  (the compiled loops)
     max_pool2d_values_2x2_kernel,
     window_mean_backward_kernel,
     window_mean_forward_kernel)
+from fastdl.shapes import is_int
 
 __all__ = [
     "validate_pool2d_args", "pool2d_output_size",
@@ -65,11 +65,10 @@ __all__ = [
 
 def _pair(name, argument, value):
     """Normalise an int or a 2-sequence of ints to a tuple of two Python ints."""
-    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+    if is_int(value):
         return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool)
-            for v in value):
+    if isinstance(value, (tuple, list)) and len(value) == 2 and is_int(value[0]) and is_int(
+            value[1]):
         return int(value[0]), int(value[1])
     raise TypeError("%s: %s must be an int or a pair of ints, got %r" % (name, argument, value))
 
@@ -389,8 +388,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
 
 
 def _adaptive_output_size(name, input_shape, output_size):
-    if isinstance(output_size, (numbers.Integral, np.integer)) and not isinstance(
-            output_size, bool):
+    if is_int(output_size):
         output_size = (output_size, output_size)
     if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
         raise TypeError("%s: output_size must be an int or a pair of ints/None, got %r"
@@ -398,7 +396,7 @@ def _adaptive_output_size(name, input_shape, output_size):
     sizes = []
     for axis, size in zip(input_shape[-2:], output_size):
         size = axis if size is None else size
-        if not isinstance(size, (numbers.Integral, np.integer)) or isinstance(size, bool):
+        if not is_int(size):
             raise TypeError("%s: output_size must be an int or a pair of ints/None, got %r"
                             % (name, output_size))
         if size < 1:
