@@ -7,13 +7,14 @@ and Winograd's 16 GEMMs are as thin. Here each padded image is kept in cache
 and the output is computed on a *wide grid*: with
 the padded row length ``Wp``, output position ``q = oy * Wp + ox`` of tap
 ``(c, i, j)`` reads ``padded[c, oy + i, ox + j] = padded_flat[q + offset(c, i,
-j)]``, one linear offset per tap. A block of ``LANES`` consecutive ``q`` times
-``CO_BLOCK`` output channels lives in registers over all taps; grid columns
-``ox >= OW`` are computed and dropped (``(kW - 1) / Wp`` extra work).
+j)]``, one linear offset per tap. A block of consecutive ``q`` times output
+channels (24 x 4, 16 x 6 or 32 x 3: ``BLOCK_SHAPES``) lives in registers over all
+taps; grid columns ``ox >= OW`` are computed and dropped (``(kW - 1) / Wp`` extra
+work).
 
-Weights come packed as ``(co_blocks, taps, CO_BLOCK)``, zero beyond C_out. The
-weight gradient runs on the same grids: per channel block and pair of taps, one
-pass of 8-lane FMAs over the image's grid, then horizontal sums.
+Weights come packed as ``(co_blocks, taps, co_block)``, zero beyond C_out. The
+weight gradient runs on the same grids: per block of 4 channels and 3 taps, one
+pass of 8-lane FMAs over the image's grid into per-lane partial sums.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, malloc, free
@@ -38,12 +39,19 @@ cdef extern from *:
     #else
     #  define FASTDL_CLONES
     #endif
-    #define FASTDL_LANES 24
-    #define FASTDL_CO_BLOCK 4
+    /* The register block is CO output channels x VECTORS 8-lane vectors of positions,
+       twelve accumulators in every shape; the shapes divide common channel counts
+       without padding (4: 16, 32; 6: LeNet's 6; 3: the input gradient of RGB convs). */
+    #define FASTDL_MAX_LANES 32
     /* Explicit vectors of 8 lanes (GCC/Clang vector extensions; lowered to what the
-       target has): left to itself the vectoriser splats the sources instead. */
-    #define FASTDL_DIRECT_BLOCK(name, type)                                             \
+       target has): left to itself the vectoriser splats the sources instead. Loads and
+       stores go through an unaligned, aliasing vector type rather than memcpy into
+       the arrays: an array whose address is taken stays on the stack (measured 3.5x
+       slower), one only indexed by unrolled constants lives in registers. */
+    #define FASTDL_DIRECT_BLOCK(name, type, CO, VECTORS)                                \
         typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
+        typedef type name##_unaligned __attribute__((vector_size(8 * sizeof(type)),     \
+                                                     aligned(sizeof(type)), may_alias)); \
         FASTDL_CLONES static void name(const type *restrict source,                    \
                                        const Py_ssize_t *restrict offsets, int taps,   \
                                        const type *restrict weights,                   \
@@ -51,44 +59,51 @@ cdef extern from *:
                                        Py_ssize_t blocks) {                            \
             /* all of a channel block's position blocks in one call: a call per block   \
                cost as much as 27 taps of work */                                       \
-            for (Py_ssize_t q = 0; q < blocks * FASTDL_LANES; q += FASTDL_LANES) {      \
+            for (Py_ssize_t q = 0; q < blocks * 8 * VECTORS; q += 8 * VECTORS) {        \
                 const type *restrict at = source + q;                                   \
-                name##_vector acc[FASTDL_CO_BLOCK][3];                                  \
-                for (int b = 0; b < FASTDL_CO_BLOCK; b++)                               \
-                    acc[b][0] = acc[b][1] = acc[b][2] = (name##_vector){0};             \
+                name##_vector acc[CO][VECTORS];                                         \
+                for (int b = 0; b < CO; b++)                                            \
+                    for (int v = 0; v < VECTORS; v++)                                   \
+                        acc[b][v] = (name##_vector){0};                                 \
                 for (int t = 0; t < taps; t++) {                                        \
-                    name##_vector x0, x1, x2;                                           \
-                    __builtin_memcpy(&x0, at + offsets[t], sizeof x0);                  \
-                    __builtin_memcpy(&x1, at + offsets[t] + 8, sizeof x1);              \
-                    __builtin_memcpy(&x2, at + offsets[t] + 16, sizeof x2);             \
-                    const type *restrict w = weights + (Py_ssize_t)t * FASTDL_CO_BLOCK; \
-                    for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                         \
-                        acc[b][0] += w[b] * x0;                                         \
-                        acc[b][1] += w[b] * x1;                                         \
-                        acc[b][2] += w[b] * x2;                                         \
-                    }                                                                   \
+                    name##_vector x[VECTORS];                                           \
+                    for (int v = 0; v < VECTORS; v++)                                   \
+                        x[v] = *(const name##_unaligned *)(at + offsets[t] + 8 * v);    \
+                    const type *restrict w = weights + (Py_ssize_t)t * CO;              \
+                    for (int b = 0; b < CO; b++)                                        \
+                        for (int v = 0; v < VECTORS; v++)                               \
+                            acc[b][v] += w[b] * x[v];                                   \
                 }                                                                       \
-                for (int b = 0; b < FASTDL_CO_BLOCK; b++)                               \
-                    __builtin_memcpy(wide + b * wide_stride + q, acc[b], sizeof acc[b]); \
+                for (int b = 0; b < CO; b++)                                            \
+                    for (int v = 0; v < VECTORS; v++)                                   \
+                        *(name##_unaligned *)(wide + b * wide_stride + q + 8 * v) =     \
+                            acc[b][v];                                                  \
             }                                                                           \
         }
-    FASTDL_DIRECT_BLOCK(fastdl_direct_block_float, float)
-    FASTDL_DIRECT_BLOCK(fastdl_direct_block_double, double)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block4_float, float, 4, 3)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block4_double, double, 4, 3)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block6_float, float, 6, 2)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block6_double, double, 6, 2)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block3_float, float, 3, 4)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block3_double, double, 3, 4)
 
     /* Weight gradient of one channel block and GRAD_TAPS taps over a whole wide grid:
-       sums[b][k] = sum_q grad[b][q] * source[offsets[k] + q], q < length (a multiple
-       of 8; grid columns past the output width hold zero gradient). Twelve
+       sums[b][k] += lanes of sum_q grad[b][q] * source[offsets[k] + q], q < length (a
+       multiple of 8; grid columns past the output width hold zero gradient). Twelve
        accumulators, as in the forward block; the three taps are unrolled by hand
-       (kept in arrays, GCC spilled them: 3x slower). */
+       (kept in arrays, GCC spilled them: 3x slower). The sums stay 8-lane vectors,
+       added to memory: horizontal sums per pass (a serial chain of 8 adds each)
+       cost more than the pass on LeNet-sized grids; the caller reduces the lanes once. */
     #define FASTDL_GRAD_TAPS 3
+    #define FASTDL_GRAD_CO_BLOCK 4
     #define FASTDL_GRAD_BLOCK(name, type)                                               \
         typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
         FASTDL_CLONES static void name(const type *restrict grad, Py_ssize_t grad_stride, \
-                                       const type *restrict source,                    \
-                                       const Py_ssize_t *restrict offsets,             \
-                                       Py_ssize_t length, type *restrict sums) {       \
-            name##_vector acc[FASTDL_CO_BLOCK][FASTDL_GRAD_TAPS];                       \
-            for (int b = 0; b < FASTDL_CO_BLOCK; b++)                                   \
+                                       const type *restrict source,                     \
+                                       const Py_ssize_t *restrict offsets,              \
+                                       Py_ssize_t length, type *restrict sums) {        \
+            name##_vector acc[FASTDL_GRAD_CO_BLOCK][FASTDL_GRAD_TAPS];                  \
+            for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                              \
                 for (int k = 0; k < FASTDL_GRAD_TAPS; k++)                              \
                     acc[b][k] = (name##_vector){0};                                     \
             const type *restrict first = source + offsets[0];                           \
@@ -99,35 +114,49 @@ cdef extern from *:
                 __builtin_memcpy(&x0, first + q, sizeof x0);                            \
                 __builtin_memcpy(&x1, second + q, sizeof x1);                           \
                 __builtin_memcpy(&x2, third + q, sizeof x2);                            \
-                for (int b = 0; b < FASTDL_CO_BLOCK; b++) {                             \
+                for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++) {                        \
                     __builtin_memcpy(&g, grad + b * grad_stride + q, sizeof g);         \
                     acc[b][0] += g * x0;                                                \
                     acc[b][1] += g * x1;                                                \
                     acc[b][2] += g * x2;                                                \
                 }                                                                       \
             }                                                                           \
-            for (int b = 0; b < FASTDL_CO_BLOCK; b++)                                   \
+            for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                              \
                 for (int k = 0; k < FASTDL_GRAD_TAPS; k++) {                            \
-                    type total = 0;                                                     \
-                    for (int v = 0; v < 8; v++) total += acc[b][k][v];                  \
-                    sums[FASTDL_GRAD_TAPS * b + k] = total;                             \
+                    name##_vector total;                                                \
+                    type *restrict at = sums + (FASTDL_GRAD_TAPS * b + k) * 8;          \
+                    __builtin_memcpy(&total, at, sizeof total);                         \
+                    total += acc[b][k];                                                 \
+                    __builtin_memcpy(at, &total, sizeof total);                         \
                 }                                                                       \
         }
     FASTDL_GRAD_BLOCK(fastdl_direct_grad_float, float)
     FASTDL_GRAD_BLOCK(fastdl_direct_grad_double, double)
     """
     enum:
-        LANES "FASTDL_LANES"          # output positions per register block
-        CO_BLOCK "FASTDL_CO_BLOCK"    # output channels per register block
-    void _block_float "fastdl_direct_block_float"(
+        MAX_LANES "FASTDL_MAX_LANES"  # output positions of the widest register block
+    void _block4_float "fastdl_direct_block4_float"(
         const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
         float* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
-    void _block_double "fastdl_direct_block_double"(
+    void _block4_double "fastdl_direct_block4_double"(
+        const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
+        double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
+    void _block6_float "fastdl_direct_block6_float"(
+        const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
+        float* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
+    void _block6_double "fastdl_direct_block6_double"(
+        const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
+        double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
+    void _block3_float "fastdl_direct_block3_float"(
+        const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
+        float* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
+    void _block3_double "fastdl_direct_block3_double"(
         const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
         double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
 
     enum:
         GRAD_TAPS "FASTDL_GRAD_TAPS"  # taps per weight-gradient pass
+        CO_BLOCK "FASTDL_GRAD_CO_BLOCK"  # output channels per weight-gradient pass
     void _grad_float "fastdl_direct_grad_float"(
         const float* grad, Py_ssize_t grad_stride, const float* source,
         const Py_ssize_t* offsets, Py_ssize_t length, float* sums) noexcept nogil
@@ -136,20 +165,37 @@ cdef extern from *:
         const Py_ssize_t* offsets, Py_ssize_t length, double* sums) noexcept nogil
 
 
-def lanes_and_block():
-    """(LANES, CO_BLOCK) of the compiled kernel, for packing the weights."""
-    return LANES, CO_BLOCK
+BLOCK_SHAPES = ((4, 24), (6, 16), (3, 32))   # (output channels, positions) per block
 
 
-cdef inline void _blocks(const floating* source, const Py_ssize_t* offsets, int taps,
-                         const floating* weights, floating* wide, Py_ssize_t wide_stride,
-                         Py_ssize_t blocks) noexcept nogil:
+def kernel_shapes():
+    """The compiled kernels' shapes: ``(BLOCK_SHAPES, MAX_LANES, CO_BLOCK, GRAD_TAPS)``.
+
+    ``BLOCK_SHAPES`` lists the forward's register blocks as (output channels,
+    positions); ``CO_BLOCK`` x ``GRAD_TAPS`` is the weight gradient's block.
+    """
+    return BLOCK_SHAPES, MAX_LANES, CO_BLOCK, GRAD_TAPS
+
+
+cdef inline void _blocks(int co_block, const floating* source, const Py_ssize_t* offsets,
+                         int taps, const floating* weights, floating* wide,
+                         Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil:
     """wide[b, q + v] = sum_t weights[t, b] * source[offsets[t] + q + v] for ``blocks``
-    register blocks of LANES positions."""
+    register blocks of ``co_block`` channels (one of BLOCK_SHAPES)."""
     if floating is float:
-        _block_float(source, offsets, taps, weights, wide, wide_stride, blocks)
+        if co_block == 4:
+            _block4_float(source, offsets, taps, weights, wide, wide_stride, blocks)
+        elif co_block == 6:
+            _block6_float(source, offsets, taps, weights, wide, wide_stride, blocks)
+        else:
+            _block3_float(source, offsets, taps, weights, wide, wide_stride, blocks)
     else:
-        _block_double(source, offsets, taps, weights, wide, wide_stride, blocks)
+        if co_block == 4:
+            _block4_double(source, offsets, taps, weights, wide, wide_stride, blocks)
+        elif co_block == 6:
+            _block6_double(source, offsets, taps, weights, wide, wide_stride, blocks)
+        else:
+            _block3_double(source, offsets, taps, weights, wide, wide_stride, blocks)
 
 
 cdef void _pad_image(const floating* image, int channels, int height, int width, int pad_h,
@@ -182,7 +228,7 @@ cdef Py_ssize_t* _tap_offsets(int channels, int kernel_h, int kernel_w, int padd
     for c in range(channels):
         for i in range(kernel_h):
             for j in range(kernel_w):
-                offsets[(c * kernel_h + i) * kernel_w + j] = \
+                offsets[(c * kernel_h + i) * kernel_w + j] =                            \
                     (<Py_ssize_t>c * padded_h + i) * padded_w + j
     return offsets
 
@@ -194,8 +240,8 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                         double slope=0.0):
     """out[n] = act(conv(x[n]) + bias + residual[n]), stride 1, dilation 1, one group.
 
-    ``packed`` is (co_blocks, C_in * kH * kW, CO_BLOCK); ``out`` (N, C_out, OH, OW)
-    is overwritten.
+    ``packed`` is (co_blocks, C_in * kH * kW, co_block) with ``co_block`` one of
+    BLOCK_SHAPES' channel counts; ``out`` (N, C_out, OH, OW) is overwritten.
     """
     cdef int n_images = x.shape[0], channels = x.shape[1]
     cdef int height = x.shape[2], width = x.shape[3]
@@ -203,12 +249,14 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef int pad_h = padding[0], pad_w = padding[1]
     cdef int padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w
     cdef int taps = channels * kernel_h * kernel_w
-    cdef int co_blocks = packed.shape[0]
+    cdef int co_blocks = packed.shape[0], co_block = packed.shape[2]
+    cdef int lanes = 0
     # the wide grid rounded up to whole blocks; reads of the last block run past
-    # the padded image by up to LANES + kW elements, into zeroed slack
+    # the padded image by up to MAX_LANES + kW elements, into zeroed slack
     cdef Py_ssize_t grid = <Py_ssize_t>out_h * padded_w
-    cdef Py_ssize_t wide_stride = (grid + LANES - 1) // LANES * LANES
-    cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + LANES + kernel_w
+    cdef Py_ssize_t wide_stride
+    cdef Py_ssize_t padded_size = (<Py_ssize_t>channels * padded_h * padded_w + MAX_LANES
+                                   + kernel_w)
     cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
     cdef Py_ssize_t plane = <Py_ssize_t>out_h * out_w
     cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
@@ -224,11 +272,23 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef floating shift
     cdef int* cached
     cdef int item, image, block, b, co, oy, ox, thread
-    # per thread: the padded image (border and slack zero) and one channel block's grid
-    cdef size_t per_thread = sizeof(floating) * (padded_size + CO_BLOCK * wide_stride)
+    cdef size_t per_thread
     cdef char* scratch
+    for b, lanes in BLOCK_SHAPES:
+        if b == co_block:
+            break
+    else:
+        raise ValueError("direct_forward_into: packed weights have blocks of %d channels, "
+                         "expected one of %s" % (co_block, BLOCK_SHAPES))
+    if packed.shape[1] != taps or co_blocks * co_block < out_channels:
+        raise ValueError("direct_forward_into: packed weights of shape %s do not cover %d "
+                         "channels x %d taps" % ((co_blocks, packed.shape[1], co_block),
+                                                 out_channels, taps))
     if n_images == 0 or plane == 0:
         return
+    wide_stride = (grid + lanes - 1) // lanes * lanes
+    # per thread: the padded image (border and slack zero) and one channel block's grid
+    per_thread = sizeof(floating) * (padded_size + co_block * wide_stride)
     offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
     try:
         scratch = <char*>_scratch(num_threads, per_thread)
@@ -252,10 +312,10 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                            pad_h, pad_w, padded_h, padded_w, padded)
                 cached[thread] = image
             block = item % co_blocks
-            _blocks(padded, offsets, taps, &packed[block, 0, 0], wide, wide_stride,
-                    wide_stride // LANES)
-            for b in range(min(CO_BLOCK, out_channels - block * CO_BLOCK)):
-                co = block * CO_BLOCK + b
+            _blocks(co_block, padded, offsets, taps, &packed[block, 0, 0], wide, wide_stride,
+                    wide_stride // lanes)
+            for b in range(min(co_block, out_channels - block * co_block)):
+                co = block * co_block + b
                 shift = bias_ptr[co] if bias_ptr != NULL else 0
                 for oy in range(out_h):
                     target = &out[image, co, oy, 0]
@@ -279,7 +339,8 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
 cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
                             const floating* source, const Py_ssize_t* offsets,
                             Py_ssize_t length, floating* sums) noexcept nogil:
-    """sums[b * GRAD_TAPS + k] = grad[b] · source[offsets[k]:] over ``length``."""
+    """sums[b * GRAD_TAPS + k, :8] += lanes of grad[b] · source[offsets[k]:] over
+    ``length``."""
     if floating is float:
         _grad_float(grad, grad_stride, source, offsets, length, sums)
     else:
@@ -287,12 +348,15 @@ cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
 
 
 def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
-                            floating[:, :, ::1] partial, int kernel_h, int kernel_w,
+                            floating[:, :, :, ::1] partial, int kernel_h, int kernel_w,
                             tuple padding, int num_threads):
-    """Per-thread weight gradients of a stride-1, one-group conv, on the wide grid.
+    """Per-thread, per-lane weight gradients of a stride-1, one-group conv (wide grid).
 
-    ``partial`` (threads, co_blocks * CO_BLOCK, C_in * kH * kW), zero on entry:
-    thread ``t`` adds the images it takes; the caller sums over threads.
+    ``partial`` (threads, co_blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), zero on
+    entry, with ``tap_groups = ceil(C_in * kH * kW / GRAD_TAPS)``: thread ``t`` adds
+    the images it takes to ``partial[t, block, group, (b * GRAD_TAPS + k) * 8 + lane]``,
+    the gradient of channel ``block * CO_BLOCK + b`` and tap ``group * GRAD_TAPS + k``
+    split over 8 lanes; the caller sums threads and lanes and drops the padding.
     """
     cdef int n_images = x.shape[0], channels = x.shape[1]
     cdef int height = x.shape[2], width = x.shape[3]
@@ -301,24 +365,28 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef int pad_h = padding[0], pad_w = padding[1]
     cdef int padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w
     cdef int taps = channels * kernel_h * kernel_w
-    cdef int co_blocks = partial.shape[1] // CO_BLOCK
+    cdef int co_blocks = partial.shape[1], tap_groups = partial.shape[2]
     cdef Py_ssize_t length = (<Py_ssize_t>out_h * padded_w + 7) // 8 * 8
     cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + 8 + kernel_w
     cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
     cdef Py_ssize_t* offsets
     cdef floating* padded
     cdef floating* wide
-    cdef floating* sums
     cdef Py_ssize_t* group
     cdef Py_ssize_t* groups_of_taps
-    cdef int image, block, b, co, oy, k, t, thread
-    # per thread: the padded image, grad_out of one image on the wide grid (grid
-    # columns past the output width and channels beyond C_out stay zero), the sums
-    cdef size_t per_thread = sizeof(floating) * (padded_size + co_blocks * CO_BLOCK * length
-                                                 + GRAD_TAPS * CO_BLOCK)
+    cdef int image, block, co, oy, k, t, thread
+    # per thread: the padded image and grad_out of one image on the wide grid (grid
+    # columns past the output width and channels beyond C_out stay zero)
+    cdef size_t per_thread = sizeof(floating) * (padded_size + co_blocks * CO_BLOCK * length)
     cdef char* scratch
     if n_images == 0 or out_h * out_w == 0:
         return
+    if (tap_groups * GRAD_TAPS < taps or co_blocks * CO_BLOCK < out_channels
+            or partial.shape[0] < num_threads or partial.shape[3] != CO_BLOCK * GRAD_TAPS * 8):
+        raise ValueError("direct_grad_weight_into: partial has shape %s, too small for %d "
+                         "threads, %d channels and %d taps"
+                         % ((partial.shape[0], partial.shape[1], partial.shape[2],
+                            partial.shape[3]), num_threads, out_channels, taps))
     offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
     try:
         scratch = <char*>_scratch(num_threads, per_thread)
@@ -330,7 +398,6 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
         thread = threadid()
         padded = <floating*>(scratch + thread * per_thread)
         wide = padded + padded_size
-        sums = wide + co_blocks * CO_BLOCK * length
         group = groups_of_taps + thread * GRAD_TAPS
         for image in prange(n_images, schedule="static"):
             _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
@@ -340,17 +407,12 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                     memcpy(wide + co * length + oy * padded_w, &grad_out[image, co, oy, 0],
                            out_w * sizeof(floating))
             for block in range(co_blocks):
-                for t in range((taps + GRAD_TAPS - 1) // GRAD_TAPS):
-                    t = t * GRAD_TAPS
-                    # a last short group repeats its final tap; the repeats are dropped
+                for t in range(tap_groups):
+                    # a last short group repeats its final tap into padding slots
                     for k in range(GRAD_TAPS):
-                        group[k] = offsets[min(t + k, taps - 1)]
+                        group[k] = offsets[min(t * GRAD_TAPS + k, taps - 1)]
                     _grad_taps(wide + block * CO_BLOCK * length, length, padded, group,
-                               length, sums)
-                    for b in range(CO_BLOCK):
-                        for k in range(min(GRAD_TAPS, taps - t)):
-                            partial[thread, block * CO_BLOCK + b, t + k] += \
-                                sums[b * GRAD_TAPS + k]
+                               length, &partial[thread, block, t, 0])
     free(groups_of_taps)
     free(scratch)
     free(offsets)

@@ -46,11 +46,46 @@ def test_applies_to_few_output_channels_stride_1_single_group():
 
 def test_packed_weight_layout(rng):
     weight = rng.normal(size=(6, 2, 3, 3))
-    packed = direct.pack_weight(weight)
-    assert packed.shape == (2, 18, direct.CO_BLOCK)
+    packed = direct.pack_weight(weight, 4)
+    assert packed.shape == (2, 18, 4)
     flat = weight.reshape(6, -1)
-    np.testing.assert_array_equal(packed[1, :, 1], flat[direct.CO_BLOCK + 1])
+    np.testing.assert_array_equal(packed[1, :, 1], flat[4 + 1])
     np.testing.assert_array_equal(packed[1, :, 2:], 0.0)   # channels 6 and 7 do not exist
+    packed = direct.pack_weight(weight, 6)
+    assert packed.shape == (1, 18, 6)
+    np.testing.assert_array_equal(packed[0].T, flat)
+
+
+def test_block_shape_wastes_least():
+    assert direct.block_channels(16, 140) == 4      # LeNet-5's second conv
+    assert direct.block_channels(6, 28 * 32) == 6   # its first
+    assert direct.block_channels(3, 32 * 34) == 3   # an RGB conv's input gradient
+    assert direct.block_channels(32, 32 * 34) == 4
+
+
+@pytest.mark.parametrize("co_block", [channels for channels, _ in direct.BLOCK_SHAPES])
+@pytest.mark.parametrize("c_out", [1, 3, 5, 6, 7, 13])
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_every_register_block_shape_matches_scipy(co_block, c_out, dtype, rtol, rng,
+                                                  monkeypatch):
+    monkeypatch.setattr(direct, "block_channels", lambda out_channels, grid: co_block)
+    x, weight, padding = _arrays((2, 3, 9, 11, c_out, 3, 4, (1, 2)), dtype, rng)
+    bias = rng.normal(size=c_out).astype(dtype)
+    out = conv.conv2d_forward(x, weight, bias, padding=padding)
+    expected = conv2d_reference(x, weight, padding=padding) + bias.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+def test_the_compiled_forward_refuses_packed_weights_it_cannot_read(rng):
+    from fastdl_ext import direct as compiled
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    out = np.zeros((1, 5, 4, 4), np.float32)
+    weight = rng.normal(size=(5, 2, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="blocks of 5 channels"):
+        compiled.direct_forward_into(x, weight.reshape(1, 18, 5), out, 3, 3, (0, 0), 1)
+    with pytest.raises(ValueError, match="do not cover 5 channels"):
+        compiled.direct_forward_into(x, direct.pack_weight(weight[:4], 4), out, 3, 3, (0, 0),
+                                     1)
 
 
 @pytest.mark.parametrize("use_direct", [True, False])

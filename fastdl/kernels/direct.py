@@ -14,9 +14,12 @@ from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size
 from fastdl_ext import direct as _ext
 
-__all__ = ["applies", "grad_weight_applies", "pack_weight", "forward_runner", "grad_weight"]
+__all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight", "forward_runner",
+           "grad_weight"]
 
-LANES, CO_BLOCK = _ext.lanes_and_block()
+# the forward's register blocks as (output channels, positions); the weight
+# gradient's block of CO_BLOCK channels x GRAD_TAPS taps
+BLOCK_SHAPES, _MAX_LANES, CO_BLOCK, GRAD_TAPS = _ext.kernel_shapes()
 # Beyond this Winograd's and im2col's GEMMs are wide enough to win the forward
 # (measured at batch 32: 32 -> 32 at 16², direct 1.5 vs Winograd 2.1 ms; 64 -> 64,
 # 5.7 vs 5.2 ms).
@@ -74,20 +77,30 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
         max_out_channels=GRAD_WEIGHT_MAX_OUT_CHANNELS * (2 if few_taps else 1))
 
 
-def pack_weight(weight):
-    """(C_out, C_in, kH, kW) weights as (co_blocks, C_in*kH*kW, CO_BLOCK), zero-filled."""
+def block_channels(out_channels, grid):
+    """Channels per register block for ``out_channels`` over a wide grid of ``grid``
+    positions: the block shape that computes the fewest padded channels and grid
+    positions (the first listed on ties)."""
+    def computed(shape):
+        channels, lanes = shape
+        return -(-out_channels // channels) * channels * (-(-grid // lanes) * lanes)
+    return min(BLOCK_SHAPES, key=computed)[0]
+
+
+def pack_weight(weight, co_block=CO_BLOCK):
+    """(C_out, C_in, kH, kW) weights as (co_blocks, C_in*kH*kW, co_block), zero-filled."""
     c_out = weight.shape[0]
     taps = weight.size // c_out
-    blocks = -(-c_out // CO_BLOCK)
-    full = c_out // CO_BLOCK
-    packed = np.zeros((blocks, taps, CO_BLOCK), dtype=weight.dtype)
-    # written through a (blocks, CO_BLOCK, taps) view: one strided copy, which
+    blocks = -(-c_out // co_block)
+    full = c_out // co_block
+    packed = np.zeros((blocks, taps, co_block), dtype=weight.dtype)
+    # written through a (blocks, co_block, taps) view: one strided copy, which
     # matters in training, where the weights are packed again every step
     by_channel = packed.transpose(0, 2, 1)
     rows = weight.reshape(c_out, taps)
-    by_channel[:full] = rows[:full * CO_BLOCK].reshape(full, CO_BLOCK, taps)
+    by_channel[:full] = rows[:full * co_block].reshape(full, co_block, taps)
     if full < blocks:
-        by_channel[full, :c_out - full * CO_BLOCK] = rows[full * CO_BLOCK:]
+        by_channel[full, :c_out - full * co_block] = rows[full * co_block:]
     return packed
 
 
@@ -97,18 +110,24 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
     c_out, _, kh, kw = weight.shape
     out_shape = (n, c_out, conv_output_size(height, kh, 1, padding[0], 1),
                  conv_output_size(width, kw, 1, padding[1], 1))
-    return fused_runner(_ext.direct_forward_into, out_shape, pack_weight(weight),
+    co_block = block_channels(c_out, out_shape[2] * (width + 2 * padding[1]))
+    return fused_runner(_ext.direct_forward_into, out_shape, pack_weight(weight, co_block),
                         (kh, kw, padding, threads), bias, negative_slope)
 
 
 def grad_weight(x, grad_out, weight_shape, padding, threads):
     """Weight gradient (C_out, C_in, kH, kW) of the stride-1 conv ``forward_runner`` runs.
 
-    Threads sum their images into their own rows of a partial buffer; the rows are
-    added in a fixed order after.
+    Threads sum their images into their own 8-lane partial sums; threads and lanes
+    are added in a fixed order after.
     """
-    c_out, c_in, kh, kw = weight_shape
-    blocks = -(-c_out // CO_BLOCK)
-    partial = np.zeros((threads, blocks * CO_BLOCK, c_in * kh * kw), dtype=x.dtype)
-    _ext.direct_grad_weight_into(x, grad_out, partial, kh, kw, tuple(padding), threads)
-    return partial.sum(axis=0)[:c_out].reshape(weight_shape)
+    c_out = weight_shape[0]
+    taps = weight_shape[1] * weight_shape[2] * weight_shape[3]
+    blocks, tap_groups = -(-c_out // CO_BLOCK), -(-taps // GRAD_TAPS)
+    partial = np.zeros((threads, blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), dtype=x.dtype)
+    _ext.direct_grad_weight_into(x, grad_out, partial, weight_shape[2], weight_shape[3],
+                                 tuple(padding), threads)
+    sums = partial.reshape(threads, blocks, tap_groups, CO_BLOCK, GRAD_TAPS, 8).sum(axis=(0, 5))
+    # (blocks, tap_groups, CO_BLOCK, GRAD_TAPS) -> (channels, taps), padding dropped
+    by_channel = sums.transpose(0, 2, 1, 3).reshape(blocks * CO_BLOCK, tap_groups * GRAD_TAPS)
+    return np.ascontiguousarray(by_channel[:c_out, :taps]).reshape(weight_shape)
