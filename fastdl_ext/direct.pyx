@@ -349,7 +349,8 @@ cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
 
 def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
                             floating[:, :, :, ::1] partial, int kernel_h, int kernel_w,
-                            tuple padding, int num_threads):
+                            tuple padding, int num_threads,
+                            double[:, ::1] bias_partial=None):
     """Per-thread, per-lane weight gradients of a stride-1, one-group conv (wide grid).
 
     ``partial`` (threads, co_blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), zero on
@@ -357,6 +358,8 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     the images it takes to ``partial[t, block, group, (b * GRAD_TAPS + k) * 8 + lane]``,
     the gradient of channel ``block * CO_BLOCK + b`` and tap ``group * GRAD_TAPS + k``
     split over 8 lanes; the caller sums threads and lanes and drops the padding.
+    ``bias_partial`` (threads, C_out) float64, zero on entry, optionally takes the
+    bias gradient the same way (grad_out summed as it is copied onto the grid).
     """
     cdef int n_images = x.shape[0], channels = x.shape[1]
     cdef int height = x.shape[2], width = x.shape[3]
@@ -374,7 +377,10 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef floating* wide
     cdef Py_ssize_t* group
     cdef Py_ssize_t* groups_of_taps
-    cdef int image, block, co, oy, k, t, thread
+    cdef int image, block, co, oy, ox, k, t, thread
+    cdef const floating* grad_row
+    cdef double* bias_sums = NULL
+    cdef double row_sum
     # per thread: the padded image and grad_out of one image on the wide grid (grid
     # columns past the output width and channels beyond C_out stay zero)
     cdef size_t per_thread = sizeof(floating) * (padded_size + co_blocks * CO_BLOCK * length)
@@ -387,6 +393,12 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                          "threads, %d channels and %d taps"
                          % ((partial.shape[0], partial.shape[1], partial.shape[2],
                             partial.shape[3]), num_threads, out_channels, taps))
+    if bias_partial is not None:
+        if bias_partial.shape[0] < num_threads or bias_partial.shape[1] != out_channels:
+            raise ValueError("direct_grad_weight_into: bias_partial has shape %s, expected "
+                             "(%d, %d)" % ((bias_partial.shape[0], bias_partial.shape[1]),
+                                           num_threads, out_channels))
+        bias_sums = &bias_partial[0, 0]
     offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
     try:
         scratch = <char*>_scratch(num_threads, per_thread)
@@ -404,8 +416,14 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                        pad_h, pad_w, padded_h, padded_w, padded)
             for co in range(out_channels):
                 for oy in range(out_h):
-                    memcpy(wide + co * length + oy * padded_w, &grad_out[image, co, oy, 0],
+                    grad_row = &grad_out[image, co, oy, 0]
+                    memcpy(wide + co * length + oy * padded_w, grad_row,
                            out_w * sizeof(floating))
+                    if bias_sums != NULL:
+                        row_sum = 0
+                        for ox in range(out_w):
+                            row_sum = row_sum + grad_row[ox]
+                        bias_sums[thread * out_channels + co] += row_sum
             for block in range(co_blocks):
                 for t in range(tap_groups):
                     # a last short group repeats its final tap into padding slots

@@ -172,6 +172,24 @@ def test_grad_weight_is_the_adjoint_of_the_forward(case, threads, dtype, rtol, r
                                atol=rtol * np.abs(through_im2col).max())
 
 
+@pytest.mark.parametrize("use_direct", [True, False])
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_bias_gradient_rides_along_with_the_weight_gradient(use_direct, dtype, rtol, rng,
+                                                            monkeypatch):
+    if not use_direct:
+        monkeypatch.setattr(direct, "MIN_GRAD_GRID", 10 ** 9)
+    x, weight, padding = _arrays((5, 3, 20, 18, 6, 3, 3, (1, 1)), dtype, rng)
+    grad_out = rng.normal(size=(5, 6, 20, 18)).astype(dtype)
+    alone = conv.conv2d_grad_weight_unchecked(x, grad_out, weight.shape, (1, 1), padding,
+                                              (1, 1), 1)
+    grad_weight, grad_bias = conv.conv2d_grad_weight_unchecked(
+        x, grad_out, weight.shape, (1, 1), padding, (1, 1), 1, with_bias=True)
+    np.testing.assert_array_equal(grad_weight, alone)
+    assert grad_bias.dtype == dtype and grad_bias.shape == (6,)
+    np.testing.assert_allclose(grad_bias, grad_out.astype(np.float64).sum(axis=(0, 2, 3)),
+                               rtol=rtol)
+
+
 def test_grad_weight_applies_only_to_long_grids_and_few_channels_or_taps():
     lenet_second = (16, 6, 5, 5)
     assert direct.grad_weight_applies(lenet_second, (1, 1), (1, 1), 1, (64, 6, 14, 14), (0, 0))

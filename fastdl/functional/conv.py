@@ -19,9 +19,14 @@ class Conv2d(Function):
         needs = ctx.needs_input_grad
         grad_x = (kernels.conv2d_grad_input_unchecked(grad, weight, x.shape, *ctx.hyper)
                   if needs[0] else None)
-        grad_weight = (kernels.conv2d_grad_weight_unchecked(x, grad, weight.shape, *ctx.hyper)
-                       if needs[1] else None)
-        grad_bias = kernels.conv2d_grad_bias(grad) if needs[2] else None
+        grad_weight = grad_bias = None
+        if needs[1] and needs[2]:
+            grad_weight, grad_bias = kernels.conv2d_grad_weight_unchecked(
+                x, grad, weight.shape, *ctx.hyper, with_bias=True)
+        elif needs[1]:
+            grad_weight = kernels.conv2d_grad_weight_unchecked(x, grad, weight.shape, *ctx.hyper)
+        elif needs[2]:
+            grad_bias = kernels.conv2d_grad_bias(grad)
         return grad_x, grad_weight, grad_bias
 
 

@@ -260,8 +260,13 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     return conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation, groups)
 
 
-def conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation, groups):
-    """conv2d_grad_weight on checked arguments (normalised pairs)."""
+def conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation, groups,
+                                 with_bias=False):
+    """conv2d_grad_weight on checked arguments (normalised pairs).
+
+    ``with_bias``: return ``(grad_weight, grad_bias)``; the direct path sums the
+    bias gradient while it copies grad_out, the others call ``conv2d_grad_bias``.
+    """
     x, grad_out = _contiguous(x), _contiguous(grad_out)
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
@@ -269,7 +274,17 @@ def conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dil
     if direct.grad_weight_applies(tuple(weight_shape), stride, dilation, groups, x.shape,
                                   padding, x.itemsize):
         return direct.grad_weight(x, grad_out, weight_shape, padding,
-                                  _threads_for(multiply_adds))
+                                  _threads_for(multiply_adds), with_bias)
+    weight_grad = _grad_weight_gemm(x, grad_out, weight_shape, stride, padding, dilation,
+                                    groups, multiply_adds)
+    return (weight_grad, conv2d_grad_bias(grad_out)) if with_bias else weight_grad
+
+
+def _grad_weight_gemm(x, grad_out, weight_shape, stride, padding, dilation, groups,
+                      multiply_adds):
+    """The weight gradient through Winograd or im2col + GEMM."""
+    k = weight_shape[1] * weight_shape[2] * weight_shape[3]
+    positions = grad_out.shape[2] * grad_out.shape[3]
     if winograd.applies(tuple(weight_shape), stride, dilation, groups):
         return winograd.grad_weight(x, grad_out, weight_shape, padding,
                                     _threads_for(multiply_adds * 4 // 9))
