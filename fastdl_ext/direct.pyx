@@ -218,10 +218,11 @@ cdef void* _scratch(int threads, size_t per_thread) except NULL:
 
 
 cdef Py_ssize_t* _tap_offsets(int channels, int kernel_h, int kernel_w, int padded_h,
-                              int padded_w) except NULL:
-    """Flat offset of tap (c, i, j) in a (C, Hp, Wp) padded image; the caller frees it."""
+                              int padded_w, int extra=0) except NULL:
+    """Flat offset of tap (c, i, j) in a (C, Hp, Wp) padded image, and ``extra`` slots
+    after them for the caller to fill; the caller frees it."""
     cdef Py_ssize_t* offsets = <Py_ssize_t*>malloc(
-        sizeof(Py_ssize_t) * channels * kernel_h * kernel_w)
+        sizeof(Py_ssize_t) * (channels * kernel_h * kernel_w + extra))
     cdef int c, i, j
     if offsets == NULL:
         raise MemoryError()
@@ -349,17 +350,16 @@ cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
 
 def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
                             floating[:, :, :, ::1] partial, int kernel_h, int kernel_w,
-                            tuple padding, int num_threads,
-                            double[:, ::1] bias_partial=None):
+                            tuple padding, int num_threads, bint with_bias=False):
     """Per-thread, per-lane weight gradients of a stride-1, one-group conv (wide grid).
 
     ``partial`` (threads, co_blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), zero on
-    entry, with ``tap_groups = ceil(C_in * kH * kW / GRAD_TAPS)``: thread ``t`` adds
-    the images it takes to ``partial[t, block, group, (b * GRAD_TAPS + k) * 8 + lane]``,
-    the gradient of channel ``block * CO_BLOCK + b`` and tap ``group * GRAD_TAPS + k``
-    split over 8 lanes; the caller sums threads and lanes and drops the padding.
-    ``bias_partial`` (threads, C_out) float64, zero on entry, optionally takes the
-    bias gradient the same way (grad_out summed as it is copied onto the grid).
+    entry, with ``tap_groups = ceil((C_in * kH * kW + with_bias) / GRAD_TAPS)``:
+    thread ``t`` adds the images it takes to ``partial[t, block, group, (b *
+    GRAD_TAPS + k) * 8 + lane]``, the gradient of channel ``block * CO_BLOCK + b``
+    and tap ``group * GRAD_TAPS + k`` split over 8 lanes; the caller sums threads and
+    lanes and drops the padding. ``with_bias`` adds a last tap that reads ones: its
+    gradient is the bias gradient, at no cost where it fills a group's spare slot.
     """
     cdef int n_images = x.shape[0], channels = x.shape[1]
     cdef int height = x.shape[2], width = x.shape[3]
@@ -368,38 +368,34 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef int pad_h = padding[0], pad_w = padding[1]
     cdef int padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w
     cdef int taps = channels * kernel_h * kernel_w
+    cdef int all_taps = taps + with_bias
     cdef int co_blocks = partial.shape[1], tap_groups = partial.shape[2]
     cdef Py_ssize_t length = (<Py_ssize_t>out_h * padded_w + 7) // 8 * 8
     cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + 8 + kernel_w
     cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
+    # per thread: the padded image, grad_out of one image on the wide grid (grid
+    # columns past the output width and channels beyond C_out stay zero), and the
+    # bias tap's row of ones
+    cdef Py_ssize_t wide_size = co_blocks * CO_BLOCK * length
+    cdef size_t per_thread = sizeof(floating) * (padded_size + wide_size + length)
     cdef Py_ssize_t* offsets
     cdef floating* padded
     cdef floating* wide
     cdef Py_ssize_t* group
     cdef Py_ssize_t* groups_of_taps
-    cdef int image, block, co, oy, ox, k, t, thread
-    cdef const floating* grad_row
-    cdef double* bias_sums = NULL
-    cdef double row_sum
-    # per thread: the padded image and grad_out of one image on the wide grid (grid
-    # columns past the output width and channels beyond C_out stay zero)
-    cdef size_t per_thread = sizeof(floating) * (padded_size + co_blocks * CO_BLOCK * length)
+    cdef Py_ssize_t q
+    cdef int image, block, co, oy, k, t, thread
     cdef char* scratch
     if n_images == 0 or out_h * out_w == 0:
         return
-    if (tap_groups * GRAD_TAPS < taps or co_blocks * CO_BLOCK < out_channels
+    if (tap_groups * GRAD_TAPS < all_taps or co_blocks * CO_BLOCK < out_channels
             or partial.shape[0] < num_threads or partial.shape[3] != CO_BLOCK * GRAD_TAPS * 8):
         raise ValueError("direct_grad_weight_into: partial has shape %s, too small for %d "
                          "threads, %d channels and %d taps"
                          % ((partial.shape[0], partial.shape[1], partial.shape[2],
-                            partial.shape[3]), num_threads, out_channels, taps))
-    if bias_partial is not None:
-        if bias_partial.shape[0] < num_threads or bias_partial.shape[1] != out_channels:
-            raise ValueError("direct_grad_weight_into: bias_partial has shape %s, expected "
-                             "(%d, %d)" % ((bias_partial.shape[0], bias_partial.shape[1]),
-                                           num_threads, out_channels))
-        bias_sums = &bias_partial[0, 0]
-    offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
+                            partial.shape[3]), num_threads, out_channels, all_taps))
+    offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w, 1)
+    offsets[taps] = padded_size + wide_size   # the ones, relative to the padded image
     try:
         scratch = <char*>_scratch(num_threads, per_thread)
         groups_of_taps = <Py_ssize_t*>_scratch(num_threads, sizeof(Py_ssize_t) * GRAD_TAPS)
@@ -411,24 +407,20 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
         padded = <floating*>(scratch + thread * per_thread)
         wide = padded + padded_size
         group = groups_of_taps + thread * GRAD_TAPS
+        for q in range(length):
+            wide[wide_size + q] = 1
         for image in prange(n_images, schedule="static"):
             _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
                        pad_h, pad_w, padded_h, padded_w, padded)
             for co in range(out_channels):
                 for oy in range(out_h):
-                    grad_row = &grad_out[image, co, oy, 0]
-                    memcpy(wide + co * length + oy * padded_w, grad_row,
+                    memcpy(wide + co * length + oy * padded_w, &grad_out[image, co, oy, 0],
                            out_w * sizeof(floating))
-                    if bias_sums != NULL:
-                        row_sum = 0
-                        for ox in range(out_w):
-                            row_sum = row_sum + grad_row[ox]
-                        bias_sums[thread * out_channels + co] += row_sum
             for block in range(co_blocks):
                 for t in range(tap_groups):
                     # a last short group repeats its final tap into padding slots
                     for k in range(GRAD_TAPS):
-                        group[k] = offsets[min(t * GRAD_TAPS + k, taps - 1)]
+                        group[k] = offsets[min(t * GRAD_TAPS + k, all_taps - 1)]
                     _grad_taps(wide + block * CO_BLOCK * length, length, padded, group,
                                length, &partial[thread, block, t, 0])
     free(groups_of_taps)

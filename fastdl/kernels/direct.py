@@ -120,19 +120,17 @@ def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False):
 
     Threads sum their images into their own 8-lane partial sums; threads and lanes
     are added in a fixed order after. ``with_bias``: return ``(grad_weight,
-    grad_bias)``, the bias gradient summed as grad_out is copied onto the grid.
+    grad_bias)``, the bias gradient computed as the gradient of one more tap that
+    reads ones.
     """
     c_out = weight_shape[0]
     taps = weight_shape[1] * weight_shape[2] * weight_shape[3]
-    blocks, tap_groups = -(-c_out // CO_BLOCK), -(-taps // GRAD_TAPS)
+    blocks, tap_groups = -(-c_out // CO_BLOCK), -(-(taps + with_bias) // GRAD_TAPS)
     partial = np.zeros((threads, blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), dtype=x.dtype)
-    bias_partial = np.zeros((threads, c_out)) if with_bias else None
     _ext.direct_grad_weight_into(x, grad_out, partial, weight_shape[2], weight_shape[3],
-                                 tuple(padding), threads, bias_partial)
+                                 tuple(padding), threads, with_bias)
     sums = partial.reshape(threads, blocks, tap_groups, CO_BLOCK, GRAD_TAPS, 8).sum(axis=(0, 5))
     # (blocks, tap_groups, CO_BLOCK, GRAD_TAPS) -> (channels, taps), padding dropped
     by_channel = sums.transpose(0, 2, 1, 3).reshape(blocks * CO_BLOCK, tap_groups * GRAD_TAPS)
     weight_grad = np.ascontiguousarray(by_channel[:c_out, :taps]).reshape(weight_shape)
-    if not with_bias:
-        return weight_grad
-    return weight_grad, bias_partial.sum(axis=0).astype(x.dtype)
+    return (weight_grad, by_channel[:c_out, taps].copy()) if with_bias else weight_grad
