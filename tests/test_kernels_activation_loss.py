@@ -9,7 +9,7 @@ from reference import finite_difference_vjp
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(7,), (300, 200)])   # serial and parallel bindings
+@pytest.mark.parametrize("shape", [(7,), (300, 200), (600, 500)])   # serial and parallel bindings
 def test_elementwise_activations_match_scipy(dtype, shape, rng):
     x = (rng.normal(size=shape) * 5).astype(dtype)
     rtol = 1e-6 if dtype == np.float32 else 1e-14
