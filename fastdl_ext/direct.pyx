@@ -18,7 +18,6 @@ pass of 8-lane FMAs over the image's grid into per-lane partial sums.
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, malloc, free
-from libc.string cimport memcpy
 
 from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._blas cimport floating
@@ -87,6 +86,37 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCK(fastdl_direct_block3_float, float, 3, 4)
     FASTDL_DIRECT_BLOCK(fastdl_direct_block3_double, double, 3, 4)
 
+    /* Copy a plane of ``rows`` rows of ``width`` elements between strides, adding
+       ``*shift`` when given: the padded images and wide grids move in and out of the
+       loops a plane per call (a libc memcpy per 32-element row cost as much as the
+       forward's multiply-adds of the RGB convs). */
+    #define FASTDL_COPY_ROWS(name, type)                                                \
+        typedef type name##_unaligned __attribute__((vector_size(8 * sizeof(type)),     \
+                                                     aligned(sizeof(type)), may_alias)); \
+        FASTDL_CLONES static void name(type *restrict target, Py_ssize_t target_stride, \
+                                       const type *restrict source,                    \
+                                       Py_ssize_t source_stride, Py_ssize_t rows,      \
+                                       Py_ssize_t width, const type *restrict shift) { \
+            for (Py_ssize_t r = 0; r < rows; r++) {                                     \
+                type *restrict to = target + r * target_stride;                         \
+                const type *restrict from = source + r * source_stride;                 \
+                Py_ssize_t i = 0;                                                       \
+                if (shift == NULL) {                                                    \
+                    for (; i + 8 <= width; i += 8)                                      \
+                        *(name##_unaligned *)(to + i) =                                 \
+                            *(const name##_unaligned *)(from + i);                      \
+                    for (; i < width; i++) to[i] = from[i];                             \
+                } else {                                                                \
+                    for (; i + 8 <= width; i += 8)                                      \
+                        *(name##_unaligned *)(to + i) =                                 \
+                            *(const name##_unaligned *)(from + i) + *shift;             \
+                    for (; i < width; i++) to[i] = from[i] + *shift;                    \
+                }                                                                       \
+            }                                                                           \
+        }
+    FASTDL_COPY_ROWS(fastdl_copy_rows_float, float)
+    FASTDL_COPY_ROWS(fastdl_copy_rows_double, double)
+
     /* Weight gradient of one channel block and GRAD_TAPS taps over a whole wide grid:
        sums[b][k] += lanes of sum_q grad[b][q] * source[offsets[k] + q], q < length (a
        multiple of 8; grid columns past the output width hold zero gradient). Twelve
@@ -154,6 +184,15 @@ cdef extern from *:
         const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
         double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
 
+    void _copy_rows_float "fastdl_copy_rows_float"(
+        float* target, Py_ssize_t target_stride, const float* source,
+        Py_ssize_t source_stride, Py_ssize_t rows, Py_ssize_t width,
+        const float* shift) noexcept nogil
+    void _copy_rows_double "fastdl_copy_rows_double"(
+        double* target, Py_ssize_t target_stride, const double* source,
+        Py_ssize_t source_stride, Py_ssize_t rows, Py_ssize_t width,
+        const double* shift) noexcept nogil
+
     enum:
         GRAD_TAPS "FASTDL_GRAD_TAPS"  # taps per weight-gradient pass
         CO_BLOCK "FASTDL_GRAD_CO_BLOCK"  # output channels per weight-gradient pass
@@ -198,14 +237,23 @@ cdef inline void _blocks(int co_block, const floating* source, const Py_ssize_t*
             _block3_double(source, offsets, taps, weights, wide, wide_stride, blocks)
 
 
+cdef inline void _copy_rows(floating* target, Py_ssize_t target_stride,
+                            const floating* source, Py_ssize_t source_stride, Py_ssize_t rows,
+                            Py_ssize_t width, const floating* shift) noexcept nogil:
+    """target[r, :width] = source[r, :width] (+ *shift when not NULL) for ``rows`` rows."""
+    if floating is float:
+        _copy_rows_float(target, target_stride, source, source_stride, rows, width, shift)
+    else:
+        _copy_rows_double(target, target_stride, source, source_stride, rows, width, shift)
+
+
 cdef void _pad_image(const floating* image, int channels, int height, int width, int pad_h,
                      int pad_w, int padded_h, int padded_w, floating* padded) noexcept nogil:
     """Copy one (C, H, W) image into the zeroed interior of its (C, Hp, Wp) buffer."""
-    cdef int c, y
+    cdef int c
     for c in range(channels):
-        for y in range(height):
-            memcpy(padded + (<Py_ssize_t>c * padded_h + y + pad_h) * padded_w + pad_w,
-                   image + (<Py_ssize_t>c * height + y) * width, width * sizeof(floating))
+        _copy_rows(padded + (<Py_ssize_t>c * padded_h + pad_h) * padded_w + pad_w, padded_w,
+                   image + <Py_ssize_t>c * height * width, width, height, width, NULL)
 
 
 cdef void* _scratch(int threads, size_t per_thread) except NULL:
@@ -268,9 +316,7 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef floating* padded
     cdef floating* wide
     cdef floating* target
-    cdef const floating* row
     cdef const floating* added
-    cdef floating shift
     cdef int* cached
     cdef int item, image, block, b, co, oy, ox, thread
     cdef size_t per_thread
@@ -317,15 +363,12 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                     wide_stride // lanes)
             for b in range(min(co_block, out_channels - block * co_block)):
                 co = block * co_block + b
-                shift = bias_ptr[co] if bias_ptr != NULL else 0
+                _copy_rows(&out[image, co, 0, 0], out_w, wide + b * wide_stride, padded_w,
+                           out_h, out_w, bias_ptr + co if bias_ptr != NULL else NULL)
+                if residual_ptr == NULL and not activate:
+                    continue
                 for oy in range(out_h):
                     target = &out[image, co, oy, 0]
-                    row = wide + b * wide_stride + <Py_ssize_t>oy * padded_w
-                    if bias_ptr == NULL:
-                        memcpy(target, row, out_w * sizeof(floating))
-                    else:
-                        for ox in range(out_w):
-                            target[ox] = row[ox] + shift
                     if residual_ptr != NULL:
                         added = residual_ptr + (image * out_channels + co) * plane + oy * out_w
                         for ox in range(out_w):
@@ -413,9 +456,8 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
             _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
                        pad_h, pad_w, padded_h, padded_w, padded)
             for co in range(out_channels):
-                for oy in range(out_h):
-                    memcpy(wide + co * length + oy * padded_w, &grad_out[image, co, oy, 0],
-                           out_w * sizeof(floating))
+                _copy_rows(wide + co * length, padded_w, &grad_out[image, co, 0, 0], out_w,
+                           out_h, out_w, NULL)
             for block in range(co_blocks):
                 for t in range(tap_groups):
                     # a last short group repeats its final tap into padding slots
