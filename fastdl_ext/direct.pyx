@@ -8,7 +8,7 @@ and the output is computed on a *wide grid*: with
 the padded row length ``Wp``, output position ``q = oy * Wp + ox`` of tap
 ``(c, i, j)`` reads ``padded[c, oy + i, ox + j] = padded_flat[q + offset(c, i,
 j)]``, one linear offset per tap. A block of consecutive ``q`` times output
-channels (24 x 4, 16 x 6 or 32 x 3: ``BLOCK_SHAPES``) lives in registers over all
+channels (24 x 4, 16 x 6 or 24 x 3: ``BLOCK_SHAPES``) lives in registers over all
 taps; grid columns ``ox >= OW`` are computed and dropped (``(kW - 1) / Wp`` extra
 work).
 
@@ -38,10 +38,13 @@ cdef extern from *:
     #else
     #  define FASTDL_CLONES
     #endif
-    /* The register block is CO output channels x VECTORS 8-lane vectors of positions,
-       twelve accumulators in every shape; the shapes divide common channel counts
-       without padding (4: 16, 32; 6: LeNet's 6; 3: the input gradient of RGB convs). */
-    #define FASTDL_MAX_LANES 32
+    /* The register block is CO output channels x VECTORS 8-lane vectors of positions:
+       twelve accumulators, or nine for three channels (3 x 4 left one accumulator on
+       the stack, a store-to-load chain through every tap); at least eight chains
+       keep two FMA pipes busy through their latency. The shapes divide common
+       channel counts without padding (4: 16, 32; 6: LeNet's 6; 3: the input
+       gradient of RGB convs). */
+    #define FASTDL_MAX_LANES 24
     /* Explicit vectors of 8 lanes (GCC/Clang vector extensions; lowered to what the
        target has): left to itself the vectoriser splats the sources instead. Loads and
        stores go through an unaligned, aliasing vector type rather than memcpy into
@@ -83,8 +86,8 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCK(fastdl_direct_block4_double, double, 4, 3)
     FASTDL_DIRECT_BLOCK(fastdl_direct_block6_float, float, 6, 2)
     FASTDL_DIRECT_BLOCK(fastdl_direct_block6_double, double, 6, 2)
-    FASTDL_DIRECT_BLOCK(fastdl_direct_block3_float, float, 3, 4)
-    FASTDL_DIRECT_BLOCK(fastdl_direct_block3_double, double, 3, 4)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block3_float, float, 3, 3)
+    FASTDL_DIRECT_BLOCK(fastdl_direct_block3_double, double, 3, 3)
 
     /* Copy a plane of ``rows`` rows of ``width`` elements between strides, adding
        ``*shift`` when given: the padded images and wide grids move in and out of the
@@ -204,7 +207,7 @@ cdef extern from *:
         const Py_ssize_t* offsets, Py_ssize_t length, double* sums) noexcept nogil
 
 
-BLOCK_SHAPES = ((4, 24), (6, 16), (3, 32))   # (output channels, positions) per block
+BLOCK_SHAPES = ((4, 24), (6, 16), (3, 24))   # (output channels, positions) per block
 
 
 def kernel_shapes():
