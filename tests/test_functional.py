@@ -19,6 +19,8 @@ GRAD_CASES = {
                                                                          (4, 3, 3, 3), (4,)]),
     "conv2d_grouped": (lambda x, w: F.conv2d(x, w, None, 1, 2, 2, 2), [(1, 4, 6, 6),
                                                                         (4, 2, 3, 3)]),
+    "conv2d_relu": (lambda x, w, b: F.conv2d_relu(x, w, b, padding=1), [(2, 3, 6, 5),
+                                                                         (4, 3, 3, 3), (4,)]),
     "conv_transpose2d": (lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1, 1),
                          [(2, 4, 3, 3), (4, 3, 3, 3), (3,)]),
     "linear": (lambda x, w, b: F.linear(x, w, b), [(2, 5, 3), (4, 3), (4,)]),
@@ -53,6 +55,23 @@ GRAD_CASES = {
 def test_gradcheck(name, rng):
     function, shapes = GRAD_CASES[name]
     assert gradcheck(function, [t(rng, *shape) for shape in shapes])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_out, stride", [(6, 1), (40, 1), (8, 2)])   # direct, GEMM paths
+def test_conv2d_relu_equals_conv2d_then_relu_bitwise(c_out, stride, dtype, rng):
+    data = [rng.normal(size=shape).astype(dtype)
+            for shape in ((3, 4, 9, 8), (c_out, 4, 3, 3), (c_out,), (3, c_out, 9, 8))]
+    data[3] = data[3][:, :, ::stride, ::stride].copy()   # the output's shape at this stride
+    grads = []
+    for fused in (True, False):
+        x, w, b = (Tensor(a, requires_grad=True) for a in data[:3])
+        y = (F.conv2d_relu(x, w, b, stride, 1) if fused
+             else F.relu(F.conv2d(x, w, b, stride, 1)))
+        y.backward(data[3])
+        grads.append([y.data, x.grad, w.grad, b.grad])
+    for fused, separate in zip(*grads):
+        np.testing.assert_array_equal(fused, separate)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

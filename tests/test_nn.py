@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastdl
-from fastdl import nn
+from fastdl import functional as F, nn
 from fastdl.testing import gradcheck
 
 
@@ -178,3 +178,32 @@ def test_bad_constructor_arguments(factory, error, match):
 def test_bad_call_inputs(layer, shape, match):
     with pytest.raises(ValueError, match=match):
         layer()(fastdl.Tensor(np.zeros(shape, np.float32)))
+
+
+def test_sequential_runs_a_conv_and_its_relu_as_one_op_with_the_same_results(rng, monkeypatch):
+    conv = nn.Conv2d(2, 5, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
+    x = fastdl.Tensor(rng.normal(size=(2, 2, 6, 6)).astype(np.float32), requires_grad=True)
+    expected = F.max_pool2d(F.relu(F.conv2d(x, conv.weight, conv.bias, 1, 1)), 2)
+    calls = []
+    fused_op = F.conv2d_relu
+    monkeypatch.setattr(F, "conv2d_relu", lambda *a: calls.append(1) or fused_op(*a))
+    out = model(x)
+    assert calls == [1]
+    np.testing.assert_array_equal(out.data, expected.data)
+
+
+def test_sequential_leaves_subclassed_layers_unfused(rng, monkeypatch):
+    class Doubling(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class Shifted(nn.ReLU):
+        def forward(self, x):
+            return super().forward(x) + 1
+    monkeypatch.setattr(F, "conv2d_relu", None)   # any fused call would fail
+    x = fastdl.Tensor(rng.normal(size=(1, 2, 5, 5)).astype(np.float32))
+    conv = Doubling(2, 3, 3)
+    assert np.all(nn.Sequential(conv, nn.ReLU())(x).data >= 0)
+    plain = nn.Conv2d(2, 3, 3)
+    assert np.all(nn.Sequential(plain, Shifted())(x).data >= 1)

@@ -199,6 +199,13 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def _forward_then_relu(self):
+        """A callable computing ``relu(self(x))`` in one pass, or None (the default).
+
+        ``Sequential`` calls it for this module followed by a plain ReLU.
+        """
+        return None
+
     def extra_repr(self):
         return ""
 
@@ -228,8 +235,20 @@ class Sequential(Module):
             self.add_module(name, module)
 
     def forward(self, x):
-        for module in self._modules.values():
+        modules = tuple(self._modules.values())
+        index = 0
+        while index < len(modules):
+            module = modules[index]
+            # a layer that can run a following ReLU in its own epilogue does (same
+            # values and gradients, one pass over the output fewer)
+            if index + 1 < len(modules) and getattr(modules[index + 1], "_plain_relu", False):
+                fused = module._forward_then_relu()
+                if fused is not None:
+                    x = fused(x)
+                    index += 2
+                    continue
             x = module(x)
+            index += 1
         return x
 
     def __getitem__(self, index):

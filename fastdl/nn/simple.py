@@ -69,6 +69,11 @@ class AdaptiveAvgPool2d(_Wrap):
 class ReLU(_Wrap):
     _function = staticmethod(F.relu)
 
+    @property
+    def _plain_relu(self):
+        # only this class's own forward may be folded into the layer before it
+        return type(self).forward is _Wrap.forward
+
 
 class Sigmoid(_Wrap):
     _function = staticmethod(F.sigmoid)
