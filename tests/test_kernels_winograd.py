@@ -112,8 +112,11 @@ def test_backward_matches_finite_differences(case, rng):
         finite_difference_vjp(forward, [x, weight], grad_out, 1), rtol=1e-6, atol=1e-7)
 
 
+# padding 0-2: grad_input runs as Winograd's forward of the flipped weights; 3 crops
+# and takes the input-gradient loop
+@pytest.mark.parametrize("padding", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
-def test_public_kernels_take_winograd_above_the_threshold(dtype, rtol, rng):
+def test_public_kernels_take_winograd_above_the_threshold(dtype, rtol, padding, rng):
     """Above both real thresholds the public kernels dispatch here and agree with SciPy."""
     c = max(winograd.MIN_CHANNELS, direct.MAX_OUT_CHANNELS + 1)
     x = rng.normal(size=(2, c, 9, 8)).astype(dtype)
@@ -122,14 +125,14 @@ def test_public_kernels_take_winograd_above_the_threshold(dtype, rtol, rng):
     assert winograd.applies(weight.shape, (1, 1), (1, 1), 1)
     assert not direct.applies(weight.shape, (1, 1), (1, 1), 1)
     assert not direct.applies((c, c + 1, 3, 3), (1, 1), (1, 1), 1)   # grad_input's
-    expected = _reference(x, weight, (1, 1), bias)
-    out = conv.conv2d_forward(x, weight, bias, 1, 1)
+    expected = _reference(x, weight, (padding, padding), bias)
+    out = conv.conv2d_forward(x, weight, bias, 1, padding)
     np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
     grad_out = rng.normal(size=out.shape).astype(dtype)
     inner = np.sum((expected - bias.reshape(1, -1, 1, 1)) * grad_out)
     scale = np.sum(np.abs(expected * grad_out))
-    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, 1)
-    grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, 1)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, padding)
+    grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, padding)
     assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
     assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
 

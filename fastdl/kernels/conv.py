@@ -197,10 +197,10 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     multiply_adds = grad_out.shape[0] * weight.shape[0] * positions * k
-    direct_runner = _grad_input_as_direct(grad_out.shape, weight, stride, padding, dilation,
-                                          groups, _threads_for(multiply_adds))
-    if direct_runner is not None:
-        return direct_runner(grad_out)
+    forward_runner = _grad_input_as_forward(grad_out.shape, weight, stride, padding, dilation,
+                                            groups, multiply_adds)
+    if forward_runner is not None:
+        return forward_runner(grad_out)
     grad_input = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
     if winograd.applies(weight.shape, stride, dilation, groups):
         return winograd.grad_input(grad_out, weight, grad_input, padding,
@@ -216,26 +216,34 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
     return grad_input
 
 
-def _grad_input_as_direct(grad_out_shape, weight, stride, padding, dilation, groups, threads):
-    """grad_input as a direct forward conv, or None where the direct loop does not apply.
+def _grad_input_as_forward(grad_out_shape, weight, stride, padding, dilation, groups,
+                           multiply_adds):
+    """grad_input as a forward conv (direct or Winograd), or None where neither applies.
 
     At stride 1 the input gradient is the correlation of ``grad_out`` with the
     flipped, channel-swapped weights and padding ``k - 1 - padding`` ("valid" convs
-    pad fully; padding beyond ``k - 1`` would crop, and takes the other paths). Where
-    the direct loop applies to that conv it beats Winograd and im2col's scatter, same or
-    valid padding (batch 32: ResNet's 16 -> 16 at 32², 2.0 vs 3.5-3.9 ms; 32 -> 32
-    valid at 16², 1.5 vs 2.6 ms; LeNet-5's 6 -> 16 at batch 64, 0.48 vs 0.79 ms).
+    pad fully; padding beyond ``k - 1`` would crop, and takes the other paths). The
+    forward loops beat the scatter-style ones, same or valid padding. Direct, at
+    batch 32: ResNet's 16 -> 16 at 32², 2.0 vs 3.5-3.9 ms; 32 -> 32 valid at 16²,
+    1.5 vs 2.6 ms; LeNet-5's 6 -> 16 at batch 64, 0.48 vs 0.79 ms. Winograd's
+    forward vs its own input-gradient loop: 64 -> 64 at 16², 7.3 vs 8.3 ms;
+    128 -> 128 at 8², 4.5 vs 6.1 ms.
     """
     kh, kw = weight.shape[2:]
     full_padding = (kh - 1 - padding[0], kw - 1 - padding[1])
     if min(full_padding) < 0 or stride != (1, 1) or dilation != (1, 1) or groups != 1:
         return None
     flipped_shape = (weight.shape[1], weight.shape[0], kh, kw)
-    if not direct.applies(flipped_shape, stride, dilation, groups, grad_out_shape,
-                          full_padding, weight.itemsize):
+    if direct.applies(flipped_shape, stride, dilation, groups, grad_out_shape, full_padding,
+                      weight.itemsize):
+        forward_runner, threads = direct.forward_runner, _threads_for(multiply_adds)
+    elif winograd.applies(flipped_shape, stride, dilation, groups):
+        forward_runner = winograd.forward_runner
+        threads = _threads_for(multiply_adds * 4 // 9)
+    else:
         return None
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return direct.forward_runner(grad_out_shape, flipped, None, full_padding, threads)
+    return forward_runner(grad_out_shape, flipped, None, full_padding, threads)
 
 
 def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1):
