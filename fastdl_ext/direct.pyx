@@ -88,6 +88,25 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCK(fastdl_direct_block6_double, double, 6, 2)
     FASTDL_DIRECT_BLOCK(fastdl_direct_block3_float, float, 3, 3)
     FASTDL_DIRECT_BLOCK(fastdl_direct_block3_double, double, 3, 3)
+    /* The block shape by its channel count (4, 6 or 3). */
+    #define FASTDL_DIRECT_BLOCKS(type)                                                  \
+        static void fastdl_direct_blocks_##type(int co_block, const type *source,       \
+                                                const Py_ssize_t *offsets, int taps,    \
+                                                const type *weights, type *wide,        \
+                                                Py_ssize_t wide_stride,                 \
+                                                Py_ssize_t blocks) {                    \
+            if (co_block == 4)                                                          \
+                fastdl_direct_block4_##type(source, offsets, taps, weights, wide,       \
+                                            wide_stride, blocks);                       \
+            else if (co_block == 6)                                                     \
+                fastdl_direct_block6_##type(source, offsets, taps, weights, wide,       \
+                                            wide_stride, blocks);                       \
+            else                                                                        \
+                fastdl_direct_block3_##type(source, offsets, taps, weights, wide,       \
+                                            wide_stride, blocks);                       \
+        }
+    FASTDL_DIRECT_BLOCKS(float)
+    FASTDL_DIRECT_BLOCKS(double)
 
     /* Copy a plane of ``rows`` rows of ``width`` elements between strides, adding
        ``*shift`` when given: the padded images and wide grids move in and out of the
@@ -168,24 +187,14 @@ cdef extern from *:
     """
     enum:
         MAX_LANES "FASTDL_MAX_LANES"  # output positions of the widest register block
-    void _block4_float "fastdl_direct_block4_float"(
-        const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
-        float* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
-    void _block4_double "fastdl_direct_block4_double"(
-        const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
-        double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
-    void _block6_float "fastdl_direct_block6_float"(
-        const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
-        float* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
-    void _block6_double "fastdl_direct_block6_double"(
-        const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
-        double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
-    void _block3_float "fastdl_direct_block3_float"(
-        const float* source, const Py_ssize_t* offsets, int taps, const float* weights,
-        float* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
-    void _block3_double "fastdl_direct_block3_double"(
-        const double* source, const Py_ssize_t* offsets, int taps, const double* weights,
-        double* wide, Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil
+    void _blocks_float "fastdl_direct_blocks_float"(
+        int co_block, const float* source, const Py_ssize_t* offsets, int taps,
+        const float* weights, float* wide, Py_ssize_t wide_stride,
+        Py_ssize_t blocks) noexcept nogil
+    void _blocks_double "fastdl_direct_blocks_double"(
+        int co_block, const double* source, const Py_ssize_t* offsets, int taps,
+        const double* weights, double* wide, Py_ssize_t wide_stride,
+        Py_ssize_t blocks) noexcept nogil
 
     void _copy_rows_float "fastdl_copy_rows_float"(
         float* target, Py_ssize_t target_stride, const float* source,
@@ -225,19 +234,9 @@ cdef inline void _blocks(int co_block, const floating* source, const Py_ssize_t*
     """wide[b, q + v] = sum_t weights[t, b] * source[offsets[t] + q + v] for ``blocks``
     register blocks of ``co_block`` channels (one of BLOCK_SHAPES)."""
     if floating is float:
-        if co_block == 4:
-            _block4_float(source, offsets, taps, weights, wide, wide_stride, blocks)
-        elif co_block == 6:
-            _block6_float(source, offsets, taps, weights, wide, wide_stride, blocks)
-        else:
-            _block3_float(source, offsets, taps, weights, wide, wide_stride, blocks)
+        _blocks_float(co_block, source, offsets, taps, weights, wide, wide_stride, blocks)
     else:
-        if co_block == 4:
-            _block4_double(source, offsets, taps, weights, wide, wide_stride, blocks)
-        elif co_block == 6:
-            _block6_double(source, offsets, taps, weights, wide, wide_stride, blocks)
-        else:
-            _block3_double(source, offsets, taps, weights, wide, wide_stride, blocks)
+        _blocks_double(co_block, source, offsets, taps, weights, wide, wide_stride, blocks)
 
 
 cdef inline void _copy_rows(floating* target, Py_ssize_t target_stride,
