@@ -15,7 +15,7 @@ from fastdl.functional.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2
 from fastdl.functional.resize import interpolate
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "cat", "conv2d",
-           "conv2d_relu", "conv_transpose2d", "cross_entropy", "dropout", "focal_loss", "group_norm",
-           "instance_norm", "interpolate", "l1_penalty", "l2_penalty", "layer_norm",
+           "conv2d_relu", "conv_transpose2d", "cross_entropy", "dropout", "focal_loss",
+           "group_norm", "instance_norm", "interpolate", "l1_penalty", "l2_penalty", "layer_norm",
            "leaky_relu", "linear", "log_softmax", "max_pool2d", "mse_loss", "relu", "sigmoid",
            "softmax", "stack", "tanh"]

@@ -84,12 +84,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     """
     stride, padding, dilation, _ = check_conv2d_args("conv2d_forward", x, weight, bias, stride,
                                                      padding, dilation, groups)
-    return conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation, groups, out, residual,
-                             negative_slope)
+    return conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation, groups, out,
+                                    residual, negative_slope)
 
 
 def conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation, groups, out=None,
-                      residual=None, negative_slope=None):
+                             residual=None, negative_slope=None):
     """conv2d_forward for callers that ran ``check_conv2d_args`` (normalised pairs).
 
     The autograd layer checks once at the call and then runs this, and the
@@ -163,7 +163,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     stride, padding, dilation = _check_grad_out("conv2d_grad_input", grad_out, input_shape,
                                                 weight.shape, weight.dtype, stride, padding,
                                                 dilation, groups)
-    return conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, dilation, groups)
+    return conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding,
+                                       dilation, groups)
 
 
 def _check_grad_out(op, grad_out, input_shape, weight_shape, dtype, stride, padding, dilation,
@@ -266,7 +267,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=
     stride, padding, dilation = _check_grad_out("conv2d_grad_weight", grad_out, x.shape,
                                                 weight_shape, x.dtype, stride, padding,
                                                 dilation, groups)
-    return conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation, groups)
+    return conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation,
+                                        groups)
 
 
 def conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dilation, groups,
@@ -344,7 +346,8 @@ def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_p
                                      groups, dilation)
     # unchecked: with dilation > stride an output_padding the conv could not produce
     # is valid here (the arguments are the functional layer's to check)
-    out = conv2d_grad_input_unchecked(_contiguous(x), weight, shape, stride, padding, dilation, groups)
+    out = conv2d_grad_input_unchecked(_contiguous(x), weight, shape, stride, padding, dilation,
+                                      groups)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1).astype(out.dtype, copy=False)
     return out
