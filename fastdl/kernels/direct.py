@@ -19,21 +19,21 @@ __all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight", "f
 
 # the forward's register blocks as (output channels, positions); the weight
 # gradient's block of CO_BLOCK channels x GRAD_TAPS taps
-BLOCK_SHAPES, _MAX_LANES, CO_BLOCK, GRAD_TAPS = _ext.kernel_shapes()
+BLOCK_SHAPES, _, CO_BLOCK, GRAD_TAPS = _ext.kernel_shapes()
 # Beyond this Winograd's and im2col's GEMMs are wide enough to win the forward
 # (measured at batch 32: 32 -> 32 at 16², direct 1.5 vs Winograd 2.1 ms; 64 -> 64,
 # 5.7 vs 5.2 ms).
 MAX_OUT_CHANNELS = 32
-# The weight gradient's passes end in horizontal sums per (channel, tap): beyond 32
-# output channels the GEMMs win (64 -> 64 at 8²: 1.0 vs 0.5 ms; 32 -> 32 at 16²:
-# 1.8 vs 2.1 ms).
+# The weight gradient's passes re-read the image for every 4 channels x 3 taps:
+# beyond 32 output channels the GEMMs win (batch 32, 64 -> 64 at 8²: 5.4 vs 1.7 ms;
+# 32 -> 32 at 16² is about even, 2.1-2.3 vs 1.6-2.4 ms).
 GRAD_WEIGHT_MAX_OUT_CHANNELS = 32
 # Taps per output channel beyond which the weight block and the rows a block reads
 # leave L1.
 MAX_TAPS = 512
-# Wide-grid positions per image below which the weight gradient's horizontal sums
-# cost more than its passes save (LeNet-5's second conv, 10 x 14 = 140, still wins:
-# 0.65 vs 0.80 ms).
+# Wide-grid positions per image below which each pass's fixed cost (its setup and
+# the update of its per-lane sums) outweighs the pass (LeNet-5's second conv,
+# 10 x 14 = 140, still wins; 16 -> 16 at 8², 80 positions: 0.34 vs 0.22 ms).
 MIN_GRAD_GRID = 128
 # A thread keeps one padded image and its output planes on the wide grid: about L2.
 MAX_IMAGE_BYTES = 256 * 1024
