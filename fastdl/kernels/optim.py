@@ -110,18 +110,20 @@ def _rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, chunks_start,
                 p[i] = p[i] - lr * (g / avg)
 
 
-def _adam_plain(param, grad, first, second, beta1, beta2, keep1, keep2, step_size,
-                bias_correction2_sqrt, eps):
-    """Adam's update without weight decay or AMSGrad: a branch-free loop that LLVM
-    vectorises (the general loop, with those branches inside, ran at half the
-    memory rate)."""
+def _adam_plain(param, grad, first, second, weight_scale, beta1, beta2, keep1, keep2,
+                step_size, bias_correction2_sqrt, eps):
+    """Adam's update without AMSGrad or gradient-coupled weight decay (AdamW's
+    decoupled decay is ``weight_scale``; 1 without decay, exact): a branch-free loop
+    that LLVM vectorises (the general loop, with those branches inside, ran at half
+    the memory rate)."""
     for i in range(param.shape[0]):
         g = grad[i]
         m = beta1 * first[i] + keep1 * g
         v = beta2 * second[i] + keep2 * g * g
         first[i] = m
         second[i] = v
-        param[i] = param[i] - step_size * (m / (np.sqrt(v) / bias_correction2_sqrt + eps))
+        param[i] = param[i] * weight_scale - step_size * (
+            m / (np.sqrt(v) / bias_correction2_sqrt + eps))
 
 
 _adam_plain_kernel = jit(_adam_plain, inline="always")
@@ -152,9 +154,10 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
         param, grad = params[start:stop], grads[start:stop]
         first, second, second_max = (exp_avg[start:stop], exp_avg_sq[start:stop],
                                      max_exp_avg_sq[start:stop])
-        if decay == 0 and not amsgrad:
-            _adam_plain_kernel(param, grad, first, second, beta1, beta2, keep1, keep2,
-                               step_size, bias_correction2_sqrt, eps)
+        if not amsgrad and (decay == 0 or decoupled):
+            _adam_plain_kernel(param, grad, first, second,
+                               weight_scale if decay != 0 else to_dtype(1), beta1, beta2,
+                               keep1, keep2, step_size, bias_correction2_sqrt, eps)
             continue
         for i in range(param.shape[0]):
             g = grad[i]
