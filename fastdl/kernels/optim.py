@@ -147,7 +147,7 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
         bias_correction2_sqrt = to_dtype(np.sqrt(1 - beta2 ** step))
         step_size = to_dtype(lr / (1 - beta1 ** step))
         weight_scale = to_dtype(1 - lr * decay)
-        lr, decay, eps = to_dtype(lr), to_dtype(decay), to_dtype(eps)
+        decay, eps = to_dtype(decay), to_dtype(eps)
         beta1, beta2 = to_dtype(beta1), to_dtype(beta2)
         keep1, keep2 = to_dtype(1 - hyper[segment, 1]), to_dtype(1 - hyper[segment, 2])
         start, stop = chunks_start[chunk], chunks_end[chunk]
@@ -155,9 +155,9 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
         first, second, second_max = (exp_avg[start:stop], exp_avg_sq[start:stop],
                                      max_exp_avg_sq[start:stop])
         if not amsgrad and (decay == 0 or decoupled):
-            _adam_plain_kernel(param, grad, first, second,
-                               weight_scale if decay != 0 else to_dtype(1), beta1, beta2,
-                               keep1, keep2, step_size, bias_correction2_sqrt, eps)
+            # weight_scale is exactly 1 without decay
+            _adam_plain_kernel(param, grad, first, second, weight_scale, beta1, beta2, keep1,
+                               keep2, step_size, bias_correction2_sqrt, eps)
             continue
         for i in range(param.shape[0]):
             g = grad[i]
