@@ -28,7 +28,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from fastdl_ext._activation cimport leaky_relu
+from fastdl_ext._activation cimport epilogue_rows
 from fastdl_ext._blas cimport floating, gemm as _gemm
 
 
@@ -166,22 +166,12 @@ cdef void _epilogue(floating* out, int channels, int positions, int width_t,
                     const floating* bias, const floating* residual, bint activate,
                     floating slope) noexcept nogil:
     """bias, residual add and (leaky) ReLU on one tile while it is still in cache."""
-    cdef int channel, t
-    cdef floating shift
-    cdef floating* row
-    cdef const floating* added
+    cdef int channel
+    cdef Py_ssize_t at
     for channel in range(channels):
-        row = out + <Py_ssize_t>channel * positions
-        shift = bias[channel] if bias != NULL else 0
-        if residual != NULL:
-            added = residual + <Py_ssize_t>channel * positions
-            for t in range(width_t):
-                row[t] = row[t] + shift + added[t]
-        elif bias != NULL:
-            for t in range(width_t):
-                row[t] = row[t] + shift
-        if activate:
-            leaky_relu(row, width_t, slope)
+        at = <Py_ssize_t>channel * positions
+        epilogue_rows(out + at, 0, out + at, 0, residual + at if residual != NULL else NULL,
+                      0, 1, width_t, bias + channel if bias != NULL else NULL, activate, slope)
 
 
 def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,

@@ -19,25 +19,13 @@ pass of 8-lane FMAs over the image's grid into per-lane partial sums.
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, malloc, free
 
-from fastdl_ext._activation cimport leaky_relu
+from fastdl_ext._activation cimport epilogue_rows
 from fastdl_ext._blas cimport floating
 
 cdef extern from *:
     """
-    /* One register block: acc[b][v] = sum_t weights[t][b] * source[offsets[t] + v].
-       Compiled twice where GCC can dispatch at load time (an ifunc picks the clone
-       the CPU runs): for x86-64-v3 (AVX2 + FMA: twelve 8-wide accumulators, enough
-       independent chains to keep two FMA pipes busy through their 4-cycle latency;
-       eight left them half idle) and for the baseline the package is built for. */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #  if __GNUC__ >= 12
-    #    define FASTDL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #  else
-    #    define FASTDL_CLONES __attribute__((target_clones("avx2", "default")))
-    #  endif
-    #else
-    #  define FASTDL_CLONES
-    #endif
+    /* One register block: acc[b][v] = sum_t weights[t][b] * source[offsets[t] + v],
+       compiled for x86-64-v3 and the baseline (FASTDL_CLONES, _activation.pxd). */
     /* The register block is CO output channels x VECTORS 8-lane vectors of positions:
        twelve accumulators, or nine for three channels (3 x 4 left one accumulator on
        the stack, a store-to-load chain through every tap); at least eight chains
@@ -108,37 +96,6 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCKS(float)
     FASTDL_DIRECT_BLOCKS(double)
 
-    /* Copy a plane of ``rows`` rows of ``width`` elements between strides, adding
-       ``*shift`` when given: the padded images and wide grids move in and out of the
-       loops a plane per call (a libc memcpy per 32-element row cost as much as the
-       forward's multiply-adds of the RGB convs). */
-    #define FASTDL_COPY_ROWS(name, type)                                                \
-        typedef type name##_unaligned __attribute__((vector_size(8 * sizeof(type)),     \
-                                                     aligned(sizeof(type)), may_alias)); \
-        FASTDL_CLONES static void name(type *restrict target, Py_ssize_t target_stride, \
-                                       const type *restrict source,                    \
-                                       Py_ssize_t source_stride, Py_ssize_t rows,      \
-                                       Py_ssize_t width, const type *restrict shift) { \
-            for (Py_ssize_t r = 0; r < rows; r++) {                                     \
-                type *restrict to = target + r * target_stride;                         \
-                const type *restrict from = source + r * source_stride;                 \
-                Py_ssize_t i = 0;                                                       \
-                if (shift == NULL) {                                                    \
-                    for (; i + 8 <= width; i += 8)                                      \
-                        *(name##_unaligned *)(to + i) =                                 \
-                            *(const name##_unaligned *)(from + i);                      \
-                    for (; i < width; i++) to[i] = from[i];                             \
-                } else {                                                                \
-                    for (; i + 8 <= width; i += 8)                                      \
-                        *(name##_unaligned *)(to + i) =                                 \
-                            *(const name##_unaligned *)(from + i) + *shift;             \
-                    for (; i < width; i++) to[i] = from[i] + *shift;                    \
-                }                                                                       \
-            }                                                                           \
-        }
-    FASTDL_COPY_ROWS(fastdl_copy_rows_float, float)
-    FASTDL_COPY_ROWS(fastdl_copy_rows_double, double)
-
     /* Weight gradient of one channel block and GRAD_TAPS taps over a whole wide grid:
        sums[b][k] += lanes of sum_q grad[b][q] * source[offsets[k] + q], q < length (a
        multiple of 8; grid columns past the output width hold zero gradient). Twelve
@@ -196,15 +153,6 @@ cdef extern from *:
         const double* weights, double* wide, Py_ssize_t wide_stride,
         Py_ssize_t blocks) noexcept nogil
 
-    void _copy_rows_float "fastdl_copy_rows_float"(
-        float* target, Py_ssize_t target_stride, const float* source,
-        Py_ssize_t source_stride, Py_ssize_t rows, Py_ssize_t width,
-        const float* shift) noexcept nogil
-    void _copy_rows_double "fastdl_copy_rows_double"(
-        double* target, Py_ssize_t target_stride, const double* source,
-        Py_ssize_t source_stride, Py_ssize_t rows, Py_ssize_t width,
-        const double* shift) noexcept nogil
-
     enum:
         GRAD_TAPS "FASTDL_GRAD_TAPS"  # taps per weight-gradient pass
         CO_BLOCK "FASTDL_GRAD_CO_BLOCK"  # output channels per weight-gradient pass
@@ -239,29 +187,38 @@ cdef inline void _blocks(int co_block, const floating* source, const Py_ssize_t*
         _blocks_double(co_block, source, offsets, taps, weights, wide, wide_stride, blocks)
 
 
-cdef inline void _copy_rows(floating* target, Py_ssize_t target_stride,
-                            const floating* source, Py_ssize_t source_stride, Py_ssize_t rows,
-                            Py_ssize_t width, const floating* shift) noexcept nogil:
-    """target[r, :width] = source[r, :width] (+ *shift when not NULL) for ``rows`` rows."""
-    if floating is float:
-        _copy_rows_float(target, target_stride, source, source_stride, rows, width, shift)
-    else:
-        _copy_rows_double(target, target_stride, source, source_stride, rows, width, shift)
+cdef void _zero(floating* values, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(count):
+        values[i] = 0
 
 
 cdef void _pad_image(const floating* image, int channels, int height, int width, int pad_h,
-                     int pad_w, int padded_h, int padded_w, floating* padded) noexcept nogil:
-    """Copy one (C, H, W) image into the zeroed interior of its (C, Hp, Wp) buffer."""
-    cdef int c
+                     int pad_w, int padded_h, int padded_w, Py_ssize_t slack,
+                     floating* padded) noexcept nogil:
+    """Copy one (C, H, W) image into its (C, Hp, Wp) buffer with a zero border, and zero
+    the ``slack`` elements after it (the scratch is never zeroed as a whole)."""
+    cdef int c, row
+    cdef floating* plane
     for c in range(channels):
-        _copy_rows(padded + (<Py_ssize_t>c * padded_h + pad_h) * padded_w + pad_w, padded_w,
-                   image + <Py_ssize_t>c * height * width, width, height, width, NULL)
+        plane = padded + <Py_ssize_t>c * padded_h * padded_w
+        _zero(plane, <Py_ssize_t>pad_h * padded_w + pad_w)
+        epilogue_rows(plane + <Py_ssize_t>pad_h * padded_w + pad_w, padded_w,
+                      image + <Py_ssize_t>c * height * width, width, NULL, 0, height, width,
+                      NULL, False, 0)
+        # each row's right border runs into the next row's left border
+        for row in range(pad_h, pad_h + height - 1):
+            _zero(plane + <Py_ssize_t>row * padded_w + pad_w + width, 2 * pad_w)
+        _zero(plane + <Py_ssize_t>(pad_h + height - 1) * padded_w + pad_w + width,
+              pad_w + <Py_ssize_t>pad_h * padded_w)
+    _zero(padded + <Py_ssize_t>channels * padded_h * padded_w, slack)
 
 
-cdef void* _scratch(int threads, size_t per_thread) except NULL:
-    """Zeroed scratch for every thread, taken before the parallel region so that a
-    failed allocation raises instead of leaving a thread with NULL."""
-    cdef void* scratch = calloc(<size_t>max(threads, 1), per_thread)
+cdef void* _scratch(int threads, size_t per_thread, bint zeroed=True) except NULL:
+    """Scratch for every thread (zeroed unless told), taken before the parallel region
+    so that a failed allocation raises instead of leaving a thread with NULL."""
+    cdef size_t size = <size_t>max(threads, 1) * per_thread
+    cdef void* scratch = calloc(size, 1) if zeroed else malloc(size)
     if scratch == NULL:
         raise MemoryError()
     return scratch
@@ -282,6 +239,15 @@ cdef Py_ssize_t* _tap_offsets(int channels, int kernel_h, int kernel_w, int padd
                 offsets[(c * kernel_h + i) * kernel_w + j] =                            \
                     (<Py_ssize_t>c * padded_h + i) * padded_w + j
     return offsets
+
+
+cdef int _bands(int n_images, int co_blocks, int out_h, int num_threads) noexcept nogil:
+    """Row bands per image: enough work items for the team to share when the batch is
+    smaller than it (batch 1), one band otherwise."""
+    if n_images >= num_threads or num_threads == 1:
+        return 1
+    return max(1, min(out_h, (4 * num_threads + n_images * co_blocks - 1)
+                      // (n_images * co_blocks)))
 
 
 def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
@@ -306,8 +272,8 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     # the padded image by up to MAX_LANES + kW elements, into zeroed slack
     cdef Py_ssize_t grid = <Py_ssize_t>out_h * padded_w
     cdef Py_ssize_t wide_stride
-    cdef Py_ssize_t padded_size = (<Py_ssize_t>channels * padded_h * padded_w + MAX_LANES
-                                   + kernel_w)
+    cdef Py_ssize_t slack = MAX_LANES + kernel_w
+    cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + slack
     cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
     cdef Py_ssize_t plane = <Py_ssize_t>out_h * out_w
     cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
@@ -317,10 +283,10 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef Py_ssize_t* offsets
     cdef floating* padded
     cdef floating* wide
-    cdef floating* target
-    cdef const floating* added
     cdef int* cached
-    cdef int item, image, block, b, co, oy, ox, thread
+    cdef int item, image, block, band, bands, per_image, chunk, b, co, thread
+    cdef int first_row, end_row
+    cdef Py_ssize_t first, end
     cdef size_t per_thread
     cdef char* scratch
     for b, lanes in BLOCK_SHAPES:
@@ -336,11 +302,18 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     if n_images == 0 or plane == 0:
         return
     wide_stride = (grid + lanes - 1) // lanes * lanes
-    # per thread: the padded image (border and slack zero) and one channel block's grid
+    bands = _bands(n_images, co_blocks, out_h, num_threads)
+    per_image = bands * co_blocks
+    # a small batch is shared item by item: the thread that starts first takes
+    # more while the others wake (~20 µs here); a large one image by image, so
+    # that each image is padded once
+    chunk = 1 if n_images < num_threads else per_image
+    # per thread: the padded image and one channel block's grid, neither zeroed:
+    # _pad_image writes the border, the blocks write the grid before it is read
     per_thread = sizeof(floating) * (padded_size + co_block * wide_stride)
     offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
     try:
-        scratch = <char*>_scratch(num_threads, per_thread)
+        scratch = <char*>_scratch(num_threads, per_thread, False)
         # the image each thread has in ``padded`` (memory, not a variable: prange may
         # not assign the parallel block's own variables)
         cached = <int*>_scratch(num_threads, sizeof(int))
@@ -353,30 +326,31 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
         thread = threadid()
         padded = <floating*>(scratch + thread * per_thread)
         wide = padded + padded_size
-        for item in prange(n_images * co_blocks, schedule="static"):
-            image = item // co_blocks
+        for item in prange(n_images * per_image, schedule="dynamic", chunksize=chunk):
+            image = item // per_image
             if image != cached[thread]:
-                # the border and slack stay zero; only the interior changes
                 _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
-                           pad_h, pad_w, padded_h, padded_w, padded)
+                           pad_h, pad_w, padded_h, padded_w, slack, padded)
                 cached[thread] = image
+            band = item % per_image // co_blocks
             block = item % co_blocks
-            _blocks(co_block, padded, offsets, taps, &packed[block, 0, 0], wide, wide_stride,
-                    wide_stride // lanes)
+            # the band's output rows, and the whole register blocks that cover them
+            first_row = band * out_h // bands
+            end_row = (band + 1) * out_h // bands
+            first = <Py_ssize_t>first_row * padded_w // lanes * lanes
+            end = min(wide_stride, (<Py_ssize_t>end_row * padded_w + lanes - 1) // lanes * lanes)
+            _blocks(co_block, padded + first, offsets, taps, &packed[block, 0, 0],
+                    wide + first, wide_stride, (end - first) // lanes)
             for b in range(min(co_block, out_channels - block * co_block)):
                 co = block * co_block + b
-                _copy_rows(&out[image, co, 0, 0], out_w, wide + b * wide_stride, padded_w,
-                           out_h, out_w, bias_ptr + co if bias_ptr != NULL else NULL)
-                if residual_ptr == NULL and not activate:
-                    continue
-                for oy in range(out_h):
-                    target = &out[image, co, oy, 0]
-                    if residual_ptr != NULL:
-                        added = residual_ptr + (image * out_channels + co) * plane + oy * out_w
-                        for ox in range(out_w):
-                            target[ox] = target[ox] + added[ox]
-                    if activate:
-                        leaky_relu(target, out_w, slope_value)
+                epilogue_rows(&out[image, co, first_row, 0], out_w,
+                              wide + b * wide_stride + <Py_ssize_t>first_row * padded_w,
+                              padded_w,
+                              residual_ptr + (image * out_channels + co) * plane
+                              + first_row * out_w if residual_ptr != NULL else NULL,
+                              out_w, end_row - first_row, out_w,
+                              bias_ptr + co if bias_ptr != NULL else NULL, activate,
+                              slope_value)
     free(cached)
     free(scratch)
     free(offsets)
@@ -456,10 +430,10 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
             wide[wide_size + q] = 1
         for image in prange(n_images, schedule="static"):
             _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
-                       pad_h, pad_w, padded_h, padded_w, padded)
+                       pad_h, pad_w, padded_h, padded_w, 8 + kernel_w, padded)
             for co in range(out_channels):
-                _copy_rows(wide + co * length, padded_w, &grad_out[image, co, 0, 0], out_w,
-                           out_h, out_w, NULL)
+                epilogue_rows(wide + co * length, padded_w, &grad_out[image, co, 0, 0], out_w,
+                              NULL, 0, out_h, out_w, NULL, False, 0)
             for block in range(co_blocks):
                 for t in range(tap_groups):
                     # a last short group repeats its final tap into padding slots

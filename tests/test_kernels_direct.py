@@ -94,6 +94,7 @@ def test_the_compiled_forward_refuses_packed_weights_it_cannot_read(rng):
 def test_forward_matches_scipy(case, dtype, rtol, use_direct, rng, monkeypatch):
     if not use_direct:
         monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
+        monkeypatch.setattr(direct, "MIN_WINOGRAD_TILES", 0)
     x, weight, padding = _arrays(case, dtype, rng)
     out = conv.conv2d_forward(x, weight, padding=padding)
     expected = conv2d_reference(x, weight, padding=padding)
@@ -123,6 +124,22 @@ def test_thread_count_does_not_change_the_result(threads, rng):
     np.testing.assert_array_equal(parallel, serial)
 
 
+@pytest.mark.parametrize("n, threads", [(1, 2), (1, 3), (2, 5), (3, 4)])
+@pytest.mark.parametrize("padding", [(1, 1), (0, 2)])
+def test_row_bands_of_small_batches_match_one_thread(n, threads, padding, rng):
+    """A batch smaller than the team is shared in row bands (overlapping register
+    blocks at their edges): bitwise the one-thread answer, epilogue included."""
+    x = rng.normal(size=(n, 5, 13, 11)).astype(np.float32)
+    weight = rng.normal(size=(8, 5, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=8).astype(np.float32)
+    serial = direct.forward_runner(x.shape, weight, bias, padding, 1, 0.0)
+    parallel = direct.forward_runner(x.shape, weight, bias, padding, threads, 0.0)
+    residual = rng.normal(size=serial(x).shape).astype(np.float32)
+    expected = np.maximum(conv2d_reference(x, weight, bias, padding=padding) + residual, 0)
+    np.testing.assert_allclose(serial(x, None, residual), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(parallel(x, None, residual), serial(x, None, residual))
+
+
 def test_empty_batch(rng):
     weight = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
     out = conv.conv2d_forward(np.zeros((0, 2, 8, 8), np.float32), weight, padding=1)
@@ -144,6 +161,7 @@ def test_grad_input_is_the_adjoint_of_the_forward(kernel, padding, dtype, rtol, 
     scale = np.sum(np.abs(expected * grad_out))
     assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
     monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
+    monkeypatch.setattr(direct, "MIN_WINOGRAD_TILES", 0)
     through_im2col = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, padding)
     np.testing.assert_allclose(grad_input, through_im2col, rtol=rtol,
                                atol=rtol * np.abs(through_im2col).max())
@@ -166,6 +184,7 @@ def test_grad_weight_is_the_adjoint_of_the_forward(case, threads, dtype, rtol, r
     scale = np.sum(np.abs(expected * grad_out))
     assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
     monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
+    monkeypatch.setattr(direct, "MIN_WINOGRAD_TILES", 0)
     monkeypatch.setattr(direct, "MIN_GRAD_GRID", 10 ** 9)
     through_im2col = conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, padding)
     np.testing.assert_allclose(grad_weight, through_im2col, rtol=rtol,
@@ -246,3 +265,20 @@ def test_bad_input_to_the_public_conv_kernels_is_refused(rng):
         conv.conv2d_grad_weight(x, grad_out, (4, 2, 3, 3), 1, 1)
     with pytest.raises(TypeError, match="grad_out"):
         conv.conv2d_grad_input(grad_out.tolist(), weight, x.shape, 1, 1)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_small_maps_take_the_direct_path_at_any_channel_count(dtype, rtol, rng):
+    """Where Winograd would have few tiles (batch 1, 8²) 64 channels run direct, also
+    past the tap limit, and match SciPy with the fused epilogue."""
+    x = rng.normal(size=(1, 64, 8, 8)).astype(dtype)
+    weight = rng.normal(size=(64, 64, 3, 3)).astype(dtype)
+    bias = rng.normal(size=64).astype(dtype)
+    residual = rng.normal(size=x.shape).astype(dtype)
+    assert weight[0].size > direct.MAX_TAPS and 64 > direct.MAX_OUT_CHANNELS
+    assert direct.applies(weight.shape, (1, 1), (1, 1), 1, x.shape, (1, 1))
+    assert not direct.applies(weight.shape, (1, 1), (1, 1), 1, (16,) + x.shape[1:], (1, 1))
+    expected = np.maximum(conv2d_reference(x, weight, bias, padding=(1, 1)) + residual, 0)
+    out = conv.conv2d_forward(x, weight, bias, padding=1, residual=residual,
+                              negative_slope=0.0)
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())

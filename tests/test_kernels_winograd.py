@@ -29,6 +29,7 @@ def small_channels(monkeypatch):
     # the direct loop takes few-channel convs first where it applies: off here
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(direct, "MAX_OUT_CHANNELS", 0)
+    monkeypatch.setattr(direct, "MIN_WINOGRAD_TILES", 0)
 
 
 def _arrays(case, dtype, rng):
@@ -119,11 +120,11 @@ def test_backward_matches_finite_differences(case, rng):
 def test_public_kernels_take_winograd_above_the_threshold(dtype, rtol, padding, rng):
     """Above both real thresholds the public kernels dispatch here and agree with SciPy."""
     c = max(winograd.MIN_CHANNELS, direct.MAX_OUT_CHANNELS + 1)
-    x = rng.normal(size=(2, c, 9, 8)).astype(dtype)
+    x = rng.normal(size=(2, c, 18, 16)).astype(dtype)   # enough tiles for Winograd
     weight = rng.normal(size=(c + 1, c, 3, 3)).astype(dtype)
     bias = rng.normal(size=c + 1).astype(dtype)
     assert winograd.applies(weight.shape, (1, 1), (1, 1), 1)
-    assert not direct.applies(weight.shape, (1, 1), (1, 1), 1)
+    assert not direct.applies(weight.shape, (1, 1), (1, 1), 1, x.shape, (padding, padding))
     assert not direct.applies((c, c + 1, 3, 3), (1, 1), (1, 1), 1)   # grad_input's
     expected = _reference(x, weight, (padding, padding), bias)
     out = conv.conv2d_forward(x, weight, bias, 1, padding)

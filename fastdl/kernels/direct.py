@@ -35,26 +35,38 @@ MAX_TAPS = 512
 # the update of its per-lane sums) outweighs the pass (LeNet-5's second conv,
 # 10 x 14 = 140, still wins; 16 -> 16 at 8², 80 positions: 0.34 vs 0.22 ms).
 MIN_GRAD_GRID = 128
+# Winograd's tiles (2 x 2 outputs, all images) below which its 16 GEMMs are too thin
+# to share between threads, whatever the channel count: at batch 1 and 2 threads,
+# 64 -> 64 at 8² (16 tiles) 78 µs vs direct 46; 128 -> 128 at 4², 113 vs 59; at 16²
+# (64 tiles) about even, 146 vs 139.
+MIN_WINOGRAD_TILES = 64
 # A thread keeps one padded image and its output planes on the wide grid: about L2.
 MAX_IMAGE_BYTES = 256 * 1024
 
 
 def applies(weight_shape, stride, dilation, groups, input_shape=None, padding=(0, 0),
-            itemsize=4, max_out_channels=None):
+            itemsize=4, max_out_channels=None, small_maps=True):
     """Whether a conv with these (normalised) hyper-parameters takes the direct path.
 
     With ``input_shape`` (N, C_in, H, W) the padded image must also fit a thread's
-    cache budget (large images go through im2col's bounded tiles instead).
-    ``max_out_channels`` overrides ``MAX_OUT_CHANNELS``.
+    cache budget (large images go through im2col's bounded tiles instead), and,
+    with ``small_maps``, any channel count takes the direct path where Winograd
+    would have fewer than ``MIN_WINOGRAD_TILES`` tiles. ``max_out_channels``
+    overrides ``MAX_OUT_CHANNELS``.
     """
     c_out, c_in, kh, kw = weight_shape
     if max_out_channels is None:
         max_out_channels = MAX_OUT_CHANNELS
-    if not (stride == (1, 1) and dilation == (1, 1) and groups == 1 and kh * kw > 1
-            and c_out <= max_out_channels and c_in * kh * kw <= MAX_TAPS):
+    if not (stride == (1, 1) and dilation == (1, 1) and groups == 1 and kh * kw > 1):
         return False
     if input_shape is None:
-        return True
+        return c_out <= max_out_channels and c_in * kh * kw <= MAX_TAPS
+    out_h = conv_output_size(input_shape[2], kh, 1, padding[0], 1)
+    out_w = conv_output_size(input_shape[3], kw, 1, padding[1], 1)
+    few_tiles = small_maps and input_shape[0] * -(-out_h // 2) * -(-out_w // 2) < \
+        MIN_WINOGRAD_TILES
+    if not few_tiles and (c_out > max_out_channels or c_in * kh * kw > MAX_TAPS):
+        return False
     padded = (input_shape[2] + 2 * padding[0]) * (input_shape[3] + 2 * padding[1])
     return (c_in + CO_BLOCK) * padded * itemsize <= MAX_IMAGE_BYTES
 
@@ -74,7 +86,8 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
     few_taps = c_in * kh * kw <= 64
     return grid >= MIN_GRAD_GRID and applies(
         weight_shape, stride, dilation, groups, input_shape, padding, itemsize,
-        max_out_channels=GRAD_WEIGHT_MAX_OUT_CHANNELS * (2 if few_taps else 1))
+        max_out_channels=GRAD_WEIGHT_MAX_OUT_CHANNELS * (2 if few_taps else 1),
+        small_maps=False)
 
 
 def block_channels(out_channels, grid):
