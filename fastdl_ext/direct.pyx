@@ -193,25 +193,67 @@ cdef void _zero(floating* values, Py_ssize_t count) noexcept nogil:
         values[i] = 0
 
 
-cdef void _pad_image(const floating* image, int channels, int height, int width, int pad_h,
-                     int pad_w, int padded_h, int padded_w, Py_ssize_t slack,
+cdef struct Phases:
+    # The padded image as stride_h x stride_w phase planes, each (channels, rows, cols):
+    # plane (a, b) holds padded[c, y * stride_h + a, x * stride_w + b] at [c, y, x]. At
+    # stride 1 that is the padded image itself.
+    int channels, height, width, pad_h, pad_w, stride_h, stride_w, rows, cols
+
+
+cdef Phases _phases(int channels, int height, int width, int pad_h, int pad_w, int stride_h,
+                    int stride_w) noexcept nogil:
+    cdef Phases p
+    p.channels, p.height, p.width, p.pad_h, p.pad_w = channels, height, width, pad_h, pad_w
+    p.stride_h, p.stride_w = stride_h, stride_w
+    p.rows = (height + 2 * pad_h + stride_h - 1) // stride_h
+    p.cols = (width + 2 * pad_w + stride_w - 1) // stride_w
+    return p
+
+
+cdef inline Py_ssize_t _phases_size(Phases p) noexcept nogil:
+    return <Py_ssize_t>p.stride_h * p.stride_w * p.channels * p.rows * p.cols
+
+
+cdef inline int _inside(int pad, int extent, int phase, int stride) noexcept nogil:
+    """First index ``y`` of a phase plane with ``y * stride + phase - pad >= 0``, or
+    with ``extent`` in place of 0 (so the image occupies [first, end))."""
+    return (pad + extent - phase + stride - 1) // stride
+
+
+cdef void _pad_image(const floating* image, Phases p, Py_ssize_t slack,
                      floating* padded) noexcept nogil:
-    """Copy one (C, H, W) image into its (C, Hp, Wp) buffer with a zero border, and zero
-    the ``slack`` elements after it (the scratch is never zeroed as a whole)."""
-    cdef int c, row
+    """Copy one (C, H, W) image into its phase planes with a zero border, and zero the
+    ``slack`` elements after them (the scratch is never zeroed as a whole)."""
+    cdef int a, b, c, y, x, top, bottom, left, right
     cdef floating* plane
-    for c in range(channels):
-        plane = padded + <Py_ssize_t>c * padded_h * padded_w
-        _zero(plane, <Py_ssize_t>pad_h * padded_w + pad_w)
-        epilogue_rows(plane + <Py_ssize_t>pad_h * padded_w + pad_w, padded_w,
-                      image + <Py_ssize_t>c * height * width, width, NULL, 0, height, width,
-                      NULL, False, 0)
-        # each row's right border runs into the next row's left border
-        for row in range(pad_h, pad_h + height - 1):
-            _zero(plane + <Py_ssize_t>row * padded_w + pad_w + width, 2 * pad_w)
-        _zero(plane + <Py_ssize_t>(pad_h + height - 1) * padded_w + pad_w + width,
-              pad_w + <Py_ssize_t>pad_h * padded_w)
-    _zero(padded + <Py_ssize_t>channels * padded_h * padded_w, slack)
+    cdef floating* target
+    cdef const floating* source
+    for a in range(p.stride_h):
+        top = _inside(p.pad_h, 0, a, p.stride_h)
+        bottom = max(top, min(p.rows, _inside(p.pad_h, p.height, a, p.stride_h)))
+        for b in range(p.stride_w):
+            left = _inside(p.pad_w, 0, b, p.stride_w)
+            right = max(left, min(p.cols, _inside(p.pad_w, p.width, b, p.stride_w)))
+            for c in range(p.channels):
+                plane = padded + ((<Py_ssize_t>a * p.stride_w + b) * p.channels + c) \
+                    * p.rows * p.cols
+                source = image + (<Py_ssize_t>c * p.height + top * p.stride_h + a - p.pad_h) \
+                    * p.width + left * p.stride_w + b - p.pad_w
+                _zero(plane, <Py_ssize_t>top * p.cols)
+                if p.stride_w == 1:   # rows are contiguous runs: one vectorised copy
+                    epilogue_rows(plane + <Py_ssize_t>top * p.cols + left, p.cols, source,
+                                  <Py_ssize_t>p.stride_h * p.width, NULL, 0, bottom - top,
+                                  right - left, NULL, False, 0)
+                for y in range(top, bottom):
+                    target = plane + <Py_ssize_t>y * p.cols
+                    _zero(target, left)
+                    if p.stride_w != 1:
+                        for x in range(right - left):
+                            target[left + x] = source[x * p.stride_w]
+                        source = source + p.stride_h * p.width
+                    _zero(target + right, p.cols - right)
+                _zero(plane + <Py_ssize_t>bottom * p.cols, <Py_ssize_t>(p.rows - bottom) * p.cols)
+    _zero(padded + _phases_size(p), slack)
 
 
 cdef void* _scratch(int threads, size_t per_thread, bint zeroed=True) except NULL:
@@ -224,20 +266,22 @@ cdef void* _scratch(int threads, size_t per_thread, bint zeroed=True) except NUL
     return scratch
 
 
-cdef Py_ssize_t* _tap_offsets(int channels, int kernel_h, int kernel_w, int padded_h,
-                              int padded_w, int extra=0) except NULL:
-    """Flat offset of tap (c, i, j) in a (C, Hp, Wp) padded image, and ``extra`` slots
-    after them for the caller to fill; the caller frees it."""
+cdef Py_ssize_t* _tap_offsets(Phases p, int kernel_h, int kernel_w, int extra=0) except NULL:
+    """Flat offset of tap (c, i, j) in the phase planes (plane (i % stride_h, j %
+    stride_w), row i // stride_h, column j // stride_w of channel c), and ``extra``
+    slots after them for the caller to fill; the caller frees it."""
     cdef Py_ssize_t* offsets = <Py_ssize_t*>malloc(
-        sizeof(Py_ssize_t) * (channels * kernel_h * kernel_w + extra))
-    cdef int c, i, j
+        sizeof(Py_ssize_t) * (p.channels * kernel_h * kernel_w + extra))
+    cdef int c, i, j, phase
     if offsets == NULL:
         raise MemoryError()
-    for c in range(channels):
+    for c in range(p.channels):
         for i in range(kernel_h):
             for j in range(kernel_w):
-                offsets[(c * kernel_h + i) * kernel_w + j] =                            \
-                    (<Py_ssize_t>c * padded_h + i) * padded_w + j
+                phase = (i % p.stride_h) * p.stride_w + j % p.stride_w
+                offsets[(c * kernel_h + i) * kernel_w + j] = (
+                    (<Py_ssize_t>phase * p.channels + c) * p.rows + i // p.stride_h) \
+                    * p.cols + j // p.stride_w
     return offsets
 
 
@@ -252,10 +296,13 @@ cdef int _bands(int n_images, int co_blocks, int out_h, int num_threads) noexcep
 
 def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
                         floating[:, :, :, ::1] out, int kernel_h, int kernel_w, tuple padding,
-                        int num_threads, floating[::1] bias=None,
+                        tuple stride, int num_threads, floating[::1] bias=None,
                         floating[:, :, :, ::1] residual=None, bint activate=False,
                         double slope=0.0):
-    """out[n] = act(conv(x[n]) + bias + residual[n]), stride 1, dilation 1, one group.
+    """out[n] = act(conv(x[n]) + bias + residual[n]), dilation 1, one group.
+
+    A stride above 1 reads the image split into phase planes (``Phases``), on a
+    wide grid of the planes' row length.
 
     ``packed`` is (co_blocks, C_in * kH * kW, co_block) with ``co_block`` one of
     BLOCK_SHAPES' channel counts; ``out`` (N, C_out, OH, OW) is overwritten.
@@ -263,17 +310,18 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     cdef int n_images = x.shape[0], channels = x.shape[1]
     cdef int height = x.shape[2], width = x.shape[3]
     cdef int out_channels = out.shape[1], out_h = out.shape[2], out_w = out.shape[3]
-    cdef int pad_h = padding[0], pad_w = padding[1]
-    cdef int padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w
+    cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], stride[0],
+                                 stride[1])
+    cdef int padded_w = phases.cols
     cdef int taps = channels * kernel_h * kernel_w
     cdef int co_blocks = packed.shape[0], co_block = packed.shape[2]
     cdef int lanes = 0
     # the wide grid rounded up to whole blocks; reads of the last block run past
-    # the padded image by up to MAX_LANES + kW elements, into zeroed slack
+    # the phase planes by up to MAX_LANES + kW elements, into zeroed slack
     cdef Py_ssize_t grid = <Py_ssize_t>out_h * padded_w
     cdef Py_ssize_t wide_stride
     cdef Py_ssize_t slack = MAX_LANES + kernel_w
-    cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + slack
+    cdef Py_ssize_t padded_size = _phases_size(phases) + slack
     cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
     cdef Py_ssize_t plane = <Py_ssize_t>out_h * out_w
     cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
@@ -299,6 +347,11 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
         raise ValueError("direct_forward_into: packed weights of shape %s do not cover %d "
                          "channels x %d taps" % ((co_blocks, packed.shape[1], co_block),
                                                  out_channels, taps))
+    # the grid's reads stay inside the planes only for the conv's own output size
+    if (out_h != (height + 2 * padding[0] - kernel_h) // stride[0] + 1
+            or out_w != (width + 2 * padding[1] - kernel_w) // stride[1] + 1):
+        raise ValueError("direct_forward_into: out has shape %s, not the conv's output"
+                         % ((n_images, out_channels, out_h, out_w),))
     if n_images == 0 or plane == 0:
         return
     wide_stride = (grid + lanes - 1) // lanes * lanes
@@ -311,7 +364,7 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
     # per thread: the padded image and one channel block's grid, neither zeroed:
     # _pad_image writes the border, the blocks write the grid before it is read
     per_thread = sizeof(floating) * (padded_size + co_block * wide_stride)
-    offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w)
+    offsets = _tap_offsets(phases, kernel_h, kernel_w)
     try:
         scratch = <char*>_scratch(num_threads, per_thread, False)
         # the image each thread has in ``padded`` (memory, not a variable: prange may
@@ -329,8 +382,7 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
         for item in prange(n_images * per_image, schedule="dynamic", chunksize=chunk):
             image = item // per_image
             if image != cached[thread]:
-                _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
-                           pad_h, pad_w, padded_h, padded_w, slack, padded)
+                _pad_image(&x[0, 0, 0, 0] + image * image_in, phases, slack, padded)
                 cached[thread] = image
             band = item % per_image // co_blocks
             block = item % co_blocks
@@ -384,13 +436,14 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef int height = x.shape[2], width = x.shape[3]
     cdef int out_channels = grad_out.shape[1], out_h = grad_out.shape[2]
     cdef int out_w = grad_out.shape[3]
-    cdef int pad_h = padding[0], pad_w = padding[1]
-    cdef int padded_h = height + 2 * pad_h, padded_w = width + 2 * pad_w
+    cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], 1, 1)
+    cdef int padded_w = phases.cols
     cdef int taps = channels * kernel_h * kernel_w
     cdef int all_taps = taps + with_bias
     cdef int co_blocks = partial.shape[1], tap_groups = partial.shape[2]
     cdef Py_ssize_t length = (<Py_ssize_t>out_h * padded_w + 7) // 8 * 8
-    cdef Py_ssize_t padded_size = <Py_ssize_t>channels * padded_h * padded_w + 8 + kernel_w
+    cdef Py_ssize_t slack = 8 + kernel_w
+    cdef Py_ssize_t padded_size = _phases_size(phases) + slack
     cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
     # per thread: the padded image, grad_out of one image on the wide grid (grid
     # columns past the output width and channels beyond C_out stay zero), and the
@@ -413,7 +466,7 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                          "threads, %d channels and %d taps"
                          % ((partial.shape[0], partial.shape[1], partial.shape[2],
                             partial.shape[3]), num_threads, out_channels, all_taps))
-    offsets = _tap_offsets(channels, kernel_h, kernel_w, padded_h, padded_w, 1)
+    offsets = _tap_offsets(phases, kernel_h, kernel_w, 1)
     offsets[taps] = padded_size + wide_size   # the ones, relative to the padded image
     try:
         scratch = <char*>_scratch(num_threads, per_thread)
@@ -429,8 +482,7 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
         for q in range(length):
             wide[wide_size + q] = 1
         for image in prange(n_images, schedule="static"):
-            _pad_image(&x[0, 0, 0, 0] + image * image_in, channels, height, width,
-                       pad_h, pad_w, padded_h, padded_w, 8 + kernel_w, padded)
+            _pad_image(&x[0, 0, 0, 0] + image * image_in, phases, slack, padded)
             for co in range(out_channels):
                 epilogue_rows(wide + co * length, padded_w, &grad_out[image, co, 0, 0], out_w,
                               NULL, 0, out_h, out_w, NULL, False, 0)

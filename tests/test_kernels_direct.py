@@ -31,11 +31,14 @@ def _arrays(case, dtype, rng):
     return x, weight, padding
 
 
-def test_applies_to_few_output_channels_stride_1_single_group():
+def test_applies_to_few_output_channels_single_group_strides_up_to_the_kernel():
     c = direct.MAX_OUT_CHANNELS
     assert direct.applies((c, 3, 5, 5), (1, 1), (1, 1), 1)
     assert not direct.applies((c + 1, 3, 5, 5), (1, 1), (1, 1), 1)
-    assert not direct.applies((c, 3, 5, 5), (2, 2), (1, 1), 1)
+    assert direct.applies((c, 3, 5, 5), (2, 2), (1, 1), 1)
+    assert not direct.applies((c, 3, 3, 3), (1, 4), (1, 1), 1)
+    # strided: any channel count (im2col is the only other path)
+    assert direct.applies((128, 64, 3, 3), (2, 2), (1, 1), 1, (32, 64, 16, 16), (1, 1))
     assert not direct.applies((c, 3, 5, 5), (1, 1), (2, 2), 1)
     assert not direct.applies((c, 2, 5, 5), (1, 1), (1, 1), 2)
     assert not direct.applies((c, 3, 1, 1), (1, 1), (1, 1), 1)
@@ -82,10 +85,14 @@ def test_the_compiled_forward_refuses_packed_weights_it_cannot_read(rng):
     out = np.zeros((1, 5, 4, 4), np.float32)
     weight = rng.normal(size=(5, 2, 3, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="blocks of 5 channels"):
-        compiled.direct_forward_into(x, weight.reshape(1, 18, 5), out, 3, 3, (0, 0), 1)
+        compiled.direct_forward_into(x, weight.reshape(1, 18, 5), out, 3, 3, (0, 0), (1, 1),
+                                     1)
     with pytest.raises(ValueError, match="do not cover 5 channels"):
         compiled.direct_forward_into(x, direct.pack_weight(weight[:4], 4), out, 3, 3, (0, 0),
-                                     1)
+                                     (1, 1), 1)
+    with pytest.raises(ValueError, match="not the conv's output"):   # stride 2 gives 2x2
+        compiled.direct_forward_into(x, direct.pack_weight(weight, 4), out, 3, 3, (0, 0),
+                                     (2, 2), 1)
 
 
 @pytest.mark.parametrize("use_direct", [True, False])
@@ -282,3 +289,31 @@ def test_small_maps_take_the_direct_path_at_any_channel_count(dtype, rtol, rng):
     out = conv.conv2d_forward(x, weight, bias, padding=1, residual=residual,
                               negative_slope=0.0)
     np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+@pytest.mark.parametrize("case", [
+    # n, c_in, h, w, c_out, kh, kw, padding, stride
+    (2, 3, 15, 12, 8, 3, 3, (1, 1), (2, 2)),
+    (1, 16, 32, 32, 32, 3, 3, (1, 1), (2, 2)),
+    (3, 2, 11, 16, 6, 5, 3, (2, 0), (3, 2)),
+    (1, 4, 9, 10, 5, 3, 4, (0, 1), (1, 3)),
+    (2, 5, 8, 8, 4, 2, 2, (0, 0), (2, 2)),
+])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_strided_convs_read_phase_planes(case, threads, dtype, rtol, rng):
+    """Strided convs through the phase planes match SciPy, epilogue and bands included."""
+    n, c_in, h, w, c_out, kh, kw, padding, stride = case
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, kh, kw)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    assert direct.applies(weight.shape, stride, (1, 1), 1, x.shape, padding)
+    expected = conv2d_reference(x, weight, bias, stride=stride, padding=padding)
+    residual = rng.normal(size=expected.shape).astype(dtype)
+    run = direct.forward_runner(x.shape, weight, bias, padding, threads, 0.0, stride)
+    out = run(x, None, residual)
+    expected = np.maximum(expected + residual, 0)
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    public = conv.conv2d_forward(x, weight, bias, stride, padding, residual=residual,
+                                 negative_slope=0.0)
+    np.testing.assert_allclose(public, expected, rtol=rtol, atol=rtol * np.abs(expected).max())

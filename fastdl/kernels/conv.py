@@ -137,7 +137,7 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     if direct.applies(weight.shape, stride, dilation, groups, input_shape, padding,
                       weight.itemsize):
         return direct.forward_runner(input_shape, weight, bias, padding, threads,
-                                     negative_slope)
+                                     negative_slope, stride)
     if winograd.applies(weight.shape, stride, dilation, groups):
         return winograd.forward_runner(input_shape, weight, bias, padding,
                                        _threads_for(multiply_adds * 4 // 9), negative_slope)

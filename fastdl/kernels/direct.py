@@ -3,10 +3,11 @@
 The compiled loops live in ``fastdl_ext/direct.pyx`` (a register block of output
 channels × positions per step over a padded image in cache). They replace im2col +
 GEMM (and Winograd) where the GEMMs would be too thin to pay for unfolding and
-packing: stride 1, dilation 1, one group, at most ``MAX_OUT_CHANNELS`` output
-channels and a kernel larger than 1×1. The forward serves conv2d's forward and, with
-flipped weights, the input gradient of "same" convs; ``grad_weight`` has rules of
-its own (``grad_weight_applies``).
+packing: dilation 1, one group, at most ``MAX_OUT_CHANNELS`` output channels (any
+number on small maps) and a kernel larger than 1×1; a stride reads the image as
+phase planes. The forward serves conv2d's forward and, with flipped weights, the
+input gradient of stride-1 "same" convs; ``grad_weight`` (stride 1) has rules of its
+own (``grad_weight_applies``).
 """
 import numpy as np
 
@@ -35,6 +36,9 @@ MAX_TAPS = 512
 # the update of its per-lane sums) outweighs the pass (LeNet-5's second conv,
 # 10 x 14 = 140, still wins; 16 -> 16 at 8², 80 positions: 0.34 vs 0.22 ms).
 MIN_GRAD_GRID = 128
+# Strided 3x3 convs, direct vs im2col at 2 threads, pad 1, stride 2: batch 32,
+# 16 -> 32 at 32², 1.05 vs 1.84 ms; 32 -> 64 at 16², 1.11 vs 1.38; 64 -> 128 at 8²,
+# 1.27 vs 1.33; batch 1, 16 -> 32 at 32², 95 vs 122 µs; 32 -> 64 at 16², 48 vs 97.
 # Winograd's tiles (2 x 2 outputs, all images) below which its 16 GEMMs are too thin
 # to share between threads, whatever the channel count: at batch 1 and 2 threads,
 # 64 -> 64 at 8² (16 tiles) 78 µs vs direct 46; 128 -> 128 at 4², 113 vs 59; at 16²
@@ -49,23 +53,27 @@ def applies(weight_shape, stride, dilation, groups, input_shape=None, padding=(0
     """Whether a conv with these (normalised) hyper-parameters takes the direct path.
 
     With ``input_shape`` (N, C_in, H, W) the padded image must also fit a thread's
-    cache budget (large images go through im2col's bounded tiles instead), and,
-    with ``small_maps``, any channel count takes the direct path where Winograd
-    would have fewer than ``MIN_WINOGRAD_TILES`` tiles. ``max_out_channels``
-    overrides ``MAX_OUT_CHANNELS``.
+    cache budget (large images go through im2col's bounded tiles instead). Any
+    channel count takes the direct path at a stride above 1 and, with
+    ``small_maps``, where Winograd would have fewer than ``MIN_WINOGRAD_TILES``
+    tiles. ``max_out_channels`` overrides ``MAX_OUT_CHANNELS``.
     """
     c_out, c_in, kh, kw = weight_shape
     if max_out_channels is None:
         max_out_channels = MAX_OUT_CHANNELS
-    if not (stride == (1, 1) and dilation == (1, 1) and groups == 1 and kh * kw > 1):
+    # a stride beyond the kernel would copy phase planes no tap reads
+    if not (stride[0] <= kh and stride[1] <= kw and dilation == (1, 1) and groups == 1
+            and kh * kw > 1):
         return False
     if input_shape is None:
         return c_out <= max_out_channels and c_in * kh * kw <= MAX_TAPS
-    out_h = conv_output_size(input_shape[2], kh, 1, padding[0], 1)
-    out_w = conv_output_size(input_shape[3], kw, 1, padding[1], 1)
+    out_h = conv_output_size(input_shape[2], kh, stride[0], padding[0], 1)
+    out_w = conv_output_size(input_shape[3], kw, stride[1], padding[1], 1)
     few_tiles = small_maps and input_shape[0] * -(-out_h // 2) * -(-out_w // 2) < \
         MIN_WINOGRAD_TILES
-    if not few_tiles and (c_out > max_out_channels or c_in * kh * kw > MAX_TAPS):
+    # strided convs compete with im2col only (no Winograd), and win at any channel count
+    if not few_tiles and stride == (1, 1) and (c_out > max_out_channels
+                                               or c_in * kh * kw > MAX_TAPS):
         return False
     padded = (input_shape[2] + 2 * padding[0]) * (input_shape[3] + 2 * padding[1])
     return (c_in + CO_BLOCK) * padded * itemsize <= MAX_IMAGE_BYTES
@@ -84,7 +92,7 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
     out_h = conv_output_size(input_shape[2], kh, 1, padding[0], 1)
     grid = out_h * (input_shape[3] + 2 * padding[1])
     few_taps = c_in * kh * kw <= 64
-    return grid >= MIN_GRAD_GRID and applies(
+    return stride == (1, 1) and grid >= MIN_GRAD_GRID and applies(
         weight_shape, stride, dilation, groups, input_shape, padding, itemsize,
         max_out_channels=GRAD_WEIGHT_MAX_OUT_CHANNELS * (2 if few_taps else 1),
         small_maps=False)
@@ -117,15 +125,19 @@ def pack_weight(weight, co_block=CO_BLOCK):
     return packed
 
 
-def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=None):
+def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=None,
+                   stride=(1, 1)):
     """A prepared ``run(x, out=None, residual=None)`` with the weights packed once."""
     n, _, height, width = input_shape
     c_out, _, kh, kw = weight.shape
-    out_shape = (n, c_out, conv_output_size(height, kh, 1, padding[0], 1),
-                 conv_output_size(width, kw, 1, padding[1], 1))
-    co_block = block_channels(c_out, out_shape[2] * (width + 2 * padding[1]))
+    out_shape = (n, c_out, conv_output_size(height, kh, stride[0], padding[0], 1),
+                 conv_output_size(width, kw, stride[1], padding[1], 1))
+    # the wide grid runs along the rows of the phase planes
+    grid = out_shape[2] * -(-(width + 2 * padding[1]) // stride[1])
+    co_block = block_channels(c_out, grid)
     return fused_runner(_ext.direct_forward_into, out_shape, pack_weight(weight, co_block),
-                        (kh, kw, padding, threads), bias, negative_slope)
+                        (kh, kw, tuple(padding), tuple(stride), threads), bias,
+                        negative_slope)
 
 
 def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False):
