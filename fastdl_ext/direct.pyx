@@ -285,6 +285,17 @@ cdef Py_ssize_t* _tap_offsets(Phases p, int kernel_h, int kernel_w, int extra=0)
     return offsets
 
 
+cdef int _check_output(str what, int height, int width, int out_h, int out_w, int kernel_h,
+                       int kernel_w, tuple padding, tuple stride) except -1:
+    """Refuse an output plane other than the conv's: the grid's reads stay inside the
+    phase planes only for the conv's own output size."""
+    if (out_h != (height + 2 * <int>padding[0] - kernel_h) // <int>stride[0] + 1
+            or out_w != (width + 2 * <int>padding[1] - kernel_w) // <int>stride[1] + 1):
+        raise ValueError("%s has %d x %d positions, not the conv's output" % (what, out_h,
+                                                                            out_w))
+    return 0
+
+
 cdef int _bands(int n_images, int co_blocks, int out_h, int num_threads) noexcept nogil:
     """Row bands per image: enough work items for the team to share when the batch is
     smaller than it (batch 1), one band otherwise."""
@@ -347,11 +358,8 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
         raise ValueError("direct_forward_into: packed weights of shape %s do not cover %d "
                          "channels x %d taps" % ((co_blocks, packed.shape[1], co_block),
                                                  out_channels, taps))
-    # the grid's reads stay inside the planes only for the conv's own output size
-    if (out_h != (height + 2 * padding[0] - kernel_h) // stride[0] + 1
-            or out_w != (width + 2 * padding[1] - kernel_w) // stride[1] + 1):
-        raise ValueError("direct_forward_into: out has shape %s, not the conv's output"
-                         % ((n_images, out_channels, out_h, out_w),))
+    _check_output("direct_forward_into: out", height, width, out_h, out_w, kernel_h,
+                  kernel_w, padding, stride)
     if n_images == 0 or plane == 0:
         return
     wide_stride = (grid + lanes - 1) // lanes * lanes
@@ -421,8 +429,10 @@ cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
 
 def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
                             floating[:, :, :, ::1] partial, int kernel_h, int kernel_w,
-                            tuple padding, int num_threads, bint with_bias=False):
-    """Per-thread, per-lane weight gradients of a stride-1, one-group conv (wide grid).
+                            tuple padding, tuple stride, int num_threads,
+                            bint with_bias=False):
+    """Per-thread, per-lane weight gradients of a one-group conv (wide grid; a stride
+    reads phase planes, as the forward).
 
     ``partial`` (threads, co_blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), zero on
     entry, with ``tap_groups = ceil((C_in * kH * kW + with_bias) / GRAD_TAPS)``:
@@ -436,7 +446,8 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef int height = x.shape[2], width = x.shape[3]
     cdef int out_channels = grad_out.shape[1], out_h = grad_out.shape[2]
     cdef int out_w = grad_out.shape[3]
-    cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], 1, 1)
+    cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], stride[0],
+                                 stride[1])
     cdef int padded_w = phases.cols
     cdef int taps = channels * kernel_h * kernel_w
     cdef int all_taps = taps + with_bias
@@ -458,6 +469,8 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef Py_ssize_t q
     cdef int image, block, co, oy, k, t, thread
     cdef char* scratch
+    _check_output("direct_grad_weight_into: grad_out", height, width, out_h, out_w, kernel_h,
+                  kernel_w, padding, stride)
     if n_images == 0 or out_h * out_w == 0:
         return
     if (tap_groups * GRAD_TAPS < all_taps or co_blocks * CO_BLOCK < out_channels

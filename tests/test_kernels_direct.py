@@ -317,3 +317,28 @@ def test_strided_convs_read_phase_planes(case, threads, dtype, rtol, rng):
     public = conv.conv2d_forward(x, weight, bias, stride, padding, residual=residual,
                                  negative_slope=0.0)
     np.testing.assert_allclose(public, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+@pytest.mark.parametrize("case", [
+    (2, 3, 31, 28, 8, 3, 3, (1, 1), (2, 2)),
+    (3, 4, 26, 30, 5, 5, 3, (2, 1), (3, 2)),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_grad_weight_is_the_adjoint_of_the_forward(case, threads, dtype, rtol, rng):
+    """<conv(x, w), g> = <w, grad_weight(x, g)> through the phase planes, bias included."""
+    n, c_in, h, w, c_out, kh, kw, padding, stride = case
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, kh, kw)).astype(dtype)
+    assert direct.grad_weight_applies(weight.shape, stride, (1, 1), 1, x.shape, padding)
+    expected = conv2d_reference(x, weight, stride=stride, padding=padding)
+    grad_out = rng.normal(size=expected.shape).astype(dtype)
+    grad_weight, grad_bias = direct.grad_weight(x, grad_out, weight.shape, padding, threads,
+                                                True, stride)
+    inner = np.sum(expected * grad_out)
+    scale = np.sum(np.abs(expected * grad_out))
+    assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
+    np.testing.assert_allclose(grad_bias, grad_out.sum(axis=(0, 2, 3)), rtol=rtol,
+                               atol=rtol * np.abs(grad_out).sum(axis=(0, 2, 3)).max())
+    with pytest.raises(ValueError, match="not the conv's output"):
+        direct.grad_weight(x, grad_out, weight.shape, padding, threads, False, (1, 1))

@@ -285,7 +285,7 @@ def conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dil
     if direct.grad_weight_applies(tuple(weight_shape), stride, dilation, groups, x.shape,
                                   padding, x.itemsize):
         return direct.grad_weight(x, grad_out, weight_shape, padding,
-                                  _threads_for(multiply_adds), with_bias)
+                                  _threads_for(multiply_adds), with_bias, stride)
     weight_grad = _grad_weight_gemm(x, grad_out, weight_shape, stride, padding, dilation,
                                     groups, multiply_adds)
     return (weight_grad, conv2d_grad_bias(grad_out)) if with_bias else weight_grad

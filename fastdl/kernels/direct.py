@@ -48,35 +48,40 @@ MIN_WINOGRAD_TILES = 64
 MAX_IMAGE_BYTES = 256 * 1024
 
 
+def _fits_cache(c_in, input_shape, padding, itemsize):
+    padded = (input_shape[2] + 2 * padding[0]) * (input_shape[3] + 2 * padding[1])
+    return (c_in + CO_BLOCK) * padded * itemsize <= MAX_IMAGE_BYTES
+
+
+def _reads_phase_planes(weight_shape, stride, dilation, groups):
+    """The loops' own limits: one group, no dilation, a kernel larger than 1x1, and a
+    stride no larger than the kernel (beyond, phase planes would be copied unread)."""
+    _, _, kh, kw = weight_shape
+    return (stride[0] <= kh and stride[1] <= kw and dilation == (1, 1) and groups == 1
+            and kh * kw > 1)
+
+
 def applies(weight_shape, stride, dilation, groups, input_shape=None, padding=(0, 0),
-            itemsize=4, max_out_channels=None, small_maps=True):
+            itemsize=4):
     """Whether a conv with these (normalised) hyper-parameters takes the direct path.
 
     With ``input_shape`` (N, C_in, H, W) the padded image must also fit a thread's
     cache budget (large images go through im2col's bounded tiles instead). Any
-    channel count takes the direct path at a stride above 1 and, with
-    ``small_maps``, where Winograd would have fewer than ``MIN_WINOGRAD_TILES``
-    tiles. ``max_out_channels`` overrides ``MAX_OUT_CHANNELS``.
+    channel count takes the direct path at a stride above 1 and where Winograd
+    would have fewer than ``MIN_WINOGRAD_TILES`` tiles.
     """
     c_out, c_in, kh, kw = weight_shape
-    if max_out_channels is None:
-        max_out_channels = MAX_OUT_CHANNELS
-    # a stride beyond the kernel would copy phase planes no tap reads
-    if not (stride[0] <= kh and stride[1] <= kw and dilation == (1, 1) and groups == 1
-            and kh * kw > 1):
+    if not _reads_phase_planes(weight_shape, stride, dilation, groups):
         return False
+    few_channels = c_out <= MAX_OUT_CHANNELS and c_in * kh * kw <= MAX_TAPS
     if input_shape is None:
-        return c_out <= max_out_channels and c_in * kh * kw <= MAX_TAPS
+        return few_channels
     out_h = conv_output_size(input_shape[2], kh, stride[0], padding[0], 1)
     out_w = conv_output_size(input_shape[3], kw, stride[1], padding[1], 1)
-    few_tiles = small_maps and input_shape[0] * -(-out_h // 2) * -(-out_w // 2) < \
-        MIN_WINOGRAD_TILES
+    few_tiles = input_shape[0] * -(-out_h // 2) * -(-out_w // 2) < MIN_WINOGRAD_TILES
     # strided convs compete with im2col only (no Winograd), and win at any channel count
-    if not few_tiles and stride == (1, 1) and (c_out > max_out_channels
-                                               or c_in * kh * kw > MAX_TAPS):
-        return False
-    padded = (input_shape[2] + 2 * padding[0]) * (input_shape[3] + 2 * padding[1])
-    return (c_in + CO_BLOCK) * padded * itemsize <= MAX_IMAGE_BYTES
+    return (few_channels or few_tiles or stride != (1, 1)) and _fits_cache(
+        c_in, input_shape, padding, itemsize)
 
 
 def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, padding,
@@ -89,13 +94,14 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
     twice as many channels then, which also bounds the per-thread gradient grid).
     """
     c_out, c_in, kh, kw = weight_shape
-    out_h = conv_output_size(input_shape[2], kh, 1, padding[0], 1)
-    grid = out_h * (input_shape[3] + 2 * padding[1])
-    few_taps = c_in * kh * kw <= 64
-    return stride == (1, 1) and grid >= MIN_GRAD_GRID and applies(
-        weight_shape, stride, dilation, groups, input_shape, padding, itemsize,
-        max_out_channels=GRAD_WEIGHT_MAX_OUT_CHANNELS * (2 if few_taps else 1),
-        small_maps=False)
+    if not _reads_phase_planes(weight_shape, stride, dilation, groups):
+        return False
+    out_h = conv_output_size(input_shape[2], kh, stride[0], padding[0], 1)
+    grid = out_h * -(-(input_shape[3] + 2 * padding[1]) // stride[1])
+    taps = c_in * kh * kw
+    max_out_channels = GRAD_WEIGHT_MAX_OUT_CHANNELS * (2 if taps <= 64 else 1)
+    return (grid >= MIN_GRAD_GRID and c_out <= max_out_channels and taps <= MAX_TAPS
+            and _fits_cache(c_in, input_shape, padding, itemsize))
 
 
 def block_channels(out_channels, grid):
@@ -140,8 +146,9 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
                         negative_slope)
 
 
-def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False):
-    """Weight gradient (C_out, C_in, kH, kW) of the stride-1 conv ``forward_runner`` runs.
+def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False,
+                stride=(1, 1)):
+    """Weight gradient (C_out, C_in, kH, kW) of the conv ``forward_runner`` runs.
 
     Threads sum their images into their own 8-lane partial sums; threads and lanes
     are added in a fixed order after. ``with_bias``: return ``(grad_weight,
@@ -153,7 +160,7 @@ def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False):
     blocks, tap_groups = -(-c_out // CO_BLOCK), -(-(taps + with_bias) // GRAD_TAPS)
     partial = np.zeros((threads, blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), dtype=x.dtype)
     _ext.direct_grad_weight_into(x, grad_out, partial, weight_shape[2], weight_shape[3],
-                                 tuple(padding), threads, with_bias)
+                                 tuple(padding), tuple(stride), threads, with_bias)
     sums = partial.reshape(threads, blocks, tap_groups, CO_BLOCK, GRAD_TAPS, 8).sum(axis=(0, 5))
     # (blocks, tap_groups, CO_BLOCK, GRAD_TAPS) -> (channels, taps), padding dropped
     by_channel = sums.transpose(0, 2, 1, 3).reshape(blocks * CO_BLOCK, tap_groups * GRAD_TAPS)
