@@ -97,7 +97,7 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCKS(double)
 
     /* Weight gradient of one channel block and GRAD_TAPS taps over a whole wide grid:
-       sums[b][k] += lanes of sum_q grad[b][q] * source[offsets[k] + q], q < length (a
+       sums[g][b][k] += lanes of sum_q grad[b][q] * source[offsets[3g + k] + q], q < length (a
        multiple of 8; grid columns past the output width hold zero gradient). Twelve
        accumulators, as in the forward block; the three taps are unrolled by hand
        (kept in arrays, GCC spilled them: 3x slower). The sums stay 8-lane vectors,
@@ -109,35 +109,42 @@ cdef extern from *:
         typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
         FASTDL_CLONES static void name(const type *restrict grad, Py_ssize_t grad_stride, \
                                        const type *restrict source,                     \
-                                       const Py_ssize_t *restrict offsets,              \
+                                       const Py_ssize_t *restrict offsets, int groups,  \
                                        Py_ssize_t length, type *restrict sums) {        \
-            name##_vector acc[FASTDL_GRAD_CO_BLOCK][FASTDL_GRAD_TAPS];                  \
-            for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                              \
-                for (int k = 0; k < FASTDL_GRAD_TAPS; k++)                              \
-                    acc[b][k] = (name##_vector){0};                                     \
-            const type *restrict first = source + offsets[0];                           \
-            const type *restrict second = source + offsets[1];                          \
-            const type *restrict third = source + offsets[2];                           \
-            for (Py_ssize_t q = 0; q < length; q += 8) {                                \
-                name##_vector x0, x1, x2, g;                                            \
-                __builtin_memcpy(&x0, first + q, sizeof x0);                            \
-                __builtin_memcpy(&x1, second + q, sizeof x1);                           \
-                __builtin_memcpy(&x2, third + q, sizeof x2);                            \
-                for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++) {                        \
-                    __builtin_memcpy(&g, grad + b * grad_stride + q, sizeof g);         \
-                    acc[b][0] += g * x0;                                                \
-                    acc[b][1] += g * x1;                                                \
-                    acc[b][2] += g * x2;                                                \
+            /* all tap groups of a channel block in one call: on LeNet's 144-position   \
+               grids a call per group cost a sixth of the step's weight gradient */      \
+            for (int group = 0; group < groups; group++) {                              \
+                name##_vector acc[FASTDL_GRAD_CO_BLOCK][FASTDL_GRAD_TAPS];              \
+                for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                          \
+                    for (int k = 0; k < FASTDL_GRAD_TAPS; k++)                          \
+                        acc[b][k] = (name##_vector){0};                                 \
+                const Py_ssize_t *restrict at_taps = offsets + FASTDL_GRAD_TAPS * group; \
+                const type *restrict first = source + at_taps[0];                       \
+                const type *restrict second = source + at_taps[1];                      \
+                const type *restrict third = source + at_taps[2];                       \
+                for (Py_ssize_t q = 0; q < length; q += 8) {                            \
+                    name##_vector x0, x1, x2, g;                                        \
+                    __builtin_memcpy(&x0, first + q, sizeof x0);                        \
+                    __builtin_memcpy(&x1, second + q, sizeof x1);                       \
+                    __builtin_memcpy(&x2, third + q, sizeof x2);                        \
+                    for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++) {                    \
+                        __builtin_memcpy(&g, grad + b * grad_stride + q, sizeof g);     \
+                        acc[b][0] += g * x0;                                            \
+                        acc[b][1] += g * x1;                                            \
+                        acc[b][2] += g * x2;                                            \
+                    }                                                                   \
                 }                                                                       \
+                type *restrict group_sums =                                             \
+                    sums + (Py_ssize_t)group * FASTDL_GRAD_CO_BLOCK * FASTDL_GRAD_TAPS * 8; \
+                for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                          \
+                    for (int k = 0; k < FASTDL_GRAD_TAPS; k++) {                        \
+                        name##_vector total;                                            \
+                        type *restrict at = group_sums + (FASTDL_GRAD_TAPS * b + k) * 8; \
+                        __builtin_memcpy(&total, at, sizeof total);                     \
+                        total += acc[b][k];                                             \
+                        __builtin_memcpy(at, &total, sizeof total);                     \
+                    }                                                                   \
             }                                                                           \
-            for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                              \
-                for (int k = 0; k < FASTDL_GRAD_TAPS; k++) {                            \
-                    name##_vector total;                                                \
-                    type *restrict at = sums + (FASTDL_GRAD_TAPS * b + k) * 8;          \
-                    __builtin_memcpy(&total, at, sizeof total);                         \
-                    total += acc[b][k];                                                 \
-                    __builtin_memcpy(at, &total, sizeof total);                         \
-                }                                                                       \
         }
     FASTDL_GRAD_BLOCK(fastdl_direct_grad_float, float)
     FASTDL_GRAD_BLOCK(fastdl_direct_grad_double, double)
@@ -158,10 +165,11 @@ cdef extern from *:
         CO_BLOCK "FASTDL_GRAD_CO_BLOCK"  # output channels per weight-gradient pass
     void _grad_float "fastdl_direct_grad_float"(
         const float* grad, Py_ssize_t grad_stride, const float* source,
-        const Py_ssize_t* offsets, Py_ssize_t length, float* sums) noexcept nogil
+        const Py_ssize_t* offsets, int groups, Py_ssize_t length, float* sums) noexcept nogil
     void _grad_double "fastdl_direct_grad_double"(
         const double* grad, Py_ssize_t grad_stride, const double* source,
-        const Py_ssize_t* offsets, Py_ssize_t length, double* sums) noexcept nogil
+        const Py_ssize_t* offsets, int groups, Py_ssize_t length,
+        double* sums) noexcept nogil
 
 
 BLOCK_SHAPES = ((4, 24), (6, 16), (3, 24))   # (output channels, positions) per block
@@ -417,14 +425,14 @@ def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
 
 
 cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
-                            const floating* source, const Py_ssize_t* offsets,
+                            const floating* source, const Py_ssize_t* offsets, int groups,
                             Py_ssize_t length, floating* sums) noexcept nogil:
-    """sums[b * GRAD_TAPS + k, :8] += lanes of grad[b] · source[offsets[k]:] over
-    ``length``."""
+    """sums[g, b * GRAD_TAPS + k, :8] += lanes of grad[b] · source[offsets[g * GRAD_TAPS +
+    k]:] over ``length``, for ``groups`` groups of taps."""
     if floating is float:
-        _grad_float(grad, grad_stride, source, offsets, length, sums)
+        _grad_float(grad, grad_stride, source, offsets, groups, length, sums)
     else:
-        _grad_double(grad, grad_stride, source, offsets, length, sums)
+        _grad_double(grad, grad_stride, source, offsets, groups, length, sums)
 
 
 def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
@@ -464,10 +472,8 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef Py_ssize_t* offsets
     cdef floating* padded
     cdef floating* wide
-    cdef Py_ssize_t* group
-    cdef Py_ssize_t* groups_of_taps
     cdef Py_ssize_t q
-    cdef int image, block, co, oy, k, t, thread
+    cdef int image, block, co, k, thread
     cdef char* scratch
     _check_output("direct_grad_weight_into: grad_out", height, width, out_h, out_w, kernel_h,
                   kernel_w, padding, stride)
@@ -479,11 +485,14 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                          "threads, %d channels and %d taps"
                          % ((partial.shape[0], partial.shape[1], partial.shape[2],
                             partial.shape[3]), num_threads, out_channels, all_taps))
-    offsets = _tap_offsets(phases, kernel_h, kernel_w, 1)
-    offsets[taps] = padded_size + wide_size   # the ones, relative to the padded image
+    offsets = _tap_offsets(phases, kernel_h, kernel_w, tap_groups * GRAD_TAPS - taps)
+    if with_bias:
+        offsets[taps] = padded_size + wide_size   # the ones, relative to the padded image
+    # a last short group repeats its final tap into the slots past the taps
+    for k in range(all_taps, tap_groups * GRAD_TAPS):
+        offsets[k] = offsets[all_taps - 1]
     try:
         scratch = <char*>_scratch(num_threads, per_thread)
-        groups_of_taps = <Py_ssize_t*>_scratch(num_threads, sizeof(Py_ssize_t) * GRAD_TAPS)
     except MemoryError:
         free(offsets)
         raise
@@ -491,7 +500,6 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
         thread = threadid()
         padded = <floating*>(scratch + thread * per_thread)
         wide = padded + padded_size
-        group = groups_of_taps + thread * GRAD_TAPS
         for q in range(length):
             wide[wide_size + q] = 1
         for image in prange(n_images, schedule="static"):
@@ -500,12 +508,7 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
                 epilogue_rows(wide + co * length, padded_w, &grad_out[image, co, 0, 0], out_w,
                               NULL, 0, out_h, out_w, NULL, False, 0)
             for block in range(co_blocks):
-                for t in range(tap_groups):
-                    # a last short group repeats its final tap into padding slots
-                    for k in range(GRAD_TAPS):
-                        group[k] = offsets[min(t * GRAD_TAPS + k, all_taps - 1)]
-                    _grad_taps(wide + block * CO_BLOCK * length, length, padded, group,
-                               length, &partial[thread, block, t, 0])
-    free(groups_of_taps)
+                _grad_taps(wide + block * CO_BLOCK * length, length, padded, offsets,
+                           tap_groups, length, &partial[thread, block, 0, 0])
     free(scratch)
     free(offsets)
