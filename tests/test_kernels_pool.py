@@ -316,3 +316,18 @@ def test_max_pool_runner_general_windows_fall_back(rng):
     run = pool.max_pool2d_runner(x.shape, 3, 2, 1, True)
     np.testing.assert_array_equal(run(x), max_pool2d_reference(x, (3, 3), (2, 2), (1, 1),
                                                                ceil_mode=True))
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 8, 8), (3, 5, 7, 6), (40, 64, 32, 32)])
+@pytest.mark.parametrize("output_size", [(1, 1), (2, 3)])
+def test_adaptive_avg_pool2d_runner_matches_the_reference(rng, shape, output_size):
+    """The prepared inference call (serial and parallel global means) writes into
+    its buffer what the reference computes."""
+    x = rng.normal(size=shape).astype(np.float32)
+    run = pool.adaptive_avg_pool2d_runner(x.shape, output_size)
+    expected = adaptive_avg_pool2d_reference(x, output_size)
+    out = np.full(expected.shape, np.nan, np.float32)
+    np.testing.assert_allclose(run(x, out), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run(x), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="empty spatial"):
+        pool.adaptive_avg_pool2d_runner((1, 2, 0, 3), output_size)

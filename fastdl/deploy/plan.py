@@ -235,25 +235,15 @@ class InferencePlan:
             return lambda values, buffer: dense_kernels.linear_forward(
                 values[op["inputs"][0]], weight, bias, buffer, slope)
         if kind == "max_pool2d":
-            pools = {}   # per batch size, like the convs' runners
-            source = op["inputs"][0]
-
-            def max_pool(values, buffer):
-                x = values[source]
-                run = pools.get(x.shape[0])
-                if run is None:
-                    run = pools[x.shape[0]] = pool_kernels.max_pool2d_runner(
-                        x.shape, op["kernel_size"], op["stride"], op["padding"],
-                        op["ceil_mode"])
-                return run(x, buffer)
-            return max_pool
+            return self._per_batch(op, lambda shape: pool_kernels.max_pool2d_runner(
+                shape, op["kernel_size"], op["stride"], op["padding"], op["ceil_mode"]))
         if kind == "avg_pool2d":
             return lambda values, buffer: pool_kernels.avg_pool2d_forward(
                 values[op["inputs"][0]], op["kernel_size"], op["stride"], op["padding"],
                 op["ceil_mode"], op["count_include_pad"])
         if kind == "adaptive_avg_pool2d":
-            return lambda values, buffer: pool_kernels.adaptive_avg_pool2d_forward(
-                values[op["inputs"][0]], tuple(op["output_size"]))
+            return self._per_batch(op, lambda shape: pool_kernels.adaptive_avg_pool2d_runner(
+                shape, tuple(op["output_size"])))
         if kind == "flatten":
             return lambda values, buffer: values[op["inputs"][0]].reshape(
                 values[op["inputs"][0]].shape[:op["start_dim"]] + (-1,))
@@ -267,6 +257,21 @@ class InferencePlan:
                         x, op["negative_slope"])}[op["kind"]]
         return lambda values, buffer: function(values[op["inputs"][0]])
 
+    @staticmethod
+    def _per_batch(op, make_runner):
+        """A step calling ``make_runner(input shape)(x, buffer)``, prepared once per batch
+        size, like the convs' runners."""
+        runners = {}
+        source = op["inputs"][0]
+
+        def step(values, buffer):
+            x = values[source]
+            run = runners.get(x.shape[0])
+            if run is None:
+                run = runners[x.shape[0]] = make_runner(x.shape)
+            return run(x, buffer)
+        return step
+
     def _buffers(self, batch):
         """Take a buffer set for this batch size (made on first use)."""
         with self._lock:
@@ -278,7 +283,7 @@ class InferencePlan:
                 return free.pop()
         buffers = []
         for index, op in enumerate(self.ops):
-            if op["op"] in ("conv2d", "linear", "max_pool2d"):
+            if op["op"] in ("conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d"):
                 shape = (batch,) + self.shapes[index + 1][1:]
                 buffers.append(np.empty(shape, dtype=self.dtype))
             else:

@@ -56,6 +56,7 @@ __all__ = [
     "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_runner",
     "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+    "adaptive_avg_pool2d_runner",
 ]
 
 
@@ -434,6 +435,34 @@ def adaptive_avg_pool2d_forward(x, output_size):
         window_mean_forward_kernel(planes, *_adaptive_windows(x.shape[-2], output_hw[0]),
                                    *_adaptive_windows(x.shape[-1], output_hw[1]), out)
     return out.reshape(x.shape[:-2] + output_hw)
+
+
+def adaptive_avg_pool2d_runner(input_shape, output_size):
+    """A prepared ``run(x, out=None)`` of ``adaptive_avg_pool2d_forward`` for inference.
+
+    The arguments are checked once, here; ``run`` expects C-contiguous inputs of
+    ``input_shape`` (N, C, H, W). The global average pool (output 1 x 1) calls its
+    loop directly: through the checking wrapper it cost as much as a ResNet's
+    batch-1 conv.
+    """
+    output_hw = _adaptive_output_size("adaptive_avg_pool2d", input_shape, output_size)
+    if min(input_shape[-2:]) < 1:
+        raise ValueError("adaptive_avg_pool2d: input has an empty spatial dimension, shape %s"
+                         % (tuple(input_shape),))
+    if output_hw != (1, 1):
+        return lambda x, out=None: adaptive_avg_pool2d_forward(x, output_hw)
+    planes = int(np.prod(input_shape[:-2]))
+    size = input_shape[-2] * input_shape[-1]
+    out_shape = tuple(input_shape[:-2]) + (1, 1)
+    loop = _global_mean_forward_serial if planes * size < _SERIAL_BELOW \
+        else global_mean_forward_kernel
+
+    def run(x, out=None):
+        if out is None:
+            out = np.empty(out_shape, dtype=x.dtype)
+        loop(x.reshape(planes, size), out.reshape(planes))
+        return out
+    return run
 
 
 def adaptive_avg_pool2d_backward(grad_out, input_shape):
