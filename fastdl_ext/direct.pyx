@@ -19,6 +19,9 @@ pass of 8-lane FMAs over the image's grid into per-lane partial sums.
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
+from openmp cimport omp_get_num_threads
+
+import numpy as np
 
 from fastdl_ext._activation cimport epilogue_rows
 from fastdl_ext._blas cimport floating
@@ -149,6 +152,35 @@ cdef extern from *:
         }
     FASTDL_GRAD_BLOCK(fastdl_direct_grad_float, float)
     FASTDL_GRAD_BLOCK(fastdl_direct_grad_double, double)
+
+    /* Work sharing and a barrier for a chain of convs in one parallel region. OpenMP's
+       own barrier sleeps at once under the passive wait policy the package sets (so
+       that idle workers never steal cores); here the team spins for a while first, as
+       a chain's threads arrive within microseconds of each other, and then yields. */
+    #include <sched.h>
+    #define FASTDL_BARRIER_SPINS 4000
+    typedef struct { int arrived; int generation; } fastdl_barrier;
+    static inline int fastdl_next_items(int *counter, int count) {
+        return __atomic_fetch_add(counter, count, __ATOMIC_RELAXED);
+    }
+    static void fastdl_barrier_wait(fastdl_barrier *barrier, int team) {
+        int generation = __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE);
+        if (__atomic_add_fetch(&barrier->arrived, 1, __ATOMIC_ACQ_REL) == team) {
+            __atomic_store_n(&barrier->arrived, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&barrier->generation, generation + 1, __ATOMIC_RELEASE);
+            return;
+        }
+        for (long spins = 0;
+             __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) == generation; spins++) {
+            if (spins < FASTDL_BARRIER_SPINS) {
+    #if defined(__x86_64__) || defined(__i386__)
+                __builtin_ia32_pause();
+    #endif
+            } else {
+                sched_yield();
+            }
+        }
+    }
     """
     enum:
         MAX_LANES "FASTDL_MAX_LANES"  # output positions of the widest register block
@@ -160,6 +192,12 @@ cdef extern from *:
         int co_block, const double* source, const Py_ssize_t* offsets, int taps,
         const double* weights, double* wide, Py_ssize_t wide_stride,
         Py_ssize_t blocks) noexcept nogil
+
+    ctypedef struct Barrier "fastdl_barrier":
+        int arrived
+        int generation
+    int _next_items "fastdl_next_items"(int* counter, int count) noexcept nogil
+    void _barrier_wait "fastdl_barrier_wait"(Barrier* barrier, int team) noexcept nogil
 
     enum:
         GRAD_TAPS "FASTDL_GRAD_TAPS"  # taps per weight-gradient pass
@@ -305,118 +343,209 @@ cdef int _bands(int n_images, int co_blocks, int out_h, int num_threads) noexcep
                       // (n_images * co_blocks)))
 
 
-def direct_forward_into(floating[:, :, :, ::1] x, floating[:, :, ::1] packed,
-                        floating[:, :, :, ::1] out, int kernel_h, int kernel_w, tuple padding,
-                        tuple stride, int num_threads, floating[::1] bias=None,
-                        floating[:, :, :, ::1] residual=None, bint activate=False,
-                        double slope=0.0):
-    """out[n] = act(conv(x[n]) + bias + residual[n]), dilation 1, one group.
+cdef struct Layer:
+    # One direct conv of a chain, checked and laid out; pointers are to arrays the
+    # caller keeps alive, of the chain's dtype.
+    Phases phases
+    int kernel_h, kernel_w, taps, co_blocks, co_block, lanes
+    int n_images, out_channels, out_h, out_w
+    int bands, per_image, chunk, total, next_item
+    Py_ssize_t padded_size, wide_stride, image_in, plane
+    const void* x
+    const void* packed
+    const void* bias
+    const void* residual
+    void* out
+    Py_ssize_t* offsets
+    bint activate
+    double slope
 
-    A stride above 1 reads the image split into phase planes (``Phases``), on a
-    wide grid of the planes' row length.
 
-    ``packed`` is (co_blocks, C_in * kH * kW, co_block) with ``co_block`` one of
-    BLOCK_SHAPES' channel counts; ``out`` (N, C_out, OH, OW) is overwritten.
-    """
-    cdef int n_images = x.shape[0], channels = x.shape[1]
-    cdef int height = x.shape[2], width = x.shape[3]
-    cdef int out_channels = out.shape[1], out_h = out.shape[2], out_w = out.shape[3]
-    cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], stride[0],
-                                 stride[1])
-    cdef int padded_w = phases.cols
-    cdef int taps = channels * kernel_h * kernel_w
-    cdef int co_blocks = packed.shape[0], co_block = packed.shape[2]
-    cdef int lanes = 0
-    # the wide grid rounded up to whole blocks; reads of the last block run past
-    # the phase planes by up to MAX_LANES + kW elements, into zeroed slack
-    cdef Py_ssize_t grid = <Py_ssize_t>out_h * padded_w
-    cdef Py_ssize_t wide_stride
-    cdef Py_ssize_t slack = MAX_LANES + kernel_w
-    cdef Py_ssize_t padded_size = _phases_size(phases) + slack
-    cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
-    cdef Py_ssize_t plane = <Py_ssize_t>out_h * out_w
-    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
-    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
-        else NULL
-    cdef floating slope_value = <floating>slope
-    cdef Py_ssize_t* offsets
-    cdef floating* padded
-    cdef floating* wide
-    cdef int* cached
-    cdef int item, image, block, band, bands, per_image, chunk, b, co, thread
-    cdef int first_row, end_row
-    cdef Py_ssize_t first, end
-    cdef size_t per_thread
-    cdef char* scratch
+cdef int _fill_layer(Layer* layer, tuple spec, int num_threads,
+                     floating[:, :, :, ::1] x) except -1:
+    """Check one chain entry ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias,
+    residual, activate, slope)`` and lay it out in ``layer`` (its offsets malloc'ed)."""
+    cdef floating[:, :, ::1] packed = spec[1]
+    cdef floating[:, :, :, ::1] out = spec[2]
+    cdef int kernel_h = spec[3], kernel_w = spec[4]
+    cdef tuple padding = spec[5], stride = spec[6]
+    cdef floating[::1] bias = spec[7]
+    cdef floating[:, :, :, ::1] residual = spec[8]
+    cdef int b, lanes = 0
+    cdef Py_ssize_t grid
+    cdef Phases phases = _phases(x.shape[1], x.shape[2], x.shape[3], padding[0], padding[1],
+                                 stride[0], stride[1])
     for b, lanes in BLOCK_SHAPES:
-        if b == co_block:
+        if b == packed.shape[2]:
             break
     else:
         raise ValueError("direct_forward_into: packed weights have blocks of %d channels, "
-                         "expected one of %s" % (co_block, BLOCK_SHAPES))
-    if packed.shape[1] != taps or co_blocks * co_block < out_channels:
+                         "expected one of %s" % (packed.shape[2], BLOCK_SHAPES))
+    layer.taps = x.shape[1] * kernel_h * kernel_w
+    layer.out_channels = out.shape[1]
+    if packed.shape[1] != layer.taps or packed.shape[0] * packed.shape[2] < out.shape[1]:
         raise ValueError("direct_forward_into: packed weights of shape %s do not cover %d "
-                         "channels x %d taps" % ((co_blocks, packed.shape[1], co_block),
-                                                 out_channels, taps))
-    _check_output("direct_forward_into: out", height, width, out_h, out_w, kernel_h,
-                  kernel_w, padding, stride)
-    if n_images == 0 or plane == 0:
-        return
-    wide_stride = (grid + lanes - 1) // lanes * lanes
-    bands = _bands(n_images, co_blocks, out_h, num_threads)
-    per_image = bands * co_blocks
-    # a small batch is shared item by item: the thread that starts first takes
-    # more while the others wake (~20 µs here); a large one image by image, so
-    # that each image is padded once
-    chunk = 1 if n_images < num_threads else per_image
-    # per thread: the padded image and one channel block's grid, not zeroed here: a
-    # thread zeroes its planes before its first image, the blocks write the grid
-    # before it is read
-    per_thread = sizeof(floating) * (padded_size + co_block * wide_stride)
-    offsets = _tap_offsets(phases, kernel_h, kernel_w)
-    try:
-        scratch = <char*>_scratch(num_threads, per_thread, False)
-        # the image each thread has in ``padded`` (memory, not a variable: prange may
-        # not assign the parallel block's own variables)
-        cached = <int*>_scratch(num_threads, sizeof(int))
-    except MemoryError:
-        free(offsets)
-        raise
-    for thread in range(num_threads):
-        cached[thread] = -1
-    with nogil, parallel(num_threads=num_threads):
-        thread = threadid()
-        padded = <floating*>(scratch + thread * per_thread)
-        wide = padded + padded_size
-        for item in prange(n_images * per_image, schedule="dynamic", chunksize=chunk):
-            image = item // per_image
-            if image != cached[thread]:
-                if cached[thread] == -1:   # the border and slack, once per call
-                    memset(padded, 0, sizeof(floating) * padded_size)
-                _pad_image(&x[0, 0, 0, 0] + image * image_in, phases, padded)
-                cached[thread] = image
-            band = item % per_image // co_blocks
-            block = item % co_blocks
+                         "channels x %d taps" % ((packed.shape[0], packed.shape[1],
+                                                  packed.shape[2]), out.shape[1], layer.taps))
+    _check_output("direct_forward_into: out", x.shape[2], x.shape[3], out.shape[2],
+                  out.shape[3], kernel_h, kernel_w, padding, stride)
+    if out.shape[0] != x.shape[0] or (bias is not None and bias.shape[0] not in (
+            0, out.shape[1])) or (residual is not None and (
+            residual.shape[0] != out.shape[0] or residual.shape[1] != out.shape[1]
+            or residual.shape[2] != out.shape[2] or residual.shape[3] != out.shape[3])):
+        raise ValueError("direct_forward_into: out (%d images, %d channels), bias and "
+                         "residual must match the conv's output (%d images)"
+                         % (out.shape[0], out.shape[1], x.shape[0]))
+    layer.phases = phases
+    layer.kernel_h, layer.kernel_w = kernel_h, kernel_w
+    layer.co_blocks, layer.co_block, layer.lanes = packed.shape[0], packed.shape[2], lanes
+    layer.n_images, layer.out_h, layer.out_w = x.shape[0], out.shape[2], out.shape[3]
+    # the wide grid rounded up to whole blocks; reads of the last block run past the
+    # phase planes by up to MAX_LANES + kW elements, into zeroed slack
+    grid = <Py_ssize_t>layer.out_h * phases.cols
+    layer.wide_stride = (grid + lanes - 1) // lanes * lanes
+    layer.padded_size = _phases_size(phases) + MAX_LANES + kernel_w
+    layer.image_in = <Py_ssize_t>x.shape[1] * x.shape[2] * x.shape[3]
+    layer.plane = <Py_ssize_t>layer.out_h * layer.out_w
+    layer.bands = _bands(layer.n_images, layer.co_blocks, layer.out_h, num_threads)
+    layer.per_image = layer.bands * layer.co_blocks
+    # a small batch is shared item by item: the thread that starts first takes more
+    # while the others wake (~20 µs here); a large one image by image, so that each
+    # image is padded once
+    layer.chunk = 1 if layer.n_images < num_threads else layer.per_image
+    layer.total = layer.n_images * layer.per_image if layer.plane else 0
+    layer.next_item = 0
+    layer.x = &x[0, 0, 0, 0] if x.shape[0] else NULL
+    layer.packed = &packed[0, 0, 0]
+    layer.out = &out[0, 0, 0, 0] if out.shape[0] else NULL
+    layer.bias = &bias[0] if bias is not None and bias.shape[0] else NULL
+    layer.residual = &residual[0, 0, 0, 0] if residual is not None and residual.shape[0] \
+        else NULL
+    layer.activate, layer.slope = spec[9], spec[10]
+    layer.offsets = _tap_offsets(phases, kernel_h, kernel_w)
+    return 0
+
+
+cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept nogil:
+    """Take work items of ``layer`` until none are left: out = act(conv(x) + bias +
+    residual) over one channel block and row band of one image per item."""
+    cdef const floating* x = <const floating*>layer.x
+    cdef const floating* packed = <const floating*>layer.packed
+    cdef const floating* bias = <const floating*>layer.bias
+    cdef const floating* residual = <const floating*>layer.residual
+    cdef floating* out = <floating*>layer.out
+    cdef int lanes = layer.lanes, cols = layer.phases.cols, out_w = layer.out_w
+    cdef int cached = -1
+    cdef int item, last, image, band, block, b, co, first_row, end_row
+    cdef Py_ssize_t first, end, at
+    while True:
+        item = _next_items(&layer.next_item, layer.chunk)
+        if item >= layer.total:
+            return
+        last = min(item + layer.chunk, layer.total)
+        while item < last:
+            image = item // layer.per_image
+            if image != cached:
+                if cached == -1:   # the border and slack, once per layer
+                    memset(padded, 0, sizeof(floating) * layer.padded_size)
+                _pad_image(x + image * layer.image_in, layer.phases, padded)
+                cached = image
+            band = item % layer.per_image // layer.co_blocks
+            block = item % layer.co_blocks
             # the band's output rows, and the whole register blocks that cover them
-            first_row = band * out_h // bands
-            end_row = (band + 1) * out_h // bands
-            first = <Py_ssize_t>first_row * padded_w // lanes * lanes
-            end = min(wide_stride, (<Py_ssize_t>end_row * padded_w + lanes - 1) // lanes * lanes)
-            _blocks(co_block, padded + first, offsets, taps, &packed[block, 0, 0],
-                    wide + first, wide_stride, (end - first) // lanes)
-            for b in range(min(co_block, out_channels - block * co_block)):
-                co = block * co_block + b
-                epilogue_rows(&out[image, co, first_row, 0], out_w,
-                              wide + b * wide_stride + <Py_ssize_t>first_row * padded_w,
-                              padded_w,
-                              residual_ptr + (image * out_channels + co) * plane
-                              + first_row * out_w if residual_ptr != NULL else NULL,
-                              out_w, end_row - first_row, out_w,
-                              bias_ptr + co if bias_ptr != NULL else NULL, activate,
-                              slope_value)
-    free(cached)
-    free(scratch)
-    free(offsets)
+            first_row = band * layer.out_h // layer.bands
+            end_row = (band + 1) * layer.out_h // layer.bands
+            first = <Py_ssize_t>first_row * cols // lanes * lanes
+            end = min(layer.wide_stride, (<Py_ssize_t>end_row * cols + lanes - 1) // lanes * lanes)
+            _blocks(layer.co_block, padded + first, layer.offsets, layer.taps,
+                    packed + <Py_ssize_t>block * layer.taps * layer.co_block, wide + first,
+                    layer.wide_stride, (end - first) // lanes)
+            for b in range(min(layer.co_block, layer.out_channels - block * layer.co_block)):
+                co = block * layer.co_block + b
+                at = (<Py_ssize_t>image * layer.out_channels + co) * layer.plane \
+                    + <Py_ssize_t>first_row * out_w
+                epilogue_rows(out + at, out_w,
+                              wide + b * layer.wide_stride + <Py_ssize_t>first_row * cols, cols,
+                              residual + at if residual != NULL else NULL, out_w,
+                              end_row - first_row, out_w, bias + co if bias != NULL else NULL,
+                              layer.activate, <floating>layer.slope)
+            item = item + 1
+
+
+cdef void _run_layers(Layer* layers, int count, int num_threads, char* scratch,
+                      size_t per_thread, floating* kind) noexcept nogil:
+    """Run the layers in order in one parallel region, the team meeting at a spinning
+    barrier between them (``kind`` only selects the dtype)."""
+    cdef Barrier barrier
+    cdef int thread, team, k
+    cdef floating* padded
+    barrier.arrived = 0
+    barrier.generation = 0
+    with parallel(num_threads=num_threads):
+        thread = threadid()
+        team = omp_get_num_threads()
+        padded = <floating*>(scratch + thread * per_thread)
+        for k in range(count):
+            _layer_items(&layers[k], padded, padded + layers[k].padded_size)
+            if k + 1 < count and team > 1:
+                _barrier_wait(&barrier, team)
+
+
+def direct_chain_into(list specs, int num_threads):
+    """Run direct convs one after another in one parallel region.
+
+    Each spec is ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias, residual,
+    activate, slope)`` as ``direct_forward_into`` takes them; a later conv may read
+    an earlier one's ``out`` (as ``x`` or ``residual``). Waking the team once instead
+    of once per conv matters at batch 1, where a conv takes tens of microseconds.
+    """
+    cdef int count = len(specs), k
+    cdef Layer* layers
+    cdef size_t per_thread = 0
+    cdef char* scratch
+    cdef object first
+    cdef bint single
+    if count == 0:
+        return
+    first = specs[0][0]
+    single = first.dtype == np.float32
+    layers = <Layer*>calloc(count, sizeof(Layer))
+    if layers == NULL:
+        raise MemoryError()
+    try:
+        for k in range(count):
+            if single:
+                _fill_layer[float](&layers[k], specs[k], num_threads, specs[k][0])
+            else:
+                _fill_layer[double](&layers[k], specs[k], num_threads, specs[k][0])
+            per_thread = max(per_thread, (layers[k].padded_size + <Py_ssize_t>layers[k].co_block
+                                          * layers[k].wide_stride) * first.itemsize)
+        scratch = <char*>_scratch(num_threads, per_thread, False)
+        with nogil:
+            if single:
+                _run_layers(layers, count, num_threads, scratch, per_thread, <float*>NULL)
+            else:
+                _run_layers(layers, count, num_threads, scratch, per_thread, <double*>NULL)
+        free(scratch)
+    finally:
+        for k in range(count):
+            free(layers[k].offsets)
+        free(layers)
+
+
+def direct_forward_into(x, packed, out, int kernel_h, int kernel_w, tuple padding,
+                        tuple stride, int num_threads, bias=None, residual=None,
+                        bint activate=False, double slope=0.0):
+    """out[n] = act(conv(x[n]) + bias + residual[n]), dilation 1, one group.
+
+    A stride above 1 reads the image split into phase planes (``Phases``), on a
+    wide grid of the planes' row length. ``x`` (N, C_in, H, W), ``packed``
+    (co_blocks, C_in * kH * kW, co_block) with ``co_block`` one of BLOCK_SHAPES'
+    channel counts, ``out`` (N, C_out, OH, OW), overwritten; float32 or float64,
+    C-contiguous.
+    """
+    direct_chain_into([(x, packed, out, kernel_h, kernel_w, padding, stride, bias, residual,
+                        activate, slope)], num_threads)
 
 
 cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,

@@ -144,7 +144,8 @@ def test_memory_is_flat_over_many_calls_with_varying_batch(rng):
         plan(inputs[i % len(inputs)])
     second, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert len(plan._pools) <= plan.max_shapes
+    # buffers and prepared kernels (packed weights) are kept for a few batch sizes only
+    assert len(plan._pools) <= plan.max_shapes and len(plan._programs) <= plan.max_shapes
     assert second - first < 256 * 1024
 
 

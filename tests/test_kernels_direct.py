@@ -342,3 +342,40 @@ def test_strided_grad_weight_is_the_adjoint_of_the_forward(case, threads, dtype,
                                atol=rtol * np.abs(grad_out).sum(axis=(0, 2, 3)).max())
     with pytest.raises(ValueError, match="not the conv's output"):
         direct.grad_weight(x, grad_out, weight.shape, padding, threads, False, (1, 1))
+
+
+@pytest.mark.parametrize("n, threads", [(1, 1), (1, 2), (3, 2), (2, 3)])
+def test_a_chain_equals_its_convs_one_by_one(n, threads, rng):
+    """Convs chained in one parallel region (later ones reading earlier outputs as
+    input and residual, a strided one among them) give bitwise the separate calls."""
+    x = rng.normal(size=(n, 3, 12, 10)).astype(np.float32)
+    first = direct.forward_runner(x.shape, rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+                                  rng.normal(size=8).astype(np.float32), (1, 1), threads, 0.0)
+    second = direct.forward_runner(first.out_shape,
+                                   rng.normal(size=(8, 8, 3, 3)).astype(np.float32), None,
+                                   (1, 1), threads, 0.1)
+    third = direct.forward_runner(second.out_shape,
+                                  rng.normal(size=(6, 8, 3, 3)).astype(np.float32),
+                                  rng.normal(size=6).astype(np.float32), (1, 1), threads, None,
+                                  (2, 2))
+    a = first(x)
+    b = second(a, None, a)
+    c = third(b)
+    outs = [np.full(r.out_shape, np.nan, np.float32) for r in (first, second, third)]
+    direct.run_chain([(first, x, outs[0], None), (second, outs[0], outs[1], outs[0]),
+                      (third, outs[1], outs[2], None)], threads)
+    for got, want in zip(outs, (a, b, c)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_chain_refuses_outputs_and_residuals_of_the_wrong_shape(rng):
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    run = direct.forward_runner(x.shape, rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+                                rng.normal(size=4).astype(np.float32), (1, 1), 2)
+    with pytest.raises(ValueError, match="not the conv's output"):
+        direct.run_chain([(run, x, np.zeros((2, 4, 7, 8), np.float32), None)], 2)
+    with pytest.raises(ValueError, match="must match the conv's output"):
+        direct.run_chain([(run, x, np.zeros((1, 4, 8, 8), np.float32), None)], 2)
+    with pytest.raises(ValueError, match="must match the conv's output"):
+        direct.run_chain([(run, x, np.zeros((2, 4, 8, 8), np.float32),
+                           np.zeros((2, 4, 8, 7), np.float32))], 2)

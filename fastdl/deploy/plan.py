@@ -18,6 +18,7 @@ from fastdl.deploy.compiler import ACTIVATIONS, OPS
 from fastdl.kernels import activation as act_kernels
 from fastdl.kernels import conv as conv_kernels
 from fastdl.kernels import dense as dense_kernels
+from fastdl.kernels import direct as direct_kernels
 from fastdl.kernels import pool as pool_kernels
 from fastdl.safetensors_io import load_file, save_file
 from fastdl.shapes import conv_output_size
@@ -200,77 +201,115 @@ class InferencePlan:
         self.shapes = _validate(ops, tensors, self.input_shape, self.dtype)
         self.ops = ops
         self.tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        self._steps = [self._step(op) for op in ops]
         self._pools = collections.OrderedDict()
+        self._programs = collections.OrderedDict()
         self._lock = threading.Lock()
         self.max_shapes = int(max_shapes)
 
     # ---------------------------------------------------------------- running
-    def _step(self, op):
+    def _prepare(self, index, batch):
+        """Op ``index`` as ``step(values, buffer) -> value`` for this batch size, its
+        kernel's tile, thread count and packed weights prepared once; a direct conv
+        comes back as its ``direct.ForwardRunner`` instead, to be chained."""
+        op = self.ops[index]
         kind = op["op"]
         weights = {role: self.tensors[name] for role, name in op.get("weights", {}).items()}
         weight, bias = weights.get("weight"), weights.get("bias")
         slope = op.get("negative_slope")
+        source = op["inputs"][0]
+        shape = (batch,) + tuple(self.shapes[source][1:])
         if kind == "conv2d":
-            runners = {}   # per batch size: tile and thread count prepared once
-            source = op["inputs"][0]
-            residual_source = op["inputs"][1] if len(op["inputs"]) > 1 else None
-            hyper = (tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]),
-                     op["groups"], slope)
-
-            def conv(values, buffer):
-                x = values[source]
-                run = runners.get(x.shape[0])
-                if run is None:
-                    run = runners[x.shape[0]] = conv_kernels.conv2d_runner(
-                        x.shape, weight, bias, *hyper)
-                return run(x, buffer, None if residual_source is None
-                           else values[residual_source])
-            return conv
+            run = conv_kernels.conv2d_runner(
+                shape, weight, bias, tuple(op["stride"]), tuple(op["padding"]),
+                tuple(op["dilation"]), op["groups"], slope)
+            if isinstance(run, direct_kernels.ForwardRunner):
+                return run
+            residual = op["inputs"][1] if len(op["inputs"]) > 1 else None
+            return lambda values, buffer: run(values[source], buffer, None if residual is None
+                                              else values[residual])
         if kind == "conv_transpose2d":
             return lambda values, buffer: conv_kernels.conv_transpose2d_forward(
-                values[op["inputs"][0]], weight, bias, op["stride"], op["padding"],
+                values[source], weight, bias, op["stride"], op["padding"],
                 op["output_padding"], op["groups"], op["dilation"])
         if kind == "linear":
             return lambda values, buffer: dense_kernels.linear_forward(
-                values[op["inputs"][0]], weight, bias, buffer, slope)
-        if kind == "max_pool2d":
-            return self._per_batch(op, lambda shape: pool_kernels.max_pool2d_runner(
-                shape, op["kernel_size"], op["stride"], op["padding"], op["ceil_mode"]))
+                values[source], weight, bias, buffer, slope)
+        if kind in ("max_pool2d", "adaptive_avg_pool2d"):
+            run = (pool_kernels.max_pool2d_runner(shape, op["kernel_size"], op["stride"],
+                                                  op["padding"], op["ceil_mode"])
+                   if kind == "max_pool2d" else
+                   pool_kernels.adaptive_avg_pool2d_runner(shape, tuple(op["output_size"])))
+            return lambda values, buffer: run(values[source], buffer)
         if kind == "avg_pool2d":
             return lambda values, buffer: pool_kernels.avg_pool2d_forward(
-                values[op["inputs"][0]], op["kernel_size"], op["stride"], op["padding"],
+                values[source], op["kernel_size"], op["stride"], op["padding"],
                 op["ceil_mode"], op["count_include_pad"])
-        if kind == "adaptive_avg_pool2d":
-            return self._per_batch(op, lambda shape: pool_kernels.adaptive_avg_pool2d_runner(
-                shape, tuple(op["output_size"])))
         if kind == "flatten":
-            return lambda values, buffer: values[op["inputs"][0]].reshape(
-                values[op["inputs"][0]].shape[:op["start_dim"]] + (-1,))
+            return lambda values, buffer: values[source].reshape(
+                values[source].shape[:op["start_dim"]] + (-1,))
         if kind == "affine_channels":
-            shape = (1, -1) + (1,) * (len(self.shapes[op["inputs"][0]]) - 2)
-            scale, shift = weights["scale"].reshape(shape), weights["shift"].reshape(shape)
-            return lambda values, buffer: values[op["inputs"][0]] * scale + shift
+            broadcast = (1, -1) + (1,) * (len(shape) - 2)
+            scale, shift = weights["scale"].reshape(broadcast), weights["shift"].reshape(
+                broadcast)
+            return lambda values, buffer: values[source] * scale + shift
         function = {"relu": act_kernels.relu_forward, "sigmoid": act_kernels.sigmoid_forward,
                     "tanh": act_kernels.tanh_forward, "identity": lambda x: x,
                     "leaky_relu": lambda x: act_kernels.leaky_relu_forward(
                         x, op["negative_slope"])}[op["kind"]]
-        return lambda values, buffer: function(values[op["inputs"][0]])
+        return lambda values, buffer: function(values[source])
+
+    def _chain(self, runs):
+        """One step for consecutive direct convs ``[(index, runner)]``: one parallel
+        region for all of them (one wake-up of the team instead of one per conv)."""
+        if len(runs) == 1:
+            index, run = runs[0]
+            return self._single(index, lambda values, buffer: run(
+                values[self.ops[index]["inputs"][0]], buffer, self._residual(index, values)))
+        threads = max(run.threads for _, run in runs)
+
+        def step(values, buffers):
+            for index, _ in runs:   # outputs are known before the chain runs
+                values[index + 1] = buffers[index]
+            direct_kernels.run_chain([(run, values[self.ops[index]["inputs"][0]],
+                                       buffers[index], self._residual(index, values))
+                                      for index, run in runs], threads)
+        return step
+
+    def _residual(self, index, values):
+        inputs = self.ops[index]["inputs"]
+        return values[inputs[1]] if len(inputs) > 1 else None
 
     @staticmethod
-    def _per_batch(op, make_runner):
-        """A step calling ``make_runner(input shape)(x, buffer)``, prepared once per batch
-        size, like the convs' runners."""
-        runners = {}
-        source = op["inputs"][0]
-
-        def step(values, buffer):
-            x = values[source]
-            run = runners.get(x.shape[0])
-            if run is None:
-                run = runners[x.shape[0]] = make_runner(x.shape)
-            return run(x, buffer)
+    def _single(index, run):
+        def step(values, buffers):
+            values[index + 1] = run(values, buffers[index])
         return step
+
+    def _program(self, batch):
+        """The steps for this batch size (made on first use, kept for ``max_shapes``
+        batch sizes like the buffers)."""
+        with self._lock:
+            program = self._programs.pop(batch, None)
+            if program is not None:
+                self._programs[batch] = program      # most recently used last
+                return program
+        program, runs = [], []
+        for index in range(len(self.ops)):
+            prepared = self._prepare(index, batch)
+            if isinstance(prepared, direct_kernels.ForwardRunner):
+                runs.append((index, prepared))
+                continue
+            if runs:
+                program.append(self._chain(runs))
+                runs = []
+            program.append(self._single(index, prepared))
+        if runs:
+            program.append(self._chain(runs))
+        with self._lock:
+            self._programs[batch] = program
+            while len(self._programs) > self.max_shapes:
+                self._programs.popitem(last=False)
+        return program
 
     def _buffers(self, batch):
         """Take a buffer set for this batch size (made on first use)."""
@@ -304,11 +343,12 @@ class InferencePlan:
                              % (self.input_shape + (x.shape,)))
         x = np.ascontiguousarray(x, dtype=self.dtype)
         batch = x.shape[0]
+        program = self._program(batch)
         buffers = self._buffers(batch)
         try:
             values = [x] + [None] * len(self.ops)
-            for index, step in enumerate(self._steps):
-                values[index + 1] = step(values, buffers[index])
+            for step in program:
+                step(values, buffers)
             return np.array(values[-1], copy=True)
         finally:
             self._release(batch, buffers)

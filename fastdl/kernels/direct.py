@@ -11,12 +11,11 @@ own (``grad_weight_applies``).
 """
 import numpy as np
 
-from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size
 from fastdl_ext import direct as _ext
 
 __all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight", "forward_runner",
-           "grad_weight"]
+           "ForwardRunner", "run_chain", "grad_weight"]
 
 # the forward's register blocks as (output channels, positions); the weight
 # gradient's block of CO_BLOCK channels x GRAD_TAPS taps
@@ -131,19 +130,51 @@ def pack_weight(weight, co_block=CO_BLOCK):
     return packed
 
 
+class ForwardRunner:
+    """A prepared ``run(x, out=None, residual=None)`` with the weights packed once.
+
+    ``spec(x, out, residual)`` gives the compiled loop's arguments, so that
+    consecutive direct convs can run as one chain (``run_chain``).
+    """
+
+    def __init__(self, input_shape, weight, bias, padding, threads, negative_slope=None,
+                 stride=(1, 1)):
+        n, _, height, width = input_shape
+        c_out, _, kh, kw = weight.shape
+        self.out_shape = (n, c_out, conv_output_size(height, kh, stride[0], padding[0], 1),
+                          conv_output_size(width, kw, stride[1], padding[1], 1))
+        # the wide grid runs along the rows of the phase planes
+        grid = self.out_shape[2] * -(-(width + 2 * padding[1]) // stride[1])
+        packed = pack_weight(weight, block_channels(c_out, grid))
+        self.threads = threads
+        self._head = (packed, kh, kw, tuple(padding), tuple(stride))
+        self._tail = (negative_slope is not None,
+                      0.0 if negative_slope is None else float(negative_slope))
+        self._bias = bias
+
+    def spec(self, x, out, residual=None):
+        """The arguments of ``direct_chain_into`` for one conv of a chain."""
+        return (x,) + self._head[:1] + (out,) + self._head[1:] + (self._bias, residual) \
+            + self._tail
+
+    def __call__(self, x, out=None, residual=None):
+        if out is None:
+            out = np.empty(self.out_shape, dtype=x.dtype)
+        _ext.direct_chain_into([self.spec(x, out, residual)], self.threads)
+        return out
+
+
 def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=None,
                    stride=(1, 1)):
-    """A prepared ``run(x, out=None, residual=None)`` with the weights packed once."""
-    n, _, height, width = input_shape
-    c_out, _, kh, kw = weight.shape
-    out_shape = (n, c_out, conv_output_size(height, kh, stride[0], padding[0], 1),
-                 conv_output_size(width, kw, stride[1], padding[1], 1))
-    # the wide grid runs along the rows of the phase planes
-    grid = out_shape[2] * -(-(width + 2 * padding[1]) // stride[1])
-    co_block = block_channels(c_out, grid)
-    return fused_runner(_ext.direct_forward_into, out_shape, pack_weight(weight, co_block),
-                        (kh, kw, tuple(padding), tuple(stride), threads), bias,
-                        negative_slope)
+    """A prepared ``run(x, out=None, residual=None)`` (a ``ForwardRunner``)."""
+    return ForwardRunner(input_shape, weight, bias, padding, threads, negative_slope, stride)
+
+
+def run_chain(steps, threads):
+    """Run ``(runner, x, out, residual)`` steps of ForwardRunners in order, in one
+    parallel region; a later step may read an earlier one's ``out``."""
+    _ext.direct_chain_into([runner.spec(x, out, residual) for runner, x, out, residual
+                            in steps], threads)
 
 
 def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False,
