@@ -229,3 +229,18 @@ def conv2d_reference(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
     if bias is not None:
         out = out + np.asarray(bias, dtype=np.float64).reshape(1, -1, 1, 1)
     return out
+
+
+def bilinear_matrix(size, scale, dtype):
+    """Dense ``(size * scale, size)`` matrix of torch's align_corners=False bilinear
+    upsampling, built row by row with ``np.add.at``."""
+    out_size = size * scale
+    source = np.maximum((np.arange(out_size) + 0.5) / scale - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), size - 1)
+    high = np.minimum(low + 1, size - 1)
+    fraction = source - low
+    matrix = np.zeros((out_size, size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, low), 1.0 - fraction)
+    np.add.at(matrix, (rows, high), fraction)
+    return matrix.astype(dtype)
