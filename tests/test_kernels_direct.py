@@ -291,6 +291,13 @@ def test_small_maps_take_the_direct_path_at_any_channel_count(dtype, rtol, rng):
     np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
+def _strided_case(case, dtype, rng):
+    """x, weight, padding, stride of ``(n, c_in, h, w, c_out, kh, kw, padding, stride)``."""
+    n, c_in, h, w, c_out, kh, kw, padding, stride = case
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    return x, rng.normal(size=(c_out, c_in, kh, kw)).astype(dtype), padding, stride
+
+
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 @pytest.mark.parametrize("case", [
     # n, c_in, h, w, c_out, kh, kw, padding, stride
@@ -303,10 +310,8 @@ def test_small_maps_take_the_direct_path_at_any_channel_count(dtype, rtol, rng):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_strided_convs_read_phase_planes(case, threads, dtype, rtol, rng):
     """Strided convs through the phase planes match SciPy, epilogue and bands included."""
-    n, c_in, h, w, c_out, kh, kw, padding, stride = case
-    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
-    weight = rng.normal(size=(c_out, c_in, kh, kw)).astype(dtype)
-    bias = rng.normal(size=c_out).astype(dtype)
+    x, weight, padding, stride = _strided_case(case, dtype, rng)
+    bias = rng.normal(size=weight.shape[0]).astype(dtype)
     assert direct.applies(weight.shape, stride, (1, 1), 1, x.shape, padding)
     expected = conv2d_reference(x, weight, bias, stride=stride, padding=padding)
     residual = rng.normal(size=expected.shape).astype(dtype)
@@ -327,9 +332,7 @@ def test_strided_convs_read_phase_planes(case, threads, dtype, rtol, rng):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_strided_grad_weight_is_the_adjoint_of_the_forward(case, threads, dtype, rtol, rng):
     """<conv(x, w), g> = <w, grad_weight(x, g)> through the phase planes, bias included."""
-    n, c_in, h, w, c_out, kh, kw, padding, stride = case
-    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
-    weight = rng.normal(size=(c_out, c_in, kh, kw)).astype(dtype)
+    x, weight, padding, stride = _strided_case(case, dtype, rng)
     assert direct.grad_weight_applies(weight.shape, stride, (1, 1), 1, x.shape, padding)
     expected = conv2d_reference(x, weight, stride=stride, padding=padding)
     grad_out = rng.normal(size=expected.shape).astype(dtype)

@@ -134,6 +134,14 @@ def _planes(array):
     return np.ascontiguousarray(array).reshape(n * c, height, width)
 
 
+def _upsample(x, scale, serial, parallel, *axes):
+    """``x`` upsampled by ``scale`` through a forward loop ``(planes, *axes, out)``."""
+    n, c, height, width = x.shape
+    out = np.empty((n, c, height * scale[0], width * scale[1]), dtype=x.dtype)
+    _pick(serial, parallel, out.size)(_planes(x), *axes, _planes(out))
+    return out
+
+
 def _bilinear_axis(size, scale, dtype):
     """Per output index along one axis: ``(low, high, low_weight, high_weight)``.
 
@@ -147,22 +155,11 @@ def _bilinear_axis(size, scale, dtype):
 
 
 def upsample_nearest2d_forward(x, scale):
-    """Nearest-neighbour upsampling by integer factors.
-
-    Parameters
-    ----------
-    x : ndarray (N, C, H, W), float32 or float64
-    scale : pair of positive ints ``(sh, sw)``
-
-    Returns
-    -------
-    ndarray (N, C, H*sh, W*sw), C-contiguous, dtype of ``x``
-    """
-    n, c, height, width = x.shape
-    out = np.empty((n, c, height * scale[0], width * scale[1]), dtype=x.dtype)
-    _pick(_nearest_forward_serial, _nearest_forward_parallel, out.size)(
-        _planes(x), int(scale[0]), int(scale[1]), _planes(out))
-    return out
+    """Nearest-neighbour upsampling of ``x (N, C, H, W)`` (float32 or float64) by
+    integer factors ``scale = (sh, sw)``: a C-contiguous (N, C, H*sh, W*sw) array of
+    ``x``'s dtype, each input cell repeated over an ``sh x sw`` block."""
+    return _upsample(x, scale, _nearest_forward_serial, _nearest_forward_parallel,
+                     int(scale[0]), int(scale[1]))
 
 
 def upsample_nearest2d_backward(grad_out, scale):
@@ -199,13 +196,9 @@ def upsample_bilinear2d_forward(x, scale):
     -------
     ndarray (N, C, H*sh, W*sw), C-contiguous, dtype of ``x``
     """
-    n, c, height, width = x.shape
-    out = np.empty((n, c, height * scale[0], width * scale[1]), dtype=x.dtype)
-    rows = _bilinear_axis(height, int(scale[0]), x.dtype)
-    cols = _bilinear_axis(width, int(scale[1]), x.dtype)
-    _pick(_bilinear_forward_serial, _bilinear_forward_parallel, out.size)(
-        _planes(x), rows, cols, _planes(out))
-    return out
+    return _upsample(x, scale, _bilinear_forward_serial, _bilinear_forward_parallel,
+                     _bilinear_axis(x.shape[2], int(scale[0]), x.dtype),
+                     _bilinear_axis(x.shape[3], int(scale[1]), x.dtype))
 
 
 def upsample_bilinear2d_backward(grad_out, input_shape, scale):
