@@ -21,7 +21,10 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
 from openmp cimport omp_get_num_threads
 
+cimport numpy as cnp
 import numpy as np
+
+cnp.import_array()
 
 from fastdl_ext._activation cimport epilogue_rows
 from fastdl_ext._blas cimport floating
@@ -361,51 +364,81 @@ cdef struct Layer:
     double slope
 
 
-cdef int _fill_layer(Layer* layer, tuple spec, int num_threads,
-                     floating[:, :, :, ::1] x) except -1:
+cdef cnp.npy_intp* _dims(object array, str name, int ndim, int typenum,
+                        bint writable) except NULL:
+    """The shape of ``array``, once it is checked to be a C-contiguous ndarray of
+    ``ndim`` dimensions and the chain's dtype (and writable). Read through NumPy's C
+    API: typed memoryviews cost an object per array per call, and at batch 1 the
+    garbage collector they set off took 3 % of a ResNet's time."""
+    if not (cnp.PyArray_Check(array) and cnp.PyArray_NDIM(<cnp.ndarray>array) == ndim
+            and cnp.PyArray_TYPE(<cnp.ndarray>array) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)
+            and (not writable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>array))):
+        raise ValueError("direct_forward_into: %s must be a C-contiguous%s %d-D %s array, "
+                         "got %r" % (name, " writable" if writable else "", ndim,
+                                     np.dtype(np.float32 if typenum == cnp.NPY_FLOAT32
+                                              else np.float64),
+                                     getattr(array, "shape", type(array))))
+    return cnp.PyArray_DIMS(<cnp.ndarray>array)
+
+
+cdef void* _data(object array) noexcept:
+    return cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) except -1:
     """Check one chain entry ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias,
     residual, activate, slope)`` and lay it out in ``layer`` (its offsets malloc'ed)."""
-    cdef floating[:, :, ::1] packed = spec[1]
-    cdef floating[:, :, :, ::1] out = spec[2]
+    cdef object bias = spec[7], residual = spec[8]
+    cdef cnp.npy_intp* x = _dims(spec[0], "x", 4, typenum, False)
+    cdef cnp.npy_intp* packed = _dims(spec[1], "packed", 3, typenum, False)
+    cdef cnp.npy_intp* out = _dims(spec[2], "out", 4, typenum, True)
+    cdef cnp.npy_intp* shape
     cdef int kernel_h = spec[3], kernel_w = spec[4]
     cdef tuple padding = spec[5], stride = spec[6]
-    cdef floating[::1] bias = spec[7]
-    cdef floating[:, :, :, ::1] residual = spec[8]
     cdef int b, lanes = 0
     cdef Py_ssize_t grid
-    cdef Phases phases = _phases(x.shape[1], x.shape[2], x.shape[3], padding[0], padding[1],
-                                 stride[0], stride[1])
+    cdef Phases phases = _phases(x[1], x[2], x[3], padding[0], padding[1], stride[0],
+                                 stride[1])
     for b, lanes in BLOCK_SHAPES:
-        if b == packed.shape[2]:
+        if b == packed[2]:
             break
     else:
         raise ValueError("direct_forward_into: packed weights have blocks of %d channels, "
-                         "expected one of %s" % (packed.shape[2], BLOCK_SHAPES))
-    layer.taps = x.shape[1] * kernel_h * kernel_w
-    layer.out_channels = out.shape[1]
-    if packed.shape[1] != layer.taps or packed.shape[0] * packed.shape[2] < out.shape[1]:
+                         "expected one of %s" % (packed[2], BLOCK_SHAPES))
+    layer.taps = x[1] * kernel_h * kernel_w
+    layer.out_channels = out[1]
+    if packed[1] != layer.taps or packed[0] * packed[2] < out[1]:
         raise ValueError("direct_forward_into: packed weights of shape %s do not cover %d "
-                         "channels x %d taps" % ((packed.shape[0], packed.shape[1],
-                                                  packed.shape[2]), out.shape[1], layer.taps))
-    _check_output("direct_forward_into: out", x.shape[2], x.shape[3], out.shape[2],
-                  out.shape[3], kernel_h, kernel_w, padding, stride)
-    if out.shape[0] != x.shape[0] or (bias is not None and bias.shape[0] not in (
-            0, out.shape[1])) or (residual is not None and (
-            residual.shape[0] != out.shape[0] or residual.shape[1] != out.shape[1]
-            or residual.shape[2] != out.shape[2] or residual.shape[3] != out.shape[3])):
-        raise ValueError("direct_forward_into: out (%d images, %d channels), bias and "
-                         "residual must match the conv's output (%d images)"
-                         % (out.shape[0], out.shape[1], x.shape[0]))
+                         "channels x %d taps" % ((packed[0], packed[1], packed[2]), out[1],
+                                                 layer.taps))
+    _check_output("direct_forward_into: out", x[2], x[3], out[2], out[3], kernel_h, kernel_w,
+                  padding, stride)
+    layer.bias = layer.residual = NULL
+    if bias is not None:
+        shape = _dims(bias, "bias", 1, typenum, False)
+        if shape[0] not in (0, out[1]):
+            raise ValueError("direct_forward_into: bias has %d values for %d channels"
+                             % (shape[0], out[1]))
+        layer.bias = _data(bias) if shape[0] else NULL
+    if residual is not None:
+        shape = _dims(residual, "residual", 4, typenum, False)
+        if shape[0] != out[0] or shape[1] != out[1] or shape[2] != out[2] or shape[3] != out[3]:
+            raise ValueError("direct_forward_into: residual must match the conv's output")
+        layer.residual = _data(residual)
+    if out[0] != x[0]:
+        raise ValueError("direct_forward_into: out has %d images, x %d: out must match the "
+                         "conv's output" % (out[0], x[0]))
     layer.phases = phases
     layer.kernel_h, layer.kernel_w = kernel_h, kernel_w
-    layer.co_blocks, layer.co_block, layer.lanes = packed.shape[0], packed.shape[2], lanes
-    layer.n_images, layer.out_h, layer.out_w = x.shape[0], out.shape[2], out.shape[3]
+    layer.co_blocks, layer.co_block, layer.lanes = packed[0], packed[2], lanes
+    layer.n_images, layer.out_h, layer.out_w = x[0], out[2], out[3]
     # the wide grid rounded up to whole blocks; reads of the last block run past the
     # phase planes by up to MAX_LANES + kW elements, into zeroed slack
     grid = <Py_ssize_t>layer.out_h * phases.cols
     layer.wide_stride = (grid + lanes - 1) // lanes * lanes
     layer.padded_size = _phases_size(phases) + MAX_LANES + kernel_w
-    layer.image_in = <Py_ssize_t>x.shape[1] * x.shape[2] * x.shape[3]
+    layer.image_in = <Py_ssize_t>x[1] * x[2] * x[3]
     layer.plane = <Py_ssize_t>layer.out_h * layer.out_w
     layer.bands = _bands(layer.n_images, layer.co_blocks, layer.out_h, num_threads)
     layer.per_image = layer.bands * layer.co_blocks
@@ -415,12 +448,7 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads,
     layer.chunk = 1 if layer.n_images < num_threads else layer.per_image
     layer.total = layer.n_images * layer.per_image if layer.plane else 0
     layer.next_item = 0
-    layer.x = &x[0, 0, 0, 0] if x.shape[0] else NULL
-    layer.packed = &packed[0, 0, 0]
-    layer.out = &out[0, 0, 0, 0] if out.shape[0] else NULL
-    layer.bias = &bias[0] if bias is not None and bias.shape[0] else NULL
-    layer.residual = &residual[0, 0, 0, 0] if residual is not None and residual.shape[0] \
-        else NULL
+    layer.x, layer.packed, layer.out = _data(spec[0]), _data(spec[1]), _data(spec[2])
     layer.activate, layer.slope = spec[9], spec[10]
     layer.offsets = _tap_offsets(phases, kernel_h, kernel_w)
     return 0
@@ -505,21 +533,25 @@ def direct_chain_into(list specs, int num_threads):
     cdef char* scratch
     cdef object first
     cdef bint single
+    cdef int typenum
     if count == 0:
         return
     first = specs[0][0]
-    single = first.dtype == np.float32
+    if not (cnp.PyArray_Check(first) and cnp.PyArray_TYPE(<cnp.ndarray>first) in (
+            cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)):
+        raise TypeError("direct_forward_into: x must be a float32 or float64 ndarray, got %r"
+                        % (getattr(first, "dtype", type(first)),))
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>first)
+    single = typenum == cnp.NPY_FLOAT32
     layers = <Layer*>calloc(count, sizeof(Layer))
     if layers == NULL:
         raise MemoryError()
     try:
         for k in range(count):
-            if single:
-                _fill_layer[float](&layers[k], specs[k], num_threads, specs[k][0])
-            else:
-                _fill_layer[double](&layers[k], specs[k], num_threads, specs[k][0])
+            _fill_layer(&layers[k], specs[k], num_threads, typenum)
             per_thread = max(per_thread, (layers[k].padded_size + <Py_ssize_t>layers[k].co_block
-                                          * layers[k].wide_stride) * first.itemsize)
+                                          * layers[k].wide_stride)
+                             * (sizeof(float) if single else sizeof(double)))
         scratch = <char*>_scratch(num_threads, per_thread, False)
         with nogil:
             if single:

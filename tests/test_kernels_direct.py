@@ -382,3 +382,13 @@ def test_a_chain_refuses_outputs_and_residuals_of_the_wrong_shape(rng):
     with pytest.raises(ValueError, match="must match the conv's output"):
         direct.run_chain([(run, x, np.zeros((2, 4, 8, 8), np.float32),
                            np.zeros((2, 4, 8, 7), np.float32))], 2)
+    read_only = np.zeros((2, 4, 8, 8), np.float32)
+    read_only.flags.writeable = False
+    for bad_x, out in [(x.astype(np.float64), np.zeros((2, 4, 8, 8))),   # packed is float32
+                       (x[:, :, :, ::-1], np.zeros((2, 4, 8, 8), np.float32)),
+                       (x, np.zeros((2, 4, 8, 8), np.float32).transpose(0, 1, 3, 2)),
+                       (x, read_only)]:
+        with pytest.raises(ValueError, match="must be a C-contiguous"):
+            direct.run_chain([(run, bad_x, out, None)], 2)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        direct.run_chain([(run, x.astype(np.int32), read_only, None)], 2)
