@@ -241,14 +241,15 @@ cdef struct Phases:
     # The padded image as stride_h x stride_w phase planes, each (channels, rows, cols):
     # plane (a, b) holds padded[c, y * stride_h + a, x * stride_w + b] at [c, y, x]. At
     # stride 1 that is the padded image itself.
-    int channels, height, width, pad_h, pad_w, stride_h, stride_w, rows, cols
+    int channels, height, width, pad_h, pad_w, stride_h, stride_w, kernel_h, kernel_w
+    int rows, cols
 
 
 cdef Phases _phases(int channels, int height, int width, int pad_h, int pad_w, int stride_h,
-                    int stride_w) noexcept nogil:
+                    int stride_w, int kernel_h, int kernel_w) noexcept nogil:
     cdef Phases p
     p.channels, p.height, p.width, p.pad_h, p.pad_w = channels, height, width, pad_h, pad_w
-    p.stride_h, p.stride_w = stride_h, stride_w
+    p.stride_h, p.stride_w, p.kernel_h, p.kernel_w = stride_h, stride_w, kernel_h, kernel_w
     p.rows = (height + 2 * pad_h + stride_h - 1) // stride_h
     p.cols = (width + 2 * pad_w + stride_w - 1) // stride_w
     return p
@@ -273,10 +274,12 @@ cdef void _pad_image(const floating* image, Phases p, floating* padded) noexcept
     cdef int a, b, c, y, x, top, bottom, left, right
     cdef floating* target
     cdef const floating* source
-    for a in range(p.stride_h):
+    # a stride beyond the kernel leaves phases no tap reads (a 1x1 stride-2 conv reads
+    # one of four): those stay zero
+    for a in range(min(p.stride_h, p.kernel_h)):
         top = _inside(p.pad_h, 0, a, p.stride_h)
         bottom = max(top, min(p.rows, _inside(p.pad_h, p.height, a, p.stride_h)))
-        for b in range(p.stride_w):
+        for b in range(min(p.stride_w, p.kernel_w)):
             left = _inside(p.pad_w, 0, b, p.stride_w)
             right = max(left, min(p.cols, _inside(p.pad_w, p.width, b, p.stride_w)))
             if bottom == top or right == left:
@@ -399,7 +402,7 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     cdef int b, lanes = 0
     cdef Py_ssize_t grid
     cdef Phases phases = _phases(x[1], x[2], x[3], padding[0], padding[1], stride[0],
-                                 stride[1])
+                                 stride[1], kernel_h, kernel_w)
     for b, lanes in BLOCK_SHAPES:
         if b == packed[2]:
             break
@@ -611,7 +614,7 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef int out_channels = grad_out.shape[1], out_h = grad_out.shape[2]
     cdef int out_w = grad_out.shape[3]
     cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], stride[0],
-                                 stride[1])
+                                 stride[1], kernel_h, kernel_w)
     cdef int padded_w = phases.cols
     cdef int taps = channels * kernel_h * kernel_w
     cdef int all_taps = taps + with_bias

@@ -31,12 +31,13 @@ def _arrays(case, dtype, rng):
     return x, weight, padding
 
 
-def test_applies_to_few_output_channels_single_group_strides_up_to_the_kernel():
+def test_applies_to_few_output_channels_single_group_any_stride():
     c = direct.MAX_OUT_CHANNELS
     assert direct.applies((c, 3, 5, 5), (1, 1), (1, 1), 1)
     assert not direct.applies((c + 1, 3, 5, 5), (1, 1), (1, 1), 1)
     assert direct.applies((c, 3, 5, 5), (2, 2), (1, 1), 1)
-    assert not direct.applies((c, 3, 3, 3), (1, 4), (1, 1), 1)
+    assert direct.applies((c, 3, 3, 3), (1, 4), (1, 1), 1)     # unread phases stay zero
+    assert direct.applies((c, 3, 1, 1), (2, 2), (1, 1), 1)     # strided shortcut
     # strided: any channel count (im2col is the only other path)
     assert direct.applies((128, 64, 3, 3), (2, 2), (1, 1), 1, (32, 64, 16, 16), (1, 1))
     assert not direct.applies((c, 3, 5, 5), (1, 1), (2, 2), 1)
@@ -306,6 +307,8 @@ def _strided_case(case, dtype, rng):
     (3, 2, 11, 16, 6, 5, 3, (2, 0), (3, 2)),
     (1, 4, 9, 10, 5, 3, 4, (0, 1), (1, 3)),
     (2, 5, 8, 8, 4, 2, 2, (0, 0), (2, 2)),
+    (2, 5, 9, 10, 6, 1, 1, (0, 0), (2, 2)),
+    (1, 3, 11, 13, 4, 2, 2, (1, 0), (3, 3)),
 ])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_strided_convs_read_phase_planes(case, threads, dtype, rtol, rng):
@@ -328,6 +331,7 @@ def test_strided_convs_read_phase_planes(case, threads, dtype, rtol, rng):
 @pytest.mark.parametrize("case", [
     (2, 3, 31, 28, 8, 3, 3, (1, 1), (2, 2)),
     (3, 4, 26, 30, 5, 5, 3, (2, 1), (3, 2)),
+    (2, 5, 32, 30, 6, 1, 1, (0, 0), (2, 2)),
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_strided_grad_weight_is_the_adjoint_of_the_forward(case, threads, dtype, rtol, rng):
