@@ -1,23 +1,22 @@
 # cython: language_level=3
-"""Direct convolution for few output channels (stride 1, dilation 1, one group).
+"""Direct convolution forward (dilation 1, one group), alone or as a chain of convs.
 
-With few output channels (LeNet's 6 and 16, ResNet's 16 and 32) im2col + GEMM
-spends its time unfolding and packing, not multiplying: the GEMM's M is 6 to 32,
-and Winograd's 16 GEMMs are as thin. Here each padded image is kept in cache
-and the output is computed on a *wide grid*: with
-the padded row length ``Wp``, output position ``q = oy * Wp + ox`` of tap
-``(c, i, j)`` reads ``padded[c, oy + i, ox + j] = padded_flat[q + offset(c, i,
-j)]``, one linear offset per tap. A block of consecutive ``q`` times output
+With few output channels (LeNet's 6 and 16, ResNet's 16 and 32), small maps or a
+stride, im2col + GEMM spends its time unfolding and packing, not multiplying, and
+Winograd's 16 GEMMs are as thin. Here each padded image is kept in cache and the
+output is computed on a *wide grid*: with the padded row length ``Wp``, output
+position ``q = oy * Wp + ox`` of tap ``(c, i, j)`` reads ``padded[c, oy + i, ox + j]
+= padded_flat[q + offset(c, i, j)]``, one linear offset per tap (a stride reads
+phase planes instead, ``_phases.pxd``). A block of consecutive ``q`` times output
 channels (24 x 4, 16 x 6 or 24 x 3: ``BLOCK_SHAPES``) lives in registers over all
 taps; grid columns ``ox >= OW`` are computed and dropped (``(kW - 1) / Wp`` extra
-work).
+work). Weights come packed as ``(co_blocks, taps, co_block)``, zero beyond C_out.
 
-Weights come packed as ``(co_blocks, taps, co_block)``, zero beyond C_out. The
-weight gradient runs on the same grids: per block of 4 channels and 3 taps, one
-pass of 8-lane FMAs over the image's grid into per-lane partial sums.
+A chain runs several convs in one parallel region; the weight gradient is in
+``direct_grad.pyx``.
 """
-from cython.parallel cimport parallel, prange, threadid
-from libc.stdlib cimport calloc, malloc, free
+from cython.parallel cimport parallel, threadid
+from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from openmp cimport omp_get_num_threads
 
@@ -28,6 +27,8 @@ cnp.import_array()
 
 from fastdl_ext._activation cimport epilogue_rows
 from fastdl_ext._blas cimport floating
+from fastdl_ext._phases cimport (Phases, _check_output, _pad_image, _phases, _phases_size,
+                                 _scratch, _tap_offsets)
 
 cdef extern from *:
     """
@@ -103,59 +104,6 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCKS(float)
     FASTDL_DIRECT_BLOCKS(double)
 
-    /* Weight gradient of one channel block and GRAD_TAPS taps over a whole wide grid:
-       sums[g][b][k] += lanes of sum_q grad[b][q] * source[offsets[3g + k] + q], q < length (a
-       multiple of 8; grid columns past the output width hold zero gradient). Twelve
-       accumulators, as in the forward block; the three taps are unrolled by hand
-       (kept in arrays, GCC spilled them: 3x slower). The sums stay 8-lane vectors,
-       added to memory: horizontal sums per pass (a serial chain of 8 adds each)
-       cost more than the pass on LeNet-sized grids; the caller reduces the lanes once. */
-    #define FASTDL_GRAD_TAPS 3
-    #define FASTDL_GRAD_CO_BLOCK 4
-    #define FASTDL_GRAD_BLOCK(name, type)                                               \
-        typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
-        FASTDL_CLONES static void name(const type *restrict grad, Py_ssize_t grad_stride, \
-                                       const type *restrict source,                     \
-                                       const Py_ssize_t *restrict offsets, int groups,  \
-                                       Py_ssize_t length, type *restrict sums) {        \
-            /* all tap groups of a channel block in one call: on LeNet's 144-position   \
-               grids a call per group cost a sixth of the step's weight gradient */      \
-            for (int group = 0; group < groups; group++) {                              \
-                name##_vector acc[FASTDL_GRAD_CO_BLOCK][FASTDL_GRAD_TAPS];              \
-                for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                          \
-                    for (int k = 0; k < FASTDL_GRAD_TAPS; k++)                          \
-                        acc[b][k] = (name##_vector){0};                                 \
-                const Py_ssize_t *restrict at_taps = offsets + FASTDL_GRAD_TAPS * group; \
-                const type *restrict first = source + at_taps[0];                       \
-                const type *restrict second = source + at_taps[1];                      \
-                const type *restrict third = source + at_taps[2];                       \
-                for (Py_ssize_t q = 0; q < length; q += 8) {                            \
-                    name##_vector x0, x1, x2, g;                                        \
-                    __builtin_memcpy(&x0, first + q, sizeof x0);                        \
-                    __builtin_memcpy(&x1, second + q, sizeof x1);                       \
-                    __builtin_memcpy(&x2, third + q, sizeof x2);                        \
-                    for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++) {                    \
-                        __builtin_memcpy(&g, grad + b * grad_stride + q, sizeof g);     \
-                        acc[b][0] += g * x0;                                            \
-                        acc[b][1] += g * x1;                                            \
-                        acc[b][2] += g * x2;                                            \
-                    }                                                                   \
-                }                                                                       \
-                type *restrict group_sums =                                             \
-                    sums + (Py_ssize_t)group * FASTDL_GRAD_CO_BLOCK * FASTDL_GRAD_TAPS * 8; \
-                for (int b = 0; b < FASTDL_GRAD_CO_BLOCK; b++)                          \
-                    for (int k = 0; k < FASTDL_GRAD_TAPS; k++) {                        \
-                        name##_vector total;                                            \
-                        type *restrict at = group_sums + (FASTDL_GRAD_TAPS * b + k) * 8; \
-                        __builtin_memcpy(&total, at, sizeof total);                     \
-                        total += acc[b][k];                                             \
-                        __builtin_memcpy(at, &total, sizeof total);                     \
-                    }                                                                   \
-            }                                                                           \
-        }
-    FASTDL_GRAD_BLOCK(fastdl_direct_grad_float, float)
-    FASTDL_GRAD_BLOCK(fastdl_direct_grad_double, double)
-
     /* Work sharing and a barrier for a chain of convs in one parallel region. OpenMP's
        own barrier sleeps at once under the passive wait policy the package sets (so
        that idle workers never steal cores); here the team spins for a while first, as
@@ -202,28 +150,15 @@ cdef extern from *:
     int _next_items "fastdl_next_items"(int* counter, int count) noexcept nogil
     void _barrier_wait "fastdl_barrier_wait"(Barrier* barrier, int team) noexcept nogil
 
-    enum:
-        GRAD_TAPS "FASTDL_GRAD_TAPS"  # taps per weight-gradient pass
-        CO_BLOCK "FASTDL_GRAD_CO_BLOCK"  # output channels per weight-gradient pass
-    void _grad_float "fastdl_direct_grad_float"(
-        const float* grad, Py_ssize_t grad_stride, const float* source,
-        const Py_ssize_t* offsets, int groups, Py_ssize_t length, float* sums) noexcept nogil
-    void _grad_double "fastdl_direct_grad_double"(
-        const double* grad, Py_ssize_t grad_stride, const double* source,
-        const Py_ssize_t* offsets, int groups, Py_ssize_t length,
-        double* sums) noexcept nogil
 
 
 BLOCK_SHAPES = ((4, 24), (6, 16), (3, 24))   # (output channels, positions) per block
 
 
 def kernel_shapes():
-    """The compiled kernels' shapes: ``(BLOCK_SHAPES, MAX_LANES, CO_BLOCK, GRAD_TAPS)``.
-
-    ``BLOCK_SHAPES`` lists the forward's register blocks as (output channels,
-    positions); ``CO_BLOCK`` x ``GRAD_TAPS`` is the weight gradient's block.
-    """
-    return BLOCK_SHAPES, MAX_LANES, CO_BLOCK, GRAD_TAPS
+    """``(BLOCK_SHAPES, MAX_LANES)``: the register blocks as (output channels, positions),
+    and the most positions of one."""
+    return BLOCK_SHAPES, MAX_LANES
 
 
 cdef inline void _blocks(int co_block, const floating* source, const Py_ssize_t* offsets,
@@ -235,109 +170,6 @@ cdef inline void _blocks(int co_block, const floating* source, const Py_ssize_t*
         _blocks_float(co_block, source, offsets, taps, weights, wide, wide_stride, blocks)
     else:
         _blocks_double(co_block, source, offsets, taps, weights, wide, wide_stride, blocks)
-
-
-cdef struct Phases:
-    # The padded image as stride_h x stride_w phase planes, each (channels, rows, cols):
-    # plane (a, b) holds padded[c, y * stride_h + a, x * stride_w + b] at [c, y, x]. At
-    # stride 1 that is the padded image itself.
-    int channels, height, width, pad_h, pad_w, stride_h, stride_w, kernel_h, kernel_w
-    int rows, cols
-
-
-cdef Phases _phases(int channels, int height, int width, int pad_h, int pad_w, int stride_h,
-                    int stride_w, int kernel_h, int kernel_w) noexcept nogil:
-    cdef Phases p
-    p.channels, p.height, p.width, p.pad_h, p.pad_w = channels, height, width, pad_h, pad_w
-    p.stride_h, p.stride_w, p.kernel_h, p.kernel_w = stride_h, stride_w, kernel_h, kernel_w
-    p.rows = (height + 2 * pad_h + stride_h - 1) // stride_h
-    p.cols = (width + 2 * pad_w + stride_w - 1) // stride_w
-    return p
-
-
-cdef inline Py_ssize_t _phases_size(Phases p) noexcept nogil:
-    return <Py_ssize_t>p.stride_h * p.stride_w * p.channels * p.rows * p.cols
-
-
-cdef inline int _inside(int pad, int extent, int phase, int stride) noexcept nogil:
-    """First index ``y`` of a phase plane with ``y * stride + phase - pad >= 0``, or
-    with ``extent`` in place of 0 (so the image occupies [first, end))."""
-    return (pad + extent - phase + stride - 1) // stride
-
-
-cdef void _pad_image(const floating* image, Phases p, floating* padded) noexcept nogil:
-    """Copy one (C, H, W) image into the interior of its phase planes.
-
-    The border and the slack after the planes are the caller's: zeroed once per
-    buffer, they stay zero (writing them per image took thousands of tiny memsets
-    per call, a tenth of a batch-1 ResNet's time)."""
-    cdef int a, b, c, y, x, top, bottom, left, right
-    cdef floating* target
-    cdef const floating* source
-    # a stride beyond the kernel leaves phases no tap reads (a 1x1 stride-2 conv reads
-    # one of four): those stay zero
-    for a in range(min(p.stride_h, p.kernel_h)):
-        top = _inside(p.pad_h, 0, a, p.stride_h)
-        bottom = max(top, min(p.rows, _inside(p.pad_h, p.height, a, p.stride_h)))
-        for b in range(min(p.stride_w, p.kernel_w)):
-            left = _inside(p.pad_w, 0, b, p.stride_w)
-            right = max(left, min(p.cols, _inside(p.pad_w, p.width, b, p.stride_w)))
-            if bottom == top or right == left:
-                continue
-            for c in range(p.channels):
-                target = padded + (((<Py_ssize_t>a * p.stride_w + b) * p.channels + c)
-                                   * p.rows + top) * p.cols + left
-                source = image + (<Py_ssize_t>c * p.height + top * p.stride_h + a - p.pad_h) \
-                    * p.width + left * p.stride_w + b - p.pad_w
-                if p.stride_w == 1:   # rows are contiguous runs: one vectorised copy
-                    epilogue_rows(target, p.cols, source, <Py_ssize_t>p.stride_h * p.width,
-                                  NULL, 0, bottom - top, right - left, NULL, False, 0)
-                    continue
-                for y in range(bottom - top):
-                    for x in range(right - left):
-                        target[x] = source[x * p.stride_w]
-                    target = target + p.cols
-                    source = source + <Py_ssize_t>p.stride_h * p.width
-
-
-cdef void* _scratch(int threads, size_t per_thread, bint zeroed=True) except NULL:
-    """Scratch for every thread (zeroed unless told), taken before the parallel region
-    so that a failed allocation raises instead of leaving a thread with NULL."""
-    cdef size_t size = <size_t>max(threads, 1) * per_thread
-    cdef void* scratch = calloc(size, 1) if zeroed else malloc(size)
-    if scratch == NULL:
-        raise MemoryError()
-    return scratch
-
-
-cdef Py_ssize_t* _tap_offsets(Phases p, int kernel_h, int kernel_w, int extra=0) except NULL:
-    """Flat offset of tap (c, i, j) in the phase planes (plane (i % stride_h, j %
-    stride_w), row i // stride_h, column j // stride_w of channel c), and ``extra``
-    slots after them for the caller to fill; the caller frees it."""
-    cdef Py_ssize_t* offsets = <Py_ssize_t*>malloc(
-        sizeof(Py_ssize_t) * (p.channels * kernel_h * kernel_w + extra))
-    cdef int c, i, j, phase
-    if offsets == NULL:
-        raise MemoryError()
-    for c in range(p.channels):
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                phase = (i % p.stride_h) * p.stride_w + j % p.stride_w
-                offsets[(c * kernel_h + i) * kernel_w + j] = (
-                    (<Py_ssize_t>phase * p.channels + c) * p.rows + i // p.stride_h) \
-                    * p.cols + j // p.stride_w
-    return offsets
-
-
-cdef int _check_output(str what, int height, int width, int out_h, int out_w, int kernel_h,
-                       int kernel_w, tuple padding, tuple stride) except -1:
-    """Refuse an output plane other than the conv's: the grid's reads stay inside the
-    phase planes only for the conv's own output size."""
-    if (out_h != (height + 2 * <int>padding[0] - kernel_h) // <int>stride[0] + 1
-            or out_w != (width + 2 * <int>padding[1] - kernel_w) // <int>stride[1] + 1):
-        raise ValueError("%s has %d x %d positions, not the conv's output" % (what, out_h,
-                                                                            out_w))
-    return 0
 
 
 cdef int _bands(int n_images, int co_blocks, int out_h, int num_threads) noexcept nogil:
@@ -581,93 +413,3 @@ def direct_forward_into(x, packed, out, int kernel_h, int kernel_w, tuple paddin
     """
     direct_chain_into([(x, packed, out, kernel_h, kernel_w, padding, stride, bias, residual,
                         activate, slope)], num_threads)
-
-
-cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
-                            const floating* source, const Py_ssize_t* offsets, int groups,
-                            Py_ssize_t length, floating* sums) noexcept nogil:
-    """sums[g, b * GRAD_TAPS + k, :8] += lanes of grad[b] · source[offsets[g * GRAD_TAPS +
-    k]:] over ``length``, for ``groups`` groups of taps."""
-    if floating is float:
-        _grad_float(grad, grad_stride, source, offsets, groups, length, sums)
-    else:
-        _grad_double(grad, grad_stride, source, offsets, groups, length, sums)
-
-
-def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
-                            floating[:, :, :, ::1] partial, int kernel_h, int kernel_w,
-                            tuple padding, tuple stride, int num_threads,
-                            bint with_bias=False):
-    """Per-thread, per-lane weight gradients of a one-group conv (wide grid; a stride
-    reads phase planes, as the forward).
-
-    ``partial`` (threads, co_blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), zero on
-    entry, with ``tap_groups = ceil((C_in * kH * kW + with_bias) / GRAD_TAPS)``:
-    thread ``t`` adds the images it takes to ``partial[t, block, group, (b *
-    GRAD_TAPS + k) * 8 + lane]``, the gradient of channel ``block * CO_BLOCK + b``
-    and tap ``group * GRAD_TAPS + k`` split over 8 lanes; the caller sums threads and
-    lanes and drops the padding. ``with_bias`` adds a last tap that reads ones: its
-    gradient is the bias gradient, at no cost where it fills a group's spare slot.
-    """
-    cdef int n_images = x.shape[0], channels = x.shape[1]
-    cdef int height = x.shape[2], width = x.shape[3]
-    cdef int out_channels = grad_out.shape[1], out_h = grad_out.shape[2]
-    cdef int out_w = grad_out.shape[3]
-    cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], stride[0],
-                                 stride[1], kernel_h, kernel_w)
-    cdef int padded_w = phases.cols
-    cdef int taps = channels * kernel_h * kernel_w
-    cdef int all_taps = taps + with_bias
-    cdef int co_blocks = partial.shape[1], tap_groups = partial.shape[2]
-    cdef Py_ssize_t length = (<Py_ssize_t>out_h * padded_w + 7) // 8 * 8
-    cdef Py_ssize_t slack = 8 + kernel_w
-    cdef Py_ssize_t padded_size = _phases_size(phases) + slack
-    cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
-    # per thread: the padded image, grad_out of one image on the wide grid (grid
-    # columns past the output width and channels beyond C_out stay zero), and the
-    # bias tap's row of ones
-    cdef Py_ssize_t wide_size = co_blocks * CO_BLOCK * length
-    cdef size_t per_thread = sizeof(floating) * (padded_size + wide_size + length)
-    cdef Py_ssize_t* offsets
-    cdef floating* padded
-    cdef floating* wide
-    cdef Py_ssize_t q
-    cdef int image, block, co, k, thread
-    cdef char* scratch
-    _check_output("direct_grad_weight_into: grad_out", height, width, out_h, out_w, kernel_h,
-                  kernel_w, padding, stride)
-    if n_images == 0 or out_h * out_w == 0:
-        return
-    if (tap_groups * GRAD_TAPS < all_taps or co_blocks * CO_BLOCK < out_channels
-            or partial.shape[0] < num_threads or partial.shape[3] != CO_BLOCK * GRAD_TAPS * 8):
-        raise ValueError("direct_grad_weight_into: partial has shape %s, too small for %d "
-                         "threads, %d channels and %d taps"
-                         % ((partial.shape[0], partial.shape[1], partial.shape[2],
-                            partial.shape[3]), num_threads, out_channels, all_taps))
-    offsets = _tap_offsets(phases, kernel_h, kernel_w, tap_groups * GRAD_TAPS - taps)
-    if with_bias:
-        offsets[taps] = padded_size + wide_size   # the ones, relative to the padded image
-    # a last short group repeats its final tap into the slots past the taps
-    for k in range(all_taps, tap_groups * GRAD_TAPS):
-        offsets[k] = offsets[all_taps - 1]
-    try:
-        scratch = <char*>_scratch(num_threads, per_thread)
-    except MemoryError:
-        free(offsets)
-        raise
-    with nogil, parallel(num_threads=num_threads):
-        thread = threadid()
-        padded = <floating*>(scratch + thread * per_thread)
-        wide = padded + padded_size
-        for q in range(length):
-            wide[wide_size + q] = 1
-        for image in prange(n_images, schedule="static"):
-            _pad_image(&x[0, 0, 0, 0] + image * image_in, phases, padded)
-            for co in range(out_channels):
-                epilogue_rows(wide + co * length, padded_w, &grad_out[image, co, 0, 0], out_w,
-                              NULL, 0, out_h, out_w, NULL, False, 0)
-            for block in range(co_blocks):
-                _grad_taps(wide + block * CO_BLOCK * length, length, padded, offsets,
-                           tap_groups, length, &partial[thread, block, 0, 0])
-    free(scratch)
-    free(offsets)

@@ -1,25 +1,27 @@
-"""Direct convolution for few output channels: weight packing and when it applies.
+"""Direct convolution: weight packing, when it applies, and prepared runs and chains.
 
-The compiled loops live in ``fastdl_ext/direct.pyx`` (a register block of output
-channels × positions per step over a padded image in cache). They replace im2col +
-GEMM (and Winograd) where the GEMMs would be too thin to pay for unfolding and
-packing: dilation 1, one group, at most ``MAX_OUT_CHANNELS`` output channels (any
-number on small maps) and a kernel larger than 1×1; a stride reads the image as
-phase planes. The forward serves conv2d's forward and, with flipped weights, the
-input gradient of stride-1 "same" convs; ``grad_weight`` (stride 1) has rules of its
-own (``grad_weight_applies``).
+The compiled loops live in ``fastdl_ext/direct.pyx`` (forward) and
+``direct_grad.pyx`` (weight gradient): a register block of output channels ×
+positions per step over a padded image in cache. They replace im2col + GEMM (and
+Winograd) where the GEMMs would be too thin to pay for unfolding and packing:
+dilation 1, one group, at most ``MAX_OUT_CHANNELS`` output channels (any number on
+small maps or at a stride, which reads the image as phase planes) and a kernel
+larger than 1×1 at stride 1. The forward serves conv2d's forward and, with flipped
+weights, the input gradient of stride-1 "same" convs; ``grad_weight`` has rules of
+its own (``grad_weight_applies``).
 """
 import numpy as np
 
 from fastdl.shapes import conv_output_size
-from fastdl_ext import direct as _ext
+from fastdl_ext import direct as _ext, direct_grad as _grad_ext
 
 __all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight", "forward_runner",
            "ForwardRunner", "run_chain", "grad_weight"]
 
 # the forward's register blocks as (output channels, positions); the weight
 # gradient's block of CO_BLOCK channels x GRAD_TAPS taps
-BLOCK_SHAPES, _, CO_BLOCK, GRAD_TAPS = _ext.kernel_shapes()
+BLOCK_SHAPES, _ = _ext.kernel_shapes()
+CO_BLOCK, GRAD_TAPS = _grad_ext.kernel_shapes()
 # Beyond this Winograd's and im2col's GEMMs are wide enough to win the forward
 # (measured at batch 32: 32 -> 32 at 16², direct 1.5 vs Winograd 2.1 ms; 64 -> 64,
 # 5.7 vs 5.2 ms).
@@ -191,7 +193,7 @@ def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False,
     taps = weight_shape[1] * weight_shape[2] * weight_shape[3]
     blocks, tap_groups = -(-c_out // CO_BLOCK), -(-(taps + with_bias) // GRAD_TAPS)
     partial = np.zeros((threads, blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), dtype=x.dtype)
-    _ext.direct_grad_weight_into(x, grad_out, partial, weight_shape[2], weight_shape[3],
+    _grad_ext.direct_grad_weight_into(x, grad_out, partial, weight_shape[2], weight_shape[3],
                                  tuple(padding), tuple(stride), threads, with_bias)
     sums = partial.reshape(threads, blocks, tap_groups, CO_BLOCK, GRAD_TAPS, 8).sum(axis=(0, 5))
     # (blocks, tap_groups, CO_BLOCK, GRAD_TAPS) -> (channels, taps), padding dropped
