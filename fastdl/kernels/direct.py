@@ -148,17 +148,17 @@ class ForwardRunner:
                           conv_output_size(width, kw, stride[1], padding[1], 1))
         # the wide grid runs along the rows of the phase planes
         grid = self.out_shape[2] * -(-(width + 2 * padding[1]) // stride[1])
-        packed = pack_weight(weight, block_channels(c_out, grid))
         self.threads = threads
-        self._head = (packed, kh, kw, tuple(padding), tuple(stride))
-        self._tail = (negative_slope is not None,
-                      0.0 if negative_slope is None else float(negative_slope))
+        self._packed = pack_weight(weight, block_channels(c_out, grid))
+        self._geometry = (kh, kw, tuple(padding), tuple(stride))
         self._bias = bias
+        self._activation = (negative_slope is not None,
+                            0.0 if negative_slope is None else float(negative_slope))
 
     def spec(self, x, out, residual=None):
         """The arguments of ``direct_chain_into`` for one conv of a chain."""
-        return (x,) + self._head[:1] + (out,) + self._head[1:] + (self._bias, residual) \
-            + self._tail
+        return (x, self._packed, out, *self._geometry, self._bias, residual,
+                *self._activation)
 
     def __call__(self, x, out=None, residual=None):
         if out is None:
@@ -193,8 +193,9 @@ def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False,
     taps = weight_shape[1] * weight_shape[2] * weight_shape[3]
     blocks, tap_groups = -(-c_out // CO_BLOCK), -(-(taps + with_bias) // GRAD_TAPS)
     partial = np.zeros((threads, blocks, tap_groups, CO_BLOCK * GRAD_TAPS * 8), dtype=x.dtype)
-    _grad_ext.direct_grad_weight_into(x, grad_out, partial, weight_shape[2], weight_shape[3],
-                                 tuple(padding), tuple(stride), threads, with_bias)
+    _grad_ext.direct_grad_weight_into(x, grad_out, partial, weight_shape[2],
+                                      weight_shape[3], tuple(padding), tuple(stride),
+                                      threads, with_bias)
     sums = partial.reshape(threads, blocks, tap_groups, CO_BLOCK, GRAD_TAPS, 8).sum(axis=(0, 5))
     # (blocks, tap_groups, CO_BLOCK, GRAD_TAPS) -> (channels, taps), padding dropped
     by_channel = sums.transpose(0, 2, 1, 3).reshape(blocks * CO_BLOCK, tap_groups * GRAD_TAPS)
