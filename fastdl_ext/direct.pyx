@@ -26,6 +26,7 @@ import numpy as np
 cnp.import_array()
 
 from fastdl_ext._activation cimport epilogue_rows
+from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating
 from fastdl_ext._phases cimport (Phases, _check_output, _pad_image, _phases, _phases_size,
                                  _scratch, _tap_offsets)
@@ -178,6 +179,7 @@ cdef extern from *:
 
 
 
+CALLER = "direct_forward_into"   # the name errors are reported under
 BLOCK_SHAPES = ((4, 24), (6, 16), (3, 24))   # (output channels, positions) per block
 
 
@@ -225,35 +227,13 @@ cdef struct Layer:
     double slope
 
 
-cdef cnp.npy_intp* _dims(object array, str name, int ndim, int typenum,
-                        bint writable) except NULL:
-    """The shape of ``array``, once it is checked to be a C-contiguous ndarray of
-    ``ndim`` dimensions and the chain's dtype (and writable). Read through NumPy's C
-    API: typed memoryviews cost an object per array per call, and at batch 1 the
-    garbage collector they set off took 3 % of a ResNet's time."""
-    if not (cnp.PyArray_Check(array) and cnp.PyArray_NDIM(<cnp.ndarray>array) == ndim
-            and cnp.PyArray_TYPE(<cnp.ndarray>array) == typenum
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)
-            and (not writable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>array))):
-        raise ValueError("direct_forward_into: %s must be a C-contiguous%s %d-D %s array, "
-                         "got %r" % (name, " writable" if writable else "", ndim,
-                                     np.dtype(np.float32 if typenum == cnp.NPY_FLOAT32
-                                              else np.float64),
-                                     getattr(array, "shape", type(array))))
-    return cnp.PyArray_DIMS(<cnp.ndarray>array)
-
-
-cdef void* _data(object array) noexcept:
-    return cnp.PyArray_DATA(<cnp.ndarray>array)
-
-
 cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) except -1:
     """Check one chain entry ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias,
     residual, activate, slope)`` and lay it out in ``layer`` (its offsets malloc'ed)."""
     cdef object bias = spec[7], residual = spec[8]
-    cdef cnp.npy_intp* x = _dims(spec[0], "x", 4, typenum, False)
-    cdef cnp.npy_intp* packed = _dims(spec[1], "packed", 3, typenum, False)
-    cdef cnp.npy_intp* out = _dims(spec[2], "out", 4, typenum, True)
+    cdef cnp.npy_intp* x = _dims(CALLER, spec[0], "x", 4, typenum, False)
+    cdef cnp.npy_intp* packed = _dims(CALLER, spec[1], "packed", 3, typenum, False)
+    cdef cnp.npy_intp* out = _dims(CALLER, spec[2], "out", 4, typenum, True)
     cdef cnp.npy_intp* shape
     cdef int kernel_h = spec[3], kernel_w = spec[4]
     cdef tuple padding = spec[5], stride = spec[6]
@@ -277,13 +257,13 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
                   padding, stride)
     layer.bias = layer.residual = NULL
     if bias is not None:
-        shape = _dims(bias, "bias", 1, typenum, False)
+        shape = _dims(CALLER, bias, "bias", 1, typenum, False)
         if shape[0] not in (0, out[1]):
             raise ValueError("direct_forward_into: bias has %d values for %d channels"
                              % (shape[0], out[1]))
         layer.bias = _data(bias) if shape[0] else NULL
     if residual is not None:
-        shape = _dims(residual, "residual", 4, typenum, False)
+        shape = _dims(CALLER, residual, "residual", 4, typenum, False)
         if shape[0] != out[0] or shape[1] != out[1] or shape[2] != out[2] or shape[3] != out[3]:
             raise ValueError("direct_forward_into: residual must match the conv's output")
         layer.residual = _data(residual)
@@ -393,17 +373,11 @@ def direct_chain_into(list specs, int num_threads):
     cdef Layer* layers
     cdef size_t per_thread = 0
     cdef char* scratch
-    cdef object first
     cdef bint single
     cdef int typenum
     if count == 0:
         return
-    first = specs[0][0]
-    if not (cnp.PyArray_Check(first) and cnp.PyArray_TYPE(<cnp.ndarray>first) in (
-            cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)):
-        raise TypeError("direct_forward_into: x must be a float32 or float64 ndarray, got %r"
-                        % (getattr(first, "dtype", type(first)),))
-    typenum = cnp.PyArray_TYPE(<cnp.ndarray>first)
+    typenum = _float_type(CALLER, specs[0][0])
     single = typenum == cnp.NPY_FLOAT32
     layers = <Layer*>calloc(count, sizeof(Layer))
     if layers == NULL:

@@ -111,6 +111,26 @@ def test_save_load_in_a_fresh_process_gives_identical_outputs(tmp_path, rng):
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), plan(x))
 
 
+@pytest.mark.parametrize("factory, shape", [(lenet5, (1, 28, 28)),
+                                            (lambda: resnet20(width=8), (3, 16, 16))])
+def test_serving_a_plan_loads_neither_numba_nor_the_layers(tmp_path, factory, shape):
+    """Start-up: a process that loads and runs a LeNet or ResNet plan imports no
+    JIT and no training stack (Numba's import and first dispatch were most of a
+    second)."""
+    fastdl.manual_seed(0)
+    plan = deploy.compile(factory(), np.zeros((1,) + shape, np.float32))
+    path = tmp_path / "plan.safetensors"
+    plan.save(path)
+    script = ("import sys, numpy as np; from fastdl import deploy; "
+              "p = deploy.load(sys.argv[1], warmup=True); "
+              "p(np.ones((2,) + p.input_shape, np.float32)); "
+              "print(sorted(m for m in ('numba', 'fastdl.nn', 'fastdl.autograd') "
+              "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], check=True,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "[]"
+
+
 def test_sixteen_threads_get_the_serial_answers(rng):
     fastdl.manual_seed(0)
     plan = deploy.compile(lenet5(), np.zeros((1, 1, 28, 28), np.float32))

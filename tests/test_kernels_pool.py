@@ -295,7 +295,9 @@ def test_validate_pool2d_args_normalises():
         (2, 3), (1, 2), (0, 0), (6, 4))
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 8, 9), (4, 16, 64, 64)])   # serial and parallel
+# serial and parallel; odd sizes (floor mode); LeNet's short rows (5 outputs)
+@pytest.mark.parametrize("shape", [(1, 3, 8, 9), (2, 3, 7, 6), (4, 16, 64, 64),
+                                   (64, 16, 10, 10)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_pool_runner_matches_reference(shape, dtype, rng):
     x = rng.normal(size=shape).astype(dtype)
@@ -303,9 +305,11 @@ def test_max_pool_runner_matches_reference(shape, dtype, rng):
     run = pool.max_pool2d_runner(x.shape, 2)
     expected = max_pool2d_reference(x, (2, 2), (2, 2), (0, 0)).astype(dtype)
     np.testing.assert_array_equal(run(x), expected)
-    out = np.empty_like(expected)
+    out = np.empty(expected.shape, dtype)
     assert run(x, out) is out
     np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="out must be a C-contiguous writable"):
+        run(x, np.empty(expected.shape[::-1], dtype).T)
     x[0, 0, 0, 1] = np.nan                        # NaN wins its window, as in torch
     expected[0, 0, 0, 0] = np.nan
     np.testing.assert_array_equal(run(x), expected)

@@ -96,3 +96,16 @@ def test_many_python_threads_calling_parallel_kernels_get_serial_answers(rng):
     for (out, total), (expected_out, expected_total) in zip(results, expected):
         np.testing.assert_array_equal(out, expected_out)
         assert total == expected_total
+
+
+def test_package_attributes_load_on_first_use():
+    """``import fastdl`` defers the layers and Numba; every public name still resolves."""
+    script = ("import sys, fastdl; loaded = 'numba' in sys.modules or 'fastdl.nn' in sys.modules; "
+              "names = [getattr(fastdl, n) for n in fastdl.__all__]; "
+              "assert 'nn' in dir(fastdl) and fastdl.nn.Conv2d and fastdl.Tensor; "
+              "print(loaded, len(names))")
+    result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.split() == ["False", str(len(fastdl.__all__))]
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        fastdl.no_such_name

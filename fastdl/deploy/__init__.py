@@ -4,15 +4,17 @@
     plan(x)                                             # ndarray logits, thread-safe
     plan.save("model.plan.safetensors")
     plan = fastdl.deploy.load("model.plan.safetensors", warmup=True)
+
+A service that only loads plans imports neither the layers (``fastdl.nn``) nor,
+for plans of convolutions, dense layers, 2x2 max pools and global means, Numba:
+those come in with ``compile`` and the fusion helpers, which take modules.
 """
 import copy
 
 import numpy as np
 
-from fastdl.deploy.compiler import build_graph
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from fastdl.deploy.plan import InferencePlan
-from fastdl.nn import BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Linear, Parameter
 
 
 def _check_eval_bn(bn, kind):
@@ -27,6 +29,7 @@ def _check_eval_bn(bn, kind):
 
 def fuse_conv_bn(conv, bn):
     """A new Conv2d/ConvTranspose2d equal to ``bn(conv(x))`` in eval mode (gains a bias)."""
+    from fastdl.nn import BatchNorm2d, Conv2d, ConvTranspose2d, Parameter
     if not isinstance(conv, (Conv2d, ConvTranspose2d)):
         raise TypeError("fuse_conv_bn: expected a Conv2d or ConvTranspose2d, got %s"
                         % type(conv).__name__)
@@ -44,6 +47,7 @@ def fuse_conv_bn(conv, bn):
 
 def fuse_linear_bn(linear, bn):
     """A new Linear equal to ``bn(linear(x))`` with an eval-mode BatchNorm1d."""
+    from fastdl.nn import BatchNorm1d, Linear, Parameter
     if not isinstance(linear, Linear):
         raise TypeError("fuse_linear_bn: expected a Linear, got %s" % type(linear).__name__)
     _check_eval_bn(bn, BatchNorm1d)
@@ -75,6 +79,7 @@ def compile(model, example_input, max_shapes=4):
     ValueError
         Naming the module that cannot be compiled.
     """
+    from fastdl.deploy.compiler import build_graph
     example = np.asarray(getattr(example_input, "data", example_input))
     if example.ndim != 4:
         raise ValueError("deploy.compile: example_input must be (N, C, H, W), got shape %s"

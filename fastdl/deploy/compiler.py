@@ -15,10 +15,6 @@ from fastdl import nn
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from fastdl.models.resnet import ResNet
 
-OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-       "adaptive_avg_pool2d", "flatten", "affine_channels", "activation")
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
-
 
 def _join(parent, child):
     return child if not parent else "%s.%s" % (parent, child)

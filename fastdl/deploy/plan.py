@@ -14,8 +14,6 @@ import threading
 
 import numpy as np
 
-from fastdl.deploy.compiler import ACTIVATIONS, OPS
-from fastdl.kernels import activation as act_kernels
 from fastdl.kernels import conv as conv_kernels
 from fastdl.kernels import dense as dense_kernels
 from fastdl.kernels import direct as direct_kernels
@@ -24,6 +22,9 @@ from fastdl.safetensors_io import load_file, save_file
 from fastdl.shapes import conv_output_size
 
 FORMAT_VERSION = 1
+OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
+       "adaptive_avg_pool2d", "flatten", "affine_channels", "activation")
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
 _ATTRIBUTES = {
     "conv2d": {"stride", "padding", "dilation", "groups", "negative_slope", "weights"},
     "conv_transpose2d": {"stride", "padding", "dilation", "groups", "output_padding",
@@ -252,6 +253,9 @@ class InferencePlan:
             scale, shift = weights["scale"].reshape(broadcast), weights["shift"].reshape(
                 broadcast)
             return lambda values, buffer: values[source] * scale + shift
+        # a standalone activation (one not fused into a conv or dense layer) runs a
+        # Numba kernel: imported here, so that plans without one never load Numba
+        from fastdl.kernels import activation as act_kernels
         function = {"relu": act_kernels.relu_forward, "sigmoid": act_kernels.sigmoid_forward,
                     "tanh": act_kernels.tanh_forward, "identity": lambda x: x,
                     "leaky_relu": lambda x: act_kernels.leaky_relu_forward(

@@ -92,20 +92,6 @@ def _max_pool2d_forward_2x2(x, out, indices):
                 indices[plane, oh, ow] = best_index
 
 
-def _max_pool2d_values_2x2(x, out):
-    # Inference needs no argmax: the max of four with NaN winning, as selects.
-    planes = x.shape[0]
-    out_h, out_w = out.shape[1], out.shape[2]
-    for plane in prange(planes):
-        for oh in range(out_h):
-            top, bottom = x[plane, 2 * oh], x[plane, 2 * oh + 1]
-            for ow in range(out_w):
-                best = top[2 * ow]
-                for value in (top[2 * ow + 1], bottom[2 * ow], bottom[2 * ow + 1]):
-                    best = value if (value > best) | (value != value) else best
-                out[plane, oh, ow] = best
-
-
 def _max_pool2d_backward(grad_out, indices, grad_x, out_of_range):
     # grad_x is (planes, H * W): the flat index needs no division. Each plane
     # is zeroed right before its scatter, while it is in cache. Indices not
@@ -130,9 +116,6 @@ max_pool2d_forward_2x2_kernel = jit(_max_pool2d_forward_2x2, parallel=True)
 # tens of µs, more than pooling a LeNet-sized map.
 _max_pool2d_forward_serial = jit(_max_pool2d_forward)
 _max_pool2d_forward_2x2_serial = jit(_max_pool2d_forward_2x2)
-max_pool2d_values_2x2_kernel = jit(_max_pool2d_values_2x2, parallel=True)
-_max_pool2d_values_2x2_serial = jit(_max_pool2d_values_2x2)
-_SERIAL_BELOW = 1 << 16  # input elements
 max_pool2d_backward_kernel = jit(_max_pool2d_backward, parallel=True)
 
 
@@ -241,21 +224,9 @@ window_mean_forward_kernel = jit(_window_mean_forward, parallel=True)
 window_mean_backward_kernel = jit(_window_mean_backward, parallel=True)
 
 
-def _global_mean_forward(planes, out):
-    # output size 1 (global average pool): one contiguous sum per plane
-    for plane in prange(planes.shape[0]):
-        values = planes[plane]
-        total = np.float64(0.0)
-        for i in range(values.shape[0]):
-            total += values[i]
-        out[plane] = total / values.shape[0]
-
-
 def _global_mean_backward(grad_out, grad_x):
     for plane in prange(grad_x.shape[0]):
         grad_x[plane, :] = grad_out[plane] / grad_x.shape[1]
 
 
-global_mean_forward_kernel = jit(_global_mean_forward, parallel=True, fastmath={"reassoc"})
-_global_mean_forward_serial = jit(_global_mean_forward, fastmath={"reassoc"})
 global_mean_backward_kernel = jit(_global_mean_backward, parallel=True)

@@ -29,27 +29,16 @@ Design
   padding) run unrolled straight-line kernels for max and average pooling
   (measured ~5-10x faster than the generic path at N32 C64 32x32), and
   output size 1 of adaptive pooling is one contiguous sum per plane.
+* The Numba loops (``_pool_loops``) are imported on first use. Inference's
+  2x2 max pool and every global mean run compiled C loops (``fastdl_ext.pool``):
+  a served plan made of those, convolutions and dense layers never loads Numba.
 """
 
 import numpy as np
 
-from fastdl.kernels._pool_loops import (  # noqa: F401  (the compiled loops)
-    _SERIAL_BELOW,
-    _global_mean_forward_serial,
-    _max_pool2d_forward_2x2_serial,
-    _max_pool2d_forward_serial,
-    _max_pool2d_values_2x2_serial,
-    avg_pool2d_backward_2x2_kernel,
-    avg_pool2d_forward_2x2_kernel,
-    global_mean_backward_kernel,
-    global_mean_forward_kernel,
-    max_pool2d_backward_kernel,
-    max_pool2d_forward_2x2_kernel,
-    max_pool2d_forward_kernel,
-    max_pool2d_values_2x2_kernel,
-    window_mean_backward_kernel,
-    window_mean_forward_kernel)
+from fastdl import runtime
 from fastdl.shapes import is_int
+from fastdl_ext import pool as _ext
 
 __all__ = [
     "validate_pool2d_args", "pool2d_output_size",
@@ -58,6 +47,18 @@ __all__ = [
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
     "adaptive_avg_pool2d_runner",
 ]
+
+# Input elements below which the Numba loops run serially: waking the thread pool
+# costs tens of µs, more than pooling a LeNet-sized map.
+_SERIAL_BELOW = 1 << 16
+
+
+def _loops():
+    """The Numba loops, imported on first use: the inference runners' common cases
+    (2x2 max pooling, the global mean) are compiled C loops (``fastdl_ext.pool``), so
+    a served plan made of them never loads Numba."""
+    from fastdl.kernels import _pool_loops
+    return _pool_loops
 
 
 # ---------------------------------------------------------------------------
@@ -193,6 +194,15 @@ def _adaptive_windows(size, out_size):
     return starts, stops, stops - starts
 
 
+def _out_planes(name, out, shape):
+    """A view of the caller's ``out`` as ``shape``; an out that only a copy could
+    reshape would lose the result, so it is refused."""
+    if not out.flags.c_contiguous:
+        raise ValueError("%s: out must be a C-contiguous writable array, got strides %s"
+                         % (name, out.strides))
+    return out.reshape(shape)
+
+
 def _full_2x2_windows(input_shape, kernel, stride, padding, output_hw):
     """Whether every window is a full 2x2 block (the fast paths' case)."""
     return (kernel == stride == (2, 2) and padding == (0, 0)
@@ -230,13 +240,14 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     out = np.empty((planes.shape[0],) + output_hw, dtype=x.dtype)
     indices = np.empty(out.shape, dtype=np.int64)
     small = planes.size < _SERIAL_BELOW
+    loops = _loops()
     if _full_2x2_windows(x.shape, kernel, stride, padding, output_hw):
-        (_max_pool2d_forward_2x2_serial if small else max_pool2d_forward_2x2_kernel)(
-            planes, out, indices)
+        (loops._max_pool2d_forward_2x2_serial if small
+         else loops.max_pool2d_forward_2x2_kernel)(planes, out, indices)
     else:
         h_windows = _pool_windows(x.shape[-2], output_hw[0], kernel[0], stride[0], padding[0])
         w_windows = _pool_windows(x.shape[-1], output_hw[1], kernel[1], stride[1], padding[1])
-        (_max_pool2d_forward_serial if small else max_pool2d_forward_kernel)(
+        (loops._max_pool2d_forward_serial if small else loops.max_pool2d_forward_kernel)(
             planes, h_windows[0], h_windows[1], w_windows[0], w_windows[1], out, indices)
     shape = x.shape[:-2] + output_hw
     return out.reshape(shape), indices.reshape(shape)
@@ -256,13 +267,14 @@ def max_pool2d_runner(input_shape, kernel_size, stride=None, padding=0, ceil_mod
     height, width = input_shape[-2:]
     planes = int(np.prod(input_shape[:-2]))
     out_shape = tuple(input_shape[:-2]) + output_hw
-    loop = (_max_pool2d_values_2x2_serial if planes * height * width < _SERIAL_BELOW
-            else max_pool2d_values_2x2_kernel)
+    threads = runtime.get_num_threads()
 
     def run(x, out=None):
         if out is None:
             out = np.empty(out_shape, dtype=x.dtype)
-        loop(x.reshape(planes, height, width), out.reshape((planes,) + output_hw))
+        _ext.max_pool2d_2x2_into(x.reshape(planes, height, width),
+                                 _out_planes("max_pool2d", out, (planes,) + output_hw),
+                                 threads)
         return out
     return run
 
@@ -295,7 +307,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     grad_x = np.empty((grad_planes.shape[0], input_shape[-2] * input_shape[-1]),
                       dtype=grad_out.dtype)
     out_of_range = np.zeros(grad_planes.shape[0], dtype=np.int64)
-    max_pool2d_backward_kernel(grad_planes, index_planes, grad_x, out_of_range)
+    _loops().max_pool2d_backward_kernel(grad_planes, index_planes, grad_x, out_of_range)
     if out_of_range.any():
         raise ValueError("max_pool2d_backward: %d indices lie outside the %s input planes"
                          % (out_of_range.sum(), input_shape[-2:]))
@@ -340,11 +352,11 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     planes = _planes(x)
     out = np.empty((planes.shape[0],) + output_hw, dtype=x.dtype)
     if _full_2x2_windows(x.shape, kernel, stride, padding, output_hw):
-        avg_pool2d_forward_2x2_kernel(planes, out)
+        _loops().avg_pool2d_forward_2x2_kernel(planes, out)
     else:
-        window_mean_forward_kernel(planes, *_mean_windows(x.shape[-2], x.shape[-1], output_hw,
-                                                          kernel, stride, padding,
-                                                          count_include_pad), out)
+        windows = _mean_windows(x.shape[-2], x.shape[-1], output_hw, kernel, stride, padding,
+                                count_include_pad)
+        _loops().window_mean_forward_kernel(planes, *windows, out)
     return out.reshape(x.shape[:-2] + output_hw)
 
 
@@ -374,12 +386,11 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
     grad_planes = _planes(grad_out)
     grad_x = np.empty((grad_planes.shape[0],) + input_shape[-2:], dtype=grad_out.dtype)
     if _full_2x2_windows(input_shape, kernel, stride, padding, output_hw):
-        avg_pool2d_backward_2x2_kernel(grad_planes, grad_x)
+        _loops().avg_pool2d_backward_2x2_kernel(grad_planes, grad_x)
     else:
-        window_mean_backward_kernel(grad_planes,
-                                    *_mean_windows(input_shape[-2], input_shape[-1], output_hw,
-                                                   kernel, stride, padding, count_include_pad),
-                                    grad_x)
+        windows = _mean_windows(input_shape[-2], input_shape[-1], output_hw, kernel, stride,
+                                padding, count_include_pad)
+        _loops().window_mean_backward_kernel(grad_planes, *windows, grad_x)
     return grad_x.reshape(input_shape)
 
 
@@ -429,11 +440,12 @@ def adaptive_avg_pool2d_forward(x, output_size):
     planes = _planes(x)
     out = np.empty((planes.shape[0],) + output_hw, dtype=x.dtype)
     if output_hw == (1, 1):
-        (_global_mean_forward_serial if planes.size < _SERIAL_BELOW
-         else global_mean_forward_kernel)(planes.reshape(planes.shape[0], -1), out.reshape(-1))
+        _ext.global_mean_into(planes.reshape(planes.shape[0], -1), out.reshape(-1),
+                              runtime.get_num_threads())
     else:
-        window_mean_forward_kernel(planes, *_adaptive_windows(x.shape[-2], output_hw[0]),
-                                   *_adaptive_windows(x.shape[-1], output_hw[1]), out)
+        _loops().window_mean_forward_kernel(
+            planes, *_adaptive_windows(x.shape[-2], output_hw[0]),
+            *_adaptive_windows(x.shape[-1], output_hw[1]), out)
     return out.reshape(x.shape[:-2] + output_hw)
 
 
@@ -454,13 +466,13 @@ def adaptive_avg_pool2d_runner(input_shape, output_size):
     planes = int(np.prod(input_shape[:-2]))
     size = input_shape[-2] * input_shape[-1]
     out_shape = tuple(input_shape[:-2]) + (1, 1)
-    loop = _global_mean_forward_serial if planes * size < _SERIAL_BELOW \
-        else global_mean_forward_kernel
+    threads = runtime.get_num_threads()
 
     def run(x, out=None):
         if out is None:
             out = np.empty(out_shape, dtype=x.dtype)
-        loop(x.reshape(planes, size), out.reshape(planes))
+        _ext.global_mean_into(x.reshape(planes, size),
+                              _out_planes("adaptive_avg_pool2d", out, (planes,)), threads)
         return out
     return run
 
@@ -486,11 +498,10 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
     grad_planes = _planes(grad_out)
     grad_x = np.empty((grad_planes.shape[0],) + input_shape[-2:], dtype=grad_out.dtype)
     if grad_out.shape[-2:] == (1, 1):
-        global_mean_backward_kernel(grad_planes.reshape(-1),
-                                    grad_x.reshape(grad_x.shape[0], -1))
+        _loops().global_mean_backward_kernel(grad_planes.reshape(-1),
+                                             grad_x.reshape(grad_x.shape[0], -1))
     else:
-        window_mean_backward_kernel(grad_planes, *_adaptive_windows(input_shape[-2],
-                                                                    grad_out.shape[-2]),
-                                    *_adaptive_windows(input_shape[-1], grad_out.shape[-1]),
-                                    grad_x)
+        _loops().window_mean_backward_kernel(
+            grad_planes, *_adaptive_windows(input_shape[-2], grad_out.shape[-2]),
+            *_adaptive_windows(input_shape[-1], grad_out.shape[-1]), grad_x)
     return grad_x.reshape(input_shape)

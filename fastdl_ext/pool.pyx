@@ -1,0 +1,222 @@
+# cython: language_level=3
+"""Pooling for inference plans: 2x2 max pooling (values only) and the global mean.
+
+The two pools CNN heads and LeNet-style stems use, as compiled C loops: a plan
+made only of convolutions, these pools and dense layers runs without Numba, so a
+service neither imports it nor waits for its first dispatch at start-up (about a
+second together). Training keeps the Numba kernels of ``fastdl.kernels.pool``,
+which also return the argmax.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport abort, free, malloc
+
+cimport numpy as cnp
+
+cnp.import_array()
+
+cimport fastdl_ext._activation  # FASTDL_CLONES
+from fastdl_ext._arrays cimport _data, _dims, _float_type
+from fastdl_ext._blas cimport floating
+
+cdef extern from *:
+    """
+    /* The later of two window values in torch's order wins when it is larger or NaN,
+       as a select (an ``||`` would branch). */
+    #define FASTDL_TAKE(best, v) (((v) > (best)) | ((v) != (v)))
+    #if defined(__clang__) || __GNUC__ >= 12
+    #  define FASTDL_EVEN8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+    #  define FASTDL_ODD8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+    #else
+    #  define FASTDL_EVEN8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){0, 2, 4, 6, 8, 10, 12, 14})
+    #  define FASTDL_ODD8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){1, 3, 5, 7, 9, 11, 13, 15})
+    #endif
+    /* Output rows [first, end) of 2x2 max pooling, row r being row r % out_h of plane
+       r / out_h: the max of a window's four values, a NaN winning as in torch. In two
+       passes over a few output rows at a time: the vertical max of each row pair
+       (contiguous), then of each column pair of those, a stream as long as the rows
+       together: LeNet's rows are 5 and 14 outputs long, too short to vectorise one
+       by one (GCC gathered them value by value, 3x slower than the Numba loop). The
+       column pairs are split by shuffles of explicit vectors. ``scratch`` holds
+       FASTDL_POOL_SCRATCH values or one row pair's, whichever is more. */
+    #define FASTDL_POOL_SCRATCH 4096
+    #define FASTDL_MAX_POOL_ROWS(name, type, mask_type)                                \
+        typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));     \
+        typedef type name##_unaligned __attribute__((vector_size(8 * sizeof(type)),    \
+                                                     aligned(sizeof(type)), may_alias)); \
+        typedef mask_type name##_mask __attribute__((vector_size(8 * sizeof(type))));  \
+        static inline name##_vector name##_select(name##_vector best, name##_vector v) { \
+            name##_mask take = FASTDL_TAKE(best, v);                                    \
+            return (name##_vector)((take & (name##_mask)v) | (~take & (name##_mask)best)); \
+        }                                                                               \
+        FASTDL_CLONES static void name(const type *restrict x, type *restrict out,     \
+                                       type *restrict scratch, Py_ssize_t first,       \
+                                       Py_ssize_t end, int height, int out_h,          \
+                                       int width, int out_w) {                         \
+            Py_ssize_t pair = 2 * (Py_ssize_t)out_w;                                   \
+            Py_ssize_t chunk = pair < FASTDL_POOL_SCRATCH ? FASTDL_POOL_SCRATCH / pair : 1; \
+            for (Py_ssize_t r = first; r < end;) {                                      \
+                Py_ssize_t rows = chunk < end - r ? chunk : end - r;                    \
+                for (Py_ssize_t k = 0; k < rows; k++) {                                 \
+                    Py_ssize_t row = r + k;                                             \
+                    const type *restrict upper =                                        \
+                        x + (row / out_h * height + row % out_h * 2) * width;           \
+                    const type *restrict lower = upper + width;                         \
+                    type *restrict to = scratch + k * pair;                             \
+                    for (Py_ssize_t j = 0; j < pair; j++)                               \
+                        to[j] = FASTDL_TAKE(upper[j], lower[j]) ? lower[j] : upper[j];  \
+                }                                                                       \
+                type *restrict to = out + r * out_w;                                    \
+                Py_ssize_t count = rows * out_w, i = 0;                                 \
+                for (; i + 8 <= count; i += 8) {                                        \
+                    name##_vector a = *(const name##_unaligned *)(scratch + 2 * i);     \
+                    name##_vector b = *(const name##_unaligned *)(scratch + 2 * i + 8); \
+                    *(name##_unaligned *)(to + i) =                                     \
+                        name##_select(FASTDL_EVEN8(a, b), FASTDL_ODD8(a, b));           \
+                }                                                                       \
+                for (; i < count; i++) {                                                \
+                    type left = scratch[2 * i], right = scratch[2 * i + 1];             \
+                    to[i] = FASTDL_TAKE(left, right) ? right : left;                    \
+                }                                                                       \
+                r += rows;                                                              \
+            }                                                                           \
+        }
+    typedef int fastdl_lanes8 __attribute__((vector_size(32)));
+    FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_float, float, int)
+    FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_double, double, long long)
+    /* The mean of ``count`` values, summed in double in sixteen interleaved sums of
+       explicit vectors (a fixed order, so the result does not depend on the thread
+       count; four scalar sums were one add latency per value). */
+    #define FASTDL_MEAN(name, type)                                                    \
+        typedef type name##_quad __attribute__((vector_size(4 * sizeof(type)),         \
+                                                aligned(sizeof(type)), may_alias));    \
+        typedef double name##_sums __attribute__((vector_size(32)));                   \
+        FASTDL_CLONES static double name(const type *restrict values, Py_ssize_t count) { \
+            name##_sums sums[4] = {{0}, {0}, {0}, {0}};                                 \
+            Py_ssize_t i = 0;                                                           \
+            for (; i + 16 <= count; i += 16)                                            \
+                for (int k = 0; k < 4; k++)                                             \
+                    sums[k] += __builtin_convertvector(                                 \
+                        *(const name##_quad *)(values + i + 4 * k), name##_sums);       \
+            double total = 0;                                                           \
+            for (; i < count; i++)                                                      \
+                total += values[i];                                                     \
+            name##_sums all = (sums[0] + sums[1]) + (sums[2] + sums[3]);                \
+            return (total + ((all[0] + all[1]) + (all[2] + all[3]))) / count;           \
+        }
+    FASTDL_MEAN(fastdl_mean_float, float)
+    FASTDL_MEAN(fastdl_mean_double, double)
+    """
+    enum:
+        POOL_SCRATCH "FASTDL_POOL_SCRATCH"
+    void _max_pool_rows_float "fastdl_max_pool_rows_float"(
+        const float* x, float* out, float* scratch, Py_ssize_t first, Py_ssize_t end,
+        int height, int out_h, int width, int out_w) noexcept nogil
+    void _max_pool_rows_double "fastdl_max_pool_rows_double"(
+        const double* x, double* out, double* scratch, Py_ssize_t first, Py_ssize_t end,
+        int height, int out_h, int width, int out_w) noexcept nogil
+    double _mean_float "fastdl_mean_float"(const float* values, Py_ssize_t count) noexcept nogil
+    double _mean_double "fastdl_mean_double"(const double* values,
+                                             Py_ssize_t count) noexcept nogil
+
+cdef enum:
+    # Input elements below which one thread pools alone: waking the team costs more
+    # than pooling a LeNet-sized map (and as much as 64k values: 10-20 µs here).
+    SERIAL_BELOW = 1 << 16
+
+
+cdef inline void _max_pool_share(const floating* x, floating* out, Py_ssize_t first,
+                                 Py_ssize_t end, int height, int out_h, int width,
+                                 int out_w) noexcept nogil:
+    """Output rows [first, end) (row ``r`` is row ``r % out_h`` of plane ``r // out_h``)."""
+    cdef floating* scratch = <floating*>malloc(sizeof(floating) * max(
+        <Py_ssize_t>POOL_SCRATCH, 2 * <Py_ssize_t>out_w))
+    if scratch == NULL:   # checked by the caller's trial allocation; never here
+        abort()
+    if floating is float:
+        _max_pool_rows_float(x, out, scratch, first, end, height, out_h, width, out_w)
+    else:
+        _max_pool_rows_double(x, out, scratch, first, end, height, out_h, width, out_w)
+    free(scratch)
+
+
+cdef void _max_pool_rows(const floating* x, floating* out, Py_ssize_t rows, int height,
+                         int out_h, int width, int out_w, int threads) noexcept nogil:
+    """All ``rows`` output rows, one contiguous share per thread."""
+    cdef int thread
+    if threads == 1:   # no parallel region to enter
+        _max_pool_share(x, out, 0, rows, height, out_h, width, out_w)
+        return
+    for thread in prange(threads, num_threads=threads, schedule="static"):
+        _max_pool_share(x, out, rows * thread // threads, rows * (thread + 1) // threads,
+                        height, out_h, width, out_w)
+
+
+def max_pool2d_2x2_into(x, out, int num_threads):
+    """out (P, H // 2, W // 2) = the max of each 2x2 window of x (P, H, W), stride 2.
+
+    A trailing odd row or column is left out (floor mode). NaN wins a window.
+    float32 or float64, C-contiguous; ``out`` is overwritten.
+    """
+    cdef int typenum = _float_type("max_pool2d_2x2_into", x)
+    cdef cnp.npy_intp* shape = _dims("max_pool2d_2x2_into", x, "x", 3, typenum, False)
+    cdef cnp.npy_intp* pooled = _dims("max_pool2d_2x2_into", out, "out", 3, typenum, True)
+    cdef int planes = shape[0], height = shape[1], width = shape[2]
+    cdef int out_h = height // 2, out_w = width // 2
+    cdef Py_ssize_t rows = <Py_ssize_t>planes * out_h
+    cdef int threads = 1 if <Py_ssize_t>planes * height * width < SERIAL_BELOW \
+        else max(1, num_threads)
+    if pooled[0] != planes or pooled[1] != out_h or pooled[2] != out_w:
+        raise ValueError("max_pool2d_2x2_into: out must be (%d, %d, %d) for x %s, got %s"
+                         % (planes, out_h, out_w, (planes, height, width),
+                            (pooled[0], pooled[1], pooled[2])))
+    cdef void* source = _data(x)
+    cdef void* target = _data(out)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _max_pool_rows(<const float*>source, <float*>target, rows, height, out_h, width,
+                           out_w, threads)
+        else:
+            _max_pool_rows(<const double*>source, <double*>target, rows, height, out_h, width,
+                           out_w, threads)
+
+
+cdef inline floating _mean(const floating* values, Py_ssize_t count) noexcept nogil:
+    if floating is float:
+        return <float>_mean_float(values, count)
+    return _mean_double(values, count)
+
+
+cdef void _means(const floating* x, floating* out, Py_ssize_t planes, Py_ssize_t size,
+                 int threads) noexcept nogil:
+    cdef Py_ssize_t plane
+    if threads == 1:
+        for plane in range(planes):
+            out[plane] = _mean(x + plane * size, size)
+        return
+    for plane in prange(planes, num_threads=threads, schedule="static"):
+        out[plane] = _mean(x + plane * size, size)
+
+
+def global_mean_into(x, out, int num_threads):
+    """out (P,) = the mean of each row of x (P, S), summed in float64.
+
+    float32 or float64, C-contiguous; ``out`` is overwritten.
+    """
+    cdef int typenum = _float_type("global_mean_into", x)
+    cdef cnp.npy_intp* shape = _dims("global_mean_into", x, "x", 2, typenum, False)
+    cdef cnp.npy_intp* means = _dims("global_mean_into", out, "out", 1, typenum, True)
+    cdef Py_ssize_t planes = shape[0], size = shape[1]
+    cdef int threads = 1 if planes * size < SERIAL_BELOW else max(1, num_threads)
+    if means[0] != planes:
+        raise ValueError("global_mean_into: out must have %d values for x %s, got %d"
+                         % (planes, (planes, size), means[0]))
+    if size == 0:
+        raise ValueError("global_mean_into: x has no values to average, shape %s"
+                         % ((planes, size),))
+    cdef void* source = _data(x)
+    cdef void* target = _data(out)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _means(<const float*>source, <float*>target, planes, size, threads)
+        else:
+            _means(<const double*>source, <double*>target, planes, size, threads)
