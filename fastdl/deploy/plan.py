@@ -202,8 +202,7 @@ class InferencePlan:
         self.shapes = _validate(ops, tensors, self.input_shape, self.dtype)
         self.ops = ops
         self.tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        self._pools = collections.OrderedDict()
-        self._programs = collections.OrderedDict()
+        self._shapes = collections.OrderedDict()   # batch size: (program, free buffer sets)
         self._lock = threading.Lock()
         self.max_shapes = int(max_shapes)
 
@@ -290,13 +289,7 @@ class InferencePlan:
         return step
 
     def _program(self, batch):
-        """The steps for this batch size (made on first use, kept for ``max_shapes``
-        batch sizes like the buffers)."""
-        with self._lock:
-            program = self._programs.pop(batch, None)
-            if program is not None:
-                self._programs[batch] = program      # most recently used last
-                return program
+        """The steps for this batch size: consecutive direct convs as one chain."""
         program, runs = [], []
         for index in range(len(self.ops)):
             prepared = self._prepare(index, batch)
@@ -309,21 +302,10 @@ class InferencePlan:
             program.append(self._single(index, prepared))
         if runs:
             program.append(self._chain(runs))
-        with self._lock:
-            self._programs[batch] = program
-            while len(self._programs) > self.max_shapes:
-                self._programs.popitem(last=False)
         return program
 
     def _buffers(self, batch):
-        """Take a buffer set for this batch size (made on first use)."""
-        with self._lock:
-            free = self._pools.pop(batch, [])
-            self._pools[batch] = free           # most recently used last
-            while len(self._pools) > self.max_shapes:
-                self._pools.popitem(last=False)
-            if free:
-                return free.pop()
+        """A new set of intermediate buffers for this batch size."""
         buffers = []
         for index, op in enumerate(self.ops):
             if op["op"] in ("conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d"):
@@ -333,22 +315,41 @@ class InferencePlan:
                 buffers.append(None)
         return buffers
 
+    def _take(self, batch):
+        """The program and a free buffer set for this batch size, made on first use.
+
+        Both are kept for the ``max_shapes`` most recently used batch sizes, under
+        one lock taken once per call.
+        """
+        with self._lock:
+            entry = self._shapes.get(batch)
+            if entry is not None:
+                self._shapes.move_to_end(batch)
+                program, free = entry
+                return program, free.pop() if free else self._buffers(batch)
+        program = self._program(batch)
+        with self._lock:
+            program = self._shapes.setdefault(batch, (program, []))[0]
+            while len(self._shapes) > self.max_shapes:
+                self._shapes.popitem(last=False)
+        return program, self._buffers(batch)
+
     def _release(self, batch, buffers):
         with self._lock:
-            free = self._pools.get(batch)
-            if free is not None and len(free) < 16:
-                free.append(buffers)
+            entry = self._shapes.get(batch)
+            if entry is not None and len(entry[1]) < 16:
+                entry[1].append(buffers)
 
     def run(self, x):
         """Run the plan on ``x (N, C, H, W)``; returns a new ndarray."""
-        x = np.asarray(getattr(x, "data", x))
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(getattr(x, "data", x))
         if x.ndim != 4 or x.shape[1:] != self.input_shape:
             raise ValueError("InferencePlan: expected input (N, %d, %d, %d), got shape %s"
                              % (self.input_shape + (x.shape,)))
         x = np.ascontiguousarray(x, dtype=self.dtype)
         batch = x.shape[0]
-        program = self._program(batch)
-        buffers = self._buffers(batch)
+        program, buffers = self._take(batch)
         try:
             values = [x] + [None] * len(self.ops)
             for step in program:
