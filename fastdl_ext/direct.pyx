@@ -47,6 +47,13 @@ cdef extern from *:
        stores go through an unaligned, aliasing vector type rather than memcpy into
        the arrays: an array whose address is taken stays on the stack (measured 3.5x
        slower), one only indexed by unrolled constants lives in registers. */
+    /* Where a block's vectors read: on the wide grid (row_vectors 0), vector v of the
+       block at q reads source[q + 8 v + offset]; on a dense grid (output rows of
+       8 * row_vectors positions, none dropped), vector g = q / 8 + v is the
+       (g % row_vectors)-th eight of output row g / row_vectors, a row of the phase
+       planes being cols long. Vectors past the grid's ``vectors`` recompute the last
+       one (their results land in the wide buffer's rounding and are never read). */
+    typedef struct { Py_ssize_t row_vectors, cols, vectors; } fastdl_grid;
     #define FASTDL_DIRECT_BLOCK(name, type, CO, VECTORS)                                \
         typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));      \
         typedef type name##_unaligned __attribute__((vector_size(8 * sizeof(type)),     \
@@ -55,11 +62,19 @@ cdef extern from *:
                                        const Py_ssize_t *restrict offsets, int taps,   \
                                        const type *restrict weights,                   \
                                        type *restrict wide, Py_ssize_t wide_stride,    \
-                                       Py_ssize_t blocks) {                            \
+                                       Py_ssize_t first, Py_ssize_t blocks,            \
+                                       fastdl_grid grid) {                             \
             /* all of a channel block's position blocks in one call: a call per block   \
                cost as much as 27 taps of work */                                       \
-            for (Py_ssize_t q = 0; q < blocks * 8 * VECTORS; q += 8 * VECTORS) {        \
-                const type *restrict at = source + q;                                   \
+            for (Py_ssize_t q = first; q < first + blocks * 8 * VECTORS; q += 8 * VECTORS) { \
+                const type *restrict at[VECTORS];                                       \
+                for (int v = 0; v < VECTORS; v++) {                                     \
+                    Py_ssize_t g = q / 8 + v;                                           \
+                    g = g < grid.vectors ? g : grid.vectors - 1;                        \
+                    at[v] = grid.row_vectors == 0 ? source + q + 8 * v                  \
+                        : source + g / grid.row_vectors * grid.cols                     \
+                          + g % grid.row_vectors * 8;                                   \
+                }                                                                       \
                 name##_vector acc[CO][VECTORS];                                         \
                 for (int b = 0; b < CO; b++)                                            \
                     for (int v = 0; v < VECTORS; v++)                                   \
@@ -67,7 +82,7 @@ cdef extern from *:
                 for (int t = 0; t < taps; t++) {                                        \
                     name##_vector x[VECTORS];                                           \
                     for (int v = 0; v < VECTORS; v++)                                   \
-                        x[v] = *(const name##_unaligned *)(at + offsets[t] + 8 * v);    \
+                        x[v] = *(const name##_unaligned *)(at[v] + offsets[t]);         \
                     const type *restrict w = weights + (Py_ssize_t)t * CO;              \
                     for (int b = 0; b < CO; b++)                                        \
                         for (int v = 0; v < VECTORS; v++)                               \
@@ -90,17 +105,17 @@ cdef extern from *:
         static void fastdl_direct_blocks_##type(int co_block, const type *source,       \
                                                 const Py_ssize_t *offsets, int taps,    \
                                                 const type *weights, type *wide,        \
-                                                Py_ssize_t wide_stride,                 \
-                                                Py_ssize_t blocks) {                    \
+                                                Py_ssize_t wide_stride, Py_ssize_t first, \
+                                                Py_ssize_t blocks, fastdl_grid grid) {  \
             if (co_block == 4)                                                          \
                 fastdl_direct_block4_##type(source, offsets, taps, weights, wide,       \
-                                            wide_stride, blocks);                       \
+                                            wide_stride, first, blocks, grid);          \
             else if (co_block == 6)                                                     \
                 fastdl_direct_block6_##type(source, offsets, taps, weights, wide,       \
-                                            wide_stride, blocks);                       \
+                                            wide_stride, first, blocks, grid);          \
             else                                                                        \
                 fastdl_direct_block3_##type(source, offsets, taps, weights, wide,       \
-                                            wide_stride, blocks);                       \
+                                            wide_stride, first, blocks, grid);          \
         }
     FASTDL_DIRECT_BLOCKS(float)
     FASTDL_DIRECT_BLOCKS(double)
@@ -161,14 +176,16 @@ cdef extern from *:
     """
     enum:
         MAX_LANES "FASTDL_MAX_LANES"  # output positions of the widest register block
+    ctypedef struct Grid "fastdl_grid":
+        Py_ssize_t row_vectors, cols, vectors
     void _blocks_float "fastdl_direct_blocks_float"(
         int co_block, const float* source, const Py_ssize_t* offsets, int taps,
-        const float* weights, float* wide, Py_ssize_t wide_stride,
-        Py_ssize_t blocks) noexcept nogil
+        const float* weights, float* wide, Py_ssize_t wide_stride, Py_ssize_t first,
+        Py_ssize_t blocks, Grid grid) noexcept nogil
     void _blocks_double "fastdl_direct_blocks_double"(
         int co_block, const double* source, const Py_ssize_t* offsets, int taps,
-        const double* weights, double* wide, Py_ssize_t wide_stride,
-        Py_ssize_t blocks) noexcept nogil
+        const double* weights, double* wide, Py_ssize_t wide_stride, Py_ssize_t first,
+        Py_ssize_t blocks, Grid grid) noexcept nogil
 
     ctypedef struct Barrier "fastdl_barrier":
         int arrived
@@ -191,13 +208,28 @@ def kernel_shapes():
 
 cdef inline void _blocks(int co_block, const floating* source, const Py_ssize_t* offsets,
                          int taps, const floating* weights, floating* wide,
-                         Py_ssize_t wide_stride, Py_ssize_t blocks) noexcept nogil:
-    """wide[b, q + v] = sum_t weights[t, b] * source[offsets[t] + q + v] for ``blocks``
-    register blocks of ``co_block`` channels (one of BLOCK_SHAPES)."""
+                         Py_ssize_t wide_stride, Py_ssize_t first, Py_ssize_t blocks,
+                         Grid grid) noexcept nogil:
+    """wide[b, q] = sum_t weights[t, b] * source[offsets[t] + where(q)] for ``blocks``
+    register blocks of ``co_block`` channels (one of BLOCK_SHAPES) from position
+    ``first`` of the grid on (``where``: the grid's, ``fastdl_grid``)."""
     if floating is float:
-        _blocks_float(co_block, source, offsets, taps, weights, wide, wide_stride, blocks)
+        _blocks_float(co_block, source, offsets, taps, weights, wide, wide_stride, first,
+                      blocks, grid)
     else:
-        _blocks_double(co_block, source, offsets, taps, weights, wide, wide_stride, blocks)
+        _blocks_double(co_block, source, offsets, taps, weights, wide, wide_stride, first,
+                       blocks, grid)
+
+
+cdef inline int _grid_row(int out_w, int cols) noexcept nogil:
+    return out_w if out_w % 8 == 0 else cols   # as ``row_vectors`` in ``_fill_layer``
+
+
+def grid_row(int out_w, int cols):
+    """Positions per output row on the grid a conv is computed on: ``out_w`` (a dense
+    grid) where output rows are whole vectors, else the phase planes' row length
+    ``cols`` (the wide grid, ``cols - out_w`` positions a row computed and dropped)."""
+    return _grid_row(out_w, cols)
 
 
 cdef int _bands(int n_images, int co_blocks, int out_h, int num_threads) noexcept nogil:
@@ -213,7 +245,8 @@ cdef struct Layer:
     # One direct conv of a chain, checked and laid out; pointers are to arrays the
     # caller keeps alive, of the chain's dtype.
     Phases phases
-    int kernel_h, kernel_w, taps, co_blocks, co_block, lanes
+    int kernel_h, kernel_w, taps, co_blocks, co_block, lanes, grid_row
+    Grid grid
     int n_images, out_channels, out_h, out_w
     int bands, per_image, chunk, total, next_item
     Py_ssize_t padded_size, wide_stride, image_in, plane
@@ -274,9 +307,13 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     layer.kernel_h, layer.kernel_w = kernel_h, kernel_w
     layer.co_blocks, layer.co_block, layer.lanes = packed[0], packed[2], lanes
     layer.n_images, layer.out_h, layer.out_w = x[0], out[2], out[3]
-    # the wide grid rounded up to whole blocks; reads of the last block run past the
-    # phase planes by up to MAX_LANES + kW elements, into zeroed slack
-    grid = <Py_ssize_t>layer.out_h * phases.cols
+    # the grid rounded up to whole blocks; on the wide grid reads of the last block run
+    # past the phase planes by up to MAX_LANES + kW elements, into zeroed slack
+    layer.grid_row = _grid_row(layer.out_w, phases.cols)
+    grid = <Py_ssize_t>layer.out_h * layer.grid_row
+    layer.grid.row_vectors = layer.out_w // 8 if layer.out_w % 8 == 0 else 0
+    layer.grid.cols = phases.cols
+    layer.grid.vectors = (grid + 7) // 8
     layer.wide_stride = (grid + lanes - 1) // lanes * lanes
     layer.padded_size = _phases_size(phases) + MAX_LANES + kernel_w
     layer.image_in = <Py_ssize_t>x[1] * x[2] * x[3]
@@ -303,7 +340,7 @@ cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept 
     cdef const floating* bias = <const floating*>layer.bias
     cdef const floating* residual = <const floating*>layer.residual
     cdef floating* out = <floating*>layer.out
-    cdef int lanes = layer.lanes, cols = layer.phases.cols, out_w = layer.out_w
+    cdef int lanes = layer.lanes, cols = layer.grid_row, out_w = layer.out_w
     cdef int cached = -1
     cdef int item, last, image, band, block, b, co, first_row, end_row
     cdef Py_ssize_t first, end, at
@@ -326,9 +363,9 @@ cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept 
             end_row = (band + 1) * layer.out_h // layer.bands
             first = <Py_ssize_t>first_row * cols // lanes * lanes
             end = min(layer.wide_stride, (<Py_ssize_t>end_row * cols + lanes - 1) // lanes * lanes)
-            _blocks(layer.co_block, padded + first, layer.offsets, layer.taps,
-                    packed + <Py_ssize_t>block * layer.taps * layer.co_block, wide + first,
-                    layer.wide_stride, (end - first) // lanes)
+            _blocks(layer.co_block, padded, layer.offsets, layer.taps,
+                    packed + <Py_ssize_t>block * layer.taps * layer.co_block, wide,
+                    layer.wide_stride, first, (end - first) // lanes, layer.grid)
             for b in range(min(layer.co_block, layer.out_channels - block * layer.co_block)):
                 co = block * layer.co_block + b
                 at = (<Py_ssize_t>image * layer.out_channels + co) * layer.plane \

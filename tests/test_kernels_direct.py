@@ -12,7 +12,8 @@ from reference import conv2d_reference
 
 # (N, C_in, H, W, C_out, kH, kW, padding): C_out not a multiple of the channel
 # block, one output channel, rows shorter and longer than a register block,
-# non-square kernels and padding, batch 1, LeNet-5's two shapes.
+# non-square kernels and padding, batch 1, LeNet-5's two shapes; output rows of
+# 8, 16 and 24 (whole vectors: the dense grid, no dropped columns).
 CASES = [
     (2, 1, 28, 28, 6, 5, 5, (2, 2)),
     (3, 6, 14, 14, 16, 5, 5, (0, 0)),
@@ -21,6 +22,9 @@ CASES = [
     (1, 4, 17, 3, 7, 2, 3, (2, 0)),
     (2, 3, 4, 4, 3, 4, 4, (3, 3)),
     (1, 2, 1, 40, 9, 1, 5, (0, 2)),
+    (1, 3, 8, 8, 5, 3, 3, (1, 1)),
+    (2, 2, 6, 16, 7, 3, 3, (1, 1)),
+    (1, 2, 5, 26, 4, 3, 3, (0, 0)),
 ]
 
 
@@ -134,10 +138,11 @@ def test_thread_count_does_not_change_the_result(threads, rng):
 
 @pytest.mark.parametrize("n, threads", [(1, 2), (1, 3), (2, 5), (3, 4)])
 @pytest.mark.parametrize("padding", [(1, 1), (0, 2)])
-def test_row_bands_of_small_batches_match_one_thread(n, threads, padding, rng):
+@pytest.mark.parametrize("width", [11, 14, 16])     # output rows of 16: the dense grid
+def test_row_bands_of_small_batches_match_one_thread(n, threads, padding, width, rng):
     """A batch smaller than the team is shared in row bands (overlapping register
     blocks at their edges): bitwise the one-thread answer, epilogue included."""
-    x = rng.normal(size=(n, 5, 13, 11)).astype(np.float32)
+    x = rng.normal(size=(n, 5, 13, width)).astype(np.float32)
     weight = rng.normal(size=(8, 5, 3, 3)).astype(np.float32)
     bias = rng.normal(size=8).astype(np.float32)
     serial = direct.forward_runner(x.shape, weight, bias, padding, 1, 0.0)
@@ -309,6 +314,7 @@ def _strided_case(case, dtype, rng):
     (2, 5, 8, 8, 4, 2, 2, (0, 0), (2, 2)),
     (2, 5, 9, 10, 6, 1, 1, (0, 0), (2, 2)),
     (1, 3, 11, 13, 4, 2, 2, (1, 0), (3, 3)),
+    (2, 3, 16, 16, 5, 3, 3, (1, 1), (2, 2)),      # output rows of 8: the dense grid
 ])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_strided_convs_read_phase_planes(case, threads, dtype, rtol, rng):

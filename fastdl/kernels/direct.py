@@ -146,8 +146,9 @@ class ForwardRunner:
         c_out, _, kh, kw = weight.shape
         self.out_shape = (n, c_out, conv_output_size(height, kh, stride[0], padding[0], 1),
                           conv_output_size(width, kw, stride[1], padding[1], 1))
-        # the wide grid runs along the rows of the phase planes
-        grid = self.out_shape[2] * -(-(width + 2 * padding[1]) // stride[1])
+        # the grid's rows: whole output rows of vectors, or the phase planes' rows
+        grid = self.out_shape[2] * _ext.grid_row(
+            self.out_shape[3], -(-(width + 2 * padding[1]) // stride[1]))
         self.threads = threads
         self._packed = pack_weight(weight, block_channels(c_out, grid))
         self._geometry = (kh, kw, tuple(padding), tuple(stride))
