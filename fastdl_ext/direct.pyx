@@ -10,7 +10,10 @@ position ``q = oy * Wp + ox`` of tap ``(c, i, j)`` reads ``padded[c, oy + i, ox 
 phase planes instead, ``_phases.pxd``). A block of consecutive ``q`` times output
 channels (24 x 4, 16 x 6 or 24 x 3: ``BLOCK_SHAPES``) lives in registers over all
 taps; grid columns ``ox >= OW`` are computed and dropped (``(kW - 1) / Wp`` extra
-work). Weights come packed as ``(co_blocks, taps, co_block)``, zero beyond C_out.
+work: a quarter at 8 x 8). Where output rows are whole vectors (``OW`` a multiple of
+8) the grid is dense instead: each 8-lane vector is a run of one output row and
+reads from that row, and nothing is dropped (``fastdl_grid``). Weights come packed
+as ``(co_blocks, taps, co_block)``, zero beyond C_out.
 
 A chain runs several convs in one parallel region; the weight gradient is in
 ``direct_grad.pyx``.
