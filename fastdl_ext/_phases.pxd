@@ -8,7 +8,7 @@ row, as at stride 1 (where the single plane is the padded image itself).
 """
 from libc.stdlib cimport calloc, malloc
 
-from fastdl_ext._activation cimport epilogue_rows
+from fastdl_ext._activation cimport epilogue_rows, every_other
 from fastdl_ext._blas cimport floating
 
 
@@ -66,6 +66,11 @@ cdef inline void _pad_image(const floating* image, Phases p, floating* padded) n
                 if p.stride_w == 1:   # rows are contiguous runs: one vectorised copy
                     epilogue_rows(target, p.cols, source, <Py_ssize_t>p.stride_h * p.width,
                                   NULL, 0, bottom - top, right - left, NULL, False, 0)
+                    continue
+                if p.stride_w == 2:
+                    every_other(target, p.cols, source, <Py_ssize_t>p.stride_h * p.width,
+                                bottom - top, right - left,
+                                p.width - (left * p.stride_w + b - p.pad_w))
                     continue
                 for y in range(bottom - top):
                     for x in range(right - left):

@@ -14,7 +14,7 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-cimport fastdl_ext._activation  # FASTDL_CLONES
+cimport fastdl_ext._activation  # FASTDL_CLONES, FASTDL_EVEN8
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating
 
@@ -23,13 +23,6 @@ cdef extern from *:
     /* The later of two window values in torch's order wins when it is larger or NaN,
        as a select (an ``||`` would branch). */
     #define FASTDL_TAKE(best, v) (((v) > (best)) | ((v) != (v)))
-    #if defined(__clang__) || __GNUC__ >= 12
-    #  define FASTDL_EVEN8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
-    #  define FASTDL_ODD8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
-    #else
-    #  define FASTDL_EVEN8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){0, 2, 4, 6, 8, 10, 12, 14})
-    #  define FASTDL_ODD8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){1, 3, 5, 7, 9, 11, 13, 15})
-    #endif
     /* Output rows [first, end) of 2x2 max pooling, row r being row r % out_h of plane
        r / out_h: the max of a window's four values, a NaN winning as in torch. In two
        passes over a few output rows at a time: the vertical max of each row pair
@@ -80,7 +73,6 @@ cdef extern from *:
                 r += rows;                                                              \
             }                                                                           \
         }
-    typedef int fastdl_lanes8 __attribute__((vector_size(32)));
     FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_float, float, int)
     FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_double, double, long long)
     /* The mean of ``count`` values, summed in double in sixteen interleaved sums of
