@@ -10,8 +10,8 @@ the second term and stays NaN.
 ``FASTDL_CLONES`` compiles a function twice where GCC can dispatch at load time
 (an ifunc picks the clone the CPU runs): for x86-64-v3 (AVX2 + FMA) and for the
 baseline the package is built for. The vector helpers other kernels share live
-here too: ``FASTDL_EVEN8`` / ``FASTDL_ODD8`` (lane shuffles) and ``every_other`` (the
-column phases of a stride-2 conv).
+here too: ``every_other`` (the column phases of a stride-2 conv), ``max_rows`` and
+``max_pairs`` (2x2 max pooling, alone and fused into a conv).
 """
 from fastdl_ext._blas cimport floating
 
@@ -36,33 +36,65 @@ cdef extern from *:
     #  define FASTDL_EVEN8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){0, 2, 4, 6, 8, 10, 12, 14})
     #  define FASTDL_ODD8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){1, 3, 5, 7, 9, 11, 13, 15})
     #endif
-    /* target[r * target_stride + i] = source[r * source_stride + 2 i], i < count, for
-       ``rows`` rows: a stride-2 conv's phase plane. Eight at a time where a row has
-       ``readable`` values from its start for the two vectors read, split by
-       shuffles; GCC gathered them one by one (a third of a strided ResNet conv). */
-    #define FASTDL_EVERY_OTHER(name, type)                                             \
-        typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));     \
-        typedef type name##_unaligned __attribute__((vector_size(8 * sizeof(type)),    \
-                                                     aligned(sizeof(type)), may_alias)); \
-        FASTDL_CLONES static void name(type *restrict target, Py_ssize_t target_stride, \
-                                       const type *restrict source,                    \
-                                       Py_ssize_t source_stride, Py_ssize_t rows,      \
-                                       Py_ssize_t count, Py_ssize_t readable) {        \
+    /* The later of two window values in torch's order wins when it is larger or NaN,
+       as a select (an ``||`` would branch). */
+    #define FASTDL_TAKE(best, v) (((v) > (best)) | ((v) != (v)))
+    /* 8-lane vectors of ``type`` (loaded unaligned) and the helpers on them:
+       fastdl_every_other_<type>: target[r * target_stride + i] = source[r *
+         source_stride + 2 i], i < count, for ``rows`` rows (a stride-2 conv's phase
+         plane), eight at a time where a row has ``readable`` values from its start;
+       fastdl_max_rows_<type>: out[j] = the winner of first[j] and second[j] (out may
+         be first);
+       fastdl_max_pairs_<type>: out[i] = the winner of values[2 i] and values[2 i + 1]
+         (out may be values).
+       Column pairs are split by shuffles of explicit vectors: GCC gathered them value
+       by value (3x slower than the Numba pooling loop, a third of a strided conv). */
+    #define FASTDL_VECTOR_HELPERS(type, mask_type)                                     \
+        typedef type fastdl_##type##8 __attribute__((vector_size(8 * sizeof(type))));  \
+        typedef type fastdl_##type##8u __attribute__((vector_size(8 * sizeof(type)),   \
+                                                      aligned(sizeof(type)), may_alias)); \
+        typedef mask_type fastdl_##type##8m __attribute__((vector_size(8 * sizeof(type)))); \
+        FASTDL_CLONES static void fastdl_every_other_##type(                           \
+                type *restrict target, Py_ssize_t target_stride,                       \
+                const type *restrict source, Py_ssize_t source_stride, Py_ssize_t rows, \
+                Py_ssize_t count, Py_ssize_t readable) {                               \
             for (Py_ssize_t r = 0; r < rows; r++) {                                     \
                 const type *restrict from = source + r * source_stride;                 \
                 type *restrict to = target + r * target_stride;                         \
                 Py_ssize_t i = 0;                                                       \
                 for (; i + 8 <= count && 2 * i + 16 <= readable; i += 8) {              \
-                    name##_vector a = *(const name##_unaligned *)(from + 2 * i);        \
-                    name##_vector b = *(const name##_unaligned *)(from + 2 * i + 8);    \
-                    *(name##_unaligned *)(to + i) = FASTDL_EVEN8(a, b);                 \
+                    fastdl_##type##8 a = *(const fastdl_##type##8u *)(from + 2 * i);    \
+                    fastdl_##type##8 b = *(const fastdl_##type##8u *)(from + 2 * i + 8); \
+                    *(fastdl_##type##8u *)(to + i) = FASTDL_EVEN8(a, b);                \
                 }                                                                       \
                 for (; i < count; i++)                                                  \
                     to[i] = from[2 * i];                                                \
             }                                                                           \
+        }                                                                               \
+        FASTDL_CLONES static void fastdl_max_rows_##type(                              \
+                const type *first, const type *restrict second, type *out,             \
+                Py_ssize_t count) {                                                     \
+            for (Py_ssize_t j = 0; j < count; j++)                                      \
+                out[j] = FASTDL_TAKE(first[j], second[j]) ? second[j] : first[j];       \
+        }                                                                               \
+        FASTDL_CLONES static void fastdl_max_pairs_##type(const type *values, type *out, \
+                                                          Py_ssize_t count) {          \
+            Py_ssize_t i = 0;                                                           \
+            for (; i + 8 <= count; i += 8) {   /* reads stay ahead of the writes */     \
+                fastdl_##type##8 a = *(const fastdl_##type##8u *)(values + 2 * i);      \
+                fastdl_##type##8 b = *(const fastdl_##type##8u *)(values + 2 * i + 8);  \
+                fastdl_##type##8 left = FASTDL_EVEN8(a, b), right = FASTDL_ODD8(a, b);  \
+                fastdl_##type##8m take = FASTDL_TAKE(left, right);                      \
+                *(fastdl_##type##8u *)(out + i) = (fastdl_##type##8)(                   \
+                    (take & (fastdl_##type##8m)right) | (~take & (fastdl_##type##8m)left)); \
+            }                                                                           \
+            for (; i < count; i++) {                                                    \
+                type left = values[2 * i], right = values[2 * i + 1];                   \
+                out[i] = FASTDL_TAKE(left, right) ? right : left;                       \
+            }                                                                           \
         }
-    FASTDL_EVERY_OTHER(fastdl_every_other_float, float)
-    FASTDL_EVERY_OTHER(fastdl_every_other_double, double)
+    FASTDL_VECTOR_HELPERS(float, int)
+    FASTDL_VECTOR_HELPERS(double, long long)
     #define FASTDL_LEAKY(v, slope)                                                     \
         (((v) > 0 ? (v) : 0) + (slope) * ((v) > 0 ? 0 : (v)))
     /* target[r, :width] = act(source[r, :width] + *shift + residual[r, :width]) per
@@ -114,6 +146,15 @@ cdef extern from *:
         double* target, Py_ssize_t target_stride, const double* source,
         Py_ssize_t source_stride, Py_ssize_t rows, Py_ssize_t count,
         Py_ssize_t readable) noexcept nogil
+    void _max_rows_float "fastdl_max_rows_float"(
+        const float* first, const float* second, float* out, Py_ssize_t count) noexcept nogil
+    void _max_rows_double "fastdl_max_rows_double"(
+        const double* first, const double* second, double* out,
+        Py_ssize_t count) noexcept nogil
+    void _max_pairs_float "fastdl_max_pairs_float"(
+        const float* values, float* out, Py_ssize_t count) noexcept nogil
+    void _max_pairs_double "fastdl_max_pairs_double"(
+        const double* values, double* out, Py_ssize_t count) noexcept nogil
 
 
 cdef inline void every_other(floating* target, Py_ssize_t target_stride,
@@ -126,6 +167,25 @@ cdef inline void every_other(floating* target, Py_ssize_t target_stride,
     else:
         _every_other_double(target, target_stride, source, source_stride, rows, count,
                             readable)
+
+
+cdef inline void max_rows(const floating* first, const floating* second, floating* out,
+                          Py_ssize_t count) noexcept nogil:
+    """out[j] = max(first[j], second[j]), a NaN winning (``out`` may be ``first``)."""
+    if floating is float:
+        _max_rows_float(first, second, out, count)
+    else:
+        _max_rows_double(first, second, out, count)
+
+
+cdef inline void max_pairs(const floating* values, floating* out,
+                           Py_ssize_t count) noexcept nogil:
+    """out[i] = max(values[2 i], values[2 i + 1]), i < count, a NaN winning (``out``
+    may be ``values``)."""
+    if floating is float:
+        _max_pairs_float(values, out, count)
+    else:
+        _max_pairs_double(values, out, count)
 
 
 cdef inline void epilogue_rows(floating* target, Py_ssize_t target_stride,

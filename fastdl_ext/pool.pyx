@@ -14,67 +14,39 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-cimport fastdl_ext._activation  # FASTDL_CLONES, FASTDL_EVEN8
+cimport fastdl_ext._activation  # FASTDL_CLONES, the max helpers
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating
 
 cdef extern from *:
     """
-    /* The later of two window values in torch's order wins when it is larger or NaN,
-       as a select (an ``||`` would branch). */
-    #define FASTDL_TAKE(best, v) (((v) > (best)) | ((v) != (v)))
     /* Output rows [first, end) of 2x2 max pooling, row r being row r % out_h of plane
        r / out_h: the max of a window's four values, a NaN winning as in torch. In two
        passes over a few output rows at a time: the vertical max of each row pair
        (contiguous), then of each column pair of those, a stream as long as the rows
        together: LeNet's rows are 5 and 14 outputs long, too short to vectorise one
-       by one (GCC gathered them value by value, 3x slower than the Numba loop). The
-       column pairs are split by shuffles of explicit vectors. ``scratch`` holds
-       FASTDL_POOL_SCRATCH values or one row pair's, whichever is more. */
+       by one. ``scratch`` holds FASTDL_POOL_SCRATCH values or one row pair's,
+       whichever is more. */
     #define FASTDL_POOL_SCRATCH 4096
-    #define FASTDL_MAX_POOL_ROWS(name, type, mask_type)                                \
-        typedef type name##_vector __attribute__((vector_size(8 * sizeof(type))));     \
-        typedef type name##_unaligned __attribute__((vector_size(8 * sizeof(type)),    \
-                                                     aligned(sizeof(type)), may_alias)); \
-        typedef mask_type name##_mask __attribute__((vector_size(8 * sizeof(type))));  \
-        static inline name##_vector name##_select(name##_vector best, name##_vector v) { \
-            name##_mask take = FASTDL_TAKE(best, v);                                    \
-            return (name##_vector)((take & (name##_mask)v) | (~take & (name##_mask)best)); \
-        }                                                                               \
-        FASTDL_CLONES static void name(const type *restrict x, type *restrict out,     \
-                                       type *restrict scratch, Py_ssize_t first,       \
-                                       Py_ssize_t end, int height, int out_h,          \
-                                       int width, int out_w) {                         \
+    #define FASTDL_MAX_POOL_ROWS(name, type)                                           \
+        static void name(const type *restrict x, type *restrict out,                   \
+                         type *restrict scratch, Py_ssize_t first, Py_ssize_t end,     \
+                         int height, int out_h, int width, int out_w) {                \
             Py_ssize_t pair = 2 * (Py_ssize_t)out_w;                                   \
             Py_ssize_t chunk = pair < FASTDL_POOL_SCRATCH ? FASTDL_POOL_SCRATCH / pair : 1; \
             for (Py_ssize_t r = first; r < end;) {                                      \
                 Py_ssize_t rows = chunk < end - r ? chunk : end - r;                    \
                 for (Py_ssize_t k = 0; k < rows; k++) {                                 \
                     Py_ssize_t row = r + k;                                             \
-                    const type *restrict upper =                                        \
-                        x + (row / out_h * height + row % out_h * 2) * width;           \
-                    const type *restrict lower = upper + width;                         \
-                    type *restrict to = scratch + k * pair;                             \
-                    for (Py_ssize_t j = 0; j < pair; j++)                               \
-                        to[j] = FASTDL_TAKE(upper[j], lower[j]) ? lower[j] : upper[j];  \
+                    const type *upper = x + (row / out_h * height + row % out_h * 2) * width; \
+                    fastdl_max_rows_##type(upper, upper + width, scratch + k * pair, pair); \
                 }                                                                       \
-                type *restrict to = out + r * out_w;                                    \
-                Py_ssize_t count = rows * out_w, i = 0;                                 \
-                for (; i + 8 <= count; i += 8) {                                        \
-                    name##_vector a = *(const name##_unaligned *)(scratch + 2 * i);     \
-                    name##_vector b = *(const name##_unaligned *)(scratch + 2 * i + 8); \
-                    *(name##_unaligned *)(to + i) =                                     \
-                        name##_select(FASTDL_EVEN8(a, b), FASTDL_ODD8(a, b));           \
-                }                                                                       \
-                for (; i < count; i++) {                                                \
-                    type left = scratch[2 * i], right = scratch[2 * i + 1];             \
-                    to[i] = FASTDL_TAKE(left, right) ? right : left;                    \
-                }                                                                       \
+                fastdl_max_pairs_##type(scratch, out + r * out_w, rows * out_w);        \
                 r += rows;                                                              \
             }                                                                           \
         }
-    FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_float, float, int)
-    FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_double, double, long long)
+    FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_float, float)
+    FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_double, double)
     /* The mean of ``count`` values, summed in double in sixteen interleaved sums of
        explicit vectors (a fixed order, so the result does not depend on the thread
        count; four scalar sums were one add latency per value). */
