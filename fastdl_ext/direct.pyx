@@ -28,7 +28,7 @@ import numpy as np
 
 cnp.import_array()
 
-from fastdl_ext._activation cimport epilogue_rows
+from fastdl_ext._activation cimport epilogue_rows, max_pairs, max_rows
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating
 from fastdl_ext._phases cimport (Phases, _check_output, _pad_image, _phases, _phases_size,
@@ -259,13 +259,14 @@ cdef struct Layer:
     const void* residual
     void* out
     Py_ssize_t* offsets
-    bint activate
+    bint activate, pool
     double slope
 
 
 cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) except -1:
     """Check one chain entry ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias,
-    residual, activate, slope)`` and lay it out in ``layer`` (its offsets malloc'ed)."""
+    residual, activate, slope, pool)`` and lay it out in ``layer`` (its offsets
+    malloc'ed). ``pool``: ``out`` takes the 2x2 max pool of the conv's output."""
     cdef object bias = spec[7], residual = spec[8]
     cdef cnp.npy_intp* x = _dims(CALLER, spec[0], "x", 4, typenum, False)
     cdef cnp.npy_intp* packed = _dims(CALLER, spec[1], "packed", 3, typenum, False)
@@ -289,8 +290,19 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
         raise ValueError("direct_forward_into: packed weights of shape %s do not cover %d "
                          "channels x %d taps" % ((packed[0], packed[1], packed[2]), out[1],
                                                  layer.taps))
-    _check_output("direct_forward_into: out", x[2], x[3], out[2], out[3], kernel_h, kernel_w,
-                  padding, stride)
+    cdef bint pool = spec[11]
+    cdef int out_h = (x[2] + 2 * <int>padding[0] - kernel_h) // <int>stride[0] + 1
+    cdef int out_w = (x[3] + 2 * <int>padding[1] - kernel_w) // <int>stride[1] + 1
+    if pool:
+        # the max commutes with the shift and with an activation that never decreases
+        if out[2] * 2 != out_h or out[3] * 2 != out_w or residual is not None or (
+                spec[9] and spec[10] < 0):
+            raise ValueError("direct_forward_into: a pooled conv needs an even output "
+                             "(%d x %d), out of half its size (got %d x %d), no residual and "
+                             "a slope >= 0" % (out_h, out_w, out[2], out[3]))
+    else:
+        _check_output("direct_forward_into: out", x[2], x[3], out[2], out[3], kernel_h,
+                      kernel_w, padding, stride)
     layer.bias = layer.residual = NULL
     if bias is not None:
         shape = _dims(CALLER, bias, "bias", 1, typenum, False)
@@ -309,7 +321,7 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     layer.phases = phases
     layer.kernel_h, layer.kernel_w = kernel_h, kernel_w
     layer.co_blocks, layer.co_block, layer.lanes = packed[0], packed[2], lanes
-    layer.n_images, layer.out_h, layer.out_w = x[0], out[2], out[3]
+    layer.n_images, layer.out_h, layer.out_w, layer.pool = x[0], out_h, out_w, pool
     # the grid rounded up to whole blocks; on the wide grid reads of the last block run
     # past the phase planes by up to MAX_LANES + kW elements, into zeroed slack
     layer.grid_row = _grid_row(layer.out_w, phases.cols)
@@ -320,8 +332,8 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     layer.wide_stride = (grid + lanes - 1) // lanes * lanes
     layer.padded_size = _phases_size(phases) + MAX_LANES + kernel_w
     layer.image_in = <Py_ssize_t>x[1] * x[2] * x[3]
-    layer.plane = <Py_ssize_t>layer.out_h * layer.out_w
-    layer.bands = _bands(layer.n_images, layer.co_blocks, layer.out_h, num_threads)
+    layer.plane = <Py_ssize_t>out[2] * out[3]      # of the output written
+    layer.bands = _bands(layer.n_images, layer.co_blocks, out[2], num_threads)
     layer.per_image = layer.bands * layer.co_blocks
     # a small batch is shared item by item: the thread that starts first takes more
     # while the others wake (~20 µs here); a large one image by image, so that each
@@ -333,6 +345,24 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     layer.activate, layer.slope = spec[9], spec[10]
     layer.offsets = _tap_offsets(phases, kernel_h, kernel_w)
     return 0
+
+
+cdef void _pooled_epilogue(Layer* layer, floating* wide, int first_row, int end_row,
+                           floating* plane, int co) noexcept nogil:
+    """plane[first_row / 2 : end_row / 2] = act(2x2 max of conv rows [first_row,
+    end_row) on the grid ``wide`` + bias): the pooled output of one channel, written
+    once (the conv's own output would be written and read back whole). The vertical
+    maxima overwrite the grid's top rows."""
+    cdef int cols = layer.grid_row, width = layer.out_w // 2, row
+    cdef floating* top
+    cdef floating* target = plane + <Py_ssize_t>(first_row // 2) * width
+    for row in range(first_row, end_row, 2):
+        top = wide + <Py_ssize_t>row * cols
+        max_rows(top, top + cols, top, 2 * width)
+        max_pairs(top, plane + <Py_ssize_t>(row // 2) * width, width)
+    epilogue_rows(target, width, target, width, NULL, 0, (end_row - first_row) // 2, width,
+                  <const floating*>layer.bias + co if layer.bias != NULL else NULL,
+                  layer.activate, <floating>layer.slope)
 
 
 cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept nogil:
@@ -361,9 +391,10 @@ cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept 
                 cached = image
             band = item % layer.per_image // layer.co_blocks
             block = item % layer.co_blocks
-            # the band's output rows, and the whole register blocks that cover them
-            first_row = band * layer.out_h // layer.bands
-            end_row = (band + 1) * layer.out_h // layer.bands
+            # the band's output rows (of the written output), and the conv rows and
+            # whole register blocks that cover them
+            first_row = band * (layer.out_h >> layer.pool) // layer.bands << layer.pool
+            end_row = (band + 1) * (layer.out_h >> layer.pool) // layer.bands << layer.pool
             first = <Py_ssize_t>first_row * cols // lanes * lanes
             end = min(layer.wide_stride, (<Py_ssize_t>end_row * cols + lanes - 1) // lanes * lanes)
             _blocks(layer.co_block, padded, layer.offsets, layer.taps,
@@ -371,6 +402,11 @@ cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept 
                     layer.wide_stride, first, (end - first) // lanes, layer.grid)
             for b in range(min(layer.co_block, layer.out_channels - block * layer.co_block)):
                 co = block * layer.co_block + b
+                if layer.pool:
+                    _pooled_epilogue(layer, wide + b * layer.wide_stride, first_row,
+                                     end_row, out + (<Py_ssize_t>image * layer.out_channels
+                                                     + co) * layer.plane, co)
+                    continue
                 at = (<Py_ssize_t>image * layer.out_channels + co) * layer.plane \
                     + <Py_ssize_t>first_row * out_w
                 epilogue_rows(out + at, out_w,
@@ -405,7 +441,8 @@ def direct_chain_into(list specs, int num_threads):
     """Run direct convs one after another in one parallel region.
 
     Each spec is ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias, residual,
-    activate, slope)`` as ``direct_forward_into`` takes them; a later conv may read
+    activate, slope, pool)`` (``pool``: out is the conv's 2x2 max pool, see
+    ``_fill_layer``), the rest as ``direct_forward_into`` takes them; a later conv may read
     an earlier one's ``out`` (as ``x`` or ``residual``). Waking the team once instead
     of once per conv matters at batch 1, where a conv takes tens of microseconds.
     """
@@ -453,4 +490,4 @@ def direct_forward_into(x, packed, out, int kernel_h, int kernel_w, tuple paddin
     C-contiguous.
     """
     direct_chain_into([(x, packed, out, kernel_h, kernel_w, padding, stride, bias, residual,
-                        activate, slope)], num_threads)
+                        activate, slope, False)], num_threads)

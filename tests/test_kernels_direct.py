@@ -402,3 +402,41 @@ def test_a_chain_refuses_outputs_and_residuals_of_the_wrong_shape(rng):
             direct.run_chain([(run, bad_x, out, None)], 2)
     with pytest.raises(TypeError, match="float32 or float64"):
         direct.run_chain([(run, x.astype(np.int32), read_only, None)], 2)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+@pytest.mark.parametrize("n, threads", [(1, 1), (1, 2), (1, 3), (4, 2)])   # row bands too
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1])
+@pytest.mark.parametrize("shape", [(3, 28, 28, 6, 5, 2), (6, 14, 14, 16, 5, 0),
+                                   (4, 16, 16, 8, 3, 1)])   # LeNet's convs; a dense grid
+def test_a_pooled_runner_is_the_conv_then_its_max_pool(shape, slope, n, threads, dtype,
+                                                       rtol, rng):
+    """The 2x2 max pool computed in the conv's epilogue equals pooling its output."""
+    from reference import max_pool2d_reference
+    c_in, h, w, c_out, k, pad = shape
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, k, k)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    x[0, 0, :2, :2] = np.nan                       # NaN wins its windows, as pooling's
+    run = direct.forward_runner(x.shape, weight, bias, (pad, pad), threads, slope)
+    pooled = run.pooled()
+    assert pooled.out_shape == run.out_shape[:2] + (run.out_shape[2] // 2,
+                                                    run.out_shape[3] // 2)
+    expected = max_pool2d_reference(run(x), (2, 2), (2, 2), (0, 0))
+    got = pooled(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol)
+    chained = [np.empty(run.out_shape, dtype), np.empty(pooled.out_shape, dtype)]
+    direct.run_chain([(run, x, chained[0], None), (pooled, x, chained[1], None)], threads)
+    np.testing.assert_array_equal(chained[1], got)
+
+
+def test_only_what_commutes_with_the_max_is_pooled_in_the_epilogue(rng):
+    weight = rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
+    assert direct.forward_runner((1, 2, 9, 9), weight, None, (1, 1), 1).pooled() is None
+    assert direct.forward_runner((1, 2, 8, 8), weight, None, (1, 1), 1, -0.5).pooled() is None
+    pooled = direct.forward_runner((1, 2, 8, 8), weight, None, (1, 1), 1).pooled()
+    assert pooled.pooled() is None
+    x = rng.normal(size=(1, 2, 8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="no residual"):
+        pooled(x, None, np.zeros((1, 4, 4, 4), np.float32))

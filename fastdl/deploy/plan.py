@@ -262,21 +262,41 @@ class InferencePlan:
         return lambda values, buffer: function(values[source])
 
     def _chain(self, runs):
-        """One step for consecutive direct convs ``[(index, runner)]``: one parallel
-        region for all of them (one wake-up of the team instead of one per conv)."""
+        """One step for consecutive direct convs ``[(index, runner, output)]``: one
+        parallel region for all of them (one wake-up of the team instead of one per
+        conv). ``output`` is the op whose output the conv writes: its own, or that of
+        the max pool it computes in its epilogue (``_pooled``)."""
         if len(runs) == 1:
-            index, run = runs[0]
-            return self._single(index, lambda values, buffer: run(
+            index, run, output = runs[0]
+            return self._single(output, lambda values, buffer: run(
                 values[self.ops[index]["inputs"][0]], buffer, self._residual(index, values)))
-        threads = max(run.threads for _, run in runs)
+        threads = max(run.threads for _, run, _ in runs)
 
         def step(values, buffers):
-            for index, _ in runs:   # outputs are known before the chain runs
-                values[index + 1] = buffers[index]
+            for _, _, output in runs:   # outputs are known before the chain runs
+                values[output + 1] = buffers[output]
             direct_kernels.run_chain([(run, values[self.ops[index]["inputs"][0]],
-                                       buffers[index], self._residual(index, values))
-                                      for index, run in runs], threads)
+                                       buffers[output], self._residual(index, values))
+                                      for index, run, output in runs], threads)
         return step
+
+    def _pooled(self, index, run):
+        """``run`` with the op after it, a 2x2 max pool of its output alone, computed in
+        its epilogue (``ForwardRunner.pooled``); None where that does not apply."""
+        after = index + 1
+        if after >= len(self.ops) or len(self.ops[index]["inputs"]) > 1:
+            return None
+        op = self.ops[after]
+        if op["op"] != "max_pool2d" or op["inputs"] != [index + 1] or any(
+                index + 1 in other["inputs"] for other in self.ops[after + 1:]):
+            return None
+        window = pool_kernels.validate_pool2d_args(
+            "max_pool2d", run.out_shape, op["kernel_size"], op["stride"], op["padding"],
+            op["ceil_mode"])
+        pooled = run.pooled() if window[:3] == ((2, 2), (2, 2), (0, 0)) else None
+        if pooled is None or pooled.out_shape[1:] != tuple(self.shapes[after + 1][1:]):
+            return None
+        return pooled
 
     def _residual(self, index, values):
         inputs = self.ops[index]["inputs"]
@@ -289,12 +309,18 @@ class InferencePlan:
         return step
 
     def _program(self, batch):
-        """The steps for this batch size: consecutive direct convs as one chain."""
-        program, runs = [], []
+        """The steps for this batch size: consecutive direct convs as one chain, a 2x2
+        max pool after one computed by it."""
+        program, runs, pooled = [], [], False
         for index in range(len(self.ops)):
+            if pooled:      # computed by the conv before
+                pooled = False
+                continue
             prepared = self._prepare(index, batch)
             if isinstance(prepared, direct_kernels.ForwardRunner):
-                runs.append((index, prepared))
+                fused = self._pooled(index, prepared)
+                pooled = fused is not None
+                runs.append((index, fused, index + 1) if pooled else (index, prepared, index))
                 continue
             if runs:
                 program.append(self._chain(runs))

@@ -10,6 +10,8 @@ larger than 1×1 at stride 1. The forward serves conv2d's forward and, with flip
 weights, the input gradient of stride-1 "same" convs; ``grad_weight`` has rules of
 its own (``grad_weight_applies``).
 """
+import copy
+
 import numpy as np
 
 from fastdl.shapes import conv_output_size
@@ -155,11 +157,24 @@ class ForwardRunner:
         self._bias = bias
         self._activation = (negative_slope is not None,
                             0.0 if negative_slope is None else float(negative_slope))
+        self._pool = False
+
+    def pooled(self):
+        """This conv followed by a 2x2 max pool (stride 2) as one runner, the pool
+        computed in the conv's epilogue so that the conv's output is never written;
+        None where that cannot be (an odd output, or an activation with a negative
+        slope, which does not commute with the max). No residual may be passed."""
+        n, c_out, out_h, out_w = self.out_shape
+        if self._pool or out_h % 2 or out_w % 2 or self._activation[1] < 0:
+            return None
+        pooled = copy.copy(self)
+        pooled.out_shape, pooled._pool = (n, c_out, out_h // 2, out_w // 2), True
+        return pooled
 
     def spec(self, x, out, residual=None):
         """The arguments of ``direct_chain_into`` for one conv of a chain."""
         return (x, self._packed, out, *self._geometry, self._bias, residual,
-                *self._activation)
+                *self._activation, self._pool)
 
     def __call__(self, x, out=None, residual=None):
         if out is None:
