@@ -29,15 +29,3 @@ def test_linear_forward_writes_into_out_and_takes_strided_input(rng):
     out = np.empty((4, 3))
     assert dense.linear_forward(x, weight, out=out) is out
     np.testing.assert_allclose(out, x @ weight.T, rtol=1e-12)
-
-
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("rows", [17, 64])     # shares of GEMV rows and of GEMMs
-def test_threads_share_the_rows(threads, rows, rng):
-    """LeNet-5's 400 -> 120 at batch 64 is split into row shares, one GEMM each."""
-    x = rng.normal(size=(rows, 400)).astype(np.float32)
-    weight = rng.normal(size=(480, 400)).astype(np.float32)
-    bias = rng.normal(size=480).astype(np.float32)
-    expected = np.maximum(x.astype(np.float64) @ weight.T.astype(np.float64) + bias, 0)
-    out = dense.linear_forward(x, weight, bias, negative_slope=0.0, threads=threads)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
