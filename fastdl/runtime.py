@@ -20,6 +20,7 @@ Why each setting:
 """
 import math
 import os
+import sys
 import tempfile
 
 _CACHE_ENABLED = True
@@ -168,7 +169,8 @@ def set_num_threads(n):
     n : int
         At least 1. Numba cannot start more threads than it launched with
         (``NUMBA_NUM_THREADS``, default: the CPUs available at import), so
-        larger values are capped there.
+        larger values are capped there. Numba is not imported for this: a
+        count set before it loads is applied when it does.
 
     Raises
     ------
@@ -183,11 +185,19 @@ def set_num_threads(n):
     n = int(n)
     if n < 1:
         raise ValueError("set_num_threads: n must be >= 1, got %d" % n)
-    import numba
-    n_numba = min(n, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n_numba)
+    numba = sys.modules.get("numba")
+    launched = (numba.config.NUMBA_NUM_THREADS if numba is not None
+                else int(os.environ.get("NUMBA_NUM_THREADS", available_cpus())))
+    _num_threads = min(n, launched)
+    if numba is not None:
+        numba.set_num_threads(_num_threads)
     pin_blas_to_one_thread()
-    _num_threads = n_numba
+
+
+def numba_loaded(numba):
+    """Apply a thread count set before Numba was imported (called right after)."""
+    if _num_threads is not None:
+        numba.set_num_threads(min(_num_threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def pin_blas_to_one_thread():

@@ -109,3 +109,14 @@ def test_package_attributes_load_on_first_use():
     assert result.stdout.split() == ["False", str(len(fastdl.__all__))]
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         fastdl.no_such_name
+
+
+def test_threads_set_before_numba_loads_apply_when_it_does():
+    """A service may set its thread count without importing Numba; the count holds
+    once a kernel brings Numba in."""
+    script = ("import sys, fastdl; fastdl.set_num_threads(1); "
+              "loaded = 'numba' in sys.modules; import fastdl.kernels.activation, numba; "
+              "print(loaded, fastdl.get_num_threads(), numba.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.split() == ["False", "1", "1"]

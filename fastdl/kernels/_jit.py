@@ -10,10 +10,12 @@ kernel as ordinary Python; Numba itself honours that variable).
 """
 import types
 
-from fastdl import runtime  # noqa: F401  (sets Numba's environment before import)
+from fastdl import runtime  # first: sets Numba's environment before its import
 
 import numba
 from numba import prange  # noqa: F401  (re-exported for kernels)
+
+runtime.numba_loaded(numba)
 
 __all__ = ["jit", "prange"]
 
