@@ -440,3 +440,45 @@ def test_only_what_commutes_with_the_max_is_pooled_in_the_epilogue(rng):
     x = rng.normal(size=(1, 2, 8, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="no residual"):
         pooled(x, None, np.zeros((1, 4, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, threads", [(8, 1), (9, 2), (17, 3)])
+@pytest.mark.parametrize("shape", [(6, 14, 14, 16, 5, 0), (1, 28, 28, 6, 5, 2),
+                                   (3, 7, 13, 5, 3, 1), (2, 9, 9, 7, 2, 1)])
+@pytest.mark.parametrize("pool", [False, True])
+def test_image_lanes_match_one_image_at_a_time(shape, pool, n, threads, dtype, rng):
+    """Batches of 8 and more whose output rows are not whole vectors run on image
+    lanes (a vector holds one position of 8 images, a group may be short): bitwise
+    the image-by-image answer, epilogue and fused pooling included."""
+    from reference import max_pool2d_reference
+    c_in, h, w, c_out, k, pad = shape
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, k, k)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    x[n - 1, 0, :3, :3] = np.nan                  # NaN stays in its own image
+    run = direct.forward_runner(x.shape, weight, bias, (pad, pad), threads, 0.1)
+    one = direct.forward_runner((1,) + x.shape[1:], weight, bias, (pad, pad), 1, 0.1)
+    if pool:
+        run, one = run.pooled(), one.pooled()
+        if run is None:                            # an odd output: nothing to pool
+            return
+        residual = residual_one = None
+    else:
+        residual = rng.normal(size=run.out_shape).astype(dtype)
+        residual_one = list(residual[:, None])
+    got = run(x, None, residual)
+    expected = np.concatenate([one(x[i:i + 1], None, None if residual_one is None else
+                                   residual_one[i]) for i in range(n)])
+    np.testing.assert_array_equal(got, expected)
+    # SciPy's FFT correlation would spread the NaN: the last image is left out
+    reference = conv2d_reference(np.nan_to_num(x), weight, bias, padding=(pad, pad))
+    if pool:
+        reference = max_pool2d_reference(reference, (2, 2), (2, 2), (0, 0))
+    else:
+        reference = reference + residual
+    reference = np.where(reference > 0, reference, 0.1 * reference)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got[:-1], reference[:-1], rtol=rtol,
+                               atol=rtol * np.abs(reference[:-1]).max())
+    assert np.isnan(got[-1]).any() and not np.isnan(got[-1]).all()
