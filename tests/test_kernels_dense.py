@@ -29,3 +29,15 @@ def test_linear_forward_writes_into_out_and_takes_strided_input(rng):
     out = np.empty((4, 3))
     assert dense.linear_forward(x, weight, out=out) is out
     np.testing.assert_allclose(out, x @ weight.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [5, 64])     # GEMV rows and GEMMs
+def test_threads_share_the_output_features(threads, rows, rng):
+    """Large layers are split by output features, one GEMM per thread (GEMV rows too)."""
+    x = rng.normal(size=(rows, 400)).astype(np.float32)
+    weight = rng.normal(size=(1000, 400)).astype(np.float32)   # 2M multiply-adds at 5 rows
+    bias = rng.normal(size=1000).astype(np.float32)
+    expected = np.maximum(x.astype(np.float64) @ weight.T.astype(np.float64) + bias, 0)
+    out = dense.linear_forward(x, weight, bias, negative_slope=0.0, threads=threads)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
