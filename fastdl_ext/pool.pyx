@@ -8,7 +8,7 @@ second together). Training keeps the Numba kernels of ``fastdl.kernels.pool``,
 which also return the argmax.
 """
 from cython.parallel cimport prange
-from libc.stdlib cimport abort, free, malloc
+from libc.stdlib cimport free, malloc
 
 cimport numpy as cnp
 
@@ -88,31 +88,28 @@ cdef enum:
     SERIAL_BELOW = 1 << 16
 
 
-cdef inline void _max_pool_share(const floating* x, floating* out, Py_ssize_t first,
-                                 Py_ssize_t end, int height, int out_h, int width,
-                                 int out_w) noexcept nogil:
+cdef inline void _max_pool_share(const floating* x, floating* out, floating* scratch,
+                                 Py_ssize_t first, Py_ssize_t end, int height, int out_h,
+                                 int width, int out_w) noexcept nogil:
     """Output rows [first, end) (row ``r`` is row ``r % out_h`` of plane ``r // out_h``)."""
-    cdef floating* scratch = <floating*>malloc(sizeof(floating) * max(
-        <Py_ssize_t>POOL_SCRATCH, 2 * <Py_ssize_t>out_w))
-    if scratch == NULL:   # checked by the caller's trial allocation; never here
-        abort()
     if floating is float:
         _max_pool_rows_float(x, out, scratch, first, end, height, out_h, width, out_w)
     else:
         _max_pool_rows_double(x, out, scratch, first, end, height, out_h, width, out_w)
-    free(scratch)
 
 
-cdef void _max_pool_rows(const floating* x, floating* out, Py_ssize_t rows, int height,
-                         int out_h, int width, int out_w, int threads) noexcept nogil:
-    """All ``rows`` output rows, one contiguous share per thread."""
+cdef void _max_pool_rows(const floating* x, floating* out, floating* scratch,
+                         Py_ssize_t per_thread, Py_ssize_t rows, int height, int out_h,
+                         int width, int out_w, int threads) noexcept nogil:
+    """All ``rows`` output rows, one contiguous share per thread (``per_thread``
+    values of ``scratch`` each)."""
     cdef int thread
     if threads == 1:   # no parallel region to enter
-        _max_pool_share(x, out, 0, rows, height, out_h, width, out_w)
+        _max_pool_share(x, out, scratch, 0, rows, height, out_h, width, out_w)
         return
     for thread in prange(threads, num_threads=threads, schedule="static"):
-        _max_pool_share(x, out, rows * thread // threads, rows * (thread + 1) // threads,
-                        height, out_h, width, out_w)
+        _max_pool_share(x, out, scratch + thread * per_thread, rows * thread // threads,
+                        rows * (thread + 1) // threads, height, out_h, width, out_w)
 
 
 def max_pool2d_2x2_into(x, out, int num_threads):
@@ -135,13 +132,21 @@ def max_pool2d_2x2_into(x, out, int num_threads):
                             (pooled[0], pooled[1], pooled[2])))
     cdef void* source = _data(x)
     cdef void* target = _data(out)
-    with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            _max_pool_rows(<const float*>source, <float*>target, rows, height, out_h, width,
-                           out_w, threads)
-        else:
-            _max_pool_rows(<const double*>source, <double*>target, rows, height, out_h, width,
-                           out_w, threads)
+    # scratch for every thread, taken here so that a failed allocation raises
+    cdef Py_ssize_t per_thread = max(<Py_ssize_t>POOL_SCRATCH, 2 * <Py_ssize_t>out_w)
+    cdef void* scratch = malloc(threads * per_thread * (4 if typenum == cnp.NPY_FLOAT32 else 8))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                _max_pool_rows(<const float*>source, <float*>target, <float*>scratch,
+                               per_thread, rows, height, out_h, width, out_w, threads)
+            else:
+                _max_pool_rows(<const double*>source, <double*>target, <double*>scratch,
+                               per_thread, rows, height, out_h, width, out_w, threads)
+    finally:
+        free(scratch)
 
 
 cdef inline floating _mean(const floating* values, Py_ssize_t count) noexcept nogil:
