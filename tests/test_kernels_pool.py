@@ -335,3 +335,42 @@ def test_adaptive_avg_pool2d_runner_matches_the_reference(rng, shape, output_siz
     np.testing.assert_allclose(run(x), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="empty spatial"):
         pool.adaptive_avg_pool2d_runner((1, 2, 0, 3), output_size)
+
+
+def test_compiled_inference_pools_refuse_bad_arrays_before_running(rng):
+    """The C loops behind the runners check dtype, layout, writability and shapes."""
+    from fastdl_ext import pool as compiled
+    x = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        compiled.max_pool2d_2x2_into(x.astype(np.int32), np.empty((3, 4, 4), np.int32), 1)
+    with pytest.raises(ValueError, match=r"out must be \(3, 4, 4\)"):
+        compiled.max_pool2d_2x2_into(x, np.empty((3, 4, 3), np.float32), 1)
+    read_only = np.empty((3, 4, 4), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be a C-contiguous writable"):
+        compiled.max_pool2d_2x2_into(x, read_only, 1)
+    with pytest.raises(ValueError, match="x must be a C-contiguous"):
+        compiled.max_pool2d_2x2_into(x[:, :, ::2], np.empty((3, 4, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="out must have 3 values"):
+        compiled.global_mean_into(x.reshape(3, 64), np.empty(4, np.float32), 1)
+    with pytest.raises(ValueError, match="no values to average"):
+        compiled.global_mean_into(np.empty((3, 0), np.float32), np.empty(3, np.float32), 1)
+    run = pool.adaptive_avg_pool2d_runner((2, 3, 8, 8), 1)
+    with pytest.raises(ValueError, match="out must be a C-contiguous"):
+        run(rng.normal(size=(2, 3, 8, 8)).astype(np.float32),
+            np.empty((1, 1, 3, 2), np.float32).transpose(3, 2, 0, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_mean_sums_in_float64_in_a_fixed_order(dtype, rng):
+    """The compiled global mean equals a float64 NumPy mean, bitwise the same at any
+    thread count (parallel above its serial threshold)."""
+    from fastdl_ext import pool as compiled
+    x = (rng.normal(size=(2048, 67)) + 1e3).astype(dtype)   # a tail past the 16-wide sums
+    means = [np.empty(2048, dtype) for _ in range(3)]
+    for threads, out in zip((1, 2, 3), means):
+        compiled.global_mean_into(x, out, threads)
+    np.testing.assert_array_equal(means[0], means[1])
+    np.testing.assert_array_equal(means[0], means[2])
+    np.testing.assert_allclose(means[0], x.astype(np.float64).mean(axis=1),
+                               rtol=1e-7 if dtype == np.float32 else 1e-14)

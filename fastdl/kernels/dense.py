@@ -19,7 +19,8 @@ def linear_forward(x, weight, bias=None, out=None, negative_slope=None, threads=
     negative_slope : float, optional
         Apply ``v if v > 0 else negative_slope * v`` last (0: ReLU).
     threads : int, optional
-        At most this many threads share the rows (default: ``fastdl.get_num_threads()``).
+        At most this many threads share the output features (default:
+        ``fastdl.get_num_threads()``).
 
     Returns
     -------
