@@ -24,7 +24,6 @@ A chain runs several convs in one parallel region; the weight gradient is in
 from cython.parallel cimport parallel, threadid
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from openmp cimport omp_get_num_threads
 
 cimport numpy as cnp
 import numpy as np
@@ -127,11 +126,16 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCKS(float)
     FASTDL_DIRECT_BLOCKS(double)
 
-    /* Work sharing and a barrier for a chain of convs in one parallel region. OpenMP's
-       own barrier sleeps at once under the passive wait policy the package sets (so
-       that idle workers never steal cores); here the team spins for a while first, as
-       a chain's threads arrive within microseconds of each other, and then sleeps on a
-       futex. Spinning longer (4000 pauses, ~120 us here) or yielding instead of
+    /* Work sharing for a chain of convs in one parallel region. A layer's items are
+       taken from a counter and counted again when finished; a thread moves on to the
+       next layer once every item of this one is done, whoever did it. No thread waits
+       for another to *arrive*: a worker still being woken (tens to hundreds of
+       microseconds on a virtual machine whose host is busy) or asleep in a wait joins
+       at whatever layer the others have reached, instead of holding the team at a
+       barrier. A waiter spins for a while, as the last items finish within
+       microseconds, and then sleeps on a futex (OpenMP's own barrier sleeps at once
+       under the passive wait policy the package sets, so that idle workers never
+       steal cores). Spinning longer (4000 pauses, ~120 us here) or yielding instead of
        sleeping held the core that the awaited thread needed whenever another process
        was busy: batch-1 ResNet-20 took 5.3 ms instead of 2-2.5 ms. */
     #include <limits.h>
@@ -141,40 +145,40 @@ cdef extern from *:
     #  include <sys/syscall.h>
     #  include <unistd.h>
     #endif
-    #define FASTDL_BARRIER_SPINS 300
-    typedef struct { int arrived; int generation; int sleepers; } fastdl_barrier;
+    #define FASTDL_WAIT_SPINS 300
     static inline int fastdl_next_items(int *counter, int count) {
         return __atomic_fetch_add(counter, count, __ATOMIC_RELAXED);
     }
-    static void fastdl_barrier_wait(fastdl_barrier *barrier, int team) {
-        int generation = __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE);
-        if (__atomic_add_fetch(&barrier->arrived, 1, __ATOMIC_ACQ_REL) == team) {
-            __atomic_store_n(&barrier->arrived, 0, __ATOMIC_RELAXED);
-            /* sequentially consistent with the sleepers' count: a waiter either sees
-               the new generation or is counted before the wake-up */
-            __atomic_store_n(&barrier->generation, generation + 1, __ATOMIC_SEQ_CST);
+    /* ``count`` more items of ``total`` finished; the last wakes the sleepers. Sequentially
+       consistent with the sleepers' count: a waiter either sees the total or is counted
+       before the wake-up. The add releases the items' outputs to the waiters. */
+    static void fastdl_items_done(int *done, int *sleepers, int count, int total) {
+        if (__atomic_add_fetch(done, count, __ATOMIC_SEQ_CST) == total
+                && __atomic_load_n(sleepers, __ATOMIC_SEQ_CST) > 0) {
     #if defined(__linux__)
-            if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
-                syscall(SYS_futex, &barrier->generation, FUTEX_WAKE_PRIVATE, INT_MAX,
-                        NULL, NULL, 0);
+            syscall(SYS_futex, done, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     #endif
-            return;
         }
-        for (long spins = 0;
-             __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) == generation; spins++) {
-            if (spins < FASTDL_BARRIER_SPINS) {
+    }
+    /* Until ``total`` items are done (acquiring their outputs). */
+    static void fastdl_wait_done(int *done, int *sleepers, int total) {
+        for (long spins = 0;; spins++) {
+            int seen = __atomic_load_n(done, __ATOMIC_ACQUIRE);
+            if (seen >= total)
+                return;
+            if (spins < FASTDL_WAIT_SPINS) {
     #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
     #endif
                 continue;
             }
     #if defined(__linux__)
-            __atomic_add_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
-            /* the kernel sleeps only while the generation is still the old one */
-            if (__atomic_load_n(&barrier->generation, __ATOMIC_SEQ_CST) == generation)
-                syscall(SYS_futex, &barrier->generation, FUTEX_WAIT_PRIVATE, generation,
-                        NULL, NULL, 0);
-            __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+            __atomic_add_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
+            /* the kernel sleeps only while the count is still the one seen */
+            seen = __atomic_load_n(done, __ATOMIC_SEQ_CST);
+            if (seen < total)
+                syscall(SYS_futex, done, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+            __atomic_sub_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
     #else
             sched_yield();
     #endif
@@ -194,12 +198,10 @@ cdef extern from *:
         const double* weights, double* wide, Py_ssize_t wide_stride, Py_ssize_t first,
         Py_ssize_t blocks, Grid grid) noexcept nogil
 
-    ctypedef struct Barrier "fastdl_barrier":
-        int arrived
-        int generation
-        int sleepers
     int _next_items "fastdl_next_items"(int* counter, int count) noexcept nogil
-    void _barrier_wait "fastdl_barrier_wait"(Barrier* barrier, int team) noexcept nogil
+    void _items_done "fastdl_items_done"(int* done, int* sleepers, int count,
+                                          int total) noexcept nogil
+    void _wait_done "fastdl_wait_done"(int* done, int* sleepers, int total) noexcept nogil
 
 
 
@@ -257,7 +259,7 @@ cdef struct Layer:
     int kernel_h, kernel_w, taps, co_blocks, co_block, lanes, grid_row
     Grid grid
     int n_images, out_channels, out_h, out_w
-    int bands, per_image, chunk, total, next_item
+    int bands, per_image, chunk, total, next_item, done_items, sleepers
     Py_ssize_t padded_size, wide_stride, image_in, plane
     const void* x
     const void* packed
@@ -360,7 +362,7 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     # image is padded once
     layer.chunk = 1 if units < num_threads else layer.per_image
     layer.total = units * layer.per_image if layer.plane else 0
-    layer.next_item = 0
+    layer.next_item = layer.done_items = layer.sleepers = 0
     layer.x, layer.packed, layer.out = _data(spec[0]), _data(spec[1]), _data(spec[2])
     layer.activate, layer.slope = spec[9], spec[10]
     layer.offsets = _tap_offsets(phases, kernel_h, kernel_w)
@@ -429,13 +431,14 @@ cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept 
     cdef floating* out = <floating*>layer.out
     cdef int lanes = layer.lanes, cols = layer.grid_row, out_w = layer.out_w
     cdef int cached = -1
-    cdef int item, last, image, band, block, b, co, first_row, end_row
+    cdef int item, last, taken, image, band, block, b, co, first_row, end_row
     cdef Py_ssize_t first, end, at
     while True:
         item = _next_items(&layer.next_item, layer.chunk)
         if item >= layer.total:
             return
         last = min(item + layer.chunk, layer.total)
+        taken = last - item
         while item < last:
             image = item // layer.per_image   # a group of 8 on image lanes
             if image != cached:
@@ -475,26 +478,22 @@ cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept 
                               end_row - first_row, out_w, bias + co if bias != NULL else NULL,
                               layer.activate, <floating>layer.slope)
             item = item + 1
+        _items_done(&layer.done_items, &layer.sleepers, taken, layer.total)
 
 
 cdef void _run_layers(Layer* layers, int count, int num_threads, char* scratch,
                       size_t per_thread, floating* kind) noexcept nogil:
-    """Run the layers in order in one parallel region, the team meeting at a spinning
-    barrier between them (``kind`` only selects the dtype)."""
-    cdef Barrier barrier
-    cdef int thread, team, k
+    """Run the layers in order in one parallel region, each thread moving on to a layer
+    once every item of the one before is done (``kind`` only selects the dtype)."""
+    cdef int thread, k
     cdef floating* padded
-    barrier.arrived = 0
-    barrier.generation = 0
-    barrier.sleepers = 0
     with parallel(num_threads=num_threads):
         thread = threadid()
-        team = omp_get_num_threads()
         padded = <floating*>(scratch + thread * per_thread)
         for k in range(count):
             _layer_items(&layers[k], padded, padded + layers[k].padded_size)
-            if k + 1 < count and team > 1:
-                _barrier_wait(&barrier, team)
+            if k + 1 < count:
+                _wait_done(&layers[k].done_items, &layers[k].sleepers, layers[k].total)
 
 
 def direct_chain_into(list specs, int num_threads):

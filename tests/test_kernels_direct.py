@@ -381,6 +381,33 @@ def test_a_chain_equals_its_convs_one_by_one(n, threads, rng):
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_long_chain_is_the_same_when_threads_join_late_or_sleep(rng):
+    """More threads than cores, so that some start late or sleep between layers and
+    join wherever the others are: every run of a twelve-conv chain (each reading the
+    one before as input and the one before that as residual) equals the one-thread run
+    bitwise."""
+    x = rng.normal(size=(1, 8, 16, 16)).astype(np.float32)
+    weights = [rng.normal(size=(8, 8, 3, 3)).astype(np.float32) / 8 for _ in range(12)]
+
+    def chain(threads):
+        runners = [direct.forward_runner(x.shape, w, None, (1, 1), threads, 0.0)
+                   for w in weights]
+        outs = [np.full(x.shape, np.nan, np.float32) for _ in weights]
+        specs = [(runners[0], x, outs[0], None)] + [
+            (runners[k], outs[k - 1], outs[k], outs[k - 2] if k > 1 else None)
+            for k in range(1, len(weights))]
+        return specs, outs
+
+    serial_specs, serial = chain(1)
+    direct.run_chain(serial_specs, 1)
+    specs, outs = chain(4)
+    for _ in range(50):
+        for out in outs:
+            out.fill(np.nan)
+        direct.run_chain(specs, 4)
+        for got, want in zip(outs, serial):
+            np.testing.assert_array_equal(got, want)
+
 def test_a_chain_refuses_outputs_and_residuals_of_the_wrong_shape(rng):
     x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
     run = direct.forward_runner(x.shape, rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
