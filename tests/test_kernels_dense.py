@@ -41,3 +41,28 @@ def test_threads_share_the_output_features(threads, rows, rng):
     expected = np.maximum(x.astype(np.float64) @ weight.T.astype(np.float64) + bias, 0)
     out = dense.linear_forward(x, weight, bias, negative_slope=0.0, threads=threads)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_compiled_layer_refuses_arrays_that_do_not_fit(rng):
+    """Checked before any BLAS call: a wrong dtype, layout, shape or bias length is an
+    error naming the array, never a read past the end."""
+    from fastdl_ext import dense as ext
+    x = rng.normal(size=(4, 10)).astype(np.float32)
+    weight = rng.normal(size=(3, 10)).astype(np.float32)
+    out = np.empty((4, 3), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ext.linear_forward_into(x.astype(np.int32), weight, out)
+    with pytest.raises(ValueError, match="weight must be a C-contiguous"):
+        ext.linear_forward_into(x, weight.astype(np.float64), out)
+    with pytest.raises(ValueError, match="x must be a C-contiguous"):
+        ext.linear_forward_into(np.asfortranarray(x), weight, out)
+    with pytest.raises(ValueError, match="out must be a C-contiguous writable"):
+        read_only = out.copy()
+        read_only.flags.writeable = False
+        ext.linear_forward_into(x, weight, read_only)
+    with pytest.raises(ValueError, match=r"do not fit x @ weight.T"):
+        ext.linear_forward_into(x, weight[:, :9].copy(), out)
+    with pytest.raises(ValueError, match=r"do not fit x @ weight.T"):
+        ext.linear_forward_into(x, weight, np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match="bias has 2 values for 3 features"):
+        ext.linear_forward_into(x, weight, out, np.zeros(2, np.float32))
