@@ -27,14 +27,19 @@ cdef extern from *:
     #  define FASTDL_CLONES
     #endif
     /* The even and the odd lanes of two 8-lane vectors (a's, then b's): the columns
-       of 2x2 windows, and of the phase planes of a stride-2 conv. */
+       of 2x2 windows, and of the phase planes of a stride-2 conv; and the reverse, the
+       lanes of a and b interleaved (the low and the high halves). */
     #if defined(__clang__) || __GNUC__ >= 12
     #  define FASTDL_EVEN8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
     #  define FASTDL_ODD8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+    #  define FASTDL_ZIP_LOW8(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11)
+    #  define FASTDL_ZIP_HIGH8(a, b) __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15)
     #else
        typedef long long fastdl_lanes8 __attribute__((vector_size(64)));
     #  define FASTDL_EVEN8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){0, 2, 4, 6, 8, 10, 12, 14})
     #  define FASTDL_ODD8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){1, 3, 5, 7, 9, 11, 13, 15})
+    #  define FASTDL_ZIP_LOW8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){0, 8, 1, 9, 2, 10, 3, 11})
+    #  define FASTDL_ZIP_HIGH8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){4, 12, 5, 13, 6, 14, 7, 15})
     #endif
     /* The later of two window values in torch's order wins when it is larger or NaN,
        as a select (an ``||`` would branch). */

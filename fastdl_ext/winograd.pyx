@@ -32,6 +32,184 @@ from libc.string cimport memcpy, memset
 from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._blas cimport floating, gemm
 
+cdef extern from *:
+    """
+    /* The per-tile halves of the transforms, eight tiles of a tile row at a time on
+       8-lane vectors (the vector helpers of _activation.pxd), the rest one by one;
+       tile by tile they were a third of the forward at 8 tiles a row.
+       fastdl_winograd_columns_<type>: dst[i * plane + tx] for i < 4 = Bᵀ's columns
+         applied to mixed[2 tx .. 2 tx + 3] (a row of 2 tiles + 2 values; tiles pairs of
+         columns split by shuffles).
+       fastdl_winograd_rows_<type>: output rows out0 (and out1 unless NULL) of a tile
+         row, width values each, = Aᵀ M A + shift; m[k * plane + tx] is M's k-th value
+         of tile tx; the two columns of each tile interleaved by shuffles. */
+    #define FASTDL_WINOGRAD_HELPERS(type)                                               \
+        FASTDL_CLONES static void fastdl_winograd_columns_##type(                       \
+                const type *restrict mixed, type *restrict dst, Py_ssize_t plane,       \
+                Py_ssize_t tiles) {                                                     \
+            Py_ssize_t tx = 0;                                                          \
+            for (; tx + 8 <= tiles; tx += 8) {                                          \
+                const type *at = mixed + 2 * tx;                                        \
+                fastdl_##type##8 a = *(const fastdl_##type##8u *)at;                    \
+                fastdl_##type##8 b = *(const fastdl_##type##8u *)(at + 8);              \
+                fastdl_##type##8 c = *(const fastdl_##type##8u *)(at + 2);              \
+                fastdl_##type##8 d = *(const fastdl_##type##8u *)(at + 10);             \
+                fastdl_##type##8 a0 = FASTDL_EVEN8(a, b), a1 = FASTDL_ODD8(a, b);       \
+                fastdl_##type##8 a2 = FASTDL_EVEN8(c, d), a3 = FASTDL_ODD8(c, d);       \
+                *(fastdl_##type##8u *)(dst + tx) = a0 - a2;                             \
+                *(fastdl_##type##8u *)(dst + plane + tx) = a1 + a2;                     \
+                *(fastdl_##type##8u *)(dst + 2 * plane + tx) = a2 - a1;                 \
+                *(fastdl_##type##8u *)(dst + 3 * plane + tx) = a1 - a3;                 \
+            }                                                                           \
+            for (; tx < tiles; tx++) {                                                  \
+                const type *at = mixed + 2 * tx;                                        \
+                dst[tx] = at[0] - at[2];                                                \
+                dst[plane + tx] = at[1] + at[2];                                        \
+                dst[2 * plane + tx] = at[2] - at[1];                                    \
+                dst[3 * plane + tx] = at[1] - at[3];                                    \
+            }                                                                           \
+        }                                                                               \
+        FASTDL_CLONES static void fastdl_winograd_rows_##type(                          \
+                const type *restrict m, Py_ssize_t plane, Py_ssize_t tiles, type shift, \
+                type *restrict out0, type *restrict out1, Py_ssize_t width) {           \
+            Py_ssize_t tx = 0;                                                          \
+            for (; tx + 8 <= tiles && 2 * tx + 16 <= width; tx += 8) {                  \
+                fastdl_##type##8 p[16], top[4], bottom[4], left, right;                 \
+                for (int k = 0; k < 16; k++)                                            \
+                    p[k] = *(const fastdl_##type##8u *)(m + k * plane + tx);            \
+                for (int q = 0; q < 4; q++) {                                           \
+                    top[q] = p[q] + p[4 + q] + p[8 + q];                                \
+                    bottom[q] = p[4 + q] - p[8 + q] - p[12 + q];                        \
+                }                                                                       \
+                left = top[0] + top[1] + top[2] + shift;                                \
+                right = top[1] - top[2] - top[3] + shift;                               \
+                *(fastdl_##type##8u *)(out0 + 2 * tx) = FASTDL_ZIP_LOW8(left, right);   \
+                *(fastdl_##type##8u *)(out0 + 2 * tx + 8) = FASTDL_ZIP_HIGH8(left, right); \
+                if (out1) {                                                             \
+                    left = bottom[0] + bottom[1] + bottom[2] + shift;                   \
+                    right = bottom[1] - bottom[2] - bottom[3] + shift;                  \
+                    *(fastdl_##type##8u *)(out1 + 2 * tx) = FASTDL_ZIP_LOW8(left, right); \
+                    *(fastdl_##type##8u *)(out1 + 2 * tx + 8) =                         \
+                        FASTDL_ZIP_HIGH8(left, right);                                  \
+                }                                                                       \
+            }                                                                           \
+            for (; tx < tiles; tx++) {                                                  \
+                type top[4], bottom[4];                                                 \
+                for (int q = 0; q < 4; q++) {                                           \
+                    top[q] = m[q * plane + tx] + m[(4 + q) * plane + tx]                \
+                        + m[(8 + q) * plane + tx];                                      \
+                    bottom[q] = m[(4 + q) * plane + tx] - m[(8 + q) * plane + tx]       \
+                        - m[(12 + q) * plane + tx];                                     \
+                }                                                                       \
+                out0[2 * tx] = top[0] + top[1] + top[2] + shift;                        \
+                if (out1)                                                               \
+                    out1[2 * tx] = bottom[0] + bottom[1] + bottom[2] + shift;           \
+                if (2 * tx + 1 < width) {                                               \
+                    out0[2 * tx + 1] = top[1] - top[2] - top[3] + shift;                \
+                    if (out1)                                                           \
+                        out1[2 * tx + 1] = bottom[1] - bottom[2] - bottom[3] + shift;   \
+                }                                                                       \
+            }                                                                           \
+        }
+    /* fastdl_winograd_adjoint_rows_<type>: dm[k * plane + tx] for k < 16 = (A dY Aᵀ)[k]
+       of tile tx, dY read from the output-gradient rows g0 and g1 (zero if NULL, or
+       past width). */
+    #define FASTDL_WINOGRAD_ADJOINT(type)                                               \
+        static inline void fastdl_winograd_adjoint_tile_##type(                         \
+                type g00, type g01, type g10, type g11, type *dm, Py_ssize_t plane) {   \
+            type rows[4][2] = {{g00, g01}, {g00 + g10, g01 + g11},                      \
+                               {g00 - g10, g01 - g11}, {-g10, -g11}};                   \
+            for (int r = 0; r < 4; r++) {                                               \
+                dm[(4 * r) * plane] = rows[r][0];                                       \
+                dm[(4 * r + 1) * plane] = rows[r][0] + rows[r][1];                      \
+                dm[(4 * r + 2) * plane] = rows[r][0] - rows[r][1];                      \
+                dm[(4 * r + 3) * plane] = -rows[r][1];                                  \
+            }                                                                           \
+        }                                                                               \
+        FASTDL_CLONES static void fastdl_winograd_adjoint_rows_##type(                  \
+                const type *g0, const type *g1, Py_ssize_t width, Py_ssize_t tiles,     \
+                type *restrict dm, Py_ssize_t plane) {                                  \
+            Py_ssize_t tx = 0;                                                          \
+            for (; tx + 8 <= tiles && 2 * tx + 16 <= width; tx += 8) {                  \
+                fastdl_##type##8 a = *(const fastdl_##type##8u *)(g0 + 2 * tx);         \
+                fastdl_##type##8 b = *(const fastdl_##type##8u *)(g0 + 2 * tx + 8);     \
+                fastdl_##type##8 g00 = FASTDL_EVEN8(a, b), g01 = FASTDL_ODD8(a, b);     \
+                fastdl_##type##8 g10 = {0}, g11 = {0};                                  \
+                if (g1) {                                                               \
+                    a = *(const fastdl_##type##8u *)(g1 + 2 * tx);                      \
+                    b = *(const fastdl_##type##8u *)(g1 + 2 * tx + 8);                  \
+                    g10 = FASTDL_EVEN8(a, b);                                           \
+                    g11 = FASTDL_ODD8(a, b);                                            \
+                }                                                                       \
+                fastdl_##type##8 rows[4][2] = {{g00, g01}, {g00 + g10, g01 + g11},      \
+                                               {g00 - g10, g01 - g11}, {-g10, -g11}};   \
+                for (int r = 0; r < 4; r++) {                                           \
+                    *(fastdl_##type##8u *)(dm + (4 * r) * plane + tx) = rows[r][0];     \
+                    *(fastdl_##type##8u *)(dm + (4 * r + 1) * plane + tx) =             \
+                        rows[r][0] + rows[r][1];                                        \
+                    *(fastdl_##type##8u *)(dm + (4 * r + 2) * plane + tx) =             \
+                        rows[r][0] - rows[r][1];                                        \
+                    *(fastdl_##type##8u *)(dm + (4 * r + 3) * plane + tx) = -rows[r][1]; \
+                }                                                                       \
+            }                                                                           \
+            for (; tx < tiles; tx++) {                                                  \
+                Py_ssize_t ox = 2 * tx;                                                 \
+                int second = ox + 1 < width;                                            \
+                fastdl_winograd_adjoint_tile_##type(                                    \
+                    g0[ox], second ? g0[ox + 1] : 0, g1 ? g1[ox] : 0,                   \
+                    g1 && second ? g1[ox + 1] : 0, dm + tx, plane);                     \
+            }                                                                           \
+        }
+    FASTDL_WINOGRAD_HELPERS(float)
+    FASTDL_WINOGRAD_HELPERS(double)
+    FASTDL_WINOGRAD_ADJOINT(float)
+    FASTDL_WINOGRAD_ADJOINT(double)
+    """
+    void _columns_float "fastdl_winograd_columns_float"(
+        const float* mixed, float* dst, Py_ssize_t plane, Py_ssize_t tiles) noexcept nogil
+    void _columns_double "fastdl_winograd_columns_double"(
+        const double* mixed, double* dst, Py_ssize_t plane, Py_ssize_t tiles) noexcept nogil
+    void _rows_float "fastdl_winograd_rows_float"(
+        const float* m, Py_ssize_t plane, Py_ssize_t tiles, float shift, float* out0,
+        float* out1, Py_ssize_t width) noexcept nogil
+    void _adjoint_rows_float "fastdl_winograd_adjoint_rows_float"(
+        const float* g0, const float* g1, Py_ssize_t width, Py_ssize_t tiles, float* dm,
+        Py_ssize_t plane) noexcept nogil
+    void _adjoint_rows_double "fastdl_winograd_adjoint_rows_double"(
+        const double* g0, const double* g1, Py_ssize_t width, Py_ssize_t tiles, double* dm,
+        Py_ssize_t plane) noexcept nogil
+    void _rows_double "fastdl_winograd_rows_double"(
+        const double* m, Py_ssize_t plane, Py_ssize_t tiles, double shift, double* out0,
+        double* out1, Py_ssize_t width) noexcept nogil
+
+
+cdef inline void _columns(const floating* mixed, floating* dst, Py_ssize_t plane,
+                          Py_ssize_t tiles) noexcept nogil:
+    """dst[i * plane + tx], i < 4: Bᵀ's columns of mixed[2 tx .. 2 tx + 3], tx < tiles."""
+    if floating is float:
+        _columns_float(mixed, dst, plane, tiles)
+    else:
+        _columns_double(mixed, dst, plane, tiles)
+
+
+cdef inline void _adjoint_rows(const floating* g0, const floating* g1, Py_ssize_t width,
+                               Py_ssize_t tiles, floating* dm, Py_ssize_t plane) noexcept nogil:
+    """dm[k * plane + tx], k < 16: A dY Aᵀ of tile tx, dY from rows g0 and g1 (NULL: 0)."""
+    if floating is float:
+        _adjoint_rows_float(g0, g1, width, tiles, dm, plane)
+    else:
+        _adjoint_rows_double(g0, g1, width, tiles, dm, plane)
+
+
+cdef inline void _tile_rows(const floating* m, Py_ssize_t plane, Py_ssize_t tiles,
+                            floating shift, floating* out0, floating* out1,
+                            Py_ssize_t width) noexcept nogil:
+    """Output rows ``out0`` (and ``out1`` unless NULL) of a tile row = Aᵀ M A + shift."""
+    if floating is float:
+        _rows_float(m, plane, tiles, shift, out0, out1, width)
+    else:
+        _rows_double(m, plane, tiles, shift, out0, out1, width)
+
 
 cdef struct Tiling:
     int in_channels
@@ -119,17 +297,15 @@ cdef void _transform_input(const floating* x, Tiling s, int first, int units,
 
     Per (channel, tile row) the four input rows are copied once into ``rows``
     (4 × ``_row_width``, zero-padded), Bᵀ is applied along whole rows (unit
-    stride, vectorised), and only the column half of the transform is per tile.
+    stride, vectorised), and the column half eight tiles at a time (``_columns``).
     """
     cdef int tiles = units * s.tiles_x
     cdef Py_ssize_t plane = _plane(s.in_channels, tiles)
     cdef int width = _row_width(s)
     cdef floating* mixed = rows + 4 * width
-    cdef int c, unit, image, row, tx, t, r, q, y, x0, lo, hi
+    cdef int c, unit, image, row, t, r, q, y, x0, lo, hi
     cdef const floating* channel
     cdef floating* line
-    cdef floating* dst
-    cdef floating* a
     x0 = -s.pad_w
     lo = max(0, -x0)                      # first buffer column inside the image
     hi = max(lo, min(width, s.width - x0))
@@ -154,14 +330,8 @@ cdef void _transform_input(const floating* x, Tiling s, int first, int units,
                 mixed[2 * width + q] = rows[2 * width + q] - rows[width + q]
                 mixed[3 * width + q] = rows[width + q] - rows[3 * width + q]
             for r in range(4):
-                dst = v + 4 * r * plane + <Py_ssize_t>c * tiles + t
-                line = mixed + r * width
-                for tx in range(s.tiles_x):
-                    a = line + 2 * tx
-                    dst[tx] = a[0] - a[2]
-                    dst[plane + tx] = a[1] + a[2]
-                    dst[2 * plane + tx] = a[2] - a[1]
-                    dst[3 * plane + tx] = a[1] - a[3]
+                _columns(mixed + r * width, v + 4 * r * plane + <Py_ssize_t>c * tiles + t,
+                         plane, s.tiles_x)
             t = t + s.tiles_x
 
 
@@ -230,85 +400,49 @@ cdef void _adjoint_input(const floating* dv, Tiling s, int first, int units,
 cdef void _transform_output(const floating* m, Tiling s, int first, int units,
                             floating* out, const floating* bias, const floating* residual,
                             bint activate, floating slope) noexcept nogil:
-    """out tile = Aᵀ M A, then bias, residual and (leaky) ReLU while it is in registers."""
+    """out tile = Aᵀ M A, then bias, residual and (leaky) ReLU, a tile row at a time
+    (``_tile_rows``)."""
     cdef int tiles = units * s.tiles_x
     cdef Py_ssize_t plane = _plane(s.out_channels, tiles)
-    cdef floating mm[4][4]
-    cdef floating rows[2][4]
-    cdef floating y[2][2]
-    cdef floating value, shift
-    cdef int co, unit, image, row, tx, t, r, q, a, b, oy, ox
-    cdef Py_ssize_t base
-    cdef const floating* src
+    cdef floating shift
+    cdef int co, unit, image, row, t, q, oy, count
+    cdef Py_ssize_t at
     for co in range(s.out_channels):
         t = 0
         shift = bias[co] if bias != NULL else 0
         for unit in range(first, first + units):
             _unit(s, unit, &image, &row)
-            base = (<Py_ssize_t>image * s.out_channels + co) * s.out_h * s.out_w
-            for tx in range(s.tiles_x):
-                src = m + <Py_ssize_t>co * tiles + t
-                for r in range(4):
-                    for q in range(4):
-                        mm[r][q] = src[(4 * r + q) * plane]
-                for q in range(4):
-                    rows[0][q] = mm[0][q] + mm[1][q] + mm[2][q]
-                    rows[1][q] = mm[1][q] - mm[2][q] - mm[3][q]
-                for a in range(2):
-                    y[a][0] = rows[a][0] + rows[a][1] + rows[a][2]
-                    y[a][1] = rows[a][1] - rows[a][2] - rows[a][3]
-                for a in range(2):
-                    oy = 2 * row + a
-                    if oy >= s.out_h:
-                        break
-                    for b in range(2):
-                        ox = 2 * tx + b
-                        if ox >= s.out_w:
-                            break
-                        value = y[a][b] + shift
-                        if residual != NULL:
-                            value = value + residual[base + oy * s.out_w + ox]
-                        out[base + oy * s.out_w + ox] = value
-                t = t + 1
-            if activate:   # the unit's two output rows are adjacent: one vectorised pass
-                oy = 2 * row
-                leaky_relu(out + base + oy * s.out_w, min(2, s.out_h - oy) * s.out_w, slope)
+            oy = 2 * row
+            count = min(2, s.out_h - oy)          # output rows of this tile row
+            at = ((<Py_ssize_t>image * s.out_channels + co) * s.out_h + oy) * s.out_w
+            _tile_rows(m + <Py_ssize_t>co * tiles + t, plane, s.tiles_x, shift, out + at,
+                       out + at + s.out_w if count == 2 else NULL, s.out_w)
+            if residual != NULL:
+                for q in range(count * s.out_w):
+                    out[at + q] = out[at + q] + residual[at + q]
+            if activate:   # the unit's output rows are adjacent: one vectorised pass
+                leaky_relu(out + at, count * s.out_w, slope)
+            t = t + s.tiles_x
 
 
 cdef void _adjoint_output(const floating* grad_out, Tiling s, int first, int units,
                           floating* dm) noexcept nogil:
-    """dm[ξ, co, t] = (A dY Aᵀ)[ξ], dY the tile's 2×2 output gradient (0 past the edge)."""
+    """dm[ξ, co, t] = (A dY Aᵀ)[ξ], dY the tile's 2×2 output gradient (0 past the edge),
+    a tile row at a time (eight tiles on vectors, ``fastdl_winograd_adjoint_rows``)."""
     cdef int tiles = units * s.tiles_x
     cdef Py_ssize_t plane = _plane(s.out_channels, tiles)
-    cdef floating g[2][2]
-    cdef floating rows[4][2]
-    cdef int co, unit, image, row, tx, t, r, a, b, oy, ox
-    cdef const floating* channel
-    cdef floating* dst
+    cdef int co, unit, image, row, t, oy
+    cdef const floating* top
     for co in range(s.out_channels):
         t = 0
         for unit in range(first, first + units):
             _unit(s, unit, &image, &row)
-            channel = grad_out + (<Py_ssize_t>image * s.out_channels + co) * s.out_h * s.out_w
-            for tx in range(s.tiles_x):
-                for a in range(2):
-                    oy = 2 * row + a
-                    for b in range(2):
-                        ox = 2 * tx + b
-                        g[a][b] = channel[oy * s.out_w + ox] if (
-                            oy < s.out_h and ox < s.out_w) else 0
-                for b in range(2):
-                    rows[0][b] = g[0][b]
-                    rows[1][b] = g[0][b] + g[1][b]
-                    rows[2][b] = g[0][b] - g[1][b]
-                    rows[3][b] = -g[1][b]
-                dst = dm + <Py_ssize_t>co * tiles + t
-                for r in range(4):
-                    dst[(4 * r) * plane] = rows[r][0]
-                    dst[(4 * r + 1) * plane] = rows[r][0] + rows[r][1]
-                    dst[(4 * r + 2) * plane] = rows[r][0] - rows[r][1]
-                    dst[(4 * r + 3) * plane] = -rows[r][1]
-                t = t + 1
+            oy = 2 * row
+            top = grad_out + ((<Py_ssize_t>image * s.out_channels + co) * s.out_h + oy) \
+                * s.out_w
+            _adjoint_rows(top, top + s.out_w if oy + 1 < s.out_h else NULL, s.out_w,
+                          s.tiles_x, dm + <Py_ssize_t>co * tiles + t, plane)
+            t = t + s.tiles_x
 
 
 def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,

@@ -11,7 +11,9 @@ from fastdl.kernels import conv, direct, winograd
 from reference import conv2d_reference, finite_difference_vjp
 
 # (N, C_in, H, W, C_out, padding): odd and even sizes, batch 1, padding 0..3,
-# maps smaller than one tile row, outputs of one row or column.
+# maps smaller than one tile row, outputs of one row or column; the last three have
+# tile rows of 8 tiles or more, which the transforms take eight at a time on vectors
+# (16 tiles: two whole groups; 10 and 14: a group and single tiles, odd widths).
 CASES = [
     (2, 3, 7, 9, 5, 1),
     (1, 4, 8, 8, 6, 0),
@@ -20,6 +22,9 @@ CASES = [
     (2, 3, 4, 6, 3, 3),
     (1, 2, 3, 11, 4, 0),
     (2, 1, 13, 10, 1, 1),
+    (2, 3, 17, 19, 5, 1),
+    (1, 2, 10, 34, 3, 0),
+    (1, 3, 9, 25, 4, 2),
 ]
 THREADS = [1, 2, 3]
 
@@ -69,8 +74,9 @@ def test_forward_matches_scipy(case, threads, dtype, rtol, rng):
 
 @pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("slope", [None, 0.0, 0.1])
-def test_fused_epilogue_matches_unfused(threads, slope, rng):
-    x, weight, padding, out_shape = _arrays((2, 3, 9, 7, 4, 1), np.float64, rng)
+@pytest.mark.parametrize("case", [(2, 3, 9, 7, 4, 1), (2, 3, 8, 33, 4, 1)])
+def test_fused_epilogue_matches_unfused(case, threads, slope, rng):
+    x, weight, padding, out_shape = _arrays(case, np.float64, rng)
     bias = rng.normal(size=out_shape[1])
     residual = rng.normal(size=out_shape)
     out = np.empty(out_shape)
