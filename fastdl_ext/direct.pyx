@@ -23,7 +23,7 @@ A chain runs several convs in one parallel region; the weight gradient is in
 """
 from cython.parallel cimport parallel, threadid
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memcmp, memset
 
 cimport numpy as cnp
 import numpy as np
@@ -421,9 +421,20 @@ cdef inline void _lanes_epilogue(Layer* layer, floating* grid, int group,
                    <floating>layer.slope, layer.pool)
 
 
-cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept nogil:
+cdef inline bint _same_padding(const Layer* zeroed, const Layer* layer) noexcept nogil:
+    """Whether ``layer`` pads its images into the layout ``zeroed`` left in the buffer."""
+    return (zeroed != NULL and zeroed.image_lanes == layer.image_lanes
+            and zeroed.padded_size == layer.padded_size
+            and memcmp(&zeroed.phases, &layer.phases, sizeof(Phases)) == 0)
+
+
+cdef void _layer_items(Layer* layer, floating* padded, floating* wide,
+                       const Layer** zeroed) noexcept nogil:
     """Take work items of ``layer`` until none are left: out = act(conv(x) + bias +
-    residual) over one channel block and row band of one image per item."""
+    residual) over one channel block and row band of one image per item. ``zeroed``:
+    the last layer whose border and slack this thread zeroed in ``padded``; a layer of
+    the same layout (the convs of a ResNet stage) finds them still zero, as images
+    only ever fill the interior."""
     cdef const floating* x = <const floating*>layer.x
     cdef const floating* packed = <const floating*>layer.packed
     cdef const floating* bias = <const floating*>layer.bias
@@ -442,8 +453,9 @@ cdef void _layer_items(Layer* layer, floating* padded, floating* wide) noexcept 
         while item < last:
             image = item // layer.per_image   # a group of 8 on image lanes
             if image != cached:
-                if cached == -1:   # the border and slack, once per layer
+                if cached == -1 and not _same_padding(zeroed[0], layer):
                     memset(padded, 0, sizeof(floating) * layer.padded_size)
+                    zeroed[0] = layer
                 if layer.image_lanes:
                     _pad_lanes(x, layer, image, padded)
                 else:
@@ -487,11 +499,13 @@ cdef void _run_layers(Layer* layers, int count, int num_threads, char* scratch,
     once every item of the one before is done (``kind`` only selects the dtype)."""
     cdef int thread, k
     cdef floating* padded
+    cdef const Layer* zeroed
     with parallel(num_threads=num_threads):
         thread = threadid()
         padded = <floating*>(scratch + thread * per_thread)
+        zeroed = NULL
         for k in range(count):
-            _layer_items(&layers[k], padded, padded + layers[k].padded_size)
+            _layer_items(&layers[k], padded, padded + layers[k].padded_size, &zeroed)
             if k + 1 < count:
                 _wait_done(&layers[k].done_items, &layers[k].sleepers, layers[k].total)
 
