@@ -36,6 +36,7 @@ from fastdl_ext._lanes cimport lanes_epilogue, pad_lanes
 from fastdl_ext._blas cimport floating
 from fastdl_ext._phases cimport (Phases, _check_output, _pad_image, _phases, _phases_size,
                                  _scratch, _tap_offsets)
+from fastdl_ext._team cimport _items_done, _next_items, _wait_done
 
 cdef extern from *:
     """
@@ -126,64 +127,6 @@ cdef extern from *:
     FASTDL_DIRECT_BLOCKS(float)
     FASTDL_DIRECT_BLOCKS(double)
 
-    /* Work sharing for a chain of convs in one parallel region. A layer's items are
-       taken from a counter and counted again when finished; a thread moves on to the
-       next layer once every item of this one is done, whoever did it. No thread waits
-       for another to *arrive*: a worker still being woken (tens to hundreds of
-       microseconds on a virtual machine whose host is busy) or asleep in a wait joins
-       at whatever layer the others have reached, instead of holding the team at a
-       barrier. A waiter spins for a while, as the last items finish within
-       microseconds, and then sleeps on a futex (OpenMP's own barrier sleeps at once
-       under the passive wait policy the package sets, so that idle workers never
-       steal cores). Spinning longer (4000 pauses, ~120 us here) or yielding instead of
-       sleeping held the core that the awaited thread needed whenever another process
-       was busy: batch-1 ResNet-20 took 5.3 ms instead of 2-2.5 ms. */
-    #include <limits.h>
-    #include <sched.h>
-    #if defined(__linux__)
-    #  include <linux/futex.h>
-    #  include <sys/syscall.h>
-    #  include <unistd.h>
-    #endif
-    #define FASTDL_WAIT_SPINS 300
-    static inline int fastdl_next_items(int *counter, int count) {
-        return __atomic_fetch_add(counter, count, __ATOMIC_RELAXED);
-    }
-    /* ``count`` more items of ``total`` finished; the last wakes the sleepers. Sequentially
-       consistent with the sleepers' count: a waiter either sees the total or is counted
-       before the wake-up. The add releases the items' outputs to the waiters. */
-    static void fastdl_items_done(int *done, int *sleepers, int count, int total) {
-        if (__atomic_add_fetch(done, count, __ATOMIC_SEQ_CST) == total
-                && __atomic_load_n(sleepers, __ATOMIC_SEQ_CST) > 0) {
-    #if defined(__linux__)
-            syscall(SYS_futex, done, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-    #endif
-        }
-    }
-    /* Until ``total`` items are done (acquiring their outputs). */
-    static void fastdl_wait_done(int *done, int *sleepers, int total) {
-        for (long spins = 0;; spins++) {
-            int seen = __atomic_load_n(done, __ATOMIC_ACQUIRE);
-            if (seen >= total)
-                return;
-            if (spins < FASTDL_WAIT_SPINS) {
-    #if defined(__x86_64__) || defined(__i386__)
-                __builtin_ia32_pause();
-    #endif
-                continue;
-            }
-    #if defined(__linux__)
-            __atomic_add_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
-            /* the kernel sleeps only while the count is still the one seen */
-            seen = __atomic_load_n(done, __ATOMIC_SEQ_CST);
-            if (seen < total)
-                syscall(SYS_futex, done, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
-            __atomic_sub_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
-    #else
-            sched_yield();
-    #endif
-        }
-    }
     """
     enum:
         MAX_LANES "FASTDL_MAX_LANES"  # output positions of the widest register block
@@ -198,10 +141,6 @@ cdef extern from *:
         const double* weights, double* wide, Py_ssize_t wide_stride, Py_ssize_t first,
         Py_ssize_t blocks, Grid grid) noexcept nogil
 
-    int _next_items "fastdl_next_items"(int* counter, int count) noexcept nogil
-    void _items_done "fastdl_items_done"(int* done, int* sleepers, int count,
-                                          int total) noexcept nogil
-    void _wait_done "fastdl_wait_done"(int* done, int* sleepers, int total) noexcept nogil
 
 
 
@@ -268,6 +207,7 @@ cdef struct Layer:
     void* out
     Py_ssize_t* offsets
     bint activate, pool, image_lanes
+    bint reads_first, adds_first   # x / residual is the chain's first input
     double slope
 
 
@@ -510,6 +450,90 @@ cdef void _run_layers(Layer* layers, int count, int num_threads, char* scratch,
                 _wait_done(&layers[k].done_items, &layers[k].sleepers, layers[k].total)
 
 
+cdef class Chain:
+    """Direct convs checked and laid out once, to run one after another in one parallel
+    region, again and again (``direct_chain_into``).
+
+    ``run(x)`` takes a new first input, of the first one's shape and dtype, wherever
+    the chain read that (as a conv's input or residual); every other array stays as
+    given. An inference plan keeps one per buffer set: checking and laying out
+    ResNet-20's 21 convs took ~30 µs a call.
+    """
+    cdef Layer* layers
+    cdef int count, num_threads, typenum
+    cdef size_t per_thread
+    cdef cnp.npy_intp first_shape[4]
+    cdef list keep          # the arrays the layers point into, the first input aside
+
+    def __cinit__(self, list specs, int num_threads):
+        cdef int k
+        cdef cnp.npy_intp* shape
+        cdef object first
+        self.layers = NULL
+        self.count = len(specs)
+        self.num_threads = num_threads
+        self.per_thread = 0
+        if self.count == 0:
+            return
+        first = specs[0][0]
+        self.typenum = _float_type(CALLER, first)
+        shape = _dims(CALLER, first, "x", 4, self.typenum, False)
+        for k in range(4):
+            self.first_shape[k] = shape[k]
+        self.keep = [array for spec in specs for array in (spec[0], spec[1], spec[2], spec[7],
+                                                             spec[8]) if array is not first]
+        self.layers = <Layer*>calloc(self.count, sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        for k in range(self.count):
+            _fill_layer(&self.layers[k], specs[k], num_threads, self.typenum)
+            self.layers[k].reads_first = specs[k][0] is first
+            self.layers[k].adds_first = specs[k][8] is first
+            self.per_thread = max(self.per_thread, (
+                self.layers[k].padded_size + <Py_ssize_t>self.layers[k].co_block
+                * self.layers[k].wide_stride) * (4 if self.typenum == cnp.NPY_FLOAT32 else 8))
+
+    def __dealloc__(self):
+        cdef int k
+        if self.layers != NULL:
+            for k in range(self.count):
+                free(self.layers[k].offsets)
+            free(self.layers)
+
+    def run(self, x):
+        """Run the chain with ``x`` (C-contiguous) as its first input."""
+        cdef int k
+        cdef cnp.npy_intp* shape
+        cdef const void* data
+        cdef Layer* layer
+        cdef char* scratch
+        if self.count == 0:
+            return
+        shape = _dims(CALLER, x, "x", 4, self.typenum, False)
+        for k in range(4):
+            if shape[k] != self.first_shape[k]:
+                raise ValueError("direct chain: x must have the shape it was prepared for, %s, "
+                                 "got %s" % (tuple(self.first_shape[j] for j in range(4)),
+                                             tuple(shape[j] for j in range(4))))
+        data = _data(x)
+        for k in range(self.count):
+            layer = &self.layers[k]
+            if layer.reads_first:
+                layer.x = data
+            if layer.adds_first:
+                layer.residual = data
+            layer.next_item = layer.done_items = layer.sleepers = 0
+        scratch = <char*>_scratch(self.num_threads, self.per_thread, False)
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT32:
+                _run_layers(self.layers, self.count, self.num_threads, scratch,
+                            self.per_thread, <float*>NULL)
+            else:
+                _run_layers(self.layers, self.count, self.num_threads, scratch,
+                            self.per_thread, <double*>NULL)
+        free(scratch)
+
+
 def direct_chain_into(list specs, int num_threads):
     """Run direct convs one after another in one parallel region.
 
@@ -519,36 +543,8 @@ def direct_chain_into(list specs, int num_threads):
     an earlier one's ``out`` (as ``x`` or ``residual``). Waking the team once instead
     of once per conv matters at batch 1, where a conv takes tens of microseconds.
     """
-    cdef int count = len(specs), k
-    cdef Layer* layers
-    cdef size_t per_thread = 0
-    cdef char* scratch
-    cdef bint single
-    cdef int typenum
-    if count == 0:
-        return
-    typenum = _float_type(CALLER, specs[0][0])
-    single = typenum == cnp.NPY_FLOAT32
-    layers = <Layer*>calloc(count, sizeof(Layer))
-    if layers == NULL:
-        raise MemoryError()
-    try:
-        for k in range(count):
-            _fill_layer(&layers[k], specs[k], num_threads, typenum)
-            per_thread = max(per_thread, (layers[k].padded_size + <Py_ssize_t>layers[k].co_block
-                                          * layers[k].wide_stride)
-                             * (sizeof(float) if single else sizeof(double)))
-        scratch = <char*>_scratch(num_threads, per_thread, False)
-        with nogil:
-            if single:
-                _run_layers(layers, count, num_threads, scratch, per_thread, <float*>NULL)
-            else:
-                _run_layers(layers, count, num_threads, scratch, per_thread, <double*>NULL)
-        free(scratch)
-    finally:
-        for k in range(count):
-            free(layers[k].offsets)
-        free(layers)
+    if specs:
+        Chain(specs, num_threads).run(specs[0][0])
 
 
 def direct_forward_into(x, packed, out, int kernel_h, int kernel_w, tuple padding,

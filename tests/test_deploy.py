@@ -42,6 +42,22 @@ def test_plan_equals_eager_model(factory, shape, batch, rng):
     assert not model.training
 
 
+@pytest.mark.parametrize("factory", [
+    lambda: nn.Sequential(nn.BasicBlock(4, 4)),     # the input is a conv's residual too
+    lambda: nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Sigmoid(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1))])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_plan_called_again_with_new_inputs_equals_the_eager_model(factory, batch, rng):
+    """Conv chains are laid out once per buffer set; every call reads its own input."""
+    fastdl.manual_seed(0)
+    model = _trained_stats(factory(), (8, 4, 9, 10), rng)
+    plan = deploy.compile(model, np.zeros((batch, 4, 9, 10), np.float32))
+    for _ in range(4):
+        x = rng.normal(size=(batch, 4, 9, 10)).astype(np.float32)
+        np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-5)
+
+
 def test_plan_on_real_digits():
     digits = load_digits()
     fastdl.manual_seed(0)

@@ -381,6 +381,36 @@ def test_a_chain_equals_its_convs_one_by_one(n, threads, rng):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_prepared_chain_runs_again_with_new_first_inputs(threads, rng):
+    """A chain laid out once runs with a new first input each time, also where a later
+    conv adds that input as its residual, bitwise as a chain made for it."""
+    shape = (2, 3, 10, 12)
+    first = direct.forward_runner(shape, rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+                                  None, (1, 1), threads, 0.0)
+    second = direct.forward_runner(first.out_shape,
+                                   rng.normal(size=(3, 8, 3, 3)).astype(np.float32),
+                                   rng.normal(size=3).astype(np.float32), (1, 1), threads, 0.1)
+    outs = [np.empty(first.out_shape, np.float32), np.empty(shape, np.float32)]
+    expected = [np.empty_like(out) for out in outs]
+    x = rng.normal(size=shape).astype(np.float32)
+    chain = direct.prepare_chain([(first, x, outs[0], None), (second, outs[0], outs[1], x)],
+                                 threads)
+    for _ in range(3):
+        x = rng.normal(size=shape).astype(np.float32)
+        chain.run(x)
+        direct.run_chain([(first, x, expected[0], None),
+                          (second, expected[0], expected[1], x)], threads)
+        for got, want in zip(outs, expected):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="shape it was prepared for"):
+        chain.run(np.zeros((1,) + shape[1:], np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        chain.run(x.astype(np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        chain.run(np.asfortranarray(x))
+
+
 def test_a_long_chain_is_the_same_when_threads_join_late_or_sleep(rng):
     """More threads than cores, so that some start late or sleep between layers and
     join wherever the others are: every run of a twelve-conv chain (each reading the

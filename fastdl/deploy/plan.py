@@ -179,6 +179,16 @@ def _validate(ops, tensors, input_shape, dtype):
     return shapes
 
 
+class _BufferSet(list):
+    """One caller's intermediate buffers, by op index, and the conv chains prepared on
+    them (by their first conv's index), which live and go with the buffers."""
+    __slots__ = ("chains",)
+
+    def __init__(self):
+        super().__init__()
+        self.chains = {}
+
+
 class InferencePlan:
     """A compiled, eval-only model: ``plan(x)`` returns the logits as an ndarray.
 
@@ -271,13 +281,26 @@ class InferencePlan:
             return self._single(output, lambda values, buffer: run(
                 values[self.ops[index]["inputs"][0]], buffer, self._residual(index, values)))
         threads = max(run.threads for _, run, _ in runs)
+        first, key = self.ops[runs[0][0]]["inputs"][0], runs[0][0]
 
         def step(values, buffers):
             for _, _, output in runs:   # outputs are known before the chain runs
                 values[output + 1] = buffers[output]
-            direct_kernels.run_chain([(run, values[self.ops[index]["inputs"][0]],
-                                       buffers[output], self._residual(index, values))
-                                      for index, run, output in runs], threads)
+            x = values[first]
+            chain = buffers.chains.get(key)
+            if chain is None:
+                chain = direct_kernels.prepare_chain(
+                    [(run, values[self.ops[index]["inputs"][0]], buffers[output],
+                      self._residual(index, values)) for index, run, output in runs], threads)
+                # kept with the buffer set where the chain reads nothing but its first
+                # input and this set's buffers (a standalone activation before it, say,
+                # makes a new array every call)
+                owned = {id(buffer) for buffer in buffers if buffer is not None}
+                if all(array is None or array is x or id(array) in owned
+                       for index, _, _ in runs for array in
+                       (values[self.ops[index]["inputs"][0]], self._residual(index, values))):
+                    buffers.chains[key] = chain
+            chain.run(x)
         return step
 
     def _pooled(self, index, run):
@@ -332,7 +355,7 @@ class InferencePlan:
 
     def _buffers(self, batch):
         """A new set of intermediate buffers for this batch size."""
-        buffers = []
+        buffers = _BufferSet()
         for index, op in enumerate(self.ops):
             if op["op"] in ("conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d"):
                 shape = (batch,) + self.shapes[index + 1][1:]

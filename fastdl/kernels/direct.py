@@ -18,7 +18,7 @@ from fastdl.shapes import conv_output_size
 from fastdl_ext import direct as _ext, direct_grad as _grad_ext
 
 __all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight", "forward_runner",
-           "ForwardRunner", "run_chain", "grad_weight"]
+           "ForwardRunner", "run_chain", "prepare_chain", "grad_weight"]
 
 # the forward's register blocks as (output channels, positions); the weight
 # gradient's block of CO_BLOCK channels x GRAD_TAPS taps
@@ -194,6 +194,13 @@ def run_chain(steps, threads):
     parallel region; a later step may read an earlier one's ``out``."""
     _ext.direct_chain_into([runner.spec(x, out, residual) for runner, x, out, residual
                             in steps], threads)
+
+
+def prepare_chain(steps, threads):
+    """``run_chain``'s steps checked and laid out once: a ``Chain`` whose ``run(x)`` runs
+    them with ``x`` in place of the first step's input (wherever the steps read it)."""
+    return _ext.Chain([runner.spec(x, out, residual) for runner, x, out, residual in steps],
+                      threads)
 
 
 def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False,
