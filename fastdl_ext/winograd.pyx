@@ -29,7 +29,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from fastdl_ext._activation cimport leaky_relu
+from fastdl_ext._activation cimport epilogue_rows
 from fastdl_ext._blas cimport floating, gemm
 from fastdl_ext._winograd cimport _adjoint_rows, _input_rows, _tile_rows
 
@@ -220,7 +220,7 @@ cdef void _transform_output(const floating* m, Tiling s, int first, int units,
     cdef int tiles = units * s.tiles_x
     cdef Py_ssize_t plane = _plane(s.out_channels, tiles)
     cdef floating shift
-    cdef int co, unit, image, row, t, q, oy, count
+    cdef int co, unit, image, row, t, oy, count
     cdef Py_ssize_t at
     for co in range(s.out_channels):
         t = 0
@@ -232,11 +232,10 @@ cdef void _transform_output(const floating* m, Tiling s, int first, int units,
             at = ((<Py_ssize_t>image * s.out_channels + co) * s.out_h + oy) * s.out_w
             _tile_rows(m + <Py_ssize_t>co * tiles + t, plane, s.tiles_x, shift, out + at,
                        out + at + s.out_w if count == 2 else NULL, s.out_w)
-            if residual != NULL:
-                for q in range(count * s.out_w):
-                    out[at + q] = out[at + q] + residual[at + q]
-            if activate:   # the unit's output rows are adjacent: one vectorised pass
-                leaky_relu(out + at, count * s.out_w, slope)
+            # the unit's output rows are adjacent: one pass over both
+            epilogue_rows(out + at, s.out_w, out + at, s.out_w,
+                          residual + at if residual != NULL else NULL, s.out_w, count,
+                          s.out_w, NULL, activate, slope)
             t = t + s.tiles_x
 
 
