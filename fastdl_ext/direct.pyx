@@ -457,9 +457,11 @@ cdef class Chain:
     ``run(x)`` takes a new first input, of the first one's shape and dtype, wherever
     the chain read that (as a conv's input or residual); every other array stays as
     given. An inference plan keeps one per buffer set: checking and laying out
-    ResNet-20's 21 convs took ~30 µs a call.
+    ResNet-20's 21 convs took ~30 µs a call. One caller at a time: ``run`` resets
+    the layers' shared counters, and a second concurrent call is refused.
     """
     cdef Layer* layers
+    cdef bint running
     cdef int count, num_threads, typenum
     cdef size_t per_thread
     cdef cnp.npy_intp first_shape[4]
@@ -470,6 +472,7 @@ cdef class Chain:
         cdef cnp.npy_intp* shape
         cdef object first
         self.layers = NULL
+        self.running = False
         self.count = len(specs)
         self.num_threads = num_threads
         self.per_thread = 0
@@ -515,6 +518,10 @@ cdef class Chain:
                 raise ValueError("direct chain: x must have the shape it was prepared for, %s, "
                                  "got %s" % (tuple(self.first_shape[j] for j in range(4)),
                                              tuple(shape[j] for j in range(4))))
+        if self.running:   # checked and set under the GIL
+            raise RuntimeError("direct chain: already running in another thread; a chain "
+                               "serves one caller at a time")
+        self.running = True
         data = _data(x)
         for k in range(self.count):
             layer = &self.layers[k]
@@ -523,15 +530,18 @@ cdef class Chain:
             if layer.adds_first:
                 layer.residual = data
             layer.next_item = layer.done_items = layer.sleepers = 0
-        scratch = <char*>_scratch(self.num_threads, self.per_thread, False)
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT32:
-                _run_layers(self.layers, self.count, self.num_threads, scratch,
-                            self.per_thread, <float*>NULL)
-            else:
-                _run_layers(self.layers, self.count, self.num_threads, scratch,
-                            self.per_thread, <double*>NULL)
-        free(scratch)
+        try:
+            scratch = <char*>_scratch(self.num_threads, self.per_thread, False)
+            with nogil:
+                if self.typenum == cnp.NPY_FLOAT32:
+                    _run_layers(self.layers, self.count, self.num_threads, scratch,
+                                self.per_thread, <float*>NULL)
+                else:
+                    _run_layers(self.layers, self.count, self.num_threads, scratch,
+                                self.per_thread, <double*>NULL)
+            free(scratch)
+        finally:
+            self.running = False
 
 
 def direct_chain_into(list specs, int num_threads):

@@ -386,11 +386,11 @@ def test_a_prepared_chain_runs_again_with_new_first_inputs(threads, rng):
     """A chain laid out once runs with a new first input each time, also where a later
     conv adds that input as its residual, bitwise as a chain made for it."""
     shape = (2, 3, 10, 12)
-    first = direct.forward_runner(shape, rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
-                                  None, (1, 1), threads, 0.0)
-    second = direct.forward_runner(first.out_shape,
-                                   rng.normal(size=(3, 8, 3, 3)).astype(np.float32),
-                                   rng.normal(size=3).astype(np.float32), (1, 1), threads, 0.1)
+    first_weight = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    second_weight = rng.normal(size=(3, 8, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=3).astype(np.float32)
+    first = direct.forward_runner(shape, first_weight, None, (1, 1), threads, 0.0)
+    second = direct.forward_runner(first.out_shape, second_weight, bias, (1, 1), threads, 0.1)
     outs = [np.empty(first.out_shape, np.float32), np.empty(shape, np.float32)]
     expected = [np.empty_like(out) for out in outs]
     x = rng.normal(size=shape).astype(np.float32)
@@ -403,6 +403,13 @@ def test_a_prepared_chain_runs_again_with_new_first_inputs(threads, rng):
                           (second, expected[0], expected[1], x)], threads)
         for got, want in zip(outs, expected):
             np.testing.assert_array_equal(got, want)
+    # and against SciPy: second(relu(first(x))) + bias + x, then leaky ReLU 0.1
+    hidden = np.maximum(conv2d_reference(x.astype(np.float64), first_weight.astype(np.float64),
+                                         padding=(1, 1)), 0)
+    want = conv2d_reference(hidden, second_weight.astype(np.float64), bias.astype(np.float64),
+                            padding=(1, 1)) + x
+    want = np.where(want > 0, want, 0.1 * want)
+    np.testing.assert_allclose(outs[1], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     with pytest.raises(ValueError, match="shape it was prepared for"):
         chain.run(np.zeros((1,) + shape[1:], np.float32))
     with pytest.raises(ValueError, match="float32"):
