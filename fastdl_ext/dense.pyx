@@ -1,13 +1,16 @@
 # cython: language_level=3
 """Dense (fully connected) layer forward with a fused epilogue, for inference plans.
 
-``out = act(x @ weight.T + bias)`` as single-threaded GEMMs from SciPy's BLAS
-followed by the bias and (leaky) ReLU per row while it is in cache: at batch 1
-this replaces three NumPy calls (matmul, add, maximum) by one. Large layers are
-split by output features between threads, each GEMM packing its own part of the
-weights (split by rows, every GEMM packed all of them and two threads were no
-faster than one). Arrays are read through NumPy's C API (``_arrays.pxd``): a typed
-memoryview's fused-type dispatch cost 3-7 µs a call.
+``out = act(x @ weight.T + bias)``. In float32 from 4 rows on, a register kernel
+on weights packed once (``linear_packed_into``): panels of 24 output features, each
+``(K, 24)`` and read as three 8-lane vectors per input, against four rows of ``x``
+broadcast value by value, with the bias and (leaky) ReLU applied in registers before
+the one store. A BLAS GEMM packs the whole weight matrix on every call: LeNet-5's
+400 -> 120 at batch 64 took 100-120 µs that way, 45-58 µs packed once. Fewer rows
+(one GEMV per row) and float64 (eight doubles are two AVX2 registers: the block
+would not fit in sixteen) go through SciPy's BLAS on the weights as they are
+(``linear_forward_into``). Arrays are read through NumPy's C API (``_arrays.pxd``): a typed memoryview's
+fused-type dispatch cost 3-7 µs a call.
 """
 from cython.parallel cimport prange
 
@@ -19,6 +22,72 @@ from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating, gemm, gemv
 
+cdef extern from *:
+    """
+    /* One register block of a dense layer on packed weights:
+       out[b * out_stride + j] = act(sum_k x[b * x_stride + k] * panel[k * 8 VECTORS + j]
+       + bias[j]) for the block's ``rows`` (at most ROWS; the missing ones repeat the
+       last and are not stored) and ``features`` (at most 8 VECTORS; the panel's zeros
+       beyond them are not stored). ROWS x VECTORS accumulators stay in registers
+       through all the inputs (FASTDL_CLONES and the 8-lane vectors: _activation.pxd). */
+    #define FASTDL_DENSE_BLOCK(type, ROWS, VECTORS)                                     \
+        FASTDL_CLONES static void fastdl_dense_block_##type(                           \
+                const type *restrict x, Py_ssize_t x_stride, int rows, Py_ssize_t inputs, \
+                const type *restrict panel, const type *restrict bias, type *restrict out, \
+                Py_ssize_t out_stride, int features, int activate, type slope) {       \
+            const type *restrict row[ROWS];                                             \
+            for (int b = 0; b < ROWS; b++)                                              \
+                row[b] = x + (Py_ssize_t)(b < rows ? b : rows - 1) * x_stride;          \
+            fastdl_##type##8 acc[ROWS][VECTORS];                                        \
+            for (int b = 0; b < ROWS; b++)                                              \
+                for (int v = 0; v < VECTORS; v++)                                       \
+                    acc[b][v] = (fastdl_##type##8){0};                                  \
+            for (Py_ssize_t k = 0; k < inputs; k++) {                                   \
+                fastdl_##type##8 w[VECTORS];                                            \
+                for (int v = 0; v < VECTORS; v++)                                       \
+                    w[v] = *(const fastdl_##type##8u *)(panel + (k * VECTORS + v) * 8); \
+                for (int b = 0; b < ROWS; b++) {                                        \
+                    type value = row[b][k];                                             \
+                    for (int v = 0; v < VECTORS; v++)                                   \
+                        acc[b][v] += value * w[v];                                      \
+                }                                                                       \
+            }                                                                           \
+            for (int b = 0; b < ROWS; b++) {                                            \
+                if (b >= rows)                                                          \
+                    break;                                                              \
+                for (int v = 0; v < VECTORS; v++) {                                     \
+                    fastdl_##type##8 value = acc[b][v];                                 \
+                    if (bias != NULL)                                                   \
+                        value += *(const fastdl_##type##8u *)(bias + 8 * v);            \
+                    if (activate) {                                                     \
+                        fastdl_##type##8m positive = value > 0;                         \
+                        value = (fastdl_##type##8)(positive & (fastdl_##type##8m)value) \
+                            + slope * (fastdl_##type##8)(~positive & (fastdl_##type##8m)value); \
+                    }                                                                   \
+                    type *target = out + b * out_stride + 8 * v;                        \
+                    int left = features - 8 * v;                                        \
+                    if (left >= 8)                                                      \
+                        *(fastdl_##type##8u *)target = value;                           \
+                    else                                                                \
+                        for (int j = 0; j < left; j++)                                  \
+                            target[j] = value[j];                                       \
+                }                                                                       \
+            }                                                                           \
+        }
+    /* 4 rows x 3 vectors: twelve accumulators, three weight vectors and a broadcast
+       fill the sixteen AVX2 registers */
+    #define FASTDL_DENSE_ROWS 4
+    #define FASTDL_DENSE_PANEL 24
+    FASTDL_DENSE_BLOCK(float, 4, 3)
+    """
+    enum:
+        PANEL_ROWS "FASTDL_DENSE_ROWS"      # rows of x per register block
+        PANEL "FASTDL_DENSE_PANEL"          # output features per packed panel
+    void _dense_block_float "fastdl_dense_block_float"(
+        const float* x, Py_ssize_t x_stride, int rows, Py_ssize_t inputs, const float* panel,
+        const float* bias, float* out, Py_ssize_t out_stride, int features, int activate,
+        float slope) noexcept nogil
+
 # Up to this many rows, one GEMV per row: GEMM packs the whole weight matrix
 # first, which costs 35-45 µs for LeNet-5's 400 -> 120 at 1-8 rows (GEMV: 2.5 µs a row).
 cdef enum:
@@ -27,6 +96,11 @@ cdef enum:
     # costs 10-20 µs (LeNet-5's 400 -> 120 at batch 64, 3M: 125-135 µs on one thread,
     # 100-115 on two).
     WORK_PER_THREAD = 1 << 20
+
+
+def panel_shape():
+    """``(PANEL_ROWS, PANEL)``: rows of x per register block, output features per panel."""
+    return PANEL_ROWS, PANEL
 
 
 cdef void _features(floating* x, floating* weight, floating* out, floating* bias, int rows,
@@ -117,3 +191,69 @@ def linear_forward_into(x, weight, out, bias=None, bint activate=False, double s
         else:
             _linear(<double*>source, <double*>weights, <double*>target, <double*>bias_data,
                     rows, features, inputs, activate, slope, threads)
+
+
+cdef void _packed_items(const float* x, const float* panels, const float* bias, float* out,
+                        int rows, int features, int inputs, bint activate, float slope,
+                        Py_ssize_t first, Py_ssize_t end) noexcept nogil:
+    """Register blocks [first, end), numbered panel by panel (a panel is read from
+    cache for all its row blocks)."""
+    cdef Py_ssize_t row_blocks = (rows + PANEL_ROWS - 1) // PANEL_ROWS, item, panel, block
+    for item in range(first, end):
+        panel = item // row_blocks
+        block = item - panel * row_blocks
+        _dense_block_float(x + block * PANEL_ROWS * inputs, inputs,
+                           min(<int>PANEL_ROWS, rows - <int>block * PANEL_ROWS), inputs,
+                           panels + panel * inputs * PANEL,
+                           NULL if bias == NULL else bias + panel * PANEL,
+                           out + block * PANEL_ROWS * features + panel * PANEL, features,
+                           min(<int>PANEL, features - <int>panel * PANEL), activate, slope)
+
+
+cdef void _packed(const float* x, const float* panels, const float* bias, float* out,
+                  int rows, int features, int inputs, bint activate, float slope,
+                  int threads) noexcept nogil:
+    cdef Py_ssize_t items = ((rows + PANEL_ROWS - 1) // PANEL_ROWS
+                             * ((features + PANEL - 1) // PANEL))
+    cdef int thread
+    if threads == 1:
+        _packed_items(x, panels, bias, out, rows, features, inputs, activate, slope, 0, items)
+        return
+    for thread in prange(threads, num_threads=threads, schedule="static"):
+        _packed_items(x, panels, bias, out, rows, features, inputs, activate, slope,
+                      items * thread // threads, items * (thread + 1) // threads)
+
+
+def linear_packed_into(x, panels, out, bias=None, bint activate=False, double slope=0.0,
+                       int num_threads=1):
+    """out (N, F) = act(x (N, K) @ weight.T + bias) on packed weights.
+
+    ``panels`` (P, K, PANEL), P = ceil(F / PANEL): panel p holds ``weight[p * PANEL:
+    (p + 1) * PANEL].T``, zeros past F. ``bias``: (P * PANEL,), zeros past F, or
+    None. ``activate``: ``v < 0 → slope·v`` last. Register blocks are shared between
+    up to ``num_threads`` threads where the work pays for waking them. float32,
+    C-contiguous; shapes are checked.
+    """
+    cdef str caller = "linear_packed_into"
+    cdef int typenum = cnp.NPY_FLOAT32
+    cdef cnp.npy_intp* x_shape = _dims(caller, x, "x", 2, typenum, False)
+    cdef cnp.npy_intp* p_shape = _dims(caller, panels, "panels", 3, typenum, False)
+    cdef cnp.npy_intp* out_shape = _dims(caller, out, "out", 2, typenum, True)
+    cdef int rows = x_shape[0], inputs = x_shape[1], features = out_shape[1]
+    if p_shape[1] != inputs or p_shape[2] != PANEL or out_shape[0] != rows \
+            or p_shape[0] != (features + PANEL - 1) // PANEL:
+        raise ValueError("%s: x %s, panels %s and out %s do not fit (panels of %d features)"
+                         % (caller, (x_shape[0], x_shape[1]),
+                            (p_shape[0], p_shape[1], p_shape[2]),
+                            (out_shape[0], out_shape[1]), PANEL))
+    cdef void* bias_data = _bias_data(caller, bias, typenum, p_shape[0] * PANEL)
+    cdef Py_ssize_t items = (rows + PANEL_ROWS - 1) // PANEL_ROWS * p_shape[0]
+    cdef int threads = <int>min(items, _gemm_threads(rows, features, inputs, num_threads))
+    cdef void* source = _data(x)
+    cdef void* weights = _data(panels)
+    cdef void* target = _data(out)
+    if rows == 0 or features == 0:
+        return
+    with nogil:
+        _packed(<float*>source, <float*>weights, <float*>bias_data, <float*>target, rows,
+                features, inputs, activate, <float>slope, threads)

@@ -242,8 +242,8 @@ class InferencePlan:
                 values[source], weight, bias, op["stride"], op["padding"],
                 op["output_padding"], op["groups"], op["dilation"])
         if kind == "linear":
-            return lambda values, buffer: dense_kernels.linear_forward(
-                values[source], weight, bias, buffer, slope)
+            layer = dense_kernels.LinearRunner(weight, bias, slope)
+            return lambda values, buffer: layer(values[source], buffer)
         if kind in ("max_pool2d", "adaptive_avg_pool2d"):
             run = (pool_kernels.max_pool2d_runner(shape, op["kernel_size"], op["stride"],
                                                   op["padding"], op["ceil_mode"])
