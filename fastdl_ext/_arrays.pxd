@@ -19,9 +19,10 @@ cdef inline cnp.npy_intp* _dims(str function, object array, str name, int ndim, 
             and cnp.PyArray_TYPE(<cnp.ndarray>array) == typenum
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>array)
             and (not writable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>array))):
-        raise ValueError("%s: %s must be a C-contiguous%s %d-D %s array, got %r"
+        raise ValueError("%s: %s must be a C-contiguous%s %d-D %s array, got %s %r"
                          % (function, name, " writable" if writable else "", ndim,
                             "float32" if typenum == cnp.NPY_FLOAT32 else "float64",
+                            getattr(array, "dtype", ""),
                             getattr(array, "shape", type(array))))
     return cnp.PyArray_DIMS(<cnp.ndarray>array)
 

@@ -8,18 +8,22 @@ from fastdl.kernels import dense
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("slope", [None, 0.0, 0.2])
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("rows", [1, 7, 8, 9, 64])   # GEMV per row up to 8, then GEMM
-def test_linear_forward_matches_numpy(dtype, rtol, slope, with_bias, rows, rng):
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 8, 9, 64])
+@pytest.mark.parametrize("features", [5, 24, 49])
+def test_linear_forward_matches_numpy(dtype, rtol, slope, with_bias, rows, features, rng):
+    """float32 from 4 rows on: the packed register kernel, whose blocks of 4 rows and
+    panels of 24 features end part-way (7, 9 rows; 5, 49 features); fewer rows and
+    float64: BLAS (GEMV per row up to 8, then GEMM)."""
     x = rng.normal(size=(rows, 13)).astype(dtype)
-    weight = rng.normal(size=(5, 13)).astype(dtype)
-    bias = rng.normal(size=5).astype(dtype) if with_bias else None
+    weight = rng.normal(size=(features, 13)).astype(dtype)
+    bias = rng.normal(size=features).astype(dtype) if with_bias else None
     expected = x.astype(np.float64) @ weight.T.astype(np.float64)
     if with_bias:
         expected = expected + bias
     if slope is not None:
         expected = np.where(expected > 0, expected, slope * expected)
     out = dense.linear_forward(x, weight, bias, negative_slope=slope)
-    assert out.dtype == dtype and out.shape == (rows, 5)
+    assert out.dtype == dtype and out.shape == (rows, features)
     np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
@@ -66,3 +70,45 @@ def test_the_compiled_layer_refuses_arrays_that_do_not_fit(rng):
         ext.linear_forward_into(x, weight, np.empty((4, 2), np.float32))
     with pytest.raises(ValueError, match="bias has 2 values for 3 features"):
         ext.linear_forward_into(x, weight, out, np.zeros(2, np.float32))
+
+
+def test_packed_weights_hold_the_transposed_panels_and_zeros(rng):
+    weight = rng.normal(size=(30, 7)).astype(np.float32)
+    panels = dense.pack_weight(weight)
+    assert panels.shape == (2, 7, dense.PANEL)
+    np.testing.assert_array_equal(panels[0], weight[:24].T)
+    np.testing.assert_array_equal(panels[1, :, :6], weight[24:].T)
+    assert not panels[1, :, 6:].any()
+
+
+def test_a_runner_gives_every_batch_size_the_same_rows(rng):
+    """One prepared layer, called with 1 to 9 rows (BLAS below 4, packed from 4): row i
+    of every answer is the same up to rounding, NaN stays NaN through the ReLU."""
+    weight = rng.normal(size=(40, 33)).astype(np.float32)
+    bias = rng.normal(size=40).astype(np.float32)
+    layer = dense.LinearRunner(weight, bias, negative_slope=0.0)
+    x = rng.normal(size=(9, 33)).astype(np.float32)
+    x[2, 5] = np.nan
+    expected = np.maximum(x.astype(np.float64) @ weight.T + bias, 0)
+    expected[2] = np.nan
+    for rows in range(1, 10):
+        np.testing.assert_allclose(layer(x[:rows]), expected[:rows], rtol=1e-5, atol=1e-5)
+
+
+def test_the_packed_kernel_refuses_arrays_that_do_not_fit(rng):
+    from fastdl_ext import dense as ext
+    x = rng.normal(size=(4, 10)).astype(np.float32)
+    panels = dense.pack_weight(rng.normal(size=(30, 10)).astype(np.float32))
+    out = np.empty((4, 30), np.float32)
+    with pytest.raises(ValueError, match=r"x must be a C-contiguous 2-D float32 array, got float64 \(4, 10\)"):
+        ext.linear_packed_into(x.astype(np.float64), panels, out)
+    with pytest.raises(ValueError, match="do not fit"):
+        ext.linear_packed_into(x[:, :9].copy(), panels, out)
+    with pytest.raises(ValueError, match="do not fit"):
+        ext.linear_packed_into(x, panels, np.empty((4, 49), np.float32))
+    with pytest.raises(ValueError, match="do not fit"):
+        ext.linear_packed_into(x, panels[:, :, :8].copy(), out)
+    with pytest.raises(ValueError, match="bias has 30 values for 48 features"):
+        ext.linear_packed_into(x, panels, out, np.zeros(30, np.float32))
+    with pytest.raises(ValueError, match="LinearRunner: bias must have shape"):
+        dense.LinearRunner(rng.normal(size=(30, 10)), np.zeros(3))
