@@ -73,9 +73,14 @@ def applies(weight_shape, stride, dilation, groups, input_shape=None, padding=(0
     cache budget (large images go through im2col's bounded tiles instead). Any
     channel count takes the direct path at a stride above 1 and where Winograd
     would have fewer than ``MIN_WINOGRAD_TILES`` tiles.
+
+    float32 only (``itemsize`` 4): the register blocks' 8-lane vectors of doubles
+    span two AVX2 registers, and GCC keeps them on the stack; float64 convs ran
+    30-60x slower than float32 here and take Winograd or im2col + BLAS instead
+    (1.5-2.5x). The loops still compute float64 correctly when called directly.
     """
     c_out, c_in, kh, kw = weight_shape
-    if not _reads_phase_planes(weight_shape, stride, dilation, groups):
+    if itemsize != 4 or not _reads_phase_planes(weight_shape, stride, dilation, groups):
         return False
     few_channels = c_out <= MAX_OUT_CHANNELS and c_in * kh * kw <= MAX_TAPS
     if input_shape is None:
@@ -96,9 +101,11 @@ def grad_weight_applies(weight_shape, stride, dilation, groups, input_shape, pad
     so the grid must not be short (``MIN_GRAD_GRID``); beyond
     ``GRAD_WEIGHT_MAX_OUT_CHANNELS`` the GEMMs win, unless the taps are few (C3 -> 32;
     twice as many channels then, which also bounds the per-thread gradient grid).
+    float32 only, as ``applies`` (float64: 6.2 vs 1.8 ms through the GEMMs at batch
+    8, 16 -> 16 at 32²).
     """
     c_out, c_in, kh, kw = weight_shape
-    if not _reads_phase_planes(weight_shape, stride, dilation, groups):
+    if itemsize != 4 or not _reads_phase_planes(weight_shape, stride, dilation, groups):
         return False
     out_h = conv_output_size(input_shape[2], kh, stride[0], padding[0], 1)
     grid = out_h * -(-(input_shape[3] + 2 * padding[1]) // stride[1])
