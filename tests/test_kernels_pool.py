@@ -310,6 +310,8 @@ def test_max_pool_runner_matches_reference(shape, dtype, rng):
     np.testing.assert_array_equal(out, expected)
     with pytest.raises(ValueError, match="out must be a C-contiguous writable"):
         run(x, np.empty(expected.shape[::-1], dtype).T)
+    with pytest.raises(ValueError, match="out must be"):
+        run(x, np.empty(expected.shape, np.float32 if dtype == np.float64 else np.float64))
     x[0, 0, 0, 1] = np.nan                        # NaN wins its window, as in torch
     expected[0, 0, 0, 0] = np.nan
     np.testing.assert_array_equal(run(x), expected)

@@ -272,9 +272,16 @@ def max_pool2d_runner(input_shape, kernel_size, stride=None, padding=0, ceil_mod
     def run(x, out=None):
         if out is None:
             out = np.empty(out_shape, dtype=x.dtype)
-        _ext.max_pool2d_2x2_into(x.reshape(planes, height, width),
-                                 _out_planes("max_pool2d", out, (planes,) + output_hw),
-                                 threads)
+        target = _out_planes("max_pool2d", out, (planes,) + output_hw)
+        if out.dtype != x.dtype:
+            raise ValueError("max_pool2d: out must be %s, as x, got %s" % (x.dtype, out.dtype))
+        if x.dtype == np.float32:
+            _ext.max_pool2d_2x2_into(x.reshape(planes, height, width), target, threads)
+        else:
+            # the compiled loop's 8-lane vectors of doubles span two AVX2 registers and
+            # live on the stack: 2.0 ms against the Numba loop's 1.0 at (32, 64, 32, 32)
+            target[...] = max_pool2d_forward(x, kernel, stride, padding,
+                                             ceil_mode)[0].reshape(target.shape)
         return out
     return run
 
