@@ -9,8 +9,8 @@ the one store. A BLAS GEMM packs the whole weight matrix on every call: LeNet-5'
 400 -> 120 at batch 64 took 100-120 µs that way, 45-58 µs packed once. Fewer rows
 (one GEMV per row) and float64 (eight doubles are two AVX2 registers: the block
 would not fit in sixteen) go through SciPy's BLAS on the weights as they are
-(``linear_forward_into``). Arrays are read through NumPy's C API (``_arrays.pxd``): a typed memoryview's
-fused-type dispatch cost 3-7 µs a call.
+(``linear_forward_into``). Arrays are read through NumPy's C API (``_arrays.pxd``):
+a typed memoryview's fused-type dispatch cost 3-7 µs a call.
 """
 from cython.parallel cimport prange
 
@@ -129,7 +129,8 @@ cdef void _features(floating* x, floating* weight, floating* out, floating* bias
 
 cdef int _gemm_threads(Py_ssize_t rows, Py_ssize_t features, Py_ssize_t inputs,
                        int num_threads) noexcept nogil:
-    """Threads to share the output features: one per ``WORK_PER_THREAD`` multiply-adds."""
+    """Threads to share a layer (its output features, or the packed kernel's register
+    blocks): one per ``WORK_PER_THREAD`` multiply-adds."""
     return <int>max(1, min(num_threads, features // 16, rows * features * inputs
                            // WORK_PER_THREAD))
 
@@ -248,12 +249,12 @@ def linear_packed_into(x, panels, out, bias=None, bint activate=False, double sl
                             (out_shape[0], out_shape[1]), PANEL))
     cdef void* bias_data = _bias_data(caller, bias, typenum, p_shape[0] * PANEL)
     cdef Py_ssize_t items = (rows + PANEL_ROWS - 1) // PANEL_ROWS * p_shape[0]
-    cdef int threads = <int>min(items, _gemm_threads(rows, features, inputs, num_threads))
-    cdef void* source = _data(x)
-    cdef void* weights = _data(panels)
-    cdef void* target = _data(out)
-    if rows == 0 or features == 0:
+    if items == 0:
         return
+    cdef int threads = <int>min(items, _gemm_threads(rows, features, inputs, num_threads))
+    cdef const float* source = <const float*>_data(x)
+    cdef const float* packed = <const float*>_data(panels)
+    cdef float* target = <float*>_data(out)
     with nogil:
-        _packed(<float*>source, <float*>weights, <float*>bias_data, <float*>target, rows,
-                features, inputs, activate, <float>slope, threads)
+        _packed(source, packed, <const float*>bias_data, target, rows, features, inputs,
+                activate, <float>slope, threads)

@@ -112,3 +112,7 @@ def test_the_packed_kernel_refuses_arrays_that_do_not_fit(rng):
         ext.linear_packed_into(x, panels, out, np.zeros(30, np.float32))
     with pytest.raises(ValueError, match="LinearRunner: bias must have shape"):
         dense.LinearRunner(rng.normal(size=(30, 10)), np.zeros(3))
+    with pytest.raises(TypeError, match="LinearRunner: weight must be a float32 or float64"):
+        dense.LinearRunner(np.zeros((3, 4), np.int64))
+    with pytest.raises(ValueError, match=r"LinearRunner: weight must be 2-D .* got shape \(12,\)"):
+        dense.LinearRunner(np.zeros(12, np.float32))

@@ -36,10 +36,12 @@ class LinearRunner:
     """
 
     def __init__(self, weight, bias=None, negative_slope=None):
-        if not isinstance(weight, np.ndarray) or weight.ndim != 2 \
-                or weight.dtype not in (np.float32, np.float64):
-            raise ValueError("LinearRunner: weight must be a 2-D float32 or float64 ndarray, "
-                             "got %r" % (getattr(weight, "shape", type(weight)),))
+        if not isinstance(weight, np.ndarray) or weight.dtype not in (np.float32, np.float64):
+            raise TypeError("LinearRunner: weight must be a float32 or float64 ndarray, got %r"
+                            % (getattr(weight, "dtype", type(weight)),))
+        if weight.ndim != 2:
+            raise ValueError("LinearRunner: weight must be 2-D (out_features, in_features), "
+                             "got shape %s" % (weight.shape,))
         features = weight.shape[0]
         if bias is not None and np.shape(bias) != (features,):
             raise ValueError("LinearRunner: bias must have shape (%d,), got %s"
