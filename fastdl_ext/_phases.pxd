@@ -8,6 +8,8 @@ row, as at stride 1 (where the single plane is the padded image itself).
 """
 from libc.stdlib cimport calloc, malloc
 
+cimport numpy as cnp
+
 from fastdl_ext._activation cimport epilogue_rows, every_other
 from fastdl_ext._blas cimport floating
 
@@ -45,6 +47,13 @@ cdef inline void _pad_image(const floating* image, Phases p, floating* padded) n
     The border and the slack after the planes are the caller's: zeroed once per
     buffer, they stay zero (writing them per image took thousands of tiny memsets
     per call, a tenth of a batch-1 ResNet's time)."""
+    _pad_view(image, p.width, <Py_ssize_t>p.height * p.width, p, padded)
+
+
+cdef inline void _pad_view(const floating* image, Py_ssize_t row_stride,
+                           Py_ssize_t channel_stride, Phases p, floating* padded) noexcept nogil:
+    """``_pad_image`` of an image stored with rows ``row_stride`` and channels
+    ``channel_stride`` elements apart (the interior of a bordered buffer)."""
     cdef int a, b, c, y, x, top, bottom, left, right
     cdef floating* target
     cdef const floating* source
@@ -61,14 +70,14 @@ cdef inline void _pad_image(const floating* image, Phases p, floating* padded) n
             for c in range(p.channels):
                 target = padded + (((<Py_ssize_t>a * p.stride_w + b) * p.channels + c)
                                    * p.rows + top) * p.cols + left
-                source = image + (<Py_ssize_t>c * p.height + top * p.stride_h + a - p.pad_h) \
-                    * p.width + left * p.stride_w + b - p.pad_w
+                source = image + c * channel_stride + (top * p.stride_h + a - p.pad_h) \
+                    * row_stride + left * p.stride_w + b - p.pad_w
                 if p.stride_w == 1:   # rows are contiguous runs: one vectorised copy
-                    epilogue_rows(target, p.cols, source, <Py_ssize_t>p.stride_h * p.width,
+                    epilogue_rows(target, p.cols, source, p.stride_h * row_stride,
                                   NULL, 0, bottom - top, right - left, NULL, False, 0)
                     continue
                 if p.stride_w == 2:
-                    every_other(target, p.cols, source, <Py_ssize_t>p.stride_h * p.width,
+                    every_other(target, p.cols, source, p.stride_h * row_stride,
                                 bottom - top, right - left,
                                 p.width - (left * p.stride_w + b - p.pad_w))
                     continue
@@ -76,7 +85,32 @@ cdef inline void _pad_image(const floating* image, Phases p, floating* padded) n
                     for x in range(right - left):
                         target[x] = source[x * p.stride_w]
                     target = target + p.cols
-                    source = source + <Py_ssize_t>p.stride_h * p.width
+                    source = source + p.stride_h * row_stride
+
+
+cdef struct View:
+    # Where an image's values lie in an array stored with a zero border around each
+    # plane: rows ``cols`` apart, planes ``plane`` apart, the first value at ``interior``.
+    Py_ssize_t cols, plane, interior
+
+
+cdef inline int _view(View* view, str caller, cnp.npy_intp* dims, object border, str name,
+                      int* height, int* width) except -1:
+    """Lay out ``view`` for an (N, C, H + 2 bh, W + 2 bw) array with border ``(bh, bw)``,
+    and give its interior ``H x W``."""
+    cdef int border_h = border[0], border_w = border[1]
+    if border_h < 0 or border_w < 0 or dims[2] < 2 * border_h or dims[3] < 2 * border_w:
+        raise ValueError("%s: %s of shape %s cannot have a border of %r"
+                         % (caller, name, (dims[0], dims[1], dims[2], dims[3]), border))
+    view.cols, view.plane = dims[3], <Py_ssize_t>dims[2] * dims[3]
+    view.interior = <Py_ssize_t>border_h * dims[3] + border_w
+    height[0], width[0] = dims[2] - 2 * border_h, dims[3] - 2 * border_w
+    return 0
+
+
+cdef inline Py_ssize_t _at(const View* view, Py_ssize_t plane, int row) noexcept nogil:
+    """Offset of ``row`` of the plane ``plane`` (image * channels + channel) in ``view``."""
+    return plane * view.plane + view.interior + <Py_ssize_t>row * view.cols
 
 
 cdef inline void* _scratch(int threads, size_t per_thread, bint zeroed=True) except NULL:

@@ -28,6 +28,31 @@ cdef extern from *:
     static inline int fastdl_next_items(int *counter, int count) {
         return __atomic_fetch_add(counter, count, __ATOMIC_RELAXED);
     }
+    /* The next items for ``thread``: up to ``chunk`` of ``total`` from ``*first`` on, as
+       their count (0: none left). Each thread has a share, chunks [t u / threads,
+       (t + 1) u / threads) of the u chunks, ``taken[t]`` counting what was taken of it;
+       a thread takes from its own share first and then from the others'. Layer after
+       layer a thread so computes the same rows and images, which it then reads from
+       its own cache (the other core's lines cost a transfer each), while a thread that
+       is late or asleep still has its share done by the others. */
+    static int fastdl_take_items(int *taken, int threads, int thread, int total, int chunk,
+                                 int *first) {
+        int units = (total + chunk - 1) / chunk;
+        for (int k = 0; k < threads; k++) {
+            int owner = (thread + k) % threads;
+            int start = (int)((long)owner * units / threads) * chunk;
+            int end = (int)((long)(owner + 1) * units / threads) * chunk;
+            end = end < total ? end : total;
+            if (__atomic_load_n(&taken[owner], __ATOMIC_RELAXED) >= end - start)
+                continue;
+            int at = start + __atomic_fetch_add(&taken[owner], chunk, __ATOMIC_RELAXED);
+            if (at < end) {
+                *first = at;
+                return end - at < chunk ? end - at : chunk;
+            }
+        }
+        return 0;
+    }
     /* ``count`` more items of ``total`` finished; the last wakes the sleepers. Sequentially
        consistent with the sleepers' count: a waiter either sees the total or is counted
        before the wake-up. The add releases the items' outputs to the waiters. */
@@ -65,6 +90,8 @@ cdef extern from *:
     }
     """
     int _next_items "fastdl_next_items"(int* counter, int count) noexcept nogil
+    int _take_items "fastdl_take_items"(int* taken, int threads, int thread, int total,
+                                        int chunk, int* first) noexcept nogil
     void _items_done "fastdl_items_done"(int* done, int* sleepers, int count,
                                           int total) noexcept nogil
     void _wait_done "fastdl_wait_done"(int* done, int* sleepers, int total) noexcept nogil

@@ -58,6 +58,28 @@ def test_a_plan_called_again_with_new_inputs_equals_the_eager_model(factory, bat
         np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-5)
 
 
+def test_chained_convs_keep_bordered_intermediates_only_the_chain_reads(rng):
+    """Between a ResNet's chained convs the plan keeps outputs inside zero borders (the
+    next conv's padding, so that it reads them in place); what an op outside the chain
+    reads (the global pool after the last conv) stays plain, and the borders stay zero
+    over calls."""
+    fastdl.manual_seed(0)
+    model = _trained_stats(resnet20(width=8), (8, 3, 32, 32), rng)
+    plan = deploy.compile(model, np.zeros((1, 3, 32, 32), np.float32))
+    _, borders = plan._program(1)
+    convs = [i for i, op in enumerate(plan.ops) if op["op"] == "conv2d"]
+    assert borders and set(borders) < set(convs) and convs[-1] not in borders
+    assert set(borders.values()) == {(1, 1)}
+    for _ in range(3):
+        x = rng.normal(size=(1, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-5)
+    (_, free), = plan._shapes.values()
+    for index in borders:
+        frame = free[0][index].copy()
+        frame[:, :, 1:-1, 1:-1] = 0
+        assert not frame.any()
+
+
 def test_plan_on_real_digits():
     digits = load_digits()
     fastdl.manual_seed(0)

@@ -445,6 +445,97 @@ def test_a_long_chain_is_the_same_when_threads_join_late_or_sleep(rng):
         for got, want in zip(outs, serial):
             np.testing.assert_array_equal(got, want)
 
+def _bordered(array, border):
+    """``array`` (N, C, H, W) inside a zero border of (rows, cols), NaN-free."""
+    rows, cols = border
+    stored = np.zeros(array.shape[:2] + (array.shape[2] + 2 * rows, array.shape[3] + 2 * cols),
+                      array.dtype)
+    stored[:, :, rows:rows + array.shape[2], cols:cols + array.shape[3]] = array
+    return stored
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 3])
+# (kernel, padding, stride, width): read in place (stride 1, a dense grid, the
+# padding as border) or copied from the interior (a wide grid, a stride, a border
+# other than the padding)
+@pytest.mark.parametrize("kernel, padding, stride, width", [
+    (3, 1, 1, 16), (5, 2, 1, 8), (3, 1, 1, 10), (3, 1, 2, 16), (1, 0, 2, 16), (3, 0, 1, 10)])
+def test_bordered_inputs_outputs_and_residuals_give_the_unbordered_results(
+        kernel, padding, stride, width, n, threads, rng):
+    """x, residual and out stored inside zero borders (what a plan keeps between chained
+    convs, so that the next conv reads its input in place) give bitwise the results
+    of plain arrays; the conv writes out's interior only, leaving the border as it
+    was."""
+    x = rng.normal(size=(n, 8, 12, width)).astype(np.float32)
+    run = direct.forward_runner(x.shape, rng.normal(size=(8, 8, kernel, kernel)).astype(
+        np.float32), rng.normal(size=8).astype(np.float32), (padding, padding), threads, 0.0,
+        (stride, stride))
+    residual = rng.normal(size=run.out_shape).astype(np.float32)
+    want = run(x, None, residual)
+    for x_border, out_border, residual_border in [((padding, padding), (1, 1), (2, 1)),
+                                                  ((1, 2), (0, 0), (0, 0)),
+                                                  ((0, 0), (2, 3), (1, 1))]:
+        out = _bordered(np.full(run.out_shape, np.nan, np.float32), out_border)
+        direct.run_chain([(run, _bordered(x, x_border), out, _bordered(residual, residual_border),
+                           (x_border, residual_border, out_border))], threads)
+        rows, cols = out_border
+        np.testing.assert_array_equal(out[:, :, rows:rows + want.shape[2],
+                                          cols:cols + want.shape[3]], want)
+        out[:, :, rows:rows + want.shape[2], cols:cols + want.shape[3]] = 0
+        assert not out.any()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_chain_on_bordered_buffers_equals_plain_convs(threads, rng):
+    """ResNet's pattern on bordered intermediates: each conv reads the one before in
+    place and adds the one before that, run after run (the borders stay zero)."""
+    x = rng.normal(size=(1, 8, 16, 16)).astype(np.float32)
+    runners = [direct.forward_runner(x.shape, rng.normal(size=(8, 8, 3, 3)).astype(np.float32)
+                                     / 8, None, (1, 1), threads, 0.0) for _ in range(5)]
+    plain = [np.empty(x.shape, np.float32) for _ in runners]
+    bordered = [_bordered(np.zeros(x.shape, np.float32), (1, 1)) for _ in runners[:-1]]
+    bordered.append(np.empty(x.shape, np.float32))
+    no_border, border = (0, 0), (1, 1)
+
+    def steps(outs, framed):
+        return [(runners[0], x, outs[0], None, (no_border, no_border, framed(0)))] + [
+            (runners[k], outs[k - 1], outs[k], outs[k - 2] if k > 1 else None,
+             (framed(k - 1), framed(k - 2) if k > 1 else no_border, framed(k)))
+            for k in range(1, len(runners))]
+    direct.run_chain(steps(plain, lambda k: no_border), threads)
+    chain = direct.prepare_chain(steps(bordered, lambda k: border if k < len(runners) - 1
+                                       else no_border), threads)
+    for _ in range(3):
+        chain.run(x)
+        np.testing.assert_array_equal(bordered[-1], plain[-1])
+        for inner, want in zip(bordered[:-1], plain[:-1]):
+            np.testing.assert_array_equal(inner[:, :, 1:-1, 1:-1], want)
+            inner[:, :, 1:-1, 1:-1] = 0
+            assert not inner.any()
+            inner[:, :, 1:-1, 1:-1] = want
+
+
+def test_borders_are_checked(rng):
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    run = direct.forward_runner(x.shape, rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+                                None, (1, 1), 2)
+    out = np.zeros((2, 4, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="3 \\(rows, cols\\) pairs"):
+        direct.run_chain([(run, x, out, None, ((1, 1), (0, 0)))], 2)
+    with pytest.raises(ValueError, match="cannot have a border"):
+        direct.run_chain([(run, x, out, None, ((5, 0), (0, 0), (0, 0)))], 2)
+    with pytest.raises(ValueError, match="cannot have a border"):
+        direct.run_chain([(run, x, out, None, ((0, 0), (0, 0), (-1, 0)))], 2)
+    # the interior, not the stored array, must be the conv's output
+    with pytest.raises(ValueError, match="not the conv's output"):
+        direct.run_chain([(run, x, out, None, ((0, 0), (0, 0), (1, 1)))], 2)
+    pooled = run.pooled()
+    with pytest.raises(ValueError, match="no borders"):
+        direct.run_chain([(pooled, _bordered(x, (1, 1)), np.zeros((2, 4, 4, 4), np.float32),
+                           None, ((1, 1), (0, 0), (0, 0)))], 2)
+
+
 def test_a_chain_refuses_outputs_and_residuals_of_the_wrong_shape(rng):
     x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
     run = direct.forward_runner(x.shape, rng.normal(size=(4, 3, 3, 3)).astype(np.float32),

@@ -271,11 +271,12 @@ class InferencePlan:
                         x, op["negative_slope"])}[op["kind"]]
         return lambda values, buffer: function(values[source])
 
-    def _chain(self, runs):
+    def _chain(self, runs, borders):
         """One step for consecutive direct convs ``[(index, runner, output)]``: one
         parallel region for all of them (one wake-up of the team instead of one per
         conv). ``output`` is the op whose output the conv writes: its own, or that of
-        the max pool it computes in its epilogue (``_pooled``)."""
+        the max pool it computes in its epilogue (``_pooled``). ``borders``: the zero
+        border each buffer stored with one has (``_borders``)."""
         if len(runs) == 1:
             index, run, output = runs[0]
             return self._single(output, lambda values, buffer: run(
@@ -291,7 +292,8 @@ class InferencePlan:
             if chain is None:
                 chain = direct_kernels.prepare_chain(
                     [(run, values[self.ops[index]["inputs"][0]], buffers[output],
-                      self._residual(index, values)) for index, run, output in runs], threads)
+                      self._residual(index, values), self._chain_borders(index, output, borders))
+                     for index, run, output in runs], threads)
                 # kept with the buffer set where the chain reads nothing but its first
                 # input and this set's buffers (a standalone activation before it, say,
                 # makes a new array every call)
@@ -321,6 +323,32 @@ class InferencePlan:
             return None
         return pooled
 
+    def _chain_borders(self, index, output, borders):
+        """The borders of a chained conv's input, residual and output buffers."""
+        inputs = self.ops[index]["inputs"]
+        return (borders.get(inputs[0] - 1, (0, 0)),
+                borders.get(inputs[1] - 1, (0, 0)) if len(inputs) > 1 else (0, 0),
+                borders.get(output, (0, 0)))
+
+    def _borders(self, runs, borders):
+        """Add to ``borders`` (buffer index: (rows, cols)) the outputs of the chain ``runs``
+        that the chain alone reads and that a conv of it reads in place: stored with
+        that conv's padding as a zero border, they need no padded copy per conv
+        (ResNet's stride-1 convs: a tenth of a batch-1 chain's time). Other readers
+        of such a buffer in the chain read its interior."""
+        members = {index: run for index, run, _ in runs}
+        for index, run, output in runs:
+            if output != index:   # a pooled conv writes the pool's output, unbordered
+                continue
+            readers = [reader for reader, op in enumerate(self.ops) if index + 1 in op["inputs"]]
+            if not readers or any(reader not in members for reader in readers):
+                continue
+            in_place = [members[reader].in_place_border for reader in readers
+                        if self.ops[reader]["inputs"][0] == index + 1
+                        and members[reader].in_place_border is not None]
+            if in_place and in_place[0] != (0, 0):
+                borders[index] = in_place[0]
+
     def _residual(self, index, values):
         inputs = self.ops[index]["inputs"]
         return values[inputs[1]] if len(inputs) > 1 else None
@@ -333,8 +361,9 @@ class InferencePlan:
 
     def _program(self, batch):
         """The steps for this batch size: consecutive direct convs as one chain, a 2x2
-        max pool after one computed by it."""
-        program, runs, pooled = [], [], False
+        max pool after one computed by it; and the borders of the buffers stored with
+        one (``_borders``)."""
+        program, runs, pooled, borders = [], [], False, {}
         for index in range(len(self.ops)):
             if pooled:      # computed by the conv before
                 pooled = False
@@ -346,20 +375,28 @@ class InferencePlan:
                 runs.append((index, fused, index + 1) if pooled else (index, prepared, index))
                 continue
             if runs:
-                program.append(self._chain(runs))
+                self._borders(runs, borders)
+                program.append(self._chain(runs, borders))
                 runs = []
             program.append(self._single(index, prepared))
         if runs:
-            program.append(self._chain(runs))
-        return program
+            self._borders(runs, borders)
+            program.append(self._chain(runs, borders))
+        return program, borders
 
-    def _buffers(self, batch):
-        """A new set of intermediate buffers for this batch size."""
+    def _buffers(self, batch, borders):
+        """A new set of intermediate buffers for this batch size; those with a border
+        are zeroed, which the convs writing their interiors keep."""
         buffers = _BufferSet()
         for index, op in enumerate(self.ops):
             if op["op"] in ("conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d"):
                 shape = (batch,) + self.shapes[index + 1][1:]
-                buffers.append(np.empty(shape, dtype=self.dtype))
+                if index in borders:
+                    rows, cols = borders[index]
+                    buffers.append(np.zeros(shape[:2] + (shape[2] + 2 * rows,
+                                                         shape[3] + 2 * cols), self.dtype))
+                else:
+                    buffers.append(np.empty(shape, dtype=self.dtype))
             else:
                 buffers.append(None)
         return buffers
@@ -374,14 +411,14 @@ class InferencePlan:
             entry = self._shapes.get(batch)
             if entry is not None:
                 self._shapes.move_to_end(batch)
-                program, free = entry
-                return program, free.pop() if free else self._buffers(batch)
+                (program, borders), free = entry
+                return program, free.pop() if free else self._buffers(batch, borders)
         program = self._program(batch)
         with self._lock:
-            program = self._shapes.setdefault(batch, (program, []))[0]
+            program, borders = self._shapes.setdefault(batch, (program, []))[0]
             while len(self._shapes) > self.max_shapes:
                 self._shapes.popitem(last=False)
-        return program, self._buffers(batch)
+        return program, self._buffers(batch, borders)
 
     def _release(self, batch, buffers):
         with self._lock:

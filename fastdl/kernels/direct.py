@@ -165,6 +165,10 @@ class ForwardRunner:
         self._activation = (negative_slope is not None,
                             0.0 if negative_slope is None else float(negative_slope))
         self._pool = False
+        # a stride-1 conv on a dense grid (output rows of whole vectors) reads an input
+        # stored with its padding as border in place (``direct_chain_into``)
+        self.in_place_border = (tuple(padding) if tuple(stride) == (1, 1)
+                                and self.out_shape[3] % 8 == 0 else None)
 
     def pooled(self):
         """This conv followed by a 2x2 max pool (stride 2) as one runner, the pool
@@ -178,10 +182,12 @@ class ForwardRunner:
         pooled.out_shape, pooled._pool = (n, c_out, out_h // 2, out_w // 2), True
         return pooled
 
-    def spec(self, x, out, residual=None):
-        """The arguments of ``direct_chain_into`` for one conv of a chain."""
+    def spec(self, x, out, residual=None, borders=None):
+        """The arguments of ``direct_chain_into`` for one conv of a chain; ``borders``:
+        the zero borders ``(rows, cols)`` x, residual and out are stored with (none by
+        default)."""
         return (x, self._packed, out, *self._geometry, self._bias, residual,
-                *self._activation, self._pool)
+                *self._activation, self._pool, borders)
 
     def __call__(self, x, out=None, residual=None):
         if out is None:
@@ -197,17 +203,16 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
 
 
 def run_chain(steps, threads):
-    """Run ``(runner, x, out, residual)`` steps of ForwardRunners in order, in one
-    parallel region; a later step may read an earlier one's ``out``."""
-    _ext.direct_chain_into([runner.spec(x, out, residual) for runner, x, out, residual
-                            in steps], threads)
+    """Run ``(runner, x, out, residual[, borders])`` steps of ForwardRunners in order, in
+    one parallel region; a later step may read an earlier one's ``out``. ``borders``
+    as ``ForwardRunner.spec`` takes them."""
+    _ext.direct_chain_into([runner.spec(*step) for runner, *step in steps], threads)
 
 
 def prepare_chain(steps, threads):
     """``run_chain``'s steps checked and laid out once: a ``Chain`` whose ``run(x)`` runs
     them with ``x`` in place of the first step's input (wherever the steps read it)."""
-    return _ext.Chain([runner.spec(x, out, residual) for runner, x, out, residual in steps],
-                      threads)
+    return _ext.Chain([runner.spec(*step) for runner, *step in steps], threads)
 
 
 def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False,
