@@ -39,6 +39,7 @@ from fastdl_ext._activation cimport epilogue_rows, max_pairs, max_rows
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._lanes cimport lanes_epilogue, pad_lanes
 from fastdl_ext._blas cimport floating
+from fastdl_ext._head cimport pool_dense
 from fastdl_ext._phases cimport (Phases, View, _at, _check_output, _pad_view, _phases,
                                  _phases_size, _scratch, _tap_offsets, _view)
 from fastdl_ext._team cimport _items_done, _take_items, _wait_done
@@ -486,6 +487,24 @@ cdef void _run_layers(Layer* layers, int count, int num_threads, char* scratch,
                 _wait_done(&layers[k].done_items, &layers[k].sleepers, layers[k].total)
 
 
+cdef struct Head:
+    # a chain's classifier head (``Chain.set_head``): pointers into its arrays
+    void* means
+    const void* weight
+    const void* bias
+    void* out
+    Py_ssize_t features
+    bint activate
+    double slope
+
+
+cdef inline void _run_head(const Layer* last, const Head* head, floating* kind) noexcept nogil:
+    """The head, on the last conv's output (``kind`` only selects the dtype)."""
+    pool_dense(<const floating*>last.out, last.n_images, last.out_channels, last.plane,
+               <const floating*>head.weight, <const floating*>head.bias, head.features,
+               <floating*>head.means, <floating*>head.out, head.activate, head.slope)
+
+
 cdef class Chain:
     """Direct convs checked and laid out once, to run one after another in one parallel
     region, again and again (``direct_chain_into``).
@@ -502,12 +521,15 @@ cdef class Chain:
     cdef size_t per_thread
     cdef cnp.npy_intp first_shape[4]
     cdef list keep          # the arrays the layers point into, the first input aside
+    cdef tuple head         # the arrays of ``set_head``, or None
+    cdef Head head_layout
 
     def __cinit__(self, list specs, int num_threads):
         cdef int k
         cdef cnp.npy_intp* shape
         cdef object first
         self.layers = NULL
+        self.head = None
         self.running = False
         self.count = len(specs)
         self.num_threads = num_threads
@@ -540,8 +562,43 @@ cdef class Chain:
                 free(self.layers[k].taken)
             free(self.layers)
 
+    def set_head(self, means, weight, bias, out, bint activate=False, double slope=0.0):
+        """After the convs, also out (N, F) = act(means @ weight (F, C)ᵀ + bias), means
+        (N, C) being the global average pool of the last conv's (unbordered) output:
+        a classifier head, run without returning to Python (``_head.pxd``); ``bias``
+        may be None."""
+        cdef Layer* last = &self.layers[self.count - 1] if self.count else NULL
+        cdef cnp.npy_intp* means_shape = _dims("Chain.set_head", means, "means", 2,
+                                               self.typenum, True)
+        cdef cnp.npy_intp* weight_shape = _dims("Chain.set_head", weight, "weight", 2,
+                                                self.typenum, False)
+        cdef cnp.npy_intp* out_shape = _dims("Chain.set_head", out, "out", 2, self.typenum,
+                                             True)
+        if last == NULL or last.out_view.interior != 0 or last.out_view.plane != last.plane:
+            raise ValueError("Chain.set_head: the chain's last conv must write an unbordered "
+                             "output")
+        if (means_shape[0] != last.n_images or means_shape[1] != last.out_channels
+                or weight_shape[1] != last.out_channels or out_shape[0] != last.n_images
+                or out_shape[1] != weight_shape[0]):
+            raise ValueError("Chain.set_head: means %s, weight %s and out %s do not fit the "
+                             "last conv's output of %d images x %d channels"
+                             % ((means_shape[0], means_shape[1]),
+                                (weight_shape[0], weight_shape[1]),
+                                (out_shape[0], out_shape[1]), last.n_images,
+                                last.out_channels))
+        if bias is not None and _dims("Chain.set_head", bias, "bias", 1, self.typenum,
+                                      False)[0] != weight_shape[0]:
+            raise ValueError("Chain.set_head: bias must have %d values" % weight_shape[0])
+        self.head = (means, weight, bias, out)
+        self.head_layout.means, self.head_layout.out = _data(means), _data(out)
+        self.head_layout.weight = _data(weight)
+        self.head_layout.bias = _data(bias) if bias is not None else NULL
+        self.head_layout.features = weight_shape[0]
+        self.head_layout.activate, self.head_layout.slope = activate, slope
+
     def run(self, x):
-        """Run the chain with ``x`` (C-contiguous) as its first input."""
+        """Run the chain with ``x`` (C-contiguous) as its first input (and the head, where
+        one is set)."""
         cdef int k
         cdef cnp.npy_intp* shape
         cdef const void* data
@@ -574,9 +631,15 @@ cdef class Chain:
                 if self.typenum == cnp.NPY_FLOAT32:
                     _run_layers(self.layers, self.count, self.num_threads, scratch,
                                 self.per_thread, <float*>NULL)
+                    if self.head_layout.out != NULL:
+                        _run_head(&self.layers[self.count - 1], &self.head_layout,
+                                  <float*>NULL)
                 else:
                     _run_layers(self.layers, self.count, self.num_threads, scratch,
                                 self.per_thread, <double*>NULL)
+                    if self.head_layout.out != NULL:
+                        _run_head(&self.layers[self.count - 1], &self.head_layout,
+                                  <double*>NULL)
             free(scratch)
         finally:
             self.running = False

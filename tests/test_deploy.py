@@ -60,13 +60,14 @@ def test_a_plan_called_again_with_new_inputs_equals_the_eager_model(factory, bat
 
 def test_chained_convs_keep_bordered_intermediates_only_the_chain_reads(rng):
     """Between a ResNet's chained convs the plan keeps outputs inside zero borders (the
-    next conv's padding, so that it reads them in place); what an op outside the chain
+    next conv's padding, so that it reads them in place); what an op outside the convs
     reads (the global pool after the last conv) stays plain, and the borders stay zero
-    over calls."""
+    over calls. At batch 1 the pool, flatten and linear layer run in the chain too."""
     fastdl.manual_seed(0)
     model = _trained_stats(resnet20(width=8), (8, 3, 32, 32), rng)
     plan = deploy.compile(model, np.zeros((1, 3, 32, 32), np.float32))
-    _, borders = plan._program(1)
+    program, borders = plan._program(1)
+    assert len(program) == 1   # the convs and the classifier head in one chain
     convs = [i for i, op in enumerate(plan.ops) if op["op"] == "conv2d"]
     assert borders and set(borders) < set(convs) and convs[-1] not in borders
     assert set(borders.values()) == {(1, 1)}

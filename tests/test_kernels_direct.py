@@ -516,6 +516,56 @@ def test_a_chain_on_bordered_buffers_equals_plain_convs(threads, rng):
             inner[:, :, 1:-1, 1:-1] = want
 
 
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("n, threads", [(1, 1), (1, 2), (3, 2)])
+@pytest.mark.parametrize("with_bias, slope", [(True, None), (False, 0.1)])
+def test_a_chain_head_is_the_global_mean_then_a_dense_layer(with_bias, slope, n, threads,
+                                                             dtype, rtol, rng):
+    x = rng.normal(size=(n, 4, 8, 8)).astype(dtype)
+    weight = rng.normal(size=(8, 4, 3, 3)).astype(dtype)
+    first = direct.forward_runner(x.shape, weight, None, (1, 1), threads, 0.0)
+    second = direct.forward_runner(first.out_shape, weight[:, :4].repeat(2, axis=1), None,
+                                   (1, 1), threads, None)
+    hidden, last = np.empty(first.out_shape, dtype), np.empty(second.out_shape, dtype)
+    chain = direct.prepare_chain([(first, x, hidden, None), (second, hidden, last, None)],
+                                 threads)
+    dense = rng.normal(size=(5, 8)).astype(dtype)
+    bias = rng.normal(size=5).astype(dtype) if with_bias else None
+    means, out = np.full((n, 8), np.nan, dtype), np.full((n, 5), np.nan, dtype)
+    chain.set_head(means, dense, bias, out, slope is not None, slope or 0.0)
+    chain.run(x)
+    want_means = last.astype(np.float64).mean(axis=(2, 3))
+    want = want_means @ dense.T.astype(np.float64) + (bias if with_bias else 0)
+    if slope is not None:
+        want = np.where(want > 0, want, slope * want)
+    np.testing.assert_allclose(means, want_means, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(out, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+def test_a_chain_head_is_checked(rng):
+    x = rng.normal(size=(2, 4, 8, 8)).astype(np.float32)
+    run = direct.forward_runner(x.shape, rng.normal(size=(6, 4, 3, 3)).astype(np.float32),
+                                None, (1, 1), 2)
+    out = np.empty(run.out_shape, np.float32)
+    chain = direct.prepare_chain([(run, x, out, None)], 2)
+    weight = np.zeros((3, 6), np.float32)
+    for means, dense, bias, logits, match in [
+            (np.zeros((2, 5), np.float32), weight, None, np.zeros((2, 3), np.float32),
+             "do not fit"),
+            (np.zeros((2, 6), np.float32), weight, None, np.zeros((2, 4), np.float32),
+             "do not fit"),
+            (np.zeros((2, 6), np.float32), weight, np.zeros(4, np.float32),
+             np.zeros((2, 3), np.float32), "bias must have 3"),
+            (np.zeros((2, 6)), weight, None, np.zeros((2, 3), np.float32), "float32")]:
+        with pytest.raises(ValueError, match=match):
+            chain.set_head(means, dense, bias, logits)
+    framed = _bordered(out, (1, 1))
+    chain = direct.prepare_chain([(run, x, framed, None, ((0, 0), (0, 0), (1, 1)))], 2)
+    with pytest.raises(ValueError, match="unbordered"):
+        chain.set_head(np.zeros((2, 6), np.float32), weight, None,
+                       np.zeros((2, 3), np.float32))
+
+
 def test_borders_are_checked(rng):
     x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
     run = direct.forward_runner(x.shape, rng.normal(size=(4, 3, 3, 3)).astype(np.float32),

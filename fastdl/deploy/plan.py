@@ -271,12 +271,34 @@ class InferencePlan:
                         x, op["negative_slope"])}[op["kind"]]
         return lambda values, buffer: function(values[source])
 
-    def _chain(self, runs, borders):
+    def _head(self, runs, batch):
+        """The ops of a classifier head right after the chain ``runs`` — a global average
+        pool of its last output, a flatten and a linear layer, none read by anything
+        else — as (pool, flatten, linear) op indices; None where there is none, or the
+        batch is large enough for the dense kernels (``dense.PANEL_ROWS``) to pay."""
+        index, _, output = runs[-1]
+        pool = output + 1
+        if batch >= dense_kernels.PANEL_ROWS or len(runs) < 2:
+            return None
+        ops = self.ops[pool:pool + 3]
+        if len(ops) < 3 or [op["op"] for op in ops] != ["adaptive_avg_pool2d", "flatten",
+                                                        "linear"]:
+            return None
+        if (list(ops[0]["output_size"]) != [1, 1] or ops[1]["start_dim"] != 1
+                or [op["inputs"] for op in ops] != [[pool], [pool + 1], [pool + 2]]):
+            return None
+        readers = [value for op in self.ops for value in op["inputs"]]
+        if any(readers.count(value) != 1 for value in (pool, pool + 1, pool + 2)):
+            return None
+        return pool, pool + 1, pool + 2
+
+    def _chain(self, runs, borders, head=None):
         """One step for consecutive direct convs ``[(index, runner, output)]``: one
         parallel region for all of them (one wake-up of the team instead of one per
         conv). ``output`` is the op whose output the conv writes: its own, or that of
         the max pool it computes in its epilogue (``_pooled``). ``borders``: the zero
-        border each buffer stored with one has (``_borders``)."""
+        border each buffer stored with one has (``_borders``); ``head``: the ops of a
+        classifier head the chain runs too (``_head``)."""
         if len(runs) == 1:
             index, run, output = runs[0]
             return self._single(output, lambda values, buffer: run(
@@ -287,6 +309,11 @@ class InferencePlan:
         def step(values, buffers):
             for _, _, output in runs:   # outputs are known before the chain runs
                 values[output + 1] = buffers[output]
+            if head is not None:
+                pool, flatten, linear = head
+                values[pool + 1] = buffers[pool]
+                values[flatten + 1] = buffers[pool].reshape(buffers[pool].shape[:2])
+                values[linear + 1] = buffers[linear]
             x = values[first]
             chain = buffers.chains.get(key)
             if chain is None:
@@ -294,6 +321,13 @@ class InferencePlan:
                     [(run, values[self.ops[index]["inputs"][0]], buffers[output],
                       self._residual(index, values), self._chain_borders(index, output, borders))
                      for index, run, output in runs], threads)
+                if head is not None:
+                    weights = self.ops[head[2]]["weights"]
+                    slope = self.ops[head[2]].get("negative_slope")
+                    chain.set_head(values[head[1] + 1], self.tensors[weights["weight"]],
+                                   self.tensors[weights["bias"]] if "bias" in weights else None,
+                                   values[head[2] + 1], slope is not None,
+                                   0.0 if slope is None else slope)
                 # kept with the buffer set where the chain reads nothing but its first
                 # input and this set's buffers (a standalone activation before it, say,
                 # makes a new array every call)
@@ -363,9 +397,9 @@ class InferencePlan:
         """The steps for this batch size: consecutive direct convs as one chain, a 2x2
         max pool after one computed by it; and the borders of the buffers stored with
         one (``_borders``)."""
-        program, runs, pooled, borders = [], [], False, {}
+        program, runs, pooled, borders, done = [], [], False, {}, set()
         for index in range(len(self.ops)):
-            if pooled:      # computed by the conv before
+            if pooled or index in done:      # computed by the conv (chain) before
                 pooled = False
                 continue
             prepared = self._prepare(index, batch)
@@ -376,8 +410,12 @@ class InferencePlan:
                 continue
             if runs:
                 self._borders(runs, borders)
-                program.append(self._chain(runs, borders))
+                head = self._head(runs, batch)
+                program.append(self._chain(runs, borders, head))
                 runs = []
+                if head is not None:
+                    done.update(head[1:])
+                    continue
             program.append(self._single(index, prepared))
         if runs:
             self._borders(runs, borders)
