@@ -276,8 +276,7 @@ class InferencePlan:
         pool of its last output, a flatten and a linear layer, none read by anything
         else — as (pool, flatten, linear) op indices; None where there is none, or the
         batch is large enough for the dense kernels (``dense.PANEL_ROWS``) to pay."""
-        index, _, output = runs[-1]
-        pool = output + 1
+        pool = runs[-1][2] + 1
         if batch >= dense_kernels.PANEL_ROWS or len(runs) < 2:
             return None
         ops = self.ops[pool:pool + 3]
