@@ -11,7 +11,8 @@ the second term and stays NaN.
 (an ifunc picks the clone the CPU runs): for x86-64-v3 (AVX2 + FMA) and for the
 baseline the package is built for. The vector helpers other kernels share live
 here too: ``every_other`` (the column phases of a stride-2 conv), ``max_rows`` and
-``max_pairs`` (2x2 max pooling, alone and fused into a conv).
+``max_pairs`` (2x2 max pooling, alone and fused into a conv), and ``mean`` (the
+global average pool, alone and in a chain's classifier head).
 """
 from fastdl_ext._blas cimport floating
 
@@ -155,6 +156,28 @@ cdef extern from *:
         }
     FASTDL_EPILOGUE_ROWS(fastdl_epilogue_rows_float, float)
     FASTDL_EPILOGUE_ROWS(fastdl_epilogue_rows_double, double)
+    /* The mean of ``count`` values, summed in double in sixteen interleaved sums of
+       explicit vectors (a fixed order, so the result does not depend on the thread
+       count; four scalar sums were one add latency per value). */
+    #define FASTDL_MEAN(name, type)                                                    \
+        typedef type name##_quad __attribute__((vector_size(4 * sizeof(type)),         \
+                                                aligned(sizeof(type)), may_alias));    \
+        typedef double name##_sums __attribute__((vector_size(32)));                   \
+        FASTDL_CLONES static double name(const type *restrict values, Py_ssize_t count) { \
+            name##_sums sums[4] = {{0}, {0}, {0}, {0}};                                 \
+            Py_ssize_t i = 0;                                                           \
+            for (; i + 16 <= count; i += 16)                                            \
+                for (int k = 0; k < 4; k++)                                             \
+                    sums[k] += __builtin_convertvector(                                 \
+                        *(const name##_quad *)(values + i + 4 * k), name##_sums);       \
+            double total = 0;                                                           \
+            for (; i < count; i++)                                                      \
+                total += values[i];                                                     \
+            name##_sums all = (sums[0] + sums[1]) + (sums[2] + sums[3]);                \
+            return (total + ((all[0] + all[1]) + (all[2] + all[3]))) / count;           \
+        }
+    FASTDL_MEAN(fastdl_mean_float, float)
+    FASTDL_MEAN(fastdl_mean_double, double)
     """
     void _epilogue_rows_float "fastdl_epilogue_rows_float"(
         float* target, Py_ssize_t target_stride, const float* source,
@@ -184,6 +207,16 @@ cdef extern from *:
         const float* values, float* out, Py_ssize_t count) noexcept nogil
     void _max_pairs_double "fastdl_max_pairs_double"(
         const double* values, double* out, Py_ssize_t count) noexcept nogil
+    double _mean_float "fastdl_mean_float"(const float* values, Py_ssize_t count) noexcept nogil
+    double _mean_double "fastdl_mean_double"(const double* values,
+                                             Py_ssize_t count) noexcept nogil
+
+
+cdef inline floating mean(const floating* values, Py_ssize_t count) noexcept nogil:
+    """The mean of ``count`` values, summed in float64 in a fixed order."""
+    if floating is float:
+        return <float>_mean_float(values, count)
+    return _mean_double(values, count)
 
 
 cdef inline void every_other(floating* target, Py_ssize_t target_stride,

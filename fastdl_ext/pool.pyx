@@ -15,6 +15,7 @@ cimport numpy as cnp
 cnp.import_array()
 
 cimport fastdl_ext._activation  # FASTDL_CLONES, the max helpers
+from fastdl_ext._activation cimport mean
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating
 
@@ -47,28 +48,6 @@ cdef extern from *:
         }
     FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_float, float)
     FASTDL_MAX_POOL_ROWS(fastdl_max_pool_rows_double, double)
-    /* The mean of ``count`` values, summed in double in sixteen interleaved sums of
-       explicit vectors (a fixed order, so the result does not depend on the thread
-       count; four scalar sums were one add latency per value). */
-    #define FASTDL_MEAN(name, type)                                                    \
-        typedef type name##_quad __attribute__((vector_size(4 * sizeof(type)),         \
-                                                aligned(sizeof(type)), may_alias));    \
-        typedef double name##_sums __attribute__((vector_size(32)));                   \
-        FASTDL_CLONES static double name(const type *restrict values, Py_ssize_t count) { \
-            name##_sums sums[4] = {{0}, {0}, {0}, {0}};                                 \
-            Py_ssize_t i = 0;                                                           \
-            for (; i + 16 <= count; i += 16)                                            \
-                for (int k = 0; k < 4; k++)                                             \
-                    sums[k] += __builtin_convertvector(                                 \
-                        *(const name##_quad *)(values + i + 4 * k), name##_sums);       \
-            double total = 0;                                                           \
-            for (; i < count; i++)                                                      \
-                total += values[i];                                                     \
-            name##_sums all = (sums[0] + sums[1]) + (sums[2] + sums[3]);                \
-            return (total + ((all[0] + all[1]) + (all[2] + all[3]))) / count;           \
-        }
-    FASTDL_MEAN(fastdl_mean_float, float)
-    FASTDL_MEAN(fastdl_mean_double, double)
     """
     enum:
         POOL_SCRATCH "FASTDL_POOL_SCRATCH"
@@ -78,9 +57,6 @@ cdef extern from *:
     void _max_pool_rows_double "fastdl_max_pool_rows_double"(
         const double* x, double* out, double* scratch, Py_ssize_t first, Py_ssize_t end,
         int height, int out_h, int width, int out_w) noexcept nogil
-    double _mean_float "fastdl_mean_float"(const float* values, Py_ssize_t count) noexcept nogil
-    double _mean_double "fastdl_mean_double"(const double* values,
-                                             Py_ssize_t count) noexcept nogil
 
 cdef enum:
     # Input elements below which one thread pools alone: waking the team costs more
@@ -149,21 +125,15 @@ def max_pool2d_2x2_into(x, out, int num_threads):
         free(scratch)
 
 
-cdef inline floating _mean(const floating* values, Py_ssize_t count) noexcept nogil:
-    if floating is float:
-        return <float>_mean_float(values, count)
-    return _mean_double(values, count)
-
-
 cdef void _means(const floating* x, floating* out, Py_ssize_t planes, Py_ssize_t size,
                  int threads) noexcept nogil:
     cdef Py_ssize_t plane
     if threads == 1:
         for plane in range(planes):
-            out[plane] = _mean(x + plane * size, size)
+            out[plane] = mean(x + plane * size, size)
         return
     for plane in prange(planes, num_threads=threads, schedule="static"):
-        out[plane] = _mean(x + plane * size, size)
+        out[plane] = mean(x + plane * size, size)
 
 
 def global_mean_into(x, out, int num_threads):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fastdl.kernels import conv, direct
+from fastdl_ext.pool import global_mean_into
 from reference import conv2d_reference
 
 # (N, C_in, H, W, C_out, kH, kW, padding): C_out not a multiple of the channel
@@ -468,11 +469,17 @@ def test_bordered_inputs_outputs_and_residuals_give_the_unbordered_results(
     of plain arrays; the conv writes out's interior only, leaving the border as it
     was."""
     x = rng.normal(size=(n, 8, 12, width)).astype(np.float32)
-    run = direct.forward_runner(x.shape, rng.normal(size=(8, 8, kernel, kernel)).astype(
-        np.float32), rng.normal(size=8).astype(np.float32), (padding, padding), threads, 0.0,
-        (stride, stride))
+    weight = rng.normal(size=(8, 8, kernel, kernel)).astype(np.float32)
+    bias = rng.normal(size=8).astype(np.float32)
+    run = direct.forward_runner(x.shape, weight, bias, (padding, padding), threads, 0.0,
+                                (stride, stride))
     residual = rng.normal(size=run.out_shape).astype(np.float32)
     want = run(x, None, residual)
+    reference = conv2d_reference(x.astype(np.float64), weight.astype(np.float64),
+                                 bias.astype(np.float64), (stride, stride),
+                                 (padding, padding)) + residual
+    np.testing.assert_allclose(want, np.maximum(reference, 0), rtol=1e-4,
+                               atol=1e-4 * np.abs(reference).max())
     for x_border, out_border, residual_border in [((padding, padding), (1, 1), (2, 1)),
                                                   ((1, 2), (0, 0), (0, 0)),
                                                   ((0, 0), (2, 3), (1, 1))]:
@@ -534,6 +541,9 @@ def test_a_chain_head_is_the_global_mean_then_a_dense_layer(with_bias, slope, n,
     means, out = np.full((n, 8), np.nan, dtype), np.full((n, 5), np.nan, dtype)
     chain.set_head(means, dense, bias, out, slope is not None, slope or 0.0)
     chain.run(x)
+    pooled = np.empty(n * 8, dtype)   # the global average pool's own loop
+    global_mean_into(last.reshape(n * 8, -1), pooled, threads)
+    np.testing.assert_array_equal(means.ravel(), pooled)
     want_means = last.astype(np.float64).mean(axis=(2, 3))
     want = want_means @ dense.T.astype(np.float64) + (bias if with_bias else 0)
     if slope is not None:
