@@ -21,72 +21,7 @@ cnp.import_array()
 from fastdl_ext._activation cimport leaky_relu
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating, gemm, gemv
-
-cdef extern from *:
-    """
-    /* One register block of a dense layer on packed weights:
-       out[b * out_stride + j] = act(sum_k x[b * x_stride + k] * panel[k * 8 VECTORS + j]
-       + bias[j]) for the block's ``rows`` (at most ROWS; the missing ones repeat the
-       last and are not stored) and ``features`` (at most 8 VECTORS; the panel's zeros
-       beyond them are not stored). ROWS x VECTORS accumulators stay in registers
-       through all the inputs (FASTDL_CLONES and the 8-lane vectors: _activation.pxd). */
-    #define FASTDL_DENSE_BLOCK(type, ROWS, VECTORS)                                     \
-        FASTDL_CLONES static void fastdl_dense_block_##type(                           \
-                const type *restrict x, Py_ssize_t x_stride, int rows, Py_ssize_t inputs, \
-                const type *restrict panel, const type *restrict bias, type *restrict out, \
-                Py_ssize_t out_stride, int features, int activate, type slope) {       \
-            const type *restrict row[ROWS];                                             \
-            for (int b = 0; b < ROWS; b++)                                              \
-                row[b] = x + (Py_ssize_t)(b < rows ? b : rows - 1) * x_stride;          \
-            fastdl_##type##8 acc[ROWS][VECTORS];                                        \
-            for (int b = 0; b < ROWS; b++)                                              \
-                for (int v = 0; v < VECTORS; v++)                                       \
-                    acc[b][v] = (fastdl_##type##8){0};                                  \
-            for (Py_ssize_t k = 0; k < inputs; k++) {                                   \
-                fastdl_##type##8 w[VECTORS];                                            \
-                for (int v = 0; v < VECTORS; v++)                                       \
-                    w[v] = *(const fastdl_##type##8u *)(panel + (k * VECTORS + v) * 8); \
-                for (int b = 0; b < ROWS; b++) {                                        \
-                    type value = row[b][k];                                             \
-                    for (int v = 0; v < VECTORS; v++)                                   \
-                        acc[b][v] += value * w[v];                                      \
-                }                                                                       \
-            }                                                                           \
-            for (int b = 0; b < ROWS; b++) {                                            \
-                if (b >= rows)                                                          \
-                    break;                                                              \
-                for (int v = 0; v < VECTORS; v++) {                                     \
-                    fastdl_##type##8 value = acc[b][v];                                 \
-                    if (bias != NULL)                                                   \
-                        value += *(const fastdl_##type##8u *)(bias + 8 * v);            \
-                    if (activate) {                                                     \
-                        fastdl_##type##8m positive = value > 0;                         \
-                        value = (fastdl_##type##8)(positive & (fastdl_##type##8m)value) \
-                            + slope * (fastdl_##type##8)(~positive & (fastdl_##type##8m)value); \
-                    }                                                                   \
-                    type *target = out + b * out_stride + 8 * v;                        \
-                    int left = features - 8 * v;                                        \
-                    if (left >= 8)                                                      \
-                        *(fastdl_##type##8u *)target = value;                           \
-                    else                                                                \
-                        for (int j = 0; j < left; j++)                                  \
-                            target[j] = value[j];                                       \
-                }                                                                       \
-            }                                                                           \
-        }
-    /* 4 rows x 3 vectors: twelve accumulators, three weight vectors and a broadcast
-       fill the sixteen AVX2 registers */
-    #define FASTDL_DENSE_ROWS 4
-    #define FASTDL_DENSE_PANEL 24
-    FASTDL_DENSE_BLOCK(float, 4, 3)
-    """
-    enum:
-        PANEL_ROWS "FASTDL_DENSE_ROWS"      # rows of x per register block
-        PANEL "FASTDL_DENSE_PANEL"          # output features per packed panel
-    void _dense_block_float "fastdl_dense_block_float"(
-        const float* x, Py_ssize_t x_stride, int rows, Py_ssize_t inputs, const float* panel,
-        const float* bias, float* out, Py_ssize_t out_stride, int features, int activate,
-        float slope) noexcept nogil
+from fastdl_ext._dense cimport PANEL, PANEL_ROWS, packed_items
 
 # Up to this many rows, one GEMV per row: GEMM packs the whole weight matrix
 # first, which costs 35-45 µs for LeNet-5's 400 -> 120 at 1-8 rows (GEMV: 2.5 µs a row).
@@ -194,23 +129,6 @@ def linear_forward_into(x, weight, out, bias=None, bint activate=False, double s
                     rows, features, inputs, activate, slope, threads)
 
 
-cdef void _packed_items(const float* x, const float* panels, const float* bias, float* out,
-                        int rows, int features, int inputs, bint activate, float slope,
-                        Py_ssize_t first, Py_ssize_t end) noexcept nogil:
-    """Register blocks [first, end), numbered panel by panel (a panel is read from
-    cache for all its row blocks)."""
-    cdef Py_ssize_t row_blocks = (rows + PANEL_ROWS - 1) // PANEL_ROWS, item, panel, block
-    for item in range(first, end):
-        panel = item // row_blocks
-        block = item - panel * row_blocks
-        _dense_block_float(x + block * PANEL_ROWS * inputs, inputs,
-                           min(<int>PANEL_ROWS, rows - <int>block * PANEL_ROWS), inputs,
-                           panels + panel * inputs * PANEL,
-                           NULL if bias == NULL else bias + panel * PANEL,
-                           out + block * PANEL_ROWS * features + panel * PANEL, features,
-                           min(<int>PANEL, features - <int>panel * PANEL), activate, slope)
-
-
 cdef void _packed(const float* x, const float* panels, const float* bias, float* out,
                   int rows, int features, int inputs, bint activate, float slope,
                   int threads) noexcept nogil:
@@ -218,11 +136,11 @@ cdef void _packed(const float* x, const float* panels, const float* bias, float*
                              * ((features + PANEL - 1) // PANEL))
     cdef int thread
     if threads == 1:
-        _packed_items(x, panels, bias, out, rows, features, inputs, activate, slope, 0, items)
+        packed_items(x, panels, bias, out, rows, features, inputs, activate, slope, 0, items)
         return
     for thread in prange(threads, num_threads=threads, schedule="static"):
-        _packed_items(x, panels, bias, out, rows, features, inputs, activate, slope,
-                      items * thread // threads, items * (thread + 1) // threads)
+        packed_items(x, panels, bias, out, rows, features, inputs, activate, slope,
+                     items * thread // threads, items * (thread + 1) // threads)
 
 
 def linear_packed_into(x, panels, out, bias=None, bint activate=False, double slope=0.0,

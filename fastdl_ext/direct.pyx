@@ -24,7 +24,10 @@ rows or images layer after layer, so that it reads what it wrote from its own
 cache), then those left of the others'. Arrays may be stored inside zero borders
 (``View``): a stride-1 conv on a dense grid reads an input bordered by its padding in
 place, instead of copying it into a padded image per thread (ResNet-20 at batch 1:
-0.95-0.98 of the time at 2 threads, 0.94 at 1, in one process).
+0.95-0.98 of the time at 2 threads, 0.94 at 1, in one process). After its convs a
+chain may run a classifier in the same call: at batch 1-3 a global pool and a dense
+layer on the calling thread (``set_head``), from 4 images on dense layers in the
+parallel region (``set_dense``: LeNet-5 at batch 64, 0.95 of the time at 2 threads).
 """
 from cython.parallel cimport parallel, threadid
 from libc.stdlib cimport calloc, free
@@ -39,6 +42,7 @@ from fastdl_ext._activation cimport epilogue_rows, max_pairs, max_rows
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._lanes cimport lanes_epilogue, pad_lanes
 from fastdl_ext._blas cimport floating
+from fastdl_ext._dense cimport PANEL, PANEL_ROWS, packed_items
 from fastdl_ext._head cimport pool_dense
 from fastdl_ext._phases cimport (Phases, View, _at, _check_output, _pad_view, _phases,
                                  _phases_size, _scratch, _tap_offsets, _view)
@@ -470,10 +474,38 @@ cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wid
         _items_done(&layer.done_items, &layer.sleepers, taken, layer.total)
 
 
-cdef void _run_layers(Layer* layers, int count, int num_threads, char* scratch,
-                      size_t per_thread, floating* kind) noexcept nogil:
-    """Run the layers in order in one parallel region, each thread moving on to a layer
-    once every item of the one before is done (``kind`` only selects the dtype)."""
+cdef struct Dense:
+    # A dense layer run after the convs (``Chain.set_dense``): out (rows, features) =
+    # act(x (rows, inputs) @ weight.T + bias) on packed panels, float32; its register
+    # blocks are the work items.
+    const float* x
+    const float* panels
+    const float* bias
+    float* out
+    int rows, features, inputs, total, done_items, sleepers
+    int* taken
+    bint activate
+    float slope
+
+
+cdef void _dense_items(Dense* dense, int thread, int threads) noexcept nogil:
+    """Take register blocks of ``dense`` until none are left."""
+    cdef int item, taken
+    while True:
+        taken = _take_items(dense.taken, threads, thread, dense.total, 1, &item)
+        if taken == 0:
+            return
+        packed_items(dense.x, dense.panels, dense.bias, dense.out, dense.rows, dense.features,
+                     dense.inputs, dense.activate, dense.slope, item, item + taken)
+        _items_done(&dense.done_items, &dense.sleepers, taken, dense.total)
+
+
+cdef void _run_layers(Layer* layers, int count, Dense* dense, int dense_count,
+                      int num_threads, char* scratch, size_t per_thread,
+                      floating* kind) noexcept nogil:
+    """Run the layers, then the dense layers, in order in one parallel region, each
+    thread moving on to a layer once every item of the one before is done (``kind``
+    only selects the dtype)."""
     cdef int thread, k
     cdef floating* padded
     cdef const Layer* zeroed
@@ -483,8 +515,12 @@ cdef void _run_layers(Layer* layers, int count, int num_threads, char* scratch,
         zeroed = NULL
         for k in range(count):
             _layer_items(&layers[k], thread, padded, padded + layers[k].padded_size, &zeroed)
-            if k + 1 < count:
+            if k + 1 < count or dense_count:
                 _wait_done(&layers[k].done_items, &layers[k].sleepers, layers[k].total)
+        for k in range(dense_count):
+            _dense_items(&dense[k], thread, layers[0].threads)
+            if k + 1 < dense_count:
+                _wait_done(&dense[k].done_items, &dense[k].sleepers, dense[k].total)
 
 
 cdef struct Head:
@@ -523,6 +559,9 @@ cdef class Chain:
     cdef list keep          # the arrays the layers point into, the first input aside
     cdef tuple head         # the arrays of ``set_head``, or None
     cdef Head head_layout
+    cdef list dense_arrays  # the arrays of ``set_dense``
+    cdef Dense* dense
+    cdef int dense_count
 
     def __cinit__(self, list specs, int num_threads):
         cdef int k
@@ -530,6 +569,7 @@ cdef class Chain:
         cdef object first
         self.layers = NULL
         self.head = None
+        self.dense, self.dense_count, self.dense_arrays = NULL, 0, []
         self.running = False
         self.count = len(specs)
         self.num_threads = num_threads
@@ -561,6 +601,15 @@ cdef class Chain:
                 free(self.layers[k].offsets)
                 free(self.layers[k].taken)
             free(self.layers)
+        self._free_dense()
+
+    cdef void _free_dense(self) noexcept:
+        cdef int k
+        if self.dense != NULL:
+            for k in range(self.dense_count):
+                free(self.dense[k].taken)
+            free(self.dense)
+        self.dense, self.dense_count = NULL, 0
 
     def set_head(self, means, weight, bias, out, bint activate=False, double slope=0.0):
         """After the convs, also out (N, F) = act(means @ weight (F, C)ᵀ + bias), means
@@ -577,6 +626,8 @@ cdef class Chain:
         if last == NULL or last.out_view.interior != 0 or last.out_view.plane != last.plane:
             raise ValueError("Chain.set_head: the chain's last conv must write an unbordered "
                              "output")
+        if self.dense_count:
+            raise ValueError("Chain.set_head: the chain runs dense layers already")
         if (means_shape[0] != last.n_images or means_shape[1] != last.out_channels
                 or weight_shape[1] != last.out_channels or out_shape[0] != last.n_images
                 or out_shape[1] != weight_shape[0]):
@@ -596,9 +647,69 @@ cdef class Chain:
         self.head_layout.features = weight_shape[0]
         self.head_layout.activate, self.head_layout.slope = activate, slope
 
+    def set_dense(self, list layers):
+        """After the convs, in the same parallel region, dense layers ``(x, panels, bias,
+        out, activate, slope)`` in order: out (N, F) = act(x (N, K) @ weight.T + bias),
+        the weights packed as ``dense.linear_packed_into`` takes them (panels (P, K,
+        PANEL), bias (P * PANEL,) or None), float32. A layer may read the last conv's
+        output (as (N, K)) or an earlier dense layer's ``out``: a network's classifier
+        layers at batch 4 and up, without a return to Python and a new wake-up of the
+        team for each. Replaces the dense layers set before; ``[]`` sets none."""
+        cdef str caller = "Chain.set_dense"
+        cdef cnp.npy_intp* x_shape
+        cdef cnp.npy_intp* p_shape
+        cdef cnp.npy_intp* out_shape
+        cdef Dense* dense
+        cdef int k
+        if self.running:
+            raise RuntimeError("Chain.set_dense: the chain is running")
+        if layers and (self.count == 0 or self.typenum != cnp.NPY_FLOAT32
+                       or self.head is not None):
+            raise ValueError("Chain.set_dense: dense layers run after the convs of a float32 "
+                             "chain with no head")
+        self._free_dense()
+        self.dense_arrays = []
+        dense = <Dense*>calloc(max(len(layers), 1), sizeof(Dense))
+        if dense == NULL:
+            raise MemoryError()
+        self.dense = dense
+        try:
+            for k, (x, panels, bias, out, activate, slope) in enumerate(layers):
+                x_shape = _dims(caller, x, "x", 2, cnp.NPY_FLOAT32, False)
+                p_shape = _dims(caller, panels, "panels", 3, cnp.NPY_FLOAT32, False)
+                out_shape = _dims(caller, out, "out", 2, cnp.NPY_FLOAT32, True)
+                if (p_shape[1] != x_shape[1] or p_shape[2] != PANEL
+                        or out_shape[0] != x_shape[0]
+                        or p_shape[0] != (out_shape[1] + PANEL - 1) // PANEL):
+                    raise ValueError("%s: layer %d's x %s, panels %s and out %s do not fit "
+                                     "(panels of %d features)" % (
+                                         caller, k, (x_shape[0], x_shape[1]),
+                                         (p_shape[0], p_shape[1], p_shape[2]),
+                                         (out_shape[0], out_shape[1]), PANEL))
+                if bias is not None and _dims(caller, bias, "bias", 1, cnp.NPY_FLOAT32,
+                                              False)[0] != p_shape[0] * PANEL:
+                    raise ValueError("%s: layer %d's bias must have %d values (whole panels)"
+                                     % (caller, k, p_shape[0] * PANEL))
+                dense[k].taken = <int*>calloc(self.layers[0].threads, sizeof(int))
+                if dense[k].taken == NULL:
+                    raise MemoryError()
+                self.dense_count = k + 1
+                dense[k].x, dense[k].panels = <const float*>_data(x), <const float*>_data(panels)
+                dense[k].bias = <const float*>_data(bias) if bias is not None else NULL
+                dense[k].out = <float*>_data(out)
+                dense[k].rows, dense[k].inputs = x_shape[0], x_shape[1]
+                dense[k].features = out_shape[1]
+                dense[k].total = ((x_shape[0] + PANEL_ROWS - 1) // PANEL_ROWS) * p_shape[0]
+                dense[k].activate, dense[k].slope = activate, slope
+                self.dense_arrays.append((x, panels, bias, out))
+        except BaseException:
+            self._free_dense()
+            self.dense_arrays = []
+            raise
+
     def run(self, x):
-        """Run the chain with ``x`` (C-contiguous) as its first input (and the head, where
-        one is set)."""
+        """Run the chain with ``x`` (C-contiguous) as its first input (and the head or the
+        dense layers, where set)."""
         cdef int k
         cdef cnp.npy_intp* shape
         cdef const void* data
@@ -625,18 +736,21 @@ cdef class Chain:
                 layer.residual = data
             layer.done_items = layer.sleepers = 0
             memset(layer.taken, 0, sizeof(int) * layer.threads)
+        for k in range(self.dense_count):
+            self.dense[k].done_items = self.dense[k].sleepers = 0
+            memset(self.dense[k].taken, 0, sizeof(int) * self.layers[0].threads)
         try:
             scratch = <char*>_scratch(self.num_threads, self.per_thread, False)
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT32:
-                    _run_layers(self.layers, self.count, self.num_threads, scratch,
-                                self.per_thread, <float*>NULL)
+                    _run_layers(self.layers, self.count, self.dense, self.dense_count,
+                                self.num_threads, scratch, self.per_thread, <float*>NULL)
                     if self.head_layout.out != NULL:
                         _run_head(&self.layers[self.count - 1], &self.head_layout,
                                   <float*>NULL)
                 else:
-                    _run_layers(self.layers, self.count, self.num_threads, scratch,
-                                self.per_thread, <double*>NULL)
+                    _run_layers(self.layers, self.count, self.dense, 0, self.num_threads,
+                                scratch, self.per_thread, <double*>NULL)
                     if self.head_layout.out != NULL:
                         _run_head(&self.layers[self.count - 1], &self.head_layout,
                                   <double*>NULL)

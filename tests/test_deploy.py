@@ -81,6 +81,21 @@ def test_chained_convs_keep_bordered_intermediates_only_the_chain_reads(rng):
         assert not frame.any()
 
 
+@pytest.mark.parametrize("batch, steps", [(64, 1), (4, 1), (3, 5)])
+def test_a_lenet_classifier_runs_in_its_convs_chain(batch, steps, rng):
+    """From 4 images on (the packed dense kernel's rows), LeNet-5's flatten and three
+    linear layers run in the parallel region of its conv chain: one program step,
+    equal to the eager model, call after call; below that they stay steps of their own."""
+    fastdl.manual_seed(0)
+    model = lenet5()
+    plan = deploy.compile(model, np.zeros((batch, 1, 28, 28), np.float32))
+    program, _ = plan._program(batch)
+    assert len(program) == steps
+    for _ in range(3):
+        x = rng.normal(size=(batch, 1, 28, 28)).astype(np.float32)
+        np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-6)
+
+
 def test_plan_on_real_digits():
     digits = load_digits()
     fastdl.manual_seed(0)

@@ -291,14 +291,41 @@ class InferencePlan:
             return None
         return pool, pool + 1, pool + 2
 
-    def _chain(self, runs, borders, head=None):
+    def _dense_tail(self, runs, batch):
+        """The ops after the chain ``runs`` that it can run as dense layers in its own
+        parallel region: a flatten of its last output, then consecutive linear layers
+        each reading the one before (a LeNet's classifier), as (flatten, [(linear,
+        LinearRunner)]); None where there are none, or the packed float32 kernel does
+        not apply (fewer than ``dense.PANEL_ROWS`` rows: the head's case, or GEMVs)."""
+        flatten = runs[-1][2] + 1
+        if batch < dense_kernels.PANEL_ROWS or self.dtype != np.float32 or flatten >= len(
+                self.ops):
+            return None
+        op = self.ops[flatten]
+        if op["op"] != "flatten" or op["start_dim"] != 1 or op["inputs"] != [flatten]:
+            return None
+        linears, source = [], flatten + 1
+        for index in range(flatten + 1, len(self.ops)):
+            op = self.ops[index]
+            if op["op"] != "linear" or op["inputs"] != [source]:
+                break
+            weights = op["weights"]
+            linears.append((index, dense_kernels.LinearRunner(
+                self.tensors[weights["weight"]],
+                self.tensors[weights["bias"]] if "bias" in weights else None,
+                op.get("negative_slope"))))
+            source = index + 1
+        return (flatten, linears) if linears else None
+
+    def _chain(self, runs, borders, head=None, tail=None):
         """One step for consecutive direct convs ``[(index, runner, output)]``: one
         parallel region for all of them (one wake-up of the team instead of one per
         conv). ``output`` is the op whose output the conv writes: its own, or that of
         the max pool it computes in its epilogue (``_pooled``). ``borders``: the zero
-        border each buffer stored with one has (``_borders``); ``head``: the ops of a
-        classifier head the chain runs too (``_head``)."""
-        if len(runs) == 1:
+        border each buffer stored with one has (``_borders``); ``head`` and ``tail``: the
+        ops of a classifier head (``_head``) or the dense layers (``_dense_tail``) the
+        chain runs too."""
+        if len(runs) == 1 and tail is None:
             index, run, output = runs[0]
             return self._single(output, lambda values, buffer: run(
                 values[self.ops[index]["inputs"][0]], buffer, self._residual(index, values)))
@@ -313,6 +340,11 @@ class InferencePlan:
                 values[pool + 1] = buffers[pool]
                 values[flatten + 1] = buffers[pool].reshape(buffers[pool].shape[:2])
                 values[linear + 1] = buffers[linear]
+            if tail is not None:
+                flatten, linears = tail
+                values[flatten + 1] = values[flatten].reshape(len(values[flatten]), -1)
+                for index, _ in linears:
+                    values[index + 1] = buffers[index]
             x = values[first]
             chain = buffers.chains.get(key)
             if chain is None:
@@ -327,6 +359,10 @@ class InferencePlan:
                                    self.tensors[weights["bias"]] if "bias" in weights else None,
                                    values[head[2] + 1], slope is not None,
                                    0.0 if slope is None else slope)
+                if tail is not None:
+                    chain.set_dense([(values[index], layer.panels, layer.panel_bias,
+                                      values[index + 1], layer.activate, layer.slope)
+                                     for index, layer in tail[1]])
                 # kept with the buffer set where the chain reads nothing but its first
                 # input and this set's buffers (a standalone activation before it, say,
                 # makes a new array every call)
@@ -410,10 +446,14 @@ class InferencePlan:
             if runs:
                 self._borders(runs, borders)
                 head = self._head(runs, batch)
-                program.append(self._chain(runs, borders, head))
+                tail = None if head is not None else self._dense_tail(runs, batch)
+                program.append(self._chain(runs, borders, head, tail))
                 runs = []
                 if head is not None:
                     done.update(head[1:])
+                    continue
+                if tail is not None:
+                    done.update(index for index, _ in tail[1])
                     continue
             program.append(self._single(index, prepared))
         if runs:
