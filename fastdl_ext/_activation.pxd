@@ -156,6 +156,55 @@ cdef extern from *:
         }
     FASTDL_EPILOGUE_ROWS(fastdl_epilogue_rows_float, float)
     FASTDL_EPILOGUE_ROWS(fastdl_epilogue_rows_double, double)
+    /* Rows of a conv's epilogue split by column parity, as a stride-2 conv's phase
+       planes hold them: output row y (first_row <= y < first_row + rows) goes to the
+       row of ``target`` at ((y + border) % phases) * phase_stride + (y + border) /
+       phases * cols, its even columns act(source[2 i] + *shift + residual[2 i]) at
+       ``even`` past it, the odd ones at ``odd``. One pass of vector shuffles for all
+       rows: the epilogue and then a copy per parity, or a call per row, cost as long
+       as the copy into phase planes this replaces. */
+    #define FASTDL_EPILOGUE_SPLIT(type)                                                \
+        FASTDL_CLONES static void fastdl_epilogue_split_##type(                        \
+                type *target, Py_ssize_t even, Py_ssize_t odd, Py_ssize_t phase_stride, \
+                Py_ssize_t cols, int phases, int border, int first_row, int rows,      \
+                const type *source, Py_ssize_t source_stride, const type *residual,    \
+                Py_ssize_t residual_stride, Py_ssize_t width, const type *shift,       \
+                int activate, type slope) {                                             \
+            type add = shift != NULL ? *shift : (type)0;                               \
+            for (int y = first_row; y < first_row + rows; y++) {                        \
+                type *row = target + (Py_ssize_t)((y + border) % phases) * phase_stride \
+                    + (Py_ssize_t)((y + border) / phases) * cols;                       \
+                type *restrict to_even = row + even, *restrict to_odd = row + odd;      \
+                const type *restrict from = source + (Py_ssize_t)(y - first_row) * source_stride; \
+                const type *restrict added = residual == NULL ? NULL                   \
+                    : residual + (Py_ssize_t)(y - first_row) * residual_stride;         \
+                Py_ssize_t i = 0;                                                       \
+                for (; 2 * i + 16 <= width; i += 8) {                                   \
+                    fastdl_##type##8 v[2];                                              \
+                    for (int k = 0; k < 2; k++) {                                       \
+                        v[k] = *(const fastdl_##type##8u *)(from + 2 * i + 8 * k) + add; \
+                        if (added != NULL)                                              \
+                            v[k] += *(const fastdl_##type##8u *)(added + 2 * i + 8 * k); \
+                        if (activate) {                                                 \
+                            fastdl_##type##8m positive = v[k] > 0;                      \
+                            v[k] = (fastdl_##type##8)(positive & (fastdl_##type##8m)v[k]) \
+                                + slope * (fastdl_##type##8)(~positive & (fastdl_##type##8m)v[k]); \
+                        }                                                               \
+                    }                                                                   \
+                    *(fastdl_##type##8u *)(to_even + i) = FASTDL_EVEN8(v[0], v[1]);     \
+                    *(fastdl_##type##8u *)(to_odd + i) = FASTDL_ODD8(v[0], v[1]);       \
+                }                                                                       \
+                for (Py_ssize_t x = 2 * i; x < width; x++) {                            \
+                    type value = from[x] + add;                                         \
+                    if (added != NULL)                                                  \
+                        value += added[x];                                              \
+                    (x % 2 ? to_odd : to_even)[x / 2] =                                 \
+                        activate ? FASTDL_LEAKY(value, slope) : value;                  \
+                }                                                                       \
+            }                                                                           \
+        }
+    FASTDL_EPILOGUE_SPLIT(float)
+    FASTDL_EPILOGUE_SPLIT(double)
     /* The mean of ``count`` values, summed in double in sixteen interleaved sums of
        explicit vectors (a fixed order, so the result does not depend on the thread
        count; four scalar sums were one add latency per value). */
@@ -190,6 +239,17 @@ cdef extern from *:
         Py_ssize_t rows, Py_ssize_t width, const double* shift, int activate,
         double slope) noexcept nogil
 
+    void _epilogue_split_float "fastdl_epilogue_split_float"(
+        float* target, Py_ssize_t even, Py_ssize_t odd, Py_ssize_t phase_stride,
+        Py_ssize_t cols, int phases, int border, int first_row, int rows, const float* source,
+        Py_ssize_t source_stride, const float* residual, Py_ssize_t residual_stride,
+        Py_ssize_t width, const float* shift, int activate, float slope) noexcept nogil
+    void _epilogue_split_double "fastdl_epilogue_split_double"(
+        double* target, Py_ssize_t even, Py_ssize_t odd, Py_ssize_t phase_stride,
+        Py_ssize_t cols, int phases, int border, int first_row, int rows,
+        const double* source, Py_ssize_t source_stride, const double* residual,
+        Py_ssize_t residual_stride, Py_ssize_t width, const double* shift, int activate,
+        double slope) noexcept nogil
     void _every_other_float "fastdl_every_other_float"(
         float* target, Py_ssize_t target_stride, const float* source,
         Py_ssize_t source_stride, Py_ssize_t rows, Py_ssize_t count,
@@ -217,6 +277,28 @@ cdef inline floating mean(const floating* values, Py_ssize_t count) noexcept nog
     if floating is float:
         return <float>_mean_float(values, count)
     return _mean_double(values, count)
+
+
+cdef inline void epilogue_split(floating* target, Py_ssize_t even, Py_ssize_t odd,
+                                Py_ssize_t phase_stride, Py_ssize_t cols, int phases,
+                                int border, int first_row, int rows, const floating* source,
+                                Py_ssize_t source_stride, const floating* residual,
+                                Py_ssize_t residual_stride, Py_ssize_t width,
+                                const floating* shift, bint activate,
+                                floating slope) noexcept nogil:
+    """Output rows [first_row, first_row + rows) of ``width`` values, act(source + *shift
+    + residual), split by column parity into phase planes: row y lies at ``target`` +
+    ((y + border) % phases) * phase_stride + (y + border) / phases * cols, its even
+    columns ``even`` past that, its odd ones ``odd`` (``shift``, ``residual``: NULL to
+    leave out)."""
+    if floating is float:
+        _epilogue_split_float(target, even, odd, phase_stride, cols, phases, border,
+                              first_row, rows, source, source_stride, residual,
+                              residual_stride, width, shift, activate, slope)
+    else:
+        _epilogue_split_double(target, even, odd, phase_stride, cols, phases, border,
+                               first_row, rows, source, source_stride, residual,
+                               residual_stride, width, shift, activate, slope)
 
 
 cdef inline void every_other(floating* target, Py_ssize_t target_stride,

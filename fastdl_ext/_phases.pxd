@@ -4,13 +4,16 @@
 A conv of stride ``(sh, sw)`` reads its zero-padded input as ``sh x sw`` phase
 planes, each (C, rows, cols): plane ``(a, b)`` holds ``padded[c, y * sh + a, x * sw
 + b]`` at ``[c, y, x]``, so every tap reads one contiguous run of a plane per output
-row, as at stride 1 (where the single plane is the padded image itself).
+row, as at stride 1 (where the single plane is the padded image itself). A conv
+copies its input into such planes per thread (``_pad_view``), or reads them in place
+from an array a plan keeps in that layout (``View``), which the conv before writes
+in its epilogue (``_epilogue_phases``).
 """
 from libc.stdlib cimport calloc, malloc
 
 cimport numpy as cnp
 
-from fastdl_ext._activation cimport epilogue_rows, every_other
+from fastdl_ext._activation cimport epilogue_rows, epilogue_split, every_other
 from fastdl_ext._blas cimport floating
 
 
@@ -50,11 +53,29 @@ cdef inline void _pad_image(const floating* image, Phases p, floating* padded) n
     _pad_view(image, p.width, <Py_ssize_t>p.height * p.width, p, padded)
 
 
+cdef inline void strided_rows(floating* target, Py_ssize_t target_stride,
+                              const floating* source, Py_ssize_t source_stride,
+                              Py_ssize_t rows, Py_ssize_t count, int stride,
+                              Py_ssize_t readable) noexcept nogil:
+    """target[r, i] = source[r, stride * i] for i < count, over ``rows`` rows (rows of
+    ``readable`` values from ``source``'s start): the column phase of a row."""
+    cdef Py_ssize_t r, i
+    if stride == 1:   # contiguous runs: one vectorised copy
+        epilogue_rows(target, target_stride, source, source_stride, NULL, 0, rows, count,
+                      NULL, False, 0)
+    elif stride == 2:
+        every_other(target, target_stride, source, source_stride, rows, count, readable)
+    else:
+        for r in range(rows):
+            for i in range(count):
+                target[r * target_stride + i] = source[r * source_stride + i * stride]
+
+
 cdef inline void _pad_view(const floating* image, Py_ssize_t row_stride,
                            Py_ssize_t channel_stride, Phases p, floating* padded) noexcept nogil:
     """``_pad_image`` of an image stored with rows ``row_stride`` and channels
     ``channel_stride`` elements apart (the interior of a bordered buffer)."""
-    cdef int a, b, c, y, x, top, bottom, left, right
+    cdef int a, b, c, top, bottom, left, right
     cdef floating* target
     cdef const floating* source
     # a stride beyond the kernel leaves phases no tap reads (a 1x1 stride-2 conv reads
@@ -72,45 +93,87 @@ cdef inline void _pad_view(const floating* image, Py_ssize_t row_stride,
                                    * p.rows + top) * p.cols + left
                 source = image + c * channel_stride + (top * p.stride_h + a - p.pad_h) \
                     * row_stride + left * p.stride_w + b - p.pad_w
-                if p.stride_w == 1:   # rows are contiguous runs: one vectorised copy
-                    epilogue_rows(target, p.cols, source, p.stride_h * row_stride,
-                                  NULL, 0, bottom - top, right - left, NULL, False, 0)
-                    continue
-                if p.stride_w == 2:
-                    every_other(target, p.cols, source, p.stride_h * row_stride,
-                                bottom - top, right - left,
-                                p.width - (left * p.stride_w + b - p.pad_w))
-                    continue
-                for y in range(bottom - top):
-                    for x in range(right - left):
-                        target[x] = source[x * p.stride_w]
-                    target = target + p.cols
-                    source = source + p.stride_h * row_stride
+                strided_rows(target, p.cols, source, p.stride_h * row_stride, bottom - top,
+                             right - left, p.stride_w,
+                             p.width - (left * p.stride_w + b - p.pad_w))
 
 
 cdef struct View:
-    # Where an image's values lie in an array stored with a zero border around each
-    # plane: rows ``cols`` apart, planes ``plane`` apart, the first value at ``interior``.
-    Py_ssize_t cols, plane, interior
+    # How an array stores its images: each channel's plane inside a zero border
+    # (border_h, border_w), and split into the phase planes of a stride (stride_h,
+    # stride_w) as ``Phases`` lays them out ((1, 1): one plane a channel). Planes of
+    # rows ``cols`` apart lie ``plane`` apart, images ``image`` apart; at stride 1 an
+    # image's first value is ``interior`` into its plane.
+    Py_ssize_t cols, plane, image, interior
+    int channels, border_h, border_w, stride_h, stride_w
 
 
-cdef inline int _view(View* view, str caller, cnp.npy_intp* dims, object border, str name,
-                      int* height, int* width) except -1:
-    """Lay out ``view`` for an (N, C, H + 2 bh, W + 2 bw) array with border ``(bh, bw)``,
-    and give its interior ``H x W``."""
-    cdef int border_h = border[0], border_w = border[1]
-    if border_h < 0 or border_w < 0 or dims[2] < 2 * border_h or dims[3] < 2 * border_w:
-        raise ValueError("%s: %s of shape %s cannot have a border of %r"
-                         % (caller, name, (dims[0], dims[1], dims[2], dims[3]), border))
+cdef inline int _view(View* view, str caller, cnp.npy_intp* dims, tuple layout, str name,
+                      int* channels, int* height, int* width) except -1:
+    """Lay out ``view`` for an (N, C', H', W') array stored as ``layout`` = (bh, bw, sh,
+    sw), and give its images' C x H x W: C' = sh sw C, and sh H' = H + 2 bh (phase planes
+    that cover the padded image exactly; at stride 1 simply H' = H + 2 bh)."""
+    cdef int border_h = layout[0], border_w = layout[1]
+    cdef int stride_h = layout[2], stride_w = layout[3]
+    if (border_h < 0 or border_w < 0 or stride_h < 1 or stride_w < 1
+            or dims[1] % (stride_h * stride_w) or stride_h * dims[2] < 2 * border_h
+            or stride_w * dims[3] < 2 * border_w):
+        raise ValueError("%s: %s of shape %s cannot be stored with a border of %r and phase "
+                         "planes of stride %r" % (caller, name, (dims[0], dims[1], dims[2],
+                                                                  dims[3]),
+                                                  layout[:2], layout[2:]))
+    view.border_h, view.border_w, view.stride_h, view.stride_w = layout
+    view.channels = dims[1] // (stride_h * stride_w)
     view.cols, view.plane = dims[3], <Py_ssize_t>dims[2] * dims[3]
+    view.image = dims[1] * view.plane
     view.interior = <Py_ssize_t>border_h * dims[3] + border_w
-    height[0], width[0] = dims[2] - 2 * border_h, dims[3] - 2 * border_w
+    channels[0] = view.channels
+    height[0] = stride_h * dims[2] - 2 * border_h
+    width[0] = stride_w * dims[3] - 2 * border_w
     return 0
 
 
 cdef inline Py_ssize_t _at(const View* view, Py_ssize_t plane, int row) noexcept nogil:
-    """Offset of ``row`` of the plane ``plane`` (image * channels + channel) in ``view``."""
+    """Offset of ``row`` of the plane ``plane`` (image * channels + channel) in a view of
+    stride 1."""
     return plane * view.plane + view.interior + <Py_ssize_t>row * view.cols
+
+
+cdef inline void _epilogue_phases(floating* image, const View* view, int channel,
+                                  floating* rows, Py_ssize_t row_stride,
+                                  const floating* residual, Py_ssize_t residual_stride,
+                                  int first_row, int count, int width, const floating* shift,
+                                  bint activate, floating slope) noexcept nogil:
+    """act(rows + *shift + residual) for rows ``first_row`` .. ``first_row + count - 1``
+    of one channel (``width`` values each; ``shift``, ``residual``: NULL to leave out)
+    into the phase planes of ``image`` stored as ``view``: value (y, x) goes to plane
+    ((y + bh) % sh, (x + bw) % sw), row (y + bh) / sh, column (x + bw) / sw. At
+    column stride 2 in one pass (``epilogue_split``); else ``rows`` takes the epilogue
+    in place and is then copied a column phase at a time."""
+    cdef int y, b, first_x, sh = view.stride_h, sw = view.stride_w, bw = view.border_w
+    cdef Py_ssize_t channel_planes = view.channels * view.plane
+    cdef floating* row
+    cdef floating* target
+    # channel ``channel`` of plane (0, 0); a row phase is sw planes of channels on
+    image = image + channel * view.plane
+    if sw == 2:
+        epilogue_split(image, bw % 2 * channel_planes + bw // 2,
+                       (bw + 1) % 2 * channel_planes + (bw + 1) // 2, sw * channel_planes,
+                       view.cols, sh, view.border_h, first_row, count, rows, row_stride,
+                       residual, residual_stride, width, shift, activate, slope)
+        return
+    epilogue_rows(rows, row_stride, rows, row_stride, residual, residual_stride, count, width,
+                  shift, activate, slope)
+    for y in range(first_row, first_row + count):
+        row = rows + <Py_ssize_t>(y - first_row) * row_stride
+        target = image + (y + view.border_h) % sh * sw * channel_planes \
+            + <Py_ssize_t>(y + view.border_h) // sh * view.cols
+        for b in range(sw):
+            first_x = ((b - bw) % sw + sw) % sw
+            if first_x < width:
+                strided_rows(target + b * channel_planes + (first_x + bw) // sw, 0,
+                             row + first_x, 0, 1, (width - first_x + sw - 1) // sw, sw,
+                             width - first_x)
 
 
 cdef inline void* _scratch(int threads, size_t per_thread, bint zeroed=True) except NULL:
@@ -123,23 +186,26 @@ cdef inline void* _scratch(int threads, size_t per_thread, bint zeroed=True) exc
     return scratch
 
 
-cdef inline Py_ssize_t* _tap_offsets(Phases p, int kernel_h, int kernel_w,
-                                     int extra=0) except NULL:
-    """Flat offset of tap (c, i, j) in the phase planes (plane (i % stride_h, j %
-    stride_w), row i // stride_h, column j // stride_w of channel c), and ``extra``
-    slots after them for the caller to fill; the caller frees it."""
+cdef inline Py_ssize_t* _tap_offsets(Phases p, int kernel_h, int kernel_w, int extra=0,
+                                     int shift_h=0, int shift_w=0) except NULL:
+    """Flat offset of tap (c, i, j) in the phase planes (with u = i + shift_h, v = j +
+    shift_w: plane (u % stride_h, v % stride_w), row u // stride_h, column v //
+    stride_w of channel c; a shift reads planes padded by that much more than the
+    conv), and ``extra`` slots after them for the caller to fill; the caller frees it."""
     cdef Py_ssize_t* offsets = <Py_ssize_t*>malloc(
         sizeof(Py_ssize_t) * (p.channels * kernel_h * kernel_w + extra))
-    cdef int c, i, j, phase
+    cdef int c, i, j, u, v, phase
     if offsets == NULL:
         raise MemoryError()
     for c in range(p.channels):
         for i in range(kernel_h):
+            u = i + shift_h
             for j in range(kernel_w):
-                phase = (i % p.stride_h) * p.stride_w + j % p.stride_w
+                v = j + shift_w
+                phase = (u % p.stride_h) * p.stride_w + v % p.stride_w
                 offsets[(c * kernel_h + i) * kernel_w + j] = (
-                    (<Py_ssize_t>phase * p.channels + c) * p.rows + i // p.stride_h) \
-                    * p.cols + j // p.stride_w
+                    (<Py_ssize_t>phase * p.channels + c) * p.rows + u // p.stride_h) \
+                    * p.cols + v // p.stride_w
     return offsets
 
 

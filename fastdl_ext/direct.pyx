@@ -24,7 +24,9 @@ rows or images layer after layer, so that it reads what it wrote from its own
 cache), then those left of the others'. Arrays may be stored inside zero borders
 (``View``): a stride-1 conv on a dense grid reads an input bordered by its padding in
 place, instead of copying it into a padded image per thread (ResNet-20 at batch 1:
-0.95-0.98 of the time at 2 threads, 0.94 at 1, in one process). After its convs a
+0.95-0.98 of the time at 2 threads, 0.94 at 1, in one process); an array may also be
+stored as the phase planes of a stride, which a conv writes in its epilogue and the
+strided convs after it read in place (ResNet's stage transitions: 0.97-0.99). After its convs a
 chain may run a classifier in the same call: at batch 1-3 a global pool and a dense
 layer on the calling thread (``set_head``), from 4 images on dense layers in the
 parallel region (``set_dense``: LeNet-5 at batch 64, 0.95 of the time at 2 threads).
@@ -44,8 +46,9 @@ from fastdl_ext._lanes cimport lanes_epilogue, pad_lanes
 from fastdl_ext._blas cimport floating
 from fastdl_ext._dense cimport PANEL, PANEL_ROWS, packed_items
 from fastdl_ext._head cimport pool_dense
-from fastdl_ext._phases cimport (Phases, View, _at, _check_output, _pad_view, _phases,
-                                 _phases_size, _scratch, _tap_offsets, _view)
+from fastdl_ext._phases cimport (Phases, View, _at, _check_output, _epilogue_phases,
+                                 _pad_view, _phases, _phases_size, _scratch, _tap_offsets,
+                                 _view)
 from fastdl_ext._team cimport _items_done, _take_items, _wait_done
 
 cdef extern from *:
@@ -155,7 +158,7 @@ cdef extern from *:
 
 
 CALLER = "direct_forward_into"   # the name errors are reported under
-NO_BORDERS = ((0, 0), (0, 0), (0, 0))   # of x, residual and out (``_fill_layer``)
+NO_BORDERS = ((0, 0, 1, 1),) * 3   # x, residual and out as plain arrays (``_layouts``)
 cdef enum:
     MAX_LANES_BYTES = 512 * 1024   # 8 padded images on image lanes, per thread
 BLOCK_SHAPES = ((4, 24), (6, 16), (3, 24))   # (output channels, positions) per block
@@ -220,51 +223,65 @@ cdef struct Layer:
     void* out
     Py_ssize_t* offsets
     bint activate, pool, image_lanes
-    bint in_place   # x is stored as this conv's padded image: read where it lies
+    bint in_place   # x is stored as (a superset of) this conv's padded planes: read there
+    bint phased_out   # out is stored in phase planes (``_epilogue_phases``)
     bint reads_first, adds_first   # x / residual is the chain's first input
     double slope
+
+
+cdef tuple _layouts(object borders):
+    """A chain entry's ``borders`` as three (bh, bw, sh, sw) layouts (``View``): each given
+    as a border (bh, bw), or a border and the stride of the phase planes (bh, bw, sh,
+    sw)."""
+    if borders is None:
+        return NO_BORDERS
+    if len(borders) != 3 or any(len(layout) not in (2, 4) for layout in borders):
+        raise ValueError("direct_forward_into: borders must be 3 layouts, (rows, cols) or "
+                         "(rows, cols, stride_h, stride_w), for x, residual and out, got %r"
+                         % (borders,))
+    return tuple(tuple(int(n) for n in layout) + ((1, 1) if len(layout) == 2 else ())
+                 for layout in borders)
 
 
 cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) except -1:
     """Check one chain entry ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias,
     residual, activate, slope, pool[, borders])`` and lay it out in ``layer`` (its
     offsets malloc'ed). ``pool``: ``out`` takes the 2x2 max pool of the conv's output.
-    ``borders``: the zero borders ``((bh, bw), ...)`` x, residual and out are stored
-    with (``View``), none by default; the conv writes out's interior only, so a border
-    zeroed once stays zero. A stride-1 conv on a dense grid (``OW`` a multiple of 8)
-    whose x has the conv's own padding as border reads x in place, with no copy."""
+    ``borders``: how x, residual and out are stored (``_layouts``, ``View``): plain by
+    default, or inside a zero border, or (x and out) also split into the phase planes
+    of a stride; the conv writes out's interior only, so a border zeroed once stays
+    zero. A conv on a dense grid (``OW`` a multiple of 8) whose x is stored with its
+    own stride and at least its padding as border reads x in place, with no copy (x in
+    phase planes must be read so)."""
     cdef object bias = spec[7], residual = spec[8]
-    cdef tuple borders = NO_BORDERS
-    if len(spec) > 12 and spec[12] is not None:
-        if len(spec[12]) != 3:
-            raise ValueError("direct_forward_into: borders must be 3 (rows, cols) pairs, for "
-                             "x, residual and out, got %r" % (spec[12],))
-        borders = tuple((int(border[0]), int(border[1])) for border in spec[12])
+    cdef tuple borders = _layouts(spec[12] if len(spec) > 12 else None)
     cdef cnp.npy_intp* x = _dims(CALLER, spec[0], "x", 4, typenum, False)
     cdef cnp.npy_intp* packed = _dims(CALLER, spec[1], "packed", 3, typenum, False)
     cdef cnp.npy_intp* out = _dims(CALLER, spec[2], "out", 4, typenum, True)
     cdef cnp.npy_intp* shape
     cdef int kernel_h = spec[3], kernel_w = spec[4]
     cdef tuple padding = spec[5], stride = spec[6]
-    cdef int b, t, units, lanes = 0, height, width, out_rows, out_cols, rows, cols
+    cdef int b, t, units, lanes = 0, channels, height, width, out_channels, out_rows, out_cols
+    cdef int rows, cols
     cdef Py_ssize_t grid
-    _view(&layer.x_view, CALLER, x, borders[0], "x", &height, &width)
-    _view(&layer.out_view, CALLER, out, borders[2], "out", &out_rows, &out_cols)
+    _view(&layer.x_view, CALLER, x, borders[0], "x", &channels, &height, &width)
+    _view(&layer.out_view, CALLER, out, borders[2], "out", &out_channels, &out_rows, &out_cols)
     cdef bint bordered = borders != NO_BORDERS
-    cdef Phases phases = _phases(x[1], height, width, padding[0], padding[1], stride[0],
+    cdef Phases phases = _phases(channels, height, width, padding[0], padding[1], stride[0],
                                  stride[1], kernel_h, kernel_w)
+    cdef Phases reading
     for b, lanes in BLOCK_SHAPES:
         if b == packed[2]:
             break
     else:
         raise ValueError("direct_forward_into: packed weights have blocks of %d channels, "
                          "expected one of %s" % (packed[2], BLOCK_SHAPES))
-    layer.taps = x[1] * kernel_h * kernel_w
-    layer.out_channels = out[1]
-    if packed[1] != layer.taps or packed[0] * packed[2] < out[1]:
+    layer.taps = channels * kernel_h * kernel_w
+    layer.out_channels = out_channels
+    if packed[1] != layer.taps or packed[0] * packed[2] < out_channels:
         raise ValueError("direct_forward_into: packed weights of shape %s do not cover %d "
-                         "channels x %d taps" % ((packed[0], packed[1], packed[2]), out[1],
-                                                 layer.taps))
+                         "channels x %d taps" % ((packed[0], packed[1], packed[2]),
+                                                 out_channels, layer.taps))
     cdef bint pool = spec[11]
     cdef int out_h = (height + 2 * <int>padding[0] - kernel_h) // <int>stride[0] + 1
     cdef int out_w = (width + 2 * <int>padding[1] - kernel_w) // <int>stride[1] + 1
@@ -281,14 +298,16 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     layer.bias = layer.residual = NULL
     if bias is not None:
         shape = _dims(CALLER, bias, "bias", 1, typenum, False)
-        if shape[0] not in (0, out[1]):
+        if shape[0] not in (0, out_channels):
             raise ValueError("direct_forward_into: bias has %d values for %d channels"
-                             % (shape[0], out[1]))
+                             % (shape[0], out_channels))
         layer.bias = _data(bias) if shape[0] else NULL
     if residual is not None:
         shape = _dims(CALLER, residual, "residual", 4, typenum, False)
-        _view(&layer.residual_view, CALLER, shape, borders[1], "residual", &rows, &cols)
-        if shape[0] != out[0] or shape[1] != out[1] or rows != out_rows or cols != out_cols:
+        _view(&layer.residual_view, CALLER, shape, borders[1], "residual", &t, &rows, &cols)
+        if borders[1][2:] != (1, 1):
+            raise ValueError("direct_forward_into: a residual cannot be stored in phase planes")
+        if shape[0] != out[0] or t != out_channels or rows != out_rows or cols != out_cols:
             raise ValueError("direct_forward_into: residual must match the conv's output")
         layer.residual = _data(residual)
     if out[0] != x[0]:
@@ -308,6 +327,18 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     layer.grid.cols = phases.cols
     layer.grid.vectors = (grid + 7) // 8
     layer.padded_size = _phases_size(phases) + MAX_LANES + kernel_w
+    # the dense grid's reads stay inside the padded image (the wide grid's run past it):
+    # an x stored with the conv's stride and a border of at least its padding is read
+    # where it lies, the taps shifted by the difference
+    layer.in_place = (layer.grid.row_vectors != 0 and not layer.image_lanes
+                      and borders[0][2:] == tuple(stride) and borders[0][0] >= phases.pad_h
+                      and borders[0][1] >= phases.pad_w)
+    if borders[0][2:] != (1, 1) and not layer.in_place:
+        raise ValueError("direct_forward_into: x stored in phase planes of stride %r is read "
+                         "in place only, by a conv of that stride, padding at most %r and an "
+                         "output row of whole vectors (got stride %r, padding %r, %d columns)"
+                         % (borders[0][2:], borders[0][:2], stride, padding, out_w))
+    layer.phased_out = borders[2][2:] != (1, 1)
     units = layer.n_images
     if layer.image_lanes:
         # positions of 8 values (one per image): the dense grid's reads, with every
@@ -319,15 +350,11 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
         layer.grid_row = layer.out_w * 8
         units = (layer.n_images + 7) // 8
     layer.wide_stride = (grid + lanes - 1) // lanes * lanes
-    layer.image_in = <Py_ssize_t>x[1] * x[2] * x[3]
+    layer.image_in = layer.x_view.image
     layer.plane = <Py_ssize_t>out_rows * out_cols      # of the output written
-    # the dense grid's reads stay inside the padded image (the wide grid's run past it)
-    layer.in_place = (layer.grid.row_vectors != 0 and not layer.image_lanes
-                      and phases.stride_h == 1 and phases.stride_w == 1
-                      and tuple(borders[0]) == tuple(padding))
 
     # image lanes write whole planes: one band
-    layer.bands = 1 if layer.image_lanes else _bands(units, layer.co_blocks, out[2],
+    layer.bands = 1 if layer.image_lanes else _bands(units, layer.co_blocks, out_rows,
                                                       num_threads)
     layer.per_image = layer.bands * layer.co_blocks
     # a small batch is shared item by item: the thread that starts first takes more
@@ -342,7 +369,14 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
         raise MemoryError()
     layer.x, layer.packed, layer.out = _data(spec[0]), _data(spec[1]), _data(spec[2])
     layer.activate, layer.slope = spec[9], spec[10]
-    layer.offsets = _tap_offsets(phases, kernel_h, kernel_w)
+    if layer.in_place:
+        reading = _phases(channels, height, width, borders[0][0], borders[0][1], stride[0],
+                          stride[1], kernel_h, kernel_w)
+        layer.grid.cols, layer.padded_size = reading.cols, 0
+        layer.offsets = _tap_offsets(reading, kernel_h, kernel_w, 0,
+                                     reading.pad_h - phases.pad_h, reading.pad_w - phases.pad_w)
+    else:
+        layer.offsets = _tap_offsets(phases, kernel_h, kernel_w)
     if layer.image_lanes:
         for t in range(layer.taps):
             layer.offsets[t] *= 8
@@ -464,6 +498,15 @@ cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wid
                                                      + co) * layer.plane, co)
                     continue
                 at = <Py_ssize_t>image * layer.out_channels + co
+                if layer.phased_out:
+                    _epilogue_phases(out + image * layer.out_view.image, &layer.out_view, co,
+                                     wide + b * layer.wide_stride + <Py_ssize_t>first_row * cols,
+                                     cols, residual + _at(&layer.residual_view, at, first_row)
+                                     if residual != NULL else NULL, layer.residual_view.cols,
+                                     first_row, end_row - first_row, out_w,
+                                     bias + co if bias != NULL else NULL, layer.activate,
+                                     <floating>layer.slope)
+                    continue
                 epilogue_rows(out + _at(&layer.out_view, at, first_row), layer.out_view.cols,
                               wide + b * layer.wide_stride + <Py_ssize_t>first_row * cols, cols,
                               residual + _at(&layer.residual_view, at, first_row)
@@ -623,7 +666,8 @@ cdef class Chain:
                                                 self.typenum, False)
         cdef cnp.npy_intp* out_shape = _dims("Chain.set_head", out, "out", 2, self.typenum,
                                              True)
-        if last == NULL or last.out_view.interior != 0 or last.out_view.plane != last.plane:
+        if (last == NULL or last.out_view.interior != 0 or last.out_view.plane != last.plane
+                or last.phased_out):
             raise ValueError("Chain.set_head: the chain's last conv must write an unbordered "
                              "output")
         if self.dense_count:

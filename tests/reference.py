@@ -244,3 +244,31 @@ def bilinear_matrix(size, scale, dtype):
     np.add.at(matrix, (rows, low), 1.0 - fraction)
     np.add.at(matrix, (rows, high), fraction)
     return matrix.astype(dtype)
+
+
+def stored_layout(array, layout):
+    """``array`` (N, C, H, W) as a plan stores it: inside a zero border ``(rows, cols)``
+    and, for ``(rows, cols, stride_h, stride_w)``, split into the phase planes of that
+    stride, (N, sh * sw * C, (H + 2 rows) / sh, (W + 2 cols) / sw), plane (a, b) of
+    channel c at ``(a * sw + b) * C + c`` holding ``padded[c, a::sh, b::sw]``."""
+    rows, cols, stride_h, stride_w = (tuple(layout) + (1, 1))[:4]
+    padded = np.pad(array, ((0, 0), (0, 0), (rows, rows), (cols, cols)))
+    assert padded.shape[2] % stride_h == 0 and padded.shape[3] % stride_w == 0
+    return np.concatenate([padded[:, :, a::stride_h, b::stride_w] for a in range(stride_h)
+                           for b in range(stride_w)], axis=1)
+
+
+def from_stored_layout(stored, layout):
+    """The padded image (N, C, H + 2 rows, W + 2 cols) of an array ``stored_layout``
+    made: its border, then its interior."""
+    rows, cols, stride_h, stride_w = (tuple(layout) + (1, 1))[:4]
+    n, planes, plane_rows, plane_cols = stored.shape
+    channels = planes // (stride_h * stride_w)
+    padded = np.empty((n, channels, plane_rows * stride_h, plane_cols * stride_w),
+                      stored.dtype)
+    for a in range(stride_h):
+        for b in range(stride_w):
+            phase = a * stride_w + b
+            padded[:, :, a::stride_h, b::stride_w] = stored[:, phase * channels:
+                                                            (phase + 1) * channels]
+    return padded

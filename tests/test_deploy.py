@@ -14,6 +14,7 @@ import fastdl
 from fastdl import deploy, nn
 from fastdl.data import load_digits
 from fastdl.models import lenet5, resnet8, resnet20
+from reference import from_stored_layout
 
 
 def _trained_stats(model, shape, rng):
@@ -60,9 +61,11 @@ def test_a_plan_called_again_with_new_inputs_equals_the_eager_model(factory, bat
 
 def test_chained_convs_keep_bordered_intermediates_only_the_chain_reads(rng):
     """Between a ResNet's chained convs the plan keeps outputs inside zero borders (the
-    next conv's padding, so that it reads them in place); what an op outside the convs
-    reads (the global pool after the last conv) stays plain, and the borders stay zero
-    over calls. At batch 1 the pool, flatten and linear layer run in the chain too."""
+    next conv's padding, so that it reads them in place), and a stage's last output,
+    read by the next stage's stride-2 conv and shortcut alone, as the phase planes both
+    read in place; what an op outside the convs reads (the global pool after the last
+    conv) stays plain, and the borders stay zero over calls. At batch 1 the pool,
+    flatten and linear layer run in the chain too."""
     fastdl.manual_seed(0)
     model = _trained_stats(resnet20(width=8), (8, 3, 32, 32), rng)
     plan = deploy.compile(model, np.zeros((1, 3, 32, 32), np.float32))
@@ -70,13 +73,17 @@ def test_chained_convs_keep_bordered_intermediates_only_the_chain_reads(rng):
     assert len(program) == 1   # the convs and the classifier head in one chain
     convs = [i for i, op in enumerate(plan.ops) if op["op"] == "conv2d"]
     assert borders and set(borders) < set(convs) and convs[-1] not in borders
-    assert set(borders.values()) == {(1, 1)}
+    strided = [i for i in convs if plan.ops[i]["stride"] == [2, 2]]
+    transitions = {plan.ops[i]["inputs"][0] - 1 for i in strided}
+    assert len(strided) == 4 and len(transitions) == 2
+    assert {i: borders[i] for i in transitions} == dict.fromkeys(transitions, (1, 1, 2, 2))
+    assert set(borders.values()) == {(1, 1), (1, 1, 2, 2)}
     for _ in range(3):
         x = rng.normal(size=(1, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-5)
     (_, free), = plan._shapes.values()
-    for index in borders:
-        frame = free[0][index].copy()
+    for index, layout in borders.items():
+        frame = from_stored_layout(free[0][index], layout)
         frame[:, :, 1:-1, 1:-1] = 0
         assert not frame.any()
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastdl.kernels import conv, dense, direct
 from fastdl_ext.pool import global_mean_into
-from reference import conv2d_reference
+from reference import conv2d_reference, from_stored_layout, stored_layout
 
 # (N, C_in, H, W, C_out, kH, kW, padding): C_out not a multiple of the channel
 # block, one output channel, rows shorter and longer than a register block,
@@ -523,6 +523,131 @@ def test_a_chain_on_bordered_buffers_equals_plain_convs(threads, rng):
             inner[:, :, 1:-1, 1:-1] = want
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("width", [16, 22])
+@pytest.mark.parametrize("layout", [(1, 1, 2, 2), (0, 0, 2, 2), (1, 0, 2, 1), (0, 2, 3, 2),
+                                    (0, 1, 1, 3)])
+def test_outputs_written_into_phase_planes_are_the_plain_outputs(layout, width, threads,
+                                                                  rng):
+    """A conv writes its output (with bias, residual and activation) straight into the
+    phase planes a strided conv reads, bitwise the plain output, the border untouched
+    (rows of whole vectors and with a scalar tail)."""
+    x = rng.normal(size=(2, 8, 12, width)).astype(np.float32)
+    run = direct.forward_runner(x.shape, rng.normal(size=(8, 8, 3, 3)).astype(np.float32),
+                                rng.normal(size=8).astype(np.float32), (1, 1), threads, 0.1)
+    residual = rng.normal(size=run.out_shape).astype(np.float32)
+    want = run(x, None, residual)
+    rows, cols = layout[:2]
+    out = stored_layout(np.full(run.out_shape, np.nan, np.float32), layout)
+    direct.run_chain([(run, x, out, _bordered(residual, (1, 1)),
+                       ((0, 0), (1, 1), layout))], threads)
+    np.testing.assert_array_equal(out, stored_layout(want, layout))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 3])
+# (kernel, padding, stride, width, layout): a strided conv reads its input's phase
+# planes in place, also planes padded more than the conv (the 1x1 shortcut of a ResNet
+# reads the planes its 3x3 neighbour's padding laid out); at stride 1 a border wider
+# than the padding is read in place too
+@pytest.mark.parametrize("kernel, padding, stride, width, layout", [
+    (3, 1, 2, 32, (1, 1, 2, 2)), (1, 0, 2, 32, (1, 1, 2, 2)), (3, 1, 2, 16, (2, 2, 2, 2)),
+    (3, 0, 3, 24, (0, 0, 3, 3)), (3, 1, 1, 16, (2, 1)), (1, 0, 1, 8, (1, 1))])
+def test_phase_planes_are_read_in_place(kernel, padding, stride, width, layout, n, threads,
+                                        rng):
+    x = rng.normal(size=(n, 8, 12, width)).astype(np.float32)
+    weight = rng.normal(size=(8, 8, kernel, kernel)).astype(np.float32)
+    run = direct.forward_runner(x.shape, weight, None, (padding, padding), threads, None,
+                                (stride, stride))
+    want = run(x)
+    np.testing.assert_allclose(want, conv2d_reference(
+        x.astype(np.float64), weight.astype(np.float64), None, (stride, stride),
+        (padding, padding)), rtol=1e-4, atol=1e-3)
+    stored = stored_layout(x, layout)
+    out = np.full(run.out_shape, np.nan, np.float32)
+    direct.run_chain([(run, stored, out, None, (layout, (0, 0), (0, 0)))], threads)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_chain_through_phase_planes_equals_plain_convs(threads, rng):
+    """A ResNet transition: a block's last conv writes the phase planes that the next
+    block's 3x3 stride-2 conv and its 1x1 stride-2 shortcut both read in place; the
+    3x3 conv's output is kept bordered for the conv after it, which adds the shortcut.
+    Run after run, bitwise the plain chain, the borders staying zero."""
+    x = rng.normal(size=(1, 8, 16, 32)).astype(np.float32)
+    weights = [rng.normal(size=shape).astype(np.float32) / 8 for shape in
+               [(8, 8, 3, 3), (16, 8, 3, 3), (16, 8, 1, 1), (16, 16, 3, 3)]]
+    last = direct.forward_runner(x.shape, weights[0], None, (1, 1), threads, 0.0)
+    down = direct.forward_runner(x.shape, weights[1], None, (1, 1), threads, 0.0, (2, 2))
+    shortcut = direct.forward_runner(x.shape, weights[2], None, (0, 0), threads, None, (2, 2))
+    after = direct.forward_runner(down.out_shape, weights[3], None, (1, 1), threads, 0.0)
+    plain = [np.empty(last.out_shape, np.float32)] + [
+        np.empty(down.out_shape, np.float32) for _ in range(3)]
+    direct.run_chain([(last, x, plain[0], x), (down, plain[0], plain[1]),
+                      (shortcut, plain[0], plain[2]), (after, plain[1], plain[3], plain[2])],
+                     threads)
+    phased, framed = (1, 1, 2, 2), (1, 1)
+    stored = [stored_layout(np.zeros(last.out_shape, np.float32), phased),
+              _bordered(np.zeros(down.out_shape, np.float32), framed),
+              np.empty(down.out_shape, np.float32), np.empty(down.out_shape, np.float32)]
+    plain_layout = (0, 0)
+    chain = direct.prepare_chain([
+        (last, x, stored[0], x, (plain_layout, plain_layout, phased)),
+        (down, stored[0], stored[1], None, (phased, plain_layout, framed)),
+        (shortcut, stored[0], stored[2], None, (phased, plain_layout, plain_layout)),
+        (after, stored[1], stored[3], stored[2], (framed, plain_layout, plain_layout))],
+        threads)
+    for _ in range(3):
+        chain.run(x)
+        np.testing.assert_array_equal(stored[3], plain[3])
+        np.testing.assert_array_equal(stored[2], plain[2])
+        for array, layout, want in [(stored[0], phased, plain[0]),
+                                    (stored[1], framed, plain[1])]:
+            padded = from_stored_layout(array, layout)
+            np.testing.assert_array_equal(padded[:, :, 1:-1, 1:-1], want)
+            padded[:, :, 1:-1, 1:-1] = 0
+            assert not padded.any()
+
+
+def test_phase_planes_are_checked(rng):
+    x = rng.normal(size=(1, 4, 8, 16)).astype(np.float32)
+    weight = rng.normal(size=(4, 4, 3, 3)).astype(np.float32)
+    strided = direct.forward_runner(x.shape, weight, None, (1, 1), 2, None, (2, 2))
+    plain = direct.forward_runner(x.shape, weight, None, (1, 1), 2)
+    phased = (1, 1, 2, 2)
+    stored = stored_layout(x, phased)
+    # read in place only: by a conv of the planes' stride, padded at most as much, on a
+    # dense grid
+    with pytest.raises(ValueError, match="read in place only"):
+        direct.run_chain([(plain, stored, np.zeros(plain.out_shape, np.float32), None,
+                           (phased, (0, 0), (0, 0)))], 2)
+    wide = direct.forward_runner((1, 4, 8, 12), weight, None, (1, 1), 2, None, (2, 2))
+    with pytest.raises(ValueError, match="read in place only"):
+        direct.run_chain([(wide, stored_layout(x[..., :12], phased),
+                           np.zeros(wide.out_shape, np.float32), None,
+                           (phased, (0, 0), (0, 0)))], 2)
+    padded = direct.forward_runner(x.shape, weight, None, (2, 2), 2, None, (2, 2))
+    with pytest.raises(ValueError, match="read in place only"):
+        direct.run_chain([(padded, stored, np.zeros(padded.out_shape, np.float32), None,
+                           (phased, (0, 0), (0, 0)))], 2)
+    # planes that do not split the channels, a phased residual, a layout of 3 values
+    with pytest.raises(ValueError, match="cannot be stored"):
+        direct.run_chain([(strided, stored[:, :6], np.zeros(strided.out_shape, np.float32),
+                           None, (phased, (0, 0), (0, 0)))], 2)
+    out = np.zeros(plain.out_shape, np.float32)
+    with pytest.raises(ValueError, match="residual cannot be stored in phase planes"):
+        direct.run_chain([(plain, x, out, stored, ((0, 0), phased, (0, 0)))], 2)
+    with pytest.raises(ValueError, match="3 layouts"):
+        direct.run_chain([(plain, x, out, None, ((0, 0), (0, 0), (1, 1, 2)))], 2)
+    # nor does a classifier head read phase planes
+    chain = direct.prepare_chain([(plain, x, stored_layout(out, phased), None,
+                                   ((0, 0), (0, 0), phased))], 2)
+    with pytest.raises(ValueError, match="unbordered"):
+        chain.set_head(np.zeros((1, 4), np.float32), np.zeros((3, 4), np.float32), None,
+                       np.zeros((1, 3), np.float32))
+
+
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("n, threads", [(1, 1), (1, 2), (3, 2)])
 @pytest.mark.parametrize("with_bias, slope", [(True, None), (False, 0.1)])
@@ -653,11 +778,11 @@ def test_borders_are_checked(rng):
     run = direct.forward_runner(x.shape, rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
                                 None, (1, 1), 2)
     out = np.zeros((2, 4, 8, 8), np.float32)
-    with pytest.raises(ValueError, match="3 \\(rows, cols\\) pairs"):
+    with pytest.raises(ValueError, match="3 layouts"):
         direct.run_chain([(run, x, out, None, ((1, 1), (0, 0)))], 2)
-    with pytest.raises(ValueError, match="cannot have a border"):
+    with pytest.raises(ValueError, match="cannot be stored with a border"):
         direct.run_chain([(run, x, out, None, ((5, 0), (0, 0), (0, 0)))], 2)
-    with pytest.raises(ValueError, match="cannot have a border"):
+    with pytest.raises(ValueError, match="cannot be stored with a border"):
         direct.run_chain([(run, x, out, None, ((0, 0), (0, 0), (-1, 0)))], 2)
     # the interior, not the stored array, must be the conv's output
     with pytest.raises(ValueError, match="not the conv's output"):

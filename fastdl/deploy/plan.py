@@ -400,11 +400,18 @@ class InferencePlan:
                 borders.get(output, (0, 0)))
 
     def _borders(self, runs, borders):
-        """Add to ``borders`` (buffer index: (rows, cols)) the outputs of the chain ``runs``
-        that the chain alone reads and that a conv of it reads in place: stored with
-        that conv's padding as a zero border, they need no padded copy per conv
-        (ResNet's stride-1 convs: a tenth of a batch-1 chain's time). Other readers
-        of such a buffer in the chain read its interior."""
+        """Add to ``borders`` (buffer index: layout) the outputs of the chain ``runs`` that
+        the chain alone reads and that convs of it read in place (``ForwardRunner.
+        in_place``), so that those need no padded copy per conv and thread:
+
+        * read only as the input of convs of one stride above 1, all reading in place
+          (a ResNet stage's last output, read by the next stage's strided conv and
+          shortcut): stored as that stride's phase planes inside a zero border of the
+          largest padding, ``(rows, cols, stride_h, stride_w)``, where the planes cover
+          the padded image exactly;
+        * else, read in place by stride-1 convs: stored inside a zero border of their
+          largest padding, ``(rows, cols)``; the chain's other readers read the interior.
+        """
         members = {index: run for index, run, _ in runs}
         for index, run, output in runs:
             if output != index:   # a pooled conv writes the pool's output, unbordered
@@ -412,11 +419,25 @@ class InferencePlan:
             readers = [reader for reader, op in enumerate(self.ops) if index + 1 in op["inputs"]]
             if not readers or any(reader not in members for reader in readers):
                 continue
-            in_place = [members[reader].in_place_border for reader in readers
-                        if self.ops[reader]["inputs"][0] == index + 1
-                        and members[reader].in_place_border is not None]
-            if in_place and in_place[0] != (0, 0):
-                borders[index] = in_place[0]
+            # how each reader can read it in place (None: not as its input)
+            layouts = [members[reader].in_place if self.ops[reader]["inputs"][0] == index + 1
+                       else None for reader in readers]
+            height, width = self.shapes[index + 1][2:]
+            strides = {layout[1] for layout in layouts if layout is not None}
+            if None not in layouts and len(strides) == 1 and strides != {(1, 1)} and not any(
+                    index + 1 in self.ops[reader]["inputs"][1:] for reader in readers):
+                (stride_h, stride_w), = strides
+                rows = max(padding[0] for padding, _ in layouts)
+                cols = max(padding[1] for padding, _ in layouts)
+                if (height + 2 * rows) % stride_h == 0 and (width + 2 * cols) % stride_w == 0:
+                    borders[index] = (rows, cols, stride_h, stride_w)
+                    continue
+            paddings = [padding for padding, stride in filter(None, layouts)
+                        if stride == (1, 1)]
+            border = (max([rows for rows, _ in paddings], default=0),
+                      max([cols for _, cols in paddings], default=0))
+            if border != (0, 0):
+                borders[index] = border
 
     def _residual(self, index, values):
         inputs = self.ops[index]["inputs"]
@@ -469,9 +490,11 @@ class InferencePlan:
             if op["op"] in ("conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d"):
                 shape = (batch,) + self.shapes[index + 1][1:]
                 if index in borders:
-                    rows, cols = borders[index]
-                    buffers.append(np.zeros(shape[:2] + (shape[2] + 2 * rows,
-                                                         shape[3] + 2 * cols), self.dtype))
+                    rows, cols, stride_h, stride_w = (borders[index] + (1, 1))[:4]
+                    buffers.append(np.zeros(
+                        (batch, stride_h * stride_w * shape[1],
+                         (shape[2] + 2 * rows) // stride_h, (shape[3] + 2 * cols) // stride_w),
+                        self.dtype))
                 else:
                     buffers.append(np.empty(shape, dtype=self.dtype))
             else:

@@ -165,10 +165,10 @@ class ForwardRunner:
         self._activation = (negative_slope is not None,
                             0.0 if negative_slope is None else float(negative_slope))
         self._pool = False
-        # a stride-1 conv on a dense grid (output rows of whole vectors) reads an input
-        # stored with its padding as border in place (``direct_chain_into``)
-        self.in_place_border = (tuple(padding) if tuple(stride) == (1, 1)
-                                and self.out_shape[3] % 8 == 0 else None)
+        # on a dense grid (output rows of whole vectors) the conv reads in place an input
+        # stored with its stride and at least its padding as border (``direct_chain_into``)
+        self.in_place = ((tuple(padding), tuple(stride)) if self.out_shape[3] % 8 == 0
+                         else None)
 
     def pooled(self):
         """This conv followed by a 2x2 max pool (stride 2) as one runner, the pool
@@ -180,12 +180,14 @@ class ForwardRunner:
             return None
         pooled = copy.copy(self)
         pooled.out_shape, pooled._pool = (n, c_out, out_h // 2, out_w // 2), True
+        pooled.in_place = None   # a pooled conv reads plain arrays only
         return pooled
 
     def spec(self, x, out, residual=None, borders=None):
         """The arguments of ``direct_chain_into`` for one conv of a chain; ``borders``:
-        the zero borders ``(rows, cols)`` x, residual and out are stored with (none by
-        default)."""
+        how x, residual and out are stored, each inside a zero border ``(rows, cols)``
+        or, x and out, also as the phase planes of a stride ``(rows, cols, stride_h,
+        stride_w)`` (plain by default)."""
         return (x, self._packed, out, *self._geometry, self._bias, residual,
                 *self._activation, self._pool, borders)
 
