@@ -6,6 +6,7 @@ the ``(A, K, S, B)`` view, layer norm on ``(rows, row_length)``.
 import numpy as np
 
 from fastdl.kernels._jit import jit, prange
+from fastdl.kernels._prefetch import prefetch
 
 # elements per statistics block: 16 KiB of float32, resident in L1 for the second pass
 _BLOCK = 4096
@@ -16,6 +17,11 @@ _GRAD_CHUNKS = 64
 # element cost about as much as the rest of the backward; 64 float32 terms
 # bound the added relative error by 64 * 2**-24)
 _PARAM_TILE = 64
+# layer norm forward: the row this far ahead is prefetched while one is normalised, so
+# that its lines are on their way while the row in cache is worked on (4096 x 768
+# float32, forward and backward: 0.96-0.98 of the time; prefetching x, g or both in
+# the backward measured 1.01-1.08, and is not done)
+_PREFETCH_ROWS = 2
 
 
 # ---------------------------------------------------------------------------
@@ -207,6 +213,8 @@ def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y):
     # x, y: (rows, row_length); weight, bias: (row_length,) in x's dtype;
     # mean, var (biased), inv_std: (rows,) float64 outputs
     for row in prange(x.shape[0]):
+        if row + _PREFETCH_ROWS < x.shape[0]:
+            prefetch(x[row + _PREFETCH_ROWS])
         # the second pass over the row (in the normalisation) hits L1
         mean_row, var_row = _row_moments_kernel(x[row])
         mean[row] = mean_row
