@@ -718,7 +718,11 @@ cdef class Chain:
             raise MemoryError()
         self.dense = dense
         try:
-            for k, (x, panels, bias, out, activate, slope) in enumerate(layers):
+            for k, layer in enumerate(layers):
+                if not isinstance(layer, tuple) or len(layer) != 6:
+                    raise ValueError("%s: layer %d must be (x, panels, bias, out, activate, "
+                                     "slope), got %r" % (caller, k, layer))
+                x, panels, bias, out, activate, slope = layer
                 x_shape = _dims(caller, x, "x", 2, cnp.NPY_FLOAT32, False)
                 p_shape = _dims(caller, panels, "panels", 3, cnp.NPY_FLOAT32, False)
                 out_shape = _dims(caller, out, "out", 2, cnp.NPY_FLOAT32, True)

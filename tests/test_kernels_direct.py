@@ -760,6 +760,8 @@ def test_dense_layers_after_a_chain_are_checked(rng):
             ((flat.astype(np.float64), layer.panels, None, out), "float32")]:
         with pytest.raises(ValueError, match=match):
             chain.set_dense([args + (False, 0.0)])
+    with pytest.raises(ValueError, match="must be \\(x, panels, bias, out, activate, slope\\)"):
+        chain.set_dense([(flat, layer.panels, layer.panel_bias, out)])
     chain.set_dense([(flat, layer.panels, layer.panel_bias, out, False, 0.0)])
     with pytest.raises(ValueError, match="dense layers already"):
         chain.set_head(np.zeros((4, 6), np.float32), np.zeros((3, 6), np.float32), None,
