@@ -446,15 +446,6 @@ def test_a_long_chain_is_the_same_when_threads_join_late_or_sleep(rng):
         for got, want in zip(outs, serial):
             np.testing.assert_array_equal(got, want)
 
-def _bordered(array, border):
-    """``array`` (N, C, H, W) inside a zero border of (rows, cols), NaN-free."""
-    rows, cols = border
-    stored = np.zeros(array.shape[:2] + (array.shape[2] + 2 * rows, array.shape[3] + 2 * cols),
-                      array.dtype)
-    stored[:, :, rows:rows + array.shape[2], cols:cols + array.shape[3]] = array
-    return stored
-
-
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("n", [1, 3])
 # (kernel, padding, stride, width): read in place (stride 1, a dense grid, the
@@ -483,8 +474,8 @@ def test_bordered_inputs_outputs_and_residuals_give_the_unbordered_results(
     for x_border, out_border, residual_border in [((padding, padding), (1, 1), (2, 1)),
                                                   ((1, 2), (0, 0), (0, 0)),
                                                   ((0, 0), (2, 3), (1, 1))]:
-        out = _bordered(np.full(run.out_shape, np.nan, np.float32), out_border)
-        direct.run_chain([(run, _bordered(x, x_border), out, _bordered(residual, residual_border),
+        out = stored_layout(np.full(run.out_shape, np.nan, np.float32), out_border)
+        direct.run_chain([(run, stored_layout(x, x_border), out, stored_layout(residual, residual_border),
                            (x_border, residual_border, out_border))], threads)
         rows, cols = out_border
         np.testing.assert_array_equal(out[:, :, rows:rows + want.shape[2],
@@ -501,7 +492,7 @@ def test_a_chain_on_bordered_buffers_equals_plain_convs(threads, rng):
     runners = [direct.forward_runner(x.shape, rng.normal(size=(8, 8, 3, 3)).astype(np.float32)
                                      / 8, None, (1, 1), threads, 0.0) for _ in range(5)]
     plain = [np.empty(x.shape, np.float32) for _ in runners]
-    bordered = [_bordered(np.zeros(x.shape, np.float32), (1, 1)) for _ in runners[:-1]]
+    bordered = [stored_layout(np.zeros(x.shape, np.float32), (1, 1)) for _ in runners[:-1]]
     bordered.append(np.empty(x.shape, np.float32))
     no_border, border = (0, 0), (1, 1)
 
@@ -533,13 +524,18 @@ def test_outputs_written_into_phase_planes_are_the_plain_outputs(layout, width, 
     phase planes a strided conv reads, bitwise the plain output, the border untouched
     (rows of whole vectors and with a scalar tail)."""
     x = rng.normal(size=(2, 8, 12, width)).astype(np.float32)
-    run = direct.forward_runner(x.shape, rng.normal(size=(8, 8, 3, 3)).astype(np.float32),
-                                rng.normal(size=8).astype(np.float32), (1, 1), threads, 0.1)
+    weight = rng.normal(size=(8, 8, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=8).astype(np.float32)
+    run = direct.forward_runner(x.shape, weight, bias, (1, 1), threads, 0.1)
     residual = rng.normal(size=run.out_shape).astype(np.float32)
     want = run(x, None, residual)
+    reference = conv2d_reference(x.astype(np.float64), weight.astype(np.float64),
+                                 bias.astype(np.float64), (1, 1), (1, 1)) + residual
+    reference = np.where(reference > 0, reference, 0.1 * reference)
+    np.testing.assert_allclose(want, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
     rows, cols = layout[:2]
     out = stored_layout(np.full(run.out_shape, np.nan, np.float32), layout)
-    direct.run_chain([(run, x, out, _bordered(residual, (1, 1)),
+    direct.run_chain([(run, x, out, stored_layout(residual, (1, 1)),
                        ((0, 0), (1, 1), layout))], threads)
     np.testing.assert_array_equal(out, stored_layout(want, layout))
 
@@ -587,9 +583,17 @@ def test_a_chain_through_phase_planes_equals_plain_convs(threads, rng):
     direct.run_chain([(last, x, plain[0], x), (down, plain[0], plain[1]),
                       (shortcut, plain[0], plain[2]), (after, plain[1], plain[3], plain[2])],
                      threads)
+    wide = [weight.astype(np.float64) for weight in weights]
+    block = np.maximum(conv2d_reference(x.astype(np.float64), wide[0], None, (1, 1), (1, 1))
+                       + x, 0)
+    reference = np.maximum(conv2d_reference(
+        np.maximum(conv2d_reference(block, wide[1], None, (2, 2), (1, 1)), 0), wide[3], None,
+        (1, 1), (1, 1)) + conv2d_reference(block, wide[2], None, (2, 2), (0, 0)), 0)
+    np.testing.assert_allclose(plain[3], reference, rtol=1e-4,
+                               atol=1e-4 * np.abs(reference).max())
     phased, framed = (1, 1, 2, 2), (1, 1)
     stored = [stored_layout(np.zeros(last.out_shape, np.float32), phased),
-              _bordered(np.zeros(down.out_shape, np.float32), framed),
+              stored_layout(np.zeros(down.out_shape, np.float32), framed),
               np.empty(down.out_shape, np.float32), np.empty(down.out_shape, np.float32)]
     plain_layout = (0, 0)
     chain = direct.prepare_chain([
@@ -699,7 +703,7 @@ def test_a_chain_head_is_checked(rng):
             (np.zeros((2, 6)), weight, None, np.zeros((2, 3), np.float32), "float32")]:
         with pytest.raises(ValueError, match=match):
             chain.set_head(means, head_weight, bias, logits)
-    framed = _bordered(out, (1, 1))
+    framed = stored_layout(out, (1, 1))
     chain = direct.prepare_chain([(run, x, framed, None, ((0, 0), (0, 0), (1, 1)))], 2)
     with pytest.raises(ValueError, match="unbordered"):
         chain.set_head(np.zeros((2, 6), np.float32), weight, None,
@@ -791,7 +795,7 @@ def test_borders_are_checked(rng):
         direct.run_chain([(run, x, out, None, ((0, 0), (0, 0), (1, 1)))], 2)
     pooled = run.pooled()
     with pytest.raises(ValueError, match="no borders"):
-        direct.run_chain([(pooled, _bordered(x, (1, 1)), np.zeros((2, 4, 4, 4), np.float32),
+        direct.run_chain([(pooled, stored_layout(x, (1, 1)), np.zeros((2, 4, 4, 4), np.float32),
                            None, ((1, 1), (0, 0), (0, 0)))], 2)
 
 
