@@ -160,6 +160,145 @@ cdef extern from *:
     FASTDL_WINOGRAD_HELPERS(double)
     FASTDL_WINOGRAD_ADJOINT(float)
     FASTDL_WINOGRAD_ADJOINT(double)
+    /* A band of whole tile rows at once (a conv chain's Winograd layers), its tiles
+       t = ty * tiles_x + tx numbered across rows, so that even a map of four tiles a
+       row runs on whole vectors.
+       fastdl_winograd_band_input_<type>: v[ξ * plane + c * channel_tiles + t] =
+         (Bᵀ d B)[ξ], d read from a padded image (``padded`` at the band's first row,
+         padding included; rows ``row_stride``, channels ``channel_stride`` apart). Per
+         channel the column half runs once per input row (each serves two tile rows)
+         into ``columns`` ([k][row parity][row / 2][tx], ``8 (tile_rows + 1) tiles_x``
+         values), where a tile row's four input rows are consecutive tile runs; the row
+         half then runs over the band's tiles at unit stride. Lanes from the last tile
+         to ``channel_tiles`` are zeroed.
+       fastdl_winograd_band_output_<type>: out rows 2 ty, 2 ty + 1 at 2 tx, 2 tx + 1 =
+         Aᵀ M A of tile t (m[ξ * plane + t]), rows ``row_stride`` apart; eight tiles a
+         step where tiles_x is a multiple of 4 (each half of a vector then lies in one
+         tile row), one by one otherwise. */
+    #define FASTDL_WINOGRAD_BAND(type)                                                  \
+        /* Four tiles a row (an 8 x 8 map): the rows of a tile row's pair (2 Y, 2 Y + 1)  \
+           share the vectors, one in each half, so that the column half still runs on   \
+           whole vectors. */                                                            \
+        static inline __attribute__((always_inline)) void                               \
+        fastdl_winograd_column_pairs_##type(                                            \
+                const type *image, Py_ssize_t row_stride, int tile_rows,                \
+                type *restrict columns, Py_ssize_t half) {                              \
+            for (int y = 0; y < 2 * tile_rows + 2; y += 2) {                            \
+                const type *top = image + y * row_stride, *bottom = top + row_stride;   \
+                fastdl_##type##8 a = *(const fastdl_##type##8u *)top;                   \
+                fastdl_##type##8 b = *(const fastdl_##type##8u *)bottom;                \
+                fastdl_##type##8 c = *(const fastdl_##type##8u *)(top + 2);             \
+                fastdl_##type##8 d = *(const fastdl_##type##8u *)(bottom + 2);          \
+                fastdl_##type##8 a0 = FASTDL_EVEN8(a, b), a1 = FASTDL_ODD8(a, b);       \
+                fastdl_##type##8 a2 = FASTDL_EVEN8(c, d), a3 = FASTDL_ODD8(c, d);       \
+                fastdl_##type##8 k[4] = {a0 - a2, a1 + a2, a2 - a1, a1 - a3};           \
+                for (int q = 0; q < 4; q++)                                             \
+                    for (int lane = 0; lane < 8; lane++)                                \
+                        columns[2 * q * half + (lane >> 2) * half + (y >> 1) * 4        \
+                                + (lane & 3)] = k[q][lane];                             \
+            }                                                                           \
+        }                                                                               \
+        FASTDL_CLONES static void fastdl_winograd_band_input_##type(                    \
+                const type *padded, Py_ssize_t channel_stride, Py_ssize_t row_stride,   \
+                int channels, int tile_rows, int tiles_x, type *restrict v,             \
+                Py_ssize_t plane, Py_ssize_t channel_tiles, type *restrict columns) {   \
+            Py_ssize_t tiles = (Py_ssize_t)tile_rows * tiles_x;                         \
+            Py_ssize_t half = (Py_ssize_t)(tile_rows + 1) * tiles_x;                    \
+            for (int c = 0; c < channels; c++) {                                        \
+                const type *image = padded + c * channel_stride;                        \
+                if (tiles_x == 4)                                                       \
+                    fastdl_winograd_column_pairs_##type(image, row_stride, tile_rows,   \
+                                                        columns, half);                 \
+                else                                                                    \
+                    for (int y = 0; y < 2 * tile_rows + 2; y++)                         \
+                        fastdl_winograd_columns_##type(image + y * row_stride,          \
+                                                       columns + (y & 1) * half         \
+                                                       + (y >> 1) * tiles_x,            \
+                                                       2 * half, tiles_x);              \
+                for (int k = 0; k < 4; k++) {                                           \
+                    const type *even = columns + 2 * k * half, *odd = even + half;      \
+                    type *dst = v + c * channel_tiles + k * plane;                      \
+                    Py_ssize_t t = 0;                                                   \
+                    for (; t + 8 <= tiles; t += 8) {                                    \
+                        fastdl_##type##8 r0 = *(const fastdl_##type##8u *)(even + t);   \
+                        fastdl_##type##8 r1 = *(const fastdl_##type##8u *)(odd + t);    \
+                        fastdl_##type##8 r2 =                                           \
+                            *(const fastdl_##type##8u *)(even + t + tiles_x);           \
+                        fastdl_##type##8 r3 =                                           \
+                            *(const fastdl_##type##8u *)(odd + t + tiles_x);            \
+                        *(fastdl_##type##8u *)(dst + t) = r0 - r2;                      \
+                        *(fastdl_##type##8u *)(dst + 4 * plane + t) = r1 + r2;          \
+                        *(fastdl_##type##8u *)(dst + 8 * plane + t) = r2 - r1;          \
+                        *(fastdl_##type##8u *)(dst + 12 * plane + t) = r1 - r3;         \
+                    }                                                                   \
+                    for (; t < tiles; t++) {                                            \
+                        type r0 = even[t], r1 = odd[t];                                 \
+                        type r2 = even[t + tiles_x], r3 = odd[t + tiles_x];             \
+                        dst[t] = r0 - r2;                                               \
+                        dst[4 * plane + t] = r1 + r2;                                   \
+                        dst[8 * plane + t] = r2 - r1;                                   \
+                        dst[12 * plane + t] = r1 - r3;                                  \
+                    }                                                                   \
+                    /* whole vectors: up to 7 values past a channel's tiles land in the \
+                       next channel's (written after) or the planes' 16 of slack */     \
+                    for (int r = 0; r < 4; r++)                                         \
+                        for (t = tiles; t < channel_tiles; t += 8)                      \
+                            *(fastdl_##type##8u *)(dst + 4 * r * plane + t) =           \
+                                (fastdl_##type##8){0};                                  \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        static inline void fastdl_winograd_tile_##type(                                 \
+                const type *m, Py_ssize_t plane, Py_ssize_t t, type *y) {               \
+            type top[4], bottom[4];                                                     \
+            for (int q = 0; q < 4; q++) {                                               \
+                top[q] = m[q * plane + t] + m[(4 + q) * plane + t]                      \
+                    + m[(8 + q) * plane + t];                                           \
+                bottom[q] = m[(4 + q) * plane + t] - m[(8 + q) * plane + t]             \
+                    - m[(12 + q) * plane + t];                                          \
+            }                                                                           \
+            y[0] = top[0] + top[1] + top[2];                                            \
+            y[1] = top[1] - top[2] - top[3];                                            \
+            y[2] = bottom[0] + bottom[1] + bottom[2];                                   \
+            y[3] = bottom[1] - bottom[2] - bottom[3];                                   \
+        }                                                                               \
+        FASTDL_CLONES static void fastdl_winograd_band_output_##type(                   \
+                const type *restrict m, Py_ssize_t plane, Py_ssize_t tiles,             \
+                Py_ssize_t tiles_x, type *restrict out, Py_ssize_t row_stride) {        \
+            Py_ssize_t t = 0;                                                           \
+            for (; tiles_x % 4 == 0 && t + 8 <= tiles; t += 8) {                        \
+                fastdl_##type##8 p[16], top[4], bottom[4], y[4];                        \
+                for (int k = 0; k < 16; k++)                                            \
+                    p[k] = *(const fastdl_##type##8u *)(m + k * plane + t);             \
+                for (int q = 0; q < 4; q++) {                                           \
+                    top[q] = p[q] + p[4 + q] + p[8 + q];                                \
+                    bottom[q] = p[4 + q] - p[8 + q] - p[12 + q];                        \
+                }                                                                       \
+                y[0] = top[0] + top[1] + top[2];                                        \
+                y[1] = top[1] - top[2] - top[3];                                        \
+                y[2] = bottom[0] + bottom[1] + bottom[2];                               \
+                y[3] = bottom[1] - bottom[2] - bottom[3];                               \
+                type *low = out + 2 * (t / tiles_x) * row_stride + 2 * (t % tiles_x);   \
+                type *high = out + 2 * ((t + 4) / tiles_x) * row_stride                 \
+                    + 2 * ((t + 4) % tiles_x);                                          \
+                *(fastdl_##type##8u *)low = FASTDL_ZIP_LOW8(y[0], y[1]);                \
+                *(fastdl_##type##8u *)(low + row_stride) = FASTDL_ZIP_LOW8(y[2], y[3]); \
+                *(fastdl_##type##8u *)high = FASTDL_ZIP_HIGH8(y[0], y[1]);              \
+                *(fastdl_##type##8u *)(high + row_stride) =                             \
+                    FASTDL_ZIP_HIGH8(y[2], y[3]);                                       \
+            }                                                                           \
+            for (; t < tiles; t++) {                                                    \
+                type y[4];                                                              \
+                type *at = out + 2 * (t / tiles_x) * row_stride + 2 * (t % tiles_x);    \
+                fastdl_winograd_tile_##type(m, plane, t, y);                            \
+                at[0] = y[0];                                                           \
+                at[1] = y[1];                                                           \
+                at[row_stride] = y[2];                                                  \
+                at[row_stride + 1] = y[3];                                              \
+            }                                                                           \
+        }
+    FASTDL_WINOGRAD_BAND(float)
+    FASTDL_WINOGRAD_BAND(double)
     """
     void _input_float "fastdl_winograd_input_float"(
         const float* s0, const float* s1, const float* s2, const float* s3, Py_ssize_t lo,
@@ -178,6 +317,20 @@ cdef extern from *:
     void _adjoint_rows_double "fastdl_winograd_adjoint_rows_double"(
         const double* g0, const double* g1, Py_ssize_t width, Py_ssize_t tiles, double* dm,
         Py_ssize_t plane) noexcept nogil
+    void _band_input_float "fastdl_winograd_band_input_float"(
+        const float* padded, Py_ssize_t channel_stride, Py_ssize_t row_stride, int channels,
+        int tile_rows, int tiles_x, float* v, Py_ssize_t plane, Py_ssize_t channel_tiles,
+        float* columns) noexcept nogil
+    void _band_input_double "fastdl_winograd_band_input_double"(
+        const double* padded, Py_ssize_t channel_stride, Py_ssize_t row_stride, int channels,
+        int tile_rows, int tiles_x, double* v, Py_ssize_t plane, Py_ssize_t channel_tiles,
+        double* columns) noexcept nogil
+    void _band_output_float "fastdl_winograd_band_output_float"(
+        const float* m, Py_ssize_t plane, Py_ssize_t tiles, Py_ssize_t tiles_x, float* out,
+        Py_ssize_t row_stride) noexcept nogil
+    void _band_output_double "fastdl_winograd_band_output_double"(
+        const double* m, Py_ssize_t plane, Py_ssize_t tiles, Py_ssize_t tiles_x, double* out,
+        Py_ssize_t row_stride) noexcept nogil
     void _rows_double "fastdl_winograd_rows_double"(
         const double* m, Py_ssize_t plane, Py_ssize_t tiles, double shift, double* out0,
         double* out1, Py_ssize_t width) noexcept nogil
@@ -211,3 +364,29 @@ cdef inline void _tile_rows(const floating* m, Py_ssize_t plane, Py_ssize_t tile
         _rows_float(m, plane, tiles, shift, out0, out1, width)
     else:
         _rows_double(m, plane, tiles, shift, out0, out1, width)
+
+
+
+cdef inline void band_input(const floating* padded, Py_ssize_t channel_stride,
+                            Py_ssize_t row_stride, int channels, int tile_rows, int tiles_x,
+                            floating* v, Py_ssize_t plane, Py_ssize_t channel_tiles,
+                            floating* columns) noexcept nogil:
+    """The transformed input tiles of a band of ``tile_rows`` tile rows
+    (``fastdl_winograd_band_input``)."""
+    if floating is float:
+        _band_input_float(padded, channel_stride, row_stride, channels, tile_rows, tiles_x, v,
+                          plane, channel_tiles, columns)
+    else:
+        _band_input_double(padded, channel_stride, row_stride, channels, tile_rows, tiles_x,
+                           v, plane, channel_tiles, columns)
+
+
+cdef inline void band_output(const floating* m, Py_ssize_t plane, Py_ssize_t tiles,
+                             Py_ssize_t tiles_x, floating* out,
+                             Py_ssize_t row_stride) noexcept nogil:
+    """One channel's output rows of a band from its tiles' products
+    (``fastdl_winograd_band_output``)."""
+    if floating is float:
+        _band_output_float(m, plane, tiles, tiles_x, out, row_stride)
+    else:
+        _band_output_double(m, plane, tiles, tiles_x, out, row_stride)

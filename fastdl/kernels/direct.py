@@ -14,11 +14,13 @@ import copy
 
 import numpy as np
 
+from fastdl.kernels import winograd
 from fastdl.shapes import conv_output_size
 from fastdl_ext import direct as _ext, direct_grad as _grad_ext
 
-__all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight", "forward_runner",
-           "ForwardRunner", "run_chain", "prepare_chain", "grad_weight"]
+__all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight",
+           "pack_transformed", "forward_runner", "ForwardRunner", "run_chain", "prepare_chain",
+           "grad_weight"]
 
 # the forward's register blocks as (output channels, positions); the weight
 # gradient's block of CO_BLOCK channels x GRAD_TAPS taps
@@ -49,6 +51,14 @@ MIN_GRAD_GRID = 128
 MIN_WINOGRAD_TILES = 64
 # A thread keeps one padded image and its output planes on the wide grid: about L2.
 MAX_IMAGE_BYTES = 256 * 1024
+# Input channels from which a chained 3x3 stride-1 conv that reads its input in place
+# runs Winograd's F(2x2, 3x3) on the register blocks (16 multiplies per tile and
+# channel pair instead of 36, plus the transforms).
+MIN_WINOGRAD_CHANNELS = 16
+# Fewest tiles of a band of Winograd's at batch 1, where bands split the image
+# between threads.
+WINOGRAD_BAND_TILES = 32
+WINOGRAD_ITEMS = 1
 
 
 def _fits_cache(c_in, input_shape, padding, itemsize):
@@ -142,6 +152,16 @@ def pack_weight(weight, co_block=CO_BLOCK):
     return packed
 
 
+def pack_transformed(weight, co_block):
+    """(C_out, C_in, 3, 3) weights as Winograd's ``U = G g Gᵀ`` packed for the register
+    blocks, one packing per transformed position ξ (a 1x1 conv over the tiles each):
+    (16 * co_blocks, C_in, co_block), rows ``ξ * co_blocks + block``, zero-filled."""
+    c_out, c_in = weight.shape[:2]
+    transformed = winograd.transform_weight(weight)[:, :c_out * c_in]
+    return np.concatenate([pack_weight(plane.reshape(c_out, c_in, 1, 1), co_block)
+                           for plane in transformed])
+
+
 class ForwardRunner:
     """A prepared ``run(x, out=None, residual=None)`` with the weights packed once.
 
@@ -169,6 +189,30 @@ class ForwardRunner:
         # stored with its stride and at least its padding as border (``direct_chain_into``)
         self.in_place = ((tuple(padding), tuple(stride)) if self.out_shape[3] % 8 == 0
                          else None)
+        # read in place, a 3x3 stride-1 conv with padding 1 may run Winograd's
+        # F(2x2, 3x3) (``spec``); its weights are transformed when first needed
+        self._weight = (weight if (kh, kw) == (3, 3) and tuple(stride) == (1, 1)
+                        and tuple(padding) == (1, 1) and weight.dtype == np.float32
+                        and weight.shape[1] >= MIN_WINOGRAD_CHANNELS
+                        and self.out_shape[2] % 2 == 0 and self.in_place is not None
+                        else None)
+        self._transformed = None
+
+    def _transform(self):
+        """Winograd's packed weights and work items ``(bands, group)``: bands of whole
+        tile rows, at batch 1 one a thread where each keeps 32 tiles or more (each
+        thread then transforms only its band's input), times groups of channel blocks,
+        about two items a thread (each transformed position's input tiles serve every
+        block of a group while they are in L1); the block shape that wastes the least
+        on the band's tiles."""
+        n, c_out, out_h, out_w = self.out_shape
+        tiles_y, tiles = out_h // 2, out_h // 2 * (out_w // 2)
+        bands = (max(1, min(tiles_y, self.threads, tiles // WINOGRAD_BAND_TILES))
+                 if n < self.threads else 1)
+        co_block = block_channels(c_out, tiles // bands)
+        co_blocks = -(-c_out // co_block)
+        wanted = 1 if self.threads == 1 else -(-WINOGRAD_ITEMS * self.threads // bands)
+        return pack_transformed(self._weight, co_block), (bands, -(-co_blocks // wanted))
 
     def pooled(self):
         """This conv followed by a 2x2 max pool (stride 2) as one runner, the pool
@@ -188,6 +232,12 @@ class ForwardRunner:
         how x, residual and out are stored, each inside a zero border ``(rows, cols)``
         or, x and out, also as the phase planes of a stride ``(rows, cols, stride_h,
         stride_w)`` (plain by default)."""
+        if self._weight is not None and not self._pool and borders is not None and min(
+                borders[0][:2]) >= 1 and tuple(borders[0][2:]) in ((), (1, 1)):
+            if self._transformed is None:
+                self._transformed = self._transform()
+            return (x, self._transformed[0], out, *self._geometry, self._bias, residual,
+                    *self._activation, self._pool, borders, self._transformed[1])
         return (x, self._packed, out, *self._geometry, self._bias, residual,
                 *self._activation, self._pool, borders)
 
