@@ -172,9 +172,11 @@ cdef extern from *:
          half then runs over the band's tiles at unit stride. Lanes from the last tile
          to ``channel_tiles`` are zeroed.
        fastdl_winograd_band_output_<type>: out rows 2 ty, 2 ty + 1 at 2 tx, 2 tx + 1 =
-         Aᵀ M A of tile t (m[ξ * plane + t]), rows ``row_stride`` apart; eight tiles a
-         step where tiles_x is a multiple of 4 (each half of a vector then lies in one
-         tile row), one by one otherwise. */
+         act(Aᵀ M A + add + residual) of tile t (m[ξ * plane + t]; residual: NULL to
+         leave out), rows ``row_stride`` (``residual_stride``) apart: the conv's
+         epilogue on the way out, its output written once. Eight tiles a step where
+         tiles_x is a multiple of 4 (each half of a vector then lies in one tile row),
+         one by one otherwise. */
     #define FASTDL_WINOGRAD_BAND(type)                                                  \
         /* Four tiles a row (an 8 x 8 map): the rows of a tile row's pair (2 Y, 2 Y + 1)  \
            share the vectors, one in each half, so that the column half still runs on   \
@@ -262,9 +264,26 @@ cdef extern from *:
             y[2] = bottom[0] + bottom[1] + bottom[2];                                   \
             y[3] = bottom[1] - bottom[2] - bottom[3];                                   \
         }                                                                               \
+        /* act(v + add + added[0 .. 7]) (added: NULL to leave out), as the epilogues    \
+           of _activation.pxd compute it */                                             \
+        static inline __attribute__((always_inline)) fastdl_##type##8                   \
+        fastdl_winograd_finish_##type(fastdl_##type##8 v, type add, const type *added,  \
+                                      int activate, type slope) {                       \
+            v = v + add;                                                                \
+            if (added != NULL)                                                          \
+                v += *(const fastdl_##type##8u *)added;                                 \
+            if (activate) {                                                             \
+                fastdl_##type##8m positive = v > 0;                                     \
+                v = (fastdl_##type##8)(positive & (fastdl_##type##8m)v)                 \
+                    + slope * (fastdl_##type##8)(~positive & (fastdl_##type##8m)v);     \
+            }                                                                           \
+            return v;                                                                   \
+        }                                                                               \
         FASTDL_CLONES static void fastdl_winograd_band_output_##type(                   \
                 const type *restrict m, Py_ssize_t plane, Py_ssize_t tiles,             \
-                Py_ssize_t tiles_x, type *restrict out, Py_ssize_t row_stride) {        \
+                Py_ssize_t tiles_x, type *restrict out, Py_ssize_t row_stride,          \
+                type add, const type *restrict residual, Py_ssize_t residual_stride,    \
+                int activate, type slope) {                                             \
             Py_ssize_t t = 0;                                                           \
             for (; tiles_x % 4 == 0 && t + 8 <= tiles; t += 8) {                        \
                 fastdl_##type##8 p[16], top[4], bottom[4], y[4];                        \
@@ -278,23 +297,31 @@ cdef extern from *:
                 y[1] = top[1] - top[2] - top[3];                                        \
                 y[2] = bottom[0] + bottom[1] + bottom[2];                               \
                 y[3] = bottom[1] - bottom[2] - bottom[3];                               \
-                type *low = out + 2 * (t / tiles_x) * row_stride + 2 * (t % tiles_x);   \
-                type *high = out + 2 * ((t + 4) / tiles_x) * row_stride                 \
-                    + 2 * ((t + 4) % tiles_x);                                          \
-                *(fastdl_##type##8u *)low = FASTDL_ZIP_LOW8(y[0], y[1]);                \
-                *(fastdl_##type##8u *)(low + row_stride) = FASTDL_ZIP_LOW8(y[2], y[3]); \
-                *(fastdl_##type##8u *)high = FASTDL_ZIP_HIGH8(y[0], y[1]);              \
-                *(fastdl_##type##8u *)(high + row_stride) =                             \
-                    FASTDL_ZIP_HIGH8(y[2], y[3]);                                       \
+                fastdl_##type##8 rows[4] = {                                            \
+                    FASTDL_ZIP_LOW8(y[0], y[1]), FASTDL_ZIP_LOW8(y[2], y[3]),           \
+                    FASTDL_ZIP_HIGH8(y[0], y[1]), FASTDL_ZIP_HIGH8(y[2], y[3])};        \
+                for (int k = 0; k < 4; k++) {                                           \
+                    /* each half of the vector: 4 tiles of one tile row, 8 outputs a row */ \
+                    Py_ssize_t at = t + 4 * (k >> 1), ty = at / tiles_x, tx = at % tiles_x; \
+                    Py_ssize_t row = 2 * ty + (k & 1);                                  \
+                    *(fastdl_##type##8u *)(out + row * row_stride + 2 * tx) =           \
+                        fastdl_winograd_finish_##type(                                  \
+                            rows[k], add, residual != NULL                              \
+                            ? residual + row * residual_stride + 2 * tx : NULL,         \
+                            activate, slope);                                           \
+                }                                                                       \
             }                                                                           \
             for (; t < tiles; t++) {                                                    \
                 type y[4];                                                              \
-                type *at = out + 2 * (t / tiles_x) * row_stride + 2 * (t % tiles_x);    \
+                Py_ssize_t ty = t / tiles_x, tx = t % tiles_x;                          \
                 fastdl_winograd_tile_##type(m, plane, t, y);                            \
-                at[0] = y[0];                                                           \
-                at[1] = y[1];                                                           \
-                at[row_stride] = y[2];                                                  \
-                at[row_stride + 1] = y[3];                                              \
+                for (int k = 0; k < 4; k++) {                                           \
+                    Py_ssize_t row = 2 * ty + (k >> 1), column = 2 * tx + (k & 1);      \
+                    type v = y[k] + add;                                                \
+                    if (residual != NULL)                                               \
+                        v += residual[row * residual_stride + column];                  \
+                    out[row * row_stride + column] = activate ? FASTDL_LEAKY(v, slope) : v; \
+                }                                                                       \
             }                                                                           \
         }
     FASTDL_WINOGRAD_BAND(float)
@@ -327,10 +354,12 @@ cdef extern from *:
         double* columns) noexcept nogil
     void _band_output_float "fastdl_winograd_band_output_float"(
         const float* m, Py_ssize_t plane, Py_ssize_t tiles, Py_ssize_t tiles_x, float* out,
-        Py_ssize_t row_stride) noexcept nogil
+        Py_ssize_t row_stride, float add, const float* residual, Py_ssize_t residual_stride,
+        bint activate, float slope) noexcept nogil
     void _band_output_double "fastdl_winograd_band_output_double"(
         const double* m, Py_ssize_t plane, Py_ssize_t tiles, Py_ssize_t tiles_x, double* out,
-        Py_ssize_t row_stride) noexcept nogil
+        Py_ssize_t row_stride, double add, const double* residual, Py_ssize_t residual_stride,
+        bint activate, double slope) noexcept nogil
     void _rows_double "fastdl_winograd_rows_double"(
         const double* m, Py_ssize_t plane, Py_ssize_t tiles, double shift, double* out0,
         double* out1, Py_ssize_t width) noexcept nogil
@@ -382,11 +411,15 @@ cdef inline void band_input(const floating* padded, Py_ssize_t channel_stride,
 
 
 cdef inline void band_output(const floating* m, Py_ssize_t plane, Py_ssize_t tiles,
-                             Py_ssize_t tiles_x, floating* out,
-                             Py_ssize_t row_stride) noexcept nogil:
-    """One channel's output rows of a band from its tiles' products
-    (``fastdl_winograd_band_output``)."""
+                             Py_ssize_t tiles_x, floating* out, Py_ssize_t row_stride,
+                             floating add, const floating* residual,
+                             Py_ssize_t residual_stride, bint activate,
+                             floating slope) noexcept nogil:
+    """One channel's output rows of a band from its tiles' products, with the epilogue:
+    act(conv + add + residual) (``fastdl_winograd_band_output``)."""
     if floating is float:
-        _band_output_float(m, plane, tiles, tiles_x, out, row_stride)
+        _band_output_float(m, plane, tiles, tiles_x, out, row_stride, add, residual,
+                           residual_stride, activate, slope)
     else:
-        _band_output_double(m, plane, tiles, tiles_x, out, row_stride)
+        _band_output_double(m, plane, tiles, tiles_x, out, row_stride, add, residual,
+                            residual_stride, activate, slope)

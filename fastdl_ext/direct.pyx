@@ -426,17 +426,23 @@ cdef void _winograd_input(const Layer* layer, const floating* image, int band,
                scratch + 16 * (layer.input_plane + layer.product_plane))
 
 
-cdef void _winograd_products(const Layer* layer, int band, int group, floating* scratch,
-                             floating* wide, int* first_row, int* end_row) noexcept nogil:
+cdef bint _winograd_products(const Layer* layer, int image, int band, int group,
+                             floating* scratch, floating* wide, int* first_row,
+                             int* end_row) noexcept nogil:
     """Conv rows ``first_row`` .. ``end_row - 1`` (band ``band``, the channels of group
-    ``group``) into ``wide`` from the band's transformed tiles in ``scratch``: per transformed
-    position the product with the weights, a 1x1 conv over the tiles on the register
-    blocks (a tap per input channel), then each channel's output transform. F(2x2, 3x3)
-    takes 16 multiplies per tile and channel pair where the direct loop takes 36."""
-    cdef int first, end, tiles, xi, b
+    ``group``) from the band's transformed tiles in ``scratch``: per transformed position
+    the product with the weights, a 1x1 conv over the tiles on the register blocks (a
+    tap per input channel), then each channel's output transform. F(2x2, 3x3) takes 16
+    multiplies per tile and channel pair where the direct loop takes 36. The output
+    transform writes out with the epilogue (True), or, for phase planes, the rows into
+    ``wide`` for the epilogue of ``_layer_items`` (False)."""
+    cdef int first, end, tiles, xi, b, co
     cdef Grid grid
     cdef const floating* packed = <const floating*>layer.packed
+    cdef const floating* bias = <const floating*>layer.bias
+    cdef const floating* residual = <const floating*>layer.residual
     cdef floating* products = scratch + 16 * layer.input_plane
+    cdef Py_ssize_t at
     _tile_band(layer, band, &first, &end)
     tiles = (end - first) * layer.tiles_x
     # the tiles on the wide grid: whole register blocks, over zeroed lanes past the last
@@ -448,13 +454,24 @@ cdef void _winograd_products(const Layer* layer, int band, int group, floating* 
                     * layer.co_block, products + xi * layer.product_plane
                     + (b - group * layer.group) * layer.co_block * layer.band_tiles,
                     layer.band_tiles, 0, (tiles + layer.lanes - 1) // layer.lanes, grid)
+    first_row[0], end_row[0] = 2 * first, 2 * end
     for b in range(min(layer.group * layer.co_block,
                        layer.out_channels - group * layer.group * layer.co_block)):
+        if layer.phased_out:
+            band_output(products + b * layer.band_tiles, layer.product_plane, tiles,
+                        layer.tiles_x,
+                        wide + b * layer.wide_stride + <Py_ssize_t>2 * first * layer.grid_row,
+                        layer.grid_row, 0, NULL, 0, False, 0)
+            continue
+        co = group * layer.group * layer.co_block + b
+        at = <Py_ssize_t>image * layer.out_channels + co
         band_output(products + b * layer.band_tiles, layer.product_plane, tiles,
-                    layer.tiles_x,
-                    wide + b * layer.wide_stride + <Py_ssize_t>2 * first * layer.grid_row,
-                    layer.grid_row)
-    first_row[0], end_row[0] = 2 * first, 2 * end
+                    layer.tiles_x, <floating*>layer.out + _at(&layer.out_view, at, 2 * first),
+                    layer.out_view.cols, bias[co] if bias != NULL else 0,
+                    residual + _at(&layer.residual_view, at, 2 * first)
+                    if residual != NULL else NULL, layer.residual_view.cols, layer.activate,
+                    <floating>layer.slope)
+    return not layer.phased_out
 
 
 cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wide,
@@ -488,7 +505,10 @@ cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wid
                     _winograd_input(layer, x + image * layer.image_in, band, padded)
                     zeroed[0] = NULL   # the scratch holds tiles now, not a zeroed border
                     cached, cached_band = image, band
-                _winograd_products(layer, band, block, padded, wide, &first_row, &end_row)
+                if _winograd_products(layer, image, band, block, padded, wide, &first_row,
+                                      &end_row):
+                    item = item + 1   # written with the epilogue
+                    continue
             else:
                 _direct_products(layer, x, image, band, block, padded, wide, zeroed, &cached,
                                  &first_row, &end_row)
