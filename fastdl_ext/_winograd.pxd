@@ -177,7 +177,42 @@ cdef extern from *:
          epilogue on the way out, its output written once. Eight tiles a step where
          tiles_x is a multiple of 4 (each half of a vector then lies in one tile row),
          one by one otherwise. */
+    /* Even and odd lanes of a and b within each 128-bit half, [a0 a2 b0 b2 a4 a6 b4 b6]:
+       one in-lane shuffle each where the ordered split takes three. Eight tiles of a
+       row then sit in the order 0 1 4 5 2 3 6 7, the same for every plane, and the
+       in-lane interleaves put the output columns back in order. */
+    #if defined(__clang__) || __GNUC__ >= 12
+    #  define FASTDL_EVEN_LANES8(a, b) __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14)
+    #  define FASTDL_ODD_LANES8(a, b) __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15)
+    #  define FASTDL_ZIP_LANES_LOW8(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 4, 12, 5, 13)
+    #  define FASTDL_ZIP_LANES_HIGH8(a, b) __builtin_shufflevector(a, b, 2, 10, 3, 11, 6, 14, 7, 15)
+    #else
+    #  define FASTDL_EVEN_LANES8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){0, 2, 8, 10, 4, 6, 12, 14})
+    #  define FASTDL_ODD_LANES8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){1, 3, 9, 11, 5, 7, 13, 15})
+    #  define FASTDL_ZIP_LANES_LOW8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){0, 8, 1, 9, 4, 12, 5, 13})
+    #  define FASTDL_ZIP_LANES_HIGH8(a, b) __builtin_shuffle(a, b, (fastdl_lanes8){2, 10, 3, 11, 6, 14, 7, 15})
+    #endif
     #define FASTDL_WINOGRAD_BAND(type)                                                  \
+        /* The column half of a row whose tiles come in whole eights, each eight in     \
+           the lanes' order (FASTDL_EVEN_LANES8). */                                    \
+        static inline __attribute__((always_inline)) void                               \
+        fastdl_winograd_lane_columns_##type(const type *restrict row,                   \
+                                            type *restrict dst, Py_ssize_t plane,       \
+                                            Py_ssize_t tiles) {                         \
+            for (Py_ssize_t tx = 0; tx < tiles; tx += 8) {                              \
+                const type *at = row + 2 * tx;                                          \
+                fastdl_##type##8 a = *(const fastdl_##type##8u *)at;                    \
+                fastdl_##type##8 b = *(const fastdl_##type##8u *)(at + 8);              \
+                fastdl_##type##8 c = *(const fastdl_##type##8u *)(at + 2);              \
+                fastdl_##type##8 d = *(const fastdl_##type##8u *)(at + 10);             \
+                fastdl_##type##8 a0 = FASTDL_EVEN_LANES8(a, b), a1 = FASTDL_ODD_LANES8(a, b); \
+                fastdl_##type##8 a2 = FASTDL_EVEN_LANES8(c, d), a3 = FASTDL_ODD_LANES8(c, d); \
+                *(fastdl_##type##8u *)(dst + tx) = a0 - a2;                             \
+                *(fastdl_##type##8u *)(dst + plane + tx) = a1 + a2;                     \
+                *(fastdl_##type##8u *)(dst + 2 * plane + tx) = a2 - a1;                 \
+                *(fastdl_##type##8u *)(dst + 3 * plane + tx) = a1 - a3;                 \
+            }                                                                           \
+        }                                                                               \
         /* Four tiles a row (an 8 x 8 map): the rows of a tile row's pair (2 Y, 2 Y + 1)  \
            share the vectors, one in each half, so that the column half still runs on   \
            whole vectors. */                                                            \
@@ -211,6 +246,12 @@ cdef extern from *:
                 if (tiles_x == 4)                                                       \
                     fastdl_winograd_column_pairs_##type(image, row_stride, tile_rows,   \
                                                         columns, half);                 \
+                else if (tiles_x % 8 == 0)                                              \
+                    for (int y = 0; y < 2 * tile_rows + 2; y++)                         \
+                        fastdl_winograd_lane_columns_##type(image + y * row_stride,     \
+                                                            columns + (y & 1) * half    \
+                                                            + (y >> 1) * tiles_x,       \
+                                                            2 * half, tiles_x);         \
                 else                                                                    \
                     for (int y = 0; y < 2 * tile_rows + 2; y++)                         \
                         fastdl_winograd_columns_##type(image + y * row_stride,          \
@@ -297,9 +338,18 @@ cdef extern from *:
                 y[1] = top[1] - top[2] - top[3];                                        \
                 y[2] = bottom[0] + bottom[1] + bottom[2];                               \
                 y[3] = bottom[1] - bottom[2] - bottom[3];                               \
-                fastdl_##type##8 rows[4] = {                                            \
-                    FASTDL_ZIP_LOW8(y[0], y[1]), FASTDL_ZIP_LOW8(y[2], y[3]),           \
-                    FASTDL_ZIP_HIGH8(y[0], y[1]), FASTDL_ZIP_HIGH8(y[2], y[3])};        \
+                fastdl_##type##8 rows[4];                                               \
+                if (tiles_x % 8 == 0) {   /* the lanes' order of the input transform */ \
+                    rows[0] = FASTDL_ZIP_LANES_LOW8(y[0], y[1]);                        \
+                    rows[1] = FASTDL_ZIP_LANES_LOW8(y[2], y[3]);                        \
+                    rows[2] = FASTDL_ZIP_LANES_HIGH8(y[0], y[1]);                       \
+                    rows[3] = FASTDL_ZIP_LANES_HIGH8(y[2], y[3]);                       \
+                } else {                                                                \
+                    rows[0] = FASTDL_ZIP_LOW8(y[0], y[1]);                              \
+                    rows[1] = FASTDL_ZIP_LOW8(y[2], y[3]);                              \
+                    rows[2] = FASTDL_ZIP_HIGH8(y[0], y[1]);                             \
+                    rows[3] = FASTDL_ZIP_HIGH8(y[2], y[3]);                             \
+                }                                                                       \
                 for (int k = 0; k < 4; k++) {                                           \
                     /* each half of the vector: 4 tiles of one tile row, 8 outputs a row */ \
                     Py_ssize_t at = t + 4 * (k >> 1), ty = at / tiles_x, tx = at % tiles_x; \

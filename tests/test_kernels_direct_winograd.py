@@ -47,10 +47,11 @@ def test_transformed_weights_are_packed_per_position():
 
 
 # (N, C_in, C_out, H, W): four tiles a row (an 8 x 8 map: the paired column pass), 8
-# and 12 (a vector of tiles and a scalar tail), tile rows of a band that leave a
-# partial vector of tiles (10 x 8: 20 tiles), C_out not a multiple of the channel block
+# and 16 (whole eights, in the lanes' order), 12 (a vector of tiles and a scalar
+# tail), tile rows of a band that leave a partial vector of tiles (10 x 8: 20
+# tiles), C_out not a multiple of the channel block
 SHAPES = [(1, 16, 16, 8, 8), (1, 8, 20, 16, 16), (2, 5, 8, 10, 8), (1, 12, 7, 6, 24),
-          (3, 16, 12, 12, 8)]
+          (3, 16, 12, 12, 8), (1, 6, 9, 6, 32)]
 
 
 def _interior(stored, layout):
