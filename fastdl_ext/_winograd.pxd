@@ -25,23 +25,49 @@ cdef extern from *:
        fastdl_winograd_rows_<type>: output rows out0 (and out1 unless NULL) of a tile
          row, width values each, = Aᵀ M A + shift; m[k * plane + tx] is M's k-th value
          of tile tx; the two columns of each tile interleaved by shuffles. */
+    /* Bᵀ along the columns of eight tiles, from the 18 values at ``at`` (tile t's
+       columns at 2 t .. 2 t + 3): the pairs split into even and odd columns by SPLIT_EVEN
+       and SPLIT_ODD, the four results at dst, dst + plane, dst + 2 plane, dst + 3 plane. */
+    #define FASTDL_WINOGRAD_COLUMN_EIGHT(type, at, dst, plane, SPLIT_EVEN, SPLIT_ODD)  \
+        do {                                                                            \
+            fastdl_##type##8 a = *(const fastdl_##type##8u *)(at);                      \
+            fastdl_##type##8 b = *(const fastdl_##type##8u *)((at) + 8);                \
+            fastdl_##type##8 c = *(const fastdl_##type##8u *)((at) + 2);                \
+            fastdl_##type##8 d = *(const fastdl_##type##8u *)((at) + 10);               \
+            fastdl_##type##8 a0 = SPLIT_EVEN(a, b), a1 = SPLIT_ODD(a, b);               \
+            fastdl_##type##8 a2 = SPLIT_EVEN(c, d), a3 = SPLIT_ODD(c, d);               \
+            *(fastdl_##type##8u *)(dst) = a0 - a2;                                      \
+            *(fastdl_##type##8u *)((dst) + (plane)) = a1 + a2;                          \
+            *(fastdl_##type##8u *)((dst) + 2 * (plane)) = a2 - a1;                      \
+            *(fastdl_##type##8u *)((dst) + 3 * (plane)) = a1 - a3;                      \
+        } while (0)
+    /* Aᵀ M A: y[2 r + c] = output (r, c) of a tile whose 16 products M[k] are
+       AT(..., k) (a value, or a vector of eight tiles). */
+    #define FASTDL_SCALAR_AT(m, plane, t, k) ((m)[(k) * (plane) + (t)])
+    #define FASTDL_VECTOR_AT(type, m, plane, t, k)                                     \
+        (*(const fastdl_##type##8u *)((m) + (k) * (plane) + (t)))
+    #define FASTDL_WINOGRAD_OUTPUT_TILE(value_type, y, AT, ...)                        \
+        do {                                                                            \
+            value_type top[4], bottom[4];                                               \
+            for (int q = 0; q < 4; q++) {                                               \
+                top[q] = AT(__VA_ARGS__, q) + AT(__VA_ARGS__, 4 + q)                    \
+                    + AT(__VA_ARGS__, 8 + q);                                           \
+                bottom[q] = AT(__VA_ARGS__, 4 + q) - AT(__VA_ARGS__, 8 + q)             \
+                    - AT(__VA_ARGS__, 12 + q);                                          \
+            }                                                                           \
+            (y)[0] = top[0] + top[1] + top[2];                                          \
+            (y)[1] = top[1] - top[2] - top[3];                                          \
+            (y)[2] = bottom[0] + bottom[1] + bottom[2];                                 \
+            (y)[3] = bottom[1] - bottom[2] - bottom[3];                                 \
+        } while (0)
     #define FASTDL_WINOGRAD_HELPERS(type)                                               \
         static inline void fastdl_winograd_columns_##type(                              \
                 const type *restrict mixed, type *restrict dst, Py_ssize_t plane,       \
                 Py_ssize_t tiles) {                                                     \
             Py_ssize_t tx = 0;                                                          \
             for (; tx + 8 <= tiles; tx += 8) {                                          \
-                const type *at = mixed + 2 * tx;                                        \
-                fastdl_##type##8 a = *(const fastdl_##type##8u *)at;                    \
-                fastdl_##type##8 b = *(const fastdl_##type##8u *)(at + 8);              \
-                fastdl_##type##8 c = *(const fastdl_##type##8u *)(at + 2);              \
-                fastdl_##type##8 d = *(const fastdl_##type##8u *)(at + 10);             \
-                fastdl_##type##8 a0 = FASTDL_EVEN8(a, b), a1 = FASTDL_ODD8(a, b);       \
-                fastdl_##type##8 a2 = FASTDL_EVEN8(c, d), a3 = FASTDL_ODD8(c, d);       \
-                *(fastdl_##type##8u *)(dst + tx) = a0 - a2;                             \
-                *(fastdl_##type##8u *)(dst + plane + tx) = a1 + a2;                     \
-                *(fastdl_##type##8u *)(dst + 2 * plane + tx) = a2 - a1;                 \
-                *(fastdl_##type##8u *)(dst + 3 * plane + tx) = a1 - a3;                 \
+                FASTDL_WINOGRAD_COLUMN_EIGHT(type, mixed + 2 * tx, dst + tx, plane,     \
+                                             FASTDL_EVEN8, FASTDL_ODD8);                \
             }                                                                           \
             for (; tx < tiles; tx++) {                                                  \
                 const type *at = mixed + 2 * tx;                                        \
@@ -65,45 +91,62 @@ cdef extern from *:
                 fastdl_winograd_columns_##type(mixed + r * width, dst + 4 * r * plane,  \
                                                plane, tiles);                           \
         }                                                                               \
+        /* Aᵀ M A of tile t: y = (row 0, column 0), (0, 1), (1, 0), (1, 1). */          \
+        static inline void fastdl_winograd_tile_##type(                                 \
+                const type *m, Py_ssize_t plane, Py_ssize_t t, type *y) {               \
+            FASTDL_WINOGRAD_OUTPUT_TILE(type, y, FASTDL_SCALAR_AT, m, plane, t);        \
+        }                                                                               \
+        /* act(v + add + added[0 .. 7]) (added: NULL to leave out), as the epilogues    \
+           of _activation.pxd compute it */                                             \
+        static inline __attribute__((always_inline)) fastdl_##type##8                   \
+        fastdl_winograd_finish_##type(fastdl_##type##8 v, type add, const type *added,  \
+                                      int activate, type slope) {                       \
+            v = v + add;                                                                \
+            if (added != NULL)                                                          \
+                v += *(const fastdl_##type##8u *)added;                                 \
+            if (activate) {                                                             \
+                fastdl_##type##8m positive = v > 0;                                     \
+                v = (fastdl_##type##8)(positive & (fastdl_##type##8m)v)                 \
+                    + slope * (fastdl_##type##8)(~positive & (fastdl_##type##8m)v);     \
+            }                                                                           \
+            return v;                                                                   \
+        }                                                                               \
+        /* The same for the eight tiles from t on, y[k] a vector of outputs k. */       \
+        static inline __attribute__((always_inline)) void                               \
+        fastdl_winograd_tiles8_##type(const type *m, Py_ssize_t plane, Py_ssize_t t,    \
+                                      fastdl_##type##8 *y) {                            \
+            FASTDL_WINOGRAD_OUTPUT_TILE(fastdl_##type##8, y, FASTDL_VECTOR_AT, type, m,  \
+                                        plane, t);                                      \
+        }                                                                               \
         FASTDL_CLONES static void fastdl_winograd_rows_##type(                          \
                 const type *restrict m, Py_ssize_t plane, Py_ssize_t tiles, type shift, \
                 type *restrict out0, type *restrict out1, Py_ssize_t width) {           \
             Py_ssize_t tx = 0;                                                          \
             for (; tx + 8 <= tiles && 2 * tx + 16 <= width; tx += 8) {                  \
-                fastdl_##type##8 p[16], top[4], bottom[4], left, right;                 \
-                for (int k = 0; k < 16; k++)                                            \
-                    p[k] = *(const fastdl_##type##8u *)(m + k * plane + tx);            \
-                for (int q = 0; q < 4; q++) {                                           \
-                    top[q] = p[q] + p[4 + q] + p[8 + q];                                \
-                    bottom[q] = p[4 + q] - p[8 + q] - p[12 + q];                        \
-                }                                                                       \
-                left = top[0] + top[1] + top[2] + shift;                                \
-                right = top[1] - top[2] - top[3] + shift;                               \
+                fastdl_##type##8 y[4], left, right;                                     \
+                fastdl_winograd_tiles8_##type(m, plane, tx, y);                         \
+                left = y[0] + shift;                                                    \
+                right = y[1] + shift;                                                   \
                 *(fastdl_##type##8u *)(out0 + 2 * tx) = FASTDL_ZIP_LOW8(left, right);   \
                 *(fastdl_##type##8u *)(out0 + 2 * tx + 8) = FASTDL_ZIP_HIGH8(left, right); \
                 if (out1) {                                                             \
-                    left = bottom[0] + bottom[1] + bottom[2] + shift;                   \
-                    right = bottom[1] - bottom[2] - bottom[3] + shift;                  \
+                    left = y[2] + shift;                                                \
+                    right = y[3] + shift;                                               \
                     *(fastdl_##type##8u *)(out1 + 2 * tx) = FASTDL_ZIP_LOW8(left, right); \
                     *(fastdl_##type##8u *)(out1 + 2 * tx + 8) =                         \
                         FASTDL_ZIP_HIGH8(left, right);                                  \
                 }                                                                       \
             }                                                                           \
             for (; tx < tiles; tx++) {                                                  \
-                type top[4], bottom[4];                                                 \
-                for (int q = 0; q < 4; q++) {                                           \
-                    top[q] = m[q * plane + tx] + m[(4 + q) * plane + tx]                \
-                        + m[(8 + q) * plane + tx];                                      \
-                    bottom[q] = m[(4 + q) * plane + tx] - m[(8 + q) * plane + tx]       \
-                        - m[(12 + q) * plane + tx];                                     \
-                }                                                                       \
-                out0[2 * tx] = top[0] + top[1] + top[2] + shift;                        \
+                type y[4];                                                              \
+                fastdl_winograd_tile_##type(m, plane, tx, y);                           \
+                out0[2 * tx] = y[0] + shift;                                            \
                 if (out1)                                                               \
-                    out1[2 * tx] = bottom[0] + bottom[1] + bottom[2] + shift;           \
+                    out1[2 * tx] = y[2] + shift;                                        \
                 if (2 * tx + 1 < width) {                                               \
-                    out0[2 * tx + 1] = top[1] - top[2] - top[3] + shift;                \
+                    out0[2 * tx + 1] = y[1] + shift;                                    \
                     if (out1)                                                           \
-                        out1[2 * tx + 1] = bottom[1] - bottom[2] - bottom[3] + shift;   \
+                        out1[2 * tx + 1] = y[3] + shift;                                \
                 }                                                                       \
             }                                                                           \
         }
@@ -200,17 +243,8 @@ cdef extern from *:
                                             type *restrict dst, Py_ssize_t plane,       \
                                             Py_ssize_t tiles) {                         \
             for (Py_ssize_t tx = 0; tx < tiles; tx += 8) {                              \
-                const type *at = row + 2 * tx;                                          \
-                fastdl_##type##8 a = *(const fastdl_##type##8u *)at;                    \
-                fastdl_##type##8 b = *(const fastdl_##type##8u *)(at + 8);              \
-                fastdl_##type##8 c = *(const fastdl_##type##8u *)(at + 2);              \
-                fastdl_##type##8 d = *(const fastdl_##type##8u *)(at + 10);             \
-                fastdl_##type##8 a0 = FASTDL_EVEN_LANES8(a, b), a1 = FASTDL_ODD_LANES8(a, b); \
-                fastdl_##type##8 a2 = FASTDL_EVEN_LANES8(c, d), a3 = FASTDL_ODD_LANES8(c, d); \
-                *(fastdl_##type##8u *)(dst + tx) = a0 - a2;                             \
-                *(fastdl_##type##8u *)(dst + plane + tx) = a1 + a2;                     \
-                *(fastdl_##type##8u *)(dst + 2 * plane + tx) = a2 - a1;                 \
-                *(fastdl_##type##8u *)(dst + 3 * plane + tx) = a1 - a3;                 \
+                FASTDL_WINOGRAD_COLUMN_EIGHT(type, row + 2 * tx, dst + tx, plane,       \
+                                             FASTDL_EVEN_LANES8, FASTDL_ODD_LANES8);    \
             }                                                                           \
         }                                                                               \
         /* Four tiles a row (an 8 x 8 map): the rows of a tile row's pair (2 Y, 2 Y + 1)  \
@@ -291,35 +325,6 @@ cdef extern from *:
                 }                                                                       \
             }                                                                           \
         }                                                                               \
-        static inline void fastdl_winograd_tile_##type(                                 \
-                const type *m, Py_ssize_t plane, Py_ssize_t t, type *y) {               \
-            type top[4], bottom[4];                                                     \
-            for (int q = 0; q < 4; q++) {                                               \
-                top[q] = m[q * plane + t] + m[(4 + q) * plane + t]                      \
-                    + m[(8 + q) * plane + t];                                           \
-                bottom[q] = m[(4 + q) * plane + t] - m[(8 + q) * plane + t]             \
-                    - m[(12 + q) * plane + t];                                          \
-            }                                                                           \
-            y[0] = top[0] + top[1] + top[2];                                            \
-            y[1] = top[1] - top[2] - top[3];                                            \
-            y[2] = bottom[0] + bottom[1] + bottom[2];                                   \
-            y[3] = bottom[1] - bottom[2] - bottom[3];                                   \
-        }                                                                               \
-        /* act(v + add + added[0 .. 7]) (added: NULL to leave out), as the epilogues    \
-           of _activation.pxd compute it */                                             \
-        static inline __attribute__((always_inline)) fastdl_##type##8                   \
-        fastdl_winograd_finish_##type(fastdl_##type##8 v, type add, const type *added,  \
-                                      int activate, type slope) {                       \
-            v = v + add;                                                                \
-            if (added != NULL)                                                          \
-                v += *(const fastdl_##type##8u *)added;                                 \
-            if (activate) {                                                             \
-                fastdl_##type##8m positive = v > 0;                                     \
-                v = (fastdl_##type##8)(positive & (fastdl_##type##8m)v)                 \
-                    + slope * (fastdl_##type##8)(~positive & (fastdl_##type##8m)v);     \
-            }                                                                           \
-            return v;                                                                   \
-        }                                                                               \
         FASTDL_CLONES static void fastdl_winograd_band_output_##type(                   \
                 const type *restrict m, Py_ssize_t plane, Py_ssize_t tiles,             \
                 Py_ssize_t tiles_x, type *restrict out, Py_ssize_t row_stride,          \
@@ -327,17 +332,8 @@ cdef extern from *:
                 int activate, type slope) {                                             \
             Py_ssize_t t = 0;                                                           \
             for (; tiles_x % 4 == 0 && t + 8 <= tiles; t += 8) {                        \
-                fastdl_##type##8 p[16], top[4], bottom[4], y[4];                        \
-                for (int k = 0; k < 16; k++)                                            \
-                    p[k] = *(const fastdl_##type##8u *)(m + k * plane + t);             \
-                for (int q = 0; q < 4; q++) {                                           \
-                    top[q] = p[q] + p[4 + q] + p[8 + q];                                \
-                    bottom[q] = p[4 + q] - p[8 + q] - p[12 + q];                        \
-                }                                                                       \
-                y[0] = top[0] + top[1] + top[2];                                        \
-                y[1] = top[1] - top[2] - top[3];                                        \
-                y[2] = bottom[0] + bottom[1] + bottom[2];                               \
-                y[3] = bottom[1] - bottom[2] - bottom[3];                               \
+                fastdl_##type##8 y[4];                                                  \
+                fastdl_winograd_tiles8_##type(m, plane, t, y);                          \
                 fastdl_##type##8 rows[4];                                               \
                 if (tiles_x % 8 == 0) {   /* the lanes' order of the input transform */ \
                     rows[0] = FASTDL_ZIP_LANES_LOW8(y[0], y[1]);                        \
