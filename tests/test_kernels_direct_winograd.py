@@ -7,7 +7,7 @@ direct loop's register blocks, between the input and output transforms.
 import numpy as np
 import pytest
 
-from fastdl.kernels import direct, winograd
+from fastdl.kernels import direct
 from fastdl_ext import direct as direct_ext
 from reference import conv2d_reference, from_stored_layout, stored_layout
 
@@ -37,12 +37,14 @@ def test_transformed_weights_are_packed_per_position():
     weight = rng.normal(size=(6, 5, 3, 3)).astype(np.float32)
     packed = direct.pack_transformed(weight, 4)
     assert packed.shape == (16 * 2, 5, 4)
-    u = winograd.transform_weight(weight)[:, :30].reshape(16, 6, 5)
+    # Lavin and Gray's G for F(2x2, 3x3); ξ = 4 * row + column of the 4x4 transform
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    u = np.einsum("ia,ocab,jb->ijoc", g, weight.astype(np.float64), g).reshape(16, 6, 5)
     for xi in range(16):
         for block in range(2):
             channels = u[xi, 4 * block:4 * block + 4].T
-            np.testing.assert_array_equal(packed[2 * xi + block, :, :channels.shape[1]],
-                                          channels)
+            np.testing.assert_allclose(packed[2 * xi + block, :, :channels.shape[1]],
+                                       channels, rtol=1e-6, atol=1e-6)
     assert not packed[1::2, :, 2:].any()
 
 
@@ -98,6 +100,8 @@ def test_work_items_and_threads_do_not_change_the_result(shape):
     borders = ((1, 1), (0, 0), (0, 0))
     want = np.empty((n, c_out, height, width), np.float32)
     direct_ext.direct_chain_into([_spec(x, weight, want, (1, 2), borders)], 1)
+    reference = _reference(x[:, :, 1:-1, 1:-1], weight, None, None, None)
+    np.testing.assert_allclose(want, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
     co_blocks = -(-c_out // 4)
     for bands in sorted({1, 2, height // 2}):
         for group in sorted({1, 2, co_blocks}):
@@ -122,6 +126,11 @@ def test_a_chain_of_winograd_and_direct_layers_runs_again_and_again(threads):
     direct.run_chain([(runners[0], x, plain[0], None)] + [
         (runners[k], plain[k - 1], plain[k], plain[k - 2] if k > 1 else None)
         for k in range(1, 4)], threads)
+    references = [x.astype(np.float64)]
+    for k, weight in enumerate(weights):
+        references.append(np.maximum(_reference(references[-1], weight, None, None, None)
+                                     + (references[-2] if k > 1 else 0), 0))
+        np.testing.assert_allclose(plain[k], references[-1], rtol=1e-4, atol=1e-4)
     layouts = [(1, 1), (1, 1), (1, 1), (1, 1, 2, 2)]
     stored = [stored_layout(np.zeros(x.shape, np.float32), layout) for layout in layouts]
     specs = [runners[0].spec(x, stored[0], None, ((0, 0), (0, 0), layouts[0]))] + [
