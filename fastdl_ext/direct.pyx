@@ -54,7 +54,7 @@ from fastdl_ext._dense cimport PANEL, PANEL_ROWS, packed_items
 from fastdl_ext._head cimport pool_dense
 from fastdl_ext._phases cimport (Phases, View, _at, _check_output, _epilogue_phases,
                                  _pad_view, _phases, _phases_size, _scratch, _tap_offsets,
-                                 _view)
+                                 _view, _whole_lines)
 from fastdl_ext._team cimport _items_done, _take_items, _wait_done
 from fastdl_ext._winograd cimport band_input, band_output
 
@@ -63,7 +63,6 @@ CALLER = "direct_forward_into"   # the name errors are reported under
 NO_BORDERS = ((0, 0, 1, 1),) * 3   # x, residual and out as plain arrays (``_layouts``)
 cdef enum:
     MAX_LANES_BYTES = 512 * 1024   # 8 padded images on image lanes, per thread
-    SCRATCH_ALIGN = 64   # bytes: a cache line
 BLOCK_SHAPES = ((4, 24), (6, 16), (3, 24))   # (output channels, positions) per block
 
 
@@ -664,8 +663,7 @@ cdef class Chain:
                 self.layers[k].padded_size + <Py_ssize_t>self.layers[k].group
                 * self.layers[k].co_block
                 * self.layers[k].wide_stride) * (4 if self.typenum == cnp.NPY_FLOAT32 else 8))
-        # whole cache lines a thread (see ``run``)
-        self.per_thread = (self.per_thread + SCRATCH_ALIGN - 1) // SCRATCH_ALIGN * SCRATCH_ALIGN
+        self.per_thread = _whole_lines(self.per_thread)   # (``_scratch``)
 
     def __dealloc__(self):
         cdef int k
@@ -793,7 +791,7 @@ cdef class Chain:
         cdef const void* data
         cdef Layer* layer
         cdef char* scratch
-        cdef char* allocated
+        cdef void* allocated
         if self.count == 0:
             return
         shape = _dims(CALLER, x, "x", 4, self.typenum, False)
@@ -819,11 +817,7 @@ cdef class Chain:
             self.dense[k].done_items = self.dense[k].sleepers = 0
             memset(self.dense[k].taken, 0, sizeof(int) * self.layers[0].threads)
         try:
-            # each thread's scratch starts on a cache line: image lanes read whole
-            # vectors at multiples of 32 bytes from it, none then split across two lines
-            allocated = <char*>_scratch(self.num_threads, self.per_thread + SCRATCH_ALIGN, False)
-            scratch = <char*>((<size_t>allocated + SCRATCH_ALIGN - 1)
-                              // SCRATCH_ALIGN * SCRATCH_ALIGN)
+            scratch = _scratch(self.num_threads, self.per_thread, False, &allocated)
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT32:
                     _run_layers(self.layers, self.count, self.dense, self.dense_count,

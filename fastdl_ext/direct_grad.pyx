@@ -12,7 +12,7 @@ from libc.stdlib cimport free
 from fastdl_ext._activation cimport epilogue_rows
 from fastdl_ext._blas cimport floating
 from fastdl_ext._phases cimport (Phases, _check_output, _pad_image, _phases, _phases_size,
-                                 _scratch, _tap_offsets)
+                                 _scratch, _tap_offsets, _whole_lines)
 
 cdef extern from *:
     """
@@ -124,19 +124,22 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     cdef int co_blocks = partial.shape[1], tap_groups = partial.shape[2]
     cdef Py_ssize_t length = (<Py_ssize_t>out_h * padded_w + 7) // 8 * 8
     cdef Py_ssize_t slack = 8 + kernel_w
-    cdef Py_ssize_t padded_size = _phases_size(phases) + slack
+    # whole cache lines, so that the wide grid after it starts on one too (``_scratch``)
+    cdef Py_ssize_t padded_size = _whole_lines(
+        sizeof(floating) * (_phases_size(phases) + slack)) // sizeof(floating)
     cdef Py_ssize_t image_in = <Py_ssize_t>channels * height * width
     # per thread: the padded image, grad_out of one image on the wide grid (grid
     # columns past the output width and channels beyond C_out stay zero), and the
     # bias tap's row of ones
     cdef Py_ssize_t wide_size = co_blocks * CO_BLOCK * length
-    cdef size_t per_thread = sizeof(floating) * (padded_size + wide_size + length)
+    cdef size_t per_thread = _whole_lines(sizeof(floating) * (padded_size + wide_size + length))
     cdef Py_ssize_t* offsets
     cdef floating* padded
     cdef floating* wide
     cdef Py_ssize_t q
     cdef int image, block, co, k, thread
     cdef char* scratch
+    cdef void* allocated
     _check_output("direct_grad_weight_into: grad_out", height, width, out_h, out_w, kernel_h,
                   kernel_w, padding, stride)
     if n_images == 0 or out_h * out_w == 0:
@@ -154,7 +157,7 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
     for k in range(all_taps, tap_groups * GRAD_TAPS):
         offsets[k] = offsets[all_taps - 1]
     try:
-        scratch = <char*>_scratch(num_threads, per_thread)
+        scratch = _scratch(num_threads, per_thread, True, &allocated)
     except MemoryError:
         free(offsets)
         raise
@@ -172,5 +175,5 @@ def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
             for block in range(co_blocks):
                 _grad_taps(wide + block * CO_BLOCK * length, length, padded, offsets,
                            tap_groups, length, &partial[thread, block, 0, 0])
-    free(scratch)
+    free(allocated)
     free(offsets)
