@@ -478,10 +478,10 @@ cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wid
                        const Layer** zeroed) noexcept nogil:
     """Take work items of ``layer`` until none are left: out = act(conv(x) + bias +
     residual) over one channel block (on Winograd, a group of them) and row band of one
-    image per item. ``zeroed``:
-    the last layer whose border and slack this thread zeroed in ``padded``; a layer of
-    the same layout (the convs of a ResNet stage) finds them still zero, as images
-    only ever fill the interior."""
+    image per item. ``zeroed``: the last layer whose border and slack this thread
+    zeroed in ``padded``; a layer of the same layout (the convs of a ResNet stage) finds
+    them still zero, as images only ever fill the interior (a Winograd layer's tiles
+    overwrite them: it resets ``zeroed``)."""
     cdef const floating* x = <const floating*>layer.x
     cdef const floating* bias = <const floating*>layer.bias
     cdef const floating* residual = <const floating*>layer.residual
