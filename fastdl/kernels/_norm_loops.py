@@ -55,6 +55,12 @@ def _moments_of(x, k):
     count, mean, squares = 0, 0.0, 0.0
     for a in range(x.shape[0]):
         run = x[a, k]
+        # batch norm's runs lie a whole image apart, each a page or so: the hardware
+        # prefetcher stops at the page and starts cold on the next, so it is requested
+        # while this one is summed (forward N32 C64 32^2: 0.91-0.92 of the time; the
+        # same in the backward's first pass measured 1.03-1.06, and is not done)
+        if a + 1 < x.shape[0]:
+            prefetch(x[a + 1, k])
         for start in range(0, run.shape[0], _BLOCK):
             block = run[start:start + _BLOCK]
             block_mean, block_squares = _block_moments_kernel(block)
