@@ -208,9 +208,9 @@ class ForwardRunner:
         """Winograd's packed weights and work items ``(bands, group)``: bands of whole
         tile rows, at batch 1 one a thread where each keeps 32 tiles or more (each
         thread then transforms only its band's input), times groups of channel blocks,
-        about two items a thread (each transformed position's input tiles serve every
-        block of a group while they are in L1); the block shape that wastes the least
-        on the band's tiles."""
+        ``WINOGRAD_ITEMS`` items a thread (each transformed position's input tiles serve
+        every block of a group while they are in L1); the block shape that wastes the
+        least on the band's tiles."""
         n, c_out, out_h, out_w = self.out_shape
         tiles_y, tiles = out_h // 2, out_h // 2 * (out_w // 2)
         bands = (max(1, min(tiles_y, self.threads, tiles // WINOGRAD_BAND_TILES))
