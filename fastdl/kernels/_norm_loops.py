@@ -24,6 +24,29 @@ _PARAM_TILE = 64
 _PREFETCH_ROWS = 2
 
 
+def _grad_chunks(n_items):
+    """``(chunks, items per chunk)`` of the parameter-gradient sums over ``n_items``:
+    at most ``_GRAD_CHUNKS``, whatever the thread count."""
+    n_chunks = min(n_items, _GRAD_CHUNKS)
+    return n_chunks, (n_items + n_chunks - 1) // max(n_chunks, 1)
+
+
+_grad_chunks_kernel = jit(_grad_chunks)
+
+
+def _sum_chunks(parts):
+    """Column sums of ``parts`` (chunks, P), adding the chunks in order (float64)."""
+    total = np.zeros(parts.shape[1])
+    for chunk in range(parts.shape[0]):
+        part = parts[chunk]
+        for i in range(part.shape[0]):
+            total[i] += part[i]
+    return total
+
+
+_sum_chunks_kernel = jit(_sum_chunks)
+
+
 # ---------------------------------------------------------------------------
 # Numba kernels on the (A, K, S, B) layout
 # ---------------------------------------------------------------------------
@@ -162,13 +185,15 @@ _input_grad_runs_kernel = jit(_input_grad_runs, fastmath={"contract"})
 
 
 def _normalize_backward(grad_out, x, weight, n_params, n_sub, mean, inv_std, use_input_stats,
-                        needs_grad_x, grad_x, grad_weight_parts, grad_bias_parts):
+                        needs_grad_x, grad_x):
     # grad_out, x, grad_x: (A, K, S * B); weight: (P * S,) in x's dtype; mean,
-    # inv_std: (K,) float64, the forward's statistics; grad_*_parts: (chunks,
-    # P * S) float64, one row per fixed chunk of k
+    # inv_std: (K,) float64, the forward's statistics. Returns grad_weight and
+    # grad_bias, (P * S,) float64, summed per fixed chunk of k, then over chunks.
     count = x.shape[0] * x.shape[2]
-    n_kept, n_chunks = x.shape[1], grad_weight_parts.shape[0]
-    per_chunk = (n_kept + n_chunks - 1) // n_chunks
+    n_kept = x.shape[1]
+    n_chunks, per_chunk = _grad_chunks_kernel(n_kept)
+    grad_weight_parts = np.zeros((n_chunks, weight.shape[0]))
+    grad_bias_parts = np.zeros((n_chunks, weight.shape[0]))
     to_dtype = x.dtype.type
     for chunk in prange(n_chunks):
         for k in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)):
@@ -184,6 +209,7 @@ def _normalize_backward(grad_out, x, weight, n_params, n_sub, mean, inv_std, use
             mean_grad_x_hat = sum_grad_x_hat / count if use_input_stats else 0.0
             _input_grad_runs_kernel(grad_out, x, k, n_sub, param_base, weight, shift, scale,
                                     to_dtype(mean_grad), to_dtype(mean_grad_x_hat), grad_x)
+    return _sum_chunks_kernel(grad_weight_parts), _sum_chunks_kernel(grad_bias_parts)
 
 
 normalize_backward_kernel = jit(_normalize_backward, parallel=True)
@@ -270,15 +296,16 @@ _input_grad_row_kernel = jit(_input_grad_row, fastmath={"contract"})
 _move_into_kernel = jit(_move_into, fastmath={"reassoc", "contract"})
 
 
-def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_x,
-                         grad_weight_parts, grad_bias_parts):
+def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_x):
     # grad_out, x, grad_x: (rows, row_length); weight: (row_length,) in x's
-    # dtype; mean, inv_std: (rows,) float64; grad_*_parts: (chunks, row_length)
-    # float64, one row per fixed chunk of rows. Each row's two sums are fused
-    # in one pass, and dx is written in a second pass over the row (in L1).
+    # dtype; mean, inv_std: (rows,) float64. Returns grad_weight and grad_bias,
+    # (row_length,) float64, summed per fixed chunk of rows, then over chunks.
+    # Each row's two sums are fused in one pass, and dx is written in a second
+    # pass over the row (in L1).
     n_rows, row_length = x.shape
-    n_chunks = grad_weight_parts.shape[0]
-    per_chunk = (n_rows + n_chunks - 1) // n_chunks
+    n_chunks, per_chunk = _grad_chunks_kernel(n_rows)
+    grad_weight_parts = np.zeros((n_chunks, row_length))
+    grad_bias_parts = np.zeros((n_chunks, row_length))
     to_dtype = x.dtype.type
     for chunk in prange(n_chunks):
         tile_grad_weight = np.zeros(row_length, dtype=x.dtype)
@@ -296,6 +323,7 @@ def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_
                                            to_dtype(sum_grad_x_hat / row_length), grad_x[row])
             _move_into_kernel(tile_grad_weight, grad_weight_parts[chunk])
             _move_into_kernel(tile_grad_bias, grad_bias_parts[chunk])
+    return _sum_chunks_kernel(grad_weight_parts), _sum_chunks_kernel(grad_bias_parts)
 
 
 layer_norm_backward_kernel = jit(_layer_norm_backward, parallel=True)

@@ -30,7 +30,9 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
 * Backward per ``k`` does the two reductions ``sum(w * g)`` and
   ``sum(w * g * x_hat)`` then writes ``dx`` in a second pass over the (cached)
   data. ``grad_weight`` / ``grad_bias`` are summed per fixed chunk of ``k``
-  into a ``(chunks, P * S)`` float64 buffer, then over chunks in order.
+  into a ``(chunks, P * S)`` float64 buffer, then over chunks in order, all
+  inside the kernel: the Python between kernels runs with caches the kernel
+  has just flushed, so each NumPy call there costs tens of microseconds.
 * Layer norm runs on the ``(rows, row_length)`` view with row kernels of
   its own: forward, ``prange`` over rows, each row's moments (one block when
   the row fits) then its normalisation; backward, per fixed chunk of rows,
@@ -43,11 +45,12 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
   fixed chunk, and neither depends on the thread count, so results are bitwise
   identical at any number of threads (torch's are not: pytorch#88718).
 """
+import math
 import numbers
 
 import numpy as np
 
-from fastdl.kernels._norm_loops import (_BLOCK, _GRAD_CHUNKS, layer_norm_backward_kernel,
+from fastdl.kernels._norm_loops import (_BLOCK, layer_norm_backward_kernel,
                                         layer_norm_forward_kernel, normalize_backward_kernel,
                                         normalize_forward_kernel)
 
@@ -92,6 +95,16 @@ class _Layout:
         return array.reshape(self.n_outer, self.n_kept, self.run_length)
 
 
+# The checks below run on every call, after kernels that streamed megabytes through the
+# caches: plain type tests first, the numbers ABCs (slow when cold) only for other types.
+def _is_integer(value):
+    return type(value) is int or isinstance(value, (numbers.Integral, np.integer))
+
+
+def _is_real(value):
+    return type(value) is float or isinstance(value, numbers.Real)
+
+
 def _check_float_array(name, argument, array):
     if not isinstance(array, np.ndarray):
         raise TypeError("%s: %s must be a numpy.ndarray, got %s"
@@ -105,12 +118,12 @@ def _check_float_array(name, argument, array):
 def _param_vector(name, argument, value, shape, fill, dtype):
     """``weight``/``bias`` as a flat contiguous vector of ``dtype`` (``fill`` for None)."""
     if value is None:
-        return np.full(int(np.prod(shape)), fill, dtype=dtype)
+        return np.full(math.prod(shape), fill, dtype=dtype)
     value = _check_float_array(name, argument, value)
     if value.shape != tuple(shape):
         raise ValueError("%s: %s must have shape %s, got %s"
                          % (name, argument, tuple(shape), value.shape))
-    return value.astype(dtype).ravel()
+    return value.astype(dtype, copy=False).ravel()
 
 
 def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
@@ -140,23 +153,17 @@ def _backward(grad_out, x, layout, weight, mean, inv_std, use_input_stats, needs
     """Gradients on ``layout``: grad_x (or None) and flat float64 grad_weight, grad_bias."""
     grad3 = layout.view(grad_out)
     x3 = layout.view(x)
-    n_chunks = min(layout.n_kept, _GRAD_CHUNKS)
-    grad_weight_parts = np.zeros((n_chunks, layout.n_weights))
-    grad_bias_parts = np.zeros((n_chunks, layout.n_weights))
     # dx not needed: an empty (1, 0, 0) array the kernels never write, still indexable as grad_x[0]
     grad_x = np.empty_like(x3) if needs_grad_x else np.empty((1, 0, 0), x.dtype)
     mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
     inv_std = np.ascontiguousarray(inv_std, dtype=np.float64).ravel()
     if layout.weight_along_run:
-        layer_norm_backward_kernel(grad3[0], x3[0], weight, mean, inv_std, needs_grad_x,
-                                   grad_x[0], grad_weight_parts, grad_bias_parts)
+        grad_weight, grad_bias = layer_norm_backward_kernel(
+            grad3[0], x3[0], weight, mean, inv_std, needs_grad_x, grad_x[0])
     else:
-        normalize_backward_kernel(grad3, x3, weight, layout.n_params, layout.n_sub, mean,
-                                  inv_std, use_input_stats, needs_grad_x, grad_x,
-                                  grad_weight_parts, grad_bias_parts)
-    # summed over chunks in a fixed order (numpy's pairwise sum of a fixed shape)
-    grad_weight = grad_weight_parts.sum(axis=0)
-    grad_bias = grad_bias_parts.sum(axis=0)
+        grad_weight, grad_bias = normalize_backward_kernel(
+            grad3, x3, weight, layout.n_params, layout.n_sub, mean, inv_std, use_input_stats,
+            needs_grad_x, grad_x)
     return (grad_x.reshape(x.shape) if needs_grad_x else None), grad_weight, grad_bias
 
 
@@ -194,7 +201,7 @@ def _check_input(name, x, min_ndim, eps, layout_of):
     if x.ndim < min_ndim:
         raise ValueError("%s: input must be (N, C%s), got shape %s"
                          % (name, ", *spatial" if min_ndim > 2 else "[, *spatial]", x.shape))
-    if not isinstance(eps, numbers.Real) or not eps >= 0:
+    if not _is_real(eps) or not eps >= 0:
         raise ValueError("%s: eps must be a non-negative number, got %r" % (name, eps))
     return x, float(eps), layout_of(x.shape)
 
@@ -241,7 +248,7 @@ def _update_running(running_mean, running_var, mean, var, count, factor):
 # ---------------------------------------------------------------------------
 
 def _batch_norm_layout(shape):
-    return _Layout(shape[0], shape[1], 1, int(np.prod(shape[2:], dtype=np.int64)), shape[1])
+    return _Layout(shape[0], shape[1], 1, math.prod(shape[2:]), shape[1])
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
@@ -344,7 +351,7 @@ def batch_norm_backward(grad_out, x, mean, inv_std, weight, training, needs_grad
 # ---------------------------------------------------------------------------
 
 def _normalized_shape(name, x_shape, normalized_shape):
-    if isinstance(normalized_shape, (numbers.Integral, np.integer)):
+    if _is_integer(normalized_shape):
         normalized_shape = (normalized_shape,)
     try:
         normalized_shape = tuple(int(n) for n in normalized_shape)
@@ -360,8 +367,8 @@ def _normalized_shape(name, x_shape, normalized_shape):
 
 
 def _layer_norm_layout(x_shape, normalized_shape):
-    row_length = int(np.prod(normalized_shape, dtype=np.int64))
-    n_rows = int(np.prod(x_shape, dtype=np.int64)) // row_length
+    row_length = math.prod(normalized_shape)
+    n_rows = math.prod(x_shape) // row_length
     return _Layout(1, n_rows, 1, row_length, 1, weight_along_run=True)
 
 
@@ -417,12 +424,12 @@ def layer_norm_backward(grad_out, x, mean, inv_std, weight, normalized_shape,
 
 def _group_norm_layout(name, shape, num_groups):
     n_channels = shape[1]
-    if isinstance(num_groups, bool) or not isinstance(num_groups, (numbers.Integral, np.integer)):
+    if isinstance(num_groups, bool) or not _is_integer(num_groups):
         raise TypeError("%s: num_groups must be an int, got %r" % (name, num_groups))
     if num_groups < 1 or n_channels % num_groups != 0:
         raise ValueError("%s: num_channels (%d) must be divisible by num_groups (%d)"
                          % (name, n_channels, num_groups))
-    spatial = int(np.prod(shape[2:], dtype=np.int64))
+    spatial = math.prod(shape[2:])
     return _Layout(1, shape[0] * num_groups, n_channels // num_groups, spatial,
                    int(num_groups))
 
