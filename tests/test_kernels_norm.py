@@ -113,6 +113,33 @@ def test_float32_statistics_stay_accurate_far_from_zero(rng):
     np.testing.assert_allclose(y, layer_norm_reference(x, (64, 64), None, None, EPS), atol=2e-3)
 
 
+@pytest.mark.parametrize("offset, spread", [(0.0, 1.0), (1e4, 1e-2), (-3e3, 1.0), (1.0, 1e-4)])
+def test_float32_statistics_match_float64(rng, offset, spread):
+    # float32 input, statistics summed in float32 spans joined in float64 around a
+    # pivot: mean and variance to ~1e-7 of the spread, however far from zero
+    x = (offset + spread * rng.standard_normal((6, 4, 3000))).astype(np.float32)
+    exact = x.astype(np.float64)
+    _, mean, inv_std = norm.layer_norm_forward(x, 3000, eps=0.0)
+    np.testing.assert_allclose(mean, exact.mean(axis=2), rtol=0, atol=1e-6 * spread)
+    np.testing.assert_allclose(1 / inv_std ** 2, exact.var(axis=2), rtol=1e-6)
+    _, mean, inv_std = norm.batch_norm_forward(x, None, None, None, None, True, eps=0.0)
+    np.testing.assert_allclose(mean, exact.mean(axis=(0, 2)), rtol=0, atol=1e-6 * spread)
+    np.testing.assert_allclose(1 / inv_std ** 2, exact.var(axis=(0, 2)), rtol=1e-6)
+
+
+def test_layer_norm_float32_backward_matches_float64(rng):
+    # the row sums of the backward run in float32 spans joined in float64
+    x = 50 + 3 * rng.standard_normal((64, 2500))
+    grad_out = rng.standard_normal(x.shape) + 0.5
+    weight = rng.standard_normal(2500)
+    _, mean, inv_std = norm.layer_norm_forward(x, 2500, weight)
+    expected = norm.layer_norm_backward(grad_out, x, mean, inv_std, weight, 2500)
+    result = norm.layer_norm_backward(grad_out.astype(np.float32), x.astype(np.float32),
+                                      mean, inv_std, weight.astype(np.float32), 2500)
+    for got, want in zip(result, expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=5e-6 * np.abs(want).max())
+
+
 def test_statistics_merge_across_blocks(rng):
     # rows longer than one statistics block (4096) are merged with Chan's update
     x = rng.standard_normal((3, 10_000)) * np.linspace(1, 5, 10_000) + np.linspace(0, 50, 10_000)

@@ -10,6 +10,15 @@ from fastdl.kernels._prefetch import prefetch
 
 # elements per statistics block: 16 KiB of float32, resident in L1 for the second pass
 _BLOCK = 4096
+# elements summed in x's dtype before joining a float64 total: the memory-bound first
+# passes then run at the full SIMD width with no conversions (layer norm fwd+bwd 4096 x
+# 768: 0.93-0.95 of the time); 1024 float32 terms, vectorised, leave each lane's
+# partial sum a few dozen terms long, so the float64 total keeps ~1e-7 relative accuracy
+# however long the reduction
+_SPAN = 1024
+# elements at the head of a run that the backward's first pass prefetches (512 bytes of
+# float32)
+_RUN_HEAD = 128
 # fixed number of chunks for the parameter-gradient sums (independent of threads)
 _GRAD_CHUNKS = 64
 # layer norm backward: rows whose parameter-gradient terms are summed in x's dtype
@@ -19,8 +28,8 @@ _GRAD_CHUNKS = 64
 _PARAM_TILE = 64
 # layer norm forward: the row this far ahead is prefetched while one is normalised, so
 # that its lines are on their way while the row in cache is worked on (4096 x 768
-# float32, forward and backward: 0.96-0.98 of the time; prefetching x, g or both in
-# the backward measured 1.01-1.08, and is not done)
+# float32, forward and backward: 0.96-0.98 of the time; prefetching the next rows of
+# x and g in the backward measured 1.06-1.13, and is not done)
 _PREFETCH_ROWS = 2
 
 
@@ -51,25 +60,53 @@ _sum_chunks_kernel = jit(_sum_chunks)
 # Numba kernels on the (A, K, S, B) layout
 # ---------------------------------------------------------------------------
 
-def _block_moments(block):
-    """Mean and sum of squared deviations of a 1-D ``block`` (two passes, in cache)."""
+def _span_sum(values):
+    """Sum of a 1-D ``values``: float32 partial sums of ``_SPAN`` elements, added in float64."""
     # loops index from 0 over slices throughout this module: Numba then knows
     # the index is non-negative, drops its wraparound check, and LLVM vectorises
-    # (accumulators are np.float64: uncompiled, under NEP 50, a Python float
-    # plus a float32 is float32)
     total = np.float64(0.0)
-    for i in range(block.shape[0]):
-        total += block[i]
-    mean = total / block.shape[0]
+    for start in range(0, values.shape[0], _SPAN):
+        span = values[start:start + _SPAN]
+        part = span.dtype.type(0)
+        for i in range(span.shape[0]):
+            part += span[i]
+        total += part
+    return total
+
+
+# reassociation lets LLVM vectorise the sums; the order is fixed at compile time, so
+# results still do not depend on the thread count
+_span_sum_kernel = jit(_span_sum, fastmath={"reassoc", "contract"})
+
+
+def _block_moments(block):
+    """Mean and sum of squared deviations of a 1-D ``block`` (two passes, in cache).
+
+    The shifted two-pass form: the first pass gives a pivot (the mean rounded to
+    x's dtype), the second sums ``d = x - pivot`` and ``d²``; the mean is
+    ``pivot + mean(d)`` and the squares ``sum(d²) - n·mean(d)²``. The deviations
+    are of the spread's size, so their float32 span sums keep the variance to
+    ~1e-7 relative at any offset (measured: mean 1e4, std 1e-2 exact; mean 1,
+    std 1e-4: 2.4e-7).
+    """
+    n = block.shape[0]
+    pivot = block.dtype.type(_span_sum_kernel(block) / n)
+    deviations = np.float64(0.0)
     squares = np.float64(0.0)
-    for i in range(block.shape[0]):
-        deviation = block[i] - mean
-        squares += deviation * deviation
-    return mean, squares
+    for start in range(0, n, _SPAN):
+        span = block[start:start + _SPAN]
+        part = span.dtype.type(0)
+        part_squares = span.dtype.type(0)
+        for i in range(span.shape[0]):
+            deviation = span[i] - pivot
+            part += deviation
+            part_squares += deviation * deviation
+        deviations += part
+        squares += part_squares
+    offset = deviations / n
+    return pivot + offset, squares - n * offset * offset
 
 
-# reassociation lets LLVM vectorise the float64 sums; the order is fixed at
-# compile time, so results still do not depend on the thread count
 _block_moments_kernel = jit(_block_moments, fastmath={"reassoc", "contract"})
 
 
@@ -80,8 +117,8 @@ def _moments_of(x, k):
         run = x[a, k]
         # batch norm's runs lie a whole image apart, each a page or so: the hardware
         # prefetcher stops at the page and starts cold on the next, so it is requested
-        # while this one is summed (forward N32 C64 32^2: 0.91-0.92 of the time; the
-        # same in the backward's first pass measured 1.03-1.06, and is not done)
+        # while this one is summed (forward N32 C64 32^2: 0.91-0.92 of the time; only
+        # the head of the next run, as the backward does, measured 1.01-1.02)
         if a + 1 < x.shape[0]:
             prefetch(x[a + 1, k])
         for start in range(0, run.shape[0], _BLOCK):
@@ -146,6 +183,12 @@ def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_w
     sum_grad = np.float64(0.0)
     sum_grad_x_hat = np.float64(0.0)
     for a in range(x.shape[0]):
+        # the head of the next runs (batch norm's lie an image apart), so that the
+        # hardware prefetcher finds their streams started (N32 C64 32^2 fwd+bwd: 0.96-0.98
+        # of the time; whole runs: 0.98)
+        if a + 1 < x.shape[0]:
+            prefetch(grad_out[a + 1, k, :_RUN_HEAD])
+            prefetch(x[a + 1, k, :_RUN_HEAD])
         for s in range(n_sub):
             grad_run = grad_out[a, k, s * n_inner:(s + 1) * n_inner]
             x_run = x[a, k, s * n_inner:(s + 1) * n_inner]
@@ -260,29 +303,6 @@ def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y):
 layer_norm_forward_kernel = jit(_layer_norm_forward, parallel=True)
 
 
-def _reduce_row(grad_row, x_row, weight, shift, scale, tile_grad_weight, tile_grad_bias):
-    """Row sums of ``w·g`` and ``w·g·x_hat``; ``g·x_hat`` and ``g`` added to the tile sums
-    (``x_hat = (x - shift) * scale``, recomputed as the forward did)."""
-    sum_grad = np.float64(0.0)
-    sum_grad_x_hat = np.float64(0.0)
-    for i in range(grad_row.shape[0]):
-        g = grad_row[i]
-        g_x_hat = g * ((x_row[i] - shift) * scale)
-        tile_grad_weight[i] += g_x_hat
-        tile_grad_bias[i] += g
-        sum_grad += weight[i] * g
-        sum_grad_x_hat += weight[i] * g_x_hat
-    return sum_grad, sum_grad_x_hat
-
-
-def _input_grad_row(grad_row, x_row, weight, shift, scale, mean_grad, mean_grad_x_hat,
-                    grad_x_row):
-    """``dx = scale · (w·g − mean_grad − x_hat · mean_grad_x_hat)`` along one row."""
-    for i in range(grad_row.shape[0]):
-        x_hat = (x_row[i] - shift) * scale
-        grad_x_row[i] = scale * (weight[i] * grad_row[i] - mean_grad - x_hat * mean_grad_x_hat)
-
-
 def _move_into(partial, total):
     """``total += partial`` (widening to ``total``'s dtype), then ``partial = 0``."""
     for i in range(partial.shape[0]):
@@ -291,8 +311,6 @@ def _move_into(partial, total):
 
 
 # fastmath as for the (A, K, S, B) backward kernels above
-_reduce_row_kernel = jit(_reduce_row, fastmath={"reassoc", "contract"})
-_input_grad_row_kernel = jit(_input_grad_row, fastmath={"contract"})
 _move_into_kernel = jit(_move_into, fastmath={"reassoc", "contract"})
 
 
@@ -300,8 +318,10 @@ def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_
     # grad_out, x, grad_x: (rows, row_length); weight: (row_length,) in x's
     # dtype; mean, inv_std: (rows,) float64. Returns grad_weight and grad_bias,
     # (row_length,) float64, summed per fixed chunk of rows, then over chunks.
-    # Each row's two sums are fused in one pass, and dx is written in a second
-    # pass over the row (in L1).
+    # Per row, two passes written out here (as calls, the same loops took 6 % longer):
+    # the first brings the row in from memory and does nothing but its two sums, so
+    # that its few instructions per line keep many loads in flight; the second, in
+    # L1, writes dx and adds the per-column parameter terms.
     n_rows, row_length = x.shape
     n_chunks, per_chunk = _grad_chunks_kernel(n_rows)
     grad_weight_parts = np.zeros((n_chunks, row_length))
@@ -314,16 +334,45 @@ def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_
         for tile_start in range(chunk * per_chunk, chunk_stop, _PARAM_TILE):
             for row in range(tile_start, min(tile_start + _PARAM_TILE, chunk_stop)):
                 shift, scale = to_dtype(mean[row]), to_dtype(inv_std[row])
-                sum_grad, sum_grad_x_hat = _reduce_row_kernel(
-                    grad_out[row], x[row], weight, shift, scale, tile_grad_weight,
-                    tile_grad_bias)
+                grad_row, x_row = grad_out[row], x[row]
+                # sum(w·g) and sum(w·g·(x - shift)), in float32 spans
+                sum_grad = np.float64(0.0)
+                sum_grad_centred = np.float64(0.0)
+                for start in range(0, row_length, _SPAN):
+                    grad_span = grad_row[start:start + _SPAN]
+                    x_span = x_row[start:start + _SPAN]
+                    weight_span = weight[start:start + _SPAN]
+                    part_grad = to_dtype(0.0)
+                    part_centred = to_dtype(0.0)
+                    for i in range(grad_span.shape[0]):
+                        weighted = weight_span[i] * grad_span[i]
+                        part_grad += weighted
+                        part_centred += weighted * (x_span[i] - shift)
+                    sum_grad += part_grad
+                    sum_grad_centred += part_centred
+                # dx = scale·(w·g − mean(w·g) − x_hat·mean(w·g·x_hat)); g·x_hat and g
+                # into the tile sums (x_hat = (x − shift)·scale, as the forward's)
                 if needs_grad_x:
-                    _input_grad_row_kernel(grad_out[row], x[row], weight, shift, scale,
-                                           to_dtype(sum_grad / row_length),
-                                           to_dtype(sum_grad_x_hat / row_length), grad_x[row])
+                    mean_grad = to_dtype(sum_grad / row_length)
+                    mean_grad_x_hat = to_dtype(sum_grad_centred * inv_std[row] / row_length)
+                    grad_x_row = grad_x[row]
+                    for i in range(row_length):
+                        g = grad_row[i]
+                        x_hat = (x_row[i] - shift) * scale
+                        tile_grad_weight[i] += g * x_hat
+                        tile_grad_bias[i] += g
+                        grad_x_row[i] = scale * (weight[i] * g - mean_grad
+                                                 - x_hat * mean_grad_x_hat)
+                else:
+                    for i in range(row_length):
+                        g = grad_row[i]
+                        tile_grad_weight[i] += g * ((x_row[i] - shift) * scale)
+                        tile_grad_bias[i] += g
             _move_into_kernel(tile_grad_weight, grad_weight_parts[chunk])
             _move_into_kernel(tile_grad_bias, grad_bias_parts[chunk])
     return _sum_chunks_kernel(grad_weight_parts), _sum_chunks_kernel(grad_bias_parts)
 
 
-layer_norm_backward_kernel = jit(_layer_norm_backward, parallel=True)
+# fastmath as for the (A, K, S, B) backward kernels above (reassoc: the sums vectorise)
+layer_norm_backward_kernel = jit(_layer_norm_backward, parallel=True,
+                                 fastmath={"reassoc", "contract"})
