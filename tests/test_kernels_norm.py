@@ -463,22 +463,25 @@ def test_kernels_do_not_modify_inputs(rng):
         np.testing.assert_array_equal(array, copy)
 
 
+@pytest.mark.parametrize("for_write", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
-def test_prefetch_leaves_arrays_as_they_are(dtype):
-    """The layer norm forward's prefetch compiles for any 1-D contiguous array (every
-    line, the partial last one too) and changes nothing; uncompiled it does nothing."""
+def test_prefetch_leaves_arrays_as_they_are(dtype, for_write):
+    """The norms' prefetches (for reading and for writing) compile for any 1-D
+    contiguous array (every line, the partial last one too) and change nothing;
+    uncompiled they do nothing."""
     import numba
-    from fastdl.kernels._prefetch import prefetch
+    from fastdl.kernels._prefetch import prefetch, prefetch_for_write
+    request = prefetch_for_write if for_write else prefetch
 
     @numba.njit
     def touch(rows):
         for row in range(rows.shape[0]):
-            prefetch(rows[row])
-        prefetch(rows[0, :0])
+            request(rows[row])
+        request(rows[0, :0])
         return rows.sum()
 
     rows = np.arange(3 * 37, dtype=dtype).reshape(3, 37)
     before = rows.copy()
     assert touch(rows) == before.sum()
     np.testing.assert_array_equal(rows, before)
-    assert prefetch(rows[0]) is None
+    assert request(rows[0]) is None
