@@ -120,6 +120,20 @@ def _run_piece(n_outer, n_inner):
 _run_piece_kernel = jit(_run_piece)
 
 
+def _prefetch_next_run(out, a, k, start, piece):
+    """Prefetch ``out[a + 1, k, start:start + piece]`` for writing, if there is an ``a + 1``.
+
+    Batch norm's output passes call it piece by piece, so that their stores into the
+    next run (an image further on) do not wait for its lines (N32 C64 32^2 fwd+bwd:
+    0.93-0.94 of the time, y and dx together).
+    """
+    if a + 1 < out.shape[0]:
+        prefetch_for_write(out[a + 1, k, start:start + piece])
+
+
+_prefetch_next_run_kernel = jit(_prefetch_next_run)
+
+
 def _moments_of(x, k):
     """Mean and biased variance of ``x[:, k]`` (all ``a`` and all of each run)."""
     count, mean, squares = 0, 0.0, 0.0
@@ -158,10 +172,7 @@ def _normalize_runs(x, k, n_sub, param_base, weight, bias, shift, scale, y):
             w = weight[param_base + s]
             b = bias[param_base + s]
             for start in range(0, n_inner, piece):
-                # the output's next run, piece by piece, as for the backward's dx
-                if a + 1 < x.shape[0]:
-                    ahead = s * n_inner + start
-                    prefetch_for_write(y[a + 1, k, ahead:ahead + piece])
+                _prefetch_next_run_kernel(y, a, k, s * n_inner + start, piece)
                 x_piece = x_run[start:start + piece]
                 y_piece = y_run[start:start + piece]
                 for i in range(x_piece.shape[0]):
@@ -242,11 +253,7 @@ def _input_grad_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, me
             grad_x_run = grad_x[a, k, s * n_inner:(s + 1) * n_inner]
             w = weight[param_base + s]
             for start in range(0, n_inner, piece):
-                # the stores' next run, piece by piece, so that they do not wait for its
-                # lines (N32 C64 32^2 fwd+bwd, with the forward's y: 0.93-0.94 of the time)
-                if a + 1 < x.shape[0]:
-                    ahead = s * n_inner + start
-                    prefetch_for_write(grad_x[a + 1, k, ahead:ahead + piece])
+                _prefetch_next_run_kernel(grad_x, a, k, s * n_inner + start, piece)
                 grad_piece = grad_run[start:start + piece]
                 x_piece = x_run[start:start + piece]
                 grad_x_piece = grad_x_run[start:start + piece]
