@@ -367,10 +367,13 @@ def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_
     # L1, writes dx and adds the per-column parameter terms.
     n_rows, row_length = x.shape
     n_chunks, per_chunk = _grad_chunks_kernel(n_rows)
-    grad_weight_parts = np.zeros((n_chunks, row_length))
-    grad_bias_parts = np.zeros((n_chunks, row_length))
+    # each chunk's sums zeroed by the thread that fills them, in parallel
+    grad_weight_parts = np.empty((n_chunks, row_length))
+    grad_bias_parts = np.empty((n_chunks, row_length))
     to_dtype = x.dtype.type
     for chunk in prange(n_chunks):
+        grad_weight_parts[chunk] = 0.0
+        grad_bias_parts[chunk] = 0.0
         tile_grad_weight = np.zeros(row_length, dtype=x.dtype)
         tile_grad_bias = np.zeros(row_length, dtype=x.dtype)
         chunk_stop = min((chunk + 1) * per_chunk, n_rows)
