@@ -443,6 +443,11 @@ def test_bad_inputs_raise_clear_errors():
         norm.layer_norm_forward(x, (4, 4), np.ones(4))
     with pytest.raises(TypeError, match="float32 or float64, got int64"):
         norm.layer_norm_forward(np.zeros((2, 4), dtype=np.int64), 4)
+    with pytest.raises(ValueError, match="no elements"):
+        norm.layer_norm_forward(np.zeros((2, 0), np.float32), 0)
+    with pytest.raises(ValueError, match="no elements"):
+        norm.layer_norm_backward(np.zeros((2, 0)), np.zeros((2, 0)), np.zeros(2), np.ones(2),
+                                 None, 0)
     with pytest.raises(TypeError, match="numpy.ndarray"):
         norm.group_norm_forward([[1.0, 2.0]], 1)
     with pytest.raises(ValueError, match="grad_out has shape"):

@@ -61,7 +61,8 @@ _sum_chunks_kernel = jit(_sum_chunks)
 # ---------------------------------------------------------------------------
 
 def _span_sum(values):
-    """Sum of a 1-D ``values``: float32 partial sums of ``_SPAN`` elements, added in float64."""
+    """Sum of a 1-D ``values``: partial sums of ``_SPAN`` elements in its dtype, added in
+    float64."""
     # loops index from 0 over slices throughout this module: Numba then knows
     # the index is non-negative, drops its wraparound check, and LLVM vectorises
     total = np.float64(0.0)

@@ -368,6 +368,9 @@ def _normalized_shape(name, x_shape, normalized_shape):
             or trailing != normalized_shape:
         raise ValueError("%s: input of shape %s does not end with normalized_shape %s"
                          % (name, tuple(x_shape), normalized_shape))
+    if 0 in normalized_shape:
+        raise ValueError("%s: normalized_shape %s has no elements to take statistics over"
+                         % (name, normalized_shape))
     return normalized_shape
 
 
