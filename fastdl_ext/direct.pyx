@@ -223,8 +223,10 @@ cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wid
     residual) over one channel block (on Winograd, a group of them) and row band of one
     image per item. ``zeroed``: the last layer whose border and slack this thread
     zeroed in ``padded``; a layer of the same layout (the convs of a ResNet stage) finds
-    them still zero, as images only ever fill the interior (a Winograd layer's tiles
-    overwrite them: it resets ``zeroed``)."""
+    them still zero, as images only ever fill the interior. A layer that reads x in
+    place resets ``zeroed``: it pads nothing (``padded_size`` 0, or a Winograd layer's
+    tiles), so its grid ``wide`` starts where the padded image lay and overwrites its
+    border."""
     cdef const floating* x = <const floating*>layer.x
     cdef const floating* bias = <const floating*>layer.bias
     cdef const floating* residual = <const floating*>layer.residual
@@ -233,6 +235,8 @@ cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wid
     cdef int cached = -1, cached_band = -1
     cdef int item, last, taken, image, band, block, b, co, first_row, end_row
     cdef Py_ssize_t at
+    if layer.in_place:
+        zeroed[0] = NULL
     while True:
         taken = _take_items(layer.taken, layer.threads, thread, layer.total, layer.chunk,
                             &item)
@@ -246,7 +250,6 @@ cdef void _layer_items(Layer* layer, int thread, floating* padded, floating* wid
             if layer.winograd:
                 if image != cached or band != cached_band:
                     _winograd_input(layer, x + image * layer.image_in, band, padded)
-                    zeroed[0] = NULL   # the scratch holds tiles now, not a zeroed border
                     cached, cached_band = image, band
                 if _winograd_products(layer, image, band, block, padded, wide, &first_row,
                                       &end_row):

@@ -514,6 +514,32 @@ def test_a_chain_on_bordered_buffers_equals_plain_convs(threads, rng):
             inner[:, :, 1:-1, 1:-1] = want
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_conv_after_one_that_read_in_place_pads_into_a_zeroed_border(n, threads, rng):
+    """A conv that reads in place keeps its grid where the convs before it padded their
+    images: a later conv padding the same layout must zero the border again. (A plan
+    of two BasicBlocks, 3 -> 3 then 3 -> 8, was 3.5e-2 off its model: the third conv
+    read the second's grid as its border.)"""
+    x = rng.normal(size=(n, 3, 8, 8)).astype(np.float32)
+    runners = [direct.forward_runner(x.shape, rng.normal(size=(c_out, 3, 3, 3)).astype(
+        np.float32), None, (1, 1), threads, 0.0) for c_out in (3, 3, 8)]
+    first = runners[0](x)
+    second = runners[1](first, None, x)
+    want = runners[2](second)
+    outs = [stored_layout(np.zeros(first.shape, np.float32), (1, 1)),
+            np.empty(second.shape, np.float32), np.empty(want.shape, np.float32)]
+    plain = ((0, 0), (0, 0), (0, 0))
+    chain = direct.prepare_chain([(runners[0], x, outs[0], None, ((0, 0), (0, 0), (1, 1))),
+                                  (runners[1], outs[0], outs[1], x, ((1, 1), (0, 0), (0, 0))),
+                                  (runners[2], outs[1], outs[2], None, plain)], threads)
+    for _ in range(2):
+        chain.run(x)
+        np.testing.assert_array_equal(outs[0][:, :, 1:-1, 1:-1], first)
+        np.testing.assert_array_equal(outs[1], second)
+        np.testing.assert_array_equal(outs[2], want)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("width", [16, 22])
 @pytest.mark.parametrize("layout", [(1, 1, 2, 2), (0, 0, 2, 2), (1, 0, 2, 1), (0, 2, 3, 2),
