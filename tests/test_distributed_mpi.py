@@ -29,6 +29,13 @@ def test_two_ranks_equal_one_process_with_double_batch():
     assert "data-parallel OK" in result.stdout
 
 
+def test_two_ranks_without_init_still_train_on_the_global_batch():
+    """No ``distributed.init()``: the helpers and a default Trainer join MPI on first use."""
+    result = _mpiexec("no_init.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no-init OK" in result.stdout
+
+
 def test_a_dying_rank_ends_the_job_and_the_checkpoint_loads(tmp_path):
     import fastdl
     from fastdl import nn, optim

@@ -1,5 +1,10 @@
 """The process group: MPI through mpi4py, or a single process without it.
 
+A process started by an MPI launcher with more than one rank joins the MPI
+group on the first collective, sampler or rank query even without
+:func:`init`, so a script that forgets it never trains each rank alone; if
+mpi4py is missing there, that first use raises instead.
+
 Collectives are issued non-blocking and waited on with a deadline, so that a
 rank which died (or hangs) makes the others fail with a clear error instead of
 blocking forever inside ``MPI_Allreduce``. An uncaught exception on any rank
@@ -14,7 +19,15 @@ import numpy as np
 #: Seconds a collective may wait for the other ranks before the job is aborted.
 DEFAULT_TIMEOUT = float(os.environ.get("FASTDL_DIST_TIMEOUT", "300"))
 
-_MPI_ENV_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+#: Environment variables that MPI launchers set, each giving the world size.
+#: Open MPI (mpirun/mpiexec, also under PRRTE), MPICH and Intel MPI (Hydra's PMI),
+#: MVAPICH2, and Slurm's srun with PMI-2.
+_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+#: Variables that only say "started by an MPI launcher": PMIx (srun --mpi=pmix) gives
+#: the rank alone, Hydra's MPI_LOCALNRANKS counts this node's ranks only.
+_RANK_ONLY_VARIABLES = ("PMIX_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK",
+                        "MPI_LOCALNRANKS")
+_MPI_ENV_MARKERS = _SIZE_VARIABLES + _RANK_ONLY_VARIABLES
 
 _group = None
 
@@ -108,6 +121,45 @@ def launched_by_mpi():
     return any(marker in os.environ for marker in _MPI_ENV_MARKERS)
 
 
+def _launcher_world_size():
+    """``(size, variable)`` from the launcher's environment.
+
+    ``size`` is None when no launcher variable is set, and 0 when a launcher
+    is present but says only the rank (the size is then MPI's to tell).
+    """
+    for variable in _SIZE_VARIABLES:
+        value = os.environ.get(variable, "")
+        if value.strip().isdigit():
+            return int(value), variable
+    for variable in _RANK_ONLY_VARIABLES:
+        if variable in os.environ:
+            return 0, variable
+    return None, None
+
+
+def _implicit_group():
+    """The group a collective uses when :func:`init` was not called.
+
+    No launcher, or a launcher with one rank: a single-process group (nothing
+    is cached, so a later ``init()`` still decides). A launcher with several
+    ranks (or an unknown number): join MPI now, as ``init()`` would, because
+    the ranks would otherwise each train alone without a word.
+    """
+    size, variable = _launcher_world_size()
+    if size is None or size == 1:
+        return _SingleProcessGroup()
+    try:
+        import mpi4py  # noqa: F401  (only the check; init imports MPI itself)
+    except ImportError as error:
+        ranks = "%d ranks" % size if size else "several ranks"
+        raise ImportError(
+            "fastdl.distributed: this process was started by an MPI launcher with %s "
+            "(%s=%s) but mpi4py is not installed, so the ranks cannot exchange gradients "
+            "and each would train alone: pip install \"fastdl[mpi]\", or run without "
+            "mpiexec" % (ranks, variable, os.environ[variable])) from error
+    return init("mpi")
+
+
 def _install_abort_on_exception(group):
     previous_hook = sys.excepthook
 
@@ -139,6 +191,9 @@ def init(backend="auto"):
     ------
     ImportError
         If MPI is required but mpi4py is not installed (``pip install "fastdl[mpi]"``).
+    DistributedError
+        If the launcher started more ranks than MPI sees (mpi4py built against
+        another MPI than the launcher's: every rank would be a world of one).
     """
     global _group
     if backend not in ("auto", "mpi", "none"):
@@ -153,15 +208,32 @@ def init(backend="auto"):
     except ImportError as error:
         raise ImportError("fastdl.distributed needs mpi4py and an MPI library: "
                           "pip install \"fastdl[mpi]\"") from error
-    _group = _MPIGroup(MPI.COMM_WORLD, MPI)
+    group = _MPIGroup(MPI.COMM_WORLD, MPI)
+    launched_size, variable = _launcher_world_size()
+    if launched_size and launched_size > 1 and group.size != launched_size:
+        raise DistributedError(
+            "fastdl.distributed: the launcher started %d ranks (%s) but MPI sees %d: mpi4py "
+            "is built against a different MPI than the mpiexec that started this job (use "
+            "the mpiexec of the MPI that mpi4py links, mpi4py.get_config())"
+            % (launched_size, variable, group.size))
+    _group = group
     if _group.size > 1:
         _install_abort_on_exception(_group)
     return _group
 
 
 def get_group():
-    """The current group; a single-process group when :func:`init` was not called."""
-    return _group if _group is not None else _SingleProcessGroup()
+    """The current group.
+
+    Without a prior :func:`init`: the MPI group when an MPI launcher started
+    several ranks (joined now), else a single-process group.
+
+    Raises
+    ------
+    ImportError
+        If an MPI launcher started several ranks but mpi4py is not installed.
+    """
+    return _group if _group is not None else _implicit_group()
 
 
 def get_rank():

@@ -2,6 +2,7 @@
 import math
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -37,25 +38,24 @@ class Trainer:
         Added to the loss (e.g. ``lambda m: 1e-4 * F.l2_penalty(m.parameters())``).
     progress : bool or None
         tqdm bar per epoch; None shows it only on a terminal.
-    distributed : bool
+    distributed : bool or None
         Data-parallel over MPI (``fastdl.distributed``): weights broadcast from
         rank 0 at the start, gradients averaged every step, metrics reduced;
         only rank 0 shows progress and writes checkpoints. Give each rank its
-        shard with a ``DistributedSampler``.
+        shard with a ``DistributedSampler``. None (the default): data-parallel
+        exactly when an MPI launcher started several ranks. False under such a
+        launcher trains each rank alone, with a warning.
     """
 
     def __init__(self, model, optimizer, loss_fn, metrics=None, callbacks=None, scheduler=None,
-                 grad_clip=None, regularization=None, progress=None, distributed=False):
+                 grad_clip=None, regularization=None, progress=None, distributed=None):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.metrics = dict(metrics or {})
         self.callbacks = list(callbacks or [])
         self.scheduler, self.grad_clip, self.regularization = scheduler, grad_clip, \
             regularization
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
-        self.group = None
-        if distributed:
-            from fastdl.distributed import init
-            self.group = init()
+        self.group = _process_group(distributed)
         self.history = History()
         self.stop_training = False
         self.epoch = -1
@@ -210,6 +210,23 @@ class Trainer:
     def predict(self, x, batch_size=256):
         """Logits for ``x (N, ...)`` in eval mode, batched, as an ndarray."""
         return predict_logits(self.model, x, batch_size)
+
+
+def _process_group(distributed):
+    """The group a Trainer reduces over (None: this process alone)."""
+    from fastdl.distributed import get_group, init
+    from fastdl.distributed.comm import _launcher_world_size
+    if distributed:
+        return init()
+    if distributed is None:
+        group = get_group()
+        return group if group.size > 1 else None
+    size, _ = _launcher_world_size()
+    if size is not None and size != 1:
+        warnings.warn("Trainer(distributed=False) under an MPI launcher: each rank trains "
+                      "alone on its own data (pass distributed=True, or None, to average "
+                      "gradients over the ranks)", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def predict_logits(model, x, batch_size=256):
