@@ -1,4 +1,5 @@
-"""The training workflow: exact resume, early stopping, NaN guard, imbalance, fine-tuning."""
+"""The training workflow: exact resume, early stopping, NaN guard, imbalance, fine-tuning,
+segmentation and regression metrics."""
 import json
 
 import numpy as np
@@ -8,9 +9,10 @@ import fastdl
 from fastdl import nn, optim
 from fastdl.data import (ClassBalancedSampler, DataLoader, RandomSampler, TensorDataset,
                          class_weights, load_digits)
-from fastdl.models import lenet5
+from fastdl.models import fcn, lenet5
 from fastdl.train import (EarlyStopping, ModelCheckpoint, Trainer, TrainingDiverged,
-                          cross_validate, load_checkpoint, per_class_recall)
+                          cross_validate, load_checkpoint, mean_iou, per_class_recall,
+                          pixel_accuracy)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +158,96 @@ def test_evaluate_reports_extra_metrics_logged_per_epoch(digits):
     assert result["balanced_accuracy"] == pytest.approx(np.mean(recall))
     assert history.records[-1]["val_balanced_accuracy"] == pytest.approx(
         result["balanced_accuracy"])
+
+
+# ------------------------------------------------------- segmentation and regression
+def _numpy_mean_iou(y_true, y_pred, num_classes, ignore_index):
+    """IoU class by class with boolean masks, averaged over the classes that occur."""
+    valid = y_true != ignore_index
+    ious = []
+    for c in range(num_classes):
+        truth, guess = (y_true == c) & valid, (y_pred == c) & valid
+        union = np.sum(truth | guess)
+        if union:
+            ious.append(np.sum(truth & guess) / union)
+    return np.mean(ious)
+
+
+def test_pixel_accuracy_and_mean_iou_match_numpy():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, size=(3, 7, 5))   # class 4 never occurs
+    y_pred = np.where(rng.random(y_true.shape) < 0.6, y_true, rng.integers(0, 5, y_true.shape))
+    y_true[:, 0] = 255                             # ignored pixels
+    y_pred[:, 0] = 4                               # (their prediction must not count)
+    valid = y_true != 255
+    assert pixel_accuracy(y_true, y_pred, ignore_index=255) == pytest.approx(
+        np.sum((y_true == y_pred) & valid) / np.sum(valid))
+    assert mean_iou(y_true, y_pred, 5, ignore_index=255) == pytest.approx(
+        _numpy_mean_iou(y_true, y_pred, 5, 255))
+    assert mean_iou(y_true, y_true, 5, ignore_index=255) == 1.0
+
+
+def _segmentation_data(n=24, size=12, seed=0):
+    """Class 1 where a smoothed noise image is positive, class 2 on a border band."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1, size, size)).astype(np.float32)
+    smooth = (x + np.roll(x, 1, 2) + np.roll(x, 1, 3)) / 3
+    y = (smooth[:, 0] > 0).astype(np.int64)
+    y[:, :, :2] = 2
+    x[:, :, :, :2] += 2.0
+    return TensorDataset(x, y)
+
+
+def test_fcn_segmentation_logs_pixel_accuracy_and_mean_iou_in_unit_range():
+    fastdl.manual_seed(0)
+    model = fcn(1, 3, width=4, depth=2)
+    loss = nn.CrossEntropyLoss(ignore_index=255)
+    trainer = Trainer(model, optim.Adam(model.parameters(), 1e-2), loss, progress=False)
+    data, val = _segmentation_data(), _segmentation_data(8, seed=1)
+    history = trainer.fit(DataLoader(data, 8), DataLoader(val, 8), epochs=2)
+    assert trainer.task == "segmentation"
+    for key in ("train_accuracy", "train_mean_iou", "val_accuracy", "val_mean_iou"):
+        assert all(0 <= value <= 1 for value in history[key]), (key, history[key])
+    # evaluate's numbers are the metrics of the whole set's predictions
+    x, y = val.arrays
+    y = y.copy()
+    y[:, -1] = 255
+    result = trainer.evaluate(DataLoader(TensorDataset(x, y), 3))
+    prediction = trainer.predict(x).argmax(axis=1)
+    assert result["accuracy"] == pytest.approx(pixel_accuracy(y, prediction, 255))
+    assert result["mean_iou"] == pytest.approx(_numpy_mean_iou(y, prediction, 3, 255))
+    assert result["y_true"].shape == (np.sum(y != 255),)
+
+
+def test_mse_regression_logs_only_losses_and_rejects_accuracy_early_stopping():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = np.stack([x.sum(1), x[:, 0] - x[:, 1]], axis=1).astype(np.float32)
+    fastdl.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 2))
+    trainer = Trainer(model, optim.Adam(model.parameters(), 1e-2), nn.MSELoss(), progress=False)
+    history = trainer.fit(DataLoader(TensorDataset(x, y), 8), DataLoader(TensorDataset(x, y), 8),
+                          epochs=3)
+    metric_keys = {key for key in history.keys() if key.startswith(("train_", "val_"))}
+    assert metric_keys == {"train_loss", "val_loss"}
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    result = trainer.evaluate(DataLoader(TensorDataset(x, y), 8))
+    assert "accuracy" not in result and result["y_pred"].shape == y.shape
+    with pytest.raises(ValueError, match="'val_accuracy' is not logged for a regression task"):
+        Trainer(model, optim.Adam(model.parameters(), 1e-2), nn.MSELoss(), progress=False,
+                callbacks=[EarlyStopping("val_accuracy")]).fit(
+            DataLoader(TensorDataset(x, y), 8), DataLoader(TensorDataset(x, y), 8), epochs=1)
+
+
+def test_early_stopping_on_mean_iou_stops_and_restores_the_best_epoch():
+    fastdl.manual_seed(0)
+    model = fcn(1, 3, width=4, depth=1)
+    stopper = EarlyStopping("val_mean_iou", patience=0)
+    trainer = Trainer(model, optim.Adam(model.parameters(), 0.1), nn.CrossEntropyLoss(),
+                      callbacks=[stopper], progress=False)
+    val = DataLoader(_segmentation_data(8, seed=1), 8)
+    history = trainer.fit(DataLoader(_segmentation_data(), 8, shuffle=True), val, epochs=15)
+    assert stopper.mode == "max"
+    assert stopper.stopped_epoch is not None and len(history) < 15
+    assert stopper.best == max(history["val_mean_iou"])
+    assert trainer.evaluate(val)["mean_iou"] == pytest.approx(stopper.best)

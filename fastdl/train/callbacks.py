@@ -1,8 +1,11 @@
 """Callbacks: early stopping, checkpoints. Each gets ``on_epoch_end(trainer, record)``."""
 import math
 
-
 from fastdl.train.checkpoint import save_checkpoint
+from fastdl.train.tasks import TASK_METRICS
+
+#: Parts of a history key that mean "higher is better" (``mode='auto'``).
+_HIGHER_IS_BETTER = ("acc", "iou", "dice", "f1", "auc", "precision", "recall")
 
 
 class Callback:
@@ -24,11 +27,19 @@ class EarlyStopping(Callback):
     Parameters
     ----------
     monitor : str
-        A history key, e.g. ``'val_loss'`` or ``'val_accuracy'``.
+        A history key, e.g. ``'val_loss'``, ``'val_accuracy'`` or ``'val_mean_iou'``.
     mode : {'auto', 'min', 'max'}
-        ``'auto'``: max for keys containing "acc", else min.
+        ``'auto'``: max for keys containing "acc", "iou", "dice", "f1", "auc",
+        "precision" or "recall", else min.
     restore_best : bool
         Load the best epoch's weights when training ends.
+
+    Raises
+    ------
+    ValueError
+        (when training begins, or once the task is known) if ``monitor`` is a
+        task metric the trainer's task does not log, e.g. ``'val_accuracy'``
+        for regression.
     """
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto",
@@ -38,7 +49,9 @@ class EarlyStopping(Callback):
         if patience < 0 or min_delta < 0:
             raise ValueError("EarlyStopping: patience and min_delta must be >= 0")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
-        self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+        if mode == "auto":
+            mode = "max" if any(part in monitor for part in _HIGHER_IS_BETTER) else "min"
+        self.mode = mode
         self.restore_best = restore_best
         self.best, self.best_epoch, self.best_state, self.wait = None, None, None, 0
         self.stopped_epoch = None
@@ -50,7 +63,22 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
+    def _check_task(self, trainer):
+        names = getattr(trainer, "metric_names", lambda: None)()
+        metric = self.monitor.split("_", 1)[-1]
+        task_metrics = {name for names_of_task in TASK_METRICS.values()
+                        for name in names_of_task}
+        if names is not None and metric in task_metrics and metric not in names:
+            logged = ", ".join(repr(prefix + name) for name in ("loss",) + tuple(names)
+                               for prefix in ("train_", "val_"))
+            raise ValueError("EarlyStopping: monitor %r is not logged for a %s task (it logs "
+                             "%s)" % (self.monitor, trainer.task, logged))
+
+    def on_train_begin(self, trainer):
+        self._check_task(trainer)
+
     def on_epoch_end(self, trainer, record):
+        self._check_task(trainer)
         if self.monitor not in record:
             raise KeyError("EarlyStopping: monitored key %r not in the epoch record %s"
                            % (self.monitor, sorted(record)))

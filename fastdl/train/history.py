@@ -44,7 +44,10 @@ class History:
             return cls(json.load(f))
 
     def plot(self, path):
-        """Write a PNG of the loss and accuracy curves (needs matplotlib).
+        """Write a PNG of the loss curves and of each logged metric's (needs matplotlib).
+
+        One panel per quantity found in the records (``loss``, ``accuracy``,
+        ``mean_iou``), train and validation in each.
 
         Raises
         ------
@@ -59,18 +62,21 @@ class History:
             raise ImportError('History.plot needs matplotlib: pip install "fastdl[plot]"') \
                 from error
         epochs = self["epoch"]
-        figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-        for key, axis in (("loss", loss_axis), ("accuracy", accuracy_axis)):
+        quantities = [key for key in ("loss", "accuracy", "mean_iou")
+                      if key == "loss" or any("train_" + key in record or "val_" + key in record
+                                              for record in self.records)]
+        figure, axes = plt.subplots(1, len(quantities), figsize=(5 * len(quantities), 4),
+                                    squeeze=False)
+        for key, axis in zip(quantities, axes[0]):
             for prefix, style in (("train_", "-o"), ("val_", "-s")):
                 values = self[prefix + key]
                 if any(v is not None for v in values):
                     axis.plot(epochs, values, style, label=prefix.rstrip("_"), markersize=3)
             axis.set_xlabel("epoch")
             axis.set_ylabel(key)
+            axis.set_title(key.replace("_", " "))
             axis.grid(alpha=0.3)
             axis.legend()
-        loss_axis.set_title("loss")
-        accuracy_axis.set_title("accuracy")
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)

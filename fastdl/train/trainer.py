@@ -12,6 +12,8 @@ from fastdl.optim.lr_scheduler import ReduceLROnPlateau
 from fastdl.train.checkpoint import load_checkpoint, save_checkpoint
 from fastdl.train.history import History
 from fastdl.train.metrics import accuracy
+from fastdl.train.tasks import (TASK_METRICS, EpochScores, check_task, ignore_index_of,
+                                infer_task, task_from_loss)
 
 
 class TrainingDiverged(RuntimeError):
@@ -19,16 +21,28 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    """Train a classifier: ``fit``, ``evaluate``, ``predict``.
+    """Train a classifier, a segmenter or a regressor: ``fit``, ``evaluate``, ``predict``.
+
+    Besides the loss, each epoch logs the task's metrics as ``train_<name>`` and
+    ``val_<name>`` (see :mod:`fastdl.train.tasks`):
+
+    - classification, output ``(N, C)`` and int target ``(N,)``: ``accuracy``;
+    - segmentation, output ``(N, C, H, W)`` and int target ``(N, H, W)``:
+      ``accuracy`` (pixel accuracy) and ``mean_iou`` (over the classes present
+      in the target or the prediction);
+    - regression (float targets, ``mse_loss``): none, only the loss.
+
+    Targets equal to the loss's ``ignore_index`` count for no metric.
 
     Parameters
     ----------
-    model : nn.Module returning logits
+    model : nn.Module returning logits (or values, for regression)
     optimizer : optim.Optimizer
-    loss_fn : callable ``(logits, targets) -> scalar Tensor``
+    loss_fn : callable ``(output, targets) -> scalar Tensor``
     metrics : dict of name -> callable ``(y_true, y_pred) -> float``, optional
         Extra scores computed by :meth:`evaluate` (and logged as ``val_<name>``),
-        e.g. ``{"balanced_accuracy": ...}``.
+        e.g. ``{"balanced_accuracy": ...}``. They get the labels (segmentation:
+        the pixels' labels, flattened) or, for regression, targets and outputs.
     callbacks : list of Callback
     scheduler : lr scheduler (stepped once per epoch; ReduceLROnPlateau gets val_loss)
     grad_clip : float, optional
@@ -45,16 +59,25 @@ class Trainer:
         shard with a ``DistributedSampler``. None (the default): data-parallel
         exactly when an MPI launcher started several ranks. False under such a
         launcher trains each rank alone, with a warning.
+    task : {'auto', 'classification', 'segmentation', 'regression'} or None
+        Which metrics to log. ``'auto'``/None: regression for a regression loss
+        (``MSELoss``, ``mse_loss``, ...), else decided from the first batch's
+        output and target shapes (int target with the output's shape less its
+        axis 1: classification for ``(N,)``, segmentation for ``(N, H, W)``;
+        anything else: regression).
     """
 
     def __init__(self, model, optimizer, loss_fn, metrics=None, callbacks=None, scheduler=None,
-                 grad_clip=None, regularization=None, progress=None, distributed=None):
+                 grad_clip=None, regularization=None, progress=None, distributed=None,
+                 task=None):
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.metrics = dict(metrics or {})
         self.callbacks = list(callbacks or [])
         self.scheduler, self.grad_clip, self.regularization = scheduler, grad_clip, \
             regularization
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        self.task = check_task(task) or task_from_loss(loss_fn)
+        self.ignore_index = ignore_index_of(loss_fn)
         self.group = _process_group(distributed)
         self.history = History()
         self.stop_training = False
@@ -76,8 +99,20 @@ class Trainer:
         self.epoch = int(extra.get("epoch", -1))
         return self.epoch
 
+    # ----------------------------------------------------------------- metrics
+    def metric_names(self):
+        """The task's metrics logged besides the loss (None until the task is known)."""
+        return None if self.task is None else TASK_METRICS[self.task]
+
+    def _scores(self, output, target, keep=False):
+        """A fresh :class:`EpochScores`, deciding the task from this batch if still open."""
+        if self.task is None:
+            self.task = infer_task(output, target)
+        return EpochScores(self.task, self.ignore_index, keep)
+
     # ------------------------------------------------------------------ steps
     def _train_batch(self, x, y):
+        """One optimizer step; returns ``(loss, output ndarray)``."""
         self.optimizer.zero_grad()
         logits = self.model(autograd.Tensor(x))
         loss = self.loss_fn(logits, y)
@@ -96,14 +131,38 @@ class Trainer:
             from fastdl.optim.clip import clip_grad_norm_
             norm = clip_grad_norm_(self.model.parameters(), self.grad_clip)
             if not math.isfinite(norm):
-                return value, int(np.sum(logits.data.argmax(1) == y))
+                return value, logits.data
         self.optimizer.step()
-        return value, int(np.sum(logits.data.argmax(1) == y))
+        return value, logits.data
 
     def _reduce(self, values):
         """Sum ``values`` over ranks (identity in one process)."""
         values = np.asarray(values, dtype=np.float64)
         return values if self.group is None else self.group.allreduce_scalars(values)
+
+    def _train_epoch(self, train_loader, epoch, epochs, show):
+        """One pass over ``train_loader``; returns its reduced :class:`EpochScores`."""
+        from tqdm import tqdm
+        began = time.perf_counter()
+        scores = None
+        bar = tqdm(train_loader, desc="epoch %d/%d" % (epoch + 1, epochs),
+                   disable=not show, leave=False, unit="batch")
+        for x, y in bar:
+            loss, output = self._train_batch(x, y)
+            if scores is None:
+                scores = self._scores(output, y)
+            scores.add(loss, output, y)
+            elapsed = time.perf_counter() - began
+            postfix = {name: "%.4f" % value for name, value in scores.summary().items()}
+            postfix["samples_s"] = "%.0f" % (scores.samples / max(elapsed, 1e-9))
+            # refresh=False: tqdm redraws on its own interval with the current
+            # batch count (a forced redraw here would show a stale count).
+            bar.set_postfix(postfix, refresh=False)
+        bar.close()
+        if scores is None:   # an empty loader
+            scores = EpochScores(self.task or "regression", self.ignore_index)
+        scores.reduce(self._reduce)
+        return scores
 
     def fit(self, train_loader, val_loader=None, epochs=1, resume=None):
         """Train for ``epochs`` epochs in total (continuing from ``resume`` if given).
@@ -112,7 +171,6 @@ class Trainer:
         -------
         History
         """
-        from tqdm import tqdm
         start = 0
         if resume is not None:
             start = self.load_checkpoint(resume) + 1
@@ -128,32 +186,19 @@ class Trainer:
                 self.epoch = epoch
                 train_loader.set_epoch(epoch)
                 self.model.train()
-                totals = np.zeros(3)  # loss * n, correct, n
                 began = time.perf_counter()
-                bar = tqdm(train_loader, desc="epoch %d/%d" % (epoch + 1, epochs),
-                           disable=not show, leave=False, unit="batch")
-                for x, y in bar:
-                    loss, correct = self._train_batch(x, y)
-                    totals += (loss * len(y), correct, len(y))
-                    elapsed = time.perf_counter() - began
-                    # refresh=False: tqdm redraws on its own interval with the current
-                    # batch count (a forced redraw here would show a stale count).
-                    bar.set_postfix(loss="%.4f" % (totals[0] / totals[2]),
-                                    acc="%.3f" % (totals[1] / totals[2]),
-                                    samples_s="%.0f" % (totals[2] / max(elapsed, 1e-9)),
-                                    refresh=False)
-                bar.close()
-                totals = self._reduce(totals)
-                record = {"epoch": epoch, "train_loss": float(totals[0] / totals[2]),
-                          "train_accuracy": float(totals[1] / totals[2]),
-                          "lr": float(self.optimizer.param_groups[0]["lr"]),
-                          "seconds": time.perf_counter() - began,
-                          "samples_per_second": float(totals[2] / (time.perf_counter()
-                                                                   - began))}
+                train_scores = self._train_epoch(train_loader, epoch, epochs, show)
+                seconds = time.perf_counter() - began
+                record = {"epoch": epoch}
+                record.update({"train_" + name: float(value)
+                               for name, value in train_scores.summary().items()})
+                record.update(lr=float(self.optimizer.param_groups[0]["lr"]), seconds=seconds,
+                              samples_per_second=float(train_scores.samples
+                                                       / max(seconds, 1e-9)))
                 if val_loader is not None:
                     scores = self.evaluate(val_loader)
-                    record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
-                    record.update({"val_" + name: scores[name] for name in self.metrics})
+                    record.update({"val_" + name: value for name, value in scores.items()
+                                   if name not in ("y_true", "y_pred")})
                 self.history.append(record)
                 self._step_scheduler(record)
                 for callback in self.callbacks:
@@ -175,37 +220,37 @@ class Trainer:
 
     # ------------------------------------------------------------- inference
     def evaluate(self, loader):
-        """Mean loss and accuracy over ``loader`` (eval mode, no gradients).
+        """Mean loss and the task's metrics over ``loader`` (eval mode, no gradients).
 
         Returns
         -------
-        dict with ``loss``, ``accuracy``, ``y_true``, ``y_pred`` and one entry per
-        metric given to the Trainer
+        dict with ``loss``, the task's metrics (``accuracy``; ``mean_iou`` for
+        segmentation; none for regression), ``y_true``, ``y_pred`` (labels;
+        segmentation: the non-ignored pixels' labels, flattened; regression:
+        targets and outputs) and one entry per metric given to the Trainer
         """
         was_training = self.model.training
         self.model.eval()
-        totals = np.zeros(3)
-        y_true, y_pred = [], []
+        scores = None
         try:
             with autograd.no_grad():
                 for x, y in loader:
-                    logits = self.model(autograd.Tensor(x))
-                    loss = self.loss_fn(logits, y).item()
-                    prediction = logits.data.argmax(axis=1)
-                    totals += (loss * len(y), np.sum(prediction == y), len(y))
-                    y_true.append(y)
-                    y_pred.append(prediction)
+                    output = self.model(autograd.Tensor(x))
+                    loss = self.loss_fn(output, y).item()
+                    if scores is None:
+                        scores = self._scores(output.data, y, keep=True)
+                    scores.add(loss, output.data, y)
         finally:
             self.model.train(was_training)
-        totals = self._reduce(totals)
-        y_true = np.concatenate(y_true) if y_true else np.zeros(0, np.int64)
-        y_pred = np.concatenate(y_pred) if y_pred else np.zeros(0, np.int64)
-        scores = {"loss": float(totals[0] / max(totals[2], 1)),
-                  "accuracy": float(totals[1] / max(totals[2], 1)),
-                  "y_true": y_true, "y_pred": y_pred}
+        if scores is None:   # an empty loader
+            scores = EpochScores(self.task or "regression", self.ignore_index, True)
+        scores.reduce(self._reduce)
+        y_true, y_pred = scores.labels()
+        result = scores.summary()
+        result.update(y_true=y_true, y_pred=y_pred)
         for name, metric in self.metrics.items():
-            scores[name] = float(metric(y_true, y_pred))
-        return scores
+            result[name] = float(metric(y_true, y_pred))
+        return result
 
     def predict(self, x, batch_size=256):
         """Logits for ``x (N, ...)`` in eval mode, batched, as an ndarray."""
