@@ -271,12 +271,16 @@ class PlanServer(ThreadingHTTPServer):
         self._count_lock = threading.Lock()
         self.active = 0             # connections being handled now
         self.refused = 0            # connections answered 503
+        self._refused_at = -1e9
         self._lingering = collections.deque()   # (close at, socket) of 503 answers
         super().__init__(address, Handler)
 
     def process_request(self, request, client_address):
-        # a handler that just answered frees its slot a moment later: wait that moment
-        if not self._slots.acquire(timeout=0.05):
+        # a handler that just answered frees its slot a moment later: wait that moment,
+        # unless connections are being refused already (a flood must not stall accept())
+        busy = time.monotonic() - self._refused_at < 1.0
+        if not self._slots.acquire(timeout=0.0 if busy else 0.05):
+            self._refused_at = time.monotonic()
             self._refuse(request)
             return
         with self._count_lock:
