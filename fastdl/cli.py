@@ -205,8 +205,8 @@ def _info(args):
     print("numpy %s, numba %s, threads %d (available CPUs %d)" % (
         np.__version__, numba.__version__, fastdl.get_num_threads(), runtime.available_cpus()))
     print("numba threading layer setting: %s" % os.environ.get("NUMBA_THREADING_LAYER"))
-    print("numba cache: %s" % (os.environ.get("NUMBA_CACHE_DIR") if runtime.cache_enabled()
-                               else "disabled (nothing writable)"))
+    print("numba cache: %s" % (runtime.cache_dir() if runtime.cache_enabled()
+                               else "off (%s)" % runtime.cache_disabled_reason()))
     for library in threadpool_info():
         print("%s (%s): %s threads, %s" % (library.get("internal_api"), library.get("user_api"),
                                            library.get("num_threads"),

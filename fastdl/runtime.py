@@ -9,7 +9,9 @@ Why each setting:
 * ``NUMBA_CACHE_DIR``: Numba caches next to the source by default. In a
   read-only site-packages that either recompiles every kernel at each start or,
   with nothing writable at all, raises at import (numba#4908). We point it at a
-  writable user cache directory, and turn caching off when none exists.
+  writable user cache directory, and turn caching off when none exists. Numba's
+  cache index is a pickle, so that directory must be this user's alone: owned by
+  the user and writable by no one else, or nothing is cached (``_private_dir``).
 * Threading layer ``threadsafe`` (TBB or OpenMP): Numba's default ``workqueue``
   layer aborts the process when two Python threads enter parallel code at once
   (numba#8563) — exactly what a threaded server does.
@@ -20,10 +22,14 @@ Why each setting:
 """
 import math
 import os
+import stat
 import sys
 import tempfile
+import warnings
 
 _CACHE_ENABLED = True
+_CACHE_DIR = None
+_CACHE_REASON = None
 _num_threads = None
 
 
@@ -74,36 +80,120 @@ def available_cpus():
     return max(1, count)
 
 
-def _writable_dir(path):
+def _is_private_dir(st, uid):
+    """A real directory (``st`` from lstat: not a symlink) owned by ``uid`` that no other
+    user can write."""
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
+
+
+def _check_anchor(path, uid):
+    """Why ``path`` cannot hold a private directory, or None: it must be a directory
+    owned by this user or root, and a directory others can write must be sticky
+    (``/tmp``), or they could rename our directory away and put theirs in its place."""
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return "%s is not a directory" % path
+    if st.st_uid not in (uid, 0):
+        return "%s belongs to uid %d" % (path, st.st_uid)
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return "%s can be written by other users" % path
+    return None
+
+
+def _private_dir(anchor, parts):
+    """``anchor/parts...`` as a directory only this user can write, or the reason why not.
+
+    Each of ``parts`` is created mode 0700 where missing, or reused; either way it must
+    then be a real directory (``lstat``: no symlink followed) owned by this user that
+    nobody else can write. The last one must take a file.
+
+    Returns
+    -------
+    (str or None, str or None)
+        The directory, or None and the reason.
+    """
+    uid = os.geteuid()
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".fastdl-probe-", delete=True)
-        probe.close()
-        return True
-    except OSError:
-        return False
+        anchor = os.path.realpath(anchor)
+        if not os.path.isdir(anchor):
+            if os.path.lexists(anchor):
+                return None, "%s is not a directory" % anchor
+            os.makedirs(anchor, mode=0o700)
+        reason = _check_anchor(anchor, uid)
+        if reason:
+            return None, reason
+        path = anchor
+        for part in parts:
+            path = os.path.join(path, part)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            st = os.lstat(path)
+            if not _is_private_dir(st, uid):
+                return None, ("%s is not a private directory of uid %d (owner %d, mode %s%s)"
+                              % (path, uid, st.st_uid, oct(stat.S_IMODE(st.st_mode)),
+                                 ", a symlink" if stat.S_ISLNK(st.st_mode) else ""))
+        # writable in fact (a read-only file system passes the mode checks)
+        tempfile.TemporaryFile(dir=path, prefix=".fastdl-probe-").close()
+        return path, None
+    except OSError as error:
+        return None, "%s: %s" % (getattr(error, "filename", None) or anchor,
+                                 error.strerror or error)
 
 
 def _choose_numba_cache_dir():
-    """A writable directory for Numba's cache, or None when nothing is writable."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return os.environ["NUMBA_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for candidate in (os.path.join(base, "fastdl", "numba"),
-                      os.path.join(tempfile.gettempdir(), "fastdl-%d" % os.getuid(), "numba")):
-        if _writable_dir(candidate):
-            return candidate
-    return None
+    """Where Numba may cache fastdl's kernels: ``(directory, None)``, or ``(None, reasons)``.
+
+    Numba's cache index is a pickle: whoever can write the directory runs code in
+    every process that loads from it. So a directory is used only if this user owns
+    it and nobody else can write it (``_private_dir``): the user's ``NUMBA_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME`` or ``~/.cache`` + ``fastdl/numba``, else
+    ``<tempdir>/fastdl-<uid>/numba``. A ``NUMBA_CACHE_DIR`` that fails is not replaced
+    by another directory: the user chose it.
+    """
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    if chosen:
+        real = os.path.realpath(os.path.expanduser(chosen))
+        path, reason = _private_dir(os.path.dirname(real), [os.path.basename(real)])
+        return path, None if path else ["NUMBA_CACHE_DIR=%s: %s" % (chosen, reason)]
+    reasons = []
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # unset, or relative (which the XDG spec says to ignore)
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    if os.path.isabs(base):  # not when no home directory is known ("~" stays as is)
+        path, reason = _private_dir(base, ["fastdl", "numba"])
+        if path:
+            return path, None
+        reasons.append(reason)
+    try:
+        temp = tempfile.gettempdir()
+    except OSError as error:  # FileNotFoundError: no usable temporary directory
+        reasons.append("no temporary directory: %s" % (error.strerror or error))
+        return None, reasons
+    path, reason = _private_dir(temp, ["fastdl-%d" % os.getuid(), "numba"])
+    if path:
+        return path, None
+    reasons.append(reason)
+    return None, reasons
 
 
 def _configure_numba_environment():
     """Set Numba's environment before it is imported (idempotent)."""
-    global _CACHE_ENABLED
-    cache_dir = _choose_numba_cache_dir()
-    if cache_dir is None:
+    global _CACHE_ENABLED, _CACHE_DIR, _CACHE_REASON
+    _CACHE_DIR, reasons = _choose_numba_cache_dir()
+    if _CACHE_DIR is None:
         _CACHE_ENABLED = False
+        _CACHE_REASON = "; ".join(reasons)
+        warnings.warn("fastdl: Numba kernels are compiled without an on-disk cache (again in "
+                      "each process): %s. A cache directory must be writable, owned by this "
+                      "user and writable by no one else (e.g. NUMBA_CACHE_DIR, mode 0700)."
+                      % _CACHE_REASON, RuntimeWarning, stacklevel=2)
     else:
-        os.environ["NUMBA_CACHE_DIR"] = cache_dir
+        os.environ["NUMBA_CACHE_DIR"] = _CACHE_DIR
+        numba = sys.modules.get("numba")
+        if numba is not None:  # imported before fastdl: it has read its configuration
+            numba.config.CACHE_DIR = _CACHE_DIR
     os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
     # Idle OpenMP workers sleep instead of spinning: spinning workers steal the cores
     # that the Python thread and any other process need between parallel regions
@@ -141,8 +231,23 @@ _keep_freed_memory_for_reuse()
 
 
 def cache_enabled():
-    """Whether compiled Numba kernels are cached on disk (False when nothing is writable)."""
+    """Whether compiled Numba kernels are cached on disk.
+
+    False when no directory that only this user can write is available (decided
+    once, at import, with a RuntimeWarning saying why; ``cache_dir`` and
+    ``cache_disabled_reason`` tell which).
+    """
     return _CACHE_ENABLED
+
+
+def cache_dir():
+    """The directory Numba caches fastdl's kernels in, or None when caching is off."""
+    return _CACHE_DIR
+
+
+def cache_disabled_reason():
+    """Why caching is off (every directory tried and what was wrong), or None."""
+    return _CACHE_REASON
 
 
 def get_num_threads():
