@@ -70,12 +70,14 @@ def run(suites, rounds=3, threads=None, repeats=10, out=sys.stdout):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastdl bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fastdl bench", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--suite", default="all",
-                        help="comma-separated: %s (default: all)" % ",".join(SUITES))
-    parser.add_argument("--rounds", type=int, default=3)
+                        help="all, or comma-separated: %s" % ",".join(SUITES))
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of timed calls")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per round")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for every library; 0: fastdl's thread count")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     suites = list(SUITES) if args.suite == "all" else args.suite.split(",")

@@ -1,5 +1,7 @@
 """Bundled and on-disk datasets: scikit-learn's digits, and ``.npz`` image files."""
 import os
+import zipfile
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -41,33 +43,61 @@ def load_npz(path, num_classes=None):
     ------
     ValueError
         Missing ``x``/``y``, ``x`` not 4-D, lengths differ, non-integer or
-        out-of-range labels, non-finite pixels, or a file that is not an npz.
+        out-of-range labels, non-finite pixels (also after the cast to float32),
+        or a file that is not an npz or is truncated or damaged.
     """
     if not os.path.isfile(path):
         raise ValueError("load_npz: no such file: %s" % path)
+    # A truncated or damaged archive fails in numpy, zipfile or zlib with any of
+    # these, either on opening or on reading an array.
+    unreadable = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise ValueError("load_npz: %s is a single .npy array, not an .npz with arrays x and y"
+                         % path)
+    if not head.startswith(b"PK"):
+        raise ValueError("load_npz: %s is not an .npz file (it is not a zip archive)" % path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise ValueError("load_npz: %s is not a readable .npz file (%s)" % (path, error)) \
-            from None
+    except unreadable as error:
+        raise ValueError("load_npz: %s is not a readable .npz file (%s)"
+                         % (path, _first_line(error))) from None
     with archive:
         missing = [key for key in ("x", "y") if key not in archive.files]
         if missing:
             raise ValueError("load_npz: %s has no array %s (it has %s)"
                              % (path, " or ".join(repr(m) for m in missing), archive.files))
-        x, y = archive["x"], archive["y"]
+        try:
+            x, y = archive["x"], archive["y"]
+        except unreadable as error:
+            raise ValueError("load_npz: %s is damaged or truncated (%s)"
+                             % (path, _first_line(error))) from None
     if x.ndim != 4:
         raise ValueError("load_npz: x must be 4-D (N, C, H, W) images, got shape %s"
                          % (x.shape,))
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError("load_npz: y must be 1-D with one label per image, got shape %s for "
                          "%d images" % (y.shape, len(x)))
-    if x.dtype.kind not in "fiub" or not np.isfinite(x.astype(np.float64)).all():
+    if x.dtype.kind not in "fiub":
         raise ValueError("load_npz: x must hold finite numbers, got dtype %s" % x.dtype)
+    with np.errstate(over="ignore"):   # finite in float64 can still overflow float32
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("load_npz: x must hold finite numbers, but it has NaN or infinite "
+                         "values (or values beyond float32's range)")
     if y.dtype.kind not in "iu":
         raise ValueError("load_npz: y must hold integer class labels, got dtype %s" % y.dtype)
+    if y.dtype.kind == "u" and len(y) and y.max() > np.iinfo(np.int64).max:
+        raise ValueError("load_npz: labels must be in [0, 2**63), got max %d" % y.max())
     upper = num_classes if num_classes is not None else None
     if len(y) and (y.min() < 0 or (upper is not None and y.max() >= upper)):
         raise ValueError("load_npz: labels must be in [0, %s), got min %d max %d"
                          % (upper if upper is not None else "num_classes", y.min(), y.max()))
-    return TensorDataset(x.astype(np.float32), y.astype(np.int64))
+    return TensorDataset(x, y.astype(np.int64))
+
+
+def _first_line(error):
+    """An exception's message up to its first sentence end or line break."""
+    text = str(error).strip() or type(error).__name__
+    return text.split("\n")[0].split(". ")[0]
