@@ -4,9 +4,15 @@ matmul, reshapes, indexing, reductions, exp/log/sqrt/abs/clamp, casts and concat
 Each op is a ``Function`` whose backward reduces its gradient back to the
 operand's shape (``_unbroadcast``), so broadcasting works in both directions.
 """
+from collections import namedtuple
+
 import numpy as np
 
 from fastdl.autograd import Function, Tensor
+
+# What ``Tensor.max(dim)`` / ``min(dim)`` return, as torch.return_types.max / min.
+MaxResult = namedtuple("max", ["values", "indices"])
+MinResult = namedtuple("min", ["values", "indices"])
 
 def _unbroadcast(grad, shape):
     """Sum ``grad`` down to ``shape`` (the inverse of NumPy broadcasting)."""
@@ -189,6 +195,9 @@ class Mean(Function):
         ctx.shape, ctx.dim, ctx.keepdim = a.shape, dim, keepdim
         ctx.count = a.size // max(np.asarray(np.sum(a, axis=dim, keepdims=keepdim)).size, 1) \
             if a.size else 1
+        if a.dtype.kind != "f":   # bool/integer (e.g. a comparison): float32, the default
+            return np.asarray(np.mean(a, axis=dim, keepdims=keepdim, dtype=np.float64),
+                              dtype=np.float32)
         return np.asarray(np.mean(a, axis=dim, keepdims=keepdim))
 
     @staticmethod
@@ -197,28 +206,85 @@ class Mean(Function):
         return expanded / np.asarray(ctx.count, dtype=grad.dtype), None, None
 
 
-class Max(Function):
-    """Maximum over ``dim`` (or all); the gradient goes to the first maximum, as torch."""
+class ExtremumAll(Function):
+    """The maximum (or minimum) of all elements; as torch, tied extrema share the
+    gradient evenly (all NaNs share it when the result is NaN)."""
 
     @staticmethod
-    def forward(ctx, a, dim, keepdim):
-        ctx.shape, ctx.dim, ctx.keepdim, ctx.dtype = a.shape, dim, keepdim, a.dtype
-        if dim is None:
-            ctx.flat_index = int(np.argmax(a))
-            return np.asarray(a.reshape(-1)[ctx.flat_index])
-        ctx.index = np.expand_dims(np.argmax(a, axis=dim), dim)
-        values = np.take_along_axis(a, ctx.index, axis=dim)
+    def forward(ctx, a, largest):
+        value = np.asarray(np.max(a) if largest else np.min(a))
+        ctx.save_for_backward(a, value)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, value = ctx.saved_tensors
+        mask = np.isnan(a) if np.isnan(value) else a == value
+        share = grad / np.asarray(np.count_nonzero(mask), dtype=grad.dtype)
+        return np.where(mask, share, np.zeros((), dtype=a.dtype)).astype(a.dtype), None
+
+
+class TakeAlongDim(Function):
+    """``a``'s values at ``index`` (shape of ``a`` with size 1 along ``dim``); the
+    gradient goes back to those positions only."""
+
+    @staticmethod
+    def forward(ctx, a, index, dim, keepdim):
+        ctx.shape, ctx.dtype, ctx.index, ctx.dim, ctx.keepdim = a.shape, a.dtype, index, dim, \
+            keepdim
+        values = np.take_along_axis(a, index, axis=dim)
         return values if keepdim else np.squeeze(values, axis=dim)
 
     @staticmethod
     def backward(ctx, grad):
         full = np.zeros(ctx.shape, dtype=ctx.dtype)
-        if ctx.dim is None:
-            full.reshape(-1)[ctx.flat_index] = grad
-        else:
-            values = grad if ctx.keepdim else np.expand_dims(grad, ctx.dim)
-            np.put_along_axis(full, ctx.index, values, axis=ctx.dim)
-        return full, None, None
+        values = grad if ctx.keepdim else np.expand_dims(grad, ctx.dim)
+        np.put_along_axis(full, ctx.index, values, axis=ctx.dim)
+        return full, None, None, None
+
+
+def _check_dim(dim, ndim, name):
+    if isinstance(dim, (bool, Tensor)) or not isinstance(dim, (int, np.integer)):
+        raise TypeError("%s: dim must be an int, got %s" % (name, type(dim).__name__))
+    if not -max(ndim, 1) <= dim < max(ndim, 1):
+        raise IndexError("%s: dimension out of range (expected to be in range of [%d, %d], "
+                         "but got %d)" % (name, -max(ndim, 1), max(ndim, 1) - 1, dim))
+    return int(dim) % max(ndim, 1)
+
+
+def extremum(tensor, dim, keepdim, largest):
+    """``Tensor.max``/``min``: a 0-d Tensor without ``dim``; with it, ``(values,
+    indices)`` where indices (int64) are the first extremum of each slice (NaN
+    counts as the extremum, as in torch) and values are differentiable."""
+    name = "max" if largest else "min"
+    a = np.asarray(tensor._data)
+    result = MaxResult if largest else MinResult
+    if dim is None:
+        if a.size == 0:
+            raise RuntimeError("%s(): expected a non-empty tensor" % name)
+        return ExtremumAll.apply(tensor, largest)
+    dim = _check_dim(dim, a.ndim, name)
+    if a.ndim == 0:   # torch allows dim 0 / -1 of a 0-d tensor: itself, index 0
+        values = TakeAlongDim.apply(tensor.reshape(1), np.zeros(1, dtype=np.int64), 0, False)
+        return result(values, Tensor._wrap(np.zeros((), dtype=np.int64)))
+    if a.shape[dim] == 0:
+        raise IndexError("%s(): expected reduction dim %d to have non-zero size" % (name, dim))
+    index = np.expand_dims((np.argmax if largest else np.argmin)(a, axis=dim), dim)
+    index = index.astype(np.int64, copy=False)
+    values = TakeAlongDim.apply(tensor, index, dim, keepdim)
+    indices = Tensor._wrap(index if keepdim else np.squeeze(index, axis=dim))
+    return result(values, indices)
+
+
+def arg_extremum(a, dim, keepdim, function):
+    """int64 ``argmax``/``argmin`` of ``a`` along ``dim`` (flattened when None)."""
+    if dim is not None:
+        dim = _check_dim(dim, a.ndim, function.__name__)
+        if a.ndim == 0:
+            return np.zeros((), dtype=np.int64)
+    elif a.size == 0:
+        raise RuntimeError("%s(): expected a non-empty tensor" % function.__name__)
+    return np.asarray(function(a, axis=dim, keepdims=keepdim), dtype=np.int64)
 
 
 class Exp(Function):
@@ -297,9 +363,12 @@ class _Cast(Function):
 
 
 def cast(tensor, dtype):
-    """``tensor`` as ``dtype`` (itself when it already is), differentiable."""
-    if tensor.data.dtype == dtype:
+    """``tensor`` as ``dtype`` (itself when it already is): differentiable to a
+    floating dtype; a bool/integer result is outside the graph (as torch)."""
+    if tensor._data.dtype == dtype:
         return tensor
+    if np.dtype(dtype).kind != "f":
+        return Tensor._wrap(np.asarray(tensor._data).astype(dtype))
     return _Cast.apply(tensor, dtype)
 
 
@@ -327,7 +396,7 @@ def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("cat: expected a non-empty list of tensors")
-    shapes = [np.shape(t.data if isinstance(t, Tensor) else t) for t in tensors]
+    shapes = [np.shape(t._data if isinstance(t, Tensor) else t) for t in tensors]
     ndim = len(shapes[0])
     if any(len(s) != ndim for s in shapes) or not -ndim <= dim < ndim:
         raise ValueError("cat: all tensors need the same ndim and dim in range, got shapes %s "

@@ -2,6 +2,7 @@
 import numpy as np
 
 from fastdl.data.samplers import RandomSampler, SequentialSampler
+from fastdl.random import default_generator
 
 
 class DataLoader:
@@ -18,13 +19,19 @@ class DataLoader:
         Use a RandomSampler (ignored when ``sampler`` is given).
     sampler : object with ``indices(epoch, seed)`` and ``__len__``, optional
     drop_last : bool
-    seed : int
+    seed : int, optional
+        Seeds the shuffle and the transform's generator. None (default): a
+        sampler's own ``seed`` when it has one (DistributedSampler's, the same
+        on every rank); otherwise drawn once, at construction, from fastdl's
+        global generator, so ``fastdl.manual_seed`` makes the order
+        reproducible (as torch's), and each epoch still gets its own order. A
+        loader that neither shuffles, samples nor transforms draws nothing.
     transform : callable ``(x_batch, rng) -> x_batch``, optional
         Applied to inputs only (augmentation), vectorised over the batch.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, sampler=None, drop_last=False,
-                 seed=0, transform=None):
+                 seed=None, transform=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError("DataLoader: batch_size must be a positive int, got %r"
@@ -34,6 +41,11 @@ class DataLoader:
             sampler = RandomSampler(len(dataset)) if shuffle else SequentialSampler(
                 len(dataset))
         self.sampler, self.drop_last = sampler, bool(drop_last)
+        if seed is None:
+            seed = getattr(sampler, "seed", None)
+        if seed is None:
+            random = transform is not None or not isinstance(sampler, SequentialSampler)
+            seed = int(default_generator().integers(2 ** 63)) if random else 0
         self.seed, self.transform = int(seed), transform
         self.epoch = 0
 

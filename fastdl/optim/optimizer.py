@@ -6,6 +6,13 @@ one flat gradient buffer, into which the autograd accumulates. State slots
 (``exp_avg``, ``momentum_buffer`` …) are flat buffers too. ``step()`` builds
 two small per-parameter arrays (active this step? its step count) and the
 per-parameter hyper-parameters from the groups, then makes one kernel call.
+
+Assigning ``p.data = value`` later is safe: a value of the same shape and dtype
+is copied into the flat buffer by the Tensor's ``data`` setter; a value of
+another shape or dtype rebinds ``p.data``, and the next ``step()`` (or
+``zero_grad``/``state_dict``) notices and re-packs the buffers, keeping each
+parameter's state (step count, momentum …) when its size is unchanged and
+starting it afresh when its size changed.
 """
 import numbers
 
@@ -83,41 +90,71 @@ class Optimizer:
     def params(self):
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _packed_state(self):
+        """``{id(p): (size, step, {slot: values})}`` of the parameters packed so far."""
+        if not hasattr(self, "_views"):
+            return {}
+        return {id(p): (int(size), int(step),
+                        {name: buffer[start:start + size].copy()
+                         for name, buffer in self.state_buffers.items()})
+                for p, start, size, step in zip(self._packed, self._starts, self._sizes,
+                                                self._steps)}
+
     def _build_buffers(self):
+        """Pack every parameter (its data, gradient and state) into flat buffers."""
         params = self.params
         if not params:
             raise ValueError("optimizer got an empty parameter list")
-        dtypes = {p.data.dtype for p in params}
+        dtypes = {p._data.dtype for p in params}
         if len(dtypes) != 1:
             raise TypeError("optimizer: all parameters must share one dtype, got %s"
                             % sorted(str(d) for d in dtypes))
+        for p in params:
+            if p.grad is not None and np.shape(p.grad) != p._data.shape:
+                raise RuntimeError("optimizer: a parameter's gradient has shape %s but its "
+                                   "data has shape %s (was .data given a new shape after "
+                                   "backward?)" % (np.shape(p.grad), p._data.shape))
         dtype = dtypes.pop()
-        sizes = [p.data.size for p in params]
+        sizes = [p._data.size for p in params]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = int(sum(sizes))
-        old_state = getattr(self, "_slot_values", None)
+        old_state = self._packed_state()
         self.flat_params = np.empty(total, dtype=dtype)
         self.flat_grads = _touched_zeros(total, dtype)
         slots = {name: _touched_zeros(total, dtype) for name in self.state_slots}
-        for p, start, size in zip(params, starts, sizes):
+        steps = np.zeros(len(params), dtype=np.int64)
+        views = []
+        for index, (p, start, size) in enumerate(zip(params, starts, sizes)):
+            shape = p._data.shape
             view = self.flat_params[start:start + size]
-            view[...] = p.data.reshape(-1)
-            grad_view = self.flat_grads[start:start + size].reshape(p.data.shape)
+            view[...] = p._data.reshape(-1)
+            grad_view = self.flat_grads[start:start + size].reshape(shape)
             if p.grad is not None:
                 grad_view[...] = p.grad
                 p.grad = grad_view
-            p.data = view.reshape(p.data.shape)
+            p._data = view.reshape(shape)   # not the setter: it would copy into the old buffer
             p._grad_storage = grad_view
-            if old_state is not None and id(p) in old_state:
-                for name, values in old_state[id(p)].items():
+            views.append(p._data)
+            old = old_state.get(id(p))
+            if old is not None and old[0] == size:   # a new size starts its state afresh
+                steps[index] = old[1]
+                for name, values in old[2].items():
                     slots[name][start:start + size] = values
         self.state_buffers = slots
+        self._packed, self._views = list(params), views
         self._starts, self._sizes = starts, np.array(sizes, dtype=np.int64)
         self._chunks = make_chunks(starts.tolist(), sizes)
-        self._steps = np.zeros(len(params), dtype=np.int64)
+        self._steps = steps
         self._group_of = np.array([i for i, g in enumerate(self.param_groups)
                                    for _ in g["params"]], dtype=np.int64)
-        self._slot_values = None
+
+    def _sync(self):
+        """Re-pack when some parameter's ``.data`` no longer is its view of the flat buffer
+        (given a new shape or dtype since packing)."""
+        for p, view in zip(self._packed, self._views):
+            if p._data is not view:
+                self._build_buffers()
+                return
 
     def _slot(self, name, index):
         start, size = self._starts[index], self._sizes[index]
@@ -126,6 +163,7 @@ class Optimizer:
     # -------------------------------------------------------------------- step
     def zero_grad(self, set_to_none=True):
         """Clear gradients: ``None`` (default, as torch) or zeros in the flat buffer."""
+        self._sync()
         for p in self.params:
             p.grad = None
         if not set_to_none:
@@ -147,6 +185,7 @@ class Optimizer:
         The closure's loss, when a closure is given.
         """
         loss = closure() if closure is not None else None
+        self._sync()
         active = np.fromiter((p.grad is not None and p.requires_grad for p in self.params),
                              dtype=np.bool_, count=len(self._steps))
         for p in self.params:
@@ -165,6 +204,7 @@ class Optimizer:
 
         Arrays are copies; a parameter that never stepped has no state entry.
         """
+        self._sync()
         state = {}
         for index in range(len(self._steps)):
             if self._steps[index] == 0:
@@ -190,6 +230,7 @@ class Optimizer:
         ValueError
             If the groups or parameter shapes do not match this optimizer's.
         """
+        self._sync()
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups) or any(
                 len(saved["params"]) != len(own["params"])
