@@ -19,6 +19,9 @@ Why each setting:
 * Default thread count: the container's CPU quota (cgroup) and the process's
   CPU affinity, not the host's core count, so a 2-CPU container on a 64-core
   host does not start 64 spinning threads.
+* Fork: the forking thread's OpenMP workers are shut down before ``os.fork()``,
+  so a forked child (a data loader worker, a process pool, a pre-fork server)
+  trains and infers on all its threads instead of hanging or being killed.
 """
 import math
 import os
@@ -316,3 +319,87 @@ def pin_blas_to_one_thread():
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=1, user_api="blas")
 
+
+# -- fork ------------------------------------------------------------------------------
+#
+# GNU OpenMP has no fork handler: a child inherits the forking thread's worker pool
+# without its workers, and its first parallel region of more than one thread waits for
+# them forever; Numba's OpenMP layer kills such a child on purpose instead ("fork()
+# called from a process already using GNU OpenMP"). So, right before os.fork() (which
+# multiprocessing, data loader workers and pre-fork servers use), the forking thread's
+# pool is shut down with OpenMP 5.0's omp_pause_resource_all: its workers exit and the
+# child starts with no pool, which libgomp then builds afresh, the child running on all
+# its threads. The parent starts its workers again the same way at its next parallel
+# region, once; nothing changes on its hot paths. Numba's guard (the pid of the process
+# that started its threading layer) is then recorded afresh in the child through the
+# layer's own ``launch_threads``, which, the layer being up, only repeats the settings
+# it made at start. Other threads' pools are left alone: their threads do not exist
+# in the child. Measured alternatives: Numba's ``tbb`` layer is fork-safe but leaves the
+# extension's OpenMP hanging, and ``workqueue`` aborts with concurrent callers; a child
+# limited to one thread would work (a one-thread region does not use the pool) but
+# would lose the other cores.
+
+_OMP_PAUSE_HARD = 2
+_openmp_paused_for_fork = False
+
+
+def _loaded_libgomps():
+    """File names of every GNU OpenMP runtime mapped into this process.
+
+    fastdl_ext's and Numba's are usually one library; a wheel may vendor its own copy.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = [line for line in maps.read().splitlines() if "libgomp" in line]
+    except OSError:
+        return ["libgomp.so.1"]  # no /proc: the usual soname, if it is loaded
+    names = []
+    for line in lines:
+        fields = line.split(None, 5)
+        if (len(fields) == 6 and os.path.basename(fields[5]).startswith("libgomp")
+                and fields[5] not in names):
+            names.append(fields[5])
+    return names
+
+
+def _pause_openmp_before_fork():
+    """os.fork()'s ``before`` handler: shut down this thread's OpenMP worker pools."""
+    global _openmp_paused_for_fork
+    import ctypes
+    paused = True
+    for name in _loaded_libgomps():
+        try:
+            pause = ctypes.CDLL(name, mode=os.RTLD_NOLOAD).omp_pause_resource_all
+        except (OSError, AttributeError):  # unloaded meanwhile, or a libgomp before GCC 9
+            paused = False
+            continue
+        pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
+        paused = pause(_OMP_PAUSE_HARD) == 0 and paused
+    _openmp_paused_for_fork = paused
+
+
+def _rearm_numba_after_fork():
+    """os.fork()'s ``after_in_child`` handler: the child may run Numba's parallel kernels.
+
+    Only when the pools were shut down before the fork; otherwise Numba's guard stays
+    and kills the child, as without fastdl.
+    """
+    numba = sys.modules.get("numba")
+    if not _openmp_paused_for_fork or numba is None:
+        return
+    try:
+        if numba.threading_layer() != "omp":  # tbb and workqueue handle fork themselves
+            return
+    except ValueError:  # no parallel kernel has run: nothing recorded
+        return
+    omppool = sys.modules.get("numba.np.ufunc.omppool")
+    if omppool is None or getattr(omppool, "openmp_vendor", None) != "GNU":
+        return
+    import ctypes
+    ctypes.CFUNCTYPE(None, ctypes.c_int)(omppool.launch_threads)(
+        numba.config.NUMBA_NUM_THREADS)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_pause_openmp_before_fork,
+                        after_in_child=_rearm_numba_after_fork)
