@@ -8,6 +8,7 @@ or mislabelled file (a pickle renamed ``.safetensors``) fails with a clear
 ``ValueError`` and nothing in it is ever executed.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -57,17 +58,19 @@ def _fail(path, reason):
     raise ValueError("%s is not a valid safetensors file: %s" % (os.fspath(path), reason))
 
 
-def _parse_header(path, raw, file_size):
+def _parse_header(path, raw, file_size, max_header_bytes=MAX_HEADER_BYTES):
     if file_size < 8:
         _fail(path, "only %d bytes (a header length needs 8)" % file_size)
     header_length = int.from_bytes(raw[:8], "little")
-    if header_length > min(MAX_HEADER_BYTES, file_size - 8):
+    if header_length > min(max_header_bytes, file_size - 8):
         _fail(path, "header length %d is beyond the file (%d bytes) or the %d-byte limit"
-              % (header_length, file_size, MAX_HEADER_BYTES))
+              % (header_length, file_size, max_header_bytes))
     try:
         header = json.loads(bytes(raw[8:8 + header_length]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        _fail(path, "header is not JSON (%s)" % error)
+    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError, or an int of
+        _fail(path, "header is not JSON (%s)" % error)  # more digits than Python parses
+    except RecursionError:
+        _fail(path, "header nests too deeply")
     if not isinstance(header, dict):
         _fail(path, "header is not a JSON object")
     return header, 8 + header_length
@@ -76,7 +79,7 @@ def _parse_header(path, raw, file_size):
 def _check_entry(path, name, entry, data_size):
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         _fail(path, "entry %r must have exactly dtype, shape and data_offsets" % name)
-    dtype = _DTYPES.get(entry["dtype"])
+    dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     if dtype is None:
         _fail(path, "tensor %r has unsupported dtype %r" % (name, entry["dtype"]))
     shape, offsets = entry["shape"], entry["data_offsets"]
@@ -88,18 +91,23 @@ def _check_entry(path, name, entry, data_size):
     if offsets[1] > data_size:
         _fail(path, "tensor %r ends at byte %d but the data section has %d bytes (truncated?)"
               % (name, offsets[1], data_size))
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    itemsize = np.dtype(dtype).itemsize
+    if math.prod(d or 1 for d in shape) * itemsize >= 2 ** 63:  # even with a 0 among them
+        _fail(path, "tensor %r has a shape %s no array can have" % (name, shape))
+    expected = math.prod(shape) * itemsize   # Python ints: huge dimensions cannot wrap
     if offsets[1] - offsets[0] != expected:
         _fail(path, "tensor %r of shape %s and dtype %s needs %d bytes, its offsets span %d"
               % (name, shape, entry["dtype"], expected, offsets[1] - offsets[0]))
 
 
-def load_file(path):
+def load_file(path, max_header_bytes=MAX_HEADER_BYTES):
     """Read a safetensors file, validating every header field first.
 
     Parameters
     ----------
     path : str or os.PathLike
+    max_header_bytes : int
+        Largest JSON header accepted (parsing JSON takes several times its size).
 
     Returns
     -------
@@ -117,7 +125,7 @@ def load_file(path):
     """
     with open(path, "rb") as f:
         raw = f.read()
-    header, data_start = _parse_header(path, raw, len(raw))
+    header, data_start = _parse_header(path, raw, len(raw), max_header_bytes)
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):

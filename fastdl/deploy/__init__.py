@@ -8,13 +8,22 @@
 A service that only loads plans imports neither the layers (``fastdl.nn``) nor,
 for plans of convolutions, dense layers, 2x2 max pools and global means, Numba:
 those come in with ``compile`` and the fusion helpers, which take modules.
+
+Plan files may come from anywhere: ``load`` checks every size one declares before it
+allocates anything, and refuses (ValueError) a plan whose call at batch 1 — the one
+``warmup`` makes — would hold more than ``MAX_PLAN_BYTES`` (256 MiB: input, every
+intermediate and output value, kernel copies, prepared weights); pass ``max_bytes`` to
+load a larger trusted plan. A file also may not hold more than ``MAX_OPS`` (4096) ops,
+a header beyond ``MAX_PLAN_HEADER_BYTES`` (4 MiB) or an int beyond ``MAX_INT`` (2**24),
+and its weights must be in its own bytes.
 """
 import copy
 
 import numpy as np
 
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
-from fastdl.deploy.plan import InferencePlan
+from fastdl.deploy.plan import (MAX_INT, MAX_OPS, MAX_PLAN_BYTES, MAX_PLAN_HEADER_BYTES,
+                                InferencePlan)
 
 
 def _check_eval_bn(bn, kind):
@@ -88,10 +97,16 @@ def compile(model, example_input, max_shapes=4):
     return InferencePlan(ops, tensors, example.shape[1:], max_shapes).warmup()
 
 
-def load(path, warmup=False):
-    """Load a plan saved by ``InferencePlan.save`` (validated; no pickle, no user code)."""
-    return InferencePlan.load(path, warmup)
+def load(path, warmup=False, max_bytes=MAX_PLAN_BYTES):
+    """Load a plan saved by ``InferencePlan.save`` (validated; no pickle, no user code).
+
+    Any malformed or hostile file raises ValueError, before anything large is
+    allocated: see ``InferencePlan.load``. ``max_bytes`` (default ``MAX_PLAN_BYTES``,
+    256 MiB; None: no limit) bounds what a call at batch 1, ``warmup``'s, holds.
+    """
+    return InferencePlan.load(path, warmup, max_bytes)
 
 
 __all__ = ["InferencePlan", "compile", "fuse_conv_bn", "fuse_linear_bn",
-           "fuse_conv_bn_weights", "fuse_linear_bn_weights", "load"]
+           "fuse_conv_bn_weights", "fuse_linear_bn_weights", "load", "MAX_PLAN_BYTES",
+           "MAX_OPS", "MAX_PLAN_HEADER_BYTES", "MAX_INT"]

@@ -9,6 +9,7 @@ when the batch size varies.
 """
 import collections
 import json
+import math
 import numbers
 import threading
 
@@ -19,9 +20,26 @@ from fastdl.kernels import dense as dense_kernels
 from fastdl.kernels import direct as direct_kernels
 from fastdl.kernels import pool as pool_kernels
 from fastdl.safetensors_io import load_file, save_file
-from fastdl.shapes import conv_output_size
+from fastdl.shapes import conv_output_size, is_int
 
 FORMAT_VERSION = 1
+#: The most memory, in bytes, ``load`` lets a plan file ask for: what one call at batch
+#: 1 (``warmup``'s) holds by ``InferencePlan.call_bytes``' estimate — the input, every
+#: intermediate and output value (the plan keeps a buffer per op), the copies its
+#: kernels make and its prepared (packed) weights. ``load(path, max_bytes=...)`` raises
+#: it; a call at batch N holds about N times the values.
+MAX_PLAN_BYTES = 256 << 20
+#: The most ops a plan file may hold (ResNet-152 has about 160).
+MAX_OPS = 4096
+#: The largest JSON header a plan file may have: a plan of ``MAX_OPS`` ops takes about
+#: 1 MiB, and the objects Python builds for hostile JSON take up to ~25 times its size.
+MAX_PLAN_HEADER_BYTES = 4 << 20
+#: The largest int a plan may give for a size, channel count, stride, padding, dilation,
+#: window or value id (the kernels' C ints then never overflow).
+MAX_INT = 1 << 24
+# the most elements one value may have at batch 1: the kernels index planes with C ints
+_MAX_ELEMENTS = 2 ** 31 - 1
+
 OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
        "adaptive_avg_pool2d", "flatten", "affine_channels", "activation")
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
@@ -37,29 +55,47 @@ _ATTRIBUTES = {
     "affine_channels": {"weights"},
     "activation": {"kind", "negative_slope"},
 }
+# the tensors each op with weights may name
+_ROLES = {"conv2d": {"weight", "bias"}, "conv_transpose2d": {"weight", "bias"},
+          "linear": {"weight", "bias"}, "affine_channels": {"scale", "shift"}}
 
 
 def _fail(message):
     raise ValueError("invalid inference plan: " + message)
 
 
+def _int(value, low, high=MAX_INT):
+    """Whether ``value`` is an int (not a bool) in ``[low, high]``."""
+    return is_int(value) and low <= value <= high
+
+
 def _ints(value, count, what, low):
-    if not isinstance(value, list) or len(value) != count or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
-        _fail("%s must be a list of %d ints >= %d, got %r" % (what, count, low, value))
-    return tuple(value)
+    if not isinstance(value, (list, tuple)) or len(value) != count or not all(
+            _int(v, low) for v in value):
+        _fail("%s must be a list of %d ints in [%d, %d], got %r" % (what, count, low, MAX_INT,
+                                                                    value))
+    return tuple(int(v) for v in value)
+
+
+def _window(value, what, index, low):
+    """A pooling window argument (an int or a pair of ints) as a pair."""
+    pair = (value, value) if is_int(value) else value
+    return _ints(pair, 2, "op %d: %s" % (index, what), low)
+
+
+def _flag(op, key, index):
+    if not isinstance(op[key], bool):
+        _fail("op %d: %s must be true or false, got %r" % (index, key, op[key]))
 
 
 def _weight(tensors, op, role, index, ndim):
     name = op.get("weights", {}).get(role)
     if name is None:
         return None
-    if not isinstance(name, str) or name not in tensors:
-        _fail("op %d names a missing tensor %r" % (index, name))
-    array = tensors[name]
-    if array.ndim != ndim:
-        _fail("tensor %r of op %d must be %d-D, got shape %s" % (name, index, ndim,
-                                                                 array.shape))
+    array = tensors[name]   # names are checked in _validate
+    if array.ndim != ndim or 0 in array.shape:
+        _fail("tensor %r of op %d must be %d-D and not empty, got shape %s"
+              % (name, index, ndim, array.shape))
     return array
 
 
@@ -71,7 +107,7 @@ def _infer_conv(op, index, shape, tensors, transposed):
     padding = _ints(op["padding"], 2, "padding", 0)
     dilation = _ints(op["dilation"], 2, "dilation", 1)
     groups = op["groups"]
-    if not isinstance(groups, int) or groups < 1 or len(shape) != 4:
+    if not _int(groups, 1) or len(shape) != 4:
         _fail("op %d: bad groups %r or input shape %s" % (index, groups, shape))
     channels = shape[1]
     if transposed:
@@ -80,6 +116,9 @@ def _infer_conv(op, index, shape, tensors, transposed):
         if weight.shape[0] != channels or channels % groups:
             _fail("op %d: weight %s does not fit %d input channels" % (index, weight.shape,
                                                                        channels))
+        if any(output_padding[a] >= max(stride[a], dilation[a]) for a in (0, 1)):
+            _fail("op %d: output_padding %s must be smaller than stride or dilation"
+                  % (index, output_padding))
         size = [(shape[2 + a] - 1) * stride[a] - 2 * padding[a] + dilation[a] * (
             weight.shape[2 + a] - 1) + output_padding[a] + 1 for a in (0, 1)]
         if min(size) < 1:
@@ -120,10 +159,19 @@ def _infer(op, index, shapes, tensors):
             _fail("op %d: bias shape %s" % (index, bias.shape))
         return (shape[0], weight.shape[0])
     if kind in ("max_pool2d", "avg_pool2d"):
+        kernel = _window(op["kernel_size"], "kernel_size", index, 1)
+        stride = op["stride"]
+        if stride is not None and stride != []:   # None or []: the kernel size
+            _window(stride, "stride", index, 1)
+        _window(op["padding"], "padding", index, 0)
+        _flag(op, "ceil_mode", index)
+        if kind == "avg_pool2d":
+            _flag(op, "count_include_pad", index)
+        if len(shape) != 4:
+            _fail("op %d: pooling needs a 4-D input, got %s" % (index, shape))
         try:
             _, _, _, output_hw = pool_kernels.validate_pool2d_args(
-                kind, shape, op["kernel_size"], op["stride"], op["padding"],
-                bool(op["ceil_mode"]))
+                kind, shape, kernel, op["stride"], op["padding"], op["ceil_mode"])
         except (TypeError, ValueError) as error:
             _fail("op %d: %s" % (index, error))
         return shape[:2] + tuple(output_hw)
@@ -134,49 +182,107 @@ def _infer(op, index, shapes, tensors):
         return shape[:2] + size
     if kind == "flatten":
         start = op["start_dim"]
-        if not isinstance(start, int) or not 1 <= start < len(shape):
+        if not is_int(start) or not 1 <= start < len(shape):
             _fail("op %d: bad start_dim %r for shape %s" % (index, start, shape))
-        return shape[:start] + (int(np.prod(shape[start:])),)
+        return shape[:start] + (math.prod(shape[start:]),)
     if kind == "affine_channels":
         for role in ("scale", "shift"):
             array = _weight(tensors, op, role, index, 1)
             if array is None or len(shape) < 2 or array.shape != (shape[1],):
                 _fail("op %d: %s must have shape (%d,)" % (index, role, shape[1]))
         return shape
-    if op.get("kind") not in ACTIVATIONS:
-        _fail("op %d: unknown activation %r" % (index, op.get("kind")))
+    if op["kind"] not in ACTIVATIONS:
+        _fail("op %d: unknown activation %r" % (index, op["kind"]))
+    if op["kind"] == "leaky_relu" and op["negative_slope"] is None:
+        _fail("op %d: leaky_relu needs a negative_slope" % index)
     return shape
 
 
-def _validate(ops, tensors, input_shape, dtype):
+def _held(op, shapes, out, tensors, itemsize):
+    """Bytes a call at batch 1 holds for ``op`` (input ``shapes``, output ``out``): its
+    output, the copies its kernel makes (and the zero borders ``_borders`` may give the
+    buffers it reads), and its prepared weights. An upper bound, not an exact count."""
+    kind, size = op["op"], math.prod(out)
+    if kind == "flatten":
+        return 0                                       # a view
+    if kind == "affine_channels":
+        return 2 * size * itemsize                     # x * scale, then + shift
+    if kind in ("max_pool2d", "adaptive_avg_pool2d"):
+        # the plan's buffer, and where the window is not 2x2 (1x1) a new output, and for
+        # max pooling its int64 argmax
+        return size * (2 * itemsize + (8 if kind == "max_pool2d" else 0))
+    held = size * itemsize
+    if kind in ("conv2d", "conv_transpose2d", "linear"):
+        weight = tensors[op["weights"]["weight"]]
+        # packed in blocks of up to 24 rows or columns (dense panels; the direct loops'
+        # blocks, flipped for a transposed conv) or as Winograd's 16 planes: at most
+        # twice the weights and 32 padded rows
+        held += (2 * weight.size + 32 * (weight.size // min(weight.shape[:2]))) * itemsize
+    if kind == "conv2d":
+        _, channels, height, width = shapes[0]
+        rows, cols = op["padding"]
+        held += channels * ((height + 2 * rows) * (width + 2 * cols) - height * width) \
+            * itemsize                                 # the input's border, at most
+    return held
+
+
+def _validate(ops, tensors, input_shape, dtype, max_bytes=None):
+    """The shape of every value (0: the input; i + 1: op i's output) at batch 1, and the
+    bytes a call at batch 1 holds (``_held``); raise ValueError on any inconsistency,
+    or where those bytes pass ``max_bytes``."""
     if not isinstance(ops, list) or not ops:
         _fail("ops must be a non-empty list")
+    itemsize = np.dtype(dtype).itemsize
     shapes = {0: (1,) + tuple(input_shape)}
+    if len(input_shape) != 3 or math.prod(input_shape) > _MAX_ELEMENTS or not all(
+            _int(n, 1) for n in input_shape):
+        _fail("input_shape %s must be 3 sizes in [1, %d], of at most %d elements"
+              % (tuple(input_shape), MAX_INT, _MAX_ELEMENTS))
+    held = math.prod(input_shape) * itemsize           # the input
     for index, op in enumerate(ops):
         if not isinstance(op, dict) or op.get("op") not in OPS:
             _fail("op %d is unknown: %r" % (index, op.get("op") if isinstance(op, dict)
                                             else op))
-        extra = set(op) - {"op", "inputs", "output"} - _ATTRIBUTES[op["op"]]
-        missing = _ATTRIBUTES[op["op"]] - set(op) - {"weights"}
+        kind = op["op"]
+        extra = set(op) - {"op", "inputs", "output"} - _ATTRIBUTES[kind]
+        missing = _ATTRIBUTES[kind] - set(op) - {"weights"}
         if extra or missing:
-            _fail("op %d (%s): unexpected %s, missing %s" % (index, op["op"], sorted(extra),
+            _fail("op %d (%s): unexpected %s, missing %s" % (index, kind, sorted(extra),
                                                             sorted(missing)))
         inputs = op.get("inputs")
         if not isinstance(inputs, list) or not 1 <= len(inputs) <= 2 or not all(
-                isinstance(i, int) and i in shapes for i in inputs):
+                _int(i, 0, index) for i in inputs):
             _fail("op %d: inputs %r must name earlier values" % (index, inputs))
-        if len(inputs) == 2 and op["op"] != "conv2d":
+        if len(inputs) == 2 and kind != "conv2d":
             _fail("op %d: only conv2d takes a residual input" % index)
-        if op.get("output") != index + 1:
+        if not is_int(op.get("output")) or op["output"] != index + 1:
             _fail("op %d: output id must be %d" % (index, index + 1))
+        weights = op.get("weights", {})
+        if not isinstance(weights, dict) or not set(weights) <= _ROLES.get(kind, set()) \
+                or not all(isinstance(name, str) and name in tensors
+                           for name in weights.values()):
+            _fail("op %d: weights %r must map %s to tensors of the plan"
+                  % (index, weights, sorted(_ROLES.get(kind, ()))))
         slope = op.get("negative_slope")
-        if slope is not None and not isinstance(slope, numbers.Real):
-            _fail("op %d: negative_slope must be a number or null" % index)
-        shapes[index + 1] = _infer(op, index, [shapes[i] for i in inputs], tensors)
+        if slope is not None and (not isinstance(slope, numbers.Real) or isinstance(
+                slope, bool) or not math.isfinite(slope)):
+            _fail("op %d: negative_slope must be a finite number or null" % index)
+        sources = [shapes[i] for i in inputs]
+        shapes[index + 1] = out = _infer(op, index, sources, tensors)
+        if not all(_int(n, 1) for n in out[1:]) or math.prod(out) > _MAX_ELEMENTS:
+            _fail("op %d: output shape %s (at batch 1) has a size outside [1, %d] or more "
+                  "than %d elements" % (index, out, MAX_INT, _MAX_ELEMENTS))
+        held += _held(op, sources, out, tensors, itemsize)
+        if index == len(ops) - 1:
+            held += math.prod(out) * itemsize          # the copy a call returns
+        if max_bytes is not None and held > max_bytes:
+            _fail("a call at batch 1 would hold more than max_bytes=%d bytes by op %d (%s, "
+                  "output %s); load it with a larger max_bytes if it is trusted"
+                  % (max_bytes, index, kind, out))
     for name, array in tensors.items():
         if array.dtype != dtype:
             _fail("tensor %r has dtype %s, the plan is %s" % (name, array.dtype, dtype))
-    return shapes
+    return shapes, held
 
 
 class _BufferSet(list):
@@ -201,15 +307,26 @@ class InferencePlan:
         The batch size may vary from call to call; the rest is fixed.
     max_shapes : int
         Input shapes whose buffers are kept.
+    max_bytes : int, optional
+        Refuse (ValueError) a plan whose call at batch 1 would hold more bytes than
+        this (``call_bytes``); None: no limit. ``load`` gives ``MAX_PLAN_BYTES``.
+
+    Attributes
+    ----------
+    call_bytes : int
+        An upper estimate of the bytes one call at batch 1 holds: its input, every
+        intermediate and output value, the copies its kernels make and the prepared
+        weights (the values scale with the batch size; the weights, too, are extra).
     """
 
-    def __init__(self, ops, tensors, input_shape, max_shapes=4):
+    def __init__(self, ops, tensors, input_shape, max_shapes=4, max_bytes=None):
         self.input_shape = tuple(int(n) for n in input_shape)
         dtypes = {a.dtype for a in tensors.values()} or {np.dtype(np.float32)}
         if len(dtypes) != 1 or dtypes & {np.dtype(np.float32), np.dtype(np.float64)} != dtypes:
             _fail("tensors must share one float dtype, got %s" % sorted(map(str, dtypes)))
         self.dtype = dtypes.pop()
-        self.shapes = _validate(ops, tensors, self.input_shape, self.dtype)
+        self.shapes, self.call_bytes = _validate(ops, tensors, self.input_shape, self.dtype,
+                                                 max_bytes)
         self.ops = ops
         self.tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         self._shapes = collections.OrderedDict()   # batch size: (program, free buffer sets)
@@ -560,29 +677,58 @@ class InferencePlan:
         save_file(self.tensors, path, metadata={"fastdl.plan": json.dumps(description)})
 
     @classmethod
-    def load(cls, path, warmup=False):
+    def load(cls, path, warmup=False, max_bytes=MAX_PLAN_BYTES):
         """Read and validate a plan file; nothing in it is executed or unpickled.
+
+        Every size the file declares is checked before anything is allocated: its
+        header (``MAX_PLAN_HEADER_BYTES``), op count (``MAX_OPS``), every int in it
+        (``MAX_INT``), the weights against the file's own bytes, and the memory a call
+        at batch 1, ``warmup``'s, holds (``call_bytes``) against ``max_bytes``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        warmup : bool
+            Run the plan once at batch 1 before returning it.
+        max_bytes : int or None
+            Refuse a plan whose call at batch 1 would hold more bytes than this
+            (default ``MAX_PLAN_BYTES``, 256 MiB); raise it for a trusted larger plan.
+            None: no limit.
 
         Raises
         ------
         ValueError
-            A truncated, corrupted or hostile file, an unknown op, or tensors
-            whose shapes disagree with the plan.
+            A truncated, corrupted or hostile file, an unknown op, tensors whose
+            shapes or dtype disagree with the plan, or a plan above the limits.
         """
-        tensors, metadata = load_file(path)
+        if max_bytes is not None and not _int(max_bytes, 1, float("inf")):
+            raise TypeError("InferencePlan.load: max_bytes must be a positive int or None, "
+                            "got %r" % (max_bytes,))
+        tensors, metadata = load_file(path, max_header_bytes=MAX_PLAN_HEADER_BYTES)
         try:
             description = json.loads(metadata["fastdl.plan"])
         except KeyError:
             raise ValueError("%s is not a fastdl inference plan (no plan metadata)" % path) \
                 from None
-        except json.JSONDecodeError as error:
+        except ValueError as error:   # JSONDecodeError, or an int of too many digits
             raise ValueError("%s: plan metadata is not JSON (%s)" % (path, error)) from None
+        except RecursionError:
+            raise ValueError("%s: plan metadata nests too deeply" % path) from None
         if not isinstance(description, dict) or description.get("format") != "fastdl-plan" \
-                or description.get("version") != FORMAT_VERSION:
+                or not is_int(description.get("version")) \
+                or description["version"] != FORMAT_VERSION:
             raise ValueError("%s: not a fastdl plan of format version %d" % (path,
                                                                              FORMAT_VERSION))
         input_shape = _ints(description.get("input_shape"), 3, "input_shape", 1)
-        plan = cls(description.get("ops"), tensors, input_shape)
+        ops = description.get("ops")
+        if isinstance(ops, list) and len(ops) > MAX_OPS:
+            _fail("%d ops, more than MAX_OPS=%d" % (len(ops), MAX_OPS))
+        try:
+            plan = cls(ops, tensors, input_shape, max_bytes=max_bytes)
+        except (TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                ZeroDivisionError, RecursionError) as error:
+            # the checks above should leave nothing to get here: a last line
+            _fail("%s (%s)" % (error, type(error).__name__))
         if str(plan.dtype) != description.get("dtype"):
             _fail("dtype %r in the header, %s in the tensors" % (description.get("dtype"),
                                                                   plan.dtype))
