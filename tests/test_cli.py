@@ -149,8 +149,8 @@ def _write_bad_file(path, kind):
 
 
 @pytest.mark.parametrize("kind, word", [
-    ("truncated", "readable"), ("truncated-compressed", "npz"), ("not-a-zip", "not an .npz"),
-    ("empty", "not an .npz"), ("npy", "single .npy"),
+    ("truncated", "not a readable .npz"), ("truncated-compressed", ".npz"),
+    ("not-a-zip", "not a zip"), ("empty", "not a zip"), ("npy", "single .npy"),
 ])
 def test_corrupt_npz_exits_2_with_one_line(tmp_path, capsys, kind, word):
     path = tmp_path / "d.npz"
@@ -327,6 +327,27 @@ def test_full_disk_exits_2_with_one_line(tmp_path, capsys, monkeypatch, target):
     assert main(["train", "--data", _npz(tmp_path / "d.npz", x=x, y=y), "--out", str(out)]
                 + FAST) == 2
     _one_line_error(capsys, os.strerror(errno.ENOSPC), str(out))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="permissions do not stop root")
+def test_read_only_out_exits_2(tmp_path, capsys):
+    x, y = _separable(20)
+    data = _npz(tmp_path / "d.npz", x=x, y=y)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(["train", "--data", data, "--out", str(locked / "run")] + FAST) == 2
+        _one_line_error(capsys, "cannot write to --out")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_the_command_itself_exits_2_with_one_line(tmp_path):
+    result = _run("train", "--data", str(tmp_path / "d.npz"), "--lr", "nan")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--lr" in result.stderr
 
 
 def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch):

@@ -54,10 +54,11 @@ def load_npz(path, num_classes=None):
     with open(path, "rb") as f:
         head = f.read(6)
     if head == b"\x93NUMPY":
-        raise ValueError("load_npz: %s is a single .npy array, not an .npz with arrays x and y"
-                         % path)
+        raise ValueError("load_npz: %s is not a readable .npz file (it is a single .npy "
+                         "array, not an archive of x and y)" % path)
     if not head.startswith(b"PK"):
-        raise ValueError("load_npz: %s is not an .npz file (it is not a zip archive)" % path)
+        raise ValueError("load_npz: %s is not a readable .npz file (not a zip archive)"
+                         % path)
     try:
         archive = np.load(path, allow_pickle=False)
     except unreadable as error:
