@@ -248,6 +248,12 @@ def _write_outputs(out, trainer, model, test_result, num_classes, wall_time, sam
           "confusion_matrix.csv, summary.json, %s" % (out, plotted))
 
 
+def _several_mpi_ranks():
+    """True when an MPI launcher started this process among several ranks."""
+    from fastdl.distributed import get_world_size, launched_by_mpi
+    return launched_by_mpi() and get_world_size() > 1
+
+
 def run_training(model_name, train_set, val_set, test_set, num_classes, input_shape, args):
     """Train, evaluate on the test set and write every output file to ``args.out``.
 
@@ -270,6 +276,9 @@ def run_training(model_name, train_set, val_set, test_set, num_classes, input_sh
         _check_resume(checkpoint, model_name, input_shape, num_classes, args)
     weight = None
     sampler = RandomSampler(len(train_set))
+    if not args.distributed and _several_mpi_ranks():
+        # Each rank would otherwise train alone on the whole set without a word.
+        args.distributed = True
     if args.distributed:
         from fastdl.distributed import DistributedSampler, init
         if args.balance in ("oversample", "undersample"):
@@ -353,7 +362,8 @@ def _common(parser, epochs, batch_size, lr, optimizer, out):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel over MPI: mpiexec -n RANKS fastdl ... "
-                             "--distributed (--batch-size is per rank)")
+                             "--distributed (--batch-size is per rank); on by itself when an MPI "
+                             "launcher started several ranks")
 
 
 def _demo(args):

@@ -52,15 +52,17 @@ def test_a_dying_rank_ends_the_job_and_the_checkpoint_loads(tmp_path):
 
 
 def test_cli_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
+    """Under mpiexec the CLI is data-parallel without --distributed: rank 0 alone reports."""
     out = str(tmp_path / "run")
     env = {"FASTDL_DIST_TIMEOUT": "120"}
     result = subprocess.run(
         [MPIEXEC, "-n", "2", "--oversubscribe", "-x", "NUMBA_NUM_THREADS=1",
-         sys.executable, "-m", "fastdl.cli", "demo", "--distributed", "--quiet",
+         sys.executable, "-m", "fastdl.cli", "demo", "--quiet",
          "--epochs", "2", "--out", out], capture_output=True, text=True, timeout=300,
         env=dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                  **env))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("wall time") == 1, result.stdout
     from fastdl.cli import main
     assert main(["demo", "--quiet", "--epochs", "3", "--resume", "--out", out]) == 0
     import json
