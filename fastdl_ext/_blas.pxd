@@ -5,6 +5,9 @@ kernels.
 Row-major GEMM through column-major BLAS: a row-major (r × c) matrix is a
 column-major (c × r) one, so ``C = A @ B`` is computed as ``C^T = B^T @ A^T``
 by swapping the operands and m ↔ n.
+
+The operands read are ``const`` (read-only arrays may be passed); SciPy's ``.pxd``
+declares them as plain pointers, hence the casts.
 """
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
@@ -14,18 +17,20 @@ ctypedef fused floating:
 
 
 cdef inline void gemm(char transa, char transb, int m, int n, int k, floating alpha,
-                      floating* a, int lda, floating* b, int ldb, floating beta,
+                      const floating* a, int lda, const floating* b, int ldb, floating beta,
                       floating* c, int ldc) noexcept nogil:
     if floating is float:
-        sgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+        sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*>a, &lda, <float*>b, &ldb, &beta,
+              c, &ldc)
     else:
-        dgemm(&transa, &transb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
+        dgemm(&transa, &transb, &m, &n, &k, &alpha, <double*>a, &lda, <double*>b, &ldb,
+              &beta, c, &ldc)
 
 
-cdef inline void gemv(char trans, int m, int n, floating alpha, floating* a, int lda,
-                      floating* x, int incx, floating beta, floating* y,
+cdef inline void gemv(char trans, int m, int n, floating alpha, const floating* a, int lda,
+                      const floating* x, int incx, floating beta, floating* y,
                       int incy) noexcept nogil:
     if floating is float:
-        sgemv(&trans, &m, &n, &alpha, a, &lda, x, &incx, &beta, y, &incy)
+        sgemv(&trans, &m, &n, &alpha, <float*>a, &lda, <float*>x, &incx, &beta, y, &incy)
     else:
-        dgemv(&trans, &m, &n, &alpha, a, &lda, x, &incx, &beta, y, &incy)
+        dgemv(&trans, &m, &n, &alpha, <double*>a, &lda, <double*>x, &incx, &beta, y, &incy)

@@ -174,10 +174,11 @@ cdef void _epilogue(floating* out, int channels, int positions, int width_t,
                       0, 1, width_t, bias + channel if bias != NULL else NULL, activate, slope)
 
 
-def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
+def conv2d_forward_into(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                         floating[:, :, :, ::1] out, tuple stride, tuple padding,
                         tuple dilation, int groups, int tile, int num_threads,
-                        floating[::1] bias=None, floating[:, :, :, ::1] residual=None,
+                        const floating[::1] bias=None,
+                        const floating[:, :, :, ::1] residual=None,
                         bint activate=False, double slope=0.0):
     """out[n] = act(conv(x[n], weight) + bias + residual[n]) for every image.
 
@@ -228,7 +229,8 @@ def conv2d_forward_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] weight,
             free(cols)
 
 
-def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
+def conv2d_grad_weight_into(const floating[:, :, :, ::1] x,
+                            const floating[:, :, :, ::1] grad_out,
                             floating[:, :, :, ::1] partial, tuple weight_shape, tuple stride,
                             tuple padding, tuple dilation, int groups, int tile,
                             int num_threads):
@@ -272,8 +274,8 @@ def conv2d_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] gra
             free(cols)
 
 
-cdef void _grad_input_by_channels(floating[:, :, :, ::1] grad_out,
-                                  floating[:, :, :, ::1] weight,
+cdef void _grad_input_by_channels(const floating[:, :, :, ::1] grad_out,
+                                  const floating[:, :, :, ::1] weight,
                                   floating[:, :, :, ::1] grad_input, Geometry g, int groups,
                                   int tile, int tiles, int num_threads) noexcept nogil:
     """grad_input for fewer images than threads: each thread owns a slice of the input
@@ -311,7 +313,8 @@ cdef void _grad_input_by_channels(floating[:, :, :, ::1] grad_out,
         free(cols)
 
 
-def conv2d_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] weight,
+def conv2d_grad_input_into(const floating[:, :, :, ::1] grad_out,
+                           const floating[:, :, :, ::1] weight,
                            floating[:, :, :, ::1] grad_input, tuple stride, tuple padding,
                            tuple dilation, int groups, int tile, int num_threads):
     """grad_input = conv2d's adjoint applied to grad_out; ``grad_input`` must be zero on entry."""

@@ -97,7 +97,8 @@ cdef inline void _grad_taps(const floating* grad, Py_ssize_t grad_stride,
         _grad_double(grad, grad_stride, source, offsets, groups, length, sums)
 
 
-def direct_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
+def direct_grad_weight_into(const floating[:, :, :, ::1] x,
+                            const floating[:, :, :, ::1] grad_out,
                             floating[:, :, :, ::1] partial, int kernel_h, int kernel_w,
                             tuple padding, tuple stride, int num_threads,
                             bint with_bias=False):

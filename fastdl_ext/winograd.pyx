@@ -259,10 +259,10 @@ cdef void _adjoint_output(const floating* grad_out, Tiling s, int first, int uni
             t = t + s.tiles_x
 
 
-def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
+def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                           floating[:, :, :, ::1] out, tuple padding, int rows_per_block,
-                          int num_threads, floating[::1] bias=None,
-                          floating[:, :, :, ::1] residual=None, bint activate=False,
+                          int num_threads, const floating[::1] bias=None,
+                          const floating[:, :, :, ::1] residual=None, bint activate=False,
                           double slope=0.0):
     """out = act(conv3x3(x) + bias + residual), ``u`` the transformed weights (16, C_out, C_in).
 
@@ -302,7 +302,7 @@ def winograd_forward_into(floating[:, :, :, ::1] x, floating[:, ::1] u,
         free(v)
 
 
-def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u,
+def winograd_grad_input_into(const floating[:, :, :, ::1] grad_out, const floating[:, ::1] u,
                              floating[:, :, :, ::1] grad_input, tuple padding,
                              int rows_per_block, int num_threads):
     """grad_input += the adjoint of ``winograd_forward_into`` applied to ``grad_out``.
@@ -343,7 +343,8 @@ def winograd_grad_input_into(floating[:, :, :, ::1] grad_out, floating[:, ::1] u
             free(dv)
 
 
-def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] grad_out,
+def winograd_grad_weight_into(const floating[:, :, :, ::1] x,
+                              const floating[:, :, :, ::1] grad_out,
                               floating[:, :, ::1] partial, tuple padding,
                               int rows_per_block, int num_threads):
     """partial[thread, ξ] += Σ_tiles dM[ξ] V[ξ]ᵀ, the gradient of ``u``; zero on entry.
@@ -382,7 +383,7 @@ def winograd_grad_weight_into(floating[:, :, :, ::1] x, floating[:, :, :, ::1] g
         free(v)
 
 
-def transform_weight_into(floating[:, :, :, ::1] weight, floating[:, ::1] u):
+def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] u):
     """u[ξ, o*C_in + c] = (G g Gᵀ)[ξ] for each 3×3 filter g = weight[o, c].
 
     ``u`` is (16, plane) with plane ≥ C_out·C_in (rows padded apart, see the callers).
@@ -409,7 +410,8 @@ def transform_weight_into(floating[:, :, :, ::1] weight, floating[:, ::1] u):
                     u[4 * r + 3, column] = rows[r][2]
 
 
-def weight_from_transformed_into(floating[:, :, ::1] partial, floating[:, :, :, ::1] weight):
+def weight_from_transformed_into(const floating[:, :, ::1] partial,
+                                 floating[:, :, :, ::1] weight):
     """weight[o, c] = Gᵀ D G, D the 4×4 of Σ_t partial[t, ξ, o*C_in + c]: the transform's
     adjoint, summing the threads' parts on the way."""
     cdef int o, c, t, r, q, xi, column
