@@ -326,6 +326,27 @@ def test_assigning_data_of_a_new_shape_repacks_and_keeps_other_state(rng):
         optimizer.step()
 
 
+def test_a_repacked_parameter_starts_from_its_groups_initial_state():
+    from fastdl.optim import Adagrad
+    a = Tensor(np.zeros(2), requires_grad=True)
+    b = Tensor(np.zeros(3), requires_grad=True)
+    optimizer = Adagrad([{"params": [a]}, {"params": [b], "initial_accumulator_value": 1.0}],
+                        lr=1.0, initial_accumulator_value=0.5, eps=0.0)
+
+    def step():
+        optimizer.zero_grad()
+        (a.sum() + b.sum()).backward()              # gradient 1 everywhere
+        optimizer.step()
+    step()                                           # sum: a 0.5 + 1, b 1 + 1
+    assert_close(a, -np.full(2, 1 / np.sqrt(1.5)), rtol=1e-12)
+    assert_close(b, -np.full(3, 1 / np.sqrt(2.0)), rtol=1e-12)
+    a_before = a.numpy().copy()
+    b.data = np.zeros(4)                             # a new size: b's state starts afresh
+    step()
+    assert_close(a, a_before - 1 / np.sqrt(2.5), rtol=1e-12)
+    assert_close(b, -np.full(4, 1 / np.sqrt(2.0)), rtol=1e-12)
+
+
 def test_changing_the_dtype_after_building_the_optimizer(rng):
     model = nn.Linear(3, 2)
     optimizer = SGD(model.parameters(), lr=0.1)
@@ -364,3 +385,13 @@ def test_shuffle_without_a_seed_follows_manual_seed():
     fastdl.manual_seed(1)
     assert orders()[0] != first[0]
     assert sorted(first[0]) == list(range(50))
+
+
+def test_a_sampler_with_its_own_seed_keeps_it_when_the_loader_has_none():
+    from fastdl.distributed import DistributedSampler
+    data = TensorDataset(np.zeros((40, 1, 1, 1), np.float32), np.arange(40))
+    sampler = DistributedSampler(40, num_replicas=2, rank=1, seed=5)
+    fastdl.manual_seed(123)      # the shared seed, not this process's generator, decides
+    loader = DataLoader(data, 40, sampler=sampler)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in loader]),
+                                  sampler.indices(0, 5))

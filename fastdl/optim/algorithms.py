@@ -38,13 +38,13 @@ class Adagrad(Optimizer):
 
     state_slots = ("sum",)
     hyper_names = ("lr", "lr_decay", "weight_decay", "eps")
+    slot_initial = {"sum": "initial_accumulator_value"}   # per group, as torch
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps))
-        self.state_buffers["sum"].fill(initial_accumulator_value)
 
     def _validate(self, group):
         check_non_negative("lr", group["lr"], "learning rate")

@@ -48,6 +48,9 @@ class Optimizer:
 
     state_slots = ()
     hyper_names = ()
+    # slot name -> the group option holding a new parameter's initial value (zeros
+    # otherwise), e.g. Adagrad's {"sum": "initial_accumulator_value"}
+    slot_initial = {}
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
@@ -123,6 +126,7 @@ class Optimizer:
         self.flat_grads = _touched_zeros(total, dtype)
         slots = {name: _touched_zeros(total, dtype) for name in self.state_slots}
         steps = np.zeros(len(params), dtype=np.int64)
+        group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
         views = []
         for index, (p, start, size) in enumerate(zip(params, starts, sizes)):
             shape = p._data.shape
@@ -140,13 +144,15 @@ class Optimizer:
                 steps[index] = old[1]
                 for name, values in old[2].items():
                     slots[name][start:start + size] = values
+            else:
+                for name, option in self.slot_initial.items():
+                    slots[name][start:start + size] = self.param_groups[group_of[index]][option]
         self.state_buffers = slots
         self._packed, self._views = list(params), views
         self._starts, self._sizes = starts, np.array(sizes, dtype=np.int64)
         self._chunks = make_chunks(starts.tolist(), sizes)
         self._steps = steps
-        self._group_of = np.array([i for i, g in enumerate(self.param_groups)
-                                   for _ in g["params"]], dtype=np.int64)
+        self._group_of = np.array(group_of, dtype=np.int64)
 
     def _sync(self):
         """Re-pack when some parameter's ``.data`` no longer is its view of the flat buffer
@@ -163,9 +169,9 @@ class Optimizer:
     # -------------------------------------------------------------------- step
     def zero_grad(self, set_to_none=True):
         """Clear gradients: ``None`` (default, as torch) or zeros in the flat buffer."""
-        self._sync()
         for p in self.params:
             p.grad = None
+        self._sync()
         if not set_to_none:
             self.flat_grads.fill(0)
             for p in self.params:
@@ -242,6 +248,10 @@ class Optimizer:
         self._steps[:] = 0
         for name in self.state_slots:
             self.state_buffers[name].fill(0)
+        for name, option in self.slot_initial.items():   # parameters without saved state
+            for index, group in enumerate(self._group_of):
+                start, size = self._starts[index], self._sizes[index]
+                self.state_buffers[name][start:start + size] = self.param_groups[group][option]
         for key, entry in state_dict["state"].items():
             index = int(key)
             self._steps[index] = int(entry["step"])
