@@ -214,10 +214,13 @@ def _held(op, shapes, out, tensors, itemsize):
     held = size * itemsize
     if kind in ("conv2d", "conv_transpose2d", "linear"):
         weight = tensors[op["weights"]["weight"]]
-        # packed in blocks of up to 24 rows or columns (dense panels; the direct loops'
-        # blocks, flipped for a transposed conv) or as Winograd's 16 planes: at most
-        # twice the weights and 32 padded rows
-        held += (2 * weight.size + 32 * (weight.size // min(weight.shape[:2]))) * itemsize
+        # packed in blocks of up to 24 rows or columns (dense panels: padded, then
+        # transposed; the direct loops' blocks, of a transposed conv's flipped weights),
+        # for a direct 3x3 conv also as Winograd's 16 planes (made, packed and joined:
+        # 3 x 16/9 of the weights at once)
+        copies = 3 if kind == "linear" else 8
+        held += (copies * weight.size + 32 * (weight.size // min(weight.shape[:2]))) \
+            * itemsize
     if kind == "conv2d":
         _, channels, height, width = shapes[0]
         rows, cols = op["padding"]
