@@ -24,15 +24,8 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.in
 _SUPPORTED = {np.dtype(v) for v in _DTYPES.values()}
 
 
-def save_file(tensors, path, metadata=None):
-    """Write ``tensors`` (name → ndarray) and string ``metadata`` to ``path`` atomically.
-
-    Parameters
-    ----------
-    tensors : dict of str to ndarray
-        Arrays of the dtypes float64/32/16, int64/32/16/8, uint8 or bool.
-    path : str or os.PathLike
-    metadata : dict of str to str, optional
+def save_bytes(tensors, metadata=None):
+    """The safetensors encoding of ``tensors`` (name → ndarray) and string ``metadata``.
 
     Raises
     ------
@@ -51,7 +44,25 @@ def save_file(tensors, path, metadata=None):
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError("save_file: metadata must map str to str, got %r: %s"
                             % (key, type(value).__name__))
-    atomic_write_bytes(path, safetensors.numpy.save(arrays, metadata=metadata or None))
+    return safetensors.numpy.save(arrays, metadata=metadata or None)
+
+
+def save_file(tensors, path, metadata=None):
+    """Write ``tensors`` (name → ndarray) and string ``metadata`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    tensors : dict of str to ndarray
+        Arrays of the dtypes float64/32/16, int64/32/16/8, uint8 or bool.
+    path : str or os.PathLike
+    metadata : dict of str to str, optional
+
+    Raises
+    ------
+    TypeError
+        For a non-string name or metadata entry, or an unsupported dtype.
+    """
+    atomic_write_bytes(path, save_bytes(tensors, metadata))
 
 
 def _fail(path, reason):
@@ -125,6 +136,14 @@ def load_file(path, max_header_bytes=MAX_HEADER_BYTES):
     """
     with open(path, "rb") as f:
         raw = f.read()
+    return load_bytes(raw, path, max_header_bytes)
+
+
+def load_bytes(raw, path="<bytes>", max_header_bytes=MAX_HEADER_BYTES):
+    """Read safetensors bytes, validating every header field first (see :func:`load_file`).
+
+    ``path`` only names the source in error messages.
+    """
     header, data_start = _parse_header(path, raw, len(raw), max_header_bytes)
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(
