@@ -23,7 +23,7 @@ _ATTRIBUTES = {
 }
 _SUBMODULES = {"autograd", "bench", "data", "deploy", "detection", "distributed",
                "functional", "kernels", "models", "nn", "optim", "serialization", "shapes",
-               "testing", "train"}
+               "testing", "train", "utils"}
 
 
 def __getattr__(name):
