@@ -1,15 +1,5 @@
 """Shape arithmetic of convolutional networks."""
-import numbers
-
-
-def is_int(value):
-    """Whether ``value`` is an integer (Python or NumPy) and not a bool.
-
-    Python ints take a fast path: the ``numbers.Integral`` ABC check costs about
-    0.5 µs, and shape checks run it dozens of times per layer call.
-    """
-    return type(value) is int or (isinstance(value, numbers.Integral)
-                                  and not isinstance(value, bool))
+from fastdl._checks import is_int  # noqa: F401  (re-exported: callers still import it here)
 
 
 def conv_output_size(n, kernel, stride=1, padding=0, dilation=1):

@@ -1,6 +1,7 @@
 """Argument handling shared by the functional wrappers."""
 import numpy as np
 
+from fastdl._checks import check_reduction  # noqa: F401  (re-exported)
 from fastdl.autograd import Tensor
 
 
@@ -27,9 +28,3 @@ def check_float(op, name, value):
     if array.dtype not in (np.float32, np.float64):
         raise TypeError("%s: %s must be float32 or float64, got %s" % (op, name, array.dtype))
     return array
-
-
-def check_reduction(op, reduction):
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError("%s: reduction must be 'mean', 'sum' or 'none', got %r"
-                         % (op, reduction))
