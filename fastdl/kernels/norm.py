@@ -51,10 +51,12 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
   identical at any number of threads (torch's are not: pytorch#88718).
 """
 import math
-import numbers
 
 import numpy as np
 
+# is_int/is_real test plain types first: the checks run on every call, after kernels that
+# streamed megabytes through the caches, where the numbers ABCs are slow
+from fastdl._checks import is_int, is_real
 from fastdl.kernels._norm_loops import (_BLOCK, layer_norm_backward_kernel,
                                         layer_norm_forward_kernel, normalize_backward_kernel,
                                         normalize_forward_kernel)
@@ -98,16 +100,6 @@ class _Layout:
 
     def view(self, array):
         return array.reshape(self.n_outer, self.n_kept, self.run_length)
-
-
-# The checks below run on every call, after kernels that streamed megabytes through the
-# caches: plain type tests first, the numbers ABCs (slow when cold) only for other types.
-def _is_integer(value):
-    return type(value) is int or isinstance(value, (numbers.Integral, np.integer))
-
-
-def _is_real(value):
-    return type(value) is float or isinstance(value, numbers.Real)
 
 
 def _check_float_array(name, argument, array):
@@ -206,7 +198,7 @@ def _check_input(name, x, min_ndim, eps, layout_of):
     if x.ndim < min_ndim:
         raise ValueError("%s: input must be (N, C%s), got shape %s"
                          % (name, ", *spatial" if min_ndim > 2 else "[, *spatial]", x.shape))
-    if not _is_real(eps) or not eps >= 0:
+    if not is_real(eps) or not eps >= 0:
         raise ValueError("%s: eps must be a non-negative number, got %r" % (name, eps))
     return x, float(eps), layout_of(x.shape)
 
@@ -356,7 +348,7 @@ def batch_norm_backward(grad_out, x, mean, inv_std, weight, training, needs_grad
 # ---------------------------------------------------------------------------
 
 def _normalized_shape(name, x_shape, normalized_shape):
-    if _is_integer(normalized_shape):
+    if is_int(normalized_shape) or isinstance(normalized_shape, bool):  # torch: bools too
         normalized_shape = (normalized_shape,)
     try:
         normalized_shape = tuple(int(n) for n in normalized_shape)
@@ -432,7 +424,7 @@ def layer_norm_backward(grad_out, x, mean, inv_std, weight, normalized_shape,
 
 def _group_norm_layout(name, shape, num_groups):
     n_channels = shape[1]
-    if isinstance(num_groups, bool) or not _is_integer(num_groups):
+    if not is_int(num_groups):
         raise TypeError("%s: num_groups must be an int, got %r" % (name, num_groups))
     if num_groups < 1 or n_channels % num_groups != 0:
         raise ValueError("%s: num_channels (%d) must be divisible by num_groups (%d)"

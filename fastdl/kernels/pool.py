@@ -37,7 +37,7 @@ Design
 import numpy as np
 
 from fastdl import runtime
-from fastdl.shapes import is_int
+from fastdl._checks import is_int, pair
 from fastdl_ext import pool as _ext
 
 __all__ = [
@@ -64,16 +64,6 @@ def _loops():
 # ---------------------------------------------------------------------------
 # Argument handling (the public boundary)
 # ---------------------------------------------------------------------------
-
-def _pair(name, argument, value):
-    """Normalise an int or a 2-sequence of ints to a tuple of two Python ints."""
-    if is_int(value):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and is_int(value[0]) and is_int(
-            value[1]):
-        return int(value[0]), int(value[1])
-    raise TypeError("%s: %s must be an int or a pair of ints, got %r" % (name, argument, value))
-
 
 def pool2d_output_size(size, kernel, stride, padding, ceil_mode):
     """Output length of one pooled axis, with torch's ``ceil_mode`` rule.
@@ -140,11 +130,11 @@ def validate_pool2d_args(name, input_shape, kernel_size, stride=None, padding=0,
     if len(input_shape) not in (3, 4):
         raise ValueError("%s: input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape %s"
                          % (name, tuple(input_shape)))
-    kernel = _pair(name, "kernel_size", kernel_size)
+    kernel = pair(kernel_size, "kernel_size", name)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = kernel
-    stride = _pair(name, "stride", stride)
-    padding = _pair(name, "padding", padding)
+    stride = pair(stride, "stride", name)
+    padding = pair(padding, "padding", name)
     if min(kernel) <= 0:
         raise ValueError("%s: kernel_size must be positive, got %s" % (name, kernel))
     if min(stride) <= 0:
