@@ -1,12 +1,93 @@
-"""``Module``: the base of layers and models; ``Sequential`` and ``ModuleList``."""
-from collections import OrderedDict
+"""``Module``: the base of layers and models, with torch's registration rules.
+
+A Module files its Parameters, buffers and sub-modules in three ordered
+registries (``_parameters``, ``_buffers``, ``_modules``), as torch does:
+``__setattr__`` files a value by its type, ``__getattr__`` finds it there and
+``__delattr__`` removes it, so code that edits ``model._modules`` directly is
+seen by traversal, ``state_dict`` and the forward alike. Buffers are ndarrays
+(the layers' running statistics) or Tensors (as a user registers them).
+
+``state_dict`` names entries as torch does (``layer1.0.bn1.running_mean``:
+each module's parameters, then its persistent buffers, then its children's),
+so a torch checkpoint of the same architecture loads strictly.
+"""
+from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
 from fastdl.autograd import Tensor
 from fastdl.nn.parameter import Parameter
 
-__all__ = ["Module", "Sequential", "ModuleList"]
+__all__ = ["Module", "RemovableHandle"]
+
+
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What ``load_state_dict`` returns: the model's keys it did not find, and the others."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+class StateDictError(RuntimeError, KeyError, ValueError):
+    """``load_state_dict`` failed: missing or unexpected keys (strict) or a shape mismatch.
+
+    A RuntimeError as torch's; also a KeyError and a ValueError for older callers.
+    """
+
+    __str__ = RuntimeError.__str__   # KeyError's would quote the message
+
+
+class RemovableHandle:
+    """Returned by the ``register_*_hook`` methods; ``remove()`` unregisters the hook."""
+
+    _next_id = 0
+
+    def __init__(self, hooks):
+        self._hooks = hooks
+        self.id = RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+
+def _as_array(value):
+    """The ndarray behind a fastdl Tensor, a torch tensor (duck-typed) or an array-like."""
+    if isinstance(value, Tensor):
+        return value.data
+    if not isinstance(value, np.ndarray) and hasattr(value, "detach") and hasattr(value,
+                                                                                  "numpy"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _add_indent(text, spaces):
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return text
+    return lines[0] + "\n" + "\n".join(" " * spaces + line for line in lines[1:])
+
+
+def _check_name(kind, name):
+    if not isinstance(name, str):
+        raise TypeError("%s name should be a string, got %s" % (kind, type(name).__name__))
+    if "." in name:
+        raise KeyError('%s name can\'t contain ".", got: %s' % (kind, name))
+    if name == "":
+        raise KeyError('%s name can\'t be empty string ""' % kind)
 
 
 class Module:
@@ -15,142 +96,340 @@ class Module:
     Subclasses call ``super().__init__()`` first and define ``forward``.
     """
 
+    _version = 1
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent_buffers_set", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
     # ----------------------------------------------------------- registration
-    def __setattr__(self, name, value):
+    def _require_init(self, what):
         if "_parameters" not in self.__dict__:
-            raise AttributeError("%s: call Module.__init__() before assigning attributes"
-                                 % type(self).__name__)
-        if name in self._buffers and (value is None or isinstance(value, np.ndarray)):
-            self._buffers[name] = value
-        elif name in self._parameters and value is None:
+            raise AttributeError("cannot assign %s before Module.__init__() call" % what)
+
+    def _forget(self, name):
+        """Remove ``name`` from the instance dict and every registry."""
+        self.__dict__.pop(name, None)
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)
+        self._non_persistent_buffers_set.discard(name)
+
+    def __setattr__(self, name, value):
+        registries = self.__dict__
+        if isinstance(value, Parameter):
+            self._require_init("parameters")
+            self._forget(name)
+            self.register_parameter(name, value)
+        elif "_parameters" in registries and name in self._parameters:
+            if value is not None:
+                raise TypeError("cannot assign '%s' as parameter '%s' (fastdl.nn.Parameter "
+                                "or None expected)" % (type(value).__name__, name))
             self._parameters[name] = None
+        elif isinstance(value, Module):
+            self._require_init("module")
+            self._forget(name)
+            self._modules[name] = value
+        elif "_modules" in registries and name in self._modules:
+            if value is not None:
+                raise TypeError("cannot assign '%s' as child module '%s' (fastdl.nn.Module "
+                                "or None expected)" % (type(value).__name__, name))
+            self._modules[name] = None
+        elif "_buffers" in registries and name in self._buffers:
+            if value is not None and not isinstance(value, (Tensor, np.ndarray)):
+                raise TypeError("cannot assign '%s' as buffer '%s' (Tensor, ndarray or None "
+                                "expected)" % (type(value).__name__, name))
+            self._buffers[name] = value
         else:
-            for registry in (self._parameters, self._buffers, self._modules):
-                registry.pop(name, None)
-            if isinstance(value, Parameter):
-                self._parameters[name] = value
-            elif isinstance(value, Module):
-                self._modules[name] = value
-        object.__setattr__(self, name, value)
+            object.__setattr__(self, name, value)
 
-    def register_parameter(self, name, parameter):
-        """Register ``parameter`` (a Parameter or None) under ``name``."""
-        if parameter is not None and not isinstance(parameter, Parameter):
-            raise TypeError("register_parameter: %r must be a Parameter or None, got %s"
-                            % (name, type(parameter).__name__))
-        object.__setattr__(self, name, parameter)
-        self._parameters[name] = parameter
+    def __getattr__(self, name):
+        registries = self.__dict__
+        for registry in ("_parameters", "_buffers", "_modules"):
+            values = registries.get(registry)
+            if values is not None and name in values:
+                return values[name]
+        raise AttributeError("'%s' object has no attribute '%s'" % (type(self).__name__, name))
 
-    def register_buffer(self, name, array):
-        """Register a non-trainable ndarray (e.g. running statistics) saved in state_dict."""
-        if array is not None and not isinstance(array, np.ndarray):
-            raise TypeError("register_buffer: %r must be an ndarray or None" % name)
-        object.__setattr__(self, name, array)
-        self._buffers[name] = array
+    def __delattr__(self, name):
+        if name in self._parameters:
+            del self._parameters[name]
+        elif name in self._buffers:
+            del self._buffers[name]
+            self._non_persistent_buffers_set.discard(name)
+        elif name in self._modules:
+            del self._modules[name]
+        else:
+            object.__delattr__(self, name)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
+                      | set(self._modules))
+
+    def register_parameter(self, name, param):
+        """Register ``param`` (a Parameter or None) under ``name``.
+
+        Raises
+        ------
+        KeyError
+            ``name`` is empty, dotted, or already an attribute that is no parameter.
+        TypeError
+            ``param`` is neither a Parameter nor None.
+        """
+        self._require_init("parameters")
+        _check_name("parameter", name)
+        if name in self.__dict__ or hasattr(type(self), name) or name in self._buffers \
+                or name in self._modules:
+            raise KeyError("attribute '%s' already exists" % name)
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError("cannot assign '%s' object to parameter '%s' (fastdl.nn.Parameter "
+                            "or None required)" % (type(param).__name__, name))
+        if param is not None and not param.is_leaf:
+            raise ValueError("Cannot assign non-leaf Tensor to parameter '%s'" % name)
+        self._parameters[name] = param
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """Register a non-trainable Tensor or ndarray (e.g. running statistics).
+
+        Persistent buffers are saved in ``state_dict``; ``persistent=False`` ones are not.
+        """
+        if "_buffers" not in self.__dict__:
+            raise AttributeError("cannot assign buffer before Module.__init__() call")
+        _check_name("buffer", name)
+        if name in self.__dict__ or hasattr(type(self), name) or name in self._parameters \
+                or name in self._modules:
+            raise KeyError("attribute '%s' already exists" % name)
+        if tensor is not None and not isinstance(tensor, (Tensor, np.ndarray)):
+            raise TypeError("cannot assign '%s' object to buffer '%s' (Tensor, ndarray or None "
+                            "required)" % (type(tensor).__name__, name))
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent_buffers_set.discard(name)
+        else:
+            self._non_persistent_buffers_set.add(name)
 
     def _set_buffer(self, name, array):
-        object.__setattr__(self, name, array)
         self._buffers[name] = array
 
     def add_module(self, name, module):
-        """Register ``module`` as a child called ``name``."""
-        setattr(self, name, module)
+        """Register ``module`` (a Module or None) as a child called ``name``."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError("%s is not a Module subclass" % type(module).__name__)
+        _check_name("module", name)
+        if (name in self.__dict__ or hasattr(type(self), name)) and name not in self._modules:
+            raise KeyError("attribute '%s' already exists" % name)
+        self._modules[name] = module
+
+    register_module = add_module
+
+    def _get_by_path(self, target, kind):
+        module = self
+        parts = target.split(".") if target else []
+        for index, part in enumerate(parts):
+            if not hasattr(module, part):
+                raise AttributeError("%s has no attribute `%s`" % (module._get_name(), part))
+            value = getattr(module, part)
+            if index < len(parts) - (kind != "module") and not isinstance(value, Module):
+                raise AttributeError("`%s` is not an nn.Module" % part)
+            module = value
+        return module
+
+    def get_submodule(self, target):
+        """The sub-module at dotted path ``target`` (``''``: self); AttributeError if none."""
+        return self._get_by_path(target, "module")
+
+    def get_parameter(self, target):
+        """The Parameter at dotted path ``target`` (``'layer1.0.conv1.weight'``)."""
+        module_path, _, name = target.rpartition(".")
+        module = self.get_submodule(module_path)
+        if name not in module._parameters:
+            raise AttributeError("`%s` is not an nn.Parameter" % name)
+        return module._parameters[name]
+
+    def get_buffer(self, target):
+        """The buffer at dotted path ``target`` (``'bn1.running_mean'``)."""
+        module_path, _, name = target.rpartition(".")
+        module = self.get_submodule(module_path)
+        if name not in module._buffers:
+            raise AttributeError("`%s` is not a buffer" % name)
+        return module._buffers[name]
 
     # -------------------------------------------------------------- traversal
-    def named_modules(self, prefix=""):
-        """Yield ``(dotted name, module)`` for self and every descendant."""
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """Yield ``(dotted name, module)`` for self and every descendant, each once."""
+        if memo is None:
+            memo = set()
+        if id(self) in memo:
+            return
+        if remove_duplicate:
+            memo.add(id(self))
         yield prefix, self
         for name, module in self._modules.items():
             if module is not None:
-                yield from module.named_modules(prefix + ("." if prefix else "") + name)
+                yield from module.named_modules(memo, prefix + ("." if prefix else "") + name,
+                                                remove_duplicate)
 
     def modules(self):
         for _, module in self.named_modules():
             yield module
 
     def named_children(self):
+        seen = set()
         for name, module in self._modules.items():
-            if module is not None:
+            if module is not None and id(module) not in seen:
+                seen.add(id(module))
                 yield name, module
 
     def children(self):
         for _, module in self.named_children():
             yield module
 
-    def named_parameters(self, prefix=""):
-        """Yield ``(dotted name, Parameter)``, each parameter once."""
+    def _named_members(self, registry, prefix, recurse, remove_duplicate):
+        modules = (self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+                   if recurse else [(prefix, self)])
         seen = set()
-        for module_name, module in self.named_modules(prefix):
-            for name, parameter in module._parameters.items():
-                if parameter is not None and id(parameter) not in seen:
-                    seen.add(id(parameter))
-                    yield module_name + ("." if module_name else "") + name, parameter
+        for module_name, module in modules:
+            for name, value in getattr(module, registry).items():
+                if value is None or (remove_duplicate and id(value) in seen):
+                    continue
+                seen.add(id(value))
+                yield module_name + ("." if module_name else "") + name, value
 
-    def parameters(self):
-        for _, parameter in self.named_parameters():
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """Yield ``(dotted name, Parameter)``, a shared parameter once."""
+        return self._named_members("_parameters", prefix, recurse, remove_duplicate)
+
+    def parameters(self, recurse=True):
+        for _, parameter in self.named_parameters(recurse=recurse):
             yield parameter
 
-    def named_buffers(self, prefix=""):
-        for module_name, module in self.named_modules(prefix):
-            for name, buffer in module._buffers.items():
-                if buffer is not None:
-                    yield module_name + ("." if module_name else "") + name, buffer
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        """Yield ``(dotted name, buffer)`` (persistent or not)."""
+        return self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
-    def buffers(self):
-        for _, buffer in self.named_buffers():
+    def buffers(self, recurse=True):
+        for _, buffer in self.named_buffers(recurse=recurse):
             yield buffer
 
     # ------------------------------------------------------------------ state
-    def state_dict(self):
-        """Parameters and buffers by dotted name, as ndarrays (shared, not copied)."""
-        state = OrderedDict()
-        for name, parameter in self.named_parameters():
-            state[name] = parameter.data
-        for name, buffer in self.named_buffers():
-            state[name] = buffer
-        return state
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for name, parameter in self._parameters.items():
+            if parameter is not None:
+                destination[prefix + name] = parameter if keep_vars else parameter.data
+        for name, buffer in self._buffers.items():
+            if buffer is not None and name not in self._non_persistent_buffers_set:
+                destination[prefix + name] = (buffer if keep_vars or isinstance(buffer, np.ndarray)
+                                              else buffer.data)
 
-    def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays from ``state_dict`` into this module's parameters and buffers in place.
+    def state_dict(self, *, destination=None, prefix="", keep_vars=False):
+        """Parameters and persistent buffers by dotted name, as ndarrays (shared, not copied).
+
+        Order and names as torch's: a module's parameters, its buffers, then each
+        child's entries under ``child_name.``. A shared parameter appears under
+        every name. ``keep_vars=True`` gives the Parameters themselves.
+        """
+        if destination is None:
+            destination = OrderedDict()
+        self._save_to_state_dict(destination, prefix, keep_vars)
+        for name, module in self._modules.items():
+            if module is not None:
+                module.state_dict(destination=destination, prefix=prefix + name + ".",
+                                  keep_vars=keep_vars)
+        return destination
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Copy this module's own entries (under ``prefix``) from ``state_dict`` in place.
+
+        Signature as torch's, so a subclass can override it the same way.
+        """
+        persistent = [(name, value) for name, value in self._buffers.items()
+                      if name not in self._non_persistent_buffers_set]
+        for name, target in list(self._parameters.items()) + persistent:
+            key = prefix + name
+            if target is None:
+                continue
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            source = _as_array(state_dict[key])
+            destination = target.data if isinstance(target, Tensor) else target
+            if destination.ndim == 0 and source.shape == (1,):
+                source = source.reshape(())   # torch's allowance for old 0-d checkpoints
+            if source.shape != destination.shape:
+                error_msgs.append("size mismatch for %s: copying a param with shape %s from "
+                                  "checkpoint, the shape in current model is %s."
+                                  % (key, tuple(source.shape), tuple(destination.shape)))
+                continue
+            if local_metadata.get("assign") and isinstance(target, Parameter):
+                target.data = np.array(source, dtype=destination.dtype)
+            else:
+                np.copyto(destination, source, casting="unsafe")
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Copy ``state_dict``'s arrays (ndarrays, fastdl or torch tensors) into this module.
+
+        Returns
+        -------
+        namedtuple ``(missing_keys, unexpected_keys)``
 
         Raises
         ------
-        KeyError
-            With ``strict``: lists the missing and unexpected keys.
-        ValueError
-            A key whose shape differs, naming the key and both shapes.
+        StateDictError
+            (a RuntimeError, as torch's) listing every shape mismatch and, with
+            ``strict``, the missing and unexpected keys; entries that match are
+            copied first, as torch does.
+        TypeError
+            ``state_dict`` is not a mapping.
         """
-        own = self.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        if strict and (missing or unexpected):
-            raise KeyError("load_state_dict: missing keys %s, unexpected keys %s"
-                           % (missing, unexpected))
-        for name, target in own.items():
-            if name not in state_dict:
-                continue
-            source = np.asarray(state_dict[name].data if isinstance(state_dict[name], Tensor)
-                                else state_dict[name])
-            if source.shape != target.shape:
-                raise ValueError("load_state_dict: %r has shape %s in the checkpoint but %s in "
-                                 "the model" % (name, source.shape, target.shape))
-            np.copyto(target, source.astype(target.dtype, copy=False))
-        return missing, unexpected
+        if not isinstance(state_dict, Mapping):
+            raise TypeError("Expected state_dict to be dict-like, got %s."
+                            % type(state_dict).__name__)
+        state_dict = OrderedDict(state_dict)   # a module may add defaults (BatchNorm)
+        missing, unexpected, errors = [], [], []
+        expected = set(self.state_dict(keep_vars=True))
+        for prefix, module in self._prefixed_modules():
+            module._load_from_state_dict(state_dict, prefix, {"assign": assign}, strict,
+                                         missing, unexpected, errors)
+        unexpected.extend(key for key in state_dict if key not in expected)
+        if strict:
+            if unexpected:
+                errors.insert(0, "Unexpected key(s) in state_dict: %s. "
+                              % ", ".join('"%s"' % k for k in unexpected))
+            if missing:
+                errors.insert(0, "Missing key(s) in state_dict: %s. "
+                              % ", ".join('"%s"' % k for k in missing))
+        if errors:
+            raise StateDictError("Error(s) in loading state_dict for %s:\n\t%s"
+                                 % (self._get_name(), "\n\t".join(errors)))
+        return _IncompatibleKeys(missing, unexpected)
+
+    def _prefixed_modules(self):
+        """``(prefix, module)`` for self and every descendant, shared ones under each name."""
+        stack = [("", self)]
+        while stack:
+            prefix, module = stack.pop()
+            yield prefix, module
+            children = [(prefix + name + ".", child) for name, child in module._modules.items()
+                        if child is not None]
+            stack.extend(reversed(children))
 
     # ------------------------------------------------------------------ modes
     def train(self, mode=True):
-        """Set training mode (True) or evaluation mode (False) recursively."""
-        for module in self.modules():
-            object.__setattr__(module, "training", bool(mode))
+        """Set training mode (True) or evaluation mode (False), self and children."""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        for module in self.children():
+            module.train(mode)
         return self
 
     def eval(self):
+        """Evaluation mode: ``train(False)``."""
         return self.train(False)
 
     def zero_grad(self, set_to_none=True):
@@ -165,6 +444,13 @@ class Module:
         """Freeze (False) or unfreeze every parameter."""
         for parameter in self.parameters():
             parameter.requires_grad_(requires_grad)
+        return self
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every descendant and then self; returns self."""
+        for module in self.children():
+            module.apply(fn)
+        fn(self)
         return self
 
     def _cast(self, dtype):
@@ -185,19 +471,64 @@ class Module:
         """Cast floating parameters and buffers to float64."""
         return self._cast(np.float64)
 
-    def apply(self, function):
-        """Call ``function(module)`` on every descendant and self (children first)."""
-        for module in self.children():
-            module.apply(function)
-        function(self)
-        return self
-
     # ------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
-        raise NotImplementedError("%s must define forward" % type(self).__name__)  # abstract
+        raise NotImplementedError("Module [%s] is missing the required \"forward\" function"
+                                  % type(self).__name__)  # abstract
 
     def __call__(self, *args, **kwargs):
+        if self._forward_pre_hooks or self._forward_hooks:
+            return self._call_with_hooks(args, kwargs)
         return self.forward(*args, **kwargs)
+
+    def _call_with_hooks(self, args, kwargs):
+        for hook, with_kwargs in tuple(self._forward_pre_hooks.values()):
+            if with_kwargs:
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+                continue
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        output = self.forward(*args, **kwargs)
+        for hook, with_kwargs in tuple(self._forward_hooks.values()):
+            result = hook(self, args, kwargs, output) if with_kwargs else hook(self, args,
+                                                                                output)
+            if result is not None:
+                output = result
+        return output
+
+    def _add_hook(self, hooks, hook, prepend, with_kwargs):
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = (hook, bool(with_kwargs))
+        if prepend:
+            hooks.move_to_end(handle.id, last=False)
+        return handle
+
+    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """Call ``hook(module, args)`` before each forward; a non-None result replaces
+        ``args`` (a single value is wrapped in a tuple). With ``with_kwargs`` it is
+        ``hook(module, args, kwargs) -> None or (args, kwargs)``.
+
+        Returns
+        -------
+        RemovableHandle
+        """
+        return self._add_hook(self._forward_pre_hooks, hook, prepend, with_kwargs)
+
+    def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """Call ``hook(module, args, output)`` (``with_kwargs``: ``hook(module, args,
+        kwargs, output)``) after each forward; a non-None result replaces the output.
+
+        Returns
+        -------
+        RemovableHandle
+        """
+        return self._add_hook(self._forward_hooks, hook, prepend, with_kwargs)
+
+    def _has_hooks(self):
+        return bool(self._forward_pre_hooks or self._forward_hooks)
 
     def _forward_then_relu(self):
         """A callable computing ``relu(self(x))`` in one pass, or None (the default).
@@ -206,89 +537,28 @@ class Module:
         """
         return None
 
+    # ------------------------------------------------------------------- repr
+    def _get_name(self):
+        return type(self).__name__
+
     def extra_repr(self):
+        """The layer's settings, shown inside its ``repr`` (override in layers)."""
         return ""
 
     def __repr__(self):
-        lines = []
-        for name, module in self._modules.items():
-            child = repr(module).replace("\n", "\n  ")
-            lines.append("(%s): %s" % (name, child))
-        head = type(self).__name__ + "(" + self.extra_repr()
-        if not lines:
-            return head + ")"
-        return head + "\n  " + "\n  ".join(lines) + "\n)"
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = ["(%s): %s" % (name, _add_indent(repr(module), 2))
+                       for name, module in self._modules.items()]
+        lines = extra_lines + child_lines
+        text = self._get_name() + "("
+        if lines:
+            if len(extra_lines) == 1 and not child_lines:
+                text += extra_lines[0]
+            else:
+                text += "\n  " + "\n  ".join(lines) + "\n"
+        return text + ")"
 
 
-class Sequential(Module):
-    """Modules applied in order; indexable and iterable."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
-            modules = modules[0].items()
-        else:
-            modules = ((str(i), m) for i, m in enumerate(modules))
-        for name, module in modules:
-            if not isinstance(module, Module):
-                raise TypeError("Sequential: %s is not a Module" % type(module).__name__)
-            self.add_module(name, module)
-
-    def forward(self, x):
-        modules = tuple(self._modules.values())
-        index = 0
-        while index < len(modules):
-            module = modules[index]
-            # a layer that can run a following ReLU in its own epilogue does (same
-            # values and gradients, one pass over the output fewer)
-            if index + 1 < len(modules) and getattr(modules[index + 1], "_plain_relu", False):
-                fused = module._forward_then_relu()
-                if fused is not None:
-                    x = fused(x)
-                    index += 2
-                    continue
-            x = module(x)
-            index += 1
-        return x
-
-    def __getitem__(self, index):
-        values = list(self._modules.values())
-        if isinstance(index, slice):
-            return Sequential(*values[index])
-        return values[index]
-
-    def __setitem__(self, index, module):
-        name = list(self._modules)[index]
-        setattr(self, name, module)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
-
-class ModuleList(Module):
-    """A list of registered modules."""
-
-    def __init__(self, modules=()):
-        super().__init__()
-        for module in modules:
-            self.append(module)
-
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
-    def __getitem__(self, index):
-        return list(self._modules.values())[index]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
+# the containers were defined here first; kept importable from this module
+from fastdl.nn.container import ModuleList, Sequential  # noqa: E402,F401
