@@ -34,6 +34,28 @@ def conv_output_size(n, kernel, stride=1, padding=0, dilation=1):
     return (n + 2 * padding - span) // stride + 1
 
 
+def conv_transpose_output_size(n, kernel, stride=1, padding=0, output_padding=0, dilation=1):
+    """Output length of a transposed convolution along one axis.
+
+    ``(n - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1``: the
+    input length of the convolution whose gradient it is, ``output_padding`` choosing
+    among the lengths that convolution maps to ``n``.
+
+    Plain arithmetic on checked ints (``F.conv_transpose2d`` and the plan loader check
+    the arguments): unlike :func:`conv_output_size` it raises nothing, and a padding
+    wider than the kernel's span gives a length below 1.
+
+    Parameters
+    ----------
+    n, kernel, stride, padding, output_padding, dilation : int
+
+    Returns
+    -------
+    int
+    """
+    return (n - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
 def _window_layers(model):
     """(kernel, stride, dilation) of each conv/pool layer along the main path, in order."""
     from fastdl.nn import AvgPool2d, BasicBlock, Conv2d, MaxPool2d

@@ -14,9 +14,10 @@ output ``(N, C_out, OH, OW)`` with
 import numpy as np
 
 from fastdl import runtime
+from fastdl._checks import is_int, pair
 from fastdl.kernels import direct, winograd
 from fastdl.kernels._runner import fused_runner
-from fastdl.shapes import conv_output_size, is_int
+from fastdl.shapes import conv_output_size, conv_transpose_output_size
 from fastdl_ext import conv as _ext
 
 __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
@@ -36,16 +37,6 @@ _WORK_PER_THREAD = 1_000_000
 
 def _threads_for(multiply_adds):
     return max(1, min(runtime.get_num_threads(), multiply_adds // _WORK_PER_THREAD))
-
-
-def pair(value, name, op="conv2d"):
-    """``value`` as a pair of ints (``3`` → ``(3, 3)``), with a clear error otherwise."""
-    if is_int(value):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and is_int(value[0]) and is_int(
-            value[1]):
-        return int(value[0]), int(value[1])
-    raise TypeError("%s: %s must be an int or a pair of ints, got %r" % (op, name, value))
 
 
 def _tile_size(k, positions, itemsize, n_images, threads):
@@ -317,10 +308,10 @@ def conv2d_grad_bias(grad_out):
 def _transposed_output_shape(x_shape, weight_shape, stride, padding, output_padding, groups,
                              dilation):
     n, _, height, width = x_shape
-    out_h = ((height - 1) * stride[0] - 2 * padding[0] + dilation[0] * (weight_shape[2] - 1)
-             + output_padding[0] + 1)
-    out_w = ((width - 1) * stride[1] - 2 * padding[1] + dilation[1] * (weight_shape[3] - 1)
-             + output_padding[1] + 1)
+    out_h = conv_transpose_output_size(height, weight_shape[2], stride[0], padding[0],
+                                       output_padding[0], dilation[0])
+    out_w = conv_transpose_output_size(width, weight_shape[3], stride[1], padding[1],
+                                       output_padding[1], dilation[1])
     return n, weight_shape[1] * groups, out_h, out_w
 
 
