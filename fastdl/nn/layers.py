@@ -2,7 +2,7 @@
 import numpy as np
 
 from fastdl import functional as F
-from fastdl.kernels.conv import pair
+from fastdl._checks import pair
 from fastdl.nn import init
 from fastdl.nn._checks import positive_int
 from fastdl.nn.module import Module
