@@ -9,8 +9,7 @@ import pytest
 import fastdl
 from fastdl import nn
 from fastdl.data import make_shapes
-from fastdl.models import FPN, fcn, resnet_fpn
-from fastdl.shapes import receptive_field
+from fastdl.models import FPN, fcn, receptive_field, resnet_fpn
 from fastdl.testing import gradcheck
 
 

@@ -89,6 +89,6 @@ def test_models_match_torch_when_available(rng):
 
 
 def test_receptive_field_of_lenet():
-    from fastdl.shapes import receptive_field
+    from fastdl.models import receptive_field
     # conv5 (+4), pool2 (+1), conv5 (+4*2), pool2 (+1*2): 1 + 4 + 1 + 8 + 2 = 16
     assert receptive_field(lenet5(), 28)[-1] == 16

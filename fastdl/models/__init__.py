@@ -1,7 +1,8 @@
 """The model zoo."""
 from fastdl.models.fcn import FCN, FPN, ResNetFPN, fcn, resnet_fpn
 from fastdl.models.lenet import lenet5
+from fastdl.models.receptive import receptive_field
 from fastdl.models.resnet import ResNet, resnet8, resnet20
 
 __all__ = ["FCN", "FPN", "ResNet", "ResNetFPN", "fcn", "lenet5", "resnet8", "resnet20",
-           "resnet_fpn"]
+           "receptive_field", "resnet_fpn"]
