@@ -10,16 +10,17 @@ from fastdl.data import (ClassBalancedSampler, DataLoader, Normalize, RandomCrop
 def test_loader_batches_cover_the_epoch_and_are_reproducible(rng):
     data = TensorDataset(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1), np.arange(10))
     loader = DataLoader(data, 4, shuffle=True, seed=3)
-    epoch0 = [y for _, y in loader]
+    epoch0 = [y.numpy() for _, y in loader]
     assert [len(y) for y in epoch0] == [4, 4, 2]
     assert sorted(np.concatenate(epoch0).tolist()) == list(range(10))
     loader.set_epoch(0)
-    np.testing.assert_array_equal(np.concatenate([y for _, y in loader]),
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in loader]),
                                   np.concatenate(epoch0))
-    assert not np.array_equal(np.concatenate([y for _, y in loader]), np.concatenate(epoch0))
+    assert not np.array_equal(np.concatenate([y.numpy() for _, y in loader]),
+                              np.concatenate(epoch0))
     assert len(DataLoader(data, 4, drop_last=True)) == 2
     x, _ = next(iter(loader))
-    assert x.dtype == np.float32 and x.flags.c_contiguous
+    assert x.dtype == np.float32 and x.numpy().flags.c_contiguous
 
 
 def test_samplers(rng):

@@ -148,6 +148,7 @@ class Trainer:
         bar = tqdm(train_loader, desc="epoch %d/%d" % (epoch + 1, epochs),
                    disable=not show, leave=False, unit="batch")
         for x, y in bar:
+            x, y = _unwrap(x), _unwrap(y)
             loss, output = self._train_batch(x, y)
             if scores is None:
                 scores = self._scores(output, y)
@@ -235,6 +236,7 @@ class Trainer:
         try:
             with autograd.no_grad():
                 for x, y in loader:
+                    x, y = _unwrap(x), _unwrap(y)
                     output = self.model(autograd.Tensor(x))
                     loss = self.loss_fn(output, y).item()
                     if scores is None:
@@ -272,6 +274,11 @@ def _process_group(distributed):
                       "alone on its own data (pass distributed=True, or None, to average "
                       "gradients over the ranks)", RuntimeWarning, stacklevel=3)
     return None
+
+
+def _unwrap(batch):
+    """A loader's Tensor as its ndarray (the metrics and the task inference read arrays)."""
+    return batch.data if isinstance(batch, autograd.Tensor) else batch
 
 
 def predict_logits(model, x, batch_size=256):
