@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from fastdl.bench.suites import _rng, _torch, _torch_lenet5, _torch_resnet
+from fastdl.bench.baselines import import_torch, rng, torch_lenet5, torch_resnet
 
 # name: (input shape without the batch, label)
 MODELS = {"lenet5": ((1, 28, 28), "LeNet-5"), "resnet20": ((3, 32, 32), "ResNet-20")}
@@ -22,14 +22,14 @@ CASES = [("lenet5", 1), ("lenet5", 64), ("resnet20", 1)]
 
 
 def _torch_model(name):
-    torch = _torch()
-    model = _torch_lenet5(torch) if name == "lenet5" else _torch_resnet(torch, 3)
+    torch = import_torch()
+    model = torch_lenet5(torch) if name == "lenet5" else torch_resnet(torch, 3)
     return model.eval()
 
 
 def export_onnx(name, batch, path):
     """Write torch's ``name`` network for inputs of ``batch`` images to ``path`` (ONNX)."""
-    torch = _torch()
+    torch = import_torch()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(_torch_model(name), torch.zeros((batch,) + MODELS[name][0]), path,
@@ -45,12 +45,12 @@ def _case(name, batch):
         fastdl.manual_seed(0)
         model = getattr(models, name)()
         model.eval()
-        x = _rng().standard_normal(shape, dtype=np.float32)
+        x = rng().standard_normal(shape, dtype=np.float32)
         plan = deploy.compile(model, x)
         return lambda: plan(x)
 
     def make_torch():
-        torch = _torch()
+        torch = import_torch()
         model = _torch_model(name)
         x = torch.randn(shape)
 
@@ -76,7 +76,7 @@ def _case(name, batch):
                                                    providers=["CPUExecutionProvider"])
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-        x = _rng().standard_normal(shape, dtype=np.float32)
+        x = rng().standard_normal(shape, dtype=np.float32)
         return lambda: session.run(None, {"x": x})
     label = "%s inference b%d" % (MODELS[name][1], batch)
     return label, None, "", make_fastdl, make_torch, make_onnxruntime

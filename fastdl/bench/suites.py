@@ -8,15 +8,7 @@ inference). ``work`` is FLOPs (unit ``GFLOP/s``) or bytes moved
 """
 import numpy as np
 
-
-def _rng():
-    return np.random.default_rng(0)
-
-
-def _torch():
-    import torch
-    return torch
-
+from fastdl.bench.baselines import import_torch, rng, torch_lenet5, torch_resnet
 
 # ------------------------------------------------------------------ convolution
 CONV_SHAPES = [  # N, C_in, H, C_out, k, stride, padding
@@ -31,8 +23,8 @@ def _conv_case(shape):
 
     def make_fastdl():
         from fastdl.kernels import conv
-        x = _rng().standard_normal((n, c, h, h), dtype=np.float32)
-        w = _rng().standard_normal((c_out, c, k, k), dtype=np.float32)
+        x = rng().standard_normal((n, c, h, h), dtype=np.float32)
+        w = rng().standard_normal((c_out, c, k, k), dtype=np.float32)
         g = np.ones((n, c_out, out, out), np.float32)
 
         def step():
@@ -42,7 +34,7 @@ def _conv_case(shape):
         return step
 
     def make_torch():
-        torch = _torch()
+        torch = import_torch()
         x = torch.randn(n, c, h, h, requires_grad=True)
         w = torch.randn(c_out, c, k, k, requires_grad=True)
 
@@ -60,7 +52,7 @@ def _pool_case():
 
     def make_fastdl():
         from fastdl.kernels import pool
-        x = _rng().standard_normal(shape, dtype=np.float32)
+        x = rng().standard_normal(shape, dtype=np.float32)
         g = np.ones((32, 64, 16, 16), np.float32)
 
         def step():
@@ -69,7 +61,7 @@ def _pool_case():
         return step
 
     def make_torch():
-        torch = _torch()
+        torch = import_torch()
         x = torch.randn(*shape, requires_grad=True)
         return lambda: torch.nn.functional.max_pool2d(x, 2).sum().backward()
     return "max_pool2d 2x2 N32 C64 32^2 fwd+bwd", moved, "GB/s", make_fastdl, make_torch
@@ -81,7 +73,7 @@ def _norm_case(kind):
 
     def make_fastdl():
         from fastdl.kernels import norm
-        x = _rng().standard_normal(shape, dtype=np.float32)
+        x = rng().standard_normal(shape, dtype=np.float32)
         g = np.ones(shape, np.float32)
         channels = shape[1] if kind != "layer" else 768
         w, b = np.ones(channels, np.float32), np.zeros(channels, np.float32)
@@ -103,7 +95,7 @@ def _norm_case(kind):
         return step
 
     def make_torch():
-        torch = _torch()
+        torch = import_torch()
         functional = torch.nn.functional
         x = torch.randn(*shape, requires_grad=True)
         channels = shape[1]
@@ -130,7 +122,7 @@ def _optimizer_case(kind):
 
     def make_fastdl():
         from fastdl import nn, optim
-        params = [nn.Parameter(_rng().standard_normal(n, dtype=np.float32)) for n in sizes]
+        params = [nn.Parameter(rng().standard_normal(n, dtype=np.float32)) for n in sizes]
         options = {"sgd": dict(lr=0.01, momentum=0.9)}.get(kind, dict(lr=0.01))
         optimizer = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
                      "rmsprop": optim.RMSprop, "adagrad": optim.Adagrad}[kind](params,
@@ -140,7 +132,7 @@ def _optimizer_case(kind):
         return optimizer.step
 
     def make_torch():
-        torch = _torch()
+        torch = import_torch()
         params = [torch.randn(n, requires_grad=True) for n in sizes]
         for p in params:
             p.grad = torch.ones_like(p)
@@ -167,8 +159,8 @@ def _train_case(model_name, batch, size, channels):
         model = models.lenet5() if model_name == "lenet5" else models.resnet8()
         optimizer = (optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
                      if model_name == "lenet5" else optim.Adam(model.parameters()))
-        x = _rng().standard_normal((batch, channels, size, size), dtype=np.float32)
-        y = _rng().integers(0, 10, batch)
+        x = rng().standard_normal((batch, channels, size, size), dtype=np.float32)
+        y = rng().integers(0, 10, batch)
 
         def step():
             optimizer.zero_grad()
@@ -177,13 +169,13 @@ def _train_case(model_name, batch, size, channels):
         return step
 
     def make_torch():
-        torch = _torch()
+        torch = import_torch()
         nn = torch.nn
         if model_name == "lenet5":
-            model = _torch_lenet5(torch)
+            model = torch_lenet5(torch)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         else:
-            model = _torch_resnet(torch)
+            model = torch_resnet(torch)
             optimizer = torch.optim.Adam(model.parameters())
         x = torch.randn(batch, channels, size, size)
         y = torch.randint(0, 10, (batch,))
@@ -196,43 +188,6 @@ def _train_case(model_name, batch, size, channels):
     name = "%s train step b%d %d^2" % ("LeNet-5" if model_name == "lenet5" else "ResNet-8",
                                         batch, size)
     return name, None, "", make_fastdl, make_torch
-
-
-def _torch_lenet5(torch):
-    nn = torch.nn
-    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(400, 120), nn.ReLU(),
-                         nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-
-
-def _torch_resnet(torch, blocks_per_stage=1):
-    """ResNet-8 (one block per stage) or ResNet-20 (three), as ``fastdl.models`` builds."""
-    nn = torch.nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.shortcut = nn.Sequential()
-            if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                              nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            out = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-    blocks, channels = [], 16
-    for width, stride in ((16, 1), (32, 2), (64, 2)):
-        for index in range(blocks_per_stage):
-            blocks.append(Block(channels, width, stride if index == 0 else 1))
-            channels = width
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
-                         nn.ReLU(), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(64, 10))
 
 
 def _autograd_case():
@@ -248,7 +203,7 @@ def _autograd_case():
         return step
 
     def make_torch():
-        torch = _torch()
+        torch = import_torch()
         x = torch.ones(1, requires_grad=True)
 
         def step():
