@@ -121,7 +121,7 @@ def launched_by_mpi():
     return any(marker in os.environ for marker in _MPI_ENV_MARKERS)
 
 
-def _launcher_world_size():
+def launcher_world_size():
     """``(size, variable)`` from the launcher's environment.
 
     ``size`` is None when no launcher variable is set, and 0 when a launcher
@@ -145,7 +145,7 @@ def _implicit_group():
     ranks (or an unknown number): join MPI now, as ``init()`` would, because
     the ranks would otherwise each train alone without a word.
     """
-    size, variable = _launcher_world_size()
+    size, variable = launcher_world_size()
     if size is None or size == 1:
         return _SingleProcessGroup()
     try:
@@ -209,7 +209,7 @@ def init(backend="auto"):
         raise ImportError("fastdl.distributed needs mpi4py and an MPI library: "
                           "pip install \"fastdl[mpi]\"") from error
     group = _MPIGroup(MPI.COMM_WORLD, MPI)
-    launched_size, variable = _launcher_world_size()
+    launched_size, variable = launcher_world_size()
     if launched_size and launched_size > 1 and group.size != launched_size:
         raise DistributedError(
             "fastdl.distributed: the launcher started %d ranks (%s) but MPI sees %d: mpi4py "

@@ -262,13 +262,13 @@ class Trainer:
 def _process_group(distributed):
     """The group a Trainer reduces over (None: this process alone)."""
     from fastdl.distributed import get_group, init
-    from fastdl.distributed.comm import _launcher_world_size
+    from fastdl.distributed.comm import launcher_world_size
     if distributed:
         return init()
     if distributed is None:
         group = get_group()
         return group if group.size > 1 else None
-    size, _ = _launcher_world_size()
+    size, _ = launcher_world_size()
     if size is not None and size != 1:
         warnings.warn("Trainer(distributed=False) under an MPI launcher: each rank trains "
                       "alone on its own data (pass distributed=True, or None, to average "
