@@ -11,7 +11,7 @@ from fastdl.data.loader import DataLoader
 from fastdl.data.samplers import (BatchSampler, ClassBalancedSampler, RandomSampler, Sampler,
                                   SequentialSampler, SubsetRandomSampler, WeightedRandomSampler,
                                   class_weights)
-from fastdl.data.shapes import make_shapes
+from fastdl.data.synthetic import make_shapes
 from fastdl.data.split import kfold_split, stratified_split
 from fastdl.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 from fastdl.data.workers import WorkerInfo, get_worker_info
