@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from fastdl import functional as F
-from fastdl.functional._util import check_reduction
+from fastdl._checks import check_reduction
 from fastdl.functional.loss import legacy_reduction
 from fastdl.nn.module import Module
 
