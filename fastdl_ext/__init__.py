@@ -1,1 +1,1 @@
-"""Compiled (Cython, OpenMP) kernels of fastdl. Imported only by ``fastdl.kernels.conv``."""
+"""Compiled (Cython, OpenMP) kernels of fastdl. Imported only by ``fastdl.kernels`` modules."""
