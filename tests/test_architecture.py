@@ -8,9 +8,10 @@
 2. Private names. A ``_module`` belongs to its package; an ``_attribute`` to its module, or,
    when that module is itself private, to the module's package. Nothing outside may
    import or reach them (``examples/`` and ``benchmarks/`` are checked too; the tests may).
-3. Cycles. No two modules import each other, directly or around a loop, at module level
-   (imports inside functions run later and are left out), except Tensor and its method
-   modules (``ALLOWED_CYCLES``).
+3. The compiled extension ``fastdl_ext`` is imported by ``fastdl.kernels`` alone.
+4. Cycles. No two modules import each other, directly or around a loop, at module level
+   (imports inside functions run later and are left out), except the loops listed in
+   ``ALLOWED_CYCLES``: Tensor with the modules that define its operations, by design.
 
 The exceptions are listed with their reasons in ``ALLOWED_UPWARD``, ``ALLOWED_PRIVATE``
 and ``ALLOWED_CYCLES``. An entry that no longer matches anything fails the test as well
@@ -413,6 +414,14 @@ def test_private_names_stay_inside(source):
         "\n  ".join(found)
     stale = {k for k in ALLOWED_PRIVATE if "*" not in "".join(k)} - used   # patterns may rest
     assert not stale, "ALLOWED_PRIVATE entries that match nothing (remove them): %s" % stale
+
+
+def test_only_the_kernels_import_fastdl_ext(source):
+    _, imports = source
+    found = [repr(i) for i in imports if i.target.split(".")[0] == "fastdl_ext"
+             and not _matches(i.importer, "fastdl.kernels")
+             and not _matches(i.importer, "fastdl_ext")]
+    assert not found, "the compiled extension is the kernels' to call:\n  " + "\n  ".join(found)
 
 
 def test_no_import_cycles(source):
