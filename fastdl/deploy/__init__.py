@@ -17,57 +17,12 @@ load a larger trusted plan. A file also may not hold more than ``MAX_OPS`` (4096
 a header beyond ``MAX_PLAN_HEADER_BYTES`` (4 MiB) or an int beyond ``MAX_INT`` (2**24),
 and its weights must be in its own bytes.
 """
-import copy
-
 import numpy as np
 
-from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+from fastdl.deploy.fusion import (fuse_conv_bn, fuse_conv_bn_weights, fuse_linear_bn,
+                                  fuse_linear_bn_weights)
 from fastdl.deploy.plan import (MAX_INT, MAX_OPS, MAX_PLAN_BYTES, MAX_PLAN_HEADER_BYTES,
                                 InferencePlan)
-
-
-def _check_eval_bn(bn, kind):
-    if not isinstance(bn, kind):
-        raise TypeError("fuse: expected %s, got %s" % (kind.__name__, type(bn).__name__))
-    if bn.training:
-        raise ValueError("fuse: batch norm must be in eval mode (call .eval()); fusion uses "
-                         "the running statistics")
-    if bn.running_mean is None:
-        raise ValueError("fuse: batch norm has no running statistics")
-
-
-def fuse_conv_bn(conv, bn):
-    """A new Conv2d/ConvTranspose2d equal to ``bn(conv(x))`` in eval mode (gains a bias)."""
-    from fastdl.nn import BatchNorm2d, Conv2d, ConvTranspose2d, Parameter
-    if not isinstance(conv, (Conv2d, ConvTranspose2d)):
-        raise TypeError("fuse_conv_bn: expected a Conv2d or ConvTranspose2d, got %s"
-                        % type(conv).__name__)
-    _check_eval_bn(bn, BatchNorm2d)
-    fused = copy.deepcopy(conv)
-    weight, bias = fuse_conv_bn_weights(
-        conv.weight.data, None if conv.bias is None else conv.bias.data, bn.running_mean,
-        bn.running_var, bn.eps, None if bn.weight is None else bn.weight.data,
-        None if bn.bias is None else bn.bias.data,
-        transposed=isinstance(conv, ConvTranspose2d), groups=conv.groups)
-    fused.weight = Parameter(weight)
-    fused.bias = Parameter(bias)
-    return fused
-
-
-def fuse_linear_bn(linear, bn):
-    """A new Linear equal to ``bn(linear(x))`` with an eval-mode BatchNorm1d."""
-    from fastdl.nn import BatchNorm1d, Linear, Parameter
-    if not isinstance(linear, Linear):
-        raise TypeError("fuse_linear_bn: expected a Linear, got %s" % type(linear).__name__)
-    _check_eval_bn(bn, BatchNorm1d)
-    fused = copy.deepcopy(linear)
-    weight, bias = fuse_linear_bn_weights(
-        linear.weight.data, None if linear.bias is None else linear.bias.data,
-        bn.running_mean, bn.running_var, bn.eps,
-        None if bn.weight is None else bn.weight.data, None if bn.bias is None else
-        bn.bias.data)
-    fused.weight, fused.bias = Parameter(weight), Parameter(bias)
-    return fused
 
 
 def compile(model, example_input, max_shapes=4):

@@ -16,6 +16,8 @@ convolution the weight is ``(C_in, C_out/groups, kH, kW)`` and output channel
 ``g * C_out/groups + j`` lives at axis 1 of group ``g``'s block of rows — the
 axis other libraries got wrong (pytorch#180995, ultralytics#25364).
 """
+import copy
+
 import numpy as np
 
 
@@ -92,3 +94,48 @@ def fuse_linear_bn_weights(weight, bias, running_mean, running_var, eps, gamma=N
     linear_bias = np.zeros(weight.shape[0]) if bias is None else np.asarray(bias, np.float64)
     fused_bias = (linear_bias - mean) * scale64 + beta64
     return fused_weight.astype(weight.dtype), fused_bias.astype(weight.dtype)
+
+
+def _check_eval_bn(bn, kind):
+    if not isinstance(bn, kind):
+        raise TypeError("fuse: expected %s, got %s" % (kind.__name__, type(bn).__name__))
+    if bn.training:
+        raise ValueError("fuse: batch norm must be in eval mode (call .eval()); fusion uses "
+                         "the running statistics")
+    if bn.running_mean is None:
+        raise ValueError("fuse: batch norm has no running statistics")
+
+
+def fuse_conv_bn(conv, bn):
+    """A new Conv2d/ConvTranspose2d equal to ``bn(conv(x))`` in eval mode (gains a bias)."""
+    # the layers come in here, so that a service that only loads plans never imports them
+    from fastdl.nn import BatchNorm2d, Conv2d, ConvTranspose2d, Parameter
+    if not isinstance(conv, (Conv2d, ConvTranspose2d)):
+        raise TypeError("fuse_conv_bn: expected a Conv2d or ConvTranspose2d, got %s"
+                        % type(conv).__name__)
+    _check_eval_bn(bn, BatchNorm2d)
+    fused = copy.deepcopy(conv)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight.data, None if conv.bias is None else conv.bias.data, bn.running_mean,
+        bn.running_var, bn.eps, None if bn.weight is None else bn.weight.data,
+        None if bn.bias is None else bn.bias.data,
+        transposed=isinstance(conv, ConvTranspose2d), groups=conv.groups)
+    fused.weight = Parameter(weight)
+    fused.bias = Parameter(bias)
+    return fused
+
+
+def fuse_linear_bn(linear, bn):
+    """A new Linear equal to ``bn(linear(x))`` with an eval-mode BatchNorm1d."""
+    from fastdl.nn import BatchNorm1d, Linear, Parameter
+    if not isinstance(linear, Linear):
+        raise TypeError("fuse_linear_bn: expected a Linear, got %s" % type(linear).__name__)
+    _check_eval_bn(bn, BatchNorm1d)
+    fused = copy.deepcopy(linear)
+    weight, bias = fuse_linear_bn_weights(
+        linear.weight.data, None if linear.bias is None else linear.bias.data,
+        bn.running_mean, bn.running_var, bn.eps,
+        None if bn.weight is None else bn.weight.data, None if bn.bias is None else
+        bn.bias.data)
+    fused.weight, fused.bias = Parameter(weight), Parameter(bias)
+    return fused
