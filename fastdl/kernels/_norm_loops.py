@@ -11,13 +11,12 @@ from fastdl.kernels._prefetch import prefetch, prefetch_for_write
 # elements per statistics block: 16 KiB of float32, resident in L1 for the second pass
 _BLOCK = 4096
 # elements summed in x's dtype before joining a float64 total: the memory-bound first
-# passes then run at the full SIMD width with no conversions (layer norm fwd+bwd 4096 x
-# 768: 0.93-0.95 of the time); 1024 float32 terms, vectorised, leave each lane's
-# partial sum a few dozen terms long, so the float64 total keeps ~1e-7 relative accuracy
-# however long the reduction
+# passes then run at the full SIMD width with no conversions; 1024 float32 terms,
+# vectorised, leave each lane's partial sum a few dozen terms long, so the float64 total
+# keeps ~1e-7 relative accuracy however long the reduction
 _SPAN = 1024
 # elements of the next run that batch norm's passes prefetch at a time (1 KiB of float32;
-# 2 KiB measured the same as none)
+# a larger piece loses the gain)
 _PREFETCH_PIECE = 256
 # fixed number of chunks for the parameter-gradient sums (independent of threads)
 _GRAD_CHUNKS = 64
@@ -27,9 +26,8 @@ _GRAD_CHUNKS = 64
 # bound the added relative error by 64 * 2**-24)
 _PARAM_TILE = 64
 # layer norm forward: the row this far ahead is prefetched while one is normalised, so
-# that its lines are on their way while the row in cache is worked on (4096 x 768
-# float32, forward and backward: 0.96-0.98 of the time; prefetching the next rows of
-# x and g in the backward measured 1.06-1.13, and is not done)
+# that its lines are on their way while the row in cache is worked on (prefetching the
+# next rows of x and g slows the backward down, so it does not)
 _PREFETCH_ROWS = 2
 
 
@@ -125,8 +123,7 @@ def _prefetch_next_run(out, a, k, start, piece):
     """Prefetch ``out[a + 1, k, start:start + piece]`` for writing, if there is an ``a + 1``.
 
     Batch norm's output passes call it piece by piece, so that their stores into the
-    next run (an image further on) do not wait for its lines (N32 C64 32^2 fwd+bwd:
-    0.93-0.94 of the time, y and dx together).
+    next run (an image further on) do not wait for its lines.
     """
     if a + 1 < out.shape[0]:
         prefetch_for_write(out[a + 1, k, start:start + piece])
@@ -142,8 +139,8 @@ def _moments_of(x, k):
         run = x[a, k]
         # batch norm's runs lie a whole image apart, each a page or so: the hardware
         # prefetcher stops at the page and starts cold on the next, so it is requested
-        # while this one is summed (forward N32 C64 32^2: 0.91-0.92 of the time;
-        # requested piece by piece, as the backward does, it measured 1.02)
+        # whole while this one is summed (piece by piece, as the backward does, it
+        # gains nothing here)
         if a + 1 < x.shape[0]:
             prefetch(x[a + 1, k])
         for start in range(0, run.shape[0], _BLOCK):
@@ -362,7 +359,7 @@ def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_
     # grad_out, x, grad_x: (rows, row_length); weight: (row_length,) in x's
     # dtype; mean, inv_std: (rows,) float64. Returns grad_weight and grad_bias,
     # (row_length,) float64, summed per fixed chunk of rows, then over chunks.
-    # Per row, two passes written out here (as calls, the same loops took 6 % longer):
+    # Per row, two passes written out here (as calls, the same loops run slower):
     # the first brings the row in from memory and does nothing but its two sums, so
     # that its few instructions per line keep many loads in flight; the second, in
     # L1, writes dx and adds the per-column parameter terms.

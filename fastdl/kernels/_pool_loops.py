@@ -15,8 +15,8 @@ def _max_pool2d_plane(x, h_starts, h_stops, w_starts, w_stops, row_best, row_arg
     # Separable: the max of a window is the max over its rows of each row's
     # max. Pass 1 takes, for every input row, the max of each column window;
     # pass 2 the max of those over each row window, with the inner loop over
-    # independent outputs (one window loop is one long compare-select
-    # dependency chain: ~3x slower). Scanning rows, then columns, in order
+    # independent outputs (one loop per window would be one long compare-select
+    # dependency chain). Scanning rows, then columns, in order
     # with a strict '>' keeps torch's first-maximum rule.
     height, width = x.shape
     out_h, out_w = out.shape
