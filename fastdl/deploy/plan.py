@@ -20,7 +20,7 @@ from fastdl.kernels import dense as dense_kernels
 from fastdl.kernels import direct as direct_kernels
 from fastdl.kernels import pool as pool_kernels
 from fastdl.safetensors_io import load_file, save_file
-from fastdl.shapes import conv_output_size, is_int
+from fastdl.shapes import conv_output_size, conv_transpose_output_size, is_int
 
 FORMAT_VERSION = 1
 #: The most memory, in bytes, ``load`` lets a plan file ask for: what one call at batch
@@ -119,8 +119,9 @@ def _infer_conv(op, index, shape, tensors, transposed):
         if any(output_padding[a] >= max(stride[a], dilation[a]) for a in (0, 1)):
             _fail("op %d: output_padding %s must be smaller than stride or dilation"
                   % (index, output_padding))
-        size = [(shape[2 + a] - 1) * stride[a] - 2 * padding[a] + dilation[a] * (
-            weight.shape[2 + a] - 1) + output_padding[a] + 1 for a in (0, 1)]
+        size = [conv_transpose_output_size(shape[2 + a], weight.shape[2 + a], stride[a],
+                                           padding[a], output_padding[a], dilation[a])
+                for a in (0, 1)]
         if min(size) < 1:
             _fail("op %d: empty output" % index)
     else:
