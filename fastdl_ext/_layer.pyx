@@ -33,6 +33,24 @@ cdef int _bands(int n_images, int co_blocks, int out_h, int num_threads) noexcep
                       // (n_images * co_blocks)))
 
 
+cpdef bint reads_in_place(int out_width, tuple padding, tuple stride, tuple layout) except -1:
+    """Whether a direct conv of ``padding`` and ``stride`` with output rows of ``out_width``
+    reads its input x where it is stored as ``layout``, with no padded copy per thread:
+    ``(rows, cols)``, x inside a zero border, or ``(rows, cols, stride_h, stride_w)``, also
+    split into the phase planes of that stride (``View``).
+
+    So it does on a dense grid (output rows of whole 8-lane vectors: the wide grid's reads
+    run past the padded image), where x is stored with the conv's own stride and a border
+    of at least its padding (the taps then shifted by the difference). x stored in phase
+    planes is read only so. The one statement of this rule: the chain applies it to each
+    conv (``_fill_layer``), and ``fastdl.kernels.direct.reads_in_place`` is this function.
+    """
+    if len(layout) == 2:
+        layout = layout + (1, 1)
+    return (out_width > 0 and out_width % 8 == 0 and layout[2:] == tuple(stride)
+            and layout[0] >= padding[0] and layout[1] >= padding[1])
+
+
 cdef tuple _layouts(object borders):
     """A chain entry's ``borders`` as three (bh, bw, sh, sw) layouts (``View``): each given
     as a border (bh, bw), or a border and the stride of the phase planes (bh, bw, sh,
@@ -140,9 +158,7 @@ cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) exc
     # the dense grid's reads stay inside the padded image (the wide grid's run past it):
     # an x stored with the conv's stride and a border of at least its padding is read
     # where it lies, the taps shifted by the difference
-    layer.in_place = (layer.grid.row_vectors != 0 and not layer.image_lanes
-                      and borders[0][2:] == tuple(stride) and borders[0][0] >= phases.pad_h
-                      and borders[0][1] >= phases.pad_w)
+    layer.in_place = reads_in_place(out_w, padding, stride, borders[0])
     if borders[0][2:] != (1, 1) and not layer.in_place:
         raise ValueError("direct_forward_into: x stored in phase planes of stride %r is read "
                          "in place only, by a conv of that stride, padding at most %r and an "

@@ -60,7 +60,7 @@ from fastdl_ext._phases cimport (Phases, View, _at, _epilogue_phases, _pad_view,
 from fastdl_ext._team cimport _items_done, _take_items, _wait_done
 from fastdl_ext._winograd cimport band_input, band_output
 
-from fastdl_ext._layer import BLOCK_SHAPES, CALLER
+from fastdl_ext._layer import BLOCK_SHAPES, CALLER, reads_in_place
 
 
 def kernel_shapes():

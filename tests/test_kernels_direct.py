@@ -446,6 +446,20 @@ def test_a_long_chain_is_the_same_when_threads_join_late_or_sleep(rng):
         for got, want in zip(outs, serial):
             np.testing.assert_array_equal(got, want)
 
+
+def test_the_in_place_read_rule():
+    """A dense grid, x stored with the conv's stride and at least its padding as border."""
+    rule = direct.reads_in_place
+    assert rule(16, (1, 1), (1, 1), (1, 1)) and rule(16, (1, 1), (1, 1), (2, 1, 1, 1))
+    assert rule(8, (0, 0), (1, 1), (0, 0))              # plain x, no padding
+    assert rule(8, (1, 1), (2, 2), (1, 1, 2, 2)) and rule(8, (0, 0), (2, 2), (1, 1, 2, 2))
+    assert not rule(14, (1, 1), (1, 1), (1, 1))          # the wide grid reads past
+    assert not rule(0, (0, 0), (1, 1), (0, 0))
+    assert not rule(16, (1, 1), (1, 1), (0, 1))          # border below the padding
+    assert not rule(8, (1, 1), (2, 2), (1, 1))           # planes of another stride
+    assert not rule(8, (1, 1), (1, 1), (1, 1, 2, 2))
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("n", [1, 3])
 # (kernel, padding, stride, width): read in place (stride 1, a dense grid, the

@@ -67,6 +67,19 @@ WINOGRAD_BAND_TILES = 32
 WINOGRAD_ITEMS = 1
 
 
+def reads_in_place(out_width, padding, stride, layout):
+    """Whether a chained direct conv of ``padding`` and ``stride`` whose output rows hold
+    ``out_width`` values reads its input where it is stored as ``layout``, with no padded
+    copy per thread: ``(rows, cols)``, inside a zero border, or ``(rows, cols,
+    stride_h, stride_w)``, also split into the phase planes of that stride.
+
+    It does on a dense grid (``out_width`` a multiple of 8), where x is stored with the
+    conv's own stride and a border of at least its padding; an input in phase planes
+    must be read so. The one statement of the rule, applied by the compiled chain too.
+    """
+    return _ext.reads_in_place(int(out_width), tuple(padding), tuple(stride), tuple(layout))
+
+
 def _fits_cache(c_in, input_shape, padding, itemsize):
     padded = (input_shape[2] + 2 * padding[0]) * (input_shape[3] + 2 * padding[1])
     return (c_in + CO_BLOCK) * padded * itemsize <= MAX_IMAGE_BYTES
@@ -191,10 +204,6 @@ class ForwardRunner:
         self._activation = (negative_slope is not None,
                             0.0 if negative_slope is None else float(negative_slope))
         self._pool = False
-        # on a dense grid (output rows of whole vectors) the conv reads in place an input
-        # stored with its stride and at least its padding as border (``direct_chain_into``)
-        self.in_place = ((tuple(padding), tuple(stride)) if self.out_shape[3] % 8 == 0
-                         else None)
         # read in place, a 3x3 stride-1 conv with padding 1 may run Winograd's
         # F(2x2, 3x3) (``spec``); its weights are transformed when first needed
         self._weight = (weight if (kh, kw) == (3, 3) and tuple(stride) == (1, 1)
@@ -203,6 +212,19 @@ class ForwardRunner:
                         and self.out_shape[2] % 2 == 0 and self.in_place is not None
                         else None)
         self._transformed = None
+
+    def reads_in_place(self, layout):
+        """Whether this conv, chained, reads an input stored as ``layout`` in place
+        (``reads_in_place``); a pooled conv reads plain arrays only."""
+        _, _, padding, stride = self._geometry
+        return not self._pool and reads_in_place(self.out_shape[3], padding, stride, layout)
+
+    @property
+    def in_place(self):
+        """``(padding, stride)`` where this conv reads in place an input stored with that
+        stride and a border of at least that padding (``reads_in_place``), else None."""
+        _, _, padding, stride = self._geometry
+        return (padding, stride) if self.reads_in_place(padding + stride) else None
 
     def _transform(self):
         """Winograd's packed weights and work items ``(bands, group)``: bands of whole
@@ -230,7 +252,6 @@ class ForwardRunner:
             return None
         pooled = copy.copy(self)
         pooled.out_shape, pooled._pool = (n, c_out, out_h // 2, out_w // 2), True
-        pooled.in_place = None   # a pooled conv reads plain arrays only
         return pooled
 
     def spec(self, x, out, residual=None, borders=None):
@@ -238,8 +259,8 @@ class ForwardRunner:
         how x, residual and out are stored, each inside a zero border ``(rows, cols)``
         or, x and out, also as the phase planes of a stride ``(rows, cols, stride_h,
         stride_w)`` (plain by default)."""
-        if self._weight is not None and not self._pool and borders is not None and min(
-                borders[0][:2]) >= 1 and tuple(borders[0][2:]) in ((), (1, 1)):
+        if (self._weight is not None and borders is not None
+                and self.reads_in_place(tuple(borders[0]))):
             if self._transformed is None:
                 self._transformed = self._transform()
             return (x, self._transformed[0], out, *self._geometry, self._bias, residual,
