@@ -183,7 +183,7 @@ class DataLoader:
             return
         if pool is self._pool:
             self._pool = None
-        pool.shutdown()
+        pool.shutdown(grace=0.0 if error else 1.0)
 
     def __del__(self):
         pool = getattr(self, "_pool", None)

@@ -37,7 +37,7 @@ from fastdl.random import manual_seed
 from fastdl.runtime import set_num_threads
 
 _WATCH_SECONDS = 1.0     # how often a waiting side checks that the other is alive
-_SHUTDOWN_SECONDS = 5.0  # grace period for workers to exit before terminate()
+_SHUTDOWN_SECONDS = 1.0  # grace period for workers to exit before terminate()
 
 
 class WorkerInfo:
@@ -234,8 +234,12 @@ class WorkerPool:
         raise RuntimeError("DataLoader worker %d (pid %s) exited unexpectedly (%s)"
                            % (worker_id, process.pid, how))
 
-    def shutdown(self):
-        """Stop every worker: a stop message, a grace period, then terminate."""
+    def shutdown(self, grace=_SHUTDOWN_SECONDS):
+        """Stop every worker: a stop message, ``grace`` seconds to exit, then terminate.
+
+        Workers only fetch, so terminating one that is still busy (with a
+        batch nobody will read) loses nothing.
+        """
         if self.closed:
             return
         self.closed = True
@@ -244,7 +248,7 @@ class WorkerPool:
                 pipe.send(None)
             except OSError:
                 pass
-        deadline = time.monotonic() + _SHUTDOWN_SECONDS
+        deadline = time.monotonic() + grace
         readers = list(self.result_pipes)
         while readers and any(p.is_alive() for p in self.processes if p.pid is not None) \
                 and time.monotonic() < deadline:
