@@ -19,8 +19,8 @@ and ``ALLOWED_CYCLES``. An entry that no longer matches anything fails the test 
 a module that is on no floor fails until it is given one.
 
 Seeing it fail: ``test_checks_catch_planted_violations`` copies the sources to a scratch
-directory, plants an upward import, a private import and a cycle, and expects each to be
-reported. By hand: copy ``fastdl/`` and ``fastdl_ext/`` to a scratch directory, add
+directory, plants a module on no floor, an upward import, a private import and a cycle,
+and expects each to be reported. By hand: copy ``fastdl/`` and ``fastdl_ext/`` to a scratch directory, add
 ``from fastdl.nn import Module`` inside a function of its ``fastdl/shapes.py``, and run
 this file with ``FASTDL_SOURCE_ROOT`` pointing at that directory:
 ``test_lower_floors_never_import_higher_ones`` fails naming ``fastdl.shapes -> fastdl.nn``.
@@ -461,7 +461,9 @@ def test_checks_catch_planted_violations(tmp_path):
     random = tmp_path / "fastdl" / "random.py"
     random.write_text(random.read_text() + "\nfrom fastdl import shapes  # noqa\n")
     shapes.write_text("from fastdl import random  # noqa\n" + shapes.read_text())
+    (tmp_path / "fastdl" / "planted.py").write_text("")
     modules = module_files(tmp_path)
+    assert floor_of("fastdl.planted") is None and "fastdl.planted" in modules
     imports = read_imports(tmp_path, modules)
     upward, _ = upward_imports(imports)
     assert any("fastdl.shapes" in f and "fastdl.nn" in f for f in upward)
