@@ -2,9 +2,8 @@
 import numpy as np
 
 from fastdl import functional as F
-from fastdl._checks import pair
+from fastdl._checks import pair, positive_int
 from fastdl.nn import init
-from fastdl.nn._checks import positive_int
 from fastdl.nn.module import Module
 from fastdl.nn.parameter import Parameter
 

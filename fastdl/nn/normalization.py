@@ -4,8 +4,8 @@ import numbers
 import numpy as np
 
 from fastdl import functional as F
+from fastdl._checks import check_ndim, non_negative_float, positive_int
 from fastdl.functional._util import data_of
-from fastdl.nn._checks import check_ndim, non_negative_float, positive_int
 from fastdl.nn.module import Module
 from fastdl.nn.parameter import Parameter
 

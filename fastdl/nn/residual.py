@@ -1,10 +1,10 @@
 """The residual block of ResNet (He et al. 2016), CIFAR variant."""
 from fastdl import functional as F
+from fastdl._checks import positive_int
 from fastdl.nn.layers import Conv2d
 from fastdl.nn.container import Sequential
 from fastdl.nn.module import Module
 from fastdl.nn.normalization import BatchNorm2d
-from fastdl.nn._checks import positive_int
 
 
 class BasicBlock(Module):
