@@ -3,7 +3,7 @@
 Types map as in torch: Tensors and NumPy arrays are stacked into a Tensor with
 a new first axis (dtype kept); Python ints become an int64 Tensor, floats a
 float64 Tensor, bools a bool Tensor, NumPy scalars a Tensor of their dtype;
-strings and bytes stay a list; dicts, namedtuples and lists are collated per
+strings and bytes stay as they come (a list, or a tuple inside a tuple); dicts, namedtuples and lists are collated per
 key or position (a tuple sample gives a list, as torch's).
 """
 import collections.abc
@@ -35,7 +35,7 @@ def default_collate(batch):
 
     Parameters
     ----------
-    batch : list
+    batch : list or tuple
         Samples of the same structure.
 
     Returns
@@ -53,7 +53,7 @@ def default_collate(batch):
     if is_tensor(elem):
         return _stack([np.asarray(sample.data) for sample in batch])
     if isinstance(elem, (str, bytes)):
-        return list(batch)
+        return batch
     if isinstance(elem, np.ndarray):
         if _is_text_or_object(elem.dtype):
             raise TypeError(_ERROR % elem.dtype)
@@ -75,11 +75,11 @@ def default_collate(batch):
         except TypeError:   # a mapping type that cannot be built from a dict
             return collated
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):   # namedtuple
-        return type(elem)(*(default_collate(list(field)) for field in zip(*batch)))
+        return type(elem)(*(default_collate(field) for field in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
         if any(len(sample) != len(elem) for sample in batch):
             raise RuntimeError("each element in list of batch should be of equal size")
-        collated = [default_collate(list(field)) for field in zip(*batch)]
+        collated = [default_collate(field) for field in zip(*batch)]
         if isinstance(elem, tuple):
             return collated
         try:
