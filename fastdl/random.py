@@ -1,6 +1,8 @@
 """The global random generator used for parameter initialisation and dropout."""
 import numpy as np
 
+from fastdl._checks import is_int
+
 _generator = np.random.default_rng()
 
 
@@ -18,7 +20,7 @@ def manual_seed(seed):
         The new global generator.
     """
     global _generator
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError("manual_seed: seed must be a non-negative int, got %r" % (seed,))
     _generator = np.random.default_rng(int(seed))
     return _generator

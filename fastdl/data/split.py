@@ -1,9 +1,11 @@
 """Splits: stratified train/validation/test and k-fold cross-validation indices."""
 import numpy as np
 
+from fastdl._checks import is_int
+
 
 def _check_k(k, n):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= n:
+    if not is_int(k) or not 2 <= k <= n:
         raise ValueError("kfold_split: k must be an int in [2, n=%d], got %r" % (n, k))
 
 

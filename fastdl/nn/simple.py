@@ -2,6 +2,7 @@
 import numbers
 
 from fastdl import functional as F
+from fastdl._checks import is_int
 from fastdl.nn.module import Module
 
 
@@ -26,8 +27,7 @@ class _Wrap(Module):
 
 def _check_kernel(layer, kernel_size):
     values = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size,)
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-               for v in values):
+    if not all(is_int(v) and v > 0 for v in values):
         raise ValueError("%s: kernel_size must be positive ints, got %r" % (layer, kernel_size))
 
 
