@@ -9,59 +9,31 @@ graphs do not hit Python's recursion limit), calls each node's ``backward``
 exactly once with the summed gradient of its outputs, accumulates into the
 leaves' ``.grad``, and frees the tape.
 
+This module holds the Tensor's core (its array, gradient and backward). Its
+methods come in families, each in its own module beside the ops it calls,
+and each adds its methods to Tensor with :func:`tensor_method` when imported
+(this module imports them all last): ``tensor_ops`` (arithmetic operators,
+matmul), ``tensor_compare`` (comparisons, logical operators),
+``tensor_convert`` (dtype, device, copies), ``tensor_shape`` (views,
+indexing, joining and splitting), ``tensor_reduce`` (reductions, sorting),
+``tensor_math`` (elementwise functions, activations) and ``tensor_inplace``
+(in-place updates).
+
 The per-op Python cost is kept small on purpose (slots, no dict per node, one
 thread-local flag read), because small networks at batch 1 are dominated by it.
 """
 import itertools
-import numbers
-import threading
 
 import numpy as np
 
+from fastdl.devices import CPU, check_cpu
+from fastdl.dtypes import get_default_dtype, resolve_dtype
+from fastdl.grad_mode import (enable_grad, grad_mode as _grad_mode, inference_mode,
+                              is_grad_enabled, no_grad, set_grad_enabled)
+
 __all__ = ["Tensor", "Function", "Context", "tensor", "no_grad", "enable_grad",
-           "is_grad_enabled", "cat", "stack"]
-
-
-class _GradMode(threading.local):
-    enabled = True
-
-
-_grad_mode = _GradMode()
-
-
-def is_grad_enabled():
-    """Whether operations are currently recorded for backward (per thread)."""
-    return _grad_mode.enabled
-
-
-class no_grad:
-    """Context manager (and decorator) that turns gradient recording off in this thread."""
-
-    def __enter__(self):
-        self._previous = _grad_mode.enabled
-        _grad_mode.enabled = False
-        return self
-
-    def __exit__(self, *exc_info):
-        _grad_mode.enabled = self._previous
-        return False
-
-    def __call__(self, function):
-        def wrapper(*args, **kwargs):
-            with type(self)():
-                return function(*args, **kwargs)
-        wrapper.__name__ = getattr(function, "__name__", "wrapper")
-        wrapper.__doc__ = getattr(function, "__doc__", None)
-        return wrapper
-
-
-class enable_grad(no_grad):
-    """Context manager that turns gradient recording back on inside ``no_grad``."""
-
-    def __enter__(self):
-        self._previous = _grad_mode.enabled
-        _grad_mode.enabled = True
-        return self
+           "is_grad_enabled", "set_grad_enabled", "inference_mode", "cat", "stack",
+           "tensor_method"]
 
 
 class Context:
@@ -126,21 +98,20 @@ class Function:
         return Tensor._wrap(output, ctx, 0)
 
 
-# Numbers recorded nodes in creation order (see Tensor._inplace and _input_version).
+# Numbers recorded nodes in creation order (see tensor_inplace and _input_version).
 _sequence = itertools.count()
-
-_LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation."
-_COMPARABLE = (np.ndarray, np.generic, numbers.Number, list, tuple)
 
 
 def _as_array(data, dtype=None):
-    """ndarrays keep float32/float64; Python floats (and float16) become float32."""
+    """ndarrays keep float32/float64; Python floats become the default dtype (float32)
+    and float16 arrays float32."""
     if dtype is not None:
-        return np.asarray(data, dtype=dtype)
+        return np.asarray(data, dtype=resolve_dtype(dtype))
     array = np.asarray(data)
     if array.dtype.kind == "f" and array.dtype != np.float32:
-        python_data = not isinstance(data, (np.ndarray, np.generic))
-        if python_data or array.dtype != np.float64:
+        if not isinstance(data, (np.ndarray, np.generic)):
+            array = array.astype(get_default_dtype())
+        elif array.dtype != np.float64:
             array = array.astype(np.float32)
     return array
 
@@ -152,19 +123,21 @@ class Tensor:
     ----------
     data : array_like
         ndarrays keep float32/float64/integer/bool dtypes; Python floats
-        become float32 (the default dtype).
+        become the default dtype (float32, see ``fastdl.set_default_dtype``).
     requires_grad : bool
         Only floating-point tensors can require a gradient.
+    dtype : dtype, optional
 
     Notes
     -----
     As in torch, ``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=`` compare elementwise
     and return a bool Tensor, while hashing stays by identity (Tensors can be
     dict keys and set members; to look a Tensor up in a list, compare with
-    ``is``). ``+=``, ``-=``, ``*=``, ``/=`` work in place (see :meth:`_inplace`).
+    ``is``). ``.grad`` is a Tensor (None until a backward reaches this leaf);
+    NumPy functions take Tensors directly (``__array__``).
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "_ctx", "_out_index", "_grad_storage",
+    __slots__ = ("_data", "_grad", "requires_grad", "_ctx", "_out_index", "_grad_storage",
                  "_versions", "__weakref__")
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operator
     __hash__ = object.__hash__  # by identity, as torch's (defining __eq__ would unset it)
@@ -177,7 +150,7 @@ class Tensor:
             raise TypeError("Tensor: only floating-point tensors can require gradients, "
                             "got dtype %s" % self._data.dtype)
         self.requires_grad = bool(requires_grad)
-        self.grad = None
+        self._grad = None
         self._ctx = None
         self._out_index = 0
         self._grad_storage = None
@@ -187,7 +160,7 @@ class Tensor:
     def _wrap(cls, array, ctx=None, index=0):
         tensor = cls.__new__(cls)
         tensor._data = array
-        tensor.grad = None
+        tensor._grad = None
         tensor.requires_grad = ctx is not None
         tensor._ctx = ctx
         tensor._out_index = index
@@ -225,6 +198,29 @@ class Tensor:
         self._data = value
 
     @property
+    def grad(self):
+        """The accumulated gradient, a Tensor of this tensor's shape (or None).
+
+        For a parameter packed by an optimizer its array is a view into the
+        optimizer's flat gradient buffer, so ``p.grad.zero_()`` and
+        ``p.grad.data`` reach what the optimizer steps with. Assigning an
+        ndarray wraps it without copying.
+        """
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is None:
+            self._grad = None
+            return
+        if not isinstance(value, Tensor):
+            value = Tensor._wrap(np.asarray(value))
+        if value.shape != self._data.shape:
+            raise RuntimeError("assigned grad has data of a different size: %s, expected %s"
+                               % (value.shape, self._data.shape))
+        self._grad = value
+
+    @property
     def shape(self):
         return self._data.shape
 
@@ -237,405 +233,189 @@ class Tensor:
         return self._data.ndim
 
     @property
+    def device(self):
+        """Always ``device(type='cpu')``."""
+        return CPU
+
+    @property
+    def is_cuda(self):
+        return False
+
+    @property
+    def is_cpu(self):
+        return True
+
+    @property
     def is_leaf(self):
         return self._ctx is None
 
     @property
-    def T(self):
-        return self.transpose()
-
-    def size(self, dim=None):
-        """The shape, or its entry ``dim`` (as ``torch.Tensor.size``)."""
-        return self._data.shape if dim is None else self._data.shape[dim]
-
-    def numel(self):
-        return self._data.size
+    def grad_fn(self):
+        """The node that made this tensor (None for a leaf)."""
+        return self._ctx
 
     def __len__(self):
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self._data)
 
-    def numpy(self):
-        """The underlying ndarray (shared, not copied)."""
-        return self._data
+    def __iter__(self):
+        if self._data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self._data)))
 
-    def item(self):
-        """The value of a one-element tensor as a Python number."""
-        return self._data.item()
-
-    def tolist(self):
-        return self._data.tolist()
-
-    def detach(self):
-        """A new leaf sharing this tensor's data, outside the graph."""
-        return Tensor._wrap(self._data)
-
-    def requires_grad_(self, requires_grad=True):
-        """Set ``requires_grad`` in place (leaves only) and return self."""
-        if requires_grad and self._data.dtype.kind != "f":
-            raise TypeError("requires_grad_: only floating-point tensors can require "
-                            "gradients, got dtype %s" % self._data.dtype)
-        self.requires_grad = bool(requires_grad)
-        return self
-
-    def float(self):
-        return _cast(self, np.float32)
-
-    def double(self):
-        return _cast(self, np.float64)
-
-    def long(self):
-        """As int64 (outside the graph, as every non-floating cast)."""
-        return _cast(self, np.int64)
-
-    def int(self):
-        return _cast(self, np.int32)
-
-    def bool(self):
-        return _cast(self, np.bool_)
-
-    def astype(self, dtype):
-        return _cast(self, np.dtype(dtype))
+    def __array__(self, dtype=None, copy=None):
+        """The underlying ndarray, for NumPy functions (``np.asarray(t)``)."""
+        if copy:
+            return np.array(self._data, dtype=dtype, copy=True)
+        return np.asarray(self._data, dtype=dtype)
 
     def __repr__(self):
         body = np.array2string(np.asarray(self._data), separator=", ", prefix="tensor(")
         extra = ", requires_grad=True" if self.requires_grad else ""
-        if self._data.dtype != np.float32:
+        if self._data.dtype not in (np.float32, np.int64, np.bool_):
             extra = ", dtype=%s%s" % (self._data.dtype, extra)
         return "tensor(%s%s)" % (body, extra)
 
+    def __format__(self, format_spec):
+        if self._data.ndim == 0:
+            return format(self._data.item(), format_spec)
+        return object.__format__(self, format_spec)
+
+    def _one_value(self, what):
+        if self._data.size != 1:
+            raise RuntimeError("a Tensor with %d elements cannot be converted to %s"
+                               % (self._data.size, what))
+        return self._data.item()
+
+    def item(self):
+        """The value of a one-element tensor as a Python number.
+
+        Raises
+        ------
+        RuntimeError
+            If the tensor has more or fewer than one element.
+        """
+        return self._one_value("Scalar")
+
     def __bool__(self):
-        return bool(self._data)
+        if self._data.size != 1:
+            raise RuntimeError("Boolean value of Tensor with %s values is ambiguous"
+                               % ("no" if self._data.size == 0 else "more than one"))
+        return bool(self._one_value("bool"))
 
     def __float__(self):
-        return float(self._data)
+        return float(self._one_value("float"))
 
     def __int__(self):
-        return int(self._data)
+        return int(self._one_value("int"))
 
     def __index__(self):
+        if self._data.dtype.kind not in "biu":
+            raise TypeError("only integer tensors of a single element can be converted "
+                            "to an index")
         return self._data.__index__()
 
     # --------------------------------------------------------------- autograd
     def _accumulate_grad(self, grad):
-        """Add ``grad`` into ``.grad`` (in place when it exists; into the optimizer's
-        flat gradient storage when one is attached)."""
-        if self.grad is None:
+        """Add ``grad`` (an ndarray) into ``.grad``: in place when it exists; into the
+        optimizer's flat gradient storage when one is attached."""
+        if self._grad is None:
             storage = self._grad_storage
             if storage is not None and storage.shape == grad.shape:
                 np.copyto(storage, grad)
-                self.grad = storage
+                self._grad = Tensor._wrap(storage)
             else:
-                self.grad = np.array(grad, dtype=self._data.dtype, copy=True)
+                self._grad = Tensor._wrap(np.array(grad, dtype=self._data.dtype, copy=True))
         else:
-            self.grad += grad
+            accumulated = self._grad._data
+            if isinstance(accumulated, np.ndarray) and accumulated.flags.writeable:
+                accumulated += grad
+            else:
+                self._grad = Tensor._wrap(accumulated + grad)
 
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=None, create_graph=False, gradient=None):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
         Parameters
         ----------
-        grad : array_like, optional
+        grad : array_like or Tensor, optional
             Upstream gradient, shape of ``self``; defaults to 1 for a
-            one-element tensor.
+            one-element tensor. ``gradient=`` is torch's name for it.
         retain_graph : bool
             Keep the tape so backward can be called again.
+        create_graph : bool
+            Only False: gradients are not themselves differentiable.
         """
+        if gradient is not None:
+            if grad is not None:
+                raise TypeError("backward: give grad or gradient, not both")
+            grad = gradient
+        if create_graph:
+            raise NotImplementedError("backward: create_graph=True (higher-order "
+                                      "gradients) is not supported")
         if not self.requires_grad:
-            raise RuntimeError("backward: tensor does not require grad and has no grad_fn")
+            raise RuntimeError("element 0 of tensors does not require grad and does not "
+                               "have a grad_fn")
         if grad is None:
             if self._data.size != 1:
-                raise RuntimeError("backward: grad can be implicitly created only for "
-                                   "one-element outputs, got shape %s" % (self.shape,))
-            grad = np.ones_like(self._data)
+                raise RuntimeError("grad can be implicitly created only for scalar (one-element) "
+                                   "outputs, got shape %s" % (self.shape,))
+            grad = np.ones(self._data.shape, dtype=self._data.dtype)
         else:
             grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad,
                               dtype=self._data.dtype)
             if grad.shape != self._data.shape:
-                raise ValueError("backward: grad has shape %s, expected %s"
-                                 % (grad.shape, self._data.shape))
+                raise RuntimeError("backward: grad has shape %s, expected %s"
+                                   % (grad.shape, self._data.shape))
         if self._ctx is None:
             self._accumulate_grad(grad)
             return
-        _run_backward(self, grad, retain_graph)
+        _run_backward(self, grad, bool(retain_graph))
 
-    # ------------------------------------------------------------- operators
-    def __add__(self, other):
-        return Add.apply(self, other)
 
-    def __radd__(self, other):
-        return Add.apply(other, self)
+def tensor_method(function=None, *, name=None):
+    """Add ``function`` to :class:`Tensor` as a method and return it (a decorator).
 
-    def __sub__(self, other):
-        return Sub.apply(self, other)
+    The method families (``tensor_shape``, ``tensor_reduce``, ...) define their
+    methods as module functions decorated with ``@tensor_method``, or with
+    ``@tensor_method(name="sum")`` where the method's name would shadow a
+    builtin in the module (the function then has another name, ``tensor_sum``).
+    """
+    if function is None:
+        return lambda decorated: tensor_method(decorated, name=name)
+    setattr(Tensor, name or function.__name__, function)
+    return function
 
-    def __rsub__(self, other):
-        return Sub.apply(other, self)
 
-    def __mul__(self, other):
-        return Mul.apply(self, other)
-
-    def __rmul__(self, other):
-        return Mul.apply(other, self)
-
-    def __truediv__(self, other):
-        return Div.apply(self, other)
-
-    def __rtruediv__(self, other):
-        return Div.apply(other, self)
-
-    def __neg__(self):
-        return Neg.apply(self)
-
-    def __pow__(self, exponent):
-        if isinstance(exponent, Tensor):
-            return Exp.apply(Log.apply(self) * exponent)
-        return Pow.apply(self, exponent)
-
-    def __matmul__(self, other):
-        return MatMul.apply(self, other)
-
-    def __rmatmul__(self, other):
-        return MatMul.apply(other, self)
-
-    def __getitem__(self, index):
-        if isinstance(index, Tensor):
-            index = index._data
-        elif isinstance(index, tuple):
-            index = tuple(i._data if isinstance(i, Tensor) else i for i in index)
-        return GetItem.apply(self, index)
-
-    # ------------------------------------------------------------ in place
-    def _inplace(self, other, function, ufunc):
-        """``self (op)= other`` as torch does it.
-
-        * A leaf that requires grad, with grad mode on: RuntimeError (as torch).
-        * Recording (grad mode on, and self or other requires grad): the result is
-          computed by ``function`` from a snapshot of self's current value and
-          self becomes that result (a non-leaf). The ops that consumed the old
-          value keep differentiating through it (each node knows which version
-          of an in-place-modified input it read). The result gets a new array,
-          so arrays saved for backward are never overwritten.
-        * Otherwise (under ``no_grad()``, e.g. a manual SGD step ``w -= lr * g``,
-          or when nothing requires grad): the ufunc writes into self's array
-          (an optimizer's flat buffer stays shared). Broadcasting may not change
-          self's shape and the result must cast to self's dtype (same_kind).
-        """
-        other_grad = isinstance(other, Tensor) and other.requires_grad
-        if _grad_mode.enabled and (self.requires_grad or other_grad):
-            if self._ctx is None and self.requires_grad:
-                raise RuntimeError(_LEAF_IN_PLACE)
-            packed = self._grad_storage is not None
-            old = Tensor._wrap(self._data.copy() if packed else self._data, self._ctx,
-                               self._out_index)
-            old.requires_grad = self.requires_grad
-            result = function.apply(old, old if other is self else other)
-            data = result._data
-            if data.shape != self._data.shape:
-                raise RuntimeError("output with shape %s doesn't match the broadcast shape %s"
-                                   % (list(self._data.shape), list(data.shape)))
-            if data.dtype != self._data.dtype:
-                if not np.can_cast(data.dtype, self._data.dtype, "same_kind"):
-                    raise RuntimeError("result type %s can't be cast to the desired output "
-                                       "type %s" % (data.dtype, self._data.dtype))
-                result = _cast(result, self._data.dtype)
-            entry = (result._ctx.seq, old)
-            self._versions = [entry] if self._versions is None else self._versions + [entry]
-            if packed:
-                np.copyto(self._data, result._data)
-            else:
-                self._data = result._data
-            self._ctx, self._out_index = result._ctx, result._out_index
-            self.requires_grad = True
-            return self
-        if not isinstance(self._data, np.ndarray):   # a NumPy scalar from a 0-d op
-            self._data = np.array(self._data)
-        ufunc(self._data, other._data if isinstance(other, Tensor) else other,
-              out=self._data)
-        return self
-
-    def __iadd__(self, other):
-        return self._inplace(other, Add, np.add)
-
-    def __isub__(self, other):
-        return self._inplace(other, Sub, np.subtract)
-
-    def __imul__(self, other):
-        return self._inplace(other, Mul, np.multiply)
-
-    def __itruediv__(self, other):
-        return self._inplace(other, Div, np.true_divide)
-
-    def add_(self, other, alpha=1):
-        return self._inplace(other if alpha == 1 else other * alpha, Add, np.add)
-
-    def sub_(self, other, alpha=1):
-        return self._inplace(other if alpha == 1 else other * alpha, Sub, np.subtract)
-
-    def mul_(self, other):
-        return self._inplace(other, Mul, np.multiply)
-
-    def div_(self, other):
-        return self._inplace(other, Div, np.true_divide)
-
-    # ----------------------------------------------------------- comparisons
-    def _compare(self, other, op):
-        """Elementwise comparison (NumPy broadcasting): a bool Tensor outside the graph."""
-        if isinstance(other, Tensor):
-            other = other._data
-        elif not isinstance(other, _COMPARABLE):
-            return NotImplemented
-        return Tensor._wrap(np.asarray(op(self._data, other)))
-
-    def __eq__(self, other):
-        return self._compare(other, np.equal)
-
-    def __ne__(self, other):
-        return self._compare(other, np.not_equal)
-
-    def __lt__(self, other):
-        return self._compare(other, np.less)
-
-    def __le__(self, other):
-        return self._compare(other, np.less_equal)
-
-    def __gt__(self, other):
-        return self._compare(other, np.greater)
-
-    def __ge__(self, other):
-        return self._compare(other, np.greater_equal)
-
-    def _checked_compare(self, other, op, name):
-        result = self._compare(other, op)
-        if result is NotImplemented:
-            raise TypeError("%s: cannot compare a Tensor with %s" % (name, type(other).__name__))
-        return result
-
-    def eq(self, other):
-        return self._checked_compare(other, np.equal, "eq")
-
-    def ne(self, other):
-        return self._checked_compare(other, np.not_equal, "ne")
-
-    def lt(self, other):
-        return self._checked_compare(other, np.less, "lt")
-
-    def le(self, other):
-        return self._checked_compare(other, np.less_equal, "le")
-
-    def gt(self, other):
-        return self._checked_compare(other, np.greater, "gt")
-
-    def ge(self, other):
-        return self._checked_compare(other, np.greater_equal, "ge")
-
-    def _logical(self, other, op):
-        other = other._data if isinstance(other, Tensor) else other
-        if self._data.dtype.kind == "f" or np.asarray(other).dtype.kind == "f":
-            raise TypeError("bitwise/logical operators need bool or integer tensors, got %s"
-                            % self._data.dtype)
-        return Tensor._wrap(np.asarray(op(self._data, other)))
-
-    def __and__(self, other):
-        return self._logical(other, np.bitwise_and)
-
-    __rand__ = __and__
-
-    def __or__(self, other):
-        return self._logical(other, np.bitwise_or)
-
-    __ror__ = __or__
-
-    def __xor__(self, other):
-        return self._logical(other, np.bitwise_xor)
-
-    __rxor__ = __xor__
-
-    def __invert__(self):
-        if self._data.dtype.kind == "f":
-            raise TypeError("~ needs a bool or integer tensor, got %s" % self._data.dtype)
-        return Tensor._wrap(np.asarray(np.invert(self._data)))
-
-    # ---------------------------------------------------------------- methods
-    def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return Reshape.apply(self, tuple(shape))
-
-    view = reshape
-
-    def flatten(self, start_dim=0, end_dim=-1):
-        ndim = self._data.ndim
-        start, end = start_dim % ndim if ndim else 0, end_dim % ndim if ndim else 0
-        shape = self._data.shape
-        new_shape = shape[:start] + (int(np.prod(shape[start:end + 1])),) + shape[end + 1:]
-        return Reshape.apply(self, new_shape)
-
-    def permute(self, *dims):
-        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-        return Permute.apply(self, tuple(dims))
-
-    def transpose(self, dim0=-2, dim1=-1):
-        if self._data.ndim < 2:
-            return self
-        dims = list(range(self._data.ndim))
-        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
-        return Permute.apply(self, tuple(dims))
-
-    def sum(self, dim=None, keepdim=False):
-        return Sum.apply(self, dim, keepdim)
-
-    def mean(self, dim=None, keepdim=False):
-        """Mean over ``dim`` (or all); bool and integer tensors give float32."""
-        return Mean.apply(self, dim, keepdim)
-
-    def max(self, dim=None, keepdim=False):
-        """As ``torch.Tensor.max``: without ``dim`` a 0-d Tensor of the maximum (its
-        gradient shared evenly by tied maxima); with ``dim`` a namedtuple
-        ``(values, indices)`` (the first maximum of each slice, which gets the
-        gradient)."""
-        return extremum(self, dim, keepdim, largest=True)
-
-    def min(self, dim=None, keepdim=False):
-        """As :meth:`max`, for the minimum."""
-        return extremum(self, dim, keepdim, largest=False)
-
-    def argmax(self, dim=None, keepdim=False):
-        """int64 indices of the (first) maxima along ``dim``, or into the flattened tensor."""
-        return Tensor._wrap(arg_extremum(self._data, dim, keepdim, np.argmax))
-
-    def argmin(self, dim=None, keepdim=False):
-        return Tensor._wrap(arg_extremum(self._data, dim, keepdim, np.argmin))
-
-    def exp(self):
-        return Exp.apply(self)
-
-    def log(self):
-        return Log.apply(self)
-
-    def sqrt(self):
-        return Sqrt.apply(self)
-
-    def abs(self):
-        return Abs.apply(self)
-
-    def clamp(self, min=None, max=None):
-        return Clamp.apply(self, min, max)
-
-    def relu(self):
-        return Clamp.apply(self, 0.0, None)
-
-
-def tensor(data, requires_grad=False, dtype=None):
-    """Create a leaf :class:`Tensor` (float32 by default for Python floats).
+def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False):
+    """Create a leaf :class:`Tensor` from ``data``, always copying it.
 
     Parameters
     ----------
-    data : array_like
+    data : array_like or Tensor
+        Python floats become the default dtype (float32), ints int64.
+    dtype : dtype, optional
+    device : device or str, optional
+        Only the CPU.
     requires_grad : bool
-    dtype : numpy dtype, optional
+    pin_memory : bool
+        Accepted and ignored.
+
+    Raises
+    ------
+    TypeError
+        For data a tensor cannot hold (strings, objects).
+    RuntimeError
+        For a device other than the CPU.
     """
+    check_cpu(device, "tensor")
     if isinstance(data, Tensor):
         data = data._data
     array = _as_array(data, dtype)
+    if array.dtype.kind not in "biuf":
+        raise TypeError("tensor: cannot make a tensor of %s data (dtype %s)"
+                        % (type(data).__name__, array.dtype))
     return Tensor(array.copy() if array is data or np.shares_memory(array, data) else array,
                   requires_grad=requires_grad)
 
@@ -649,6 +429,10 @@ def _input_version(node, tensor):
         if node.seq < stamp:
             return old
     return tensor
+
+
+_SECOND_BACKWARD = ("Trying to backward through the graph a second time; pass "
+                    "retain_graph=True the first time")
 
 
 def _topological_order(root_ctx):
@@ -665,9 +449,7 @@ def _topological_order(root_ctx):
                 child = _input_version(node, child)
             if child._ctx is not None and id(child._ctx) not in visited:
                 if child._ctx.function is None:
-                    raise RuntimeError(
-                        "backward: trying to backward through the graph a second time; "
-                        "pass retain_graph=True the first time")
+                    raise RuntimeError(_SECOND_BACKWARD)
                 visited.add(id(child._ctx))
                 stack.append((child._ctx, iter(child._ctx.inputs)))
                 break
@@ -680,8 +462,7 @@ def _topological_order(root_ctx):
 
 def _run_backward(root, grad, retain_graph):
     if root._ctx.function is None:
-        raise RuntimeError("backward: trying to backward through the graph a second time; "
-                           "pass retain_graph=True the first time")
+        raise RuntimeError(_SECOND_BACKWARD)
     pending = {id(root._ctx): [None] * root._ctx.num_outputs}
     pending[id(root._ctx)][root._out_index] = grad
     for node in _topological_order(root._ctx):
@@ -722,8 +503,16 @@ def _run_backward(root, grad, retain_graph):
             node.saved_tensors = ()
 
 
-# The operations behind Tensor's operators live in their own module; imported last
-# because they subclass Function and build Tensors defined above.
-from fastdl.tensor_ops import (Abs, Add, Clamp, Div, Exp, GetItem, Log, MatMul,  # noqa: E402
-                               Mean, Mul, Neg, Permute, Pow, Reshape, Sqrt, Sub, Sum,
-                               arg_extremum, cast as _cast, cat, extremum, stack)
+def cat(tensors, dim=0):
+    """Concatenate tensors along ``dim`` (see :func:`fastdl.tensor_shape.cat`)."""
+    return tensor_shape.cat(tensors, dim)
+
+
+def stack(tensors, dim=0):
+    """Stack equally shaped tensors along a new ``dim`` (see :func:`fastdl.tensor_shape.stack`)."""
+    return tensor_shape.stack(tensors, dim)
+
+
+# Tensor's method families: each module adds its methods to Tensor when imported.
+from fastdl import (tensor_compare, tensor_convert, tensor_inplace, tensor_math,  # noqa: E402,F401
+                    tensor_ops, tensor_reduce, tensor_shape)

@@ -1,20 +1,26 @@
-"""The Tensor's own differentiable operations: arithmetic with NumPy broadcasting,
-matmul, reshapes, indexing, reductions, exp/log/sqrt/abs/clamp, casts and concatenation.
+"""Tensor arithmetic: ``+ - * / // % **``, matmul and dtype casts, with torch's type
+promotion and NumPy broadcasting.
 
 Each op is a ``Function`` whose backward reduces its gradient back to the
-operand's shape (``_unbroadcast``), so broadcasting works in both directions.
+operand's shape (``unbroadcast``), so broadcasting works in both directions.
+Operands are promoted as torch does before the op runs (:func:`promote`):
+a float tensor keeps its dtype against integer tensors and Python or NumPy
+scalars (``x * mask.long()`` stays float32, as does ``uint8_images / 255``),
+and a 0-d tensor does not widen a dimensioned one; NumPy alone would make
+all of these float64.
 """
-from collections import namedtuple
+import numbers
 
 import numpy as np
 
-from fastdl.autograd import Function, Tensor
+from fastdl.autograd import Function, Tensor, tensor_method
+from fastdl.dtypes import get_default_dtype
 
-# What ``Tensor.max(dim)`` / ``min(dim)`` return, as torch.return_types.max / min.
-MaxResult = namedtuple("max", ["values", "indices"])
-MinResult = namedtuple("min", ["values", "indices"])
+__all__ = ["unbroadcast", "promote", "cast", "add", "sub", "mul", "div", "matmul", "mm",
+           "bmm", "power"]
 
-def _unbroadcast(grad, shape):
+
+def unbroadcast(grad, shape):
     """Sum ``grad`` down to ``shape`` (the inverse of NumPy broadcasting)."""
     if grad.shape == shape:
         return grad
@@ -31,6 +37,77 @@ def _shape(value):
     return np.shape(value)
 
 
+# ------------------------------------------------------------- type promotion
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}
+
+
+def _scalar_dtype(value):
+    """The dtype torch gives a Python or NumPy scalar that decides a result's type."""
+    if isinstance(value, (bool, np.bool_)):
+        return np.dtype(np.bool_)
+    if isinstance(value, numbers.Integral):
+        return np.dtype(np.int64)
+    return get_default_dtype()
+
+
+def _result_dtype(operands):
+    """torch's result type: dimensioned tensors first, then 0-d tensors, then scalars,
+    a later group counting only when its category (bool < int < float) is higher."""
+    groups = ([], [], [])
+    for value in operands:
+        array = value._data if isinstance(value, Tensor) else value
+        if isinstance(array, np.ndarray) and array.ndim:
+            groups[0].append(array.dtype)
+        elif isinstance(array, np.ndarray) or isinstance(value, Tensor):
+            groups[1].append(array.dtype)      # a 0-d tensor (its data may be a NumPy scalar)
+        else:
+            groups[2].append(_scalar_dtype(value))
+    result = None
+    for dtypes in groups:
+        if not dtypes:
+            continue
+        candidate = np.result_type(*dtypes)
+        if result is None:
+            result = candidate
+        elif _CATEGORY[candidate.kind] > _CATEGORY[result.kind]:
+            result = candidate if dtypes is not groups[2] or candidate.kind != "f" \
+                else get_default_dtype()
+    return result
+
+
+def _as_operand(value, dtype):
+    if isinstance(value, Tensor):
+        return cast(value, dtype)
+    if isinstance(value, np.ndarray):
+        return value if value.dtype == dtype else value.astype(dtype)
+    return np.asarray(value, dtype=dtype)
+
+
+def promote(a, b, true_division=False):
+    """``a`` and ``b`` (Tensors, arrays or scalars) cast to torch's result dtype.
+
+    With ``true_division`` an integer or bool result becomes the default float dtype.
+    """
+    a_data = a._data if isinstance(a, Tensor) else a
+    b_data = b._data if isinstance(b, Tensor) else b
+    a_dtype = getattr(a_data, "dtype", None)
+    b_dtype = getattr(b_data, "dtype", None)
+    if a_dtype is not None and a_dtype == b_dtype and (a_dtype.kind == "f" or not true_division):
+        return a, b                                     # the common case: nothing to do
+    if a_dtype is not None and a_dtype.kind == "f" and isinstance(b_data, (int, float)) \
+            and not isinstance(b_data, bool):
+        return a, b                                     # float tensor with a Python number
+    dtype = _result_dtype((a, b))
+    if true_division and dtype.kind != "f":
+        dtype = get_default_dtype()
+    return _as_operand(a, dtype), _as_operand(b, dtype)
+
+
+def _is_operand(value):
+    return isinstance(value, (Tensor, np.ndarray, numbers.Number, np.generic))
+
+
+# ---------------------------------------------------------------- the ops
 class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -40,8 +117,8 @@ class Add(Function):
     @staticmethod
     def backward(ctx, grad):
         a_shape, b_shape = ctx.shapes
-        return (_unbroadcast(grad, a_shape) if ctx.needs_input_grad[0] else None,
-                _unbroadcast(grad, b_shape) if ctx.needs_input_grad[1] else None)
+        return (unbroadcast(grad, a_shape) if ctx.needs_input_grad[0] else None,
+                unbroadcast(grad, b_shape) if ctx.needs_input_grad[1] else None)
 
 
 class Sub(Function):
@@ -53,8 +130,8 @@ class Sub(Function):
     @staticmethod
     def backward(ctx, grad):
         a_shape, b_shape = ctx.shapes
-        return (_unbroadcast(grad, a_shape) if ctx.needs_input_grad[0] else None,
-                _unbroadcast(-grad, b_shape) if ctx.needs_input_grad[1] else None)
+        return (unbroadcast(grad, a_shape) if ctx.needs_input_grad[0] else None,
+                unbroadcast(-grad, b_shape) if ctx.needs_input_grad[1] else None)
 
 
 class Mul(Function):
@@ -66,8 +143,8 @@ class Mul(Function):
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
-        return (_unbroadcast(grad * b, _shape(a)) if ctx.needs_input_grad[0] else None,
-                _unbroadcast(grad * a, _shape(b)) if ctx.needs_input_grad[1] else None)
+        return (unbroadcast(grad * b, _shape(a)) if ctx.needs_input_grad[0] else None,
+                unbroadcast(grad * a, _shape(b)) if ctx.needs_input_grad[1] else None)
 
 
 class Div(Function):
@@ -79,8 +156,8 @@ class Div(Function):
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
-        grad_a = _unbroadcast(grad / b, _shape(a)) if ctx.needs_input_grad[0] else None
-        grad_b = (_unbroadcast(-grad * a / (b * b), _shape(b))
+        grad_a = unbroadcast(grad / b, _shape(a)) if ctx.needs_input_grad[0] else None
+        grad_b = (unbroadcast(-grad * a / (b * b), _shape(b))
                   if ctx.needs_input_grad[1] else None)
         return grad_a, grad_b
 
@@ -96,6 +173,8 @@ class Neg(Function):
 
 
 class Pow(Function):
+    """``a ** exponent`` for a constant exponent."""
+
     @staticmethod
     def forward(ctx, a, exponent):
         ctx.save_for_backward(a)
@@ -105,7 +184,34 @@ class Pow(Function):
     @staticmethod
     def backward(ctx, grad):
         (a,) = ctx.saved_tensors
-        return grad * ctx.exponent * np.power(a, ctx.exponent - 1), None
+        exponent = ctx.exponent
+        if exponent == 0:
+            return np.zeros_like(grad), None
+        return grad * exponent * np.power(a, exponent - 1), None
+
+
+class PowTensor(Function):
+    """``base ** exponent`` where both may be tensors (and either a constant)."""
+
+    @staticmethod
+    def forward(ctx, base, exponent):
+        out = np.power(base, exponent)
+        ctx.save_for_backward(base, exponent, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        base, exponent, out = ctx.saved_tensors
+        grad_base = grad_exponent = None
+        if ctx.needs_input_grad[0]:
+            local = np.where(exponent == 0, 0, exponent * np.power(base, exponent - 1))
+            grad_base = unbroadcast(grad * local, _shape(base))
+        if ctx.needs_input_grad[1]:
+            # d(b^e)/de = b^e log b, taken as 0 where b = 0 (torch's convention)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                local = np.where(base == 0, 0, out * np.log(np.where(base == 0, 1, base)))
+            grad_exponent = unbroadcast(grad * local, _shape(exponent))
+        return grad_base, grad_exponent
 
 
 class MatMul(Function):
@@ -127,228 +233,12 @@ class MatMul(Function):
             grad2 = np.expand_dims(grad2, -1)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = _unbroadcast(np.matmul(grad2, np.swapaxes(b2, -1, -2)), a2.shape)
+            grad_a = unbroadcast(np.matmul(grad2, np.swapaxes(b2, -1, -2)), a2.shape)
             grad_a = grad_a.reshape(a.shape)
         if ctx.needs_input_grad[1]:
-            grad_b = _unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), grad2), b2.shape)
+            grad_b = unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), grad2), b2.shape)
             grad_b = grad_b.reshape(b.shape)
         return grad_a, grad_b
-
-
-class Reshape(Function):
-    @staticmethod
-    def forward(ctx, a, shape):
-        ctx.input_shape = a.shape
-        return a.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.reshape(ctx.input_shape), None
-
-
-class Permute(Function):
-    @staticmethod
-    def forward(ctx, a, dims):
-        ctx.dims = dims
-        return np.transpose(a, dims)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return np.transpose(grad, np.argsort(ctx.dims)), None
-
-
-class GetItem(Function):
-    @staticmethod
-    def forward(ctx, a, index):
-        ctx.index = index
-        ctx.input_shape = a.shape
-        ctx.dtype = a.dtype
-        return a[index]
-
-    @staticmethod
-    def backward(ctx, grad):
-        full = np.zeros(ctx.input_shape, dtype=ctx.dtype)
-        np.add.at(full, ctx.index, grad)  # repeated integer indices accumulate
-        return full, None
-
-
-def _expand_reduced(grad, shape, dim, keepdim):
-    if dim is not None and not keepdim:
-        grad = np.expand_dims(grad, dim)
-    return np.broadcast_to(grad, shape)
-
-
-class Sum(Function):
-    @staticmethod
-    def forward(ctx, a, dim, keepdim):
-        ctx.shape, ctx.dim, ctx.keepdim = a.shape, dim, keepdim
-        return np.asarray(np.sum(a, axis=dim, keepdims=keepdim))
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _expand_reduced(grad, ctx.shape, ctx.dim, ctx.keepdim).copy(), None, None
-
-
-class Mean(Function):
-    @staticmethod
-    def forward(ctx, a, dim, keepdim):
-        ctx.shape, ctx.dim, ctx.keepdim = a.shape, dim, keepdim
-        ctx.count = a.size // max(np.asarray(np.sum(a, axis=dim, keepdims=keepdim)).size, 1) \
-            if a.size else 1
-        if a.dtype.kind != "f":   # bool/integer (e.g. a comparison): float32, the default
-            return np.asarray(np.mean(a, axis=dim, keepdims=keepdim, dtype=np.float64),
-                              dtype=np.float32)
-        return np.asarray(np.mean(a, axis=dim, keepdims=keepdim))
-
-    @staticmethod
-    def backward(ctx, grad):
-        expanded = _expand_reduced(grad, ctx.shape, ctx.dim, ctx.keepdim)
-        return expanded / np.asarray(ctx.count, dtype=grad.dtype), None, None
-
-
-class ExtremumAll(Function):
-    """The maximum (or minimum) of all elements; as torch, tied extrema share the
-    gradient evenly (all NaNs share it when the result is NaN)."""
-
-    @staticmethod
-    def forward(ctx, a, largest):
-        value = np.asarray(np.max(a) if largest else np.min(a))
-        ctx.save_for_backward(a, value)
-        return value
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, value = ctx.saved_tensors
-        mask = np.isnan(a) if np.isnan(value) else a == value
-        share = grad / np.asarray(np.count_nonzero(mask), dtype=grad.dtype)
-        return np.where(mask, share, np.zeros((), dtype=a.dtype)).astype(a.dtype), None
-
-
-class TakeAlongDim(Function):
-    """``a``'s values at ``index`` (shape of ``a`` with size 1 along ``dim``); the
-    gradient goes back to those positions only."""
-
-    @staticmethod
-    def forward(ctx, a, index, dim, keepdim):
-        ctx.shape, ctx.dtype, ctx.index, ctx.dim, ctx.keepdim = a.shape, a.dtype, index, dim, \
-            keepdim
-        values = np.take_along_axis(a, index, axis=dim)
-        return values if keepdim else np.squeeze(values, axis=dim)
-
-    @staticmethod
-    def backward(ctx, grad):
-        full = np.zeros(ctx.shape, dtype=ctx.dtype)
-        values = grad if ctx.keepdim else np.expand_dims(grad, ctx.dim)
-        np.put_along_axis(full, ctx.index, values, axis=ctx.dim)
-        return full, None, None, None
-
-
-def _check_dim(dim, ndim, name):
-    if isinstance(dim, (bool, Tensor)) or not isinstance(dim, (int, np.integer)):
-        raise TypeError("%s: dim must be an int, got %s" % (name, type(dim).__name__))
-    if not -max(ndim, 1) <= dim < max(ndim, 1):
-        raise IndexError("%s: dimension out of range (expected to be in range of [%d, %d], "
-                         "but got %d)" % (name, -max(ndim, 1), max(ndim, 1) - 1, dim))
-    return int(dim) % max(ndim, 1)
-
-
-def extremum(tensor, dim, keepdim, largest):
-    """``Tensor.max``/``min``: a 0-d Tensor without ``dim``; with it, ``(values,
-    indices)`` where indices (int64) are the first extremum of each slice (NaN
-    counts as the extremum, as in torch) and values are differentiable."""
-    name = "max" if largest else "min"
-    a = np.asarray(tensor._data)
-    result = MaxResult if largest else MinResult
-    if dim is None:
-        if a.size == 0:
-            raise RuntimeError("%s(): expected a non-empty tensor" % name)
-        return ExtremumAll.apply(tensor, largest)
-    dim = _check_dim(dim, a.ndim, name)
-    if a.ndim == 0:   # torch allows dim 0 / -1 of a 0-d tensor: itself, index 0
-        values = TakeAlongDim.apply(tensor.reshape(1), np.zeros(1, dtype=np.int64), 0, False)
-        return result(values, Tensor._wrap(np.zeros((), dtype=np.int64)))
-    if a.shape[dim] == 0:
-        raise IndexError("%s(): expected reduction dim %d to have non-zero size" % (name, dim))
-    index = np.expand_dims((np.argmax if largest else np.argmin)(a, axis=dim), dim)
-    index = index.astype(np.int64, copy=False)
-    values = TakeAlongDim.apply(tensor, index, dim, keepdim)
-    indices = Tensor._wrap(index if keepdim else np.squeeze(index, axis=dim))
-    return result(values, indices)
-
-
-def arg_extremum(a, dim, keepdim, function):
-    """int64 ``argmax``/``argmin`` of ``a`` along ``dim`` (flattened when None)."""
-    if dim is not None:
-        dim = _check_dim(dim, a.ndim, function.__name__)
-        if a.ndim == 0:
-            return np.zeros((), dtype=np.int64)
-    elif a.size == 0:
-        raise RuntimeError("%s(): expected a non-empty tensor" % function.__name__)
-    return np.asarray(function(a, axis=dim, keepdims=keepdim), dtype=np.int64)
-
-
-class Exp(Function):
-    @staticmethod
-    def forward(ctx, a):
-        out = np.exp(a)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.saved_tensors[0]
-
-
-class Log(Function):
-    @staticmethod
-    def forward(ctx, a):
-        ctx.save_for_backward(a)
-        return np.log(a)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad / ctx.saved_tensors[0]
-
-
-class Sqrt(Function):
-    @staticmethod
-    def forward(ctx, a):
-        out = np.sqrt(a)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad / (2 * ctx.saved_tensors[0])
-
-
-class Abs(Function):
-    @staticmethod
-    def forward(ctx, a):
-        ctx.save_for_backward(a)
-        return np.abs(a)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * np.sign(ctx.saved_tensors[0])  # sign(0) = 0: the subgradient 0
-
-
-class Clamp(Function):
-    @staticmethod
-    def forward(ctx, a, low, high):
-        ctx.save_for_backward(a)
-        ctx.low, ctx.high = low, high
-        return np.clip(a, low, high)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (a,) = ctx.saved_tensors
-        inside = np.ones(a.shape, dtype=bool)
-        if ctx.low is not None:
-            inside &= a >= ctx.low
-        if ctx.high is not None:
-            inside &= a <= ctx.high
-        return grad * inside, None, None
 
 
 class _Cast(Function):
@@ -367,51 +257,220 @@ def cast(tensor, dtype):
     floating dtype; a bool/integer result is outside the graph (as torch)."""
     if tensor._data.dtype == dtype:
         return tensor
-    if np.dtype(dtype).kind != "f":
+    if np.dtype(dtype).kind != "f" or not tensor.requires_grad:
         return Tensor._wrap(np.asarray(tensor._data).astype(dtype))
     return _Cast.apply(tensor, dtype)
 
 
-class Concatenate(Function):
-    @staticmethod
-    def forward(ctx, dim, *arrays):
-        ctx.dim = dim
-        ctx.sizes = [a.shape[dim] for a in arrays]
-        return np.concatenate(arrays, axis=dim)
-
-    @staticmethod
-    def backward(ctx, grad):
-        splits = np.cumsum(ctx.sizes)[:-1]
-        return (None,) + tuple(np.split(grad, splits, axis=ctx.dim))
+# ------------------------------------------------------------- the operators
+def _binary(function, a, b, true_division=False):
+    if not (_is_operand(a) and _is_operand(b)):
+        return NotImplemented
+    a, b = promote(a, b, true_division)
+    return function.apply(a, b)
 
 
-def cat(tensors, dim=0):
-    """Concatenate tensors along ``dim`` (differentiable, as ``torch.cat``).
+def _floor_operation(ufunc, a, b):
+    """``//`` and ``%``: outside the graph (torch's floor division has no gradient)."""
+    if not (_is_operand(a) and _is_operand(b)):
+        return NotImplemented
+    a, b = promote(a, b)
+    a_data = a._data if isinstance(a, Tensor) else a
+    b_data = b._data if isinstance(b, Tensor) else b
+    if np.asarray(b_data).dtype.kind in "biu" and np.any(np.asarray(b_data) == 0):
+        raise RuntimeError("ZeroDivisionError: integer division by zero")
+    return Tensor._wrap(np.asarray(ufunc(a_data, b_data)))
+
+
+@tensor_method
+def __add__(self, other):
+    return _binary(Add, self, other)
+
+
+@tensor_method
+def __radd__(self, other):
+    return _binary(Add, other, self)
+
+
+@tensor_method
+def __sub__(self, other):
+    if self._data.dtype == np.bool_ and getattr(other, "dtype", None) == np.bool_:
+        raise TypeError("Subtraction, the `-` operator, with two bool tensors is not "
+                        "supported. Use the `^` or `logical_xor()` operator instead.")
+    return _binary(Sub, self, other)
+
+
+@tensor_method
+def __rsub__(self, other):
+    return _binary(Sub, other, self)
+
+
+@tensor_method
+def __mul__(self, other):
+    return _binary(Mul, self, other)
+
+
+@tensor_method
+def __rmul__(self, other):
+    return _binary(Mul, other, self)
+
+
+@tensor_method
+def __truediv__(self, other):
+    return _binary(Div, self, other, true_division=True)
+
+
+@tensor_method
+def __rtruediv__(self, other):
+    return _binary(Div, other, self, true_division=True)
+
+
+@tensor_method
+def __floordiv__(self, other):
+    return _floor_operation(np.floor_divide, self, other)
+
+
+@tensor_method
+def __rfloordiv__(self, other):
+    return _floor_operation(np.floor_divide, other, self)
+
+
+@tensor_method
+def __mod__(self, other):
+    return _floor_operation(np.remainder, self, other)
+
+
+@tensor_method
+def __rmod__(self, other):
+    return _floor_operation(np.remainder, other, self)
+
+
+@tensor_method
+def __neg__(self):
+    if self._data.dtype == np.bool_:
+        raise TypeError("Negation, the `-` operator, on a bool tensor is not supported. "
+                        "Use the `~` or `logical_not()` operator instead.")
+    return Neg.apply(self)
+
+
+@tensor_method
+def __pos__(self):
+    return self
+
+
+@tensor_method
+def __pow__(self, exponent):
+    if isinstance(exponent, (Tensor, np.ndarray)):
+        return _binary(PowTensor, self, exponent)
+    if not isinstance(exponent, (numbers.Number, np.generic)):
+        return NotImplemented
+    if self._data.dtype.kind in "iu" and isinstance(exponent, numbers.Integral) \
+            and exponent < 0:
+        raise RuntimeError("Integers to negative integer powers are not allowed.")
+    base, exponent = promote(self, exponent)
+    return Pow.apply(base, exponent._data if isinstance(exponent, Tensor) else exponent)
+
+
+@tensor_method
+def __rpow__(self, base):
+    return _binary(PowTensor, base, self)
+
+
+@tensor_method
+def __matmul__(self, other):
+    return matmul(self, other)
+
+
+@tensor_method
+def __rmatmul__(self, other):
+    return matmul(other, self)
+
+
+# ------------------------------------------------------------- named methods
+@tensor_method
+def add(self, other, alpha=1):
+    """``self + alpha * other``."""
+    return self + (other if alpha == 1 else other * alpha)
+
+
+@tensor_method
+def sub(self, other, alpha=1):
+    """``self - alpha * other``."""
+    return self - (other if alpha == 1 else other * alpha)
+
+
+@tensor_method
+def mul(self, other):
+    return self * other
+
+
+@tensor_method
+def div(self, other, rounding_mode=None):
+    """``self / other``; ``rounding_mode`` "floor" or "trunc" rounds (outside the graph)."""
+    if rounding_mode is None:
+        return self / other
+    if rounding_mode == "floor":
+        return self // other
+    if rounding_mode == "trunc":
+        quotient = np.trunc((self / other)._data)
+        dtype = _result_dtype((self, other))
+        return Tensor._wrap(np.asarray(quotient.astype(dtype, copy=False)))
+    raise RuntimeError("div expected rounding_mode to be one of None, 'trunc', or 'floor' "
+                       "but found %r" % (rounding_mode,))
+
+
+@tensor_method(name="pow")
+def power(self, exponent):
+    return self ** exponent
+
+
+def _check_matmul(name, a, b, expected_ndim=None):
+    for label, value in (("input", a), ("other", b)):
+        if not isinstance(value, (Tensor, np.ndarray)):
+            raise TypeError("%s: %s must be a Tensor, got %s" % (name, label, type(value).__name__))
+        ndim = np.ndim(value._data if isinstance(value, Tensor) else value)
+        if expected_ndim is not None and ndim != expected_ndim:
+            raise RuntimeError("%s: %s must be a %dD tensor, got %dD" % (name, label,
+                                                                          expected_ndim, ndim))
+        if ndim == 0:
+            raise RuntimeError("%s: both arguments need at least 1 dimension, got 0D" % name)
+    a_shape, b_shape = np.shape(_data_of(a)), np.shape(_data_of(b))
+    inner_a = a_shape[-1]
+    inner_b = b_shape[0] if len(b_shape) == 1 else b_shape[-2]
+    if inner_a != inner_b:
+        raise RuntimeError("%s: shapes %s and %s cannot be multiplied (%d != %d)"
+                           % (name, list(a_shape), list(b_shape), inner_a, inner_b))
+
+
+def _data_of(value):
+    return value._data if isinstance(value, Tensor) else value
+
+
+@tensor_method
+def matmul(self, other):
+    """Matrix product with NumPy/torch broadcasting of batch dimensions.
 
     Raises
     ------
-    ValueError
-        If the list is empty or the shapes differ outside ``dim``.
+    RuntimeError
+        For 0-d operands or inner sizes that differ.
     """
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("cat: expected a non-empty list of tensors")
-    shapes = [np.shape(t._data if isinstance(t, Tensor) else t) for t in tensors]
-    ndim = len(shapes[0])
-    if any(len(s) != ndim for s in shapes) or not -ndim <= dim < ndim:
-        raise ValueError("cat: all tensors need the same ndim and dim in range, got shapes %s "
-                         "and dim=%d" % (shapes, dim))
-    axis = dim % ndim
-    reference = [n for i, n in enumerate(shapes[0]) if i != axis]
-    for s in shapes[1:]:
-        if [n for i, n in enumerate(s) if i != axis] != reference:
-            raise ValueError("cat: shapes %s differ outside dim %d" % (shapes, dim))
-    return Concatenate.apply(axis, *tensors)
+    _check_matmul("matmul", self, other)
+    return _binary(MatMul, self, other)
 
 
-def stack(tensors, dim=0):
-    """Stack tensors along a new axis ``dim``."""
-    tensors = list(tensors)
-    expanded = [t.reshape(t.shape[:dim % (t.ndim + 1)] + (1,) + t.shape[dim % (t.ndim + 1):])
-                if isinstance(t, Tensor) else np.expand_dims(t, dim) for t in tensors]
-    return cat(expanded, dim)
+@tensor_method
+def mm(self, mat2):
+    """The product of two matrices (2-D only)."""
+    _check_matmul("mm", self, mat2, expected_ndim=2)
+    return _binary(MatMul, self, mat2)
+
+
+@tensor_method
+def bmm(self, mat2):
+    """Batched matrix product of ``(b, n, m)`` and ``(b, m, p)`` tensors."""
+    _check_matmul("bmm", self, mat2, expected_ndim=3)
+    if np.shape(_data_of(self))[0] != np.shape(_data_of(mat2))[0]:
+        raise RuntimeError("bmm: batch sizes differ: %d and %d"
+                           % (np.shape(_data_of(self))[0], np.shape(_data_of(mat2))[0]))
+    return _binary(MatMul, self, mat2)

@@ -94,7 +94,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
         total = term if total is None else total + term
     total.backward()
     for i in checked:
-        analytic = np.zeros(inputs[i].shape) if inputs[i].grad is None else inputs[i].grad
+        analytic = np.zeros(inputs[i].shape) if inputs[i].grad is None else _array(inputs[i].grad)
         numeric = numerical_grad(fn, inputs, i, projection, eps)
         error = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
         if np.any(error > 0):

@@ -81,8 +81,9 @@ def test_max_min_values_gradcheck(rng):
 
 def test_max_rejects_a_tensor_or_bad_dim():
     x = Tensor(np.ones((2, 3)))
+    np.testing.assert_array_equal(x.max(Tensor(np.array(2.0))), 2.0)   # elementwise, as torch
     with pytest.raises(TypeError, match="dim must be an int"):
-        x.max(Tensor(np.array(1)))
+        x.max(1.5)
     with pytest.raises(IndexError, match="out of range"):
         x.max(2)
 
@@ -156,7 +157,7 @@ def test_tensors_hash_by_identity_and_compare_with_none():
     assert hash(a) != hash(b) or a is b
     assert a in {a} and b not in {a}
     assert (a == None) is False and (a != None) is True  # noqa: E711
-    with pytest.raises(ValueError, match="ambiguous"):
+    with pytest.raises(RuntimeError, match="ambiguous"):
         bool(a == b)
 
 
@@ -255,7 +256,7 @@ def test_in_place_on_a_tensor_without_grad(rng):
     with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
         b = Tensor(np.ones(3), requires_grad=True) * 1.0
         b += Tensor(np.ones((2, 3)))
-    with pytest.raises(ValueError):
+    with pytest.raises(RuntimeError):
         c = Tensor(np.ones(3))
         c += np.ones((2, 3))
     d = Tensor(np.ones(2), requires_grad=True) * 1.0

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastdl.autograd import Tensor
+from fastdl.devices import parse_to_arguments
 from fastdl.nn.parameter import Parameter
 
 __all__ = ["Module", "RemovableHandle"]
@@ -438,7 +439,7 @@ class Module:
             if set_to_none:
                 parameter.grad = None
             elif parameter.grad is not None:
-                parameter.grad.fill(0)
+                parameter.grad.zero_()
 
     def requires_grad_(self, requires_grad=True):
         """Freeze (False) or unfreeze every parameter."""
@@ -463,6 +464,42 @@ class Module:
                     module._set_buffer(name, buffer.astype(dtype))
         return self
 
+    def to(self, *args, **kwargs):
+        """Cast floating parameters and buffers to a dtype, as ``torch.nn.Module.to``.
+
+        ``to(dtype)``, ``to(device, dtype=None)`` or ``to(tensor)`` (its dtype);
+        the device can only be the CPU. Nothing changes (gradients are kept)
+        when every floating parameter and buffer already has the dtype.
+
+        Returns
+        -------
+        Module
+            self.
+
+        Raises
+        ------
+        RuntimeError
+            For a device other than the CPU ("cuda", "mps", ...).
+        TypeError
+            For a dtype that is not float32 or float64.
+        """
+        dtype, _, _ = parse_to_arguments("Module.to", args, kwargs)
+        if dtype is None:
+            return self
+        if dtype.kind != "f":
+            raise TypeError("nn.Module.to only accepts floating point dtypes, but got desired "
+                            "dtype=%s" % dtype)
+        if dtype == np.float16:
+            return self.half()
+        arrays = list(self.parameters()) + [b for _, b in self.named_buffers() if b is not None]
+        if all(a.dtype == dtype for a in arrays if a.dtype.kind == "f"):
+            return self
+        return self._cast(dtype)
+
+    def cpu(self):
+        """Self: parameters always live on the CPU."""
+        return self
+
     def float(self):
         """Cast floating parameters and buffers to float32 (in place on the Parameters)."""
         return self._cast(np.float32)
@@ -470,6 +507,12 @@ class Module:
     def double(self):
         """Cast floating parameters and buffers to float64."""
         return self._cast(np.float64)
+
+    def half(self):
+        """Raises TypeError: fastdl's kernels compute in float32 and float64 only."""
+        raise TypeError("%s.half(): float16 parameters are not supported (fastdl computes in "
+                        "float32 and float64); keep the model in float32"
+                        % type(self).__name__)
 
     # ------------------------------------------------------------------- call
     def forward(self, *args, **kwargs):
