@@ -261,6 +261,7 @@ def test_grad_norm_bitwise_identical_at_one_and_two_threads(rng):
     assert one == two
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
 def test_lr_schedulers_follow_torch_formulas():
     p = Parameter(np.ones(1))
     optimizer = optim.SGD([p], lr=1.0)

@@ -15,6 +15,7 @@ import numpy as np
 from fastdl.kernels._jit import jit, prange
 
 __all__ = ["make_chunks", "sgd_update", "adagrad_update", "rmsprop_update", "adam_update",
+           "adadelta_update", "adamax_update", "nadam_update", "radam_update",
            "sum_of_squares", "max_abs", "scale_"]
 
 #: Elements per chunk: large enough to amortise the loop overhead, small enough to balance.
@@ -35,7 +36,7 @@ def make_chunks(segment_starts, segment_sizes):
 
 def _sgd(params, grads, momentum_buffer, chunks_start, chunks_end, chunks_segment, active,
          steps, hyper):
-    # hyper columns: lr, momentum, dampening, weight_decay, nesterov
+    # hyper columns: lr, momentum, dampening, weight_decay, nesterov, maximize
     for chunk in prange(chunks_start.shape[0]):
         segment = chunks_segment[chunk]
         if not active[segment]:
@@ -44,10 +45,11 @@ def _sgd(params, grads, momentum_buffer, chunks_start, chunks_end, chunks_segmen
                                           hyper[segment, 2], hyper[segment, 3])
         first = steps[segment] == 1
         nesterov = hyper[segment, 4] != 0
+        sign = -1 if hyper[segment, 5] != 0 else 1   # maximize: ascend
         start, stop = chunks_start[chunk], chunks_end[chunk]
         p, grad, buffer = params[start:stop], grads[start:stop], momentum_buffer[start:stop]
         for i in range(p.shape[0]):   # from 0 over slices: LLVM vectorises this
-            g = grad[i]
+            g = sign * grad[i]
             if decay != 0:
                 g = g + decay * p[i]
             if momentum != 0:
@@ -62,17 +64,18 @@ def _sgd(params, grads, momentum_buffer, chunks_start, chunks_end, chunks_segmen
 
 def _adagrad(params, grads, state_sum, chunks_start, chunks_end, chunks_segment, active, steps,
              hyper):
-    # hyper columns: lr, lr_decay, weight_decay, eps
+    # hyper columns: lr, lr_decay, weight_decay, eps, maximize
     for chunk in prange(chunks_start.shape[0]):
         segment = chunks_segment[chunk]
         if not active[segment]:
             continue
         decay, eps = hyper[segment, 2], hyper[segment, 3]
         clr = hyper[segment, 0] / (1 + (steps[segment] - 1) * hyper[segment, 1])
+        sign = -1 if hyper[segment, 4] != 0 else 1
         start, stop = chunks_start[chunk], chunks_end[chunk]
         p, grad, total = params[start:stop], grads[start:stop], state_sum[start:stop]
         for i in range(p.shape[0]):
-            g = grad[i]
+            g = sign * grad[i]
             if decay != 0:
                 g = g + decay * p[i]
             total[i] = total[i] + g * g
@@ -81,7 +84,7 @@ def _adagrad(params, grads, state_sum, chunks_start, chunks_end, chunks_segment,
 
 def _rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, chunks_start, chunks_end,
              chunks_segment, active, steps, hyper):
-    # hyper columns: lr, alpha, eps, weight_decay, momentum, centered
+    # hyper columns: lr, alpha, eps, weight_decay, momentum, centered, maximize
     for chunk in prange(chunks_start.shape[0]):
         segment = chunks_segment[chunk]
         if not active[segment]:
@@ -89,12 +92,13 @@ def _rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, chunks_start,
         lr, alpha, eps = hyper[segment, 0], hyper[segment, 1], hyper[segment, 2]
         decay, momentum = hyper[segment, 3], hyper[segment, 4]
         centered = hyper[segment, 5] != 0
+        sign = -1 if hyper[segment, 6] != 0 else 1
         start, stop = chunks_start[chunk], chunks_end[chunk]
         p, grad = params[start:stop], grads[start:stop]
         square, mean, buffer = (square_avg[start:stop], grad_avg[start:stop],
                                 momentum_buffer[start:stop])
         for i in range(p.shape[0]):
-            g = grad[i]
+            g = sign * grad[i]
             if decay != 0:
                 g = g + decay * p[i]
             square[i] = alpha * square[i] + (1 - alpha) * g * g
@@ -110,14 +114,14 @@ def _rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, chunks_start,
                 p[i] = p[i] - lr * (g / avg)
 
 
-def _adam_plain(param, grad, first, second, weight_scale, beta1, beta2, keep1, keep2,
+def _adam_plain(param, grad, first, second, weight_scale, sign, beta1, beta2, keep1, keep2,
                 step_size, bias_correction2_sqrt, eps):
     """Adam's update without AMSGrad or gradient-coupled weight decay (AdamW's
     decoupled decay is ``weight_scale``; 1 without decay, exact): a branch-free loop
     that LLVM vectorises (the general loop, with those branches inside, ran at half
     the memory rate)."""
     for i in range(param.shape[0]):
-        g = grad[i]
+        g = sign * grad[i]   # sign = -1 maximizes; exact
         m = beta1 * first[i] + keep1 * g
         v = beta2 * second[i] + keep2 * g * g
         first[i] = m
@@ -130,8 +134,9 @@ _adam_plain_kernel = jit(_adam_plain, inline="always")
 
 
 def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chunks_end,
-          chunks_segment, active, steps, hyper, decoupled):
-    # hyper columns: lr, beta1, beta2, eps, weight_decay, amsgrad
+          chunks_segment, active, steps, hyper):
+    # hyper columns: lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+    # decoupled_weight_decay (AdamW)
     for chunk in prange(chunks_start.shape[0]):
         segment = chunks_segment[chunk]
         if not active[segment]:
@@ -139,6 +144,7 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
         lr, beta1, beta2 = hyper[segment, 0], hyper[segment, 1], hyper[segment, 2]
         eps, decay = hyper[segment, 3], hyper[segment, 4]
         amsgrad = hyper[segment, 5] != 0
+        decoupled = hyper[segment, 7] != 0
         step = steps[segment]
         # the scalars in float64, the elementwise update in the parameters' dtype
         # (as torch's fused Adam): float64 division and square root per element
@@ -147,6 +153,7 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
         bias_correction2_sqrt = to_dtype(np.sqrt(1 - beta2 ** step))
         step_size = to_dtype(lr / (1 - beta1 ** step))
         weight_scale = to_dtype(1 - lr * decay)
+        sign = to_dtype(-1 if hyper[segment, 6] != 0 else 1)
         decay, eps = to_dtype(decay), to_dtype(eps)
         beta1, beta2 = to_dtype(beta1), to_dtype(beta2)
         keep1, keep2 = to_dtype(1 - hyper[segment, 1]), to_dtype(1 - hyper[segment, 2])
@@ -156,11 +163,11 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
                                      max_exp_avg_sq[start:stop])
         if not amsgrad and (decay == 0 or decoupled):
             # weight_scale is exactly 1 without decay
-            _adam_plain_kernel(param, grad, first, second, weight_scale, beta1, beta2, keep1,
-                               keep2, step_size, bias_correction2_sqrt, eps)
+            _adam_plain_kernel(param, grad, first, second, weight_scale, sign, beta1, beta2,
+                               keep1, keep2, step_size, bias_correction2_sqrt, eps)
             continue
         for i in range(param.shape[0]):
-            g = grad[i]
+            g = sign * grad[i]
             p = param[i]
             if decay != 0:
                 if decoupled:        # AdamW: decay the weights, not the gradient
@@ -177,10 +184,145 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, chunks_start, chun
             param[i] = p - step_size * (m / (np.sqrt(v) / bias_correction2_sqrt + eps))
 
 
+def _adadelta(params, grads, square_avg, acc_delta, chunks_start, chunks_end, chunks_segment,
+              active, steps, hyper):
+    # hyper (float64) columns: lr, rho, eps, weight_decay, maximize
+    for chunk in prange(chunks_start.shape[0]):
+        segment = chunks_segment[chunk]
+        if not active[segment]:
+            continue
+        to_dtype = params.dtype.type   # scalars in float64, elements in the params' dtype
+        lr, rho, eps = to_dtype(hyper[segment, 0]), to_dtype(hyper[segment, 1]), \
+            to_dtype(hyper[segment, 2])
+        decay, keep = to_dtype(hyper[segment, 3]), to_dtype(1 - hyper[segment, 1])
+        sign = to_dtype(-1 if hyper[segment, 4] != 0 else 1)
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        p, grad = params[start:stop], grads[start:stop]
+        square, accumulated = square_avg[start:stop], acc_delta[start:stop]
+        for i in range(p.shape[0]):
+            g = sign * grad[i]
+            if decay != 0:
+                g = g + decay * p[i]
+            square[i] = square[i] * rho + keep * g * g
+            delta = np.sqrt(accumulated[i] + eps) / np.sqrt(square[i] + eps) * g
+            accumulated[i] = accumulated[i] * rho + keep * delta * delta
+            p[i] = p[i] - lr * delta
+
+
+def _adamax(params, grads, exp_avg, exp_inf, chunks_start, chunks_end, chunks_segment, active,
+            steps, hyper):
+    # hyper (float64) columns: lr, beta1, beta2, eps, weight_decay, maximize
+    for chunk in prange(chunks_start.shape[0]):
+        segment = chunks_segment[chunk]
+        if not active[segment]:
+            continue
+        to_dtype = params.dtype.type
+        clr = to_dtype(hyper[segment, 0] / (1 - hyper[segment, 1] ** steps[segment]))
+        keep1, beta2 = to_dtype(1 - hyper[segment, 1]), to_dtype(hyper[segment, 2])
+        eps, decay = to_dtype(hyper[segment, 3]), to_dtype(hyper[segment, 4])
+        sign = to_dtype(-1 if hyper[segment, 5] != 0 else 1)
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        p, grad, first, norm = (params[start:stop], grads[start:stop], exp_avg[start:stop],
+                                exp_inf[start:stop])
+        for i in range(p.shape[0]):
+            g = sign * grad[i]
+            if decay != 0:
+                g = g + decay * p[i]
+            first[i] = first[i] + keep1 * (g - first[i])   # torch's lerp
+            norm[i] = max(norm[i] * beta2, abs(g) + eps)
+            p[i] = p[i] - clr * (first[i] / norm[i])
+
+
+def _nadam(params, grads, exp_avg, exp_avg_sq, chunks_start, chunks_end, chunks_segment,
+           active, hyper, coefficients):
+    # hyper (float64) columns: lr, beta1, beta2, eps, weight_decay, momentum_decay,
+    # decoupled_weight_decay, maximize; coefficients (per segment, from the optimizer's
+    # mu_product): grad_step, avg_step, bias_correction2
+    for chunk in prange(chunks_start.shape[0]):
+        segment = chunks_segment[chunk]
+        if not active[segment]:
+            continue
+        to_dtype = params.dtype.type
+        keep1, beta2 = to_dtype(1 - hyper[segment, 1]), to_dtype(hyper[segment, 2])
+        keep2, eps = to_dtype(1 - hyper[segment, 2]), to_dtype(hyper[segment, 3])
+        decay, decoupled = to_dtype(hyper[segment, 4]), hyper[segment, 6] != 0
+        weight_scale = to_dtype(1 - hyper[segment, 0] * hyper[segment, 4])
+        sign = to_dtype(-1 if hyper[segment, 7] != 0 else 1)
+        grad_step, avg_step = to_dtype(coefficients[segment, 0]), \
+            to_dtype(coefficients[segment, 1])
+        bias_correction2 = to_dtype(coefficients[segment, 2])
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        p, grad, first, second = (params[start:stop], grads[start:stop], exp_avg[start:stop],
+                                  exp_avg_sq[start:stop])
+        for i in range(p.shape[0]):
+            g = sign * grad[i]
+            if decay != 0:
+                if decoupled:
+                    p[i] = p[i] * weight_scale
+                else:
+                    g = g + decay * p[i]
+            first[i] = first[i] + keep1 * (g - first[i])
+            second[i] = second[i] * beta2 + keep2 * g * g
+            denominator = np.sqrt(second[i] / bias_correction2) + eps
+            p[i] = p[i] - grad_step * (g / denominator)
+            p[i] = p[i] - avg_step * (first[i] / denominator)
+
+
+def _radam(params, grads, exp_avg, exp_avg_sq, chunks_start, chunks_end, chunks_segment,
+           active, steps, hyper):
+    # hyper (float64) columns: lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
+    # maximize
+    for chunk in prange(chunks_start.shape[0]):
+        segment = chunks_segment[chunk]
+        if not active[segment]:
+            continue
+        lr, beta1, beta2 = hyper[segment, 0], hyper[segment, 1], hyper[segment, 2]
+        step = steps[segment]
+        bias_correction2 = 1 - beta2 ** step
+        # the length of the approximated simple moving average (Liu et al. 2019, eq. 5)
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * beta2 ** step / bias_correction2
+        rectified = rho_t > 5.0
+        rect = 0.0
+        if rectified:
+            rect = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                           / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        to_dtype = params.dtype.type
+        bias_correction1 = to_dtype(1 - beta1 ** step)
+        root_correction2, rect = to_dtype(np.sqrt(bias_correction2)), to_dtype(rect)
+        keep1, keep2 = to_dtype(1 - beta1), to_dtype(1 - beta2)
+        beta2, lr, eps = to_dtype(beta2), to_dtype(lr), to_dtype(hyper[segment, 3])
+        decay, decoupled = to_dtype(hyper[segment, 4]), hyper[segment, 5] != 0
+        weight_scale = to_dtype(1 - hyper[segment, 0] * hyper[segment, 4])
+        sign = to_dtype(-1 if hyper[segment, 6] != 0 else 1)
+        start, stop = chunks_start[chunk], chunks_end[chunk]
+        p, grad, first, second = (params[start:stop], grads[start:stop], exp_avg[start:stop],
+                                  exp_avg_sq[start:stop])
+        for i in range(p.shape[0]):
+            g = sign * grad[i]
+            if decay != 0:
+                if decoupled:
+                    p[i] = p[i] * weight_scale
+                else:
+                    g = g + decay * p[i]
+            first[i] = first[i] + keep1 * (g - first[i])
+            second[i] = second[i] * beta2 + keep2 * g * g
+            corrected = first[i] / bias_correction1
+            if rectified:
+                adaptive = root_correction2 / (np.sqrt(second[i]) + eps)
+                p[i] = p[i] - corrected * lr * adaptive * rect
+            else:
+                p[i] = p[i] - corrected * lr
+
+
 sgd_update = jit(_sgd, parallel=True)
 adagrad_update = jit(_adagrad, parallel=True)
 rmsprop_update = jit(_rmsprop, parallel=True)
 adam_update = jit(_adam, parallel=True)
+adadelta_update = jit(_adadelta, parallel=True)
+adamax_update = jit(_adamax, parallel=True)
+nadam_update = jit(_nadam, parallel=True)
+radam_update = jit(_radam, parallel=True)
 
 _NORM_BLOCK = 1 << 14
 

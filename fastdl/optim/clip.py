@@ -13,14 +13,16 @@ import numpy as np
 
 from fastdl.autograd import Tensor
 from fastdl.kernels import optim as kernels
+from fastdl.optim.optimizer import grad_array
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
 def _grads(parameters):
+    """The gradients' arrays (a Tensor's ``.grad`` is a Tensor or, before, an ndarray)."""
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    return [p.grad for p in parameters if p.grad is not None]
+    return [grad_array(p) for p in parameters if p.grad is not None]
 
 
 def _flat_views(grads):
@@ -45,8 +47,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 
     Returns
     -------
-    float
-        The total norm before clipping.
+    numpy.float64
+        The total norm before clipping (``float(norm)`` and ``norm.item()`` work,
+        as with torch's 0-d tensor).
 
     Raises
     ------
@@ -57,7 +60,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         raise ValueError("clip_grad_norm_: max_norm must be >= 0, got %r" % (max_norm,))
     grads = _grads(parameters)
     if not grads:
-        return 0.0
+        return np.float64(0.0)
     arrays = _flat_views(grads)
     norm_type = float(norm_type)
     if norm_type == math.inf:
@@ -72,7 +75,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
             raise RuntimeError("clip_grad_norm_: the total norm of order %s of the gradients "
                                "is non-finite (%s); gradients left unchanged" % (norm_type,
                                                                                   total))
-        return total
+        return np.float64(total)
     coefficient = max_norm / (total + 1e-6)
     if coefficient < 1.0:
         if len(arrays) == 1 and arrays[0] is not grads[0]:
@@ -80,7 +83,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         else:
             for grad in grads:
                 grad *= grad.dtype.type(coefficient)
-    return total
+    return np.float64(total)
 
 
 def clip_grad_value_(parameters, clip_value):

@@ -13,7 +13,13 @@ another shape or dtype rebinds ``p.data``, and the next ``step()`` (or
 ``zero_grad``/``state_dict``) notices and re-packs the buffers, keeping each
 parameter's state (step count, momentum …) when its size is unchanged and
 starting it afresh when its size changed.
+
+``param_groups`` are plain dicts, read at every step: editing ``group["lr"]``
+or ``group["betas"]`` takes effect at the next ``step()``. ``optimizer.state``
+maps each parameter to its state as torch's does (the fused slots are views
+into the flat buffers).
 """
+import collections
 import numbers
 
 import numpy as np
@@ -21,7 +27,13 @@ import numpy as np
 from fastdl.autograd import Tensor
 from fastdl.kernels.optim import make_chunks
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "check_non_negative", "grad_array"]
+
+
+def grad_array(p):
+    """The ndarray of ``p.grad`` (a Tensor, or an ndarray), or None."""
+    grad = p.grad
+    return grad._data if isinstance(grad, Tensor) else grad
 
 
 def _touched_zeros(size, dtype):
@@ -37,7 +49,12 @@ def _touched_zeros(size, dtype):
 
 
 class Optimizer:
-    """Base class. Subclasses set ``defaults``, ``state_slots``, ``hyper_names`` and ``_update``.
+    """Base class of the optimizers; see the :mod:`fastdl.optim` docstring to write one.
+
+    A fused subclass names its per-element state buffers (``state_slots``), the
+    group options its kernel reads (``hyper_names``) and implements
+    ``_validate(group)`` and ``_update(active, hyper)``. A subclass may instead
+    override ``step()`` and loop over ``param_groups`` and ``state[p]`` as in torch.
 
     Parameters
     ----------
@@ -51,6 +68,8 @@ class Optimizer:
     # slot name -> the group option holding a new parameter's initial value (zeros
     # otherwise), e.g. Adagrad's {"sum": "initial_accumulator_value"}
     slot_initial = {}
+    # per-parameter scalars kept across steps -> their initial value (NAdam's mu_product)
+    scalar_state = {}
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
@@ -60,12 +79,13 @@ class Optimizer:
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         self.param_groups = []
+        self._user_state = collections.defaultdict(dict)
         for group in groups:
             self.add_param_group(group)
         self._build_buffers()
 
     def add_param_group(self, group):
-        """Add a group (before the first step); its missing options come from the defaults."""
+        """Add a group (at any time); its missing options come from the defaults."""
         params = group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         for p in params:
@@ -99,9 +119,10 @@ class Optimizer:
             return {}
         return {id(p): (int(size), int(step),
                         {name: buffer[start:start + size].copy()
-                         for name, buffer in self.state_buffers.items()})
-                for p, start, size, step in zip(self._packed, self._starts, self._sizes,
-                                                self._steps)}
+                         for name, buffer in self.state_buffers.items()},
+                        {name: values[index] for name, values in self._scalars.items()})
+                for index, (p, start, size, step) in enumerate(zip(
+                    self._packed, self._starts, self._sizes, self._steps))}
 
     def _build_buffers(self):
         """Pack every parameter (its data, gradient and state) into flat buffers."""
@@ -113,10 +134,10 @@ class Optimizer:
             raise TypeError("optimizer: all parameters must share one dtype, got %s"
                             % sorted(str(d) for d in dtypes))
         for p in params:
-            if p.grad is not None and np.shape(p.grad) != p._data.shape:
+            if p.grad is not None and np.shape(grad_array(p)) != p._data.shape:
                 raise RuntimeError("optimizer: a parameter's gradient has shape %s but its "
                                    "data has shape %s (was .data given a new shape after "
-                                   "backward?)" % (np.shape(p.grad), p._data.shape))
+                                   "backward?)" % (np.shape(grad_array(p)), p._data.shape))
         dtype = dtypes.pop()
         sizes = [p._data.size for p in params]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
@@ -126,6 +147,8 @@ class Optimizer:
         self.flat_grads = _touched_zeros(total, dtype)
         slots = {name: _touched_zeros(total, dtype) for name in self.state_slots}
         steps = np.zeros(len(params), dtype=np.int64)
+        scalars = {name: np.full(len(params), value, dtype=np.float64)
+                   for name, value in self.scalar_state.items()}
         group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
         views = []
         for index, (p, start, size) in enumerate(zip(params, starts, sizes)):
@@ -134,7 +157,7 @@ class Optimizer:
             view[...] = p._data.reshape(-1)
             grad_view = self.flat_grads[start:start + size].reshape(shape)
             if p.grad is not None:
-                grad_view[...] = p.grad
+                grad_view[...] = grad_array(p)
                 p.grad = grad_view
             p._data = view.reshape(shape)   # not the setter: it would copy into the old buffer
             p._grad_storage = grad_view
@@ -144,10 +167,13 @@ class Optimizer:
                 steps[index] = old[1]
                 for name, values in old[2].items():
                     slots[name][start:start + size] = values
+                for name, value in old[3].items():
+                    scalars[name][index] = value
             else:
                 for name, option in self.slot_initial.items():
                     slots[name][start:start + size] = self.param_groups[group_of[index]][option]
         self.state_buffers = slots
+        self._scalars = scalars
         self._packed, self._views = list(params), views
         self._starts, self._sizes = starts, np.array(sizes, dtype=np.int64)
         self._chunks = make_chunks(starts.tolist(), sizes)
@@ -164,7 +190,18 @@ class Optimizer:
 
     def _slot(self, name, index):
         start, size = self._starts[index], self._sizes[index]
-        return self.state_buffers[name][start:start + size].reshape(self.params[index].shape)
+        return self.state_buffers[name][start:start + size].reshape(self._packed[index].shape)
+
+    @property
+    def chunks(self):
+        """``(chunk_start, chunk_end, chunk_segment)``: the flat buffer cut into chunks, each
+        inside one parameter's segment (the loop a fused kernel runs in parallel)."""
+        return self._chunks
+
+    @property
+    def steps(self):
+        """Per-parameter step counts (int64, one per segment), already advanced for this step."""
+        return self._steps
 
     # -------------------------------------------------------------------- step
     def zero_grad(self, set_to_none=True):
@@ -177,11 +214,24 @@ class Optimizer:
             for p in self.params:
                 p.grad = p._grad_storage
 
-    def _hyper(self):
-        table = np.array([[float(group[name]) for name in self.hyper_names]
-                          for group in self.param_groups], dtype=np.float64)
-        # in the parameters' dtype: float32 updates then run in float32 SIMD, as torch's
-        return np.ascontiguousarray(table[self._group_of], dtype=self.flat_params.dtype)
+    def _hyper_table(self):
+        """float64 ``(groups, columns)``: ``hyper_names`` read from each group now; a tuple
+        option (``betas``) takes one column per entry, booleans are 0/1."""
+        rows = []
+        for group in self.param_groups:
+            row = []
+            for name in self.hyper_names:
+                value = group[name]
+                row.extend(float(v) for v in value) if isinstance(value, (tuple, list)) \
+                    else row.append(float(value))
+            rows.append(row)
+        return np.array(rows, dtype=np.float64)
+
+    def _hyper(self, dtype=None):
+        """Per-parameter rows of :meth:`_hyper_table`, in ``dtype`` (the parameters' by
+        default: float32 updates then run in float32 SIMD, as torch's)."""
+        table = self._hyper_table()
+        return np.ascontiguousarray(table[self._group_of], dtype=dtype or self.flat_params.dtype)
 
     def step(self, closure=None):
         """Update every parameter that has a gradient, in one fused kernel call.
@@ -195,30 +245,61 @@ class Optimizer:
         active = np.fromiter((p.grad is not None and p.requires_grad for p in self.params),
                              dtype=np.bool_, count=len(self._steps))
         for p in self.params:
-            if p.grad is not None and p.grad is not p._grad_storage:
-                p._grad_storage[...] = p.grad  # a grad assigned by hand
+            grad = grad_array(p)
+            if grad is not None and grad is not p._grad_storage:
+                p._grad_storage[...] = grad  # a grad assigned by hand
         self._steps += active
         self._update(active, self._hyper())
         return loss
 
     def _update(self, active, hyper):
-        raise NotImplementedError("optimizer subclasses define _update")  # abstract
+        raise NotImplementedError("optimizer subclasses define _update or override step()")
 
     # ------------------------------------------------------------------- state
+    def _fused_names(self):
+        return {"step", *self.state_slots, *self.scalar_state}
+
+    def _fused_entry(self, index, copy):
+        entry = {"step": int(self._steps[index])}
+        for name in self.state_slots:
+            view = self._slot(name, index)
+            entry[name] = view.copy() if copy else view
+        for name, values in self._scalars.items():
+            entry[name] = float(values[index])
+        return entry
+
+    @property
+    def state(self):
+        """``{parameter: {name: value}}`` as torch's ``optimizer.state``.
+
+        A parameter that has stepped shows ``step``, its scalar state and its
+        slots as views into the flat buffers (edit them in place); other keys
+        belong to the caller (an optimizer that overrides ``step()`` keeps its
+        own state here) and persist.
+        """
+        self._sync()
+        for index, p in enumerate(self._packed):
+            if self._steps[index] > 0:
+                self._user_state[p].update(self._fused_entry(index, copy=False))
+        return self._user_state
+
     def state_dict(self):
         """``{"state": {index: {"step", slots…}}, "param_groups": [...]}`` as torch.
 
-        Arrays are copies; a parameter that never stepped has no state entry.
+        Parameters are numbered in group order; arrays are copies; a parameter
+        with no state has no entry.
         """
         self._sync()
         state = {}
-        for index in range(len(self._steps)):
-            if self._steps[index] == 0:
-                continue
-            entry = {"step": int(self._steps[index])}
-            for name in self.state_slots:
-                entry[name] = self._slot(name, index).copy()
-            state[index] = entry
+        fused = self._fused_names()
+        for index, p in enumerate(self._packed):
+            entry = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                     for k, v in self._user_state.get(p, {}).items()
+                     if self._steps[index] == 0 or k not in fused}
+            if self._steps[index] > 0:
+                entry.update(self._fused_entry(index, copy=True))
+            if entry:
+                state[index] = entry
         groups = []
         offset = 0
         for group in self.param_groups:
@@ -229,7 +310,8 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
-        """Restore hyper-parameters, step counts and state slots saved by :meth:`state_dict`.
+        """Restore hyper-parameters and state saved by :meth:`state_dict` (or by torch's
+        optimizer of the same kind, with its tensors as arrays).
 
         Raises
         ------
@@ -245,23 +327,55 @@ class Optimizer:
                              "groups or parameters per group")
         for saved, own in zip(groups, self.param_groups):
             own.update({k: v for k, v in saved.items() if k != "params"})
+        self._reset_state()
+        for key, entry in state_dict["state"].items():
+            self._load_entry(int(key), entry)
+
+    def _reset_state(self):
         self._steps[:] = 0
+        self._user_state.clear()
         for name in self.state_slots:
             self.state_buffers[name].fill(0)
+        for name, value in self.scalar_state.items():
+            self._scalars[name].fill(value)
         for name, option in self.slot_initial.items():   # parameters without saved state
             for index, group in enumerate(self._group_of):
                 start, size = self._starts[index], self._sizes[index]
                 self.state_buffers[name][start:start + size] = self.param_groups[group][option]
-        for key, entry in state_dict["state"].items():
-            index = int(key)
-            self._steps[index] = int(entry["step"])
-            for name in self.state_slots:
-                values = np.asarray(entry[name])
-                target = self._slot(name, index)
-                if values.shape != target.shape:
-                    raise ValueError("load_state_dict: state %r of parameter %d has shape %s, "
-                                     "expected %s" % (name, index, values.shape, target.shape))
-                target[...] = values
+
+    def _load_entry(self, index, entry):
+        fused = self._update.__func__ is not Optimizer._update
+        slots = [name for name in self.state_slots if entry.get(name) is not None]
+        if fused:
+            # torch's SGD keeps no step: a momentum buffer means it has stepped
+            self._steps[index] = int(float(np.asarray(entry.get("step", 1 if slots else 0))))
+        for name in slots if fused else ():
+            values = np.asarray(entry[name])
+            target = self._slot(name, index)
+            if values.shape != target.shape:
+                raise ValueError("load_state_dict: state %r of parameter %d has shape %s, "
+                                 "expected %s" % (name, index, values.shape, target.shape))
+            target[...] = values
+        for name in self.scalar_state if fused else ():
+            value = entry.get(name)
+            self._scalars[name][index] = float(np.asarray(value)) if value is not None else \
+                self._recompute_scalar(name, index)
+        own = {k: v for k, v in entry.items() if not fused or k not in self._fused_names()}
+        if own:
+            self._user_state[self._packed[index]].update(own)
+
+    def _recompute_scalar(self, name, index):
+        """A scalar state missing from a loaded state dict (subclasses rebuild it from the
+        step count); the initial value by default."""
+        return self.scalar_state[name]
+
+
+def check_torch_flags(differentiable=False, **ignored):
+    """Accept torch's implementation flags (``foreach``, ``fused``, ``capturable``): fastdl
+    has one fused CPU path. ``differentiable=True`` is refused."""
+    if differentiable:
+        raise ValueError("differentiable=True is not supported: fastdl's optimizer steps are "
+                         "not recorded by the autograd")
 
 
 def check_non_negative(name, value, label=None):
