@@ -226,3 +226,13 @@ def test_shuffled_orders_follow_manual_seed_and_generators():
     sampler_first = list(RandomSampler(data))
     fastdl.manual_seed(3)
     assert list(RandomSampler(data)) == sampler_first
+
+
+def test_torch_utils_data_path_is_fastdl_data():
+    import fastdl.data
+    import fastdl.utils.data
+    from fastdl.distributed import DistributedSampler
+    from fastdl.utils.data import DataLoader as Loader
+    assert Loader is DataLoader and fastdl.utils.data.random_split is random_split
+    assert fastdl.utils.data.DistributedSampler is DistributedSampler
+    assert fastdl.utils.data.get_worker_info is fastdl.data.get_worker_info

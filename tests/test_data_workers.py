@@ -206,3 +206,22 @@ def test_forked_workers_run_kernels_after_the_parent_did():
     expected = np.stack([Convolves()[i] for i in range(4)])   # the parent runs kernels first
     batches = list(DataLoader(Convolves(), 2, num_workers=2, timeout=LIMIT))
     np.testing.assert_array_equal(np.concatenate([b.numpy() for b in batches]), expected)
+
+
+def test_spawned_workers_and_the_trainer():
+    from fastdl import nn, optim
+    from fastdl.train import Trainer
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1, 4, 4)).astype(np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int64)
+    data = TensorDataset(x, y)
+    spawned = _values(DataLoader(data, 16, num_workers=1, multiprocessing_context="spawn",
+                                 timeout=LIMIT))
+    assert spawned == _values(DataLoader(data, 16))
+    fastdl.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.5), nn.CrossEntropyLoss(),
+                      progress=False)
+    history = trainer.fit(DataLoader(data, 16, shuffle=True, num_workers=2, timeout=LIMIT),
+                          DataLoader(data, 32, num_workers=1, timeout=LIMIT), epochs=3)
+    assert history.records[-1]["val_accuracy"] > 0.8
