@@ -171,7 +171,7 @@ def test_functional_ops_take_read_only_arrays(dtype, rng):
         "log_softmax": (lambda x: F.log_softmax(x, 1), [rows]),
         "cross_entropy": (F.cross_entropy, [rows, target]),
         "mse_loss": (F.mse_loss, [rows, rng.normal(size=rows.shape)]),
-        "interpolate": (lambda x: F.interpolate(x, 2, mode="bilinear"), [x]),
+        "interpolate": (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"), [x]),
     }
     for name, (op, arrays) in ops.items():
         arrays = [a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays]

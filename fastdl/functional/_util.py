@@ -28,3 +28,15 @@ def check_float(op, name, value):
     if array.dtype not in (np.float32, np.float64):
         raise TypeError("%s: %s must be float32 or float64, got %s" % (op, name, array.dtype))
     return array
+
+
+def finish_inplace(input, output, inplace):
+    """torch's ``inplace=True``: the result written into ``input``'s array, and ``input``
+    returned, when autograd records nothing; while it records (``output`` requires
+    grad), the result stays a new Tensor so saved arrays are never overwritten."""
+    if not inplace or output.requires_grad:
+        return output
+    target = data_of(input)
+    if target is not output.data:
+        np.copyto(target, output.data)
+    return input if isinstance(input, Tensor) else output

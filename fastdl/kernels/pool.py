@@ -316,16 +316,32 @@ def max_pool2d_backward(grad_out, indices, input_shape):
 # ---------------------------------------------------------------------------
 
 
-def _mean_windows(height, width, output_hw, kernel, stride, padding, count_include_pad):
-    """Row and column (starts, stops, counts) of avg_pool2d, flattened into one tuple."""
-    return (_pool_windows(height, output_hw[0], kernel[0], stride[0], padding[0],
-                          count_include_pad)
-            + _pool_windows(width, output_hw[1], kernel[1], stride[1], padding[1],
-                            count_include_pad))
+def _mean_windows(height, width, output_hw, kernel, stride, padding, count_include_pad,
+                  divisor_override=None):
+    """Row and column (starts, stops, counts) of avg_pool2d, flattened into one tuple.
+
+    The loops divide by ``row_count * column_count``; ``divisor_override`` makes that
+    product the given divisor (row counts = divisor, column counts = 1).
+    """
+    rows = _pool_windows(height, output_hw[0], kernel[0], stride[0], padding[0],
+                         count_include_pad)
+    cols = _pool_windows(width, output_hw[1], kernel[1], stride[1], padding[1],
+                         count_include_pad)
+    if divisor_override is not None:
+        rows = rows[:2] + (np.full(output_hw[0], divisor_override, dtype=np.int64),)
+        cols = cols[:2] + (np.ones(output_hw[1], dtype=np.int64),)
+    return rows + cols
+
+
+def _check_divisor(name, divisor_override):
+    if divisor_override is not None and (not is_int(divisor_override)
+                                         or divisor_override == 0):
+        raise ValueError("%s: divisor must be not zero, got divisor_override=%r"
+                         % (name, divisor_override))
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                       count_include_pad=True):
+                       count_include_pad=True, divisor_override=None):
     """2-D average pooling.
 
     Parameters
@@ -337,6 +353,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     count_include_pad : bool
         Divide by the window size including zero padding (cells past the padded
         input in ``ceil_mode`` never count), else by the number of input cells.
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
 
     Returns
     -------
@@ -344,21 +362,23 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
         ``H_out = floor_or_ceil((H + 2 * padding - kernel) / stride) + 1``.
     """
     _check_array("avg_pool2d", x)
+    _check_divisor("avg_pool2d", divisor_override)
     kernel, stride, padding, output_hw = validate_pool2d_args(
         "avg_pool2d", x.shape, kernel_size, stride, padding, ceil_mode)
     planes = _planes(x)
     out = np.empty((planes.shape[0],) + output_hw, dtype=x.dtype)
-    if _full_2x2_windows(x.shape, kernel, stride, padding, output_hw):
+    if divisor_override is None and _full_2x2_windows(x.shape, kernel, stride, padding,
+                                                      output_hw):
         _loops().avg_pool2d_forward_2x2_kernel(planes, out)
     else:
         windows = _mean_windows(x.shape[-2], x.shape[-1], output_hw, kernel, stride, padding,
-                                count_include_pad)
+                                count_include_pad, divisor_override)
         _loops().window_mean_forward_kernel(planes, *windows, out)
     return out.reshape(x.shape[:-2] + output_hw)
 
 
 def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True):
+                        ceil_mode=False, count_include_pad=True, divisor_override=None):
     """Gradient of ``avg_pool2d`` with respect to its input.
 
     Parameters
@@ -366,7 +386,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
     grad_out : ndarray, (N, C, H_out, W_out), float32 or float64
     input_shape : tuple of int
         Shape of the forward input.
-    kernel_size, stride, padding, ceil_mode, count_include_pad
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
         As given to ``avg_pool2d_forward``.
 
     Returns
@@ -382,11 +402,12 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
                          % (grad_out.shape, input_shape[:-2] + output_hw))
     grad_planes = _planes(grad_out)
     grad_x = np.empty((grad_planes.shape[0],) + input_shape[-2:], dtype=grad_out.dtype)
-    if _full_2x2_windows(input_shape, kernel, stride, padding, output_hw):
+    if divisor_override is None and _full_2x2_windows(input_shape, kernel, stride, padding,
+                                                      output_hw):
         _loops().avg_pool2d_backward_2x2_kernel(grad_planes, grad_x)
     else:
         windows = _mean_windows(input_shape[-2], input_shape[-1], output_hw, kernel, stride,
-                                padding, count_include_pad)
+                                padding, count_include_pad, divisor_override)
         _loops().window_mean_backward_kernel(grad_planes, *windows, grad_x)
     return grad_x.reshape(input_shape)
 

@@ -46,7 +46,8 @@ class FCN(nn.Module):
         scores = self.classifiers[-1](features[-1])
         for level in range(len(features) - 2, -1, -1):
             target = features[level]
-            scores = _crop_to(F.interpolate(scores, 2), target.shape[2], target.shape[3])
+            scores = _crop_to(F.interpolate(scores, scale_factor=2), target.shape[2],
+                              target.shape[3])
             if self.skip or level == 0:
                 scores = scores + self.classifiers[level](target)
         return scores
@@ -82,7 +83,7 @@ class FPN(nn.Module):
         for level in range(len(features) - 2, -1, -1):
             lateral = self.lateral[level](features[level])
             if self.top_down:
-                upsampled = F.interpolate(merged[level + 1], 2)
+                upsampled = F.interpolate(merged[level + 1], scale_factor=2)
                 lateral = lateral + _crop_to(upsampled, lateral.shape[2], lateral.shape[3])
             merged[level] = lateral
         return [smooth(m) for smooth, m in zip(self.smooth, merged)]
