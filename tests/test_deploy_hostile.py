@@ -13,6 +13,7 @@ import pytest
 import fastdl
 from fastdl import deploy
 from fastdl.deploy import plan as plan_module
+from fastdl.deploy._opgraph import ATTRIBUTES
 from fastdl.models import lenet5, resnet20
 from fastdl.safetensors_io import save_file
 
@@ -333,7 +334,7 @@ def _mutate(description, header, rng):
             ops[i], ops[j] = ops[j], ops[i]
         else:
             kind = rng.choice(plan_module.OPS)
-            attributes = {key: rng.choice(_JUNK) for key in plan_module._ATTRIBUTES[kind]}
+            attributes = {key: rng.choice(_JUNK) for key in ATTRIBUTES[kind]}
             ops.insert(j, _op(kind, [rng.randrange(j + 1)], j + 1, **attributes))
         return
     if choice < 0.25:

@@ -1,0 +1,303 @@
+"""The op graph of an inference plan: its ops, their checks and the memory a call holds.
+
+An op is a dict ``{"op": name, "inputs": [value ids], "output": id, ...attributes,
+"weights": {role: tensor name}}``; value 0 is the plan's input and op ``i`` writes value
+``i + 1``. ``validate`` infers the shape of every value from the input's, so a plan from
+a file can never drive a kernel out of bounds, and bounds what a call at batch 1 holds
+(``held``). Every failure is a ValueError starting "invalid inference plan".
+"""
+import math
+import numbers
+
+import numpy as np
+
+from fastdl.kernels import pool as pool_kernels
+from fastdl.shapes import conv_output_size, conv_transpose_output_size, is_int
+
+#: The largest int a plan may give for a size, channel count, stride, padding, dilation,
+#: window or value id (the kernels' C ints then never overflow).
+MAX_INT = 1 << 24
+# the most elements one value may have at batch 1: the kernels index planes with C ints
+MAX_ELEMENTS = 2 ** 31 - 1
+
+OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
+       "adaptive_avg_pool2d", "flatten", "affine_channels", "activation")
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
+# the attributes each op has
+ATTRIBUTES = {
+    "conv2d": {"stride", "padding", "dilation", "groups", "negative_slope", "weights"},
+    "conv_transpose2d": {"stride", "padding", "dilation", "groups", "output_padding",
+                         "weights"},
+    "linear": {"negative_slope", "weights"},
+    "max_pool2d": {"kernel_size", "stride", "padding", "ceil_mode"},
+    "avg_pool2d": {"kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"},
+    "adaptive_avg_pool2d": {"output_size"},
+    "flatten": {"start_dim"},
+    "affine_channels": {"weights"},
+    "activation": {"kind", "negative_slope"},
+}
+# the tensors each op with weights may name
+ROLES = {"conv2d": {"weight", "bias"}, "conv_transpose2d": {"weight", "bias"},
+         "linear": {"weight", "bias"}, "affine_channels": {"scale", "shift"}}
+
+
+def fail(message):
+    raise ValueError("invalid inference plan: " + message)
+
+
+def bounded_int(value, low, high=MAX_INT):
+    """Whether ``value`` is an int (not a bool) in ``[low, high]``."""
+    return is_int(value) and low <= value <= high
+
+
+def bounded_ints(value, count, what, low):
+    """``value``, a list of ``count`` ints in ``[low, MAX_INT]``, as a tuple."""
+    if not isinstance(value, (list, tuple)) or len(value) != count or not all(
+            bounded_int(v, low) for v in value):
+        fail("%s must be a list of %d ints in [%d, %d], got %r" % (what, count, low, MAX_INT,
+                                                                   value))
+    return tuple(int(v) for v in value)
+
+
+def _window(value, what, index, low):
+    """A pooling window argument (an int or a pair of ints) as a pair."""
+    pair = (value, value) if is_int(value) else value
+    return bounded_ints(pair, 2, "op %d: %s" % (index, what), low)
+
+
+def _flag(op, key, index):
+    if not isinstance(op[key], bool):
+        fail("op %d: %s must be true or false, got %r" % (index, key, op[key]))
+
+
+def _weight(tensors, op, role, index, ndim):
+    name = op.get("weights", {}).get(role)
+    if name is None:
+        return None
+    array = tensors[name]   # names are checked in _check_fields
+    if array.ndim != ndim or 0 in array.shape:
+        fail("tensor %r of op %d must be %d-D and not empty, got shape %s"
+             % (name, index, ndim, array.shape))
+    return array
+
+
+# ------------------------------------------------------------------- shape inference
+# One function an op kind: (op, index, input shapes, tensors) -> output shape, at batch 1.
+
+def _transposed_size(index, shape, weight, stride, padding, dilation, output_padding):
+    """The output's (H, W) of a transposed conv."""
+    if any(output_padding[a] >= max(stride[a], dilation[a]) for a in (0, 1)):
+        fail("op %d: output_padding %s must be smaller than stride or dilation"
+             % (index, output_padding))
+    size = [conv_transpose_output_size(shape[2 + a], weight.shape[2 + a], stride[a],
+                                       padding[a], output_padding[a], dilation[a])
+            for a in (0, 1)]
+    if min(size) < 1:
+        fail("op %d: empty output" % index)
+    return size
+
+
+def _infer_conv(op, index, shapes, tensors):
+    shape, transposed = shapes[0], op["op"] == "conv_transpose2d"
+    weight = _weight(tensors, op, "weight", index, 4)
+    if weight is None:
+        fail("op %d (%s) has no weight" % (index, op["op"]))
+    stride = bounded_ints(op["stride"], 2, "stride", 1)
+    padding = bounded_ints(op["padding"], 2, "padding", 0)
+    dilation = bounded_ints(op["dilation"], 2, "dilation", 1)
+    groups = op["groups"]
+    if not bounded_int(groups, 1) or len(shape) != 4:
+        fail("op %d: bad groups %r or input shape %s" % (index, groups, shape))
+    channels = shape[1]
+    if transposed:
+        out_channels = weight.shape[1] * groups
+        output_padding = bounded_ints(op["output_padding"], 2, "output_padding", 0)
+        if weight.shape[0] != channels or channels % groups:
+            fail("op %d: weight %s does not fit %d input channels" % (index, weight.shape,
+                                                                      channels))
+        size = _transposed_size(index, shape, weight, stride, padding, dilation,
+                                output_padding)
+    else:
+        out_channels = weight.shape[0]
+        if weight.shape[1] * groups != channels or out_channels % groups:
+            fail("op %d: weight %s with groups=%d does not fit %d input channels"
+                 % (index, weight.shape, groups, channels))
+        try:
+            size = [conv_output_size(shape[2 + a], weight.shape[2 + a], stride[a],
+                                     padding[a], dilation[a]) for a in (0, 1)]
+        except ValueError as error:
+            fail("op %d: %s" % (index, error))
+    bias = _weight(tensors, op, "bias", index, 1)
+    if bias is not None and bias.shape != (out_channels,):
+        fail("op %d: bias shape %s, expected (%d,)" % (index, bias.shape, out_channels))
+    out = (shape[0], out_channels, size[0], size[1])
+    if len(shapes) > 1 and shapes[1] != out:
+        fail("op %d: residual shape %s differs from the output %s" % (index, shapes[1], out))
+    return out
+
+
+def _infer_linear(op, index, shapes, tensors):
+    shape = shapes[0]
+    weight = _weight(tensors, op, "weight", index, 2)
+    if weight is None or len(shape) != 2 or shape[1] != weight.shape[1]:
+        fail("op %d: linear weight %s does not fit input %s"
+             % (index, None if weight is None else weight.shape, shape))
+    bias = _weight(tensors, op, "bias", index, 1)
+    if bias is not None and bias.shape != (weight.shape[0],):
+        fail("op %d: bias shape %s" % (index, bias.shape))
+    return (shape[0], weight.shape[0])
+
+
+def _infer_pool(op, index, shapes, tensors):
+    shape, kind = shapes[0], op["op"]
+    kernel = _window(op["kernel_size"], "kernel_size", index, 1)
+    stride = op["stride"]
+    if stride is not None and stride != []:   # None or []: the kernel size
+        _window(stride, "stride", index, 1)
+    _window(op["padding"], "padding", index, 0)
+    _flag(op, "ceil_mode", index)
+    if kind == "avg_pool2d":
+        _flag(op, "count_include_pad", index)
+    if len(shape) != 4:
+        fail("op %d: pooling needs a 4-D input, got %s" % (index, shape))
+    try:
+        _, _, _, output_hw = pool_kernels.validate_pool2d_args(
+            kind, shape, kernel, op["stride"], op["padding"], op["ceil_mode"])
+    except (TypeError, ValueError) as error:
+        fail("op %d: %s" % (index, error))
+    return shape[:2] + tuple(output_hw)
+
+
+def _infer_adaptive_pool(op, index, shapes, tensors):
+    shape = shapes[0]
+    size = bounded_ints(op["output_size"], 2, "output_size", 1)
+    if len(shape) != 4:
+        fail("op %d: adaptive pooling needs a 4-D input, got %s" % (index, shape))
+    return shape[:2] + size
+
+
+def _infer_flatten(op, index, shapes, tensors):
+    shape, start = shapes[0], op["start_dim"]
+    if not is_int(start) or not 1 <= start < len(shape):
+        fail("op %d: bad start_dim %r for shape %s" % (index, start, shape))
+    return shape[:start] + (math.prod(shape[start:]),)
+
+
+def _infer_affine(op, index, shapes, tensors):
+    shape = shapes[0]
+    for role in ("scale", "shift"):
+        array = _weight(tensors, op, role, index, 1)
+        if array is None or len(shape) < 2 or array.shape != (shape[1],):
+            fail("op %d: %s must have shape (%d,)" % (index, role, shape[1]))
+    return shape
+
+
+def _infer_activation(op, index, shapes, tensors):
+    if op["kind"] not in ACTIVATIONS:
+        fail("op %d: unknown activation %r" % (index, op["kind"]))
+    if op["kind"] == "leaky_relu" and op["negative_slope"] is None:
+        fail("op %d: leaky_relu needs a negative_slope" % index)
+    return shapes[0]
+
+
+_INFER = {"conv2d": _infer_conv, "conv_transpose2d": _infer_conv, "linear": _infer_linear,
+          "max_pool2d": _infer_pool, "avg_pool2d": _infer_pool,
+          "adaptive_avg_pool2d": _infer_adaptive_pool, "flatten": _infer_flatten,
+          "affine_channels": _infer_affine, "activation": _infer_activation}
+
+
+# ------------------------------------------------------------------------ validation
+
+def held(op, shapes, out, tensors, itemsize):
+    """Bytes a call at batch 1 holds for ``op`` (input ``shapes``, output ``out``): its
+    output, the copies its kernel makes (and the zero borders the schedule may give the
+    buffers it reads), and its prepared weights. An upper bound, not an exact count."""
+    kind, size = op["op"], math.prod(out)
+    if kind == "flatten":
+        return 0                                       # a view
+    if kind == "affine_channels":
+        return 2 * size * itemsize                     # x * scale, then + shift
+    if kind in ("max_pool2d", "adaptive_avg_pool2d"):
+        # the plan's buffer, and where the window is not 2x2 (1x1) a new output, and for
+        # max pooling its int64 argmax
+        return size * (2 * itemsize + (8 if kind == "max_pool2d" else 0))
+    total = size * itemsize
+    if kind in ("conv2d", "conv_transpose2d", "linear"):
+        weight = tensors[op["weights"]["weight"]]
+        # packed in blocks of up to 24 rows or columns (dense panels: padded, then
+        # transposed; the direct loops' blocks, of a transposed conv's flipped weights),
+        # for a direct 3x3 conv also as Winograd's 16 planes (made, packed and joined:
+        # 3 x 16/9 of the weights at once)
+        copies = 3 if kind == "linear" else 8
+        total += (copies * weight.size + 32 * (weight.size // min(weight.shape[:2]))) \
+            * itemsize
+    if kind == "conv2d":
+        _, channels, height, width = shapes[0]
+        rows, cols = op["padding"]
+        total += channels * ((height + 2 * rows) * (width + 2 * cols) - height * width) \
+            * itemsize                                 # the input's border, at most
+    return total
+
+
+def _check_fields(op, index, tensors):
+    """Check op ``index``'s kind, fields, inputs, output id, weights and negative slope
+    (not yet its shapes)."""
+    if not isinstance(op, dict) or op.get("op") not in OPS:
+        fail("op %d is unknown: %r" % (index, op.get("op") if isinstance(op, dict) else op))
+    kind = op["op"]
+    extra = set(op) - {"op", "inputs", "output"} - ATTRIBUTES[kind]
+    missing = ATTRIBUTES[kind] - set(op) - {"weights"}
+    if extra or missing:
+        fail("op %d (%s): unexpected %s, missing %s" % (index, kind, sorted(extra),
+                                                       sorted(missing)))
+    inputs = op.get("inputs")
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= 2 or not all(
+            bounded_int(i, 0, index) for i in inputs):
+        fail("op %d: inputs %r must name earlier values" % (index, inputs))
+    if len(inputs) == 2 and kind != "conv2d":
+        fail("op %d: only conv2d takes a residual input" % index)
+    if not is_int(op.get("output")) or op["output"] != index + 1:
+        fail("op %d: output id must be %d" % (index, index + 1))
+    weights = op.get("weights", {})
+    if not isinstance(weights, dict) or not set(weights) <= ROLES.get(kind, set()) \
+            or not all(isinstance(name, str) and name in tensors
+                       for name in weights.values()):
+        fail("op %d: weights %r must map %s to tensors of the plan"
+             % (index, weights, sorted(ROLES.get(kind, ()))))
+    slope = op.get("negative_slope")
+    if slope is not None and (not isinstance(slope, numbers.Real) or isinstance(
+            slope, bool) or not math.isfinite(slope)):
+        fail("op %d: negative_slope must be a finite number or null" % index)
+
+
+def validate(ops, tensors, input_shape, dtype, max_bytes=None):
+    """The shape of every value (0: the input; i + 1: op i's output) at batch 1, and the
+    bytes a call at batch 1 holds (``held``); raise ValueError on any inconsistency,
+    or where those bytes pass ``max_bytes``."""
+    if not isinstance(ops, list) or not ops:
+        fail("ops must be a non-empty list")
+    itemsize = np.dtype(dtype).itemsize
+    shapes = {0: (1,) + tuple(input_shape)}
+    if len(input_shape) != 3 or math.prod(input_shape) > MAX_ELEMENTS or not all(
+            bounded_int(n, 1) for n in input_shape):
+        fail("input_shape %s must be 3 sizes in [1, %d], of at most %d elements"
+             % (tuple(input_shape), MAX_INT, MAX_ELEMENTS))
+    total = math.prod(input_shape) * itemsize          # the input
+    for index, op in enumerate(ops):
+        _check_fields(op, index, tensors)
+        sources = [shapes[i] for i in op["inputs"]]
+        shapes[index + 1] = out = _INFER[op["op"]](op, index, sources, tensors)
+        if not all(bounded_int(n, 1) for n in out[1:]) or math.prod(out) > MAX_ELEMENTS:
+            fail("op %d: output shape %s (at batch 1) has a size outside [1, %d] or more "
+                 "than %d elements" % (index, out, MAX_INT, MAX_ELEMENTS))
+        total += held(op, sources, out, tensors, itemsize)
+        if index == len(ops) - 1:
+            total += math.prod(out) * itemsize         # the copy a call returns
+        if max_bytes is not None and total > max_bytes:
+            fail("a call at batch 1 would hold more than max_bytes=%d bytes by op %d (%s, "
+                 "output %s); load it with a larger max_bytes if it is trusted"
+                 % (max_bytes, index, op["op"], out))
+    for name, array in tensors.items():
+        if array.dtype != dtype:
+            fail("tensor %r has dtype %s, the plan is %s" % (name, array.dtype, dtype))
+    return shapes, total
