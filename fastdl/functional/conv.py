@@ -1,7 +1,19 @@
-"""Differentiable convolution and transposed convolution."""
+"""Differentiable convolution and transposed convolution, 2-D and (through the 2-D
+kernels with H = 1) 1-D.
+
+As torch's, inputs may be batched ``(N, C, H, W)`` or one sample ``(C, H, W)``
+(``(N, C, L)`` / ``(C, L)`` in 1-D), and ``padding`` may be ``'valid'`` (none)
+or ``'same'`` (stride 1; an odd total padding puts the extra row/column at
+the end, by zero-padding the input first, as ATen does).
+"""
+from fastdl._checks import is_int, pair
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, data_of
+from fastdl.functional.padding import pad as _pad
 from fastdl.kernels import activation as activation_kernels, conv as kernels
+
+__all__ = ["conv1d", "conv2d", "conv2d_relu", "conv_transpose1d", "conv_transpose2d",
+           "same_padding"]
 
 
 class Conv2d(Function):
@@ -34,11 +46,44 @@ class Conv2d(Function):
         return grad_x, grad_weight, grad_bias
 
 
+def same_padding(kernel_size, dilation):
+    """Per axis ``(before, after)`` of torch's ``padding='same'``: ``d (k - 1)`` in total,
+    the odd one at the end."""
+    pairs = []
+    for kernel, step in zip(kernel_size, dilation):
+        total = step * (kernel - 1)
+        pairs.append((total // 2, total - total // 2))
+    return tuple(pairs)
+
+
+def _string_padding(op, input, weight, padding, stride, dilation):
+    """``'valid'``/``'same'`` as ``(input, padding pair)`` for the numeric path."""
+    if padding not in ("valid", "same"):
+        raise ValueError("Invalid padding string %r, should be one of {'valid', 'same'}"
+                         % (padding,))
+    if padding == "valid":
+        return input, (0, 0)
+    if pair(stride, "stride", op) != (1, 1):
+        raise ValueError("padding='same' is not supported for strided convolutions")
+    dilation = pair(dilation, "dilation", op)
+    pairs = same_padding(data_of(weight).shape[-2:], dilation)
+    extra = [after - before for before, after in pairs]
+    if any(extra):   # ATen: the odd row/column of padding goes to the end
+        input = _pad(input, (0, extra[1], 0, extra[0]))
+    return input, tuple(before for before, _ in pairs)
+
+
 def _apply_conv2d(op, input, weight, bias, stride, padding, dilation, groups, relu):
+    unbatched = data_of(input).ndim == 3
+    if unbatched:   # one sample (C, H, W), as torch takes it
+        input = as_tensor(input).reshape((1,) + data_of(input).shape)
+    if isinstance(padding, str):
+        input, padding = _string_padding(op, input, weight, padding, stride, dilation)
     stride, padding, dilation, _ = kernels.check_conv2d_args(
         op, data_of(input), data_of(weight), data_of(bias), stride, padding, dilation, groups)
-    return Conv2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride, padding,
-                        dilation, groups, relu)
+    out = Conv2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride, padding,
+                       dilation, groups, relu)
+    return out.reshape(out.shape[1:]) if unbatched else out
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -46,15 +91,22 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     Parameters
     ----------
-    input : Tensor (N, C_in, H, W)
+    input : Tensor (N, C_in, H, W) or (C_in, H, W)
     weight : Tensor (C_out, C_in/groups, kH, kW)
     bias : Tensor (C_out,) or None
-    stride, padding, dilation : int or pair
+    stride, dilation : int or pair
+    padding : int, pair, 'valid' or 'same'
     groups : int
 
     Returns
     -------
     Tensor (N, C_out, OH, OW), ``OH = (H + 2p - d(kH-1) - 1) // s + 1``.
+
+    Raises
+    ------
+    ValueError
+        Channel or shape mismatches (naming both), ``'same'`` with a stride,
+        an unknown padding string.
     """
     return _apply_conv2d("conv2d", input, weight, bias, stride, padding, dilation, groups,
                          False)
@@ -105,8 +157,77 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     Tensor (N, C_out, OH, OW),
     ``OH = (H-1)*stride - 2*padding + dilation*(kH-1) + output_padding + 1``.
     """
+    unbatched = data_of(input).ndim == 3
+    if unbatched:   # one sample (C, H, W), as torch takes it
+        input = as_tensor(input).reshape((1,) + data_of(input).shape)
     stride, padding, dilation, output_padding = kernels.check_conv2d_args(
         "conv_transpose2d", data_of(input), data_of(weight), data_of(bias), stride, padding,
         dilation, groups, transposed=True, output_padding=output_padding)
-    return ConvTranspose2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride,
-                                 padding, output_padding, groups, dilation)
+    out = ConvTranspose2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride,
+                                padding, output_padding, groups, dilation)
+    return out.reshape(out.shape[1:]) if unbatched else out
+
+
+# ----------------------------------------------------------------------------- 1-D
+def _single(op, name, value):
+    """A 1-D conv argument (an int or a 1-tuple) as an int; strings pass through."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if not is_int(value):
+        raise TypeError("%s: %s must be an int or a 1-tuple of ints, got %r" % (op, name, value))
+    return int(value)
+
+
+def _planar(op, input, weight):
+    """(input as (N, C, 1, L), weight as (O, I, 1, k), undo): 1-D through 2-D kernels."""
+    x, w = data_of(input), data_of(weight)
+    if x.ndim not in (2, 3):
+        raise ValueError("%s: input must be 3-D (N, C, L) or 2-D (C, L), got shape %s"
+                         % (op, x.shape))
+    if w.ndim != 3:
+        raise ValueError("%s: weight must be 3-D, got shape %s" % (op, w.shape))
+    planar_x = as_tensor(input).reshape(x.shape[:-1] + (1, x.shape[-1]))
+    planar_w = as_tensor(weight).reshape(w.shape[:2] + (1, w.shape[2]))
+
+    def undo(out):
+        return out.reshape(out.shape[:-2] + (out.shape[-1],))
+    return planar_x, planar_w, undo
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D convolution, as ``torch.nn.functional.conv1d``.
+
+    Parameters
+    ----------
+    input : Tensor (N, C_in, L) or (C_in, L)
+    weight : Tensor (C_out, C_in/groups, k)
+    bias : Tensor (C_out,) or None
+    stride, dilation : int
+    padding : int, 'valid' or 'same'
+
+    Returns
+    -------
+    Tensor (N, C_out, L_out), ``L_out = (L + 2p - d(k-1) - 1) // s + 1``.
+    """
+    x, w, undo = _planar("conv1d", input, weight)
+    padding = _single("conv1d", "padding", padding)
+    return undo(_apply_conv2d("conv1d", x, w, bias, (1, _single("conv1d", "stride", stride)),
+                              padding if isinstance(padding, str) else (0, padding),
+                              (1, _single("conv1d", "dilation", dilation)), groups, False))
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
+
+    ``input (N, C_in, L)``, ``weight (C_in, C_out/groups, k)``; output length
+    ``(L-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1``.
+    """
+    x, w, undo = _planar("conv_transpose1d", input, weight)
+    op = "conv_transpose1d"
+    return undo(conv_transpose2d(x, w, bias, (1, _single(op, "stride", stride)),
+                                 (0, _single(op, "padding", padding)),
+                                 (0, _single(op, "output_padding", output_padding)), groups,
+                                 (1, _single(op, "dilation", dilation))))

@@ -1,10 +1,15 @@
-"""Differentiable batch, layer, group and instance normalisation.
+"""Differentiable batch, layer, group and instance normalisation; ``normalize`` (Lp).
 
 The four differ only in the kernels they call; one ``Function`` pattern
 serves them: the forward saves its input with the statistics it used (``mean``,
 ``inv_std``; the kernels recompute ``x_hat`` rather than store it), and the
 backward asks the kernel for exactly the gradients needed.
 """
+import numbers
+
+import numpy as np
+
+from fastdl._checks import is_int
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, check_float, contiguous, data_of
 from fastdl.kernels import norm as kernels
@@ -106,3 +111,53 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     return InstanceNorm.apply(as_tensor(input), as_tensor(weight), as_tensor(bias),
                               data_of(running_mean), data_of(running_var), use_input_stats,
                               momentum, eps)
+
+
+class Normalize(Function):
+    """``x / max(||x||_p, eps)`` along ``dim``."""
+
+    @staticmethod
+    def forward(ctx, x, p, dim, eps):
+        if p == 2:
+            norm = np.sqrt(np.sum(x * x, axis=dim, keepdims=True))
+        else:
+            norm = np.sum(np.abs(x) ** p, axis=dim, keepdims=True) ** (1.0 / p)
+        denom = np.maximum(norm, x.dtype.type(eps))
+        ctx.save_for_backward(x, norm, denom)
+        ctx.p, ctx.dim, ctx.eps = p, dim, eps
+        return x / denom
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, norm, denom = ctx.saved_tensors
+        p = ctx.p
+        above = norm > ctx.eps   # below eps the denominator is the constant eps
+        safe_norm = np.where(above, norm, 1)
+        # d||x||_p / dx = sign(x) |x|^(p-1) / ||x||_p^(p-1)
+        norm_grad = x / safe_norm if p == 2 else (
+            np.sign(x) * np.abs(x) ** (p - 1) / safe_norm ** (p - 1))
+        dot = np.sum(grad * x, axis=ctx.dim, keepdims=True)
+        grad_x = grad / denom - np.where(above, dot / (denom * denom), 0) * norm_grad
+        return grad_x.astype(grad.dtype, copy=False), None, None, None
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
+    """``input / max(||input||_p, eps)`` along ``dim``, as ``torch.nn.functional.normalize``.
+
+    Raises
+    ------
+    ValueError
+        ``p`` not a positive finite number.
+    IndexError
+        ``dim`` out of range.
+    """
+    x = check_float("normalize", "input", input)
+    if out is not None:
+        raise NotImplementedError("normalize: out= is not supported")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p < float("inf"):
+        raise ValueError("normalize: p must be a positive finite number, got %r" % (p,))
+    ndim = max(x.ndim, 1)
+    if not is_int(dim) or not -ndim <= dim < ndim:
+        raise IndexError("normalize: Dimension out of range (expected to be in range of "
+                         "[%d, %d], but got %r)" % (-ndim, ndim - 1, dim))
+    return Normalize.apply(as_tensor(input), float(p), int(dim) % ndim, float(eps))
