@@ -22,7 +22,8 @@ def _data(rng):
     labels[0, 0] = -100                         # an ignored sample
     soft = np.exp(y) / np.exp(y).sum(axis=1, keepdims=True)
     weight = rng.uniform(0.5, 2.0, size=5)
-    return dict(x=x, y=y, labels=labels, labels_1=np.where(labels < 0, 1, labels), soft=soft, weight=weight,
+    return dict(x=x, y=y, labels=labels, labels_1=np.where(labels < 0, 1, labels), soft=soft,
+                weight=weight,
                 log_p=x - np.log(np.exp(x).sum(axis=1, keepdims=True)),
                 p=1 / (1 + np.exp(-x)), unit=rng.uniform(size=x.shape),
                 sign=np.where(y > 0, 1.0, -1.0), pos_weight=rng.uniform(0.5, 3.0, size=3))
@@ -168,6 +169,32 @@ def test_modules_match_torch_modules(index, rng):
     np.testing.assert_allclose(ours[0].grad, theirs[0].grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(6, 4), (4,)])
+def test_cosine_embedding_loss_matches_torch_and_finite_differences(shape, reduction, rng):
+    torch = pytest.importorskip("torch")
+    x1, x2 = rng.normal(size=shape), rng.normal(size=shape)
+    target = np.where(rng.random(shape[:-1]) < 0.5, 1, -1)
+    if len(shape) == 2:
+        x1[0] = 0.0                                  # a zero row: cosine 0, not NaN
+    ours = [fastdl.Tensor(a, requires_grad=True) for a in (x1, x2)]
+    theirs = [torch.tensor(a, requires_grad=True) for a in (x1, x2)]
+    loss = nn.CosineEmbeddingLoss(margin=-0.2, reduction=reduction)(*ours, target)
+    expected = torch.nn.CosineEmbeddingLoss(margin=-0.2, reduction=reduction)(
+        *theirs, torch.tensor(target))
+    np.testing.assert_allclose(loss.numpy(), expected.detach().numpy(), rtol=1e-12)
+    loss.sum().backward() if loss.ndim else loss.backward()
+    expected.sum().backward()
+    for a, b in zip(ours, theirs):   # the zero row's gradient is ~1e6: ill-conditioned
+        np.testing.assert_allclose(a.grad, b.grad.numpy(), rtol=1e-7, atol=1e-12)
+    if len(shape) == 2:
+        x1[0] = rng.normal(size=shape[-1])
+    assert gradcheck(lambda a, b: F.cosine_embedding_loss(a, b, target, 0.1,
+                                                          reduction=reduction),
+                     [fastdl.Tensor(x1, requires_grad=True), fastdl.Tensor(x2,
+                                                                           requires_grad=True)])
+
+
 def test_weights_are_buffers_in_the_state_dict():
     loss = nn.BCEWithLogitsLoss(weight=np.ones(3), pos_weight=np.full(3, 2.0))
     assert sorted(loss.state_dict()) == ["pos_weight", "weight"]
@@ -230,8 +257,11 @@ def test_float32_inputs_stay_float32(rng):
     (lambda: F.nll_loss(np.zeros((2, 3)), np.array([-1, 0])), ValueError, "out of bounds"),
     (lambda: F.cross_entropy(np.zeros((3, 4)), np.array([0, 1])), ValueError,
      "Expected input batch_size \\(3\\) to match target batch_size \\(2\\)"),
-    (lambda: F.cross_entropy(np.zeros((2, 3, 4)), np.zeros((2, 5), np.int64)), ValueError,
+    (lambda: F.cross_entropy(np.zeros((2, 3, 4)), np.zeros((2, 5), np.int64)), RuntimeError,
      "shape"),
+    (lambda: F.nll_loss(np.zeros((2, 3)), np.zeros((2, 1), np.int64)), ValueError, "shape"),
+    (lambda: F.cosine_embedding_loss(np.zeros((2, 3)), np.zeros((2, 3)), np.ones(3)),
+     ValueError, "target"),
     (lambda: F.cross_entropy(np.zeros((2, 3)), np.zeros((2, 3), np.int64)), TypeError,
      "probabilities"),
     (lambda: F.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), label_smoothing=1.5),

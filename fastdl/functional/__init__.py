@@ -13,9 +13,9 @@ from fastdl.functional.elementwise import (celu, elu, gelu, hardsigmoid, hardswi
                                            logsigmoid, mish, prelu, relu6, selu, silu, softplus)
 from fastdl.functional.linear import linear
 from fastdl.functional.loss import (binary_cross_entropy, binary_cross_entropy_with_logits,
-                                    cross_entropy, focal_loss, huber_loss, kl_div, l1_loss,
-                                    l1_penalty, l2_penalty, mse_loss, nll_loss,
-                                    smooth_l1_loss, soft_margin_loss)
+                                    cosine_embedding_loss, cross_entropy, focal_loss,
+                                    huber_loss, kl_div, l1_loss, l1_penalty, l2_penalty,
+                                    mse_loss, nll_loss, smooth_l1_loss, soft_margin_loss)
 from fastdl.functional.normalization import (batch_norm, group_norm, instance_norm, layer_norm,
                                              normalize)
 from fastdl.functional.padding import pad
@@ -30,12 +30,12 @@ from fastdl.functional.sparse import embedding, one_hot
 __all__ = ["adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
            "adaptive_max_pool2d", "avg_pool1d", "avg_pool2d", "batch_norm", "binary_cross_entropy",
            "binary_cross_entropy_with_logits", "cat", "celu", "conv1d", "conv2d", "conv2d_relu",
-           "conv_transpose1d", "conv_transpose2d", "cross_entropy", "dropout", "dropout1d",
-           "dropout2d", "elu", "embedding", "focal_loss", "gelu", "group_norm", "hardsigmoid",
-           "hardswish", "hardtanh", "huber_loss", "instance_norm", "interpolate", "kl_div",
-           "l1_loss", "l1_penalty", "l2_penalty", "layer_norm", "leaky_relu", "linear",
-           "log_softmax", "logsigmoid", "max_pool1d", "max_pool2d", "max_pool2d_with_indices",
-           "mish", "mse_loss", "nll_loss", "normalize", "one_hot", "pad", "pixel_shuffle",
-           "pixel_unshuffle", "prelu", "relu", "relu6", "relu_", "selu", "sigmoid", "silu",
-           "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "stack", "tanh",
-           "upsample", "upsample_bilinear", "upsample_nearest"]
+           "conv_transpose1d", "conv_transpose2d", "cosine_embedding_loss", "cross_entropy",
+           "dropout", "dropout1d", "dropout2d", "elu", "embedding", "focal_loss", "gelu",
+           "group_norm", "hardsigmoid", "hardswish", "hardtanh", "huber_loss", "instance_norm",
+           "interpolate", "kl_div", "l1_loss", "l1_penalty", "l2_penalty", "layer_norm",
+           "leaky_relu", "linear", "log_softmax", "logsigmoid", "max_pool1d", "max_pool2d",
+           "max_pool2d_with_indices", "mish", "mse_loss", "nll_loss", "normalize", "one_hot",
+           "pad", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6", "relu_", "selu",
+           "sigmoid", "silu", "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin",
+           "softplus", "stack", "tanh", "upsample", "upsample_bilinear", "upsample_nearest"]

@@ -4,7 +4,8 @@ Class losses (``cross_entropy``, ``nll_loss``, ``focal_loss``) take logits or
 log-probabilities with class indices or probabilities; pointwise losses
 (``mse_loss``, ``l1_loss``, ``smooth_l1_loss``, ``huber_loss``,
 ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``,
-``soft_margin_loss``, ``kl_div``) compare two arrays element by element. The
+``soft_margin_loss``, ``kl_div``) compare two arrays element by element;
+``cosine_embedding_loss`` compares rows. The
 loss kernels return the gradient together with the value, so backward only
 scales it by the upstream gradient. Every loss takes ``reduction`` ``'none'``,
 ``'mean'`` or ``'sum'`` (and torch's deprecated ``size_average``/``reduce``).
@@ -17,6 +18,7 @@ import numpy as np
 from fastdl.autograd import Function, Tensor
 from fastdl.functional._util import as_tensor, check_float, check_reduction, data_of
 from fastdl.kernels import loss as kernels
+from fastdl.kernels.loss import LossInputError
 
 
 def legacy_reduction(size_average, reduce, reduction):
@@ -348,8 +350,66 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
                       mean_by="batch" if reduction == "batchmean" else "numel")
 
 
-class LossInputError(ValueError, RuntimeError):
-    """Input values outside a loss's domain: a ValueError, and a RuntimeError as torch's."""
+class _CosineEmbedding(Function):
+    """Inputs: (x1, x2, target); the rows' cosine and its gradients are kept for backward."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, target, margin, reduction):
+        # torch adds 1e-12 to each squared norm, so a zero row has cosine 0, not NaN
+        dot = np.sum(x1 * x2, axis=-1)
+        square1 = np.sum(x1 * x1, axis=-1) + 1e-12
+        square2 = np.sum(x2 * x2, axis=-1) + 1e-12
+        norm = np.sqrt(square1 * square2)
+        cosine = dot / norm
+        positive, negative = target == 1, target == -1
+        losses = np.where(positive, 1.0 - cosine, 0.0) + np.where(
+            negative, np.maximum(cosine - margin, 0.0), 0.0)
+        # d(loss)/d(cosine) per row: -1 for similar pairs, 1 for dissimilar beyond the margin
+        slope = np.where(positive, -1.0, 0.0) + np.where(negative & (cosine > margin), 1.0, 0.0)
+        ctx.save_for_backward(x1, x2, cosine[..., None], norm[..., None], square1[..., None],
+                              square2[..., None], slope)
+        ctx.reduction = reduction
+        if reduction == "none":
+            return losses.astype(x1.dtype)
+        total = np.sum(losses)
+        if reduction == "mean":
+            total = total / losses.size if losses.size else np.nan
+        return np.asarray(total, dtype=x1.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x1, x2, cosine, norm, square1, square2, slope = ctx.saved_tensors
+        scale = slope * grad_output
+        if ctx.reduction == "mean":
+            scale = scale / max(slope.size, 1)
+        scale = np.asarray(scale)[..., None]
+        grad1 = scale * (x2 / norm - cosine * x1 / square1)
+        grad2 = scale * (x1 / norm - cosine * x2 / square2)
+        needs = ctx.needs_input_grad
+        return (grad1.astype(x1.dtype) if needs[0] else None,
+                grad2.astype(x2.dtype) if needs[1] else None)
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None,
+                          reduction="mean"):
+    """``1 - cos(x1, x2)`` for ``y = 1``, ``max(0, cos(x1, x2) - margin)`` for ``y = -1``.
+
+    Parameters
+    ----------
+    input1, input2 : (N, D) or (D,)
+    target : (N,) or () of 1 and -1
+    """
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    check_reduction("cosine_embedding_loss", reduction)
+    x1 = check_float("cosine_embedding_loss", "input1", input1)
+    x2 = check_float("cosine_embedding_loss", "input2", input2)
+    labels = data_of(target)
+    if x1.shape != x2.shape or x1.ndim not in (1, 2) or labels.shape != x1.shape[:-1]:
+        raise LossInputError("cosine_embedding_loss: expected input1 and input2 of one shape "
+                             "(N, D) or (D,) and target (N,) or (), got %s, %s and %s"
+                             % (x1.shape, x2.shape, labels.shape))
+    return _CosineEmbedding.apply(as_tensor(input1), as_tensor(input2), labels, float(margin),
+                                  reduction)
 
 
 # ------------------------------------------------------------------------ penalties

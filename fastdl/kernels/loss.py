@@ -27,11 +27,16 @@ from fastdl.kernels.activation import row_peak
 __all__ = ["cross_entropy_forward_backward", "focal_loss_forward_backward",
            "nll_loss_forward_backward", "soft_target_grad", "pointwise_loss",
            "mse_loss_forward_backward",
-           "check_classification_target", "TargetIndexError"]
+           "check_classification_target", "LossInputError", "TargetIndexError"]
 
 
 class TargetIndexError(IndexError, ValueError):
     """A class index outside ``[0, C)``: an IndexError, as torch raises, and a ValueError."""
+
+
+class LossInputError(ValueError, RuntimeError):
+    """Input outside a loss's domain or of a shape it cannot take: a ValueError, and a
+    RuntimeError as torch raises for these."""
 
 
 def _focal_rows(logits, target, class_weight, ignore_index, gamma, losses, weights, grad):
@@ -450,8 +455,9 @@ def check_classification_target(op, logits, target, weight=None, ignore_index=-1
         A non-float input, or a target that holds neither class indices nor
         (where accepted) probabilities.
     ValueError
-        Mismatched shapes (``"Expected input batch_size (3) to match target
-        batch_size (2)"``) or a weight not of shape ``(C,)``.
+        Mismatched batch sizes (``"Expected input batch_size (3) to match target
+        batch_size (2)"``) or a weight not of shape ``(C,)``; other mismatched
+        shapes raise a ``LossInputError`` (also a RuntimeError, as torch's).
     TargetIndexError
         A class index outside ``[0, C)`` other than ``ignore_index``.
     """
@@ -480,8 +486,8 @@ def check_classification_target(op, logits, target, weight=None, ignore_index=-1
                              "(%d); target must have shape %s for input %s, got %s"
                              % (op, logits.shape[0], target.shape[0], expected, logits.shape,
                                 target.shape))
-        raise ValueError("%s: target must have shape %s for input %s, got %s"
-                         % (op, expected, logits.shape, target.shape))
+        raise LossInputError("%s: target must have shape %s for input %s, got %s"
+                             % (op, expected, logits.shape, target.shape))
     valid = target[target != ignore_index]
     if valid.size and (valid.min() < 0 or valid.max() >= classes):
         bad = valid.min() if valid.min() < 0 else valid.max()

@@ -1,8 +1,9 @@
 """Layers and containers, named and built as in ``torch.nn``."""
 from fastdl.nn import init
 from fastdl.nn.layers import Conv2d, ConvTranspose2d, Linear
-from fastdl.nn.loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, FocalLoss, HuberLoss,
-                            KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, SoftMarginLoss)
+from fastdl.nn.loss import (BCELoss, BCEWithLogitsLoss, CosineEmbeddingLoss, CrossEntropyLoss,
+                            FocalLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss,
+                            SmoothL1Loss, SoftMarginLoss)
 from fastdl.nn.module import Module, ModuleList, Sequential
 from fastdl.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d,
                                      LayerNorm)
@@ -13,7 +14,7 @@ from fastdl.nn.simple import (AdaptiveAvgPool2d, AvgPool2d, Dropout, Flatten, Id
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BasicBlock",
            "BatchNorm1d", "BatchNorm2d", "HuberLoss", "KLDivLoss", "L1Loss", "NLLLoss",
-           "SmoothL1Loss", "SoftMarginLoss",
+           "SmoothL1Loss", "SoftMarginLoss", "CosineEmbeddingLoss",
            "Conv2d", "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "Flatten", "FocalLoss",
            "GroupNorm", "Identity", "InstanceNorm2d", "LayerNorm", "LeakyReLU", "Linear",
            "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU", "Sequential",
