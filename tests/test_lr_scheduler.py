@@ -201,3 +201,18 @@ def test_errors_as_torch():
         lr_scheduler.ReduceLROnPlateau(optimizer, factor=1.5)
     with pytest.raises(ValueError, match="T_0"):
         lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=0)
+
+
+def test_a_scheduler_subclass_written_for_torch_runs_unchanged():
+    torch = pytest.importorskip("torch")
+
+    def make(base):
+        class Halving(base):
+            def get_lr(self):
+                return [lr * 0.5 ** self.last_epoch for lr in self.base_lrs]
+        return Halving
+
+    ours, theirs = _optimizers(torch, "SGD", {})
+    got = _run(ours, make(lr_scheduler._LRScheduler)(ours), 8)
+    expected = _run(theirs, make(torch.optim.lr_scheduler._LRScheduler)(theirs), 8)
+    np.testing.assert_allclose(got, expected, rtol=1e-15)

@@ -304,3 +304,11 @@ def test_torch_flags_are_accepted_and_sgd_takes_torchs_positional_order():
     sgd = optim.SGD([p], 0.1, 0.9, 0.0, 0.01, True)   # lr, momentum, dampening, decay, nesterov
     group = sgd.param_groups[0]
     assert (group["weight_decay"], group["nesterov"]) == (0.01, True)
+
+
+def test_named_parameters_make_a_group_with_param_names():
+    from fastdl import nn
+    model = nn.Linear(3, 2)
+    optimizer = optim.Adam(model.named_parameters(), lr=0.1)
+    assert optimizer.param_groups[0]["param_names"] == ["weight", "bias"]
+    assert optimizer.params[0] is model.weight

@@ -18,6 +18,9 @@ __all__ = ["LRScheduler", "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR
            "CosineAnnealingWarmRestarts", "OneCycleLR"]
 
 
+_LRScheduler = LRScheduler   # torch's former name, still subclassed by older code
+
+
 class _LambdaScheduler(LRScheduler):
     """Holds one function per group; functions are not saved, callable objects' attributes
     are (as torch)."""

@@ -85,9 +85,16 @@ class Optimizer:
         self._build_buffers()
 
     def add_param_group(self, group):
-        """Add a group (at any time); its missing options come from the defaults."""
+        """Add a group (at any time); its missing options come from the defaults.
+
+        ``group["params"]`` holds Tensors, or ``(name, Tensor)`` pairs as
+        ``named_parameters()`` yields (the names go to ``group["param_names"]``).
+        """
         params = group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
+        names = None
+        if params and all(isinstance(p, tuple) and len(p) == 2 for p in params):
+            names, params = [name for name, _ in params], [p for _, p in params]
         for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError("optimizer can only optimize Tensors, got %s" % type(p).__name__)
@@ -101,6 +108,8 @@ class Optimizer:
         full.update({k: v for k, v in group.items() if k != "params"})
         self._validate(full)
         full["params"] = params
+        if names is not None:
+            full["param_names"] = names
         self.param_groups.append(full)
         if hasattr(self, "flat_params"):
             self._build_buffers()
