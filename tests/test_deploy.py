@@ -177,6 +177,46 @@ def test_unsupported_module_is_named():
         deploy.compile(nn.Sequential(nn.Conv2d(1, 2, 3), Custom()), np.zeros((1, 1, 5, 5)))
 
 
+def test_compile_dispatches_on_classes_not_on_names_or_attributes(rng):
+    """A user's class named ResNet, with the attributes of fastdl's, is not compiled as
+    fastdl's; a subclass that overrides a layer's forward is refused, one that keeps it
+    is compiled; the error names the module's path, class and where the class is from."""
+    class ResNet(nn.Module):                   # not fastdl.models.ResNet
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return x
+    with pytest.raises(ValueError, match="cannot compile module 'model' \\(ResNet\\) of "
+                       "class test_deploy\\..*ResNet: no lowering is registered"):
+        deploy.compile(ResNet(), np.zeros((1, 3, 8, 8), np.float32))
+
+    class Doubled(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+    with pytest.raises(ValueError, match="'1' \\(Doubled\\) .*overrides the forward of "
+                       "fastdl.nn.container.Sequential"):
+        deploy.compile(nn.Sequential(nn.Conv2d(3, 4, 3), Doubled(nn.ReLU())),
+                       np.zeros((1, 3, 8, 8), np.float32))
+
+    class Stage(nn.Sequential):                # keeps Sequential's forward
+        pass
+    model = _trained_stats(nn.Sequential(Stage(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),
+                                               nn.ReLU())), (4, 3, 8, 8), rng)
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    plan = deploy.compile(model, x)
+    assert [op["op"] for op in plan.ops] == ["conv2d"]   # BN and ReLU folded
+    np.testing.assert_allclose(plan(x), _eager(model, x), rtol=1e-5, atol=1e-5)
+
+    block = nn.BasicBlock(4, 4)
+    block.conv1 = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="'0.conv1' \\(Linear\\) .*BasicBlock expects a "
+                       "Conv2d there"):
+        deploy.compile(nn.Sequential(block), np.zeros((1, 4, 8, 8), np.float32))
+
+
 def test_save_load_in_a_fresh_process_gives_identical_outputs(tmp_path, rng):
     fastdl.manual_seed(0)
     model = _trained_stats(resnet8(width=4), (4, 3, 8, 8), rng)

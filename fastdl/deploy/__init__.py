@@ -31,6 +31,7 @@ def compile(model, example_input, max_shapes=4):
     Parameters
     ----------
     model : nn.Module built from fastdl.nn layers, BasicBlocks or the model zoo
+        Or of other classes given a lowering (``compiler.register_lowering``).
     example_input : ndarray or Tensor (N, C, H, W)
         Fixes (C, H, W) and the dtype; the batch size may vary later.
 

@@ -1,13 +1,20 @@
 """Turn an eval-mode model into a flat list of ops over named weights (an op graph).
 
-The walk knows the layers of ``fastdl.nn`` and the model zoo. It folds each
-BatchNorm into the convolution or linear layer before it, and fuses the ReLU /
-LeakyReLU that follows, and a residual block's add, into the convolution's
-epilogue. Anything else raises a ValueError naming the module — never a
-silently wrong plan.
+Every module class the compiler supports has a lowering registered for it
+(``register_lowering``): ``lower(builder, path, module, value, following)`` emits the
+module's ops through ``builder`` and returns the id of the value it outputs. Dispatch is
+by class object, never by class name or attributes: a module is lowered by the lowering
+of the nearest registered class in its MRO, and only while it keeps that class's
+``forward`` (a subclass that computes something else is refused; a user's class that
+only shares a name with one of fastdl's is not mistaken for it). ``following`` holds
+the modules after it in a Sequential: a convolution or linear layer takes the
+BatchNorm after it into its weights and the ReLU / LeakyReLU after that into its
+epilogue (``Following.take``), and a residual block's add goes into its second
+convolution's epilogue. A module without a lowering raises a ValueError naming its path
+and its class with the module it comes from — never a silently wrong plan.
 
-An op is a dict: ``{"op": name, "inputs": [value ids], "output": id, ...attrs,
-"weights": {role: tensor name}}``; value 0 is the plan's input.
+The ops are those of ``_opgraph``: ``{"op": name, "inputs": [value ids], "output": id,
+...attrs, "weights": {role: tensor name}}``; value 0 is the plan's input.
 """
 import numpy as np
 
@@ -15,12 +22,70 @@ from fastdl import nn
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from fastdl.models.resnet import ResNet
 
+# registered class: lower(builder, path, module, value, following) -> value id
+_LOWERINGS = {}
+
+
+def register_lowering(*classes):
+    """Register the decorated ``lower(builder, path, module, value, following) -> value``
+    as the lowering of ``classes`` (and of their subclasses that keep their forward)."""
+    def register(lower):
+        for cls in classes:
+            _LOWERINGS[cls] = lower
+        return lower
+    return register
+
+
+def _lowering_class(module):
+    """The registered class whose lowering compiles ``module`` (the nearest in its MRO),
+    or None: none is registered, or ``module`` overrides that class's forward."""
+    for cls in type(module).__mro__:
+        if cls in _LOWERINGS:
+            return cls if type(module).forward is cls.forward else None
+    return None
+
+
+def _is(module, cls):
+    """Whether ``module`` is a ``cls`` that keeps its forward."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
+
 
 def _join(parent, child):
     return child if not parent else "%s.%s" % (parent, child)
 
 
-class _Builder:
+def _unsupported(path, module, reason=None):
+    kind = type(module)
+    registered = next((cls for cls in kind.__mro__ if cls in _LOWERINGS), None)
+    if reason is None:
+        reason = ("no lowering is registered for it" if registered is None else
+                  "it overrides the forward of %s.%s, which that class's lowering compiles"
+                  % (registered.__module__, registered.__qualname__))
+    raise ValueError("deploy.compile: cannot compile module %r (%s) of class %s.%s: %s; "
+                     "supported are Sequential, BasicBlock, ResNet and the layers of "
+                     "fastdl.nn" % (path or "model", kind.__name__, kind.__module__,
+                                    kind.__qualname__, reason))
+
+
+class Following:
+    """The modules after one in a Sequential, which its lowering may fold into its ops."""
+
+    def __init__(self, modules=()):
+        self._modules, self.taken = list(modules), 0
+
+    def take(self, *classes):
+        """The next module, consumed, where it is one of ``classes`` (keeping its forward);
+        else None."""
+        if self.taken < len(self._modules) and any(
+                _is(self._modules[self.taken], cls) for cls in classes):
+            self.taken += 1
+            return self._modules[self.taken - 1]
+        return None
+
+
+class Builder:
+    """The ops and the weights emitted so far."""
+
     def __init__(self):
         self.ops, self.tensors, self.next_id = [], {}, 1
 
@@ -35,14 +100,43 @@ class _Builder:
         self.ops.append(dict(op=op, inputs=list(inputs), output=output, **attributes))
         return output
 
+    def lower(self, path, module, value, following=None):
+        """Emit the ops of ``module`` (at ``path``) on value ``value``; its output's id."""
+        cls = _lowering_class(module)
+        if cls is None:
+            _unsupported(path, module)
+        return _LOWERINGS[cls](self, path, module, value,
+                               Following() if following is None else following)
 
-def _activation_of(module):
-    if isinstance(module, nn.ReLU):
-        return 0.0
-    if isinstance(module, nn.LeakyReLU):
-        return float(module.negative_slope)
-    return None
+    def sequence(self, parent, children, value):
+        """Emit ``children`` ((name, module) pairs) in order, each one's output the next
+        one's input; a lowering may fold the modules after it into its ops."""
+        children = list(children)
+        index = 0
+        while index < len(children):
+            name, module = children[index]
+            following = Following(module for _, module in children[index + 1:])
+            value = self.lower(_join(parent, name), module, value, following)
+            index += 1 + following.taken
+        return value
 
+
+def build_graph(model):
+    """(ops, tensors) of ``model`` in eval mode; the model's own mode is left as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        builder = Builder()
+        output = builder.lower("", model, 0)
+    finally:
+        model.train(was_training)
+    if not builder.ops or builder.ops[-1]["output"] != output:
+        builder.ops.append(dict(op="activation", inputs=[output], output=builder.next_id,
+                                kind="identity", negative_slope=0.0))
+    return builder.ops, builder.tensors
+
+
+# ------------------------------------------------------------------ the lowerings
 
 def _bn_arrays(bn):
     if bn.running_mean is None:
@@ -51,6 +145,15 @@ def _bn_arrays(bn):
     weight = None if bn.weight is None else bn.weight.data
     bias = None if bn.bias is None else bn.bias.data
     return bn.running_mean, bn.running_var, bn.eps, weight, bias
+
+
+def _take_activation(following):
+    """The negative slope of a ReLU (0) or LeakyReLU next in ``following``, taken to run
+    in the layer's epilogue; None where there is none."""
+    activation = following.take(nn.ReLU, nn.LeakyReLU)
+    if activation is None:
+        return None
+    return 0.0 if isinstance(activation, nn.ReLU) else float(activation.negative_slope)
 
 
 def _conv(builder, name, conv, value, bn=None, slope=None, residual=None):
@@ -74,116 +177,121 @@ def _conv(builder, name, conv, value, bn=None, slope=None, residual=None):
     return builder.emit("conv2d", inputs, negative_slope=slope, **attributes)
 
 
-def _basic_block(builder, name, block, value):
-    hidden = _conv(builder, _join(name, "conv1"), block.conv1, value, block.bn1, 0.0)
-    if block.shortcut is None:
-        identity = value
-    else:
-        identity = _conv(builder, _join(name, "shortcut"), block.shortcut[0], value,
-                         block.shortcut[1])
-    return _conv(builder, _join(name, "conv2"), block.conv2, hidden, block.bn2, 0.0,
+@register_lowering(nn.Conv2d, nn.ConvTranspose2d)
+def _lower_conv(builder, path, conv, value, following):
+    bn = following.take(nn.BatchNorm2d)
+    slope = None if isinstance(conv, nn.ConvTranspose2d) else _take_activation(following)
+    return _conv(builder, path, conv, value, bn, slope)
+
+
+@register_lowering(nn.Linear)
+def _lower_linear(builder, path, linear, value, following):
+    bn = following.take(nn.BatchNorm1d)
+    weight = linear.weight.data
+    bias = None if linear.bias is None else linear.bias.data
+    if bn is not None:
+        weight, bias = fuse_linear_bn_weights(weight, bias, *_bn_arrays(bn))
+    slope = _take_activation(following)
+    weights = {"weight": builder.weight(path, "weight", weight)}
+    if bias is not None:
+        weights["bias"] = builder.weight(path, "bias", bias)
+    return builder.emit("linear", [value], negative_slope=slope, weights=weights)
+
+
+@register_lowering(nn.Sequential)
+def _lower_sequential(builder, path, sequential, value, following):
+    return builder.sequence(path, sequential.named_children(), value)
+
+
+@register_lowering(ResNet)
+def _lower_resnet(builder, path, resnet, value, following):
+    # ResNet.forward runs these children in this order, as a Sequential of them would
+    names = ("stem", "layer1", "layer2", "layer3", "pool", "flatten", "fc")
+    return builder.sequence(path, [(name, getattr(resnet, name)) for name in names], value)
+
+
+def _part(path, module, cls, owner):
+    """``module``, a part of ``owner`` at ``path``, checked to be a ``cls`` that keeps its
+    forward."""
+    if not _is(module, cls):
+        _unsupported(path, module, "%s expects a %s there" % (owner, cls.__name__))
+    return module
+
+
+@register_lowering(nn.BasicBlock)
+def _lower_basic_block(builder, path, block, value, following):
+    parts = {name: _part(_join(path, name), getattr(block, name), kind, "BasicBlock")
+             for name, kind in (("conv1", nn.Conv2d), ("bn1", nn.BatchNorm2d),
+                                ("conv2", nn.Conv2d), ("bn2", nn.BatchNorm2d))}
+    hidden = _conv(builder, _join(path, "conv1"), parts["conv1"], value, parts["bn1"], 0.0)
+    identity = value
+    if block.shortcut is not None:
+        # a 1x1 conv and a BN (``BasicBlock.__init__``)
+        where = _join(path, "shortcut")
+        shortcut = _part(where, block.shortcut, nn.Sequential, "BasicBlock")
+        if len(shortcut) != 2:
+            _unsupported(where, shortcut, "BasicBlock expects a conv and a BatchNorm2d there")
+        conv = _part(_join(where, "0"), shortcut[0], nn.Conv2d, "BasicBlock")
+        bn = _part(_join(where, "1"), shortcut[1], nn.BatchNorm2d, "BasicBlock")
+        identity = _conv(builder, where, conv, value, bn)
+    return _conv(builder, _join(path, "conv2"), parts["conv2"], hidden, parts["bn2"], 0.0,
                  identity)
 
 
-def _sequence(builder, parent, modules, value):
-    """Compile a list of (name, module), folding BN and activations forward."""
-    index = 0
-    while index < len(modules):
-        name, module = modules[index]
-        name = _join(parent, name)
-        following = [m for _, m in modules[index + 1:index + 3]]
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            bn = following[0] if following and isinstance(following[0], nn.BatchNorm2d) \
-                else None
-            after = following[1 if bn is not None else 0] if len(following) > (
-                1 if bn is not None else 0) else None
-            slope = None if isinstance(module, nn.ConvTranspose2d) else _activation_of(after)
-            value = _conv(builder, name, module, value, bn, slope)
-            index += 1 + (bn is not None) + (slope is not None)
-            continue
-        if isinstance(module, nn.Linear):
-            bn = following[0] if following and isinstance(following[0], nn.BatchNorm1d) \
-                else None
-            weight = module.weight.data
-            bias = None if module.bias is None else module.bias.data
-            if bn is not None:
-                weight, bias = fuse_linear_bn_weights(weight, bias, *_bn_arrays(bn))
-            after = following[1 if bn is not None else 0] if len(following) > (
-                1 if bn is not None else 0) else None
-            slope = _activation_of(after)
-            weights = {"weight": builder.weight(name, "weight", weight)}
-            if bias is not None:
-                weights["bias"] = builder.weight(name, "bias", bias)
-            value = builder.emit("linear", [value], negative_slope=slope, weights=weights)
-            index += 1 + (bn is not None) + (slope is not None)
-            continue
-        value = _single(builder, name, module, value)
-        index += 1
+@register_lowering(nn.Dropout, nn.Identity)
+def _lower_nothing(builder, path, module, value, following):
     return value
 
 
-def _single(builder, name, module, value):
-    if isinstance(module, nn.Sequential):
-        return _sequence(builder, name, list(module.named_children()), value)
-    if isinstance(module, nn.BasicBlock):
-        return _basic_block(builder, name, module, value)
-    if isinstance(module, ResNet):
-        value = _sequence(builder, _join(name, "stem"), list(module.stem.named_children()),
-                          value)
-        for stage in ("layer1", "layer2", "layer3"):
-            value = _single(builder, _join(name, stage), getattr(module, stage), value)
-        value = builder.emit("adaptive_avg_pool2d", [value], output_size=[1, 1])
-        value = builder.emit("flatten", [value], start_dim=1)
-        return _sequence(builder, name, [("fc", module.fc)], value)
-    if isinstance(module, (nn.Dropout, nn.Identity)):
-        return value
-    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
-        kind = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid",
-                nn.Tanh: "tanh"}[type(module)]
+def _activation_lowering(kind):
+    def lower(builder, path, module, value, following):
         return builder.emit("activation", [value], kind=kind,
                             negative_slope=getattr(module, "negative_slope", 0.0))
-    if isinstance(module, nn.MaxPool2d):
-        return builder.emit("max_pool2d", [value], kernel_size=module.kernel_size,
-                            stride=module.stride, padding=module.padding,
-                            ceil_mode=module.ceil_mode)
-    if isinstance(module, nn.AvgPool2d):
-        return builder.emit("avg_pool2d", [value], kernel_size=module.kernel_size,
-                            stride=module.stride, padding=module.padding,
-                            ceil_mode=module.ceil_mode,
-                            count_include_pad=module.count_include_pad)
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        size = module.output_size
-        return builder.emit("adaptive_avg_pool2d", [value],
-                            output_size=list(size) if isinstance(size, (tuple, list))
-                            else [size, size])
-    if isinstance(module, nn.Flatten):
-        if module.end_dim != -1:
-            raise ValueError("deploy.compile: %s: only Flatten(end_dim=-1) is supported"
-                             % (name or "model"))
-        return builder.emit("flatten", [value], start_dim=module.start_dim)
-    if isinstance(module, nn.BatchNorm2d):   # a BN not after a conv: per-channel affine
-        mean, var, eps, gamma, beta = _bn_arrays(module)
-        scale = (1.0 if gamma is None else gamma) / np.sqrt(var.astype(np.float64) + eps)
-        shift = (0.0 if beta is None else beta) - mean * scale
-        dtype = module.running_mean.dtype
-        return builder.emit("affine_channels", [value], weights={
-            "scale": builder.weight(name, "scale", np.asarray(scale, dtype)),
-            "shift": builder.weight(name, "shift", np.asarray(shift, dtype))})
-    raise ValueError("deploy.compile: cannot compile module %r (%s): supported are "
-                     "Sequential, BasicBlock, ResNet and the layers of fastdl.nn"
-                     % (name or "model", type(module).__name__))
+    return lower
 
 
-def build_graph(model):
-    """(ops, tensors) of ``model`` in eval mode; the model's own mode is left as it was."""
-    was_training = model.training
-    model.eval()
-    try:
-        builder = _Builder()
-        output = _single(builder, "", model, 0)
-    finally:
-        model.train(was_training)
-    if not builder.ops or builder.ops[-1]["output"] != output:
-        builder.ops.append(dict(op="activation", inputs=[output], output=builder.next_id,
-                                kind="identity", negative_slope=0.0))
-    return builder.ops, builder.tensors
+register_lowering(nn.ReLU)(_activation_lowering("relu"))
+register_lowering(nn.LeakyReLU)(_activation_lowering("leaky_relu"))
+register_lowering(nn.Sigmoid)(_activation_lowering("sigmoid"))
+register_lowering(nn.Tanh)(_activation_lowering("tanh"))
+
+
+@register_lowering(nn.MaxPool2d)
+def _lower_max_pool(builder, path, pool, value, following):
+    return builder.emit("max_pool2d", [value], kernel_size=pool.kernel_size,
+                        stride=pool.stride, padding=pool.padding, ceil_mode=pool.ceil_mode)
+
+
+@register_lowering(nn.AvgPool2d)
+def _lower_avg_pool(builder, path, pool, value, following):
+    return builder.emit("avg_pool2d", [value], kernel_size=pool.kernel_size,
+                        stride=pool.stride, padding=pool.padding, ceil_mode=pool.ceil_mode,
+                        count_include_pad=pool.count_include_pad)
+
+
+@register_lowering(nn.AdaptiveAvgPool2d)
+def _lower_adaptive_avg_pool(builder, path, pool, value, following):
+    size = pool.output_size
+    return builder.emit("adaptive_avg_pool2d", [value],
+                        output_size=list(size) if isinstance(size, (tuple, list))
+                        else [size, size])
+
+
+@register_lowering(nn.Flatten)
+def _lower_flatten(builder, path, flatten, value, following):
+    if flatten.end_dim != -1:
+        raise ValueError("deploy.compile: %s: only Flatten(end_dim=-1) is supported"
+                         % (path or "model"))
+    return builder.emit("flatten", [value], start_dim=flatten.start_dim)
+
+
+@register_lowering(nn.BatchNorm2d)
+def _lower_batch_norm(builder, path, bn, value, following):
+    """A BatchNorm2d not after a conv: a per-channel affine map."""
+    mean, var, eps, gamma, beta = _bn_arrays(bn)
+    scale = (1.0 if gamma is None else gamma) / np.sqrt(var.astype(np.float64) + eps)
+    shift = (0.0 if beta is None else beta) - mean * scale
+    dtype = bn.running_mean.dtype
+    return builder.emit("affine_channels", [value], weights={
+        "scale": builder.weight(path, "scale", np.asarray(scale, dtype)),
+        "shift": builder.weight(path, "shift", np.asarray(shift, dtype))})
