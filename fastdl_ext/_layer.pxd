@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""One direct conv of a chain (``direct.pyx``), checked and laid out (``_layer.pyx``)."""
+"""One direct conv of a chain (``direct.pyx``): as described (``ConvStep``), and checked and
+laid out (``Layer``, ``_layer.pyx``)."""
 from fastdl_ext._blocks cimport Grid
 from fastdl_ext._phases cimport Phases, View
 
@@ -32,8 +33,16 @@ cdef struct Layer:
     double slope
 
 
+cdef class ConvStep:
+    # one conv of a chain, as its caller describes it (``_layer.pyx``)
+    cdef readonly object x, packed, out, bias, residual
+    cdef readonly tuple kernel_size, padding, stride, layouts, winograd_items
+    cdef readonly bint activate, pool
+    cdef readonly double slope
+
+
 cdef inline int _grid_row(int out_w, int cols) noexcept nogil:
-    return out_w if out_w % 8 == 0 else cols   # as ``row_vectors`` in ``_fill_layer``
+    return out_w if out_w % 8 == 0 else cols   # as ``row_vectors`` in ``_fill_grid``
 
 
-cdef int _fill_layer(Layer* layer, tuple spec, int num_threads, int typenum) except -1
+cdef int _fill_layer(Layer* layer, ConvStep step, int num_threads, int typenum) except -1

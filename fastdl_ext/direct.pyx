@@ -35,8 +35,8 @@ batch 1: 0.82-0.86 of the time at 1 thread, 0.87-0.95 at 2). After its convs a
 chain may run a classifier in the same call: at batch 1-3 a global pool and a dense
 layer on the calling thread (``set_head``), from 4 images on dense layers in the
 parallel region (``set_dense``: LeNet-5 at batch 64, 0.95 of the time at 2 threads).
-Each chain entry is checked and laid out once, when the chain is built
-(``_layer.pyx``).
+Each conv of a chain comes as a ``ConvStep``, checked and laid out once, when the chain
+is built (``_layer.pyx``).
 """
 from cython.parallel cimport parallel, threadid
 from libc.stdlib cimport calloc, free
@@ -60,7 +60,7 @@ from fastdl_ext._phases cimport (Phases, View, _at, _epilogue_phases, _pad_view,
 from fastdl_ext._team cimport _items_done, _take_items, _wait_done
 from fastdl_ext._winograd cimport band_input, band_output
 
-from fastdl_ext._layer import BLOCK_SHAPES, CALLER, reads_in_place
+from fastdl_ext._layer import BLOCK_SHAPES, CALLER, ConvStep, reads_in_place
 
 
 def kernel_shapes():
@@ -378,7 +378,7 @@ cdef class Chain:
     cdef Dense* dense
     cdef int dense_count
 
-    def __cinit__(self, list specs, int num_threads):
+    def __cinit__(self, list steps, int num_threads):
         cdef int k
         cdef cnp.npy_intp* shape
         cdef object first
@@ -386,25 +386,29 @@ cdef class Chain:
         self.head = None
         self.dense, self.dense_count, self.dense_arrays = NULL, 0, []
         self.running = False
-        self.count = len(specs)
+        self.count = len(steps)
         self.num_threads = num_threads
         self.per_thread = 0
         if self.count == 0:
             return
-        first = specs[0][0]
+        for k in range(self.count):
+            if not isinstance(steps[k], ConvStep):
+                raise TypeError("direct chain: step %d must be a ConvStep, got %s"
+                                % (k, type(steps[k]).__name__))
+        first = steps[0].x
         self.typenum = _float_type(CALLER, first)
         shape = _dims(CALLER, first, "x", 4, self.typenum, False)
         for k in range(4):
             self.first_shape[k] = shape[k]
-        self.keep = [array for spec in specs for array in (spec[0], spec[1], spec[2], spec[7],
-                                                             spec[8]) if array is not first]
+        self.keep = [array for step in steps for array in (
+            step.x, step.packed, step.out, step.bias, step.residual) if array is not first]
         self.layers = <Layer*>calloc(self.count, sizeof(Layer))
         if self.layers == NULL:
             raise MemoryError()
         for k in range(self.count):
-            _fill_layer(&self.layers[k], specs[k], num_threads, self.typenum)
-            self.layers[k].reads_first = specs[k][0] is first
-            self.layers[k].adds_first = specs[k][8] is first
+            _fill_layer(&self.layers[k], steps[k], num_threads, self.typenum)
+            self.layers[k].reads_first = steps[k].x is first
+            self.layers[k].adds_first = steps[k].residual is first
             self.per_thread = max(self.per_thread, (
                 self.layers[k].padded_size + <Py_ssize_t>self.layers[k].group
                 * self.layers[k].co_block
@@ -582,18 +586,15 @@ cdef class Chain:
             self.running = False
 
 
-def direct_chain_into(list specs, int num_threads):
-    """Run direct convs one after another in one parallel region.
+def direct_chain_into(list steps, int num_threads):
+    """Run direct convs, each a ``ConvStep``, one after another in one parallel region.
 
-    Each spec is ``(x, packed, out, kernel_h, kernel_w, padding, stride, bias, residual,
-    activate, slope, pool[, borders])`` (``pool``: out is the conv's 2x2 max pool;
-    ``borders``: the zero borders x, residual and out are stored with; see
-    ``_fill_layer``), the rest as ``direct_forward_into`` takes them; a later conv may
-    read an earlier one's ``out`` (as ``x`` or ``residual``). Waking the team once instead
-    of once per conv matters at batch 1, where a conv takes tens of microseconds.
+    A later conv may read an earlier one's ``out`` (as ``x`` or ``residual``). Waking the
+    team once instead of once per conv matters at batch 1, where a conv takes tens of
+    microseconds.
     """
-    if specs:
-        Chain(specs, num_threads).run(specs[0][0])
+    if steps:
+        Chain(steps, num_threads).run(steps[0].x)
 
 
 def direct_forward_into(x, packed, out, int kernel_h, int kernel_w, tuple padding,
@@ -607,5 +608,6 @@ def direct_forward_into(x, packed, out, int kernel_h, int kernel_w, tuple paddin
     channel counts, ``out`` (N, C_out, OH, OW), overwritten; float32 or float64,
     C-contiguous.
     """
-    direct_chain_into([(x, packed, out, kernel_h, kernel_w, padding, stride, bias, residual,
-                        activate, slope, False)], num_threads)
+    direct_chain_into([ConvStep(x, packed, out, kernel_size=(kernel_h, kernel_w),
+                                padding=padding, stride=stride, bias=bias, residual=residual,
+                                activate=activate, slope=slope)], num_threads)

@@ -12,12 +12,18 @@ from fastdl_ext import direct as direct_ext
 from reference import conv2d_reference, from_stored_layout, stored_layout
 
 
-def _spec(x, weight, out, items, borders, bias=None, residual=None, slope=None,
-          co_block=4):
-    """A chain entry running ``weight`` by Winograd with work items ``(bands, group)``."""
-    return (x, direct.pack_transformed(weight, co_block), out, 3, 3, (1, 1), (1, 1), bias,
-            residual, slope is not None, 0.0 if slope is None else slope, False, borders,
-            items)
+def _step(x, weight, out, items, layouts, bias=None, residual=None, slope=None,
+          co_block=4, packed=None, **changes):
+    """A chain step running ``weight`` by Winograd with work items ``(bands, group)``;
+    ``changes``: other ``ConvStep`` arguments."""
+    arguments = dict(kernel_size=(3, 3), padding=(1, 1), stride=(1, 1), bias=bias,
+                     residual=residual, activate=slope is not None,
+                     slope=0.0 if slope is None else slope, layouts=layouts,
+                     winograd_items=items)
+    arguments.update(changes)
+    if packed is None:
+        packed = direct.pack_transformed(weight, co_block)
+    return direct_ext.ConvStep(x, packed, out, **arguments)
 
 
 def _reference(x, weight, bias, residual, slope):
@@ -82,7 +88,7 @@ def test_a_winograd_layer_matches_scipy(shape, co_block, dtype, rtol):
     want = _reference(x, weight, bias, residual, 0.1)
     for x_layout, out_layout in [((1, 1), (0, 0)), ((2, 1), (1, 1)), ((1, 2), (1, 1, 2, 2))]:
         out = stored_layout(np.full(want.shape, np.nan, dtype), out_layout)
-        direct_ext.direct_chain_into([_spec(
+        direct_ext.direct_chain_into([_step(
             stored_layout(x, x_layout), weight, out, (1, 1), (x_layout, (1, 1), out_layout),
             bias, stored_layout(residual, (1, 1)), 0.1, co_block)], 2)
         np.testing.assert_allclose(_interior(out, out_layout), want, rtol=rtol,
@@ -97,9 +103,9 @@ def test_work_items_and_threads_do_not_change_the_result(shape):
     n, c_in, c_out, height, width = shape
     x = stored_layout(rng.normal(size=(n, c_in, height, width)).astype(np.float32), (1, 1))
     weight = rng.normal(size=(c_out, c_in, 3, 3)).astype(np.float32)
-    borders = ((1, 1), (0, 0), (0, 0))
+    layouts = ((1, 1), (0, 0), (0, 0))
     want = np.empty((n, c_out, height, width), np.float32)
-    direct_ext.direct_chain_into([_spec(x, weight, want, (1, 2), borders)], 1)
+    direct_ext.direct_chain_into([_step(x, weight, want, (1, 2), layouts)], 1)
     reference = _reference(x[:, :, 1:-1, 1:-1], weight, None, None, None)
     np.testing.assert_allclose(want, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
     co_blocks = -(-c_out // 4)
@@ -107,7 +113,7 @@ def test_work_items_and_threads_do_not_change_the_result(shape):
         for group in sorted({1, 2, co_blocks}):
             for threads in (1, 2, 3):
                 out = np.full_like(want, np.nan)
-                direct_ext.direct_chain_into([_spec(x, weight, out, (bands, group), borders)],
+                direct_ext.direct_chain_into([_step(x, weight, out, (bands, group), layouts)],
                                              threads)
                 np.testing.assert_array_equal(out, want)
 
@@ -133,12 +139,13 @@ def test_a_chain_of_winograd_and_direct_layers_runs_again_and_again(threads):
         np.testing.assert_allclose(plain[k], references[-1], rtol=1e-4, atol=1e-4)
     layouts = [(1, 1), (1, 1), (1, 1), (1, 1, 2, 2)]
     stored = [stored_layout(np.zeros(x.shape, np.float32), layout) for layout in layouts]
-    specs = [runners[0].spec(x, stored[0], None, ((0, 0), (0, 0), layouts[0]))] + [
-        runners[k].spec(stored[k - 1], stored[k], stored[k - 2] if k > 1 else None,
+    steps = [runners[0].step(x, stored[0], None, ((0, 0), (0, 0), layouts[0]))] + [
+        runners[k].step(stored[k - 1], stored[k], stored[k - 2] if k > 1 else None,
                         (layouts[k - 1], layouts[k - 2] if k > 1 else (0, 0), layouts[k]))
         for k in range(1, 4)]
-    assert [len(spec) for spec in specs] == [13, 14, 14, 14]   # the first reads x plainly
-    chain = direct_ext.Chain(specs, threads)
+    # the first reads x plainly
+    assert [step.winograd_items is not None for step in steps] == [False, True, True, True]
+    chain = direct_ext.Chain(steps, threads)
     for _ in range(3):
         chain.run(x)
         for out, layout, want in zip(stored, layouts, plain):
@@ -153,22 +160,22 @@ def test_winograd_layers_are_checked():
     x = stored_layout(rng.normal(size=(1, 8, 8, 8)).astype(np.float32), (1, 1))
     weight = rng.normal(size=(8, 8, 3, 3)).astype(np.float32)
     out = np.empty((1, 8, 8, 8), np.float32)
-    borders = ((1, 1), (0, 0), (0, 0))
-    good = _spec(x, weight, out, (1, 1), borders)
-    direct_ext.direct_chain_into([good], 1)
+    layouts = ((1, 1), (0, 0), (0, 0))
+    direct_ext.direct_chain_into([_step(x, weight, out, (1, 1), layouts)], 1)
     cases = {
-        "x plain": good[:12] + (((0, 0), (0, 0), (0, 0)), (1, 1)),
-        "stride 2": good[:6] + ((2, 2),) + good[7:],
-        "padding 0": good[:5] + ((0, 0),) + good[6:],
-        "no bands": good[:13] + ((0, 1),),
-        "too many bands": good[:13] + ((5, 1),),
-        "too large a group": good[:13] + ((1, 3),),
-        "untransformed weights": (x, direct.pack_weight(weight), out) + good[3:],
-        "a pool": good[:11] + (True,) + good[12:],
+        "x plain": dict(layouts=((0, 0), (0, 0), (0, 0))),
+        "stride 2": dict(stride=(2, 2)),
+        "padding 0": dict(padding=(0, 0)),
+        "no bands": dict(items=(0, 1)),
+        "too many bands": dict(items=(5, 1)),
+        "too large a group": dict(items=(1, 3)),
+        "untransformed weights": dict(packed=direct.pack_weight(weight)),
+        "a pool": dict(pool=True),
     }
-    for what, spec in cases.items():
-        with pytest.raises(ValueError, match="direct_forward_into"):
-            direct_ext.direct_chain_into([spec], 1)
+    for what, changes in cases.items():
+        arguments = {"items": (1, 1), "layouts": layouts, **changes}
+        with pytest.raises(ValueError, match="direct_forward_into|ConvStep"):
+            direct_ext.direct_chain_into([_step(x, weight, out, **arguments)], 1)
             pytest.fail(what)
 
 
@@ -180,17 +187,17 @@ def test_runners_choose_winograd_only_where_it_applies():
     x = np.zeros((1, c, 8, 8), np.float32)
     bordered = stored_layout(x, (1, 1))
     out = np.empty((1, 8, 8, 8), np.float32)
-    borders = ((1, 1), (0, 0), (0, 0))
+    layouts = ((1, 1), (0, 0), (0, 0))
 
-    def spec(weight, padding=(1, 1), stride=(1, 1), layouts=borders, shape=x.shape):
+    def winograd(weight, padding=(1, 1), stride=(1, 1), layouts=layouts, shape=x.shape):
         run = direct.forward_runner(shape, weight, None, padding, 2, None, stride)
-        return run.spec(bordered, out, None, layouts)
+        return run.step(bordered, out, None, layouts).winograd_items is not None
     weight = rng.normal(size=(8, c, 3, 3)).astype(np.float32)
-    assert len(spec(weight)) == 14
-    assert len(spec(weight, layouts=((0, 0), (0, 0), (0, 0)))) == 13
-    assert len(spec(weight, layouts=((1, 1, 2, 2), (0, 0), (0, 0)))) == 13
-    assert len(spec(weight[:, :c - 1], shape=(1, c - 1, 8, 8))) == 13
-    assert len(spec(weight.astype(np.float64))) == 13
-    assert len(spec(weight, padding=(0, 0))) == 13
-    assert len(spec(weight, stride=(2, 2))) == 13
-    assert len(spec(weight, shape=(1, c, 7, 8))) == 13
+    assert winograd(weight)
+    assert not winograd(weight, layouts=((0, 0), (0, 0), (0, 0)))
+    assert not winograd(weight, layouts=((1, 1, 2, 2), (0, 0), (0, 0)))
+    assert not winograd(weight[:, :c - 1], shape=(1, c - 1, 8, 8))
+    assert not winograd(weight.astype(np.float64))
+    assert not winograd(weight, padding=(0, 0))
+    assert not winograd(weight, stride=(2, 2))
+    assert not winograd(weight, shape=(1, c, 7, 8))

@@ -11,6 +11,27 @@ weights, the input gradient of stride-1 "same" convs; ``grad_weight`` has rules 
 its own (``grad_weight_applies``). In a chain, a float32 3x3 stride-1 conv with padding
 1 and at least ``MIN_WINOGRAD_CHANNELS`` input channels that reads its input in place
 runs Winograd's F(2x2, 3x3) on the same register blocks (``pack_transformed``).
+
+Runners and chains
+------------------
+``forward_runner(input_shape, weight, bias, padding, threads, negative_slope, stride)``
+packs the weights once for one input shape (N, C_in, H, W) and dtype. Its ``run(x,
+out=None, residual=None)`` takes a C-contiguous x of that shape and returns out =
+act(conv(x) + bias + residual) (N, C_out, OH, OW) (``out_shape``), written into
+``out`` when given; bitwise the same for any thread count.
+
+``run_chain(steps, threads)`` runs ``(runner, x, out, residual[, layouts])`` steps in
+order in one parallel region (one wake-up of the team): a step may read an earlier
+step's ``out`` as its x or residual, and every ``out`` is bitwise what the runners give
+one by one. ``prepare_chain`` checks and lays the steps out once and returns a
+``Chain`` whose ``run(x)`` reruns them with a new first input; it keeps the other
+arrays alive and serves one caller at a time. ``layouts`` lets a chain keep an array
+inside a zero border, or split into the phase planes of a stride, so that the convs
+reading it need no padded copy: a conv writes only an ``out``'s interior (a border
+zeroed once stays zero), and reads an x in place where ``reads_in_place`` says so
+(``ForwardRunner.in_place`` gives the least such layout; a pooled runner, ``pooled()``,
+takes plain arrays only). Each step reaches the compiled chain as a ``ConvStep``
+(``ForwardRunner.step``), which names every argument of one conv.
 """
 import copy
 
@@ -21,8 +42,8 @@ from fastdl.shapes import conv_output_size
 from fastdl_ext import direct as _ext, direct_grad as _grad_ext
 
 __all__ = ["applies", "grad_weight_applies", "block_channels", "pack_weight",
-           "pack_transformed", "forward_runner", "ForwardRunner", "run_chain", "prepare_chain",
-           "grad_weight"]
+           "pack_transformed", "forward_runner", "ForwardRunner", "reads_in_place",
+           "run_chain", "prepare_chain", "grad_weight"]
 
 # the forward's register blocks as (output channels, positions); the weight
 # gradient's block of CO_BLOCK channels x GRAD_TAPS taps
@@ -184,8 +205,8 @@ def pack_transformed(weight, co_block):
 class ForwardRunner:
     """A prepared ``run(x, out=None, residual=None)`` with the weights packed once.
 
-    ``spec(x, out, residual)`` gives the compiled loop's arguments, so that
-    consecutive direct convs can run as one chain (``run_chain``).
+    ``step(x, out, residual, layouts)`` describes the conv for a chain (a ``ConvStep``),
+    so that consecutive direct convs can run as one (``run_chain``).
     """
 
     def __init__(self, input_shape, weight, bias, padding, threads, negative_slope=None,
@@ -199,15 +220,15 @@ class ForwardRunner:
             self.out_shape[3], -(-(width + 2 * padding[1]) // stride[1]))
         self.threads = threads
         self._packed = pack_weight(weight, block_channels(c_out, grid))
-        self._geometry = (kh, kw, tuple(padding), tuple(stride))
+        self._kernel_size, self._padding, self._stride = (kh, kw), tuple(padding), tuple(stride)
         self._bias = bias
-        self._activation = (negative_slope is not None,
-                            0.0 if negative_slope is None else float(negative_slope))
+        self._activate = negative_slope is not None
+        self._slope = 0.0 if negative_slope is None else float(negative_slope)
         self._pool = False
         # read in place, a 3x3 stride-1 conv with padding 1 may run Winograd's
-        # F(2x2, 3x3) (``spec``); its weights are transformed when first needed
-        self._weight = (weight if (kh, kw) == (3, 3) and tuple(stride) == (1, 1)
-                        and tuple(padding) == (1, 1) and weight.dtype == np.float32
+        # F(2x2, 3x3) (``step``); its weights are transformed when first needed
+        self._weight = (weight if (kh, kw) == (3, 3) and self._stride == (1, 1)
+                        and self._padding == (1, 1) and weight.dtype == np.float32
                         and weight.shape[1] >= MIN_WINOGRAD_CHANNELS
                         and self.out_shape[2] % 2 == 0 and self.in_place is not None
                         else None)
@@ -216,15 +237,15 @@ class ForwardRunner:
     def reads_in_place(self, layout):
         """Whether this conv, chained, reads an input stored as ``layout`` in place
         (``reads_in_place``); a pooled conv reads plain arrays only."""
-        _, _, padding, stride = self._geometry
-        return not self._pool and reads_in_place(self.out_shape[3], padding, stride, layout)
+        return not self._pool and reads_in_place(self.out_shape[3], self._padding,
+                                                 self._stride, layout)
 
     @property
     def in_place(self):
         """``(padding, stride)`` where this conv reads in place an input stored with that
         stride and a border of at least that padding (``reads_in_place``), else None."""
-        _, _, padding, stride = self._geometry
-        return (padding, stride) if self.reads_in_place(padding + stride) else None
+        least = (self._padding, self._stride)
+        return least if self.reads_in_place(self._padding + self._stride) else None
 
     def _transform(self):
         """Winograd's packed weights and work items ``(bands, group)``: bands of whole
@@ -248,30 +269,33 @@ class ForwardRunner:
         None where that cannot be (an odd output, or an activation with a negative
         slope, which does not commute with the max). No residual may be passed."""
         n, c_out, out_h, out_w = self.out_shape
-        if self._pool or out_h % 2 or out_w % 2 or self._activation[1] < 0:
+        if self._pool or out_h % 2 or out_w % 2 or self._slope < 0:
             return None
         pooled = copy.copy(self)
         pooled.out_shape, pooled._pool = (n, c_out, out_h // 2, out_w // 2), True
         return pooled
 
-    def spec(self, x, out, residual=None, borders=None):
-        """The arguments of ``direct_chain_into`` for one conv of a chain; ``borders``:
-        how x, residual and out are stored, each inside a zero border ``(rows, cols)``
-        or, x and out, also as the phase planes of a stride ``(rows, cols, stride_h,
-        stride_w)`` (plain by default)."""
-        if (self._weight is not None and borders is not None
-                and self.reads_in_place(tuple(borders[0]))):
+    def step(self, x, out, residual=None, layouts=None):
+        """This conv as one step of a chain (a ``ConvStep``); ``layouts``: how x, residual
+        and out are stored, each inside a zero border ``(rows, cols)`` or, x and out,
+        also as the phase planes of a stride ``(rows, cols, stride_h, stride_w)``
+        (plain by default). Reading x in place it runs Winograd's F(2x2, 3x3) where
+        that applies."""
+        packed, items = self._packed, None
+        if (self._weight is not None and layouts is not None
+                and self.reads_in_place(tuple(layouts[0]))):
             if self._transformed is None:
                 self._transformed = self._transform()
-            return (x, self._transformed[0], out, *self._geometry, self._bias, residual,
-                    *self._activation, self._pool, borders, self._transformed[1])
-        return (x, self._packed, out, *self._geometry, self._bias, residual,
-                *self._activation, self._pool, borders)
+            packed, items = self._transformed
+        return _ext.ConvStep(x, packed, out, kernel_size=self._kernel_size,
+                             padding=self._padding, stride=self._stride, bias=self._bias,
+                             residual=residual, activate=self._activate, slope=self._slope,
+                             pool=self._pool, layouts=layouts, winograd_items=items)
 
     def __call__(self, x, out=None, residual=None):
         if out is None:
             out = np.empty(self.out_shape, dtype=x.dtype)
-        _ext.direct_chain_into([self.spec(x, out, residual)], self.threads)
+        _ext.direct_chain_into([self.step(x, out, residual)], self.threads)
         return out
 
 
@@ -282,16 +306,16 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
 
 
 def run_chain(steps, threads):
-    """Run ``(runner, x, out, residual[, borders])`` steps of ForwardRunners in order, in
-    one parallel region; a later step may read an earlier one's ``out``. ``borders``
-    as ``ForwardRunner.spec`` takes them."""
-    _ext.direct_chain_into([runner.spec(*step) for runner, *step in steps], threads)
+    """Run ``(runner, x, out, residual[, layouts])`` steps of ForwardRunners in order, in
+    one parallel region; a later step may read an earlier one's ``out``. ``layouts``
+    as ``ForwardRunner.step`` takes them."""
+    _ext.direct_chain_into([runner.step(*step) for runner, *step in steps], threads)
 
 
 def prepare_chain(steps, threads):
     """``run_chain``'s steps checked and laid out once: a ``Chain`` whose ``run(x)`` runs
     them with ``x`` in place of the first step's input (wherever the steps read it)."""
-    return _ext.Chain([runner.spec(*step) for runner, *step in steps], threads)
+    return _ext.Chain([runner.step(*step) for runner, *step in steps], threads)
 
 
 def grad_weight(x, grad_out, weight_shape, padding, threads, with_bias=False,
