@@ -14,8 +14,7 @@ Design
   adaptive average pooling are one kernel with different windows.
 * Generic windows are reduced separably: every input row's column windows
   first, then row windows over those, with the inner loop over independent
-  outputs (measured ~3x faster than one loop per window, whose compares form
-  a single dependency chain).
+  outputs (one loop per window would chain all its compares one after another).
 * Max pooling returns, per output, the flat index ``h * W + w`` of its argmax
   within the plane (int64, as torch's ``return_indices``). Ties go to the first
   maximum in row-major window order and a NaN wins (torch's
@@ -26,9 +25,8 @@ Design
   accumulators: uncompiled, under NEP 50, a Python float plus a float32 would
   be float32).
 * Fast paths: 2x2 windows tiling the input (kernel == stride == 2, no
-  padding) run unrolled straight-line kernels for max and average pooling
-  (measured ~5-10x faster than the generic path at N32 C64 32x32), and
-  output size 1 of adaptive pooling is one contiguous sum per plane.
+  padding) run unrolled straight-line kernels for max and average pooling,
+  and output size 1 of adaptive pooling is one contiguous sum per plane.
 * The Numba loops (``_pool_loops``) are imported on first use. Inference's
   2x2 max pool and every global mean run compiled C loops (``fastdl_ext.pool``):
   a served plan made of those, convolutions and dense layers never loads Numba.
@@ -269,7 +267,7 @@ def max_pool2d_runner(input_shape, kernel_size, stride=None, padding=0, ceil_mod
             _ext.max_pool2d_2x2_into(x.reshape(planes, height, width), target, threads)
         else:
             # the compiled loop's 8-lane vectors of doubles span two AVX2 registers and
-            # live on the stack: 2.0 ms against the Numba loop's 1.0 at (32, 64, 32, 32)
+            # live on the stack, which makes it slower than the Numba loop
             target[...] = max_pool2d_forward(x, kernel, stride, padding,
                                              ceil_mode)[0].reshape(target.shape)
         return out
