@@ -52,8 +52,8 @@ def test_fields_of_windows_are_the_extent_one_output_reads(layers):
     ([nn.Conv2d(1, 1, 3, stride=2), nn.Conv2d(1, 1, 3, stride=2),
       nn.ConvTranspose2d(1, 1, 4, stride=2), nn.ConvTranspose2d(1, 1, 3, stride=2),
       nn.Conv2d(1, 1, 5)], 19),
-    ([nn.MaxPool2d(2), nn.Upsample(2), nn.Conv2d(1, 1, 3)], 4),
-    ([nn.AvgPool2d(2), nn.Upsample(2, mode="bilinear"), nn.Conv2d(1, 1, 3)], 6),
+    ([nn.MaxPool2d(2), nn.Upsample(scale_factor=2), nn.Conv2d(1, 1, 3)], 4),
+    ([nn.AvgPool2d(2), nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(1, 1, 3)], 6),
 ])
 def test_upsampling_layers_divide_the_jump_and_bound_the_extent(layers, expected):
     model = nn.Sequential(*layers)

@@ -11,8 +11,8 @@ factor) ``s``:
 * ConvTranspose2d: ``reach = dilation * (kernel - 1) / s``, jump ÷ s. It is a
   stride-1 conv over its input spread ``s`` pixels apart (zeros between), so
   its window spans that many of the finer output steps.
-* Upsample: jump ÷ s; ``reach`` 0 (nearest copies) or 1 (bilinear reads two
-  neighbours).
+* Upsample: jump ÷ s; ``reach`` 0 (nearest copies), 1 (linear and bilinear read
+  two neighbours) or 3 (bicubic reads four).
 
 Without upsampling every field is a whole number of pixels, the exact extent
 of what one output reads. After an upsampling layer a window can fall between
@@ -25,6 +25,10 @@ from fastdl._checks import is_int, pair
 from fastdl.models.fcn import ResNetFPN
 
 __all__ = ["receptive_field"]
+
+
+# input steps one interpolated output reads beyond the first (nearest, area: none)
+_INTERPOLATION_REACH = {"linear": 1, "bilinear": 1, "bicubic": 3}
 
 
 def _window(module, axis):
@@ -42,8 +46,16 @@ def _window(module, axis):
             return kernel - 1, kernel
         return kernel - 1, pair(stride, "stride", type(module).__name__)[axis]
     if isinstance(module, nn.Upsample):
-        scale = pair(module.scale_factor, "scale_factor", "Upsample")[axis]
-        return (1 if module.mode == "bilinear" and scale > 1 else 0), Fraction(1, scale)
+        scale = module.scale_factor
+        if scale is None:
+            raise ValueError("receptive_field: an Upsample to a fixed size has no fixed scale; "
+                             "give it a scale_factor")
+        scale = Fraction(scale[axis] if isinstance(scale, (tuple, list)) else scale)
+        if scale == 1:
+            return 0, 1
+        if module.mode == "area" and scale < 1:   # an average over 1/scale pixels
+            return 1 / scale - 1, 1 / scale
+        return _INTERPOLATION_REACH.get(module.mode, 0), 1 / scale
     return None
 
 
