@@ -74,9 +74,9 @@ ALLOWED_PRIVATE = {
         "Tensor's method modules are autograd split over several files (Tensor API work in "
         "progress) and share its internals; follow-up: move what they share into a private "
         "module of the package that all of them import",
-    ("fastdl.nn.normalization", "fastdl.functional._util:data_of"):
-        "Tensor-or-array coercion; follow-up (nn/functional, Tensor API in progress): a "
-        "public home next to Tensor, as torch.as_tensor",
+    ("fastdl.nn.*", "fastdl.functional._util:data_of"):
+        "the array behind a Tensor or array-like, which nn layers check before calling F; "
+        "follow-up (nn/functional, Tensor API in progress): a public home next to Tensor",
     ("fastdl.distributed.sync_batchnorm", "fastdl.functional._util:as_tensor"):
         "same coercion helper as above; same follow-up",
     ("fastdl.distributed.sync_batchnorm", "fastdl.functional._util:contiguous"):
