@@ -230,16 +230,17 @@ class Scheduler:
 
     def _borders(self, runs, borders):
         """Add to ``borders`` (buffer index: layout) the outputs of the chain ``runs`` that
-        the chain alone reads and that convs of it read in place (``ForwardRunner.
-        in_place``), so that those need no padded copy per conv and thread:
+        the chain alone reads and that convs of it read in place, so that those need no
+        padded copy per conv and thread. The kernels' rule decides which layouts a conv
+        reads in place (``ForwardRunner.reads_in_place``); of those the buffer takes:
 
         * read only as the input of convs of one stride above 1, all reading in place
           (a ResNet stage's last output, read by the next stage's strided conv and
-          shortcut): stored as that stride's phase planes inside a zero border of the
-          largest padding, ``(rows, cols, stride_h, stride_w)``, where the planes cover
-          the padded image exactly;
-        * else, read in place by stride-1 convs: stored inside a zero border of their
-          largest padding, ``(rows, cols)``; the chain's other readers read the interior.
+          shortcut): that stride's phase planes inside a zero border of the largest
+          padding, ``(rows, cols, stride_h, stride_w)``, where the planes cover the
+          padded image exactly (``_phase_layout``);
+        * else, read in place by stride-1 convs: a zero border of their largest padding,
+          ``(rows, cols)``; the chain's other readers read the interior.
         """
         members = {index: run for index, run, _ in runs}
         for index, run, output in runs:
@@ -248,25 +249,46 @@ class Scheduler:
             readers = [reader for reader, op in enumerate(self.ops) if index + 1 in op["inputs"]]
             if not readers or any(reader not in members for reader in readers):
                 continue
-            # how each reader can read it in place (None: not as its input)
-            layouts = [members[reader].in_place if self.ops[reader]["inputs"][0] == index + 1
-                       else None for reader in readers]
-            height, width = self.shapes[index + 1][2:]
-            strides = {layout[1] for layout in layouts if layout is not None}
-            if None not in layouts and len(strides) == 1 and strides != {(1, 1)} and not any(
+            # the convs that read it as their input (not as a residual)
+            convs = [members[reader] for reader in readers
+                     if self.ops[reader]["inputs"][0] == index + 1]
+            layout = None
+            if len(convs) == len(readers) and not any(
                     index + 1 in self.ops[reader]["inputs"][1:] for reader in readers):
-                (stride_h, stride_w), = strides
-                rows = max(padding[0] for padding, _ in layouts)
-                cols = max(padding[1] for padding, _ in layouts)
-                if (height + 2 * rows) % stride_h == 0 and (width + 2 * cols) % stride_w == 0:
-                    borders[index] = (rows, cols, stride_h, stride_w)
-                    continue
-            paddings = [padding for padding, stride in filter(None, layouts)
-                        if stride == (1, 1)]
-            border = (max([rows for rows, _ in paddings], default=0),
-                      max([cols for _, cols in paddings], default=0))
-            if border != (0, 0):
-                borders[index] = border
+                layout = self._phase_layout(convs, self.shapes[index + 1][2:])
+            if layout is None:
+                layout = self._border(convs)
+            if layout is not None:
+                borders[index] = layout
+
+    @staticmethod
+    def _phase_layout(convs, size):
+        """The phase planes of one stride above 1, in a border of the largest padding,
+        that every conv of ``convs`` reads in place and that cover a ``size`` (H, W)
+        image with that border exactly; None where there are none."""
+        least = [run.in_place for run in convs]   # (padding, stride), or None
+        strides = {layout[1] for layout in least if layout is not None}
+        if None in least or len(strides) != 1 or strides == {(1, 1)}:
+            return None
+        (stride_h, stride_w), = strides
+        layout = (max(padding[0] for padding, _ in least),
+                  max(padding[1] for padding, _ in least), stride_h, stride_w)
+        if (size[0] + 2 * layout[0]) % stride_h or (size[1] + 2 * layout[1]) % stride_w:
+            return None
+        return layout if all(run.reads_in_place(layout) for run in convs) else None
+
+    @staticmethod
+    def _border(convs):
+        """The zero border, of the largest padding, in which the stride-1 convs of
+        ``convs`` that can read their input in place read it so; None where none can."""
+        reading = [run for run in convs if run.in_place is not None
+                   and run.in_place[1] == (1, 1)]
+        paddings = [run.in_place[0] for run in reading]
+        border = (max([rows for rows, _ in paddings], default=0),
+                  max([cols for _, cols in paddings], default=0))
+        if border == (0, 0) or not all(run.reads_in_place(border) for run in reading):
+            return None
+        return border
 
     def _residual(self, index, values):
         inputs = self.ops[index]["inputs"]
