@@ -7,7 +7,7 @@ declares is checked before anything is allocated for it (the limits below).
 """
 import json
 
-from fastdl.deploy._opgraph import MAX_INT, bounded_int, bounded_ints, fail
+from fastdl.deploy._opgraph import bounded_int, bounded_ints, fail
 from fastdl.safetensors_io import load_file, save_file
 from fastdl.shapes import is_int
 
@@ -24,8 +24,8 @@ MAX_OPS = 4096
 #: 1 MiB, and the objects Python builds for hostile JSON take up to ~25 times its size.
 MAX_PLAN_HEADER_BYTES = 4 << 20
 
-__all__ = ["FORMAT_VERSION", "MAX_INT", "MAX_OPS", "MAX_PLAN_BYTES", "MAX_PLAN_HEADER_BYTES",
-           "read_plan", "write_plan"]
+__all__ = ["FORMAT_VERSION", "MAX_OPS", "MAX_PLAN_BYTES", "MAX_PLAN_HEADER_BYTES", "read_plan",
+           "write_plan"]
 
 
 def write_plan(path, ops, tensors, input_shape, dtype):
