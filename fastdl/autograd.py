@@ -23,6 +23,7 @@ The per-op Python cost is kept small on purpose (slots, no dict per node, one
 thread-local flag read), because small networks at batch 1 are dominated by it.
 """
 import itertools
+import numbers
 
 import numpy as np
 
@@ -116,6 +117,11 @@ def _as_array(data, dtype=None):
     return array
 
 
+class GradDtypeError(RuntimeError, TypeError):
+    """A bool or integer tensor asked to require a gradient (a RuntimeError as torch's; a
+    TypeError as fastdl's was before)."""
+
+
 class Tensor:
     """An ndarray with a gradient and the record of the op that made it.
 
@@ -147,8 +153,8 @@ class Tensor:
             data = data._data
         self._data = _as_array(data, dtype)
         if requires_grad and self._data.dtype.kind != "f":
-            raise TypeError("Tensor: only floating-point tensors can require gradients, "
-                            "got dtype %s" % self._data.dtype)
+            raise GradDtypeError("Tensor: only floating-point tensors can require gradients, "
+                                 "got dtype %s" % self._data.dtype)
         self.requires_grad = bool(requires_grad)
         self._grad = None
         self._ctx = None
@@ -372,6 +378,39 @@ class Tensor:
             self._accumulate_grad(grad)
             return
         _run_backward(self, grad, bool(retain_graph))
+
+
+# ------------------------------------------------- helpers for the method families
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape`` (the inverse of NumPy broadcasting)."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad
+
+
+def normalize_dim(dim, ndim, op):
+    """``dim`` as an index in ``[0, ndim)`` (a 0-d tensor has one dim, 0 or -1).
+
+    Raises
+    ------
+    TypeError
+        If ``dim`` is not an int.
+    IndexError
+        If it is out of range.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, (numbers.Integral, np.integer)):
+        raise TypeError("%s: dim must be an int, got %s" % (op, type(dim).__name__))
+    size = max(ndim, 1)
+    if not -size <= dim < size:
+        raise IndexError("%s: dimension out of range (expected to be in range of [%d, %d], "
+                         "but got %d)" % (op, -size, size - 1, dim))
+    return int(dim) % size
 
 
 def tensor_method(function=None, *, name=None):

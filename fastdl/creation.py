@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from fastdl.autograd import Tensor, tensor
+from fastdl.autograd import GradDtypeError, Tensor, tensor
 from fastdl.devices import check_cpu
 from fastdl.dtypes import get_default_dtype, resolve_dtype
 from fastdl.random import default_generator
@@ -34,6 +34,8 @@ def _size(op, size):
     RuntimeError
         For a negative size.
     """
+    if not size:
+        raise TypeError("%s() missing 1 required positional argument: 'size'" % op)
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = size[0]
     result = []
@@ -55,8 +57,8 @@ def _make(op, array, dtype, device, requires_grad):
     check_cpu(device, op)
     dtype = resolve_dtype(dtype, op)
     if requires_grad and dtype.kind != "f":
-        raise RuntimeError("%s(): only Tensors of floating point dtype can require gradients, "
-                           "got %s" % (op, dtype))
+        raise GradDtypeError("%s(): only Tensors of floating point dtype can require "
+                             "gradients, got %s" % (op, dtype))
     return Tensor(np.asarray(array, dtype=dtype), requires_grad=requires_grad, dtype=dtype)
 
 

@@ -6,12 +6,11 @@ Casts to a floating dtype are differentiable; casts to bool or integer dtypes
 leave the graph, as in torch. ``to`` accepts only the CPU (see
 :mod:`fastdl.devices`).
 """
-import numbers
-
 import numpy as np
 
 from fastdl import tensor_ops  # by module: any import order
-from fastdl.autograd import Function, Tensor, _as_array, tensor_method
+from fastdl.autograd import (Function, GradDtypeError, Tensor, _as_array, normalize_dim,
+                             tensor_method)
 from fastdl.devices import check_cpu, parse_to_arguments
 from fastdl.dtypes import resolve_dtype
 
@@ -84,7 +83,7 @@ def to_float16(self):
 
 @tensor_method(name="long")
 def to_int64(self):
-    """As int64 (outside the graph, as every non-floating tensor_ops.cast)."""
+    """As int64 (outside the graph, as every non-floating cast)."""
     return tensor_ops.cast(self, np.int64)
 
 
@@ -153,14 +152,14 @@ def requires_grad_(self, requires_grad=True):
 
     Raises
     ------
-    TypeError
+    GradDtypeError (a RuntimeError and a TypeError)
         Asking a bool or integer tensor to require a gradient.
     RuntimeError
         Turning it off on a tensor that is not a leaf.
     """
     if requires_grad and self._data.dtype.kind != "f":
-        raise TypeError("requires_grad_: only floating-point tensors can require "
-                        "gradients, got dtype %s" % self._data.dtype)
+        raise GradDtypeError("requires_grad_: only floating-point tensors can require "
+                             "gradients, got dtype %s" % self._data.dtype)
     if not requires_grad and self._ctx is not None:
         raise RuntimeError("you can only change requires_grad flags of leaf variables. If "
                            "you want to use a computed variable in a subgraph that doesn't "
@@ -207,25 +206,6 @@ def tolist(self):
 
 
 # ---------------------------------------------------------------------- sizes
-def normalize_dim(dim, ndim, op):
-    """``dim`` as an index in ``[0, ndim)`` (a 0-d tensor has one dim, 0 or -1).
-
-    Raises
-    ------
-    TypeError
-        If ``dim`` is not an int.
-    IndexError
-        If it is out of range.
-    """
-    if isinstance(dim, (bool, Tensor)) or not isinstance(dim, (numbers.Integral, np.integer)):
-        raise TypeError("%s: dim must be an int, got %s" % (op, type(dim).__name__))
-    size = max(ndim, 1)
-    if not -size <= dim < size:
-        raise IndexError("%s: dimension out of range (expected to be in range of [%d, %d], "
-                         "but got %d)" % (op, -size, size - 1, dim))
-    return int(dim) % size
-
-
 @tensor_method
 def size(self, dim=None):
     """The shape (a tuple), or its entry ``dim`` (as ``torch.Tensor.size``)."""

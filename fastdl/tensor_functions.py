@@ -35,8 +35,9 @@ METHOD_FUNCTIONS = (
 )
 
 __all__ = list(METHOD_FUNCTIONS) + [
-    "cat", "concat", "concatenate", "stack", "where", "maximum", "minimum", "isclose", "numel", "is_tensor", "is_floating_point", "no_grad", "enable_grad",
-    "set_grad_enabled", "inference_mode", "is_grad_enabled",
+    "cat", "concat", "concatenate", "stack", "where", "maximum", "minimum", "isclose", "numel",
+    "is_tensor", "is_floating_point", "no_grad", "enable_grad", "set_grad_enabled",
+    "inference_mode", "is_grad_enabled",
 ]
 
 

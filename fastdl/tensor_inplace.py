@@ -19,15 +19,16 @@ Every one goes through :func:`update_in_place`:
 import numpy as np
 
 from fastdl import tensor_math, tensor_ops, tensor_shape  # by module: any import order
-from fastdl.autograd import Function, Tensor, _grad_mode, tensor_method
+from fastdl.autograd import (Function, Tensor, _grad_mode, normalize_dim, tensor_method,
+                             unbroadcast)
 from fastdl.random import default_generator
 
 LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation."
 
 
 class Overwrite(Function):
-    """Self replaced by new values (``fill_``, ``normal_``, ...): no gradient reaches the
-    old values; a tensor of values gets its (summed) gradient."""
+    """Self replaced by new values (``fill_``, ``normal_``, ...): the old values get a
+    zero gradient; a tensor of values gets its (summed) gradient."""
 
     @staticmethod
     def forward(ctx, old, values):
@@ -36,8 +37,9 @@ class Overwrite(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        values_grad = tensor_ops.unbroadcast(grad, ctx.values_shape) if ctx.needs_input_grad[1] else None
-        return None, values_grad
+        old_grad = np.zeros_like(grad) if ctx.needs_input_grad[0] else None
+        values_grad = unbroadcast(grad, ctx.values_shape) if ctx.needs_input_grad[1] else None
+        return old_grad, values_grad
 
 
 def update_in_place(self, function, operands, write):
@@ -73,18 +75,36 @@ def update_in_place(self, function, operands, write):
     return self
 
 
+def _viewed_base(self):
+    """``(base, index)`` when self is a recorded ``base[index]`` with basic indexing
+    (a NumPy view whose base is still current), else None."""
+    ctx = self._ctx
+    if ctx is None or ctx.function is not tensor_shape.GetItem or \
+            not tensor_shape.is_basic_index(ctx.index):
+        return None
+    base = ctx.inputs[0]
+    if not np.shares_memory(base._data, self._data):
+        return None                   # the base was updated since: self is no longer its view
+    return base, ctx.index
+
+
 def _record(self, function, operands):
     packed = self._grad_storage is not None
     old = Tensor._wrap(self._data.copy() if packed else self._data, self._ctx, self._out_index)
     old.requires_grad = self.requires_grad
     result = function.apply(old, *(old if o is self else o for o in operands))
+    view = _viewed_base(self)
+    if view is not None:              # write through to the base, as torch's views do
+        base, index = view
+        base[index] = result
+        result = tensor_shape.GetItem.apply(base, index)
     data = result._data
     if data.shape != self._data.shape:
         raise RuntimeError("output with shape %s doesn't match the broadcast shape %s"
                            % (list(self._data.shape), list(data.shape)))
     if data.dtype != self._data.dtype:
         if not np.can_cast(data.dtype, self._data.dtype, "same_kind"):
-            raise RuntimeError("result type %s can't be tensor_ops.cast to the desired output type %s"
+            raise RuntimeError("result type %s can't be cast to the desired output type %s"
                                % (data.dtype, self._data.dtype))
         result = tensor_ops.cast(result, self._data.dtype)
     entry = (result._ctx.seq, old)
@@ -126,7 +146,7 @@ def __imul__(self, other):
 @tensor_method
 def __itruediv__(self, other):
     if self._data.dtype.kind != "f":
-        raise RuntimeError("result type Float can't be tensor_ops.cast to the desired output type %s"
+        raise RuntimeError("result type Float can't be cast to the desired output type %s"
                            % self._data.dtype)
     return _arithmetic(self, other, tensor_ops.Div, np.true_divide)
 
@@ -180,7 +200,7 @@ def fill_(self, value):
 
 @tensor_method
 def copy_(self, src, non_blocking=False):
-    """Copy ``src`` (broadcast to self's shape, tensor_ops.cast to self's dtype) into self.
+    """Copy ``src`` (broadcast to self's shape, cast to self's dtype) into self.
 
     Raises
     ------
@@ -231,7 +251,7 @@ def uniform_(self, a=0.0, b=1.0, generator=None):   # noqa: A002 (torch's names)
 # ------------------------------------------------------------- clamps, masks
 @tensor_method
 def clamp_(self, min=None, max=None):   # noqa: A002
-    """tensor_math.Clamp in place to ``[min, max]``."""
+    """Clamp in place to ``[min, max]``."""
     if min is None and max is None:
         raise RuntimeError("clamp_: at least one of 'min' or 'max' must not be None")
 
@@ -263,7 +283,7 @@ def masked_fill_(self, mask, value):
 # ------------------------------------------------------------- item writes
 @tensor_method
 def __setitem__(self, index, value):
-    """``self[index] = value`` (value broadcast and tensor_ops.cast to self's dtype), recorded."""
+    """``self[index] = value`` (value broadcast and cast to self's dtype), recorded."""
     index = tensor_shape.normalize_index(index)
     if isinstance(value, Tensor) and not value.requires_grad:
         value = value._data
@@ -279,7 +299,7 @@ def __setitem__(self, index, value):
 def scatter_(self, dim, index, src=None, value=None):
     """Write ``src[i][j][k]`` (or the number ``value``) to ``self[index[i][j][k]][j][k]``
     (for dim 0, and so on), as torch."""
-    dim = tensor_shape.normalize_dim(dim, self._data.ndim, "scatter_")
+    dim = normalize_dim(dim, self._data.ndim, "scatter_")
     positions = tensor_shape.gather_index("scatter_", self._data.shape, dim, index)
     if src is None:
         src = value

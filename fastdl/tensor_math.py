@@ -12,8 +12,8 @@ import numbers
 
 import numpy as np
 
-from fastdl import tensor_convert, tensor_ops  # by module: any import order
-from fastdl.autograd import Function, Tensor, tensor_method
+from fastdl import tensor_ops  # by module: any import order
+from fastdl.autograd import Function, Tensor, normalize_dim, tensor_method, unbroadcast
 from fastdl.dtypes import get_default_dtype
 
 __all__ = ["where", "maximum", "minimum"]
@@ -196,9 +196,9 @@ class Where(Function):
         zero = np.zeros((), dtype=grad.dtype)
         grad_a = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_a = tensor_ops.unbroadcast(np.where(ctx.condition, grad, zero), a_shape)
+            grad_a = unbroadcast(np.where(ctx.condition, grad, zero), a_shape)
         if ctx.needs_input_grad[2]:
-            grad_b = tensor_ops.unbroadcast(np.where(ctx.condition, zero, grad), b_shape)
+            grad_b = unbroadcast(np.where(ctx.condition, zero, grad), b_shape)
         return None, grad_a, grad_b
 
 
@@ -216,8 +216,8 @@ class Extremum2(Function):
         a, b = ctx.saved_tensors
         wins = (a > b) if ctx.largest else (a < b)
         share = np.where(a == b, 0.5, wins.astype(grad.dtype)).astype(grad.dtype)
-        grad_a = tensor_ops.unbroadcast(grad * share, np.shape(a)) if ctx.needs_input_grad[0] else None
-        grad_b = tensor_ops.unbroadcast(grad * (1 - share), np.shape(b)) if ctx.needs_input_grad[1] \
+        grad_a = unbroadcast(grad * share, np.shape(a)) if ctx.needs_input_grad[0] else None
+        grad_b = unbroadcast(grad * (1 - share), np.shape(b)) if ctx.needs_input_grad[1] \
             else None
         return grad_a, grad_b, None
 
@@ -331,7 +331,7 @@ def _softmax(self, dim, dtype, log):
     if dim is None:
         raise TypeError("%s() missing required argument 'dim'" % name)
     source = self.to(dtype) if dtype is not None else _as_floating(self)
-    return Softmax.apply(source, tensor_convert.normalize_dim(dim, source._data.ndim, name), log)
+    return Softmax.apply(source, normalize_dim(dim, source._data.ndim, name), log)
 
 
 @tensor_method

@@ -13,24 +13,11 @@ import numbers
 
 import numpy as np
 
-from fastdl.autograd import Function, Tensor, tensor_method
+from fastdl.autograd import Function, Tensor, tensor_method, unbroadcast
 from fastdl.dtypes import get_default_dtype
 
 __all__ = ["unbroadcast", "promote", "cast", "add", "sub", "mul", "div", "matmul", "mm",
            "bmm", "power"]
-
-
-def unbroadcast(grad, shape):
-    """Sum ``grad`` down to ``shape`` (the inverse of NumPy broadcasting)."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    if extra:
-        grad = grad.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
-    return grad
 
 
 def _shape(value):
@@ -50,6 +37,18 @@ def _scalar_dtype(value):
     return get_default_dtype()
 
 
+def _promote_types(dtypes):
+    """torch.promote_types over ``dtypes``: NumPy's rule within a category, else the
+    dtype of the highest category (float32 with int64 stays float32)."""
+    result = dtypes[0]
+    for dtype in dtypes[1:]:
+        if _CATEGORY[dtype.kind] == _CATEGORY[result.kind]:
+            result = np.promote_types(result, dtype)
+        elif _CATEGORY[dtype.kind] > _CATEGORY[result.kind]:
+            result = dtype
+    return result
+
+
 def _result_dtype(operands):
     """torch's result type: dimensioned tensors first, then 0-d tensors, then scalars,
     a later group counting only when its category (bool < int < float) is higher."""
@@ -66,7 +65,7 @@ def _result_dtype(operands):
     for dtypes in groups:
         if not dtypes:
             continue
-        candidate = np.result_type(*dtypes)
+        candidate = _promote_types(dtypes)
         if result is None:
             result = candidate
         elif _CATEGORY[candidate.kind] > _CATEGORY[result.kind]:
@@ -94,9 +93,8 @@ def promote(a, b, true_division=False):
     b_dtype = getattr(b_data, "dtype", None)
     if a_dtype is not None and a_dtype == b_dtype and (a_dtype.kind == "f" or not true_division):
         return a, b                                     # the common case: nothing to do
-    if a_dtype is not None and a_dtype.kind == "f" and isinstance(b_data, (int, float)) \
-            and not isinstance(b_data, bool):
-        return a, b                                     # float tensor with a Python number
+    if a_dtype is not None and a_dtype.kind == "f" and type(b_data) in (int, float):
+        return a, b                     # a float tensor with a Python number (not np.float64)
     dtype = _result_dtype((a, b))
     if true_division and dtype.kind != "f":
         dtype = get_default_dtype()
@@ -295,8 +293,8 @@ def __radd__(self, other):
 @tensor_method
 def __sub__(self, other):
     if self._data.dtype == np.bool_ and getattr(other, "dtype", None) == np.bool_:
-        raise TypeError("Subtraction, the `-` operator, with two bool tensors is not "
-                        "supported. Use the `^` or `logical_xor()` operator instead.")
+        raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not "
+                           "supported. Use the `^` or `logical_xor()` operator instead.")
     return _binary(Sub, self, other)
 
 
@@ -348,8 +346,8 @@ def __rmod__(self, other):
 @tensor_method
 def __neg__(self):
     if self._data.dtype == np.bool_:
-        raise TypeError("Negation, the `-` operator, on a bool tensor is not supported. "
-                        "Use the `~` or `logical_not()` operator instead.")
+        raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported. "
+                           "Use the `~` or `logical_not()` operator instead.")
     return Neg.apply(self)
 
 
@@ -427,7 +425,8 @@ def power(self, exponent):
 def _check_matmul(name, a, b, expected_ndim=None):
     for label, value in (("input", a), ("other", b)):
         if not isinstance(value, (Tensor, np.ndarray)):
-            raise TypeError("%s: %s must be a Tensor, got %s" % (name, label, type(value).__name__))
+            raise TypeError("%s: %s must be a Tensor, got %s"
+                            % (name, label, type(value).__name__))
         ndim = np.ndim(value._data if isinstance(value, Tensor) else value)
         if expected_ndim is not None and ndim != expected_ndim:
             raise RuntimeError("%s: %s must be a %dD tensor, got %dD" % (name, label,

@@ -13,8 +13,8 @@ import numbers
 
 import numpy as np
 
-from fastdl import tensor_convert, tensor_shape  # by module: any import order
-from fastdl.autograd import Function, Tensor, tensor_method
+from fastdl import tensor_shape  # by module: any import order
+from fastdl.autograd import Function, Tensor, normalize_dim, tensor_method
 from fastdl.dtypes import get_default_dtype, resolve_dtype
 
 __all__ = ["reduction_dims", "expand_reduced"]
@@ -33,7 +33,7 @@ def reduction_dims(dim, ndim, op):
     dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if not dims:
         return None
-    axes = tuple(tensor_convert.normalize_dim(d, ndim, op) for d in dims)
+    axes = tuple(normalize_dim(d, ndim, op) for d in dims)
     if len(set(axes)) != len(axes):
         raise RuntimeError("%s: dim %d appears multiple times in the list of dims"
                            % (op, next(a for a in axes if axes.count(a) > 1)))
@@ -281,7 +281,7 @@ def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
 def prod(self, dim=None, keepdim=False, dtype=None):
     """The product of all elements, or along the single dim ``dim``."""
     source = _summable(self, dtype, "prod")
-    axis = None if dim is None else tensor_convert.normalize_dim(dim, source._data.ndim, "prod")
+    axis = None if dim is None else normalize_dim(dim, source._data.ndim, "prod")
     if axis is not None and source._data.ndim == 0:
         axis = None
     return Prod.apply(source, axis, bool(keepdim))
@@ -321,7 +321,7 @@ def cumsum(self, dim, dtype=None):
     source = _summable(self, dtype, "cumsum")
     if source._data.dtype.kind in "bu" or source._data.dtype == np.int32:
         source = source.long()
-    return CumSum.apply(source, tensor_convert.normalize_dim(dim, source._data.ndim, "cumsum"))
+    return CumSum.apply(source, normalize_dim(dim, source._data.ndim, "cumsum"))
 
 
 def _extremum(self, dim, keepdim, largest):
@@ -336,9 +336,10 @@ def _extremum(self, dim, keepdim, largest):
         if a.size == 0:
             raise RuntimeError("%s(): expected a non-empty tensor" % name)
         return ExtremumAll.apply(self, largest)
-    dim = tensor_convert.normalize_dim(dim, a.ndim, name)
+    dim = normalize_dim(dim, a.ndim, name)
     if a.ndim == 0:   # torch allows dim 0 / -1 of a 0-d tensor: itself, index 0
-        values = tensor_shape.TakeAlongDim.apply(self.reshape(1), np.zeros(1, dtype=np.int64), 0, False)
+        first = np.zeros(1, dtype=np.int64)
+        values = tensor_shape.TakeAlongDim.apply(self.reshape(1), first, 0, False)
         return result(values, Tensor._wrap(np.zeros((), dtype=np.int64)))
     if a.shape[dim] == 0:
         raise IndexError("%s(): expected reduction dim %d to have non-zero size" % (name, dim))
@@ -393,7 +394,7 @@ def _arg_extremum(self, dim, keepdim, function):
     a = np.asarray(self._data)
     name = function.__name__
     if dim is not None:
-        dim = tensor_convert.normalize_dim(dim, a.ndim, name)
+        dim = normalize_dim(dim, a.ndim, name)
         if a.ndim == 0:
             return Tensor._wrap(np.zeros((), dtype=np.int64))
     elif a.size == 0:
@@ -445,7 +446,7 @@ def sort(self, dim=-1, descending=False, stable=False):
     """``(values, indices)`` sorted along ``dim`` (ascending unless ``descending``)."""
     if self._data.ndim == 0:
         return tensor_shape.ReturnTypes["sort"](self, Tensor._wrap(np.zeros((), dtype=np.int64)))
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "sort")
+    dim = normalize_dim(dim, self._data.ndim, "sort")
     order = _sort_order(self._data, dim, descending).astype(np.int64, copy=False)
     values = tensor_shape.TakeAlongDim.apply(self, order, dim, True)
     return tensor_shape.ReturnTypes["sort"](values, Tensor._wrap(order))
@@ -469,7 +470,7 @@ def topk(self, k, dim=-1, largest=True, sorted=True):   # noqa: A002 (torch's ke
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError("topk: k must be an int, got %s" % type(k).__name__)
     source = self.reshape(1) if self._data.ndim == 0 else self
-    dim = tensor_convert.normalize_dim(dim, source._data.ndim, "topk")
+    dim = normalize_dim(dim, source._data.ndim, "topk")
     if not 0 <= k <= source._data.shape[dim]:
         raise RuntimeError("topk: selected index k out of range (k=%d, dimension size %d)"
                            % (k, source._data.shape[dim]))
@@ -477,5 +478,6 @@ def topk(self, k, dim=-1, largest=True, sorted=True):   # noqa: A002 (torch's ke
     order = np.take(order, np.arange(k), axis=dim).astype(np.int64, copy=False)
     values = tensor_shape.TakeAlongDim.apply(source, order, dim, True)
     if self._data.ndim == 0:
-        return tensor_shape.ReturnTypes["topk"](values.reshape(()), Tensor._wrap(order.reshape(())))
+        indices = Tensor._wrap(order.reshape(()))
+        return tensor_shape.ReturnTypes["topk"](values.reshape(()), indices)
     return tensor_shape.ReturnTypes["topk"](values, Tensor._wrap(order))

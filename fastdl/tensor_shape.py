@@ -14,10 +14,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from fastdl import tensor_convert, tensor_ops  # by module: any import order
-from fastdl.autograd import Function, Tensor, tensor_method
+from fastdl.autograd import Function, Tensor, normalize_dim, tensor_method, unbroadcast
 
-__all__ = ["cat", "stack", "tensor_convert.normalize_dim", "normalize_index", "gather_index", "TakeAlongDim",
+__all__ = ["cat", "stack", "normalize_index", "is_basic_index", "gather_index", "TakeAlongDim",
            "ReturnTypes"]
 
 
@@ -51,7 +50,7 @@ class Expand(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return tensor_ops.unbroadcast(grad, ctx.input_shape), None
+        return unbroadcast(grad, ctx.input_shape), None
 
 
 class Repeat(Function):
@@ -91,14 +90,14 @@ class GetItem(Function):
     @staticmethod
     def backward(ctx, grad):
         full = np.zeros(ctx.input_shape, dtype=ctx.dtype)
-        if _is_basic(ctx.index):
+        if is_basic_index(ctx.index):
             full[ctx.index] = grad
         else:
             np.add.at(full, ctx.index, grad)  # repeated integer indices accumulate
         return full, None
 
 
-def _is_basic(index):
+def is_basic_index(index):
     """Whether ``index`` (a tuple) selects each entry at most once: ints, slices, None and
     ``...`` only (NumPy's basic indexing)."""
     return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis
@@ -123,7 +122,7 @@ class SetItem(Function):
             grad_a = np.array(grad, copy=True)
             grad_a[ctx.index] = 0
         if ctx.needs_input_grad[1]:
-            grad_value = tensor_ops.unbroadcast(np.asarray(grad[ctx.index]), ctx.value_shape)
+            grad_value = unbroadcast(np.asarray(grad[ctx.index]), ctx.value_shape)
         return grad_a, grad_value, None
 
 
@@ -171,7 +170,7 @@ def _sizes(op, sizes):
         sizes = sizes[0]
     result = []
     for size in sizes:
-        if isinstance(size, Tensor):
+        if isinstance(size, Tensor) and size.numel() == 1:
             size = size.item()
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
             raise TypeError("%s: sizes must be ints, got %r" % (op, size))
@@ -243,8 +242,8 @@ def flatten(self, start_dim=0, end_dim=-1):
     shape = self._data.shape
     if self._data.ndim == 0:
         return self.reshape(1)
-    start = tensor_convert.normalize_dim(start_dim, len(shape), "flatten")
-    end = tensor_convert.normalize_dim(end_dim, len(shape), "flatten")
+    start = normalize_dim(start_dim, len(shape), "flatten")
+    end = normalize_dim(end_dim, len(shape), "flatten")
     if start > end:
         raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
     merged = int(np.prod(shape[start:end + 1]))
@@ -255,7 +254,7 @@ def flatten(self, start_dim=0, end_dim=-1):
 def unflatten(self, dim, sizes):
     """Dimension ``dim`` split into ``sizes`` (one may be -1)."""
     shape = self._data.shape
-    dim = tensor_convert.normalize_dim(dim, len(shape), "unflatten")
+    dim = normalize_dim(dim, len(shape), "unflatten")
     sizes = _sizes("unflatten", (sizes,))
     known = int(np.prod([n for n in sizes if n != -1]))
     if -1 in sizes:
@@ -274,7 +273,7 @@ def squeeze(self, dim=None):
         dims = {i for i, n in enumerate(shape) if n == 1}
     else:
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-        dims = {tensor_convert.normalize_dim(d, len(shape), "squeeze") for d in dims}
+        dims = {normalize_dim(d, len(shape), "squeeze") for d in dims}
         dims = {d for d in dims if d < len(shape) and shape[d] == 1}
     if not dims:
         return self
@@ -285,7 +284,7 @@ def squeeze(self, dim=None):
 def unsqueeze(self, dim):
     """A new dimension of size 1 at ``dim`` (in ``[-ndim - 1, ndim]``)."""
     shape = self._data.shape
-    dim = tensor_convert.normalize_dim(dim, len(shape) + 1, "unsqueeze")
+    dim = normalize_dim(dim, len(shape) + 1, "unsqueeze")
     return Reshape.apply(self, shape[:dim] + (1,) + shape[dim:])
 
 
@@ -297,7 +296,7 @@ def permute(self, *dims):
     if len(dims) != ndim:
         raise RuntimeError("permute: number of dims don't match: the tensor has %d dimensions "
                            "but %d were given" % (ndim, len(dims)))
-    dims = tuple(tensor_convert.normalize_dim(d, ndim, "permute") for d in dims)
+    dims = tuple(normalize_dim(d, ndim, "permute") for d in dims)
     if len(set(dims)) != ndim:
         raise RuntimeError("permute: repeated dim in %s" % (list(dims),))
     return Permute.apply(self, dims)
@@ -310,7 +309,7 @@ def transpose(self, dim0=-2, dim1=-1):
     if ndim < 2 and (dim0, dim1) == (-2, -1):
         return self
     dims = list(range(ndim))
-    first, second = tensor_convert.normalize_dim(dim0, ndim, "transpose"), tensor_convert.normalize_dim(dim1, ndim, "transpose")
+    first, second = normalize_dim(dim0, ndim, "transpose"), normalize_dim(dim1, ndim, "transpose")
     if ndim < 2 or first == second:
         return self
     dims[first], dims[second] = dims[second], dims[first]
@@ -395,7 +394,7 @@ def repeat(self, *repeats):
 def flip(self, *dims):
     """The entries in reverse order along ``dims``."""
     dims = _sizes("flip", dims)
-    dims = tuple(tensor_convert.normalize_dim(d, self._data.ndim, "flip") for d in dims)
+    dims = tuple(normalize_dim(d, self._data.ndim, "flip") for d in dims)
     return Flip.apply(self, dims)
 
 
@@ -407,19 +406,19 @@ def __getitem__(self, index):
 @tensor_method
 def narrow(self, dim, start, length):
     """Entries ``start`` to ``start + length`` along ``dim`` (a view)."""
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "narrow")
+    dim = normalize_dim(dim, self._data.ndim, "narrow")
     size = self._data.shape[dim]
     start = start + size if start < 0 else start
     if not (0 <= start and length >= 0 and start + length <= size):
-        raise IndexError("narrow: start (%d) + length (%d) exceeds dimension size (%d)"
-                         % (start, length, size))
+        raise RuntimeError("narrow: start (%d) + length (%d) exceeds dimension size (%d)"
+                           % (start, length, size))
     return self[(slice(None),) * dim + (slice(start, start + length),)]
 
 
 @tensor_method
 def select(self, dim, index):
     """The slice at ``index`` along ``dim``, that dimension removed."""
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "select")
+    dim = normalize_dim(dim, self._data.ndim, "select")
     return self[(slice(None),) * dim + (index,)]
 
 
@@ -433,7 +432,7 @@ def _index_array(op, index):
 @tensor_method
 def index_select(self, dim, index):
     """The entries at ``index`` (a 1-D integer tensor) along ``dim``."""
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "index_select")
+    dim = normalize_dim(dim, self._data.ndim, "index_select")
     array = _index_array("index_select", index)
     if array.ndim > 1:
         raise IndexError("index_select(): Index is supposed to be a vector")
@@ -452,8 +451,8 @@ def gather_index(op, shape, dim, index):
                                "to be no larger than self %s apart from dimension %d"
                                % (op, d, list(array.shape), list(shape), dim))
     if array.size and (array.min() < -shape[dim] or array.max() >= shape[dim]):
-        raise IndexError("%s(): index out of range for dimension %d of size %d"
-                         % (op, dim, shape[dim]))
+        raise RuntimeError("%s(): index out of range for dimension %d of size %d"
+                           % (op, dim, shape[dim]))
     positions = list(np.indices(array.shape, sparse=True))
     positions[dim] = array
     return tuple(positions)
@@ -462,7 +461,7 @@ def gather_index(op, shape, dim, index):
 @tensor_method
 def gather(self, dim, index):
     """``out[i][j][k] = self[index[i][j][k]][j][k]`` for dim 0 (and so on), as torch."""
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "gather")
+    dim = normalize_dim(dim, self._data.ndim, "gather")
     return GetItem.apply(self, gather_index("gather", self._data.shape, dim, index))
 
 
@@ -471,7 +470,7 @@ def gather(self, dim, index):
 def split(self, split_size_or_sections, dim=0):
     """Pieces of ``split_size`` along ``dim`` (the last may be smaller), or of the
     given sizes, which must add up to the dimension's size."""
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "split")
+    dim = normalize_dim(dim, self._data.ndim, "split")
     size = self._data.shape[dim]
     if isinstance(split_size_or_sections, (list, tuple)):
         sections = _sizes("split", (split_size_or_sections,))
@@ -499,7 +498,7 @@ def chunk(self, chunks, dim=0):
         raise TypeError("chunk: chunks must be an int, got %s" % type(chunks).__name__)
     if chunks <= 0:
         raise RuntimeError("chunk expects `chunks` to be greater than 0, got: %d" % chunks)
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "chunk")
+    dim = normalize_dim(dim, self._data.ndim, "chunk")
     size = self._data.shape[dim]
     return self.split(max(-(-size // chunks), 1), dim)
 
@@ -507,7 +506,7 @@ def chunk(self, chunks, dim=0):
 @tensor_method
 def unbind(self, dim=0):
     """The slices along ``dim``, that dimension removed."""
-    dim = tensor_convert.normalize_dim(dim, self._data.ndim, "unbind")
+    dim = normalize_dim(dim, self._data.ndim, "unbind")
     return tuple(self.select(dim, i) for i in range(self._data.shape[dim]))
 
 
@@ -517,7 +516,9 @@ def _tensor_list(op, tensors):
                         % (op, type(tensors).__name__))
     tensors = list(tensors)
     if not tensors:
-        raise RuntimeError("%s(): expected a non-empty list of Tensors" % op)
+        if op == "cat":
+            raise ValueError("cat(): expected a non-empty list of Tensors")
+        raise RuntimeError("%s expects a non-empty TensorList" % op)
     return list(tensors)
 
 
@@ -534,7 +535,7 @@ def cat(tensors, dim=0):
     tensors = _tensor_list("cat", tensors)
     shapes = [np.shape(t._data if isinstance(t, Tensor) else t) for t in tensors]
     ndim = len(shapes[0])
-    axis = tensor_convert.normalize_dim(dim, ndim, "cat")
+    axis = normalize_dim(dim, ndim, "cat")
     for number, shape in enumerate(shapes[1:], 1):
         if len(shape) != ndim:
             raise RuntimeError("Tensors must have same number of dimensions: got %d and %d"
@@ -556,7 +557,7 @@ def stack(tensors, dim=0):
             raise RuntimeError("stack expects each tensor to be equal size, but got %s at "
                                "entry 0 and %s at entry %d" % (list(shapes[0]), list(shape),
                                                                 number))
-    axis = tensor_convert.normalize_dim(dim, len(shapes[0]) + 1, "stack")
+    axis = normalize_dim(dim, len(shapes[0]) + 1, "stack")
     expanded = [t.unsqueeze(axis) if isinstance(t, Tensor) else np.expand_dims(t, axis)
                 for t in tensors]
     return Concatenate.apply(axis, *expanded)
