@@ -88,6 +88,13 @@ def test_workers_deliver_the_single_process_batches_in_order():
         get_worker_info().id   # None outside a worker
 
 
+def test_large_batches_do_not_deadlock_the_pipes():
+    data = TensorDataset(np.arange(120000))   # tasks and batches beyond a pipe's buffer
+    batches = list(DataLoader(data, 30000, num_workers=2, timeout=LIMIT))
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in batches]),
+                                  np.arange(120000))
+
+
 def test_each_worker_is_seeded_from_the_base_seed_and_manual_seed():
     def run():
         return [[field.tolist() for field in batch]

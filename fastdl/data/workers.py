@@ -1,9 +1,13 @@
 """Worker processes for the DataLoader: batches made in parallel, delivered in order.
 
 Each worker is a process (forked where the platform can, so the dataset is not
-pickled) with two one-way pipes: tasks in, pickled batches out. The loader's
-process keeps ``prefetch_factor`` tasks in flight per worker, deals them
-round-robin, and puts the answers back in task order. Nothing can hang:
+pickled) with a task queue in and a one-way pipe of pickled batches out. The
+loader's process keeps ``prefetch_factor`` tasks in flight per worker, deals
+them round-robin, and puts the answers back in task order. Nothing can hang:
+
+* tasks go through a queue whose feeder thread does the writing, so the
+  loader's process never blocks sending a large index batch to a worker that
+  is itself blocked sending a batch back;
 
 * a worker's error comes back with its traceback text and is raised again in
   the loader's process (as torch's: ``Caught ValueError in DataLoader worker
@@ -22,6 +26,7 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import queue
 import random
 import signal
 import sys
@@ -120,12 +125,12 @@ def _worker_loop(fetcher, tasks, results, worker_id, num_workers, base_seed, ini
         failure = ExceptionWrapper(where)
     stream, stream_token = None, None
     while True:
-        if not tasks.poll(_WATCH_SECONDS):
+        try:
+            task = tasks.get(timeout=_WATCH_SECONDS)
+        except queue.Empty:
             if os.getppid() != parent_pid:
                 return
             continue
-        try:
-            task = tasks.recv()
         except (EOFError, OSError):
             return
         if task is None:
@@ -166,24 +171,23 @@ class WorkerPool:
 
     def __init__(self, fetcher, num_workers, base_seed, init_fn, multiprocessing_context):
         context = _context(multiprocessing_context)
-        self.processes, self.task_pipes, self.result_pipes = [], [], []
+        self.processes, self.task_queues, self.result_pipes = [], [], []
         self.closed = False
         self._pending = deque()
         self._tokens = itertools.count()
         try:
             for worker_id in range(num_workers):
-                task_reader, task_writer = context.Pipe(duplex=False)
+                tasks = context.Queue()
                 result_reader, result_writer = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_worker_loop, daemon=True,
-                    args=(fetcher, task_reader, result_writer, worker_id, num_workers,
+                    args=(fetcher, tasks, result_writer, worker_id, num_workers,
                           base_seed, init_fn, os.getpid()))
                 self.processes.append(process)
-                self.task_pipes.append(task_writer)
+                self.task_queues.append(tasks)
                 self.result_pipes.append(result_reader)
                 process.start()
-                task_reader.close()      # the worker's ends: closing ours lets a dead
-                result_writer.close()    # worker's pipe read as end-of-file
+                result_writer.close()   # the worker's end: a dead worker's pipe reads EOF
         except BaseException:
             self.shutdown()
             raise
@@ -193,7 +197,7 @@ class WorkerPool:
         return next(self._tokens)
 
     def send(self, worker_id, task):
-        self.task_pipes[worker_id].send(task)
+        self.task_queues[worker_id].put(task)
 
     def receive(self, timeout):
         """The next ``(token, number, reply)`` from any worker.
@@ -243,10 +247,10 @@ class WorkerPool:
         if self.closed:
             return
         self.closed = True
-        for pipe in self.task_pipes:
+        for tasks in self.task_queues:
             try:
-                pipe.send(None)
-            except OSError:
+                tasks.put(None)
+            except (OSError, ValueError):   # already closed
                 pass
         deadline = time.monotonic() + grace
         readers = list(self.result_pipes)
@@ -268,7 +272,10 @@ class WorkerPool:
             if process.is_alive():
                 process.kill()
                 process.join(1.0)
-        for pipe in self.task_pipes + self.result_pipes:
+        for tasks in self.task_queues:
+            tasks.cancel_join_thread()   # never wait at exit to flush tasks nobody reads
+            tasks.close()
+        for pipe in self.result_pipes:
             pipe.close()
 
 
