@@ -1,151 +1,172 @@
-"""Parameter-free layers: pooling, activations, dropout, flatten, upsample, identity."""
+"""Parameter-free layers, as torch's: dropout, flatten/unflatten, identity, upsampling,
+pixel (un)shuffle. Activations and pooling live in ``nn.activation`` and
+``nn.pooling`` (re-exported here, where they were first)."""
 import numbers
 
 from fastdl import functional as F
 from fastdl._checks import is_int
+from fastdl.functional.resize import _MODES as _RESIZE_MODES
+from fastdl.nn.activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh  # noqa: F401
 from fastdl.nn.module import Module
+from fastdl.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d  # noqa: F401
+
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Flatten", "Identity", "PixelShuffle",
+           "PixelUnshuffle", "Unflatten", "Upsample", "UpsamplingBilinear2d",
+           "UpsamplingNearest2d"]
 
 
-class _Wrap(Module):
-    """A layer that calls one functional op with fixed keyword arguments."""
-
+class _DropoutNd(Module):
     _function = None
-    _arguments = ()
 
-    def __init__(self, **kwargs):
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
-        for name, value in kwargs.items():
-            object.__setattr__(self, name, value)
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError("%s: dropout probability has to be between 0 and 1, but got %r"
+                             % (type(self).__name__, p))
+        self.p = p
+        self.inplace = bool(inplace)
 
-    def forward(self, x):
-        return type(self)._function(x, **{name: getattr(self, name)
-                                          for name in self._arguments})
+    def forward(self, input):
+        return type(self)._function(input, self.p, self.training, self.inplace)
 
     def extra_repr(self):
-        return ", ".join("%s=%r" % (name, getattr(self, name)) for name in self._arguments)
+        return "p={}, inplace={}".format(self.p, self.inplace)
 
 
-def _check_kernel(layer, kernel_size):
-    values = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size,)
-    if not all(is_int(v) and v > 0 for v in values):
-        raise ValueError("%s: kernel_size must be positive ints, got %r" % (layer, kernel_size))
+class Dropout(_DropoutNd):
+    """Zero each element with probability ``p`` while training, scaling the rest by
+    ``1 / (1 - p)``; identity in eval mode."""
+
+    _function = staticmethod(F.dropout)
 
 
-class MaxPool2d(_Wrap):
-    """2-D max pooling (``stride`` defaults to ``kernel_size``)."""
+class Dropout1d(_DropoutNd):
+    """Zero whole channels of ``(N, C, L)`` with probability ``p`` while training."""
 
-    _function = staticmethod(F.max_pool2d)
-    _arguments = ("kernel_size", "stride", "padding", "ceil_mode")
-
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
-        _check_kernel("MaxPool2d", kernel_size)
-        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding,
-                         ceil_mode=ceil_mode)
+    _function = staticmethod(F.dropout1d)
 
 
-class AvgPool2d(_Wrap):
-    """2-D average pooling."""
+class Dropout2d(_DropoutNd):
+    """Zero whole channels of ``(N, C, H, W)`` with probability ``p`` while training."""
 
-    _function = staticmethod(F.avg_pool2d)
-    _arguments = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
-
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True):
-        _check_kernel("AvgPool2d", kernel_size)
-        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding,
-                         ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-
-
-class AdaptiveAvgPool2d(_Wrap):
-    """Adaptive average pooling to ``output_size``."""
-
-    _function = staticmethod(F.adaptive_avg_pool2d)
-    _arguments = ("output_size",)
-
-    def __init__(self, output_size):
-        super().__init__(output_size=output_size)
-
-
-class ReLU(_Wrap):
-    _function = staticmethod(F.relu)
-
-    @property
-    def _plain_relu(self):
-        # only this class's own forward may be folded into the layer before it
-        return type(self).forward is _Wrap.forward
-
-
-class Sigmoid(_Wrap):
-    _function = staticmethod(F.sigmoid)
-
-
-class Tanh(_Wrap):
-    _function = staticmethod(F.tanh)
-
-
-class LeakyReLU(_Wrap):
-    _function = staticmethod(F.leaky_relu)
-    _arguments = ("negative_slope",)
-
-    def __init__(self, negative_slope=0.01):
-        if not isinstance(negative_slope, numbers.Real):
-            raise TypeError("LeakyReLU: negative_slope must be a number, got %r"
-                            % (negative_slope,))
-        super().__init__(negative_slope=float(negative_slope))
-
-
-class Softmax(_Wrap):
-    _function = staticmethod(F.softmax)
-    _arguments = ("dim",)
-
-    def __init__(self, dim):
-        super().__init__(dim=dim)
-
-
-class Dropout(Module):
-    """Inverted dropout with probability ``p``; identity in eval mode."""
-
-    def __init__(self, p=0.5):
-        super().__init__()
-        if not isinstance(p, numbers.Real) or not 0 <= p <= 1:
-            raise ValueError("Dropout: p must be a probability in [0, 1], got %r" % (p,))
-        self.p = float(p)
-
-    def forward(self, x):
-        return F.dropout(x, self.p, self.training)
-
-    def extra_repr(self):
-        return "p=%g" % self.p
+    _function = staticmethod(F.dropout2d)
 
 
 class Flatten(Module):
-    """Flatten dims ``start_dim..end_dim`` (default: all but the batch)."""
+    """Flatten dims ``start_dim..end_dim`` into one (default: all but the batch)."""
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
-    def forward(self, x):
-        return x.flatten(self.start_dim, self.end_dim)
+    def forward(self, input):
+        return input.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return "start_dim={}, end_dim={}".format(self.start_dim, self.end_dim)
+
+
+class Unflatten(Module):
+    """Expand dim ``dim`` into ``unflattened_size`` (one entry may be -1)."""
+
+    def __init__(self, dim, unflattened_size):
+        super().__init__()
+        if not is_int(dim):
+            raise TypeError("Unflatten: invalid argument dim: %r (an int expected)" % (dim,))
+        if not isinstance(unflattened_size, (tuple, list)) or not all(
+                is_int(n) for n in unflattened_size):
+            raise TypeError("Unflatten: unflattened_size must be a tuple of ints, got %r"
+                            % (unflattened_size,))
+        self.dim = dim
+        self.unflattened_size = unflattened_size
+
+    def forward(self, input):
+        shape = tuple(input.shape)
+        dim = self.dim % len(shape) if shape else 0
+        return input.reshape(shape[:dim] + tuple(self.unflattened_size) + shape[dim + 1:])
+
+    def extra_repr(self):
+        return "dim={}, unflattened_size={}".format(self.dim, self.unflattened_size)
 
 
 class Identity(Module):
-    """Returns its input."""
+    """Returns its input; takes (and ignores) any constructor arguments."""
 
     def __init__(self, *args, **kwargs):
         super().__init__()
 
-    def forward(self, x):
-        return x
+    def forward(self, input):
+        return input
 
 
-class Upsample(_Wrap):
-    """Upsampling by an integer ``scale_factor`` (``'nearest'`` or ``'bilinear'``)."""
+class Upsample(Module):
+    """``F.interpolate`` as a layer: ``Upsample(size=None, scale_factor=None,
+    mode='nearest', align_corners=None, recompute_scale_factor=None)``."""
 
-    _function = staticmethod(F.interpolate)
-    _arguments = ("scale_factor", "mode")
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+        super().__init__()
+        if mode not in _RESIZE_MODES:
+            raise ValueError("Upsample: mode must be one of %s, got %r"
+                             % (", ".join(repr(m) for m in _RESIZE_MODES), mode))
+        self.size = size
+        if isinstance(scale_factor, (tuple, list)):
+            self.scale_factor = tuple(float(f) for f in scale_factor)
+        else:
+            self.scale_factor = float(scale_factor) if scale_factor else None
+        self.mode = mode
+        self.align_corners = align_corners
+        self.recompute_scale_factor = recompute_scale_factor
 
-    def __init__(self, scale_factor, mode="nearest"):
-        if mode not in ("nearest", "bilinear"):
-            raise ValueError("Upsample: mode must be 'nearest' or 'bilinear', got %r" % (mode,))
-        super().__init__(scale_factor=scale_factor, mode=mode)
+    def forward(self, input):
+        return F.interpolate(input, self.size, self.scale_factor, self.mode,
+                             self.align_corners, self.recompute_scale_factor)
+
+    def extra_repr(self):
+        if self.scale_factor is not None:
+            info = "scale_factor=" + repr(self.scale_factor)
+        else:
+            info = "size=" + repr(self.size)
+        return info + ", mode=" + repr(self.mode)
+
+
+class UpsamplingNearest2d(Upsample):
+    """``Upsample(mode='nearest')``."""
+
+    def __init__(self, size=None, scale_factor=None):
+        super().__init__(size, scale_factor, mode="nearest")
+
+
+class UpsamplingBilinear2d(Upsample):
+    """``Upsample(mode='bilinear', align_corners=True)``."""
+
+    def __init__(self, size=None, scale_factor=None):
+        super().__init__(size, scale_factor, mode="bilinear", align_corners=True)
+
+
+class PixelShuffle(Module):
+    """``(N, C r^2, H, W) → (N, C, H r, W r)``."""
+
+    def __init__(self, upscale_factor):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+
+    def forward(self, input):
+        return F.pixel_shuffle(input, self.upscale_factor)
+
+    def extra_repr(self):
+        return "upscale_factor={}".format(self.upscale_factor)
+
+
+class PixelUnshuffle(Module):
+    """``(N, C, H r, W r) → (N, C r^2, H, W)``."""
+
+    def __init__(self, downscale_factor):
+        super().__init__()
+        self.downscale_factor = downscale_factor
+
+    def forward(self, input):
+        return F.pixel_unshuffle(input, self.downscale_factor)
+
+    def extra_repr(self):
+        return "downscale_factor={}".format(self.downscale_factor)
