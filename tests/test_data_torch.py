@@ -236,3 +236,14 @@ def test_torch_utils_data_path_is_fastdl_data():
     assert Loader is DataLoader and fastdl.utils.data.random_split is random_split
     assert fastdl.utils.data.DistributedSampler is DistributedSampler
     assert fastdl.utils.data.get_worker_info is fastdl.data.get_worker_info
+
+
+def test_custom_collate_fn_gets_the_samples_as_torchs():
+    def keep(samples):
+        return samples
+    ours = list(DataLoader(Squares(), 4, collate_fn=keep, pin_memory=True))
+    theirs = list(torch.utils.data.DataLoader(TorchSquares(), 4, collate_fn=keep))
+    assert [[s[1] for s in batch] for batch in ours] == [[s[1] for s in b] for b in theirs]
+    data = TensorDataset(np.arange(6), np.arange(6) * 2)
+    pairs = list(DataLoader(data, 3, collate_fn=lambda samples: [s[1].item() for s in samples]))
+    assert pairs == [[0, 2, 4], [6, 8, 10]]
