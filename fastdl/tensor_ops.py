@@ -261,7 +261,15 @@ def cast(tensor, dtype):
 
 
 # ------------------------------------------------------------- the operators
+_PYTHON_NUMBERS = (int, float)
+
+
 def _binary(function, a, b, true_division=False):
+    """``function`` applied to ``a`` and ``b`` after torch's promotion (NotImplemented for
+    operands that are not tensors, arrays or numbers)."""
+    if isinstance(a, Tensor) and a._data.dtype.kind == "f":     # the common cases, fast
+        if type(b) in _PYTHON_NUMBERS or isinstance(b, Tensor) and b._data.dtype == a._data.dtype:
+            return function.apply(a, b)
     if not (_is_operand(a) and _is_operand(b)):
         return NotImplemented
     a, b = promote(a, b, true_division)

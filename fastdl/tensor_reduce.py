@@ -9,6 +9,7 @@ evenly, ``max(dim)`` sends it to the index it returns, and a zero norm has a
 zero gradient. Bool and integer sums give int64; ``mean`` of them gives the
 default float dtype (torch raises there).
 """
+import math
 import numbers
 
 import numpy as np
@@ -62,8 +63,8 @@ class Sum(Function):
 
 def _count(shape, axes):
     if axes is None:
-        return int(np.prod(shape))
-    return int(np.prod([shape[a] for a in axes]))
+        return math.prod(shape)
+    return math.prod(shape[a] for a in axes)
 
 
 class Mean(Function):

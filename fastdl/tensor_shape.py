@@ -10,6 +10,7 @@ basic indexing returns a view (writing into it under ``no_grad`` writes the
 base tensor, as in torch). Bad sizes raise RuntimeError and bad dimensions
 IndexError, as in torch.
 """
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -210,17 +211,16 @@ def reshape(self, *shape):
     RuntimeError
         If the sizes do not multiply to the number of elements.
     """
-    shape = _sizes("reshape", shape)
-    if shape.count(-1) > 1 or any(n < -1 for n in shape):
-        raise RuntimeError("reshape: invalid shape %s (at most one -1, no other negative size)"
-                           % (list(shape),))
-    known = int(np.prod([n for n in shape if n != -1]))
-    size = self._data.size
-    if (-1 in shape and (known == 0 or size % known)) or (-1 not in shape and known != size):
-        raise _bad_shape(shape, size)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if not all(type(n) is int for n in shape):
+        shape = _sizes("reshape", shape)
     if shape == self._data.shape:
         return self
-    return Reshape.apply(self, shape)
+    try:
+        return Reshape.apply(self, shape)   # NumPy checks the sizes (before anything records)
+    except ValueError:
+        raise _bad_shape(shape, self._data.size) from None
 
 
 view = tensor_method(name="view")(reshape)
@@ -246,7 +246,7 @@ def flatten(self, start_dim=0, end_dim=-1):
     end = normalize_dim(end_dim, len(shape), "flatten")
     if start > end:
         raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
-    merged = int(np.prod(shape[start:end + 1]))
+    merged = math.prod(shape[start:end + 1])
     return self.reshape(shape[:start] + (merged,) + shape[end + 1:])
 
 
@@ -256,10 +256,10 @@ def unflatten(self, dim, sizes):
     shape = self._data.shape
     dim = normalize_dim(dim, len(shape), "unflatten")
     sizes = _sizes("unflatten", (sizes,))
-    known = int(np.prod([n for n in sizes if n != -1]))
+    known = math.prod(n for n in sizes if n != -1)
     if -1 in sizes:
         sizes = tuple(shape[dim] // known if n == -1 else n for n in sizes)
-    if int(np.prod(sizes)) != shape[dim]:
+    if math.prod(sizes) != shape[dim]:
         raise RuntimeError("unflatten: sizes %s don't multiply up to the size of dim %d (%d)"
                            % (list(sizes), dim, shape[dim]))
     return self.reshape(shape[:dim] + sizes + shape[dim + 1:])
