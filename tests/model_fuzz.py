@@ -171,10 +171,12 @@ class _Builder:
             return
         arguments = "%d, stride=%s, padding=%d, ceil_mode=%s" % (k, stride, padding, ceil_mode)
         if kind == "max_pool2d":
-            self.add(nn.MaxPool2d(k, stride, padding, ceil_mode), "MaxPool2d(%s)" % arguments)
+            self.add(nn.MaxPool2d(k, stride, padding, ceil_mode=ceil_mode),
+                     "MaxPool2d(%s)" % arguments)
         else:
             include = bool(rng.random() < 0.5)
-            self.add(nn.AvgPool2d(k, stride, padding, ceil_mode, include),
+            self.add(nn.AvgPool2d(k, stride, padding, ceil_mode=ceil_mode,
+                                  count_include_pad=include),
                      "AvgPool2d(%s, count_include_pad=%s)" % (arguments, include))
         self.state = (c, out_h, out_w)
 

@@ -156,6 +156,23 @@ def _take_activation(following):
     return 0.0 if isinstance(activation, nn.ReLU) else float(activation.negative_slope)
 
 
+def _zero_padding(name, conv):
+    """The conv's zero padding as [rows, cols] (``'valid'``: none; ``'same'``: half the
+    kernel's span where that is even); a ValueError for what a plan cannot pad."""
+    if getattr(conv, "padding_mode", "zeros") != "zeros":
+        raise ValueError("deploy.compile: %s: only padding_mode='zeros' is supported, got %r"
+                         % (name or "model", conv.padding_mode))
+    if conv.padding == "valid":
+        return [0, 0]
+    if conv.padding == "same":
+        spans = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(span % 2 for span in spans):
+            raise ValueError("deploy.compile: %s: padding='same' pads one side more than the "
+                             "other here; give the padding as ints" % (name or "model"))
+        return [span // 2 for span in spans]
+    return list(conv.padding)
+
+
 def _conv(builder, name, conv, value, bn=None, slope=None, residual=None):
     weight = conv.weight.data
     bias = None if conv.bias is None else conv.bias.data
@@ -166,7 +183,7 @@ def _conv(builder, name, conv, value, bn=None, slope=None, residual=None):
     weights = {"weight": builder.weight(name, "weight", weight)}
     if bias is not None:
         weights["bias"] = builder.weight(name, "bias", bias)
-    attributes = dict(stride=list(conv.stride), padding=list(conv.padding),
+    attributes = dict(stride=list(conv.stride), padding=_zero_padding(name, conv),
                       dilation=list(conv.dilation), groups=conv.groups, weights=weights)
     if transposed:
         if residual is not None or slope is not None:
@@ -258,12 +275,19 @@ register_lowering(nn.Tanh)(_activation_lowering("tanh"))
 
 @register_lowering(nn.MaxPool2d)
 def _lower_max_pool(builder, path, pool, value, following):
+    dilation = getattr(pool, "dilation", 1)
+    if dilation not in (1, (1, 1), [1, 1]) or getattr(pool, "return_indices", False):
+        raise ValueError("deploy.compile: %s: only MaxPool2d(dilation=1, return_indices=False)"
+                         " is supported" % (path or "model"))
     return builder.emit("max_pool2d", [value], kernel_size=pool.kernel_size,
                         stride=pool.stride, padding=pool.padding, ceil_mode=pool.ceil_mode)
 
 
 @register_lowering(nn.AvgPool2d)
 def _lower_avg_pool(builder, path, pool, value, following):
+    if getattr(pool, "divisor_override", None) is not None:
+        raise ValueError("deploy.compile: %s: only AvgPool2d(divisor_override=None) is "
+                         "supported" % (path or "model"))
     return builder.emit("avg_pool2d", [value], kernel_size=pool.kernel_size,
                         stride=pool.stride, padding=pool.padding, ceil_mode=pool.ceil_mode,
                         count_include_pad=pool.count_include_pad)
