@@ -21,10 +21,12 @@ Structure nodes (JSON)::
     {"ndarray": name} / {"tensor": name}    an array / a Tensor, stored under ``name``
     {"scalar": name}                        a NumPy scalar (stored as a 0-d array)
     {"dtype": "float32"}                    a NumPy dtype
+    {"namespace": [[name, node], ...]}      an argparse.Namespace (programs save their args)
 
 Files without the structure (written by earlier versions of :func:`save`, or any
 other safetensors file) load as a dict of name → ndarray.
 """
+import argparse
 import json
 from collections import OrderedDict
 
@@ -69,6 +71,10 @@ class _Encoder:
                                                          _join(name, key))]
                      for key, item in value.items()]
             return {"odict" if type(value) is OrderedDict else "dict": items}
+        if type(value) is argparse.Namespace:
+            return {"namespace": [[key, self.encode(item, "%s.%s" % (where, key),
+                                                    _join(name, key))]
+                                  for key, item in vars(value).items()]}
         raise TypeError("%s: cannot save an object of type %s safely%s"
                         % (where, type(value).__name__, _hint(value)))
 
@@ -110,8 +116,8 @@ def _hint(value):
         return "; save its state_dict() instead"
     if callable(value):
         return "; functions and other code are never saved"
-    return ("; only None, bool, int, float, str, list, tuple, dict, ndarray, Tensor and "
-            "NumPy scalars can be saved")
+    return ("; only None, bool, int, float, str, list, tuple, dict, ndarray, Tensor, "
+            "NumPy scalars and argparse.Namespace can be saved")
 
 
 class _Decoder:
@@ -143,6 +149,14 @@ class _Decoder:
                     self.fail("a dict entry must be a [key, value] pair, got %.60r" % (pair,))
                 result[self._key(pair[0])] = self.decode(pair[1])
             return result
+        if tag == "namespace" and type(body) is list:
+            namespace = argparse.Namespace()
+            for pair in body:
+                if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
+                    self.fail("a namespace entry must be a [name, value] pair, got %.60r"
+                              % (pair,))
+                setattr(namespace, pair[0], self.decode(pair[1]))
+            return namespace
         if tag in ("ndarray", "tensor", "scalar") and type(body) is str:
             return self._array(tag, body)
         if tag == "dtype" and type(body) is str:
@@ -185,9 +199,9 @@ def save(obj, f, pickle_module=None, pickle_protocol=None,
     obj : object
         A state dict, or any nesting of dict/OrderedDict (keys None, bool, int,
         float, str or tuples of them), list, tuple, None, bool, int, float, str,
-        ndarray, Tensor, NumPy scalar and NumPy dtype — what ``model.state_dict()``,
-        ``optimizer.state_dict()``, ``scheduler.state_dict()`` and checkpoints
-        built of them hold.
+        ndarray, Tensor, NumPy scalar, NumPy dtype and argparse.Namespace — what
+        ``model.state_dict()``, ``optimizer.state_dict()``,
+        ``scheduler.state_dict()`` and checkpoints built of them hold.
     f : str, os.PathLike or binary file object
     pickle_module, pickle_protocol, _use_new_zipfile_serialization
         Accepted for ``torch.save`` compatibility; ignored (nothing is pickled).

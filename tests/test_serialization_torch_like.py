@@ -1,5 +1,6 @@
 """fastdl.save / fastdl.load on what torch programs save: checkpoints, optimizer and
 scheduler states, round-tripped exactly and without pickle."""
+import argparse
 import io
 import json
 import math
@@ -33,6 +34,8 @@ def _assert_same(loaded, saved, where="obj"):
         assert len(loaded) == len(saved), where
         for i, (a, b) in enumerate(zip(loaded, saved)):
             _assert_same(a, b, "%s[%d]" % (where, i))
+    elif isinstance(saved, argparse.Namespace):
+        _assert_same(vars(loaded), vars(saved), where)
     elif isinstance(saved, float) and math.isnan(saved):
         assert math.isnan(loaded), where
     else:
@@ -44,12 +47,10 @@ def _model():
                          nn.Linear(4 * 4 * 4, 2))
 
 
-def _trained_optimizer(model):
-    optimizer = fastdl.optim.Adam(model.parameters(), lr=1e-2)
+def _train_step(model, optimizer):
     x = Tensor(np.random.default_rng(0).normal(size=(2, 3, 6, 6)).astype(np.float32))
     model(x).sum().backward()
     optimizer.step()
-    return optimizer
 
 
 def test_a_state_dict_round_trips_and_stays_a_plain_safetensors_file(tmp_path):
@@ -65,13 +66,14 @@ def test_a_state_dict_round_trips_and_stays_a_plain_safetensors_file(tmp_path):
 
 def test_a_training_checkpoint_round_trips_exactly(tmp_path):
     model = _model()
-    optimizer = _trained_optimizer(model)
+    optimizer = fastdl.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = fastdl.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    _train_step(model, optimizer)
     scheduler.step()
     checkpoint = {"epoch": 3, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                   "scheduler": scheduler.state_dict(), "acc": 0.91, "best": None,
                   "done": False, "history": [0.5, 0.75, float("nan")], "name": "run-1",
-                  "size": (28, 28)}
+                  "size": (28, 28), "args": argparse.Namespace(lr=0.1, epochs=[1, 2])}
     path = tmp_path / "checkpoint.pt"
     fastdl.save(checkpoint, path)
     loaded = fastdl.load(path, map_location="cpu", weights_only=True)
@@ -175,6 +177,7 @@ def _with_structure(path, change):
     (lambda a, m: m.update(structure='{"dict": [[{"x": 1}, 2]]}'), "unexpected dict key"),
     (lambda a, m: m.update(structure='{"dict": [[1]]}'), "pair"),
     (lambda a, m: m.update(structure='{"dtype": "object"}'), "unsupported dtype"),
+    (lambda a, m: m.update(structure='{"namespace": [[1, 2]]}'), "namespace entry"),
     (lambda a, m: m.update(structure="[" * 100000 + "]" * 100000), "deeply|JSON"),
     (lambda a, m: m.update(version="99"), "version"),
     (lambda a, m: a.update(extra=np.zeros(1)), "not part of the structure"),

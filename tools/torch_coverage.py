@@ -341,7 +341,8 @@ def markdown(rows, full=False):
     checked = [r for r in rows if r["smoke"]]
     agree = sum(r["smoke"] == "ok" for r in checked)
     if checked:
-        lines.append("- compared with torch on small inputs: %d of %d agree" % (agree, len(checked)))
+        lines.append("- compared with torch on small inputs: %d of %d agree"
+                     % (agree, len(checked)))
     lines += ["", "| Namespace | In fastdl | Missing |", "|---|---|---|"]
     for namespace, present, total, missing in summarize(rows):
         lines.append("| `%s` | %s | %s |" % (namespace, _percent(present, total),
