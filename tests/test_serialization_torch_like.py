@@ -215,3 +215,23 @@ def test_torch_reads_the_arrays_of_a_checkpoint(tmp_path):
     tensors = safetensors_torch.load_file(str(path))
     for name, array in model.state_dict().items():
         assert torch.equal(tensors["model." + name], torch.from_numpy(np.asarray(array)))
+
+
+def test_a_state_dict_torch_wrote_as_safetensors_loads_into_fastdl(tmp_path):
+    torch = pytest.importorskip("torch")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                    torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 4 * 4, 2))
+    path = tmp_path / "torch_model.safetensors"
+    safetensors_torch.save_file(reference.state_dict(), str(path))
+    model = _model()
+    model.load_state_dict(fastdl.load(path))
+    x = np.random.default_rng(2).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    reference.eval()
+    model.eval()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(model(Tensor(x)).numpy()), expected, rtol=1e-5,
+                               atol=1e-6)
