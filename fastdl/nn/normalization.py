@@ -36,7 +36,7 @@ class _NormBase(Module):
     """Batch and instance norm: features, eps, momentum, affine, running statistics."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None):
+                 track_running_stats=True, device=None, dtype=None, *, bias=True):
         super().__init__()
         name = type(self).__name__
         self.num_features = positive_int(name, "num_features", num_features)
@@ -45,7 +45,7 @@ class _NormBase(Module):
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         dtype = parameter_dtype(name, device, dtype)
-        _affine(self, (self.num_features,), self.affine, self.affine, dtype)
+        _affine(self, (self.num_features,), self.affine, self.affine and bias, dtype)
         if self.track_running_stats:
             self.register_buffer("running_mean", np.zeros(self.num_features, dtype))
             self.register_buffer("running_var", np.ones(self.num_features, dtype))
@@ -66,6 +66,7 @@ class _NormBase(Module):
         self.reset_running_stats()
         if self.affine:
             self.weight.data[...] = 1
+        if self.bias is not None:
             self.bias.data[...] = 0
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -79,7 +80,8 @@ class _NormBase(Module):
 
     def extra_repr(self):
         return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-                "track_running_stats={track_running_stats}".format(**self.__dict__))
+                "bias={use_bias}, track_running_stats={track_running_stats}".format(
+                    use_bias=self.bias is not None, **self.__dict__))
 
 
 class _BatchNorm(_NormBase):
@@ -126,9 +128,9 @@ class _InstanceNorm(_NormBase):
     _batched_ndim = 4
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
-                 track_running_stats=False, device=None, dtype=None):
+                 track_running_stats=False, device=None, dtype=None, *, bias=True):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype)
+                         dtype, bias=bias)
 
     def forward(self, input):
         name = type(self).__name__
@@ -177,15 +179,15 @@ class LayerNorm(Module):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
-        return "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}".format(
-            **self.__dict__)
+        return ("{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, "
+                "bias={use_bias}".format(use_bias=self.bias is not None, **self.__dict__))
 
 
 class GroupNorm(Module):
     """Group normalisation; ``num_channels`` must be divisible by ``num_groups``."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None,
-                 dtype=None):
+                 dtype=None, *, bias=True):
         super().__init__()
         self.num_groups = positive_int("GroupNorm", "num_groups", num_groups)
         self.num_channels = positive_int("GroupNorm", "num_channels", num_channels)
@@ -195,11 +197,11 @@ class GroupNorm(Module):
         self.eps = non_negative_float("GroupNorm", "eps", eps)
         self.affine = bool(affine)
         dtype = parameter_dtype("GroupNorm", device, dtype)
-        _affine(self, (self.num_channels,), self.affine, self.affine, dtype)
+        _affine(self, (self.num_channels,), self.affine, self.affine and bias, dtype)
 
     def forward(self, input):
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
-        return "{num_groups}, {num_channels}, eps={eps}, affine={affine}".format(
-            **self.__dict__)
+        return "{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={use_bias}".format(
+            use_bias=self.bias is not None, **self.__dict__)
