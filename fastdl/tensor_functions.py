@@ -22,7 +22,7 @@ METHOD_FUNCTIONS = (
     # shapes and indexing
     "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose", "t",
     "split", "chunk", "unbind", "gather", "index_select", "narrow", "select", "flip",
-    "masked_fill", "scatter",
+    "masked_fill", "scatter", "bernoulli",
     # elementwise math and activations
     "exp", "log", "log1p", "sqrt", "rsqrt", "abs", "sign", "neg", "reciprocal", "square",
     "floor", "ceil", "round", "trunc", "clamp", "clip", "sigmoid", "tanh", "relu",

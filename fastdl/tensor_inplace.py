@@ -1,6 +1,7 @@
 """In-place Tensor updates as torch does them: ``+= -= *= /=``, ``add_``, ``sub_``,
 ``mul_``, ``div_``, ``zero_``, ``fill_``, ``copy_``, ``clamp_``, ``relu_``,
-``normal_``, ``uniform_``, ``masked_fill_``, ``scatter_`` and ``t[index] = value``.
+``normal_``, ``uniform_``, ``bernoulli_``, ``masked_fill_``, ``scatter_`` and
+``t[index] = value``.
 
 Every one goes through :func:`update_in_place`:
 
@@ -246,6 +247,23 @@ def uniform_(self, a=0.0, b=1.0, generator=None):   # noqa: A002 (torch's names)
                            "> to=%r" % (a, b))
     shape = self._data.shape
     return _random_fill(self, "uniform_", lambda g: g.uniform(a, b, size=shape), generator)
+
+
+@tensor_method
+def bernoulli_(self, p=0.5, generator=None):
+    """Fill with 1 (probability ``p``, a number or a tensor of probabilities) or 0."""
+    probability = np.asarray(p._data if isinstance(p, Tensor) else p, dtype=np.float64)
+    if np.any((probability < 0) | (probability > 1)):
+        raise RuntimeError("bernoulli_ expects p to be in [0, 1], but got p=%r" % (p,))
+    shape = self._data.shape
+    generator = default_generator() if generator is None else generator
+    return _overwrite(self, (generator.random(shape) < probability).astype(self._data.dtype))
+
+
+@tensor_method
+def bernoulli(self, generator=None):
+    """Draws of 1 with the probabilities in self (outside the graph)."""
+    return Tensor._wrap(np.zeros_like(self._data)).bernoulli_(self, generator)
 
 
 # ------------------------------------------------------------- clamps, masks
