@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
 from torch.optim.lr_scheduler import StepLR
-from torch.utils.data import DataLoader, TensorDataset
 
 
 class Net(nn.Module):
@@ -58,8 +57,10 @@ def digits_28x28(test_size):
     labels = digits.target.astype(np.int64)
     order = np.random.RandomState(0).permutation(len(labels))   # the same split every run
     images, labels = images[order], labels[order]
-    train = TensorDataset(torch.tensor(images[:-test_size]), torch.tensor(labels[:-test_size]))
-    test = TensorDataset(torch.tensor(images[-test_size:]), torch.tensor(labels[-test_size:]))
+    train = torch.utils.data.TensorDataset(torch.tensor(images[:-test_size]),
+                                           torch.tensor(labels[:-test_size]))
+    test = torch.utils.data.TensorDataset(torch.tensor(images[-test_size:]),
+                                          torch.tensor(labels[-test_size:]))
     return train, test
 
 
@@ -111,8 +112,8 @@ def parse_args(argv=None):
                         help="learning rate (default: 1.0)")
     parser.add_argument("--gamma", type=float, default=0.7, metavar="M",
                         help="learning rate step gamma (default: 0.7)")
-    parser.add_argument("--no-cuda", action="store_true", default=False,
-                        help="disables CUDA training")
+    parser.add_argument("--no-accel", action="store_true", default=False,
+                        help="disables the accelerator")
     parser.add_argument("--dry-run", action="store_true", default=False,
                         help="quickly check a single pass")
     parser.add_argument("--seed", type=int, default=1, metavar="S",
@@ -128,15 +129,22 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    use_cuda = not args.no_cuda and torch.cuda.is_available()
+    use_accel = not args.no_accel and torch.accelerator.is_available()
     torch.manual_seed(args.seed)
-    device = torch.device("cuda" if use_cuda else "cpu")
+    if use_accel:
+        device = torch.accelerator.current_accelerator()
+    else:
+        device = torch.device("cpu")
 
     train_kwargs = {"batch_size": args.batch_size, "shuffle": True}
     test_kwargs = {"batch_size": args.test_batch_size}
+    if use_accel:
+        accel_kwargs = {"num_workers": 1, "pin_memory": True}
+        train_kwargs.update(accel_kwargs)
+        test_kwargs.update(accel_kwargs)
     train_set, test_set = digits_28x28(args.test_size)
-    train_loader = DataLoader(train_set, **train_kwargs)
-    test_loader = DataLoader(test_set, **test_kwargs)
+    train_loader = torch.utils.data.DataLoader(train_set, **train_kwargs)
+    test_loader = torch.utils.data.DataLoader(test_set, **test_kwargs)
 
     model = Net().to(device)
     optimizer = optim.Adadelta(model.parameters(), lr=args.lr)

@@ -21,8 +21,7 @@ def test_only_the_import_lines_differ():
     swapped, changed = swap_imports(text)
     assert [old for old, _ in changed] == [
         "import torch", "import torch.nn as nn", "import torch.nn.functional as F",
-        "import torch.optim as optim", "from torch.optim.lr_scheduler import StepLR",
-        "from torch.utils.data import DataLoader, TensorDataset"]
+        "import torch.optim as optim", "from torch.optim.lr_scheduler import StepLR"]
     assert len(swapped.splitlines()) == len(text.splitlines())
 
 
