@@ -113,18 +113,20 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError("cannot assign %s before Module.__init__() call" % what)
 
-    def _forget(self, name):
-        """Remove ``name`` from the instance dict and every registry."""
+    def _forget(self, name, keep):
+        """Remove ``name`` from the instance dict and every registry but ``keep`` (where a
+        reassigned name keeps its place, as in torch)."""
         self.__dict__.pop(name, None)
         for registry in (self._parameters, self._buffers, self._modules):
-            registry.pop(name, None)
+            if registry is not keep:
+                registry.pop(name, None)
         self._non_persistent_buffers_set.discard(name)
 
     def __setattr__(self, name, value):
         registries = self.__dict__
         if isinstance(value, Parameter):
             self._require_init("parameters")
-            self._forget(name)
+            self._forget(name, self._parameters)
             self.register_parameter(name, value)
         elif "_parameters" in registries and name in self._parameters:
             if value is not None:
@@ -133,7 +135,7 @@ class Module:
             self._parameters[name] = None
         elif isinstance(value, Module):
             self._require_init("module")
-            self._forget(name)
+            self._forget(name, self._modules)
             self._modules[name] = value
         elif "_modules" in registries and name in self._modules:
             if value is not None:
