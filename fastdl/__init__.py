@@ -28,6 +28,8 @@ _ATTRIBUTES = {
                      "linspace", "eye", "rand", "randn", "randint", "randperm", "rand_like",
                      "randn_like", "randint_like"], "fastdl.creation"),
     **dict.fromkeys(["load", "save"], "fastdl.serialization"),
+    **dict.fromkeys(["use_deterministic_algorithms", "are_deterministic_algorithms_enabled"],
+                    "fastdl.backends"),
     # torch's functions of tensors (fastdl.sum(x, dim), fastdl.cat, ...)
     **dict.fromkeys([
         "sum", "mean", "std", "var", "prod", "norm", "logsumexp", "cumsum", "max", "min",

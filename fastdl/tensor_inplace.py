@@ -294,7 +294,12 @@ def masked_fill_(self, mask, value):
     if mask.dtype != np.bool_:
         raise RuntimeError("masked_fill_ only supports boolean masks, but got mask with dtype "
                            "%s" % mask.dtype)
-    self[np.broadcast_to(mask, self._data.shape)] = value
+    try:
+        mask = np.broadcast_to(mask, self._data.shape)
+    except ValueError:
+        raise RuntimeError("masked_fill_: the mask's shape %s does not broadcast to %s"
+                           % (list(mask.shape), list(self._data.shape))) from None
+    self[mask] = value
     return self
 
 
@@ -326,7 +331,8 @@ def scatter_(self, dim, index, src=None, value=None):
     if isinstance(src, Tensor) or isinstance(src, np.ndarray):
         index_shape = np.shape(positions[dim])
         src = src[tuple(slice(0, n) for n in index_shape)]
-    return self.__setitem__(positions, src) or self
+    self[positions] = src
+    return self
 
 
 @tensor_method

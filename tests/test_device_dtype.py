@@ -78,6 +78,9 @@ def test_accelerator_cuda_and_backends_answer_not_available():
         assert fastdl.backends.cudnn.deterministic is True
     finally:
         fastdl.backends.cudnn.deterministic, fastdl.backends.cudnn.benchmark = saved
+    fastdl.use_deterministic_algorithms(True)
+    assert fastdl.are_deterministic_algorithms_enabled()
+    fastdl.use_deterministic_algorithms(False)
 
 
 def test_torch_program_device_idiom_runs():
@@ -220,7 +223,8 @@ def test_random_factories_follow_manual_seed():
                 fastdl.randperm(5).numpy(), fastdl.rand_like(fastdl.ones(2)).numpy(),
                 fastdl.randn_like(fastdl.ones(2, dtype=fastdl.float64)).numpy(),
                 fastdl.randint_like(fastdl.ones(3), 4).numpy(),
-                fastdl.empty(3).normal_().numpy(), fastdl.empty(3).uniform_(-1, 1).numpy())
+                fastdl.empty(3).normal_().numpy(), fastdl.empty(3).uniform_(-1, 1).numpy(),
+                fastdl.empty(8).bernoulli_(0.5).numpy(), fastdl.bernoulli(fastdl.rand(8)).numpy())
     fastdl.manual_seed(7)
     first = draw()
     fastdl.manual_seed(7)
