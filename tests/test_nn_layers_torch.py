@@ -240,3 +240,33 @@ def test_conv_transpose_output_size_picks_the_output_padding(rng):
 def test_bad_constructor_arguments(factory, error, match):
     with pytest.raises(error, match=match):
         factory()
+
+
+def test_init_follows_torchs_gains_and_fans():
+    torch = pytest.importorskip("torch")
+    for args in (("relu",), ("tanh",), ("leaky_relu", 0.2), ("leaky_relu",), ("selu",),
+                 ("conv2d",), ("sigmoid",)):
+        expected = torch.nn.init.calculate_gain(*args)
+        assert nn.init.calculate_gain(*args) == pytest.approx(expected)
+    fastdl.manual_seed(0)
+    weight = nn.Parameter(np.zeros((64, 32, 3, 3), np.float32))
+    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+    assert weight.data.std() == pytest.approx(np.sqrt(2 / (64 * 9)), rel=0.03)
+    nn.init.kaiming_uniform_(weight, a=1.0)
+    assert np.abs(weight.data).max() <= np.sqrt(3) / np.sqrt(32 * 9)
+    nn.init.xavier_uniform_(weight, gain=2.0)
+    bound = 2.0 * np.sqrt(6 / (32 * 9 + 64 * 9))
+    assert bound * 0.95 < np.abs(weight.data).max() <= bound
+    nn.init.trunc_normal_(weight, std=0.02, a=-0.03, b=0.03)
+    assert np.abs(weight.data).max() <= 0.03 and weight.data.std() < 0.02
+    assert nn.init.constant_(weight, 0.5) is weight and np.all(weight.data == 0.5)
+    square = nn.init.orthogonal_(fastdl.Tensor(np.zeros((3, 5))))
+    np.testing.assert_allclose(square.data @ square.data.T, np.eye(3), atol=1e-12)
+    conv = nn.Conv2d(3, 3, 3, padding=1, bias=False).double()
+    nn.init.dirac_(conv.weight)
+    x = fastdl.Tensor(np.random.default_rng(0).normal(size=(1, 3, 4, 4)))
+    np.testing.assert_allclose(conv(x).data, x.data, atol=1e-12)
+    with pytest.raises(ValueError, match="Mode fan_avg not supported"):
+        nn.init.kaiming_normal_(weight, mode="fan_avg")
+    with pytest.raises(ValueError, match="Unsupported nonlinearity"):
+        nn.init.calculate_gain("swish")
