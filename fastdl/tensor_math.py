@@ -297,10 +297,10 @@ def clamp(self, min=None, max=None):   # noqa: A002 (torch's keywords)
     if min is None and max is None:
         raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
     low, high = _bound("clamp", min), _bound("clamp", max)
-    if self._data.dtype.kind != "f" and any(
-            isinstance(v, float) for v in (low, high)):
-        self = _as_floating(self)
-    return Clamp.apply(self, low, high)
+    source = self
+    if self._data.dtype.kind != "f" and any(isinstance(v, float) for v in (low, high)):
+        source = _as_floating(self)     # an integer tensor clamped to a float bound: float
+    return Clamp.apply(source, low, high)
 
 
 clip = tensor_method(name="clip")(clamp)
@@ -322,6 +322,7 @@ def sigmoid(self):
 
 @tensor_method
 def tanh(self):
+    """The hyperbolic tangent."""
     kernels = _activation_kernels()
     return FromOutput.apply(_as_floating(self), kernels.tanh_forward, kernels.tanh_backward)
 

@@ -446,3 +446,10 @@ def test_prod_gradient_with_zeros_matches_torch():
         (ours.prod() if dim is None else ours.prod(dim)).sum().backward()
         (theirs.prod() if dim is None else theirs.prod(dim)).sum().backward()
         np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy())
+
+
+def test_every_namespace_function_is_exported_by_fastdl():
+    from fastdl import tensor_functions
+    for name in tensor_functions.__all__:
+        assert getattr(fastdl, name) is getattr(tensor_functions, name), name
+    assert "sum" in dir(fastdl) and "float32" in dir(fastdl)
