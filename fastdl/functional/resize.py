@@ -15,12 +15,12 @@ from fastdl.functional._util import as_tensor, check_float, contiguous
 from fastdl.functional.pooling import adaptive_avg_pool1d, adaptive_avg_pool2d
 from fastdl.kernels import resample, resize as kernels
 
-__all__ = ["interpolate", "pixel_shuffle", "pixel_unshuffle", "upsample",
-           "upsample_bilinear", "upsample_nearest"]
+__all__ = ["INTERPOLATE_MODES", "interpolate", "pixel_shuffle", "pixel_unshuffle",
+           "upsample", "upsample_bilinear", "upsample_nearest"]
 
 # mode -> the input ranks it takes (torch: linear 3-D, bilinear/bicubic 4-D)
-_MODES = {"nearest": (3, 4), "nearest-exact": (3, 4), "linear": (3,), "bilinear": (4,),
-          "bicubic": (4,), "area": (3, 4), "trilinear": (5,)}
+INTERPOLATE_MODES = {"nearest": (3, 4), "nearest-exact": (3, 4), "linear": (3,),
+                     "bilinear": (4,), "bicubic": (4,), "area": (3, 4), "trilinear": (5,)}
 _ALIGNING = ("linear", "bilinear", "bicubic", "trilinear")
 
 
@@ -103,15 +103,16 @@ def _integer_factors(input_shape, sizes, scales):
 
 
 def _check_mode(x, mode, align_corners):
-    if mode not in _MODES:
+    if mode not in INTERPOLATE_MODES:
         raise ValueError("interpolate: mode must be one of %s, got %r"
-                         % (", ".join(repr(m) for m in _MODES), mode))
+                         % (", ".join(repr(m) for m in INTERPOLATE_MODES), mode))
     if mode not in _ALIGNING and align_corners is not None:
         raise ValueError("align_corners option can only be set with the interpolating modes: "
                          "linear | bilinear | bicubic | trilinear")
-    if x.ndim not in _MODES[mode]:
+    if x.ndim not in INTERPOLATE_MODES[mode]:
         raise ValueError("interpolate: got %dD input, but %s mode needs %s input"
-                         % (x.ndim, mode, " or ".join("%dD" % n for n in _MODES[mode])))
+                         % (x.ndim, mode,
+                            " or ".join("%dD" % n for n in INTERPOLATE_MODES[mode])))
     if mode == "trilinear":
         raise NotImplementedError("interpolate: mode 'trilinear' (5-D input) is not supported")
 

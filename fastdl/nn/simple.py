@@ -5,7 +5,7 @@ import numbers
 
 from fastdl import functional as F
 from fastdl._checks import is_int
-from fastdl.functional.resize import _MODES as _RESIZE_MODES
+from fastdl.functional.resize import INTERPOLATE_MODES
 from fastdl.nn.activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh  # noqa: F401
 from fastdl.nn.module import Module
 from fastdl.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d  # noqa: F401
@@ -106,9 +106,9 @@ class Upsample(Module):
     def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
                  recompute_scale_factor=None):
         super().__init__()
-        if mode not in _RESIZE_MODES:
+        if mode not in INTERPOLATE_MODES:
             raise ValueError("Upsample: mode must be one of %s, got %r"
-                             % (", ".join(repr(m) for m in _RESIZE_MODES), mode))
+                             % (", ".join(repr(m) for m in INTERPOLATE_MODES), mode))
         self.size = size
         if isinstance(scale_factor, (tuple, list)):
             self.scale_factor = tuple(float(f) for f in scale_factor)
