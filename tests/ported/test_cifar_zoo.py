@@ -16,6 +16,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # whose model starts to pass fails the run, so the list stays true).
 MISSING = {
     "EfficientNetB0": "Tensor.bernoulli_ (drop-connect in training)",
+    "MobileNet": "training gradients: the gradient reaching layers.8's output is off "
+                 "(layers.8.conv2.weight 15% from float64, every earlier parameter ~3%; "
+                 "the block alone and blocks 9-12 match to 1e-4; forward and loss match)",
 }
 
 NAMES = ["VGG11", "ResNet18", "PreActResNet18", "GoogLeNet", "DenseNet", "ResNeXt",
@@ -90,8 +93,25 @@ def test_zoo_model_matches_torch(zoos, name):
     assert np.isfinite(loss)
     if name not in RANDOM_IN_TRAINING:
         assert loss == pytest.approx(expected_loss, rel=1e-3)
-    for key, parameter in reference.named_parameters():   # the model uses every parameter
-        assert parameter.grad is not None, key
+    exact_grads = _float64_gradients(reference_zoo, name, state, x, labels)
+    floor = 1e-4 * max(np.abs(g).max() for g in exact_grads.values())  # grads that are ~0
+    torch_grads = {key: _numpy(p.grad) for key, p in reference.named_parameters()}
     for key, parameter in model.named_parameters():
         assert parameter.grad is not None, key
-        assert np.all(np.isfinite(_numpy(parameter.grad))), key
+        grad = _numpy(parameter.grad)
+        assert np.all(np.isfinite(grad)), key
+        if name in RANDOM_IN_TRAINING:
+            continue
+        # as close to the float64 gradient as torch's float32 one is (BN over batch 2
+        # can amplify rounding), and at least to 1e-3 of the gradient's size
+        exact = exact_grads[key]
+        torch_error = np.abs(torch_grads[key] - exact).max()
+        allowed = max(3 * torch_error, 1e-3 * np.abs(exact).max(), floor)
+        assert np.abs(grad - exact).max() <= allowed, key
+
+
+def _float64_gradients(reference_zoo, name, state, x, labels):
+    model = reference_zoo.MODELS[name]().double()
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()})
+    _run(reference_zoo, model, x.astype(np.float64), labels, train=True)
+    return {key: _numpy(parameter.grad) for key, parameter in model.named_parameters()}
