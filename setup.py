@@ -2,7 +2,9 @@
 
 Every ``fastdl_ext/*.pyx`` becomes one extension module. Nothing is linked
 against a BLAS: the Cython code cimports ``scipy.linalg.cython_blas``, whose
-function pointers arrive at import time through SciPy's capsule.
+function pointers arrive at import time through SciPy's capsule. The hand-written C
+the ``.pxd`` files declare lives in ``fastdl_ext/include/*.h``; MANIFEST.in ships it
+and the Cython sources in the sdist (and, as package data, in the wheel).
 """
 import glob
 import os
@@ -57,16 +59,22 @@ class BuildExtWithChecks(build_ext):
         super().build_extensions()
 
 
+# the hand-written C the .pxd files declare (``cdef extern from "fastdl_*.h"``)
+INCLUDE = os.path.join("fastdl_ext", "include")
+
+
 def _extensions():
     compile_args = ["-O3", "-fopenmp", "-fno-math-errno"]
     if os.environ.get("FASTDL_NATIVE", "0") == "1":
         compile_args.append("-march=native")
+    headers = sorted(glob.glob(os.path.join(INCLUDE, "*.h")))
     modules = []
     for pyx in sorted(glob.glob(os.path.join("fastdl_ext", "*.pyx"))):
         name = "fastdl_ext." + os.path.splitext(os.path.basename(pyx))[0]
         modules.append(Extension(
             name, [pyx],
-            include_dirs=[numpy.get_include()],
+            include_dirs=[INCLUDE, numpy.get_include()],
+            depends=headers,
             extra_compile_args=compile_args,
             extra_link_args=["-fopenmp"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

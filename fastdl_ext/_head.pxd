@@ -6,7 +6,7 @@ At batch 1 the three Python steps it replaces (pool, flatten, dense) took ~25 µ
 after a ResNet-20 chain, each first touching code and data that the chain had pushed
 out of the caches; the arithmetic is a few thousand additions.
 """
-from fastdl_ext._activation cimport mean
+from fastdl_ext._epilogue cimport mean
 from fastdl_ext._blas cimport floating
 
 

@@ -13,7 +13,7 @@ from libc.stdlib cimport calloc, malloc
 
 cimport numpy as cnp
 
-from fastdl_ext._activation cimport epilogue_rows, epilogue_split, every_other
+from fastdl_ext._epilogue cimport epilogue_rows, epilogue_split, every_other
 from fastdl_ext._blas cimport floating
 
 

@@ -28,7 +28,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from fastdl_ext._activation cimport epilogue_rows
+from fastdl_ext._epilogue cimport epilogue_rows
 from fastdl_ext._blas cimport floating, gemm as _gemm
 
 

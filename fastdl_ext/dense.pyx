@@ -18,7 +18,7 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-from fastdl_ext._activation cimport leaky_relu
+from fastdl_ext._epilogue cimport leaky_relu
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blas cimport floating, gemm, gemv
 from fastdl_ext._dense cimport PANEL, PANEL_ROWS, packed_items

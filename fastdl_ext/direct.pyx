@@ -47,7 +47,7 @@ import numpy as np
 
 cnp.import_array()
 
-from fastdl_ext._activation cimport epilogue_rows, max_pairs, max_rows
+from fastdl_ext._epilogue cimport epilogue_rows, max_pairs, max_rows
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blocks cimport Grid, MAX_LANES, _blocks
 from fastdl_ext._lanes cimport lanes_epilogue, pad_lanes

@@ -29,7 +29,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from fastdl_ext._activation cimport epilogue_rows
+from fastdl_ext._epilogue cimport epilogue_rows
 from fastdl_ext._blas cimport floating, gemm
 from fastdl_ext._winograd cimport _adjoint_rows, _input_rows, _tile_rows
 
