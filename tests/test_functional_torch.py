@@ -94,6 +94,18 @@ CASES = {
                       [(1, 8, 2, 3)], 1.0),
     "pixel_unshuffle": (lambda x: F.pixel_unshuffle(x, 2), lambda t, x: t.pixel_unshuffle(x, 2),
                         [(1, 2, 4, 6)], 1.0),
+    "channel_shuffle": (lambda x: F.channel_shuffle(x, 3),
+                        lambda t, x: t.channel_shuffle(x, 3) if hasattr(t, "channel_shuffle")
+                        else x.reshape(2, 3, 2, 2, 3).transpose(1, 2).reshape(2, 6, 2, 3),
+                        [(2, 6, 2, 3)], 1.0),
+    "unfold": (lambda x: F.unfold(x, (2, 3), dilation=(1, 2), padding=1, stride=(2, 1)),
+               lambda t, x: t.unfold(x, (2, 3), dilation=(1, 2), padding=1, stride=(2, 1)),
+               [(2, 2, 4, 5)], 1.0),
+    "fold": (lambda x: F.fold(x, (5, 4), 2, padding=1, stride=2),
+             lambda t, x: t.fold(x, (5, 4), 2, padding=1, stride=2), [(1, 8, 9)], 1.0),
+    "local_response_norm": (lambda x: F.local_response_norm(x, 3, 0.1, 0.7, 2.0),
+                            lambda t, x: t.local_response_norm(x, 3, 0.1, 0.7, 2.0),
+                            [(2, 5, 2, 3)], 1.0),
     "normalize": (F.normalize, None, [(3, 4, 2)], 1.0),
     "normalize_p1": (lambda x: F.normalize(x, 1.0, 0), lambda t, x: t.normalize(x, 1.0, 0),
                      [(3, 4)], 1.0),
@@ -287,6 +299,11 @@ def test_softmax_implicit_dim_warns_as_torch(rng):
     (lambda: F.conv2d(np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 3)), padding="full"),
      ValueError, "Invalid padding string"),
     (lambda: F.conv1d(np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3))), ValueError, "3-D"),
+    (lambda: F.unfold(np.zeros((1, 2, 3)), 2), ValueError, "4D"),
+    (lambda: F.fold(np.zeros((1, 8, 5)), (5, 4), 2, padding=1, stride=2), ValueError,
+     "expected input of shape"),
+    (lambda: F.channel_shuffle(np.zeros((1, 5, 2, 2)), 2), ValueError, "divisible"),
+    (lambda: F.local_response_norm(np.zeros((2, 3)), 2), ValueError, "3D or higher"),
 ])
 def test_bad_arguments_raise_torch_kinds_of_error(call, error, match):
     with pytest.raises(error, match=match):

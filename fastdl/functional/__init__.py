@@ -17,25 +17,28 @@ from fastdl.functional.loss import (binary_cross_entropy, binary_cross_entropy_w
                                     huber_loss, kl_div, l1_loss, l1_penalty, l2_penalty,
                                     mse_loss, nll_loss, smooth_l1_loss, soft_margin_loss)
 from fastdl.functional.normalization import (batch_norm, group_norm, instance_norm, layer_norm,
-                                             normalize)
+                                             local_response_norm, normalize)
 from fastdl.functional.padding import pad
 from fastdl.functional.pooling import (adaptive_avg_pool1d, adaptive_avg_pool2d,
                                        adaptive_max_pool1d, adaptive_max_pool2d, avg_pool1d,
                                        avg_pool2d, max_pool1d, max_pool2d,
                                        max_pool2d_with_indices)
-from fastdl.functional.resize import (interpolate, pixel_shuffle, pixel_unshuffle, upsample,
-                                      upsample_bilinear, upsample_nearest)
+from fastdl.functional.resize import (channel_shuffle, interpolate, pixel_shuffle,
+                                      pixel_unshuffle, upsample, upsample_bilinear,
+                                      upsample_nearest)
 from fastdl.functional.sparse import embedding, one_hot
+from fastdl.functional.unfold import fold, unfold
 
 __all__ = ["adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
            "adaptive_max_pool2d", "avg_pool1d", "avg_pool2d", "batch_norm", "binary_cross_entropy",
-           "binary_cross_entropy_with_logits", "cat", "celu", "conv1d", "conv2d", "conv2d_relu",
-           "conv_transpose1d", "conv_transpose2d", "cosine_embedding_loss", "cross_entropy",
-           "dropout", "dropout1d", "dropout2d", "elu", "embedding", "focal_loss", "gelu",
-           "group_norm", "hardsigmoid", "hardswish", "hardtanh", "huber_loss", "instance_norm",
-           "interpolate", "kl_div", "l1_loss", "l1_penalty", "l2_penalty", "layer_norm",
-           "leaky_relu", "linear", "log_softmax", "logsigmoid", "max_pool1d", "max_pool2d",
-           "max_pool2d_with_indices", "mish", "mse_loss", "nll_loss", "normalize", "one_hot",
-           "pad", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6", "relu_", "selu",
-           "sigmoid", "silu", "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin",
-           "softplus", "stack", "tanh", "upsample", "upsample_bilinear", "upsample_nearest"]
+           "binary_cross_entropy_with_logits", "cat", "celu", "channel_shuffle", "conv1d",
+           "conv2d", "conv2d_relu", "conv_transpose1d", "conv_transpose2d",
+           "cosine_embedding_loss", "cross_entropy", "dropout", "dropout1d", "dropout2d", "elu",
+           "embedding", "focal_loss", "fold", "gelu", "group_norm", "hardsigmoid", "hardswish",
+           "hardtanh", "huber_loss", "instance_norm", "interpolate", "kl_div", "l1_loss",
+           "l1_penalty", "l2_penalty", "layer_norm", "leaky_relu", "linear", "local_response_norm",
+           "log_softmax", "logsigmoid", "max_pool1d", "max_pool2d", "max_pool2d_with_indices",
+           "mish", "mse_loss", "nll_loss", "normalize", "one_hot", "pad", "pixel_shuffle",
+           "pixel_unshuffle", "prelu", "relu", "relu6", "relu_", "selu", "sigmoid", "silu",
+           "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "stack", "tanh",
+           "unfold", "upsample", "upsample_bilinear", "upsample_nearest"]

@@ -1,4 +1,5 @@
-"""Differentiable batch, layer, group and instance normalisation; ``normalize`` (Lp).
+"""Differentiable batch, layer, group and instance normalisation; ``normalize`` (Lp) and
+``local_response_norm``.
 
 The four differ only in the kernels they call; one ``Function`` pattern
 serves them: the forward saves its input with the statistics it used (``mean``,
@@ -12,6 +13,8 @@ import numpy as np
 from fastdl._checks import is_int
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, check_float, contiguous, data_of
+from fastdl.functional.padding import pad
+from fastdl.functional.pooling import avg_pool2d
 from fastdl.kernels import norm as kernels
 
 
@@ -161,3 +164,26 @@ def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
         raise IndexError("normalize: Dimension out of range (expected to be in range of "
                          "[%d, %d], but got %r)" % (-ndim, ndim - 1, dim))
     return Normalize.apply(as_tensor(input), float(p), int(dim) % ndim, float(eps))
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """``x / (k + alpha * mean of x^2 over `size` neighbouring channels)^beta``, as torch's
+    (AlexNet's LRN; the window is zero-padded at the channel ends).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 3 dimensions, or ``size`` not a positive int.
+    """
+    x = check_float("local_response_norm", "input", input)
+    if x.ndim < 3:
+        raise ValueError("local_response_norm: Expected 3D or higher dimensionality input "
+                         "(got %d dimensions)" % x.ndim)
+    if not is_int(size) or size < 1:
+        raise ValueError("local_response_norm: size must be a positive int, got %r" % (size,))
+    tensor = as_tensor(input)
+    n, c = x.shape[:2]
+    squares = (tensor * tensor).reshape((n, 1, c, -1))
+    squares = pad(squares, (0, 0, size // 2, (size - 1) // 2))
+    mean = avg_pool2d(squares, (size, 1), stride=1).reshape(x.shape)
+    return tensor / (mean * alpha + k) ** beta

@@ -15,8 +15,8 @@ from fastdl.functional._util import as_tensor, check_float, contiguous
 from fastdl.functional.pooling import adaptive_avg_pool1d, adaptive_avg_pool2d
 from fastdl.kernels import resample, resize as kernels
 
-__all__ = ["INTERPOLATE_MODES", "interpolate", "pixel_shuffle", "pixel_unshuffle",
-           "upsample", "upsample_bilinear", "upsample_nearest"]
+__all__ = ["INTERPOLATE_MODES", "channel_shuffle", "interpolate", "pixel_shuffle",
+           "pixel_unshuffle", "upsample", "upsample_bilinear", "upsample_nearest"]
 
 # mode -> the input ranks it takes (torch: linear 3-D, bilinear/bicubic 4-D)
 INTERPOLATE_MODES = {"nearest": (3, 4), "nearest-exact": (3, 4), "linear": (3,),
@@ -220,3 +220,24 @@ def pixel_unshuffle(input, downscale_factor):
     k = len(batch)
     out = out.permute(*range(k), k, k + 2, k + 4, k + 1, k + 3)
     return out.reshape(batch + (channels * r * r, height // r, width // r))
+
+
+def channel_shuffle(input, groups):
+    """``(N, C, *) -> (N, C, *)`` with channels regrouped: ``(g, C/g)`` read as ``(C/g, g)``
+    (ShuffleNet's shuffle), as torch's.
+
+    Raises
+    ------
+    ValueError
+        Fewer than 3 dimensions, or C not divisible by ``groups``.
+    """
+    x = check_float("channel_shuffle", "input", input)
+    groups = _check_factor("channel_shuffle", "groups", groups)
+    if x.ndim < 3 or x.shape[1] % groups:
+        raise ValueError("channel_shuffle: Number of channels must be divisible by groups and "
+                         "the input at least 3-D, got shape %s and groups=%d"
+                         % (x.shape, groups))
+    n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
+    grouped = as_tensor(input).reshape((n, groups, c // groups) + rest)
+    order = (0, 2, 1) + tuple(range(3, grouped.ndim))
+    return grouped.permute(*order).reshape(x.shape)

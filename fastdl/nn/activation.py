@@ -16,7 +16,7 @@ from fastdl.nn.parameter import Parameter
 
 __all__ = ["CELU", "ELU", "GELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU",
            "LogSigmoid", "LogSoftmax", "Mish", "PReLU", "ReLU", "ReLU6", "SELU", "SiLU",
-           "Sigmoid", "Softmax", "Softmin", "Softplus", "Tanh"]
+           "Sigmoid", "Softmax", "Softmax2d", "Softmin", "Softplus", "Tanh"]
 
 
 def _number(layer, name, value):
@@ -242,6 +242,16 @@ class Softmin(_AlongDim):
     """``softmax(-x)`` along ``dim``."""
 
     _function = staticmethod(F.softmin)
+
+
+class Softmax2d(Module):
+    """Softmax over the channels of ``(N, C, H, W)`` or ``(C, H, W)`` (dim -3)."""
+
+    def forward(self, input):
+        if input.ndim not in (3, 4):
+            raise ValueError("Softmax2d: expected input with 3 or 4 dimensions, got shape %s"
+                             % (tuple(input.shape),))
+        return F.softmax(input, -3)
 
 
 class PReLU(Module):

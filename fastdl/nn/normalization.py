@@ -1,5 +1,5 @@
 """Normalisation layers, as torch's: BatchNorm1d/2d, LayerNorm, GroupNorm,
-InstanceNorm1d/2d.
+InstanceNorm1d/2d, LocalResponseNorm.
 
 State-dict entries match torch's (``weight``, ``bias``, ``running_mean``,
 ``running_var``, ``num_batches_tracked``), so a torch checkpoint loads
@@ -17,7 +17,7 @@ from fastdl.nn.module import Module
 from fastdl.nn.parameter import Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
-           "LayerNorm"]
+           "LayerNorm", "LocalResponseNorm"]
 
 
 def _affine(module, shape, weight, bias, dtype):
@@ -205,3 +205,17 @@ class GroupNorm(Module):
     def extra_repr(self):
         return "{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={use_bias}".format(
             use_bias=self.bias is not None, **self.__dict__)
+
+
+class LocalResponseNorm(Module):
+    """Normalisation across ``size`` neighbouring channels (AlexNet's LRN)."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, input):
+        return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self):
+        return "{size}, alpha={alpha}, beta={beta}, k={k}".format(**self.__dict__)

@@ -1,5 +1,5 @@
 """Parameter-free layers, as torch's: dropout, flatten/unflatten, identity, upsampling,
-pixel (un)shuffle. Activations and pooling live in ``nn.activation`` and
+pixel and channel shuffles, unfold/fold. Activations and pooling live in ``nn.activation`` and
 ``nn.pooling`` (re-exported here, where they were first)."""
 import numbers
 
@@ -10,9 +10,9 @@ from fastdl.nn.activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh  # noqa
 from fastdl.nn.module import Module
 from fastdl.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d  # noqa: F401
 
-__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Flatten", "Identity", "PixelShuffle",
-           "PixelUnshuffle", "Unflatten", "Upsample", "UpsamplingBilinear2d",
-           "UpsamplingNearest2d"]
+__all__ = ["ChannelShuffle", "Dropout", "Dropout1d", "Dropout2d", "Flatten", "Fold",
+           "Identity", "PixelShuffle", "PixelUnshuffle", "Unflatten", "Unfold", "Upsample",
+           "UpsamplingBilinear2d", "UpsamplingNearest2d"]
 
 
 class _DropoutNd(Module):
@@ -170,3 +170,50 @@ class PixelUnshuffle(Module):
 
     def extra_repr(self):
         return "downscale_factor={}".format(self.downscale_factor)
+
+
+class ChannelShuffle(Module):
+    """Regroup channels ``(g, C/g) -> (C/g, g)`` (ShuffleNet)."""
+
+    def __init__(self, groups):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, input):
+        return F.channel_shuffle(input, self.groups)
+
+    def extra_repr(self):
+        return "groups={}".format(self.groups)
+
+
+class Unfold(Module):
+    """Sliding windows as columns: ``(N, C, H, W) → (N, C kh kw, L)``."""
+
+    def __init__(self, kernel_size, dilation=1, padding=0, stride=1):
+        super().__init__()
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.padding, self.stride = padding, stride
+
+    def forward(self, input):
+        return F.unfold(input, self.kernel_size, self.dilation, self.padding, self.stride)
+
+    def extra_repr(self):
+        return ("kernel_size={kernel_size}, dilation={dilation}, padding={padding}, "
+                "stride={stride}".format(**self.__dict__))
+
+
+class Fold(Module):
+    """Columns summed back into images: ``(N, C kh kw, L) → (N, C, *output_size)``."""
+
+    def __init__(self, output_size, kernel_size, dilation=1, padding=0, stride=1):
+        super().__init__()
+        self.output_size, self.kernel_size = output_size, kernel_size
+        self.dilation, self.padding, self.stride = dilation, padding, stride
+
+    def forward(self, input):
+        return F.fold(input, self.output_size, self.kernel_size, self.dilation, self.padding,
+                      self.stride)
+
+    def extra_repr(self):
+        return ("output_size={output_size}, kernel_size={kernel_size}, dilation={dilation}, "
+                "padding={padding}, stride={stride}".format(**self.__dict__))
