@@ -189,8 +189,7 @@ class Scheduler:
                                    values[head[2] + 1], slope is not None,
                                    0.0 if slope is None else slope)
                 if tail is not None:
-                    chain.set_dense([(values[index], layer.panels, layer.panel_bias,
-                                      values[index + 1], layer.activate, layer.slope)
+                    chain.set_dense([layer.step(values[index], values[index + 1])
                                      for index, layer in tail[1]])
                 # kept with the buffer set where the chain reads nothing but its first
                 # input and this set's buffers (a standalone activation before it, say,

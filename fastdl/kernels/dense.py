@@ -73,6 +73,12 @@ class LinearRunner:
                                      self.slope, threads)
         return out
 
+    def step(self, x, out):
+        """This layer as one dense step of a direct-conv chain (``Chain.set_dense``): it
+        reads ``x`` (rows, in_features) and writes ``out`` (rows, out_features) with the
+        packed float32 kernel (``PANEL_ROWS`` rows or more)."""
+        return (x, self.panels, self.panel_bias, out, self.activate, self.slope)
+
 
 def linear_forward(x, weight, bias=None, out=None, negative_slope=None, threads=None):
     """``act(x @ weight.T + bias)`` with the bias and activation fused into its kernel.
