@@ -506,8 +506,9 @@ class MBConv(nn.Module):
         super().__init__()
         self.stride, self.expansion, self.drop_rate = stride, expansion, drop_rate
         planes = expansion * in_planes
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        if expansion != 1:
+            self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size, stride,
                                padding=1 if kernel_size == 3 else 2, groups=planes, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
