@@ -111,7 +111,7 @@ def test_attribute_rules():
     module.register_buffer("stat", np.zeros(3))
     module.plain = 3
     assert list(module._parameters) == ["weight"] and list(module._modules) == ["child"]
-    assert "weight" not in module.__dict__ and module.weight is module._parameters["weight"]
+    assert module.weight is module._parameters["weight"]
     with pytest.raises(TypeError, match="cannot assign 'ndarray' as parameter 'weight'"):
         module.weight = np.zeros(2)
     with pytest.raises(TypeError, match="child module 'child'"):
@@ -125,7 +125,9 @@ def test_attribute_rules():
     module.child = nn.Identity()
     module._modules["child"] = nn.ReLU()   # direct registry edits are seen, as in torch
     assert isinstance(module.child, nn.ReLU)
-    del module.child, module.stat, module.plain
+    module._modules = OrderedDict([("other", nn.Tanh())])
+    assert not hasattr(module, "child") and isinstance(module.other, nn.Tanh)
+    del module.other, module.stat, module.plain
     assert not module._modules and not module._buffers and not hasattr(module, "plain")
     with pytest.raises(AttributeError, match="'Module' object has no attribute 'missing'"):
         module.missing
@@ -285,3 +287,5 @@ def test_deepcopy_keeps_registries():
     assert list(clone.state_dict()) == list(net.state_dict())
     assert clone.stem.weight is not net.stem.weight
     np.testing.assert_array_equal(clone.stem.weight.data, net.stem.weight.data)
+    clone._modules["stem"] = nn.Identity()   # the copy's registries are its own
+    assert isinstance(clone.stem, nn.Identity) and isinstance(net.stem, nn.Conv2d)

@@ -2,77 +2,76 @@
 
 A Module files its Parameters, buffers and sub-modules in three ordered
 registries (``_parameters``, ``_buffers``, ``_modules``), as torch does:
-``__setattr__`` files a value by its type, ``__getattr__`` finds it there and
-``__delattr__`` removes it, so code that edits ``model._modules`` directly is
-seen by traversal, ``state_dict`` and the forward alike. Buffers are ndarrays
-(the layers' running statistics) or Tensors (as a user registers them).
-
-``state_dict`` names entries as torch does (``layer1.0.bn1.running_mean``:
-each module's parameters, then its persistent buffers, then its children's),
-so a torch checkpoint of the same architecture loads strictly.
+``__setattr__`` files a value by its type and ``__delattr__`` removes it. The
+registries are the truth and mirror their entries into the instance dict
+(``_Registry``), so ``module.weight`` reads at plain-attribute speed and code
+that edits ``model._modules`` directly is seen by traversal, ``state_dict`` and
+the forward alike. Buffers are ndarrays (the layers' running statistics) or
+Tensors (as a user registers them). State dicts: ``nn/_state_dict.py``.
 """
-from collections import OrderedDict, namedtuple
-from collections.abc import Mapping
+from collections import OrderedDict
 
 import numpy as np
 
 from fastdl.autograd import Tensor
 from fastdl.devices import parse_to_arguments
+from fastdl.nn._state_dict import StateDictError, StateDictMixin  # noqa: F401
+from fastdl.nn.hooks import RemovableHandle
 from fastdl.nn.parameter import Parameter
 
 __all__ = ["Module", "RemovableHandle"]
 
 
-class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
-    """What ``load_state_dict`` returns: the model's keys it did not find, and the others."""
+class _Registry(OrderedDict):
+    """A registry (``_parameters``, ``_buffers``, ``_modules``) that mirrors its entries
+    into its module's instance dict.
 
-    __slots__ = ()
-
-    def __repr__(self):
-        if not self.missing_keys and not self.unexpected_keys:
-            return "<All keys matched successfully>"
-        return super().__repr__()
-
-    __str__ = __repr__
-
-
-class StateDictError(RuntimeError, KeyError, ValueError):
-    """``load_state_dict`` failed: missing or unexpected keys (strict) or a shape mismatch.
-
-    A RuntimeError as torch's; also a KeyError and a ValueError for older callers.
+    Reading ``module.weight`` is then a plain attribute lookup; through
+    ``__getattr__`` (torch's way) each read cost ~0.5 us, a few percent of a small
+    network's forward. Every change to the registry, including direct edits such as
+    ``model._modules['fc'] = layer``, is mirrored, so the registry stays the truth.
     """
 
-    __str__ = RuntimeError.__str__   # KeyError's would quote the message
+    def __init__(self, owner_dict=None, items=()):
+        super().__init__()
+        self._owner_dict = {} if owner_dict is None else owner_dict
+        for name, value in items:
+            self[name] = value
+
+    def __setitem__(self, name, value):
+        super().__setitem__(name, value)
+        self._owner_dict[name] = value
+
+    def __delitem__(self, name):
+        super().__delitem__(name)
+        self._owner_dict.pop(name, None)
+
+    def pop(self, name, *default):
+        if name in self:
+            self._owner_dict.pop(name, None)
+        return super().pop(name, *default)
+
+    def popitem(self, last=True):
+        name, value = super().popitem(last)
+        self._owner_dict.pop(name, None)
+        return name, value
+
+    def clear(self):
+        for name in self:
+            self._owner_dict.pop(name, None)
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        for name, value in OrderedDict(*args, **kwargs).items():
+            self[name] = value
+
+    def setdefault(self, name, default=None):
+        if name not in self:
+            self[name] = default
+        return self[name]
 
 
-class RemovableHandle:
-    """Returned by the ``register_*_hook`` methods; ``remove()`` unregisters the hook."""
-
-    _next_id = 0
-
-    def __init__(self, hooks):
-        self._hooks = hooks
-        self.id = RemovableHandle._next_id
-        RemovableHandle._next_id += 1
-
-    def remove(self):
-        self._hooks.pop(self.id, None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.remove()
-
-
-def _as_array(value):
-    """The ndarray behind a fastdl Tensor, a torch tensor (duck-typed) or an array-like."""
-    if isinstance(value, Tensor):
-        return value.data
-    if not isinstance(value, np.ndarray) and hasattr(value, "detach") and hasattr(value,
-                                                                                  "numpy"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+_REGISTRIES = ("_parameters", "_buffers", "_modules")
 
 
 def _add_indent(text, spaces):
@@ -91,7 +90,7 @@ def _check_name(kind, name):
         raise KeyError('%s name can\'t be empty string ""' % kind)
 
 
-class Module:
+class Module(StateDictMixin):
     """Base class of layers: registers Parameters, sub-modules and buffers by attribute.
 
     Subclasses call ``super().__init__()`` first and define ``forward``.
@@ -100,10 +99,9 @@ class Module:
     _version = 1
 
     def __init__(self):
-        object.__setattr__(self, "_parameters", OrderedDict())
-        object.__setattr__(self, "_buffers", OrderedDict())
+        for registry in _REGISTRIES:
+            object.__setattr__(self, registry, _Registry(self.__dict__))
         object.__setattr__(self, "_non_persistent_buffers_set", set())
-        object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
@@ -122,9 +120,24 @@ class Module:
                 registry.pop(name, None)
         self._non_persistent_buffers_set.discard(name)
 
+    def _replace_registry(self, name, values):
+        """``module._modules = OrderedDict(...)`` (as torch's own code does): the new
+        entries are mirrored and the old ones' attributes dropped."""
+        self.__dict__[name].clear()
+        object.__setattr__(self, name, _Registry(self.__dict__, values.items()))
+
+    def __setstate__(self, state):
+        # a copy (copy.deepcopy) gets new registries bound to its own instance dict
+        self.__dict__.update(state)
+        for registry in _REGISTRIES:
+            object.__setattr__(self, registry, _Registry(self.__dict__,
+                                                         list(state[registry].items())))
+
     def __setattr__(self, name, value):
         registries = self.__dict__
-        if isinstance(value, Parameter):
+        if name in _REGISTRIES and name in registries:
+            self._replace_registry(name, value)
+        elif isinstance(value, Parameter):
             self._require_init("parameters")
             self._forget(name, self._parameters)
             self.register_parameter(name, value)
@@ -151,11 +164,19 @@ class Module:
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
+        # called only when normal lookup fails: registered names (each forward reads
+        # its parameters here, so no loop and no method calls)
         registries = self.__dict__
-        for registry in ("_parameters", "_buffers", "_modules"):
-            values = registries.get(registry)
-            if values is not None and name in values:
-                return values[name]
+        if "_parameters" in registries:
+            parameters = registries["_parameters"]
+            if name in parameters:
+                return parameters[name]
+            buffers = registries["_buffers"]
+            if name in buffers:
+                return buffers[name]
+            modules = registries["_modules"]
+            if name in modules:
+                return modules[name]
         raise AttributeError("'%s' object has no attribute '%s'" % (type(self).__name__, name))
 
     def __delattr__(self, name):
@@ -173,6 +194,11 @@ class Module:
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
                       | set(self._modules))
 
+    def _taken(self, name, registry):
+        """Whether ``name`` is an attribute other than an entry of ``registry`` (torch's
+        ``hasattr(self, name) and name not in registry``)."""
+        return name not in registry and (name in self.__dict__ or hasattr(type(self), name))
+
     def register_parameter(self, name, param):
         """Register ``param`` (a Parameter or None) under ``name``.
 
@@ -185,8 +211,7 @@ class Module:
         """
         self._require_init("parameters")
         _check_name("parameter", name)
-        if name in self.__dict__ or hasattr(type(self), name) or name in self._buffers \
-                or name in self._modules:
+        if self._taken(name, self._parameters):
             raise KeyError("attribute '%s' already exists" % name)
         if param is not None and not isinstance(param, Parameter):
             raise TypeError("cannot assign '%s' object to parameter '%s' (fastdl.nn.Parameter "
@@ -203,8 +228,7 @@ class Module:
         if "_buffers" not in self.__dict__:
             raise AttributeError("cannot assign buffer before Module.__init__() call")
         _check_name("buffer", name)
-        if name in self.__dict__ or hasattr(type(self), name) or name in self._parameters \
-                or name in self._modules:
+        if self._taken(name, self._buffers):
             raise KeyError("attribute '%s' already exists" % name)
         if tensor is not None and not isinstance(tensor, (Tensor, np.ndarray)):
             raise TypeError("cannot assign '%s' object to buffer '%s' (Tensor, ndarray or None "
@@ -223,7 +247,7 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError("%s is not a Module subclass" % type(module).__name__)
         _check_name("module", name)
-        if (name in self.__dict__ or hasattr(type(self), name)) and name not in self._modules:
+        if self._taken(name, self._modules):
             raise KeyError("attribute '%s' already exists" % name)
         self._modules[name] = module
 
@@ -317,109 +341,6 @@ class Module:
     def buffers(self, recurse=True):
         for _, buffer in self.named_buffers(recurse=recurse):
             yield buffer
-
-    # ------------------------------------------------------------------ state
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        for name, parameter in self._parameters.items():
-            if parameter is not None:
-                destination[prefix + name] = parameter if keep_vars else parameter.data
-        for name, buffer in self._buffers.items():
-            if buffer is not None and name not in self._non_persistent_buffers_set:
-                destination[prefix + name] = (buffer if keep_vars or isinstance(buffer, np.ndarray)
-                                              else buffer.data)
-
-    def state_dict(self, *, destination=None, prefix="", keep_vars=False):
-        """Parameters and persistent buffers by dotted name, as ndarrays (shared, not copied).
-
-        Order and names as torch's: a module's parameters, its buffers, then each
-        child's entries under ``child_name.``. A shared parameter appears under
-        every name. ``keep_vars=True`` gives the Parameters themselves.
-        """
-        if destination is None:
-            destination = OrderedDict()
-        self._save_to_state_dict(destination, prefix, keep_vars)
-        for name, module in self._modules.items():
-            if module is not None:
-                module.state_dict(destination=destination, prefix=prefix + name + ".",
-                                  keep_vars=keep_vars)
-        return destination
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        """Copy this module's own entries (under ``prefix``) from ``state_dict`` in place.
-
-        Signature as torch's, so a subclass can override it the same way.
-        """
-        persistent = [(name, value) for name, value in self._buffers.items()
-                      if name not in self._non_persistent_buffers_set]
-        for name, target in list(self._parameters.items()) + persistent:
-            key = prefix + name
-            if target is None:
-                continue
-            if key not in state_dict:
-                missing_keys.append(key)
-                continue
-            source = _as_array(state_dict[key])
-            destination = target.data if isinstance(target, Tensor) else target
-            if destination.ndim == 0 and source.shape == (1,):
-                source = source.reshape(())   # torch's allowance for old 0-d checkpoints
-            if source.shape != destination.shape:
-                error_msgs.append("size mismatch for %s: copying a param with shape %s from "
-                                  "checkpoint, the shape in current model is %s."
-                                  % (key, tuple(source.shape), tuple(destination.shape)))
-                continue
-            if local_metadata.get("assign") and isinstance(target, Parameter):
-                target.data = np.array(source, dtype=destination.dtype)
-            else:
-                np.copyto(destination, source, casting="unsafe")
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        """Copy ``state_dict``'s arrays (ndarrays, fastdl or torch tensors) into this module.
-
-        Returns
-        -------
-        namedtuple ``(missing_keys, unexpected_keys)``
-
-        Raises
-        ------
-        StateDictError
-            (a RuntimeError, as torch's) listing every shape mismatch and, with
-            ``strict``, the missing and unexpected keys; entries that match are
-            copied first, as torch does.
-        TypeError
-            ``state_dict`` is not a mapping.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError("Expected state_dict to be dict-like, got %s."
-                            % type(state_dict).__name__)
-        state_dict = OrderedDict(state_dict)   # a module may add defaults (BatchNorm)
-        missing, unexpected, errors = [], [], []
-        expected = set(self.state_dict(keep_vars=True))
-        for prefix, module in self._prefixed_modules():
-            module._load_from_state_dict(state_dict, prefix, {"assign": assign}, strict,
-                                         missing, unexpected, errors)
-        unexpected.extend(key for key in state_dict if key not in expected)
-        if strict:
-            if unexpected:
-                errors.insert(0, "Unexpected key(s) in state_dict: %s. "
-                              % ", ".join('"%s"' % k for k in unexpected))
-            if missing:
-                errors.insert(0, "Missing key(s) in state_dict: %s. "
-                              % ", ".join('"%s"' % k for k in missing))
-        if errors:
-            raise StateDictError("Error(s) in loading state_dict for %s:\n\t%s"
-                                 % (self._get_name(), "\n\t".join(errors)))
-        return _IncompatibleKeys(missing, unexpected)
-
-    def _prefixed_modules(self):
-        """``(prefix, module)`` for self and every descendant, shared ones under each name."""
-        stack = [("", self)]
-        while stack:
-            prefix, module = stack.pop()
-            yield prefix, module
-            children = [(prefix + name + ".", child) for name, child in module._modules.items()
-                        if child is not None]
-            stack.extend(reversed(children))
 
     # ------------------------------------------------------------------ modes
     def train(self, mode=True):
