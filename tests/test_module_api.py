@@ -289,3 +289,12 @@ def test_deepcopy_keeps_registries():
     np.testing.assert_array_equal(clone.stem.weight.data, net.stem.weight.data)
     clone._modules["stem"] = nn.Identity()   # the copy's registries are its own
     assert isinstance(clone.stem, nn.Identity) and isinstance(net.stem, nn.Conv2d)
+
+
+def test_data_parallel_passes_through_with_torchs_keys():
+    inner = nn.Linear(2, 3)
+    wrapped = nn.DataParallel(inner, device_ids=None)
+    assert list(wrapped.state_dict()) == ["module.weight", "module.bias"]
+    x = fastdl.Tensor(np.ones((4, 2), np.float32))
+    np.testing.assert_array_equal(wrapped(x).data, inner(x).data)
+    assert wrapped.module is inner
