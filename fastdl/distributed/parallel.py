@@ -29,14 +29,13 @@ def broadcast_parameters(model, root=0, group=None):
 def average_gradients(optimizer, group=None):
     """Average every parameter's gradient across ranks, in place, with one Allreduce.
 
-    The optimizer's flat gradient buffer is reduced as a whole; parameters
+    The optimizer's flat gradient buffer (``optimizer.gradient_buffer()``, re-packed
+    first if a parameter was given a new shape) is reduced as a whole; parameters
     without a gradient on this step contribute zeros (and stay ``None``).
     """
     group = group or get_group()
     if group.size == 1:
         return
-    for p in optimizer.params:
-        if p.grad is None:
-            p._grad_storage[...] = 0
-    group.allreduce_(optimizer.flat_grads)
-    optimizer.flat_grads /= optimizer.flat_grads.dtype.type(group.size)
+    grads = optimizer.gradient_buffer()
+    group.allreduce_(grads)
+    grads /= grads.dtype.type(group.size)

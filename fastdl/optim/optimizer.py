@@ -1,18 +1,19 @@
 """The optimizer base: parameter groups over flat buffers, one fused kernel per step.
 
-At construction every parameter's ``.data`` is moved into one contiguous
-buffer and re-pointed to a view of it; ``p._grad_storage`` is set to a view of
-one flat gradient buffer, into which the autograd accumulates. State slots
-(``exp_avg``, ``momentum_buffer`` …) are flat buffers too. ``step()`` builds
-two small per-parameter arrays (active this step? its step count) and the
-per-parameter hyper-parameters from the groups, then makes one kernel call.
+At construction the optimizer allocates one contiguous parameter buffer and one
+flat gradient buffer and packs its parameters into them (``autograd.FlatBuffers``):
+every ``.data`` becomes a view of the first, and the autograd accumulates every
+gradient into a view of the second. State slots (``exp_avg``,
+``momentum_buffer`` …) are flat buffers too. ``step()`` builds two small
+per-parameter arrays (active this step? its step count) and the per-parameter
+hyper-parameters from the groups, then makes one kernel call.
 
 Assigning ``p.data = value`` later is safe: a value of the same shape and dtype
 is copied into the flat buffer by the Tensor's ``data`` setter; a value of
 another shape or dtype rebinds ``p.data``, and the next ``step()`` (or
-``zero_grad``/``state_dict``) notices and re-packs the buffers, keeping each
-parameter's state (step count, momentum …) when its size is unchanged and
-starting it afresh when its size changed.
+``zero_grad``, ``state_dict``, ``gradient_buffer``) notices and re-packs the
+buffers, keeping each parameter's state (step count, momentum …) when its size
+is unchanged and starting it afresh when its size changed.
 
 ``param_groups`` are plain dicts, read at every step: editing ``group["lr"]``
 or ``group["betas"]`` takes effect at the next ``step()``. ``optimizer.state``
@@ -24,7 +25,7 @@ import numbers
 
 import numpy as np
 
-from fastdl.autograd import Tensor
+from fastdl.autograd import FlatBuffers, Tensor
 from fastdl.kernels.optim import make_chunks
 
 __all__ = ["Optimizer", "check_non_negative", "grad_array"]
@@ -33,7 +34,7 @@ __all__ = ["Optimizer", "check_non_negative", "grad_array"]
 def grad_array(p):
     """The ndarray of ``p.grad`` (a Tensor, or an ndarray), or None."""
     grad = p.grad
-    return grad._data if isinstance(grad, Tensor) else grad
+    return grad.data if isinstance(grad, Tensor) else grad
 
 
 def _touched_zeros(size, dtype):
@@ -124,7 +125,7 @@ class Optimizer:
 
     def _packed_state(self):
         """``{id(p): (size, step, {slot: values})}`` of the parameters packed so far."""
-        if not hasattr(self, "_views"):
+        if not hasattr(self, "_buffers"):
             return {}
         return {id(p): (int(size), int(step),
                         {name: buffer[start:start + size].copy()
@@ -138,17 +139,17 @@ class Optimizer:
         params = self.params
         if not params:
             raise ValueError("optimizer got an empty parameter list")
-        dtypes = {p._data.dtype for p in params}
+        dtypes = {p.dtype for p in params}
         if len(dtypes) != 1:
             raise TypeError("optimizer: all parameters must share one dtype, got %s"
                             % sorted(str(d) for d in dtypes))
         for p in params:
-            if p.grad is not None and np.shape(grad_array(p)) != p._data.shape:
+            if p.grad is not None and np.shape(grad_array(p)) != p.shape:
                 raise RuntimeError("optimizer: a parameter's gradient has shape %s but its "
                                    "data has shape %s (was .data given a new shape after "
-                                   "backward?)" % (np.shape(grad_array(p)), p._data.shape))
+                                   "backward?)" % (np.shape(grad_array(p)), p.shape))
         dtype = dtypes.pop()
-        sizes = [p._data.size for p in params]
+        sizes = [p.data.size for p in params]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = int(sum(sizes))
         old_state = self._packed_state()
@@ -159,18 +160,8 @@ class Optimizer:
         scalars = {name: np.full(len(params), value, dtype=np.float64)
                    for name, value in self.scalar_state.items()}
         group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
-        views = []
+        self._buffers = FlatBuffers(params, self.flat_params, self.flat_grads)
         for index, (p, start, size) in enumerate(zip(params, starts, sizes)):
-            shape = p._data.shape
-            view = self.flat_params[start:start + size]
-            view[...] = p._data.reshape(-1)
-            grad_view = self.flat_grads[start:start + size].reshape(shape)
-            if p.grad is not None:
-                grad_view[...] = grad_array(p)
-                p.grad = grad_view
-            p._data = view.reshape(shape)   # not the setter: it would copy into the old buffer
-            p._grad_storage = grad_view
-            views.append(p._data)
             old = old_state.get(id(p))
             if old is not None and old[0] == size:   # a new size starts its state afresh
                 steps[index] = old[1]
@@ -183,7 +174,7 @@ class Optimizer:
                     slots[name][start:start + size] = self.param_groups[group_of[index]][option]
         self.state_buffers = slots
         self._scalars = scalars
-        self._packed, self._views = list(params), views
+        self._packed = list(params)
         self._starts, self._sizes = starts, np.array(sizes, dtype=np.int64)
         self._chunks = make_chunks(starts.tolist(), sizes)
         self._steps = steps
@@ -192,10 +183,24 @@ class Optimizer:
     def _sync(self):
         """Re-pack when some parameter's ``.data`` no longer is its view of the flat buffer
         (given a new shape or dtype since packing)."""
-        for p, view in zip(self._packed, self._views):
-            if p._data is not view:
-                self._build_buffers()
-                return
+        if not self._buffers.intact():
+            self._build_buffers()
+
+    def gradient_buffer(self):
+        """The flat gradient buffer holding every parameter's current gradient, to be
+        reduced in place (``distributed.average_gradients``): the buffers are re-packed
+        first if a parameter's ``.data`` was given a new shape or dtype, a gradient
+        assigned by hand is copied in (``.grad`` then views it), and a parameter without
+        a gradient has zeros in its segment (its ``.grad`` stays None).
+
+        Returns
+        -------
+        ndarray, 1-D, the parameters' dtype
+            Writing into it writes the parameters' gradients.
+        """
+        self._sync()
+        self._buffers.gather_grads()
+        return self.flat_grads
 
     def _slot(self, name, index):
         start, size = self._starts[index], self._sizes[index]
@@ -219,9 +224,7 @@ class Optimizer:
             p.grad = None
         self._sync()
         if not set_to_none:
-            self.flat_grads.fill(0)
-            for p in self.params:
-                p.grad = p._grad_storage
+            self._buffers.zero_grads()
 
     def _hyper_table(self):
         """float64 ``(groups, columns)``: ``hyper_names`` read from each group now; a tuple
@@ -253,10 +256,7 @@ class Optimizer:
         self._sync()
         active = np.fromiter((p.grad is not None and p.requires_grad for p in self.params),
                              dtype=np.bool_, count=len(self._steps))
-        for p in self.params:
-            grad = grad_array(p)
-            if grad is not None and grad is not p._grad_storage:
-                p._grad_storage[...] = grad  # a grad assigned by hand
+        self._buffers.store_assigned_grads()
         self._steps += active
         self._update(active, self._hyper())
         return loss
