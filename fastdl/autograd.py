@@ -181,10 +181,11 @@ class Tensor:
 
         Assigning it rebinds the tensor to the new array (a Tensor's array, or
         an array_like), except for a parameter packed by an optimizer (its
-        ``.data`` is a view into the optimizer's flat buffer): a value of the
-        same shape and dtype is copied into that storage, so the optimizer keeps
-        stepping what the model uses; a value of another shape or dtype is
-        rebound and the optimizer re-packs its buffers at its next step.
+        ``.data`` is a view into the optimizer's flat buffer, see
+        :class:`FlatBuffers`): a value of the same shape and dtype is copied into
+        that storage, so the optimizer keeps stepping what the model uses; a
+        value of another shape or dtype is rebound and the optimizer re-packs its
+        buffers at its next step.
         """
         return self._data
 
@@ -194,13 +195,13 @@ class Tensor:
             value = value._data
         elif not isinstance(value, np.ndarray):
             value = _as_array(value)
-        if self._grad_storage is not None:   # packed by an optimizer
+        if self._grad_storage is not None:   # packed into flat buffers
             current = self._data
             if value.shape == current.shape and value.dtype == current.dtype:
                 if value is not current:
                     np.copyto(current, value)
                 return
-            self._grad_storage = None        # the optimizer re-packs at its next step
+            self._grad_storage = None        # unpacked: the owner packs anew (intact())
         self._data = value
 
     @property
