@@ -14,11 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Models that cannot run yet, each with the fastdl gap that stops it (strict: an entry
 # whose model starts to pass fails the run, so the list stays true).
-MISSING = {
-    "MobileNet": "training gradients: the gradient reaching layers.8's output is off "
-                 "(layers.8.conv2.weight 15% from float64, every earlier parameter ~3%; "
-                 "the block alone and blocks 9-12 match to 1e-4; forward and loss match)",
-}
+MISSING = {}
 
 NAMES = ["VGG11", "ResNet18", "PreActResNet18", "GoogLeNet", "DenseNet", "ResNeXt",
          "MobileNet", "MobileNetV2", "ShuffleNet", "ShuffleNetV2", "SENet18",
@@ -98,20 +94,29 @@ def test_zoo_model_matches_torch(zoos, name):
     if name in RANDOM_IN_TRAINING:
         return
     exact_grads = _float64_gradients(reference_zoo, name, state, x, labels)
-    floor = 1e-4 * max(np.abs(g).max() for g in exact_grads.values())  # grads that are ~0
-    torch_grads = {key: _numpy(p.grad) for key, p in reference.named_parameters()}
+    # float64: every gradient equals torch's (same math, rounding ~1e-13)
+    # (a conv bias before a BatchNorm has a gradient of rounding alone: the floor)
+    ours = _float64_gradients(zoo, name, state, x, labels)
+    floor = 1e-10 * max(np.abs(g).max() for g in exact_grads.values())
+    for key, exact in exact_grads.items():
+        assert np.abs(ours[key] - exact).max() <= max(1e-7 * np.abs(exact).max(), floor), key
+    # float32: near the exact gradient as a whole (relative 2-norm), not element by
+    # element: with BatchNorm over batch 2, a pre-activation within rounding of zero can
+    # flip a ReLU's mask in one library and not the other (MobileNet's layers.8.bn2 does
+    # for fastdl at this seed), moving that channel's gradients by ~15% and every
+    # gradient before it by ~2%; a wrong kernel moves them by ~100%
+    floor = 1e-4 * max(np.linalg.norm(g) for g in exact_grads.values())  # grads that are ~0
     for key, parameter in model.named_parameters():
-        grad = _numpy(parameter.grad)
-        # as close to the float64 gradient as torch's float32 one is (BN over batch 2
-        # can amplify rounding), and at least to 1e-3 of the gradient's size
         exact = exact_grads[key]
-        torch_error = np.abs(torch_grads[key] - exact).max()
-        allowed = max(3 * torch_error, 1e-3 * np.abs(exact).max(), floor)
-        assert np.abs(grad - exact).max() <= allowed, key
+        error = np.linalg.norm(_numpy(parameter.grad) - exact)
+        assert error <= max(5e-2 * np.linalg.norm(exact), floor), key
 
 
-def _float64_gradients(reference_zoo, name, state, x, labels):
-    model = reference_zoo.MODELS[name]().double()
-    model.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()})
-    _run(reference_zoo, model, x.astype(np.float64), labels, train=True)
+def _float64_gradients(zoo, name, state, x, labels):
+    """Every parameter's gradient of the training loss, the model in float64."""
+    model = zoo.MODELS[name]().double()
+    model.load_state_dict({key: zoo.torch.from_numpy(value.astype(np.float64)
+                                                     if value.dtype == np.float32 else value)
+                           for key, value in state.items()})
+    _run(zoo, model, x.astype(np.float64), labels, train=True)
     return {key: _numpy(parameter.grad) for key, parameter in model.named_parameters()}
