@@ -77,10 +77,6 @@ ALLOWED_PRIVATE = {
     ("fastdl.nn.*", "fastdl.functional._util:data_of"):
         "the array behind a Tensor or array-like, which nn layers check before calling F; "
         "follow-up (nn/functional, Tensor API in progress): a public home next to Tensor",
-    ("fastdl.distributed.sync_batchnorm", "fastdl.functional._util:as_tensor"):
-        "same coercion helper as above; same follow-up",
-    ("fastdl.distributed.sync_batchnorm", "fastdl.functional._util:contiguous"):
-        "same helper module as above; same follow-up",
     ("fastdl.nn.container", "fastdl.nn.module:_add_indent"):
         "repr helper shared by the containers split out of nn/module.py (nn work in "
         "progress); follow-up: a private nn/_repr.py, or keep it in one module",

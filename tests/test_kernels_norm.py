@@ -152,6 +152,60 @@ def test_statistics_merge_across_blocks(rng):
 
 
 # ---------------------------------------------------------------------------
+# Batch norm split where the ranks of SyncBatchNorm meet
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5, 6)])
+def test_batch_norm_split_equals_the_whole(rng, dtype, shape):
+    """Statistics, the forward with them given, the backward's sums and the input gradient
+    from them are batch_norm_forward and batch_norm_backward, pass for pass."""
+    x = make_input(rng, shape, dtype, contiguous=False, offset=1.0)
+    grad = rng.standard_normal(shape).astype(dtype)
+    weight, bias = (v.astype(dtype) for v in affine(rng, shape[1:2], True))
+    count = x.size // shape[1]
+    running, running_split = (np.zeros(shape[1]), np.ones(shape[1])), (
+        np.zeros(shape[1]), np.ones(shape[1]))
+    y, mean, inv_std = norm.batch_norm_forward(x, weight, bias, *running, True, 0.1, EPS)
+    grad_x, grad_weight, grad_bias = norm.batch_norm_backward(grad, x, mean, inv_std, weight,
+                                                              True)
+    statistics = norm.batch_norm_statistics(x)
+    np.testing.assert_array_equal(statistics[0], mean)
+    axes = (0, *range(2, x.ndim))
+    np.testing.assert_allclose(statistics[1], x.astype(np.float64).var(axis=axes),
+                               **tolerance(dtype))
+    y_split, mean_split, inv_std_split = norm.batch_norm_forward(
+        x, weight, bias, *running_split, True, 0.1, EPS, statistics=(*statistics, count))
+    np.testing.assert_array_equal(y_split, y)
+    np.testing.assert_array_equal(inv_std_split, inv_std)
+    np.testing.assert_array_equal(np.stack(running_split), np.stack(running))
+    sum_grad, sum_grad_x_hat = norm.batch_norm_backward_reduce(grad, x, mean, inv_std)
+    assert sum_grad.dtype == sum_grad_x_hat.dtype == np.float64
+    np.testing.assert_array_equal(sum_grad.astype(dtype), grad_bias)
+    np.testing.assert_array_equal(sum_grad_x_hat.astype(dtype), grad_weight)
+    split_grad_x = norm.batch_norm_backward_input(grad, x, mean, inv_std, weight, sum_grad,
+                                                  sum_grad_x_hat, count)
+    np.testing.assert_allclose(split_grad_x, grad_x, rtol=0,
+                               atol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+def test_batch_norm_input_gradient_over_a_larger_batch(rng):
+    """Half a batch's input gradient from the whole batch's sums is that half of the whole
+    batch's input gradient."""
+    x = rng.standard_normal((6, 2, 3, 3)) + 2
+    grad = rng.standard_normal(x.shape)
+    weight = rng.standard_normal(2)
+    _, mean, inv_std = norm.batch_norm_forward(x, weight, None, None, None, True)
+    whole, _, _ = norm.batch_norm_backward(grad, x, mean, inv_std, weight, True)
+    sums = [norm.batch_norm_backward_reduce(grad[part], x[part], mean, inv_std)
+            for part in (slice(0, 3), slice(3, 6))]
+    half = norm.batch_norm_backward_input(grad[:3], x[:3], mean, inv_std, weight,
+                                          sums[0][0] + sums[1][0], sums[0][1] + sums[1][1],
+                                          x.size // 2)
+    np.testing.assert_allclose(half, whole[:3], rtol=0, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------
 # Batch-norm running statistics (PITFALLS 1)
 # ---------------------------------------------------------------------------
 

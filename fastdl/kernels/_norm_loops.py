@@ -300,6 +300,36 @@ normalize_backward_kernel = jit(_normalize_backward, parallel=True)
 
 
 # ---------------------------------------------------------------------------
+# The same passes split, for statistics taken over a larger batch than x's
+# (SyncBatchNorm: each rank holds part of it, the sums are added across ranks)
+# ---------------------------------------------------------------------------
+
+def _moments(x, mean, var):
+    # x: (A, K, S * B); mean, var (biased): (K,) float64 outputs, as _normalize_forward's
+    for k in prange(x.shape[1]):
+        mean_k, var_k = _moments_of_kernel(x, k)
+        mean[k] = mean_k
+        var[k] = var_k
+
+
+moments_kernel = jit(_moments, parallel=True)
+
+
+def _normalize_input_grad(grad_out, x, weight, n_params, n_sub, mean, inv_std, mean_grad,
+                          mean_grad_x_hat, grad_x):
+    # dx as _normalize_backward's with input statistics, the means of w·g and w·g·x_hat
+    # per k given (mean_grad, mean_grad_x_hat: (K,) float64) instead of taken over x
+    to_dtype = x.dtype.type
+    for k in prange(x.shape[1]):
+        _input_grad_runs_kernel(grad_out, x, k, n_sub, (k % n_params) * n_sub, weight,
+                                to_dtype(mean[k]), to_dtype(inv_std[k]), to_dtype(mean_grad[k]),
+                                to_dtype(mean_grad_x_hat[k]), grad_x)
+
+
+normalize_input_grad_kernel = jit(_normalize_input_grad, parallel=True)
+
+
+# ---------------------------------------------------------------------------
 # Layer norm kernels on (rows, row_length): one weight per column
 # ---------------------------------------------------------------------------
 

@@ -58,11 +58,13 @@ import numpy as np
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_int, is_real
 from fastdl.kernels._norm_loops import (_BLOCK, layer_norm_backward_kernel,
-                                        layer_norm_forward_kernel, normalize_backward_kernel,
-                                        normalize_forward_kernel)
+                                        layer_norm_forward_kernel, moments_kernel,
+                                        normalize_backward_kernel, normalize_forward_kernel,
+                                        normalize_input_grad_kernel)
 
 __all__ = [
     "batch_norm_forward", "batch_norm_backward",
+    "batch_norm_statistics", "batch_norm_backward_reduce", "batch_norm_backward_input",
     "layer_norm_forward", "layer_norm_backward",
     "group_norm_forward", "group_norm_backward",
     "instance_norm_forward", "instance_norm_backward",
@@ -249,7 +251,7 @@ def _batch_norm_layout(shape):
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
-                       eps=1e-5, num_batches_tracked=None):
+                       eps=1e-5, num_batches_tracked=None, statistics=None):
     """Batch normalisation over (N, *spatial) per channel, updating running stats in place.
 
     ``y = weight * (x − μ) / √(σ² + eps) + bias`` with μ, σ² the batch mean and
@@ -269,6 +271,10 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     eps : float
     num_batches_tracked : int, optional
         Batches seen including this one (only for ``momentum=None``).
+    statistics : (mean, var, count), optional
+        Training only: the statistics to use instead of x's, float64 (C,) mean and
+        biased variance over ``count`` values per channel: those of a batch that x
+        is part of (``SyncBatchNorm``'s, from ``batch_norm_statistics`` of every part).
 
     Returns
     -------
@@ -291,7 +297,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         y, mean, _, inv_std = _forward(x, layout, weight, bias, eps,
                                        *_running_statistics(running_mean, running_var, eps, 1))
         return y, mean, inv_std
-    if layout.count <= 1:
+    count = layout.count if statistics is None else statistics[2]
+    if count <= 1:
         raise ValueError("%s: Expected more than 1 value per channel when training, "
                          "got input size %s" % (name, x.shape))
     factor = None
@@ -304,8 +311,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         else:
             raise ValueError("%s: momentum=None (cumulative average) needs "
                              "num_batches_tracked >= 1, got %r" % (name, num_batches_tracked))
-    y, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
-    _update_running(running_mean, running_var, mean, var, layout.count, factor)
+    if statistics is None:
+        y, mean, var, inv_std = _forward(x, layout, weight, bias, eps)
+    else:
+        mean, var = (np.ascontiguousarray(s, dtype=np.float64) for s in statistics[:2])
+        y, mean, _, inv_std = _forward(x, layout, weight, bias, eps, mean,
+                                       1.0 / np.sqrt(var + eps))
+    _update_running(running_mean, running_var, mean, var, count, factor)
     return y, mean, inv_std
 
 
@@ -341,6 +353,78 @@ def batch_norm_backward(grad_out, x, mean, inv_std, weight, training, needs_grad
     return _public_backward("batch_norm_backward", _batch_norm_layout(shape), shape[1:2],
                             grad_out, x, mean, inv_std, weight, training,
                             (needs_grad_x, needs_grad_weight, needs_grad_bias))
+
+
+def batch_norm_statistics(x):
+    """Per-channel mean and biased variance of ``x`` over (N, *spatial), as
+    ``batch_norm_forward`` takes them in training.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C) or (N, C, *spatial), float32 or float64
+
+    Returns
+    -------
+    mean, var : ndarray, (C,), float64
+    """
+    x, _, layout = _check_input("batch_norm_statistics", x, 2, 0.0, _batch_norm_layout)
+    mean, var = np.empty(layout.n_kept), np.empty(layout.n_kept)
+    moments_kernel(layout.view(x), mean, var)
+    return mean, var
+
+
+def batch_norm_backward_reduce(grad_out, x, mean, inv_std):
+    """Per-channel sums of ``g`` and ``g · x_hat`` over (N, *spatial): the bias and
+    weight gradients of ``batch_norm_forward``, and the terms of its input gradient.
+
+    Parameters
+    ----------
+    grad_out, x : ndarray, shape of x, float32 or float64
+    mean, inv_std : ndarray, (C,), the statistics the forward used
+
+    Returns
+    -------
+    sum_grad, sum_grad_x_hat : ndarray, (C,), float64
+    """
+    name = "batch_norm_backward_reduce"
+    grad_out, x = _check_backward(name, grad_out, x, mean, inv_std, np.shape(x)[1])
+    ones = np.ones(x.shape[1], dtype=x.dtype)
+    _, sum_grad_x_hat, sum_grad = _backward(grad_out, x, _batch_norm_layout(x.shape), ones,
+                                            mean, inv_std, True, False)
+    return sum_grad, sum_grad_x_hat
+
+
+def batch_norm_backward_input(grad_out, x, mean, inv_std, weight, sum_grad, sum_grad_x_hat,
+                              count):
+    """Input gradient of a training ``batch_norm_forward`` whose statistics were taken
+    over a batch of ``count`` values per channel that x is part of::
+
+        dx = inv_std · w · (g − sum_grad / count − x_hat · sum_grad_x_hat / count)
+
+    Parameters
+    ----------
+    grad_out, x, mean, inv_std, weight
+        As ``batch_norm_backward``.
+    sum_grad, sum_grad_x_hat : ndarray, (C,)
+        ``batch_norm_backward_reduce``'s sums over that whole batch.
+    count : int
+
+    Returns
+    -------
+    grad_x : ndarray, shape of x
+    """
+    name = "batch_norm_backward_input"
+    grad_out, x = _check_backward(name, grad_out, x, mean, inv_std, np.shape(x)[1])
+    layout = _batch_norm_layout(x.shape)
+    weight = _param_vector(name, "weight", weight, (x.shape[1],), 1.0, x.dtype)
+    # the means of w·g and w·g·x_hat, as batch_norm_backward takes them over x alone
+    mean_grad, mean_grad_x_hat = (weight.astype(np.float64) * np.asarray(sums, np.float64)
+                                  / count for sums in (sum_grad, sum_grad_x_hat))
+    mean, inv_std = (np.ascontiguousarray(v, dtype=np.float64).ravel() for v in (mean, inv_std))
+    grad_x = np.empty_like(layout.view(x))
+    normalize_input_grad_kernel(layout.view(grad_out), layout.view(x), weight, layout.n_params,
+                                layout.n_sub, mean, inv_std, mean_grad, mean_grad_x_hat, grad_x)
+    return grad_x.reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------
