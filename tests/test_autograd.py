@@ -111,17 +111,17 @@ def test_default_dtype_and_integer_tensors():
 
 def test_detach_and_flat_buffers_contract(rng):
     x = t(rng, 2, 2)
-    values = x.data.copy()
+    values = x.numpy().copy()
     params, grads = np.empty(4), np.zeros(4)
     buffers = fastdl.autograd.FlatBuffers([x], params, grads)
-    assert x.data.base is params and np.array_equal(x.data, values)
+    assert x.numpy().base is params and np.array_equal(x.numpy(), values)
     (x * 3).sum().backward()
     (x * 2).sum().backward()
-    assert x.grad.data.base is grads and np.all(grads == 5)
+    assert x.grad.numpy().base is grads and np.all(grads == 5)
     x.data = np.ones((2, 2))                  # same shape and dtype: copied into the buffer
     assert buffers.intact() and np.all(params == 1)
     x.data = np.ones(4)                       # another shape: unpacked
-    assert not buffers.intact() and x.data.base is not params
+    assert not buffers.intact() and x.numpy().base is not params
     assert not x.detach().requires_grad
 
 
@@ -130,7 +130,7 @@ def test_flat_buffers_take_assigned_gradients_and_zero(rng):
     x.grad = np.full(2, 7.0)
     grads = np.zeros(5)
     buffers = fastdl.autograd.FlatBuffers([x, y], np.empty(5), grads)
-    assert x.grad.data.base is grads and y.grad is None     # packing copies a gradient in
+    assert x.grad.numpy().base is grads and y.grad is None  # packing copies a gradient in
     assigned = fastdl.Tensor(np.full(2, 4.0))
     x.grad = assigned
     buffers.store_assigned_grads()
@@ -139,7 +139,7 @@ def test_flat_buffers_take_assigned_gradients_and_zero(rng):
     buffers.gather_grads()                    # y has no gradient: zeros, and stays None
     assert np.array_equal(grads, [4, 4, 0, 0, 0]) and y.grad is None
     buffers.zero_grads()
-    assert not grads.any() and x.grad.data.base is grads and y.grad.data.base is grads
+    assert not grads.any() and x.grad.numpy().base is grads and y.grad.numpy().base is grads
 
 
 def test_a_gradient_of_the_wrong_shape_is_refused_before_it_reaches_a_kernel(rng):

@@ -34,7 +34,7 @@ __all__ = ["Optimizer", "check_non_negative", "grad_array"]
 def grad_array(p):
     """The ndarray of ``p.grad`` (a Tensor, or an ndarray), or None."""
     grad = p.grad
-    return grad.data if isinstance(grad, Tensor) else grad
+    return np.asarray(grad) if isinstance(grad, Tensor) else grad
 
 
 def _touched_zeros(size, dtype):
@@ -99,9 +99,9 @@ class Optimizer:
         for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError("optimizer can only optimize Tensors, got %s" % type(p).__name__)
-            if p.data.dtype.kind != "f":
+            if p.dtype.kind != "f":
                 raise TypeError("optimizer: parameters must be floating point, got %s"
-                                % p.data.dtype)
+                                % p.dtype)
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
@@ -149,7 +149,7 @@ class Optimizer:
                                    "data has shape %s (was .data given a new shape after "
                                    "backward?)" % (np.shape(grad_array(p)), p.shape))
         dtype = dtypes.pop()
-        sizes = [p.data.size for p in params]
+        sizes = [p.numel() for p in params]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = int(sum(sizes))
         old_state = self._packed_state()
