@@ -57,7 +57,7 @@ def with_helpers(x, y, rank):
 
 
 def with_trainer(x, y, rank):
-    model = make_model(rank, distributed.SyncBatchNorm, double=False)  # the loader's float32
+    model = make_model(rank, distributed.SyncBatchNorm, double=False)  # x is float32 here
     trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                       nn.CrossEntropyLoss(), progress=False)
     sampler = distributed.DistributedSampler(len(x), shuffle=False)
@@ -76,8 +76,9 @@ def main():
     failures = []
     for label, train, double, tolerance in (("helpers", with_helpers, True, 1e-7),
                                             ("Trainer", with_trainer, False, 1e-4)):
-        expected = reference(x.astype(np.float64 if double else np.float32), y, double)
-        for (name, ours), theirs in zip(train(x, y, rank).items(), expected.values()):
+        data = x.astype(np.float64 if double else np.float32)   # loaders keep the dtype
+        expected = reference(data, y, double)
+        for (name, ours), theirs in zip(train(data, y, rank).items(), expected.values()):
             if not np.allclose(ours, theirs, rtol=tolerance, atol=tolerance * 1e-2):
                 failures.append("rank %d, %s: %s differs from the global-batch run by %.3g"
                                 % (rank, label, name, np.abs(ours - theirs).max()))
