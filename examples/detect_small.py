@@ -93,8 +93,8 @@ def recall(model, images, boxes, small=6, threshold=0.5):
     found = {"small": [0, 0], "all": [0, 0]}
     with fastdl.no_grad():
         outputs = model(fastdl.Tensor(images))
-    scores = np.concatenate([s.data for s, _ in outputs], axis=1)
-    deltas = np.concatenate([d.data for _, d in outputs], axis=1)
+    scores = np.concatenate([s.array for s, _ in outputs], axis=1)
+    deltas = np.concatenate([d.array for _, d in outputs], axis=1)
     for i, truth in enumerate(boxes):
         candidates = np.flatnonzero(scores[i] > 0.0)
         predicted = detection.decode_boxes(deltas[i][candidates], anchors[candidates])

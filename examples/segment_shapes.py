@@ -57,7 +57,7 @@ def main(argv=None):
         schedule.step()
     model.eval()
     with fastdl.no_grad():
-        prediction = model(fastdl.Tensor(test_images)).data.argmax(axis=1)
+        prediction = model(fastdl.Tensor(test_images)).array.argmax(axis=1)
     score = mean_iou(prediction, test_masks, 3)
     print("mean IoU on %d held-out scenes: %.3f (%.0f s)" % (len(test_images), score,
                                                              time.perf_counter() - began))

@@ -140,7 +140,9 @@ class Tensor:
     and return a bool Tensor, while hashing stays by identity (Tensors can be
     dict keys and set members; to look a Tensor up in a list, compare with
     ``is``). ``.grad`` is a Tensor (None until a backward reaches this leaf);
-    NumPy functions take Tensors directly (``__array__``).
+    NumPy functions take Tensors directly (``__array__``). ``.data`` is torch's: a
+    detached Tensor over the same array; ``.array`` is the ndarray itself, read as
+    cheaply as an attribute (what the layers and kernels above use).
     """
 
     __slots__ = ("_data", "_grad", "requires_grad", "_ctx", "_out_index", "_grad_storage",
@@ -177,17 +179,22 @@ class Tensor:
     # ------------------------------------------------------------------ basics
     @property
     def data(self):
-        """The underlying ndarray.
+        """This tensor's values as a new, detached Tensor sharing its array (as torch's).
+
+        The result never requires a gradient and has no history; writing into it
+        (``p.data.zero_()``, ``m.weight.data.normal_()``, ``p.data.add_(...)``,
+        ``p.data[0] = 1``) changes this tensor without being recorded. For a
+        parameter packed by an optimizer the shared array is its view into the
+        optimizer's flat buffer (see :class:`FlatBuffers`), so such writes reach
+        what the optimizer steps. The ndarray itself is :attr:`array`.
 
         Assigning it rebinds the tensor to the new array (a Tensor's array, or
-        an array_like), except for a parameter packed by an optimizer (its
-        ``.data`` is a view into the optimizer's flat buffer, see
-        :class:`FlatBuffers`): a value of the same shape and dtype is copied into
-        that storage, so the optimizer keeps stepping what the model uses; a
-        value of another shape or dtype is rebound and the optimizer re-packs its
-        buffers at its next step.
+        an array_like), except for a parameter packed by an optimizer: a value of
+        the same shape and dtype is copied into that storage, so the optimizer
+        keeps stepping what the model uses; a value of another shape or dtype is
+        rebound and the optimizer re-packs its buffers at its next step.
         """
-        return self._data
+        return Tensor._wrap(self._data)
 
     @data.setter
     def data(self, value):
@@ -379,6 +386,11 @@ class Tensor:
             self._accumulate_grad(grad)
             return
         _run_backward(self, grad, bool(retain_graph))
+
+
+# ``t.array``: the ndarray behind a Tensor, read as cheaply as a plain attribute (the same
+# slot as ``_data``, published for the floors above; to assign, use ``.data``).
+Tensor.array = Tensor._data
 
 
 class FlatBuffers:

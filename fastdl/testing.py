@@ -11,7 +11,7 @@ __all__ = ["gradcheck", "assert_close", "numerical_grad"]
 
 
 def _array(value):
-    return value.data if isinstance(value, Tensor) else np.asarray(value)
+    return value.array if isinstance(value, Tensor) else np.asarray(value)
 
 
 def assert_close(actual, expected, rtol=1e-7, atol=0.0, msg=""):
@@ -37,7 +37,7 @@ def numerical_grad(fn, inputs, index, projection, eps=1e-6):
 
     Differentiates with respect to ``inputs[index]`` (a float64 Tensor).
     """
-    data = inputs[index].data
+    data = inputs[index].array
     grad = np.zeros(data.shape, dtype=np.float64)
     flat = data.reshape(-1)
     for i in range(flat.size):

@@ -39,12 +39,12 @@ def results(_=None):
         loss = F.cross_entropy(model(fastdl.Tensor(x)), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss.data))
+        losses.append(float(loss.array))
     model.eval()
     plan = deploy.compile(model, x)
     out = {"loss": np.array(losses), "plan": plan(x),
-           "conv": F.conv2d(image, kernel, padding=1).data}
-    out.update(("param%d" % i, p.data.copy()) for i, p in enumerate(model.parameters()))
+           "conv": F.conv2d(image, kernel, padding=1).array}
+    out.update(("param%d" % i, p.array.copy()) for i, p in enumerate(model.parameters()))
     return out
 
 

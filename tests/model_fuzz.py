@@ -235,22 +235,22 @@ def _randomise(model, rng):
     into the convs and dense layers changes the weights)."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            shape = module.weight.data.shape
+            shape = module.weight.array.shape
             fan_in = np.prod(shape[1:])
             if isinstance(module, nn.ConvTranspose2d):
                 fan_in = max(1.0, shape[0] // module.groups * np.prod(shape[2:])
                              / np.prod(module.stride))
-            module.weight.data[...] = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+            module.weight.array[...] = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
             if module.bias is not None:
-                module.bias.data[...] = rng.normal(0, 0.2, module.bias.data.shape)
+                module.bias.array[...] = rng.normal(0, 0.2, module.bias.array.shape)
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             size = module.num_features
             module.running_mean[...] = rng.normal(0, 0.5, size)
             module.running_var[...] = rng.uniform(0.5, 2.0, size)
             if module.weight is not None:
                 sign = np.where(rng.random(size) < 0.1, -1.0, 1.0)
-                module.weight.data[...] = sign * rng.uniform(0.6, 1.4, size)
-                module.bias.data[...] = rng.normal(0, 0.2, size)
+                module.weight.array[...] = sign * rng.uniform(0.6, 1.4, size)
+                module.bias.array[...] = rng.normal(0, 0.2, size)
     return model
 
 

@@ -54,9 +54,9 @@ def test_gradients_accumulate_and_reuse_of_a_tensor(rng):
     x = t(rng, 3)
     y = (x * x).sum() + x.sum()           # x used three times
     y.backward()
-    assert_close(x.grad, 2 * x.data + 1, rtol=1e-12)
+    assert_close(x.grad, 2 * x.array + 1, rtol=1e-12)
     (x * 3).sum().backward()              # accumulates
-    assert_close(x.grad, 2 * x.data + 4, rtol=1e-12)
+    assert_close(x.grad, 2 * x.array + 4, rtol=1e-12)
 
 
 def test_max_routes_gradient_to_first_maximum():
@@ -79,7 +79,7 @@ def test_backward_twice_raises_unless_retained(rng):
     y = (x * x).sum()
     y.backward(retain_graph=True)
     y.backward()
-    assert_close(x.grad, 4 * x.data, rtol=1e-12)
+    assert_close(x.grad, 4 * x.array, rtol=1e-12)
     with pytest.raises(RuntimeError, match="second time"):
         y.backward()
 

@@ -27,7 +27,7 @@ def _trained_stats(model, shape, rng):
 
 def _eager(model, x):
     with fastdl.no_grad():
-        return model.eval()(fastdl.Tensor(x)).data
+        return model.eval()(fastdl.Tensor(x)).array
 
 
 @pytest.mark.parametrize("factory, shape", [(lenet5, (1, 28, 28)),
@@ -145,14 +145,14 @@ def test_fuse_conv_bn_module_equals_unfused_pair(conv, affine, rng):
     bn.running_mean[:] = rng.normal(size=bn.num_features)
     bn.running_var[:] = rng.uniform(0.2, 3, size=bn.num_features)
     if affine:
-        bn.weight.data[:] = rng.normal(size=bn.num_features)
-        bn.bias.data[:] = rng.normal(size=bn.num_features)
+        bn.weight.array[:] = rng.normal(size=bn.num_features)
+        bn.bias.array[:] = rng.normal(size=bn.num_features)
     bn.eval()
     x = fastdl.Tensor(rng.normal(size=(2, 4, 6, 6)))
     fused = deploy.fuse_conv_bn(layer, bn)
     assert fused.bias is not None
     with fastdl.no_grad():
-        np.testing.assert_allclose(fused(x).data, bn(layer(x)).data, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fused(x).array, bn(layer(x)).array, rtol=1e-10, atol=1e-12)
 
 
 def test_fuse_requires_eval_mode_and_running_stats():
@@ -165,7 +165,7 @@ def test_fuse_requires_eval_mode_and_running_stats():
     bn.running_var[:] = [2.0, 0.5]
     x = fastdl.Tensor(np.random.default_rng(0).normal(size=(4, 3)))
     with fastdl.no_grad():
-        np.testing.assert_allclose(deploy.fuse_linear_bn(layer, bn)(x).data, bn(layer(x)).data,
+        np.testing.assert_allclose(deploy.fuse_linear_bn(layer, bn)(x).array, bn(layer(x)).array,
                                    rtol=1e-12)
 
 

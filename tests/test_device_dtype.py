@@ -130,7 +130,7 @@ def test_tensor_to_takes_a_dtype_a_device_or_a_tensor():
     assert x.to(device="cpu", dtype=fastdl.int64).tolist() == [1, -2]
     assert x.to(fastdl.zeros(1, dtype=fastdl.float64)).dtype == np.float64
     copied = x.to(fastdl.float32, copy=True)
-    assert copied is not x and not np.shares_memory(copied.data, x.data)
+    assert copied is not x and not np.shares_memory(copied.array, x.array)
     x.to(fastdl.float64).sum().backward()                 # differentiable cast
     np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0])
     assert x.grad.dtype == np.float32

@@ -50,14 +50,14 @@ def _every_helper():
 
 def test_no_launcher_is_a_single_process_no_op(launcher):
     model = _model()
-    before = [p.data.copy() for p in model.parameters()]
+    before = [p.array.copy() for p in model.parameters()]
     optimizer = optim.SGD(model.parameters(), lr=0.1)
     for p in model.parameters():
-        p.grad = np.ones_like(p.data)
+        p.grad = np.ones_like(p.array)
     distributed.broadcast_parameters(model)
     distributed.average_gradients(optimizer)
     for p, original in zip(model.parameters(), before):
-        np.testing.assert_array_equal(p.data, original)
+        np.testing.assert_array_equal(p.array, original)
         np.testing.assert_array_equal(p.grad, 1)
     sampler = distributed.DistributedSampler(10)
     assert (sampler.num_replicas, sampler.rank) == (1, 0)

@@ -70,7 +70,7 @@ def test_conv2d_relu_equals_conv2d_then_relu_bitwise(c_out, stride, dtype, rng):
         y = (F.conv2d_relu(x, w, b, stride, 1) if fused
              else F.relu(F.conv2d(x, w, b, stride, 1)))
         y.backward(data[3])
-        grads.append([y.data, x.grad, w.grad, b.grad])
+        grads.append([y.array, x.grad, w.grad, b.grad])
     for fused, separate in zip(*grads):
         np.testing.assert_array_equal(fused, separate)
 
@@ -123,9 +123,9 @@ def test_dropout_statistics_and_eval_identity(rng):
     fastdl.manual_seed(3)
     x = Tensor(np.ones((200, 200), np.float32), requires_grad=True)
     y = F.dropout(x, 0.3)
-    kept = y.data != 0
+    kept = y.array != 0
     assert abs(kept.mean() - 0.7) < 0.01
-    np.testing.assert_allclose(y.data[kept], 1 / 0.7, rtol=1e-6)
+    np.testing.assert_allclose(y.array[kept], 1 / 0.7, rtol=1e-6)
     y.sum().backward()
     np.testing.assert_array_equal(x.grad != 0, kept)
     assert F.dropout(x, 0.3, training=False) is x

@@ -149,7 +149,7 @@ def test_forward_and_backward_match_torch(name, rng):
     out = CASES[name][0](*ours)
     expected = _torch_call(name)(torch.nn.functional, *theirs)
     assert out.shape == tuple(expected.shape)
-    np.testing.assert_allclose(out.data, expected.detach().numpy(), rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(out.array, expected.detach().numpy(), rtol=1e-7, atol=1e-10)
     grad = rng.normal(size=out.shape)
     out.backward(grad)
     expected.backward(torch.tensor(grad))
@@ -172,13 +172,13 @@ def test_gradcheck(name, rng):
                                   "conv1d", "normalize"])
 def test_float32_and_non_contiguous_inputs_give_the_float64_result(name, rng):
     arrays = _inputs(rng, name)
-    expected = CASES[name][0](*[fastdl.Tensor(a) for a in arrays]).data
+    expected = CASES[name][0](*[fastdl.Tensor(a) for a in arrays]).array
     single = CASES[name][0](*[fastdl.Tensor(a.astype(np.float32)) for a in arrays])
     assert single.dtype == np.float32
-    np.testing.assert_allclose(single.data, expected, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(single.array, expected, rtol=2e-5, atol=2e-5)
     # the same values laid out transposed in memory
     strided = [np.asfortranarray(a) for a in arrays]
-    np.testing.assert_allclose(CASES[name][0](*[fastdl.Tensor(a) for a in strided]).data,
+    np.testing.assert_allclose(CASES[name][0](*[fastdl.Tensor(a) for a in strided]).array,
                                expected, rtol=1e-12, atol=1e-12)
 
 
@@ -191,8 +191,8 @@ def test_max_pool_indices_and_ties_follow_torch(rng):
                  lambda f, t: f.max_pool2d(t, 2, return_indices=True)):
         out, indices = call(F, fastdl.Tensor(x))
         expected, expected_indices = call(torch.nn.functional, torch.tensor(x))
-        np.testing.assert_array_equal(out.data, expected.numpy())
-        np.testing.assert_array_equal(indices.data, expected_indices.numpy())
+        np.testing.assert_array_equal(out.array, expected.numpy())
+        np.testing.assert_array_equal(indices.array, expected_indices.numpy())
         assert indices.dtype == np.int64 and not indices.requires_grad
 
 
@@ -205,7 +205,7 @@ def test_embedding_and_one_hot_match_torch(rng):
     out = F.embedding(fastdl.Tensor(index), ours, padding_idx=2, scale_grad_by_freq=True)
     expected = torch.nn.functional.embedding(torch.tensor(index), theirs, padding_idx=2,
                                              scale_grad_by_freq=True)
-    np.testing.assert_array_equal(out.data, expected.detach().numpy())
+    np.testing.assert_array_equal(out.array, expected.detach().numpy())
     grad = rng.normal(size=out.shape)
     out.backward(grad)
     expected.backward(torch.tensor(grad))
@@ -215,7 +215,7 @@ def test_embedding_and_one_hot_match_torch(rng):
     reference = torch.tensor(table)
     torch.nn.functional.embedding(torch.tensor(index), reference, max_norm=1.0)
     np.testing.assert_allclose(renormed, reference.numpy(), rtol=1e-6)
-    np.testing.assert_array_equal(F.one_hot(fastdl.Tensor(index)).data,
+    np.testing.assert_array_equal(F.one_hot(fastdl.Tensor(index)).array,
                                   torch.nn.functional.one_hot(torch.tensor(index)).numpy())
     assert F.one_hot(fastdl.Tensor(np.array([1, 0])), 4).dtype == np.int64
 
@@ -224,30 +224,30 @@ def test_dropout_scaling_channels_and_eval(rng):
     x = fastdl.Tensor(np.ones((64, 32, 3, 3)), requires_grad=True)
     fastdl.manual_seed(0)
     y = F.dropout2d(x, 0.25)
-    per_channel = y.data.reshape(64, 32, -1)
+    per_channel = y.array.reshape(64, 32, -1)
     assert np.all(per_channel.min(axis=2) == per_channel.max(axis=2))   # whole channels
-    assert set(np.unique(y.data)) <= {0.0, 1 / 0.75}
-    assert abs((y.data == 0).mean() - 0.25) < 0.03
+    assert set(np.unique(y.array)) <= {0.0, 1 / 0.75}
+    assert abs((y.array == 0).mean() - 0.25) < 0.03
     y.sum().backward()
-    np.testing.assert_array_equal(x.grad, y.data)
+    np.testing.assert_array_equal(x.grad, y.array)
     assert F.dropout2d(x, 0.5, training=False) is x
     assert F.dropout(x, 0.5, training=False) is x
     with pytest.warns(UserWarning, match="3D input"):
         assert F.dropout2d(fastdl.Tensor(np.ones((2, 3, 4))), 0.5).shape == (2, 3, 4)
-    assert np.all(F.dropout1d(fastdl.Tensor(np.ones((3, 4))), 0.0).data == 1)
+    assert np.all(F.dropout1d(fastdl.Tensor(np.ones((3, 4))), 0.0).array == 1)
 
 
 def test_inplace_writes_into_the_input_when_nothing_records(rng):
     x = fastdl.Tensor(rng.normal(size=(3, 4)))
     with fastdl.no_grad():
         out = F.relu(x, inplace=True)
-    assert out is x and np.all(x.data >= 0)
+    assert out is x and np.all(x.array >= 0)
     y = fastdl.Tensor(rng.normal(size=(3, 4)), requires_grad=True)
     hidden = y * 2
-    before = hidden.data.copy()
+    before = hidden.array.copy()
     out = F.hardtanh(hidden, inplace=True)   # recorded: a new Tensor, same gradients
     out.sum().backward()
-    np.testing.assert_array_equal(hidden.data, before)
+    np.testing.assert_array_equal(hidden.array, before)
     np.testing.assert_array_equal(y.grad, 2.0 * (np.abs(before) < 1))
 
 
@@ -255,7 +255,7 @@ def test_softmax_implicit_dim_warns_as_torch(rng):
     x = fastdl.Tensor(rng.normal(size=(2, 3)))
     with pytest.warns(UserWarning, match="Implicit dimension"):
         out = F.softmax(x)
-    np.testing.assert_allclose(out.data.sum(axis=1), 1.0)
+    np.testing.assert_allclose(out.array.sum(axis=1), 1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         F.log_softmax(x, dim=0, dtype=np.float64)

@@ -14,7 +14,7 @@ def _run_fastdl(model, x, target):
     logits = model(fastdl.Tensor(x))
     loss = F.cross_entropy(logits, target)
     loss.backward()
-    return logits.data, loss.item(), {n: p.grad for n, p in model.named_parameters()}
+    return logits.array, loss.item(), {n: p.grad for n, p in model.named_parameters()}
 
 
 def _params(model):
@@ -66,7 +66,7 @@ def test_model_output_shapes_and_eval_determinism(factory, shape, rng):
     x = fastdl.Tensor(rng.normal(size=shape).astype(np.float32))
     model.eval()
     with fastdl.no_grad():
-        first, second = model(x).data, model(x).data
+        first, second = model(x).array, model(x).array
     assert first.shape == (2, model(x).shape[1]) and first.dtype == np.float32
     np.testing.assert_array_equal(first, second)
 
@@ -83,7 +83,7 @@ def test_models_match_torch_when_available(rng):
     reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
     x = rng.normal(size=(4, 1, 28, 28))
     with fastdl.no_grad():
-        ours = model(fastdl.Tensor(x)).data
+        ours = model(fastdl.Tensor(x)).array
     np.testing.assert_allclose(ours, reference(torch.tensor(x)).detach().numpy(), rtol=1e-10,
                                atol=1e-12)
 

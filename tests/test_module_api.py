@@ -64,14 +64,14 @@ def test_state_dict_matches_torchs_for_the_same_code():
     result = ours.load_state_dict(reference.state_dict())   # torch tensors, strict
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert repr(result) == "<All keys matched successfully>"
-    np.testing.assert_array_equal(ours.stem.weight.data, reference.stem.weight.detach().numpy())
+    np.testing.assert_array_equal(ours.stem.weight.array, reference.stem.weight.detach().numpy())
     assert [n for n, _ in ours.named_modules()] == [n for n, _ in reference.named_modules()]
     assert [n for n, _ in ours.named_parameters()] == [
         n for n, _ in reference.named_parameters()]
     assert [n for n, _ in ours.named_buffers()] == [n for n, _ in reference.named_buffers()]
     assert repr(ours) == repr(reference).replace("torch.", "")
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 5)).astype(np.float32)
-    np.testing.assert_allclose(ours(fastdl.Tensor(x)).data,
+    np.testing.assert_allclose(ours(fastdl.Tensor(x)).array,
                                reference(torch.tensor(x)).detach().numpy(), rtol=1e-4,
                                atol=1e-5)
 
@@ -98,10 +98,10 @@ def test_load_copies_in_place_and_assign_replaces():
     net = nn.Linear(2, 3)
     weight = net.weight
     net.load_state_dict({"weight": fastdl.Tensor(np.ones((3, 2))), "bias": np.zeros(3)})
-    assert net.weight is weight and np.all(weight.data == 1)
+    assert net.weight is weight and np.all(weight.array == 1)
     assert weight.dtype == np.float32   # cast to the parameter's dtype, as torch's copy_
     net.load_state_dict({"weight": np.full((3, 2), 2.0), "bias": np.zeros(3)}, assign=True)
-    assert np.all(net.weight.data == 2)
+    assert np.all(net.weight.array == 2)
 
 
 def test_attribute_rules():
@@ -203,14 +203,14 @@ def test_forward_hooks_and_handles():
     pre = layer.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
     post = layer.register_forward_hook(lambda m, args, out: calls.append(out.shape) or out + 1)
     x = fastdl.Tensor(np.ones((1, 2), np.float32))
-    expected = layer.forward(x * 2).data + 1
-    np.testing.assert_allclose(layer(x).data, expected)
+    expected = layer.forward(x * 2).array + 1
+    np.testing.assert_allclose(layer(x).array, expected)
     assert calls == [(1, 2)]
     pre.remove()
     post.remove()
-    np.testing.assert_allclose(layer(x).data, layer.forward(x).data)
+    np.testing.assert_allclose(layer(x).array, layer.forward(x).array)
     with layer.register_forward_hook(lambda m, a, k, out: out * 0, with_kwargs=True):
-        assert not np.any(layer(x).data)
+        assert not np.any(layer(x).array)
     assert not layer._forward_hooks
 
 
@@ -286,7 +286,7 @@ def test_deepcopy_keeps_registries():
     clone = copy.deepcopy(net)
     assert list(clone.state_dict()) == list(net.state_dict())
     assert clone.stem.weight is not net.stem.weight
-    np.testing.assert_array_equal(clone.stem.weight.data, net.stem.weight.data)
+    np.testing.assert_array_equal(clone.stem.weight.array, net.stem.weight.array)
     clone._modules["stem"] = nn.Identity()   # the copy's registries are its own
     assert isinstance(clone.stem, nn.Identity) and isinstance(net.stem, nn.Conv2d)
 
@@ -296,5 +296,5 @@ def test_data_parallel_passes_through_with_torchs_keys():
     wrapped = nn.DataParallel(inner, device_ids=None)
     assert list(wrapped.state_dict()) == ["module.weight", "module.bias"]
     x = fastdl.Tensor(np.ones((4, 2), np.float32))
-    np.testing.assert_array_equal(wrapped(x).data, inner(x).data)
+    np.testing.assert_array_equal(wrapped(x).array, inner(x).array)
     assert wrapped.module is inner

@@ -61,9 +61,9 @@ def test_registration_and_state_dict_names():
 
 def test_manual_seed_makes_init_reproducible_and_kaiming_bounds():
     fastdl.manual_seed(5)
-    a = nn.Conv2d(8, 4, 3).weight.data.copy()
+    a = nn.Conv2d(8, 4, 3).weight.array.copy()
     fastdl.manual_seed(5)
-    b = nn.Conv2d(8, 4, 3).weight.data
+    b = nn.Conv2d(8, 4, 3).weight.array
     np.testing.assert_array_equal(a, b)
     bound = np.sqrt(6 / ((1 + 5) * 8 * 9))  # kaiming_uniform(a=sqrt(5)) = 1/sqrt(fan_in)
     assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
@@ -74,8 +74,8 @@ def test_train_eval_and_batch_norm_uses_running_stats_in_eval(rng):
     x = fastdl.Tensor(rng.normal(size=(4, 2, 3, 3)).astype(np.float32) * 3 + 2)
     bn(x)
     bn.eval()
-    y = bn(x).data
-    expected = (x.data - bn.running_mean.reshape(1, -1, 1, 1)) / np.sqrt(
+    y = bn(x).array
+    expected = (x.array - bn.running_mean.reshape(1, -1, 1, 1)) / np.sqrt(
         bn.running_var.reshape(1, -1, 1, 1) + 1e-5)
     np.testing.assert_allclose(y, expected, rtol=1e-5)
     assert not any(m.training for m in bn.modules())
@@ -100,7 +100,7 @@ def test_load_state_dict_errors_name_the_key():
                                            'Unexpected key\\(s\\) in state_dict: "extra"'):
         model.load_state_dict({"0.weight": state["0.weight"], "extra": np.zeros(1)})
     missing, unexpected = model.load_state_dict({"0.weight": np.ones((2, 3))}, strict=False)
-    assert missing == ["0.bias"] and np.all(model[0].weight.data == 1)
+    assert missing == ["0.bias"] and np.all(model[0].weight.array == 1)
 
 
 def test_save_load_round_trip_restores_identical_outputs(tmp_path, rng):
@@ -110,13 +110,13 @@ def test_save_load_round_trip_restores_identical_outputs(tmp_path, rng):
     model(fastdl.Tensor(rng.normal(size=(2, 3, 8, 8)).astype(np.float32)))  # move BN stats
     model.eval()
     x = fastdl.Tensor(rng.normal(size=(2, 3, 8, 8)).astype(np.float32))
-    expected = model(x).data
+    expected = model(x).array
     path = tmp_path / "resnet8.safetensors"
     fastdl.save(model.state_dict(), path)
     fastdl.manual_seed(1)
     other = resnet8(width=4).eval()
     other.load_state_dict(fastdl.load(path))
-    np.testing.assert_array_equal(other(x).data, expected)
+    np.testing.assert_array_equal(other(x).array, expected)
 
 
 def test_load_rejects_non_safetensors_without_executing(tmp_path):
@@ -190,7 +190,7 @@ def test_sequential_runs_a_conv_and_its_relu_as_one_op_with_the_same_results(rng
     monkeypatch.setattr(F, "conv2d_relu", lambda *a: calls.append(1) or fused_op(*a))
     out = model(x)
     assert calls == [1]
-    np.testing.assert_array_equal(out.data, expected.data)
+    np.testing.assert_array_equal(out.array, expected.array)
 
 
 def test_sequential_leaves_subclassed_layers_unfused(rng, monkeypatch):
@@ -204,6 +204,6 @@ def test_sequential_leaves_subclassed_layers_unfused(rng, monkeypatch):
     monkeypatch.setattr(F, "conv2d_relu", None)   # any fused call would fail
     x = fastdl.Tensor(rng.normal(size=(1, 2, 5, 5)).astype(np.float32))
     conv = Doubling(2, 3, 3)
-    assert np.all(nn.Sequential(conv, nn.ReLU())(x).data >= 0)
+    assert np.all(nn.Sequential(conv, nn.ReLU())(x).array >= 0)
     plain = nn.Conv2d(2, 3, 3)
-    assert np.all(nn.Sequential(plain, Shifted())(x).data >= 1)
+    assert np.all(nn.Sequential(plain, Shifted())(x).array >= 1)

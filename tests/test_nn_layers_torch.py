@@ -137,7 +137,7 @@ def test_layer_matches_torch(name, rng):
         theirs = torch.tensor(x, requires_grad=True)
         # through one op first: torch refuses in-place layers on a leaf that requires grad
         out, expected = ours(mine * 1.0), reference(theirs * 1.0)
-        np.testing.assert_allclose(out.data, expected.detach().numpy(), rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(out.array, expected.detach().numpy(), rtol=1e-7, atol=1e-10)
         grad = rng.normal(size=out.shape)
         out.backward(grad)
         expected.backward(torch.tensor(grad))
@@ -189,7 +189,7 @@ def test_dropout_layers_scale_in_training_and_pass_through_in_eval():
     fastdl.manual_seed(0)
     layer = nn.Dropout(p=0.2)
     x = fastdl.Tensor(np.ones((200, 50), np.float32))
-    y = layer(x).data
+    y = layer(x).array
     assert set(np.unique(y)) == {0.0, np.float32(1 / 0.8)}
     assert abs((y == 0).mean() - 0.2) < 0.02
     layer.eval()
@@ -202,13 +202,13 @@ def test_embedding_matches_torch_and_from_pretrained(rng):
     reference = torch.nn.Embedding(7, 3, padding_idx=-2, max_norm=1.5).double()
     ours = nn.Embedding(7, 3, padding_idx=-2, max_norm=1.5).double()
     assert repr(ours) == repr(reference)
-    assert float(np.abs(ours.weight.data[5]).max()) == 0.0   # the padding row starts at zero
+    assert float(np.abs(ours.weight.array[5]).max()) == 0.0   # the padding row starts at zero
     ours.load_state_dict(reference.state_dict())
     index = rng.integers(0, 7, size=(2, 4))
     out = ours(fastdl.Tensor(index))
     expected = reference(torch.tensor(index))
-    np.testing.assert_allclose(out.data, expected.detach().numpy(), rtol=1e-6)
-    np.testing.assert_allclose(ours.weight.data, reference.weight.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out.array, expected.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ours.weight.array, reference.weight.detach().numpy(), rtol=1e-6)
     frozen = nn.Embedding.from_pretrained(fastdl.Tensor(np.eye(3)))
     assert not frozen.weight.requires_grad and frozen.weight.dtype == np.float64
 
@@ -262,21 +262,21 @@ def test_init_follows_torchs_gains_and_fans():
     fastdl.manual_seed(0)
     weight = nn.Parameter(np.zeros((64, 32, 3, 3), np.float32))
     nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
-    assert weight.data.std() == pytest.approx(np.sqrt(2 / (64 * 9)), rel=0.03)
+    assert weight.array.std() == pytest.approx(np.sqrt(2 / (64 * 9)), rel=0.03)
     nn.init.kaiming_uniform_(weight, a=1.0)
-    assert np.abs(weight.data).max() <= np.sqrt(3) / np.sqrt(32 * 9)
+    assert np.abs(weight.array).max() <= np.sqrt(3) / np.sqrt(32 * 9)
     nn.init.xavier_uniform_(weight, gain=2.0)
     bound = 2.0 * np.sqrt(6 / (32 * 9 + 64 * 9))
-    assert bound * 0.95 < np.abs(weight.data).max() <= bound
+    assert bound * 0.95 < np.abs(weight.array).max() <= bound
     nn.init.trunc_normal_(weight, std=0.02, a=-0.03, b=0.03)
-    assert np.abs(weight.data).max() <= 0.03 and weight.data.std() < 0.02
-    assert nn.init.constant_(weight, 0.5) is weight and np.all(weight.data == 0.5)
+    assert np.abs(weight.array).max() <= 0.03 and weight.array.std() < 0.02
+    assert nn.init.constant_(weight, 0.5) is weight and np.all(weight.array == 0.5)
     square = nn.init.orthogonal_(fastdl.Tensor(np.zeros((3, 5))))
-    np.testing.assert_allclose(square.data @ square.data.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(square.array @ square.array.T, np.eye(3), atol=1e-12)
     conv = nn.Conv2d(3, 3, 3, padding=1, bias=False).double()
     nn.init.dirac_(conv.weight)
     x = fastdl.Tensor(np.random.default_rng(0).normal(size=(1, 3, 4, 4)))
-    np.testing.assert_allclose(conv(x).data, x.data, atol=1e-12)
+    np.testing.assert_allclose(conv(x).array, x.array, atol=1e-12)
     with pytest.raises(ValueError, match="Mode fan_avg not supported"):
         nn.init.kaiming_normal_(weight, mode="fan_avg")
     with pytest.raises(ValueError, match="Unsupported nonlinearity"):

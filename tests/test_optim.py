@@ -104,7 +104,7 @@ def test_trajectory_equals_numpy_reference(kind, hyper, rng):
     for step_grads in gradients:
         numpy_optimizer.step(reference, step_grads)
     for p, expected in zip(params, reference):
-        np.testing.assert_allclose(p.data, expected, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(p.array, expected, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("kind, hyper", [c for c in CONFIGS if c[0] in ("sgd", "adam")][:6])
@@ -121,7 +121,7 @@ def test_trajectory_equals_torch(kind, hyper, rng):
             tensor.grad = torch.tensor(g)
         reference.step()
     for p, tensor in zip(params, tensors):
-        np.testing.assert_allclose(p.data, tensor.detach().numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(p.array, tensor.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("kind, hyper, steps, gamma", [
@@ -136,10 +136,10 @@ def test_minimises_rosenbrock(kind, hyper, steps, gamma):
     schedule = optim.lr_scheduler.StepLR(optimizer, step_size=steps // 3, gamma=gamma)
     for _ in range(steps):
         point.grad = None
-        point._accumulate_grad(optimize.rosen_der(point.data))
+        point._accumulate_grad(optimize.rosen_der(point.array))
         optimizer.step()
         schedule.step()
-    np.testing.assert_allclose(point.data, answer, atol=1e-3)
+    np.testing.assert_allclose(point.array, answer, atol=1e-3)
 
 
 @pytest.mark.parametrize("kind, hyper", [CONFIGS[3], CONFIGS[-1], CONFIGS[-5],
@@ -153,26 +153,26 @@ def test_state_dict_round_trip_continues_bit_for_bit(kind, hyper, rng):
     optimizer = CLASSES[kind](first, **hyper)
     _run(optimizer, first, gradients[:20])
     saved = optimizer.state_dict()
-    resumed = [Parameter(p.data.copy()) for p in first]
+    resumed = [Parameter(p.array.copy()) for p in first]
     optimizer = CLASSES[kind](resumed, **hyper)
     optimizer.load_state_dict(saved)
     _run(optimizer, resumed, gradients[20:])
     for a, b in zip(straight, resumed):
-        assert a.data.tobytes() == b.data.tobytes()
+        assert a.array.tobytes() == b.array.tobytes()
 
 
 def test_frozen_and_gradless_parameters_are_untouched_and_not_advanced(rng):
     a, b, c = (Parameter(rng.normal(size=3)) for _ in range(3))
     b.requires_grad_(False)
-    saved_b, saved_c = b.data.copy(), c.data.copy()
+    saved_b, saved_c = b.array.copy(), c.array.copy()
     optimizer = optim.Adam([a, b, c], lr=0.1)
     for _ in range(3):
         a.grad = None
         a._accumulate_grad(np.ones(3))
         b.grad = np.ones(3)          # even with a gradient, a frozen parameter stays
         optimizer.step()
-    np.testing.assert_array_equal(b.data, saved_b)
-    np.testing.assert_array_equal(c.data, saved_c)
+    np.testing.assert_array_equal(b.array, saved_b)
+    np.testing.assert_array_equal(c.array, saved_c)
     state = optimizer.state_dict()["state"]
     assert set(state) == {0} and state[0]["step"] == 3
 
@@ -184,8 +184,8 @@ def test_parameter_groups_with_their_own_lr_and_decay(rng):
     for p in (a, b):
         p._accumulate_grad(np.ones(2))
     optimizer.step()
-    np.testing.assert_allclose(a.data, 0.9)
-    np.testing.assert_allclose(b.data, 1 - 0.5 * 1.1)
+    np.testing.assert_allclose(a.array, 0.9)
+    np.testing.assert_allclose(b.array, 1 - 0.5 * 1.1)
 
 
 def test_parameters_live_in_one_flat_buffer_and_gradients_accumulate_into_it(rng):
@@ -193,7 +193,7 @@ def test_parameters_live_in_one_flat_buffer_and_gradients_accumulate_into_it(rng
     w = Parameter(rng.normal(size=(2, 3)))
     bias = Parameter(rng.normal(size=3))
     optimizer = optim.SGD([w, bias], lr=0.1)
-    assert w.data.base is optimizer.flat_params and bias.data.base is optimizer.flat_params
+    assert w.array.base is optimizer.flat_params and bias.array.base is optimizer.flat_params
     ((Tensor(np.ones((4, 2))) @ w + bias).sum()).backward()
     assert np.shares_memory(w.grad, optimizer.flat_grads)
     np.testing.assert_array_equal(optimizer.flat_grads[6:], 4.0)

@@ -146,7 +146,7 @@ def test_state_dict_layout_is_torchs_and_loads_both_ways(name, hyper, rng):
         resumed = [Parameter(t.detach().numpy().copy()) for t in theirs]
         continued = getattr(optim, name)(resumed, **hyper)
         continued.load_state_dict(_torch_state_dict_as_arrays(torchs))
-        crossed = [torch.tensor(p.data.copy(), requires_grad=True) for p in ours]
+        crossed = [torch.tensor(p.array.copy(), requires_grad=True) for p in ours]
         crossed_reference = getattr(torch.optim, name)(crossed, **hyper)
         crossed_reference.load_state_dict({
             "state": {i: {k: torch.tensor(np.asarray(v)) for k, v in e.items()
@@ -241,21 +241,21 @@ class TorchStyleMomentum(optim.Optimizer):
 
 def test_a_fused_optimizer_written_through_the_documented_hook(rng):
     params = [Parameter(rng.normal(size=s)) for s in SHAPES]
-    before = [p.data.copy() for p in params]
+    before = [p.array.copy() for p in params]
     optimizer = SignSGD(params, lr=0.1)
     grads = [rng.normal(size=s) for s in SHAPES]
     grads[1][0] = 0.0
     params[2].requires_grad_(False)
     _step(optimizer, params, grads)
     for p, b, g in zip(params[:2], before, grads):
-        np.testing.assert_allclose(p.data, b - 0.1 * np.sign(g))
-    np.testing.assert_array_equal(params[2].data, before[2])   # frozen
+        np.testing.assert_allclose(p.array, b - 0.1 * np.sign(g))
+    np.testing.assert_array_equal(params[2].array, before[2])   # frozen
     saved = optimizer.state_dict()
     assert saved["state"][0]["step"] == 1 and 2 not in saved["state"]
     np.testing.assert_array_equal(saved["state"][1]["last_sign"], np.sign(grads[1]))
     with pytest.raises(ValueError, match="Invalid learning rate: -1"):
         SignSGD(params, lr=-1)
-    again = SignSGD([Parameter(p.data.copy()) for p in params], lr=0.1)
+    again = SignSGD([Parameter(p.array.copy()) for p in params], lr=0.1)
     again.load_state_dict(saved)
     assert again.state_dict()["state"][0]["step"] == 1
 
@@ -274,7 +274,7 @@ def test_a_torch_style_optimizer_runs_and_saves_its_state(rng):
     saved = optimizer.state_dict()
     np.testing.assert_allclose(saved["state"][0]["buffer"],
                                reference.state[theirs[0]]["momentum_buffer"].numpy())
-    resumed = TorchStyleMomentum([Parameter(p.data.copy()) for p in params])
+    resumed = TorchStyleMomentum([Parameter(p.array.copy()) for p in params])
     resumed.load_state_dict(saved)
     np.testing.assert_array_equal(resumed.state[resumed.params[1]]["buffer"],
                                   saved["state"][1]["buffer"])

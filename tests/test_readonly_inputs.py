@@ -198,7 +198,7 @@ def test_inference_plans_take_read_only_inputs_and_weights(rng, tmp_path):
     with fastdl.no_grad():
         eager = model(fastdl.Tensor(x)).numpy()
     for parameter in model.parameters():
-        parameter.data = readonly(parameter.data)
+        parameter.data = readonly(parameter.array)
     plan = fastdl.deploy.compile(model, readonly(x))
     for batch in (4, 1):   # batch 1 takes other paths (a direct chain further on)
         want = writable_plan(x[:batch].copy())

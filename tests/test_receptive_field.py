@@ -14,7 +14,7 @@ def _extent_read(model, size, axis):
     back-propagating ones through all-ones weights from interior outputs."""
     model = model.double()
     for parameter in model.parameters():
-        parameter.data[...] = 1.0
+        parameter.array[...] = 1.0
     widest = 0
     with_grad = fastdl.Tensor(np.zeros((1, 1, size, size)), requires_grad=True)
     out_length = model(with_grad).shape[2 + axis]

@@ -256,8 +256,8 @@ def test_grad_is_a_tensor_over_the_optimizers_flat_buffer():
     model(fastdl.randn(4, 3)).sum().backward()
     weight = model.weight
     assert isinstance(weight.grad, fastdl.Tensor) and not weight.grad.requires_grad
-    assert isinstance(weight.grad.data, np.ndarray)
-    assert np.shares_memory(weight.grad.data, optimizer.flat_grads)
+    assert isinstance(weight.grad.array, np.ndarray)
+    assert np.shares_memory(weight.grad.array, optimizer.flat_grads)
     total = sum(p.grad.norm() ** 2 for p in model.parameters()).sqrt()
     assert total.item() > 0
     weight.grad.zero_()                          # writes the optimizer's buffer

@@ -121,14 +121,14 @@ def test_fine_tuning_freezes_the_body_and_trains_a_new_head(digits):
     model = lenet5(input_size=8)
     Trainer(model, optim.Adam(model.parameters(), 3e-3), nn.CrossEntropyLoss(),
             progress=False).fit(DataLoader(digits.train, 32, shuffle=True), epochs=8)
-    body = [p.data.copy() for p in model.parameters()][:-2]
+    body = [p.array.copy() for p in model.parameters()][:-2]
     model.requires_grad_(False)
     model[-1] = nn.Linear(84, 10)                 # new head, trainable
     optimizer = optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     Trainer(model, optimizer, nn.CrossEntropyLoss(), progress=False).fit(
         DataLoader(digits.train, 32, shuffle=True), epochs=6)
     for before, p in zip(body, list(model.parameters())[:-2]):
-        np.testing.assert_array_equal(before, p.data)
+        np.testing.assert_array_equal(before, p.array)
     accuracy = Trainer(model, optimizer, nn.CrossEntropyLoss(),
                        progress=False).evaluate(DataLoader(digits.test, 512))["accuracy"]
     assert accuracy > 0.8

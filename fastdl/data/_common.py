@@ -32,7 +32,7 @@ def as_tensor(array):
 
 def as_array(value):
     """The ndarray under a Tensor, or ``np.asarray(value)``."""
-    return value.data if is_tensor(value) else np.asarray(value)
+    return value.array if is_tensor(value) else np.asarray(value)
 
 
 def like(result, original):

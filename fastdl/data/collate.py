@@ -51,7 +51,7 @@ def default_collate(batch):
     """
     elem = batch[0]
     if is_tensor(elem):
-        return _stack([np.asarray(sample.data) for sample in batch])
+        return _stack([sample.array for sample in batch])
     if isinstance(elem, (str, bytes)):
         return batch
     if isinstance(elem, np.ndarray):

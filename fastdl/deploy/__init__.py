@@ -45,7 +45,7 @@ def compile(model, example_input, max_shapes=4):
         Naming the module that cannot be compiled.
     """
     from fastdl.deploy.compiler import build_graph
-    example = np.asarray(getattr(example_input, "data", example_input))
+    example = np.asarray(getattr(example_input, "array", example_input))
     if example.ndim != 4:
         raise ValueError("deploy.compile: example_input must be (N, C, H, W), got shape %s"
                          % (example.shape,))

@@ -142,8 +142,8 @@ def _bn_arrays(bn):
     if bn.running_mean is None:
         raise ValueError("deploy.compile: %r has no running statistics (track_running_stats="
                          "False); it cannot be folded for inference" % (bn,))
-    weight = None if bn.weight is None else bn.weight.data
-    bias = None if bn.bias is None else bn.bias.data
+    weight = None if bn.weight is None else bn.weight.array
+    bias = None if bn.bias is None else bn.bias.array
     return bn.running_mean, bn.running_var, bn.eps, weight, bias
 
 
@@ -174,8 +174,8 @@ def _zero_padding(name, conv):
 
 
 def _conv(builder, name, conv, value, bn=None, slope=None, residual=None):
-    weight = conv.weight.data
-    bias = None if conv.bias is None else conv.bias.data
+    weight = conv.weight.array
+    bias = None if conv.bias is None else conv.bias.array
     transposed = isinstance(conv, nn.ConvTranspose2d)
     if bn is not None:
         weight, bias = fuse_conv_bn_weights(weight, bias, *_bn_arrays(bn),
@@ -204,8 +204,8 @@ def _lower_conv(builder, path, conv, value, following):
 @register_lowering(nn.Linear)
 def _lower_linear(builder, path, linear, value, following):
     bn = following.take(nn.BatchNorm1d)
-    weight = linear.weight.data
-    bias = None if linear.bias is None else linear.bias.data
+    weight = linear.weight.array
+    bias = None if linear.bias is None else linear.bias.array
     if bn is not None:
         weight, bias = fuse_linear_bn_weights(weight, bias, *_bn_arrays(bn))
     slope = _take_activation(following)

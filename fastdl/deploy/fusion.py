@@ -116,9 +116,9 @@ def fuse_conv_bn(conv, bn):
     _check_eval_bn(bn, BatchNorm2d)
     fused = copy.deepcopy(conv)
     weight, bias = fuse_conv_bn_weights(
-        conv.weight.data, None if conv.bias is None else conv.bias.data, bn.running_mean,
-        bn.running_var, bn.eps, None if bn.weight is None else bn.weight.data,
-        None if bn.bias is None else bn.bias.data,
+        conv.weight.array, None if conv.bias is None else conv.bias.array, bn.running_mean,
+        bn.running_var, bn.eps, None if bn.weight is None else bn.weight.array,
+        None if bn.bias is None else bn.bias.array,
         transposed=isinstance(conv, ConvTranspose2d), groups=conv.groups)
     fused.weight = Parameter(weight)
     fused.bias = Parameter(bias)
@@ -133,9 +133,9 @@ def fuse_linear_bn(linear, bn):
     _check_eval_bn(bn, BatchNorm1d)
     fused = copy.deepcopy(linear)
     weight, bias = fuse_linear_bn_weights(
-        linear.weight.data, None if linear.bias is None else linear.bias.data,
+        linear.weight.array, None if linear.bias is None else linear.bias.array,
         bn.running_mean, bn.running_var, bn.eps,
-        None if bn.weight is None else bn.weight.data, None if bn.bias is None else
-        bn.bias.data)
+        None if bn.weight is None else bn.weight.array, None if bn.bias is None else
+        bn.bias.array)
     fused.weight, fused.bias = Parameter(weight), Parameter(bias)
     return fused

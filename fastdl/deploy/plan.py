@@ -98,7 +98,7 @@ class InferencePlan:
     def run(self, x):
         """Run the plan on ``x (N, C, H, W)``; returns a new ndarray."""
         if not isinstance(x, np.ndarray):
-            x = np.asarray(getattr(x, "data", x))
+            x = np.asarray(getattr(x, "array", x))
         if x.ndim != 4 or x.shape[1:] != self.input_shape:
             raise ValueError("InferencePlan: expected input (N, %d, %d, %d), got shape %s"
                              % (self.input_shape + (x.shape,)))

@@ -16,7 +16,7 @@ def broadcast_parameters(model, root=0, group=None):
     group = group or get_group()
     if group.size == 1:
         return
-    arrays = [p.data for p in model.parameters()] + [b for b in model.buffers()]
+    arrays = [p.array for p in model.parameters()] + [b for b in model.buffers()]
     for dtype, members in _flat_by_dtype(arrays).items():
         flat = np.concatenate([a.reshape(-1) for a in members]).astype(dtype, copy=False)
         group.broadcast_(flat, root)

@@ -9,7 +9,7 @@ def data_of(value):
     """The ndarray behind a Tensor or array-like (None stays None)."""
     if value is None:
         return None
-    return value.data if isinstance(value, Tensor) else np.asarray(value)
+    return value.array if isinstance(value, Tensor) else np.asarray(value)
 
 
 def as_tensor(value):
@@ -37,6 +37,6 @@ def finish_inplace(input, output, inplace):
     if not inplace or output.requires_grad:
         return output
     target = data_of(input)
-    if target is not output.data:
-        np.copyto(target, output.data)
+    if target is not output.array:
+        np.copyto(target, output.array)
     return input if isinstance(input, Tensor) else output

@@ -41,7 +41,7 @@ class StateDictError(RuntimeError, KeyError, ValueError):
 def _as_array(value):
     """The ndarray behind a fastdl Tensor, a torch tensor (duck-typed) or an array-like."""
     if isinstance(value, Tensor):
-        return value.data
+        return value.array
     if not isinstance(value, np.ndarray) and hasattr(value, "detach") and hasattr(value,
                                                                                   "numpy"):
         return value.detach().cpu().numpy()
@@ -54,11 +54,11 @@ class StateDictMixin:
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         for name, parameter in self._parameters.items():
             if parameter is not None:
-                destination[prefix + name] = parameter if keep_vars else parameter.data
+                destination[prefix + name] = parameter if keep_vars else parameter.array
         for name, buffer in self._buffers.items():
             if buffer is not None and name not in self._non_persistent_buffers_set:
                 destination[prefix + name] = (buffer if keep_vars or isinstance(buffer, np.ndarray)
-                                              else buffer.data)
+                                              else buffer.array)
 
     def state_dict(self, *, destination=None, prefix="", keep_vars=False):
         """Parameters and persistent buffers by dotted name, as ndarrays (shared, not copied).
@@ -92,7 +92,7 @@ class StateDictMixin:
                 missing_keys.append(key)
                 continue
             source = _as_array(state_dict[key])
-            destination = target.data if isinstance(target, Tensor) else target
+            destination = target.array if isinstance(target, Tensor) else target
             if destination.ndim == 0 and source.shape == (1,):
                 source = source.reshape(())   # torch's allowance for old 0-d checkpoints
             if source.shape != destination.shape:

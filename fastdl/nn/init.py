@@ -17,7 +17,7 @@ __all__ = ["calculate_gain", "calculate_fan_in_and_fan_out", "constant_", "dirac
 
 
 def _array(tensor):
-    return tensor if isinstance(tensor, np.ndarray) else tensor.data
+    return tensor if isinstance(tensor, np.ndarray) else tensor.array
 
 
 def _fill(tensor, values):

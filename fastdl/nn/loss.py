@@ -22,7 +22,7 @@ def _array(value):
     """A weight as a float ndarray (Tensors unwrapped), or None."""
     if value is None:
         return None
-    return np.asarray(getattr(value, "data", value), dtype=np.float64)
+    return np.asarray(getattr(value, "array", value), dtype=np.float64)
 
 
 class _Loss(Module):

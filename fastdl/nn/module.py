@@ -379,7 +379,7 @@ class Module(StateDictMixin):
 
     def _cast(self, dtype):
         for parameter in self.parameters():
-            parameter.data = parameter.data.astype(dtype)
+            parameter.data = parameter.array.astype(dtype)
             parameter.grad = None
         for module in self.modules():
             for name, buffer in list(module._buffers.items()):

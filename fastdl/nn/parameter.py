@@ -16,7 +16,7 @@ class Parameter(Tensor):
     __slots__ = ()
 
     def __init__(self, data, requires_grad=True):
-        data = data.data if isinstance(data, Tensor) else data
+        data = data.array if isinstance(data, Tensor) else data
         super().__init__(np.asarray(data), requires_grad=requires_grad)
 
     def __repr__(self):

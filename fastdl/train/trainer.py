@@ -131,9 +131,9 @@ class Trainer:
             from fastdl.optim.clip import clip_grad_norm_
             norm = clip_grad_norm_(self.model.parameters(), self.grad_clip)
             if not math.isfinite(norm):
-                return value, logits.data
+                return value, logits.array
         self.optimizer.step()
-        return value, logits.data
+        return value, logits.array
 
     def _reduce(self, values):
         """Sum ``values`` over ranks (identity in one process)."""
@@ -240,8 +240,8 @@ class Trainer:
                     output = self.model(autograd.Tensor(x))
                     loss = self.loss_fn(output, y).item()
                     if scores is None:
-                        scores = self._scores(output.data, y, keep=True)
-                    scores.add(loss, output.data, y)
+                        scores = self._scores(output.array, y, keep=True)
+                    scores.add(loss, output.array, y)
         finally:
             self.model.train(was_training)
         if scores is None:   # an empty loader
@@ -278,7 +278,7 @@ def _process_group(distributed):
 
 def _unwrap(batch):
     """A loader's Tensor as its ndarray (the metrics and the task inference read arrays)."""
-    return batch.data if isinstance(batch, autograd.Tensor) else batch
+    return batch.array if isinstance(batch, autograd.Tensor) else batch
 
 
 def predict_logits(model, x, batch_size=256):
@@ -288,7 +288,7 @@ def predict_logits(model, x, batch_size=256):
     try:
         with autograd.no_grad():
             outputs = [model(autograd.Tensor(np.ascontiguousarray(
-                x[i:i + batch_size], dtype=np.float32))).data
+                x[i:i + batch_size], dtype=np.float32))).array
                 for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
@@ -297,7 +297,7 @@ def predict_logits(model, x, batch_size=256):
 
 def predict_proba(model, x, batch_size=256):
     """Softmax probabilities of ``model`` on ``x``."""
-    return softmax(predict_logits(model, x, batch_size), 1).data
+    return softmax(predict_logits(model, x, batch_size), 1).array
 
 
 __all__ = ["Trainer", "TrainingDiverged", "predict_logits", "predict_proba", "accuracy"]

@@ -1,0 +1,88 @@
+"""PyTorch idioms that real CNN programs use, run unchanged with fastdl in torch's place:
+``.data`` as a detached Tensor sharing the array."""
+import numpy as np
+import pytest
+
+import fastdl
+import fastdl.nn as nn
+import fastdl.nn.functional as F
+import fastdl.optim as optim
+
+
+# ------------------------------------------------------------------------ .data
+def test_data_max_gives_the_argmax_indices_as_torchs():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 5)).astype(np.float32)
+    output = nn.Linear(5, 5)(fastdl.tensor(logits))
+    pred = output.data.max(1)[1]                      # the classic accuracy line
+    np.testing.assert_array_equal(np.asarray(pred), np.argmax(np.asarray(output), 1))
+    reference = torch.tensor(np.asarray(output)).data.max(1)[1]
+    np.testing.assert_array_equal(np.asarray(pred), reference.numpy())
+    target = fastdl.tensor(np.argmax(np.asarray(output), 1))
+    assert pred.eq(target.data.view_as(pred)).sum().item() == 6
+
+
+def test_data_is_a_detached_tensor_sharing_the_array():
+    x = fastdl.randn(3, 4, requires_grad=True)
+    y = (x * 2).sum(1)
+    for t in (x, y):
+        data = t.data
+        assert isinstance(data, fastdl.Tensor) and not isinstance(data, nn.Parameter)
+        assert not data.requires_grad and data.is_leaf and data.grad_fn is None
+        assert data.shape == t.shape and data.dtype == t.dtype
+        assert np.shares_memory(np.asarray(data), np.asarray(t))
+    x.data[0, 0] = 5.0                                    # writes through, unrecorded
+    assert x[0, 0].item() == 5.0 and x.is_leaf
+
+
+def test_weight_data_normal_changes_the_weight_and_the_optimizer_steps_from_it():
+    fastdl.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    model.weight.data.normal_(0.0, 0.02)                  # DCGAN-style init after packing
+    model.bias.data.zero_()
+    weight = model.weight.numpy().copy()
+    assert np.abs(weight).max() < 0.2 and np.all(model.bias.numpy() == 0)
+    assert np.shares_memory(model.weight.array, optimizer.flat_params)
+    x = fastdl.randn(5, 4)
+    model(x).sum().backward()
+    grad = model.weight.grad.numpy().copy()
+    optimizer.step()
+    np.testing.assert_allclose(model.weight.numpy(), weight - 0.1 * grad, rtol=1e-6)
+    np.testing.assert_allclose(model.bias.numpy(), -0.1 * 5 * np.ones(3), rtol=1e-6)
+
+
+def test_in_place_writes_through_data_land_in_the_optimizers_buffer():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((3, 2)).astype(np.float32)
+    ours = nn.Parameter(w0.copy())
+    theirs = torch.nn.Parameter(torch.tensor(w0))
+    opt_ours = optim.SGD([ours], lr=0.5, momentum=0.9)
+    opt_theirs = torch.optim.SGD([theirs], lr=0.5, momentum=0.9)
+    for step in range(3):
+        for p, lib in ((ours, fastdl), (theirs, torch)):
+            p.data.add_(lib.ones(3, 2), alpha=0.25)
+            p.data.mul_(0.5)
+            if step == 1:
+                p.data.copy_(lib.full((3, 2), 0.75))
+                p.data.clamp_(max=0.5)
+        for opt, p in ((opt_ours, ours), (opt_theirs, theirs)):
+            opt.zero_grad()
+            (p * p).sum().backward()
+            p.grad.data.mul_(2.0)                          # gradients too, through .data
+            opt.step()
+        np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), rtol=1e-6)
+    ours.data.zero_()
+    assert np.all(opt_ours.flat_params == 0)
+
+
+def test_data_of_a_recorded_tensor_is_not_recorded():
+    x = fastdl.randn(4, requires_grad=True)
+    y = x * 3
+    y.data.fill_(1.0)                                     # no error, no record
+    assert y.grad_fn is not None and np.all(y.numpy() == 1.0)
+    with pytest.raises(RuntimeError):
+        x.add_(1.0)                                      # a leaf requiring grad still refuses
+    x.data.add_(1.0)
