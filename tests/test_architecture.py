@@ -49,7 +49,8 @@ FLOORS = [
     ("autograd", ["fastdl.autograd", "fastdl.grad_mode", "fastdl.tensor_*",
                   "fastdl.creation"]),
     ("functional", ["fastdl.functional"]),
-    ("layers", ["fastdl.nn", "fastdl.optim", "fastdl.data"]),
+    # fastdl.ops: torchvision.ops' names (box losses, RoI Align), functions and layers
+    ("layers", ["fastdl.nn", "fastdl.optim", "fastdl.data", "fastdl.ops"]),
     # fastdl.utils: torch's paths (torch.utils.data, ...data.distributed) as aliases
     ("models", ["fastdl.models", "fastdl.distributed", "fastdl.detection", "fastdl.testing",
                 "fastdl.serialization", "fastdl.utils"]),
