@@ -1,6 +1,7 @@
 """Differentiable losses, named and ordered as ``torch.nn.functional``; L1/L2 penalties.
 
-Class losses (``cross_entropy``, ``nll_loss``, ``focal_loss``) take logits or
+Class losses (``cross_entropy``, ``nll_loss``, ``focal_loss``; the binary
+``sigmoid_focal_loss`` of RetinaNet) take logits or
 log-probabilities with class indices or probabilities; pointwise losses
 (``mse_loss``, ``l1_loss``, ``smooth_l1_loss``, ``huber_loss``,
 ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``,
@@ -17,6 +18,7 @@ import numpy as np
 
 from fastdl.autograd import Function, Tensor
 from fastdl.functional._util import as_tensor, check_float, check_reduction, data_of
+from fastdl.kernels import detection as detection_kernels
 from fastdl.kernels import loss as kernels
 from fastdl.kernels.loss import LossInputError
 
@@ -144,6 +146,65 @@ def focal_loss(input, target, alpha=None, gamma=2.0, reduction="mean", ignore_in
 def _focal_kernel(logits, target, reduction, weight, **options):
     return kernels.focal_loss_forward_backward(logits, target, weight, reduction=reduction,
                                                **options)
+
+
+class _SigmoidFocal(Function):
+    """Inputs: (logits, targets); the kernel returns the elementwise loss and its gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, alpha, gamma, reduction):
+        loss, grad = detection_kernels.sigmoid_focal_loss_forward_backward(logits, targets,
+                                                                           alpha, gamma)
+        ctx.save_for_backward(grad)
+        ctx.reduction = reduction
+        if reduction == "none":
+            return loss
+        total = np.sum(loss, dtype=np.float64)
+        if reduction == "mean":
+            total = total / loss.size if loss.size else np.nan
+        return np.asarray(total, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        scale = np.asarray(grad_output, dtype=grad.dtype)
+        if ctx.reduction == "mean":
+            scale = scale / grad.dtype.type(grad.size)
+        return grad * scale, None
+
+
+def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
+    """RetinaNet's binary focal loss from logits, as ``torchvision.ops.sigmoid_focal_loss``.
+
+    ``loss = alpha_t (1 - p_t)^gamma BCE_with_logits(inputs, targets)`` with
+    ``p = sigmoid(inputs)``, ``p_t = p t + (1 - p)(1 - t)`` and
+    ``alpha_t = alpha t + (1 - alpha)(1 - t)`` (no weighting when ``alpha < 0``).
+    ``gamma = 0, alpha < 0`` is BCE-with-logits exactly; the gradient stays finite
+    for ``gamma < 1`` at saturated logits (``p_t = 1``).
+
+    Parameters
+    ----------
+    inputs : Tensor or ndarray, float32 or float64, any shape (logits)
+    targets : same shape, in [0, 1] (receives no gradient)
+    alpha : float in [0, 1], or negative to disable
+    gamma : float >= 0
+    reduction : ``'none'`` | ``'mean'`` | ``'sum'``
+    """
+    op = "sigmoid_focal_loss"
+    logits = check_float(op, "inputs", inputs)
+    labels = data_of(targets)
+    if labels.shape != logits.shape:
+        raise ValueError("%s: targets shape %s must be the same as inputs shape %s"
+                         % (op, labels.shape, logits.shape))
+    if not isinstance(gamma, numbers.Real) or isinstance(gamma, bool) or not gamma >= 0:
+        raise ValueError("%s: gamma must be a number >= 0, got %r" % (op, gamma))
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or alpha > 1 or \
+            alpha != alpha:
+        raise ValueError("%s: alpha must be in [0, 1] (or negative to disable), got %r"
+                         % (op, alpha))
+    check_reduction(op, reduction)
+    return _SigmoidFocal.apply(as_tensor(inputs), labels.astype(logits.dtype, copy=False),
+                               float(alpha), float(gamma), reduction)
 
 
 # ------------------------------------------------------------------ pointwise losses
