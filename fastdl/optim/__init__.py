@@ -55,7 +55,8 @@ from fastdl.optim.algorithms import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW
                                      RMSprop)
 from fastdl.optim.clip import clip_grad_norm_, clip_grad_value_
 from fastdl.optim.optimizer import Optimizer, check_non_negative
+from fastdl.optim.proximal import ProximalL1
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer",
            "RAdam", "RMSprop", "check_non_negative", "clip_grad_norm_", "clip_grad_value_",
-           "lr_scheduler"]
+           "lr_scheduler", "ProximalL1"]
