@@ -51,8 +51,8 @@ class _Encoder:
     def encode(self, value, where, name):
         if value is None or type(value) in (bool, int, float, str):
             return value
-        if isinstance(value, Tensor):
-            return {"tensor": self._store(value, value.numpy(), where, name)}
+        if isinstance(value, Tensor):   # keyed by its array: a state dict's tied weights once
+            return {"tensor": self._store(value.array, value.numpy(), where, name)}
         if isinstance(value, np.ndarray):
             return {"ndarray": self._store(value, value, where, name)}
         if isinstance(value, np.generic):
@@ -240,9 +240,11 @@ def load(f, map_location=None, pickle_module=None, *, weights_only=None, mmap=No
     Returns
     -------
     object
-        Exactly the saved structure. A file without one (an earlier
-        ``fastdl.save`` of a state dict, any safetensors file) loads as a dict
-        of name → ndarray.
+        Exactly the saved structure: Tensors load as Tensors and ndarrays as
+        ndarrays, so a saved ``model.state_dict()`` loads as torch.load gives it,
+        name → Tensor (tied weights saved once load as one Tensor). A file without
+        the structure (an earlier ``fastdl.save`` of a state dict, any safetensors
+        file) loads as a dict of name → ndarray.
 
     Raises
     ------

@@ -280,7 +280,7 @@ def test_failed_resume_leaves_the_model_untouched(tmp_path, trained_runs):
     root, _ = trained_runs
     fastdl.manual_seed(0)
     model = _make_model("lenet5", (1, 8, 8), 2)
-    before = {k: v.copy() for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     args = cli.build_parser().parse_args(["train", "--data", "d.npz"] + FAST)
     with pytest.raises(UsageError, match="resume"):
         _check_resume(str(root / "resnet8" / "checkpoint.safetensors"), "lenet5", (1, 8, 8),

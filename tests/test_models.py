@@ -18,7 +18,7 @@ def _run_fastdl(model, x, target):
 
 
 def _params(model):
-    return {name: value.copy() for name, value in model.state_dict().items()}
+    return {name: value.numpy().copy() for name, value in model.state_dict().items()}
 
 
 def test_lenet5_matches_numpy_reference(rng):
@@ -80,7 +80,7 @@ def test_models_match_torch_when_available(rng):
         torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
         torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
         torch.nn.Linear(84, 10)).double()
-    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    reference.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in model.state_dict().items()})
     x = rng.normal(size=(4, 1, 28, 28))
     with fastdl.no_grad():
         ours = model(fastdl.Tensor(x)).array

@@ -119,7 +119,7 @@ def test_attribute_rules():
     with pytest.raises(TypeError, match="buffer 'stat'"):
         module.stat = [1, 2]
     module.stat = fastdl.Tensor(np.ones(3))   # a Tensor buffer is kept as a Tensor
-    assert isinstance(module.state_dict()["stat"], np.ndarray)
+    assert isinstance(module.state_dict()["stat"], fastdl.Tensor)
     module.weight = None
     assert "weight" in module._parameters and module.weight is None
     module.child = nn.Identity()

@@ -86,3 +86,79 @@ def test_data_of_a_recorded_tensor_is_not_recorded():
     with pytest.raises(RuntimeError):
         x.add_(1.0)                                      # a leaf requiring grad still refuses
     x.data.add_(1.0)
+
+
+# ------------------------------------------------------------------ state_dict
+def _train_a_step(model, optimizer):
+    optimizer.zero_grad()
+    F.cross_entropy(model(fastdl.randn(4, 1, 6, 6)), fastdl.tensor([0, 1, 2, 1])).backward()
+    optimizer.step()
+
+
+def _small_cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(64, 3))
+
+
+def test_state_dict_values_are_detached_tensors_sharing_memory_as_torchs():
+    torch = pytest.importorskip("torch")
+    fastdl.manual_seed(0)
+    model = _small_cnn()
+    reference = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                    torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    state, expected = model.state_dict(), reference.state_dict()
+    assert list(state) == list(expected)
+    for key, value in state.items():
+        assert isinstance(value, fastdl.Tensor) and not value.requires_grad, key
+        assert tuple(value.shape) == tuple(expected[key].shape), key
+        assert str(value.dtype) == str(expected[key].dtype).replace("torch.", ""), key
+    assert np.shares_memory(np.asarray(state["0.weight"]), model[0].weight.array)
+    assert np.shares_memory(np.asarray(state["1.running_mean"]), np.asarray(model[1].running_mean))
+    state["4.bias"].zero_()                                 # writes reach the module
+    assert np.all(model[4].bias.numpy() == 0)
+
+
+def test_state_dict_snapshots_by_clone_and_deepcopy_survive_training():
+    import copy
+    fastdl.manual_seed(1)
+    model = _small_cnn()
+    optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train_a_step(model, optimizer)
+    cloned = {k: v.cpu().clone() for k, v in model.state_dict().items()}
+    best = copy.deepcopy(model.state_dict())
+    values = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    for _ in range(2):
+        _train_a_step(model, optimizer)
+    assert not np.array_equal(model[0].weight.numpy(), values["0.weight"])
+    for snapshot in (cloned, best):
+        for key, value in snapshot.items():
+            np.testing.assert_array_equal(np.asarray(value), values[key], err_msg=key)
+    model.load_state_dict(best)
+    np.testing.assert_array_equal(model[0].weight.numpy(), values["0.weight"])
+    _train_a_step(model, optimizer)                         # the optimizer steps what it loaded
+
+
+def test_a_saved_state_dict_loads_as_tensors(tmp_path):
+    fastdl.manual_seed(2)
+    model = _small_cnn()
+    path = str(tmp_path / "model.pt")
+    fastdl.save(model.state_dict(), path)
+    loaded = fastdl.load(path)
+    assert list(loaded) == list(model.state_dict())
+    for key, value in loaded.items():
+        assert isinstance(value, fastdl.Tensor) and not value.requires_grad, key
+        np.testing.assert_array_equal(value.numpy(), model.state_dict()[key].numpy())
+    other = _small_cnn()
+    other.load_state_dict(loaded)
+    x = fastdl.randn(2, 1, 6, 6)
+    np.testing.assert_array_equal(other.eval()(x).numpy(), model.eval()(x).numpy())
+
+
+def test_tied_weights_are_saved_once_and_load_as_one_tensor(tmp_path):
+    encoder, decoder = nn.Linear(3, 3), nn.Linear(3, 3)
+    decoder.weight = encoder.weight
+    model = nn.Sequential(encoder, decoder)
+    path = str(tmp_path / "tied.pt")
+    fastdl.save(model.state_dict(), path)
+    loaded = fastdl.load(path)
+    assert loaded["0.weight"] is loaded["1.weight"]

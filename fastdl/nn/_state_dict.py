@@ -54,18 +54,26 @@ class StateDictMixin:
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         for name, parameter in self._parameters.items():
             if parameter is not None:
-                destination[prefix + name] = parameter if keep_vars else parameter.array
+                destination[prefix + name] = parameter if keep_vars else parameter.data
         for name, buffer in self._buffers.items():
             if buffer is not None and name not in self._non_persistent_buffers_set:
-                destination[prefix + name] = (buffer if keep_vars or isinstance(buffer, np.ndarray)
-                                              else buffer.array)
+                if keep_vars:
+                    destination[prefix + name] = buffer
+                elif isinstance(buffer, Tensor):
+                    destination[prefix + name] = buffer.data
+                else:                              # an ndarray buffer: a Tensor over it
+                    destination[prefix + name] = Tensor(buffer)
 
     def state_dict(self, *, destination=None, prefix="", keep_vars=False):
-        """Parameters and persistent buffers by dotted name, as ndarrays (shared, not copied).
+        """Parameters and persistent buffers by dotted name, as Tensors (shared, not copied).
 
-        Order and names as torch's: a module's parameters, its buffers, then each
-        child's entries under ``child_name.``. A shared parameter appears under
-        every name. ``keep_vars=True`` gives the Parameters themselves.
+        As torch's: each value is a detached Tensor (``requires_grad`` False) over the
+        parameter's or buffer's own array, so writing into it changes the module and
+        ``{k: v.clone() for k, v in sd.items()}`` or ``copy.deepcopy(sd)`` snapshot it;
+        ``np.asarray(v)`` or ``v.numpy()`` is the ndarray. Order and names as torch's: a
+        module's parameters, its buffers, then each child's entries under
+        ``child_name.``. A shared parameter appears under every name (over one array).
+        ``keep_vars=True`` gives the Parameters and buffers themselves.
         """
         if destination is None:
             destination = OrderedDict()

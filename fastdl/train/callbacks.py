@@ -86,7 +86,7 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, record["epoch"], 0
             if self.restore_best:
-                self.best_state = {k: v.copy() for k, v in trainer.model.state_dict().items()}
+                self.best_state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         else:
             self.wait += 1
             if self.wait > self.patience:

@@ -15,7 +15,7 @@ FORMAT = "fastdl-checkpoint-1"
 
 def save_checkpoint(path, model, optimizer=None, scheduler=None, extra=None):
     """Write ``model`` (+ optimizer/scheduler state and ``extra`` JSON data) to ``path``."""
-    tensors = {"model." + k: v for k, v in model.state_dict().items()}
+    tensors = {"model." + k: np.asarray(v) for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "extra": extra or {},
             "rng": fastdl_random.get_rng_state()}
     if optimizer is not None:

@@ -63,7 +63,7 @@ def main():
                     failures.append("%s: %s differs by %.3g" % (
                         label, name, np.abs(ours - theirs).max()))
         # every rank ends with the same parameters
-        first = model.state_dict()["0.weight"].copy()
+        first = model.state_dict()["0.weight"].numpy().copy()
         distributed.get_group().broadcast_(first)
         if not np.array_equal(first, model.state_dict()["0.weight"]):
             failures.append("%s: ranks disagree" % label)
