@@ -15,7 +15,8 @@ from fastdl.functional.linear import linear
 from fastdl.functional.loss import (binary_cross_entropy, binary_cross_entropy_with_logits,
                                     cosine_embedding_loss, cross_entropy, focal_loss,
                                     huber_loss, kl_div, l1_loss, l1_penalty, l2_penalty,
-                                    mse_loss, nll_loss, smooth_l1_loss, soft_margin_loss)
+                                    mse_loss, nll_loss, sigmoid_focal_loss, smooth_l1_loss,
+                                    soft_margin_loss)
 from fastdl.functional.normalization import (batch_norm, group_norm, instance_norm, layer_norm,
                                              local_response_norm, normalize)
 from fastdl.functional.padding import pad
@@ -39,6 +40,6 @@ __all__ = ["adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
            "l1_penalty", "l2_penalty", "layer_norm", "leaky_relu", "linear", "local_response_norm",
            "log_softmax", "logsigmoid", "max_pool1d", "max_pool2d", "max_pool2d_with_indices",
            "mish", "mse_loss", "nll_loss", "normalize", "one_hot", "pad", "pixel_shuffle",
-           "pixel_unshuffle", "prelu", "relu", "relu6", "relu_", "selu", "sigmoid", "silu",
+           "pixel_unshuffle", "prelu", "relu", "relu6", "relu_", "selu", "sigmoid", "sigmoid_focal_loss", "silu",
            "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "stack", "tanh",
            "unfold", "upsample", "upsample_bilinear", "upsample_nearest"]
