@@ -63,6 +63,14 @@ def load(path, warmup=False, max_bytes=MAX_PLAN_BYTES):
     return InferencePlan.load(path, warmup, max_bytes)
 
 
+def export_onnx(model_or_plan, example, path, opset=17):
+    """Write ``model_or_plan`` (a module ``compile`` accepts, or an InferencePlan) as an
+    ONNX model, atomically; see ``fastdl.deploy.onnx_export``. Needs the ``onnx``
+    package."""
+    from fastdl.deploy.onnx_export import export_onnx as export
+    return export(model_or_plan, example, path, opset)
+
+
 __all__ = ["InferencePlan", "compile", "fuse_conv_bn", "fuse_linear_bn",
            "fuse_conv_bn_weights", "fuse_linear_bn_weights", "load", "MAX_PLAN_BYTES",
-           "MAX_OPS", "MAX_PLAN_HEADER_BYTES", "MAX_INT"]
+           "MAX_OPS", "MAX_PLAN_HEADER_BYTES", "MAX_INT", "export_onnx"]
