@@ -13,10 +13,13 @@ does not pay for the training stack, or for Numba, at start-up.
 import importlib
 
 from fastdl import runtime  # first: configures Numba before it is imported
-from fastdl.random import manual_seed
+from fastdl.random import (Generator, default_cpu_generator, get_rng_state, initial_seed,
+                           manual_seed, seed, set_rng_state)
 from fastdl.runtime import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
+
+default_generator = default_cpu_generator()   # torch.default_generator: the global Generator
 
 # public name -> the module that defines it
 _ATTRIBUTES = {
@@ -71,8 +74,9 @@ def __dir__():
     return sorted(set(globals()) | set(_ATTRIBUTES) | _SUBMODULES | _DTYPE_NAMES)
 
 
-__all__ = ["Tensor", "cat", "enable_grad", "get_num_threads", "is_grad_enabled",
-           "load", "manual_seed", "no_grad", "save", "set_num_threads", "stack", "tensor",
+__all__ = ["Generator", "Tensor", "cat", "default_generator", "enable_grad", "get_num_threads",
+           "get_rng_state", "initial_seed", "is_grad_enabled", "load", "manual_seed",
+           "no_grad", "save", "seed", "set_num_threads", "set_rng_state", "stack", "tensor",
            "functional", "nn", "optim"]
 
 runtime.pin_blas_to_one_thread()  # NumPy's BLAS; SciPy's is pinned where it loads

@@ -8,7 +8,7 @@ keywords; sizes come as ``zeros(2, 3)`` or ``zeros((2, 3))``. Floating
 results default to ``fastdl.get_default_dtype()`` (float32), integer ones to
 int64. The random factories draw from fastdl's global generator, so
 ``fastdl.manual_seed`` makes them repeatable, or from ``generator=`` (a
-``numpy.random.Generator``). ``empty`` returns zeros: never uninitialised memory.
+``fastdl.Generator`` or a ``numpy.random.Generator``). ``empty`` returns zeros: never uninitialised memory.
 """
 import numbers
 
@@ -17,7 +17,7 @@ import numpy as np
 from fastdl.autograd import GradDtypeError, Tensor, tensor
 from fastdl.devices import check_cpu
 from fastdl.dtypes import get_default_dtype, resolve_dtype
-from fastdl.random import default_generator
+from fastdl.random import as_numpy_generator
 
 __all__ = ["tensor", "as_tensor", "from_numpy", "zeros", "ones", "empty", "full",
            "zeros_like", "ones_like", "empty_like", "full_like", "arange", "linspace", "eye",
@@ -235,7 +235,7 @@ def eye(n, m=None, *, dtype=None, device=None, requires_grad=False, out=None, la
 def _draw(op, size, dtype, device, requires_grad, generator, draw):
     shape = _size(op, size)
     dtype = _floating_dtype(op, dtype)
-    generator = default_generator() if generator is None else generator
+    generator = as_numpy_generator(generator)
     working = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
     return _make(op, draw(generator, shape, working), dtype, device, requires_grad)
 
@@ -275,7 +275,7 @@ def _integers(op, low, high, shape, generator, dtype, device, requires_grad):
     if low >= high:
         raise RuntimeError("random_ expects 'from' to be less than 'to', but got from=%d >= "
                            "to=%d" % (low, high))
-    generator = default_generator() if generator is None else generator
+    generator = as_numpy_generator(generator)
     values = generator.integers(low, high, size=shape, dtype=np.int64)
     return _make(op, values, np.int64 if dtype is None else dtype, device, requires_grad)
 
@@ -314,6 +314,6 @@ def randperm(n, *, generator=None, dtype=None, device=None, requires_grad=False,
              layout=None):
     """A random permutation of ``0 .. n-1`` (int64)."""
     (n,) = _size("randperm", (n,))
-    generator = default_generator() if generator is None else generator
+    generator = as_numpy_generator(generator)
     return _make("randperm", generator.permutation(n).astype(np.int64),
                  np.int64 if dtype is None else dtype, device, requires_grad)

@@ -22,7 +22,7 @@ import numpy as np
 from fastdl import tensor_math, tensor_ops, tensor_shape  # by module: any import order
 from fastdl.autograd import (Function, Tensor, _grad_mode, normalize_dim, tensor_method,
                              unbroadcast)
-from fastdl.random import default_generator
+from fastdl.random import as_numpy_generator
 
 LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation."
 
@@ -225,7 +225,7 @@ def copy_(self, src, non_blocking=False):
 def _random_fill(self, op, draw, generator):
     if self._data.dtype.kind != "f":
         raise TypeError("%s expects a floating-point tensor, got %s" % (op, self._data.dtype))
-    generator = default_generator() if generator is None else generator
+    generator = as_numpy_generator(generator)
     values = draw(generator).astype(self._data.dtype, copy=False)
     return _overwrite(self, values)
 
@@ -256,7 +256,7 @@ def bernoulli_(self, p=0.5, generator=None):
     if np.any((probability < 0) | (probability > 1)):
         raise RuntimeError("bernoulli_ expects p to be in [0, 1], but got p=%r" % (p,))
     shape = self._data.shape
-    generator = default_generator() if generator is None else generator
+    generator = as_numpy_generator(generator)
     return _overwrite(self, (generator.random(shape) < probability).astype(self._data.dtype))
 
 

@@ -162,3 +162,70 @@ def test_tied_weights_are_saved_once_and_load_as_one_tensor(tmp_path):
     fastdl.save(model.state_dict(), path)
     loaded = fastdl.load(path)
     assert loaded["0.weight"] is loaded["1.weight"]
+
+
+# ------------------------------------------------------------------- Generator
+def test_generator_is_torchs_api_and_seeds_every_random_factory():
+    g = fastdl.Generator()
+    assert g.manual_seed(7) is g and g.initial_seed() == 7 and g.device.type == "cpu"
+
+    def draws(generator):
+        return [fastdl.randn(3, generator=generator), fastdl.rand(2, 2, generator=generator),
+                fastdl.randint(0, 10, (4,), generator=generator),
+                fastdl.randperm(6, generator=generator),
+                fastdl.zeros(3).normal_(0, 2, generator=generator),
+                fastdl.zeros(3).uniform_(-1, 1, generator=generator),
+                nn.init.normal_(fastdl.zeros(2), generator=generator),
+                F.dropout(fastdl.ones(8), 0.5, generator=generator)]
+
+    first = draws(g)
+    g.manual_seed(7)
+    again = draws(g)
+    other = draws(fastdl.Generator().manual_seed(8))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(first[0].numpy(), other[0].numpy())
+    state = g.get_state()
+    values = fastdl.randn(5, generator=g)
+    g.set_state(state)
+    np.testing.assert_array_equal(fastdl.randn(5, generator=g).numpy(), values.numpy())
+    new = g.seed()
+    assert isinstance(new, int) and g.initial_seed() == new
+
+
+def test_a_generator_does_not_touch_the_global_one():
+    fastdl.manual_seed(3)
+    expected = fastdl.randn(4).numpy()
+    fastdl.manual_seed(3)
+    fastdl.randn(10, generator=fastdl.Generator().manual_seed(1))
+    np.testing.assert_array_equal(fastdl.randn(4).numpy(), expected)
+
+
+def test_manual_seed_returns_the_default_generator_and_the_global_state_round_trips():
+    g = fastdl.manual_seed(11)
+    assert isinstance(g, fastdl.Generator) and g is fastdl.default_generator
+    assert fastdl.initial_seed() == 11 and g.initial_seed() == 11
+    state = fastdl.get_rng_state()
+    values = fastdl.rand(4).numpy()
+    fastdl.set_rng_state(state)
+    np.testing.assert_array_equal(fastdl.rand(4).numpy(), values)
+    seed = fastdl.seed()
+    assert fastdl.initial_seed() == seed
+    with pytest.raises(ValueError):
+        fastdl.Generator().manual_seed(-1)
+
+
+def test_random_split_and_samplers_take_a_generator():
+    from fastdl.utils.data import DataLoader, RandomSampler, TensorDataset, random_split
+    splits = [random_split(range(10), [4, 6], generator=fastdl.Generator().manual_seed(42))
+              for _ in range(2)]
+    assert [list(s) for s in splits[0]] == [list(s) for s in splits[1]]
+    orders = [list(RandomSampler(range(8), generator=fastdl.Generator().manual_seed(0)))
+              for _ in range(2)]
+    assert orders[0] == orders[1] and sorted(orders[0]) == list(range(8))
+    g = fastdl.Generator().manual_seed(5)
+    dataset = TensorDataset(fastdl.arange(8))
+    first = [b[0].tolist() for b in DataLoader(dataset, batch_size=4, shuffle=True, generator=g)]
+    g.manual_seed(5)
+    second = [b[0].tolist() for b in DataLoader(dataset, batch_size=4, shuffle=True, generator=g)]
+    assert first == second

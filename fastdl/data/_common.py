@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from fastdl.random import default_generator
+from fastdl.random import Generator, default_generator
 
 
 def tensor_type():
@@ -51,7 +51,8 @@ def numpy_generator(generator):
     Parameters
     ----------
     generator : None, int, numpy.random.Generator or generator-like
-        None: fastdl's global generator (seeded by ``fastdl.manual_seed``). An
+        None: fastdl's global generator (seeded by ``fastdl.manual_seed``). A
+        ``fastdl.Generator``: its NumPy generator (draws advance it). An
         int: a fresh generator seeded with it. An object holding a NumPy
         generator (as ``generator``, ``rng`` or their private forms) or with
         ``initial_seed()`` (as ``torch.Generator``): that generator, or a fresh
@@ -66,6 +67,8 @@ def numpy_generator(generator):
         return default_generator()
     if isinstance(generator, np.random.Generator):
         return generator
+    if isinstance(generator, Generator):     # fastdl.Generator: draws advance its state
+        return generator.generator
     if is_integer(generator):
         return np.random.default_rng(int(generator))
     for name in ("generator", "_generator", "rng", "_rng"):

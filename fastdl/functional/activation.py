@@ -13,7 +13,7 @@ import numpy as np
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, check_float, data_of, finish_inplace
 from fastdl.kernels import activation as kernels
-from fastdl.random import default_generator
+from fastdl.random import as_numpy_generator
 
 
 class _FromOutput(Function):
@@ -181,7 +181,7 @@ def _dropout(op, input, p, training, inplace, generator, mask_shape):
     p = _check_p(op, p)
     if not training or p == 0:
         return as_tensor(input)
-    mask = kernels.dropout_mask(mask_shape(x.shape), p, generator or default_generator(),
+    mask = kernels.dropout_mask(mask_shape(x.shape), p, as_numpy_generator(generator),
                                 x.dtype)
     return finish_inplace(input, Dropout.apply(as_tensor(input), mask), inplace)
 

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from fastdl.random import default_generator
+from fastdl.random import as_numpy_generator
 
 __all__ = ["calculate_gain", "calculate_fan_in_and_fan_out", "constant_", "dirac_", "eye_",
            "kaiming_normal_", "kaiming_uniform_", "normal_", "ones_", "orthogonal_",
@@ -27,7 +27,7 @@ def _fill(tensor, values):
 
 
 def _rng(generator):
-    return default_generator() if generator is None else generator
+    return as_numpy_generator(generator)
 
 
 def calculate_gain(nonlinearity, param=None):
