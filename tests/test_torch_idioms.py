@@ -229,3 +229,26 @@ def test_random_split_and_samplers_take_a_generator():
     g.manual_seed(5)
     second = [b[0].tolist() for b in DataLoader(dataset, batch_size=4, shuffle=True, generator=g)]
     assert first == second
+
+
+# ---------------------------------------------------------------- Module devices
+def test_module_cuda_and_mps_raise_tensors_clear_error():
+    model = nn.Linear(2, 2)
+    with pytest.raises(RuntimeError) as tensor_error:
+        fastdl.zeros(1).cuda()
+    with pytest.raises(RuntimeError) as module_error:
+        model.cuda()
+    assert str(module_error.value) == str(tensor_error.value)
+    assert "not available" in str(module_error.value)
+    with pytest.raises(RuntimeError, match="'mps' is not available"):
+        model.mps()
+
+
+def test_module_type_casts_and_share_memory_is_a_no_op():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    assert model.type(fastdl.float64) is model
+    assert all(p.dtype == np.float64 for p in model.parameters())
+    assert model[1].running_mean.dtype == np.float64
+    model.type("torch.float32")
+    assert all(p.dtype == np.float32 for p in model.parameters())
+    assert model.share_memory() is model

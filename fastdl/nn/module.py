@@ -14,7 +14,8 @@ from collections import OrderedDict
 import numpy as np
 
 from fastdl.autograd import Tensor
-from fastdl.devices import parse_to_arguments
+from fastdl.devices import check_cpu, parse_to_arguments
+from fastdl.dtypes import resolve_dtype
 from fastdl.nn._state_dict import StateDictError, StateDictMixin  # noqa: F401
 from fastdl.nn.hooks import RemovableHandle
 from fastdl.nn.parameter import Parameter
@@ -421,6 +422,25 @@ class Module(StateDictMixin):
 
     def cpu(self):
         """Self: parameters always live on the CPU."""
+        return self
+
+    def cuda(self, device=None):
+        """Raises RuntimeError, as ``Tensor.cuda``: fastdl has no CUDA devices."""
+        check_cpu("cuda" if device is None else device, "cuda")
+        return self
+
+    def mps(self):
+        """Raises RuntimeError, as ``Tensor.to("mps")``: fastdl runs on the CPU only."""
+        check_cpu("mps", "mps")
+        return self
+
+    def type(self, dst_type):
+        """Cast floating parameters and buffers to ``dst_type`` (a float dtype, or its
+        name as torch's ``"torch.float64"``), as :meth:`to`; returns self."""
+        return self.to(resolve_dtype(dst_type, "Module.type"))
+
+    def share_memory(self):
+        """Self: parameters are ordinary process memory, shared with forked workers."""
         return self
 
     def float(self):
