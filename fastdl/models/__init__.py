@@ -5,5 +5,5 @@ from fastdl.models.lenet import lenet5
 from fastdl.models.receptive import receptive_field
 from fastdl.models.resnet import ResNet, resnet8, resnet20
 
-__all__ = ["CascadeDetector", "cascade_detector", "FCN", "FPN", "ResNet", "ResNetFPN", "fcn", "lenet5", "resnet8", "resnet20",
-           "receptive_field", "resnet_fpn"]
+__all__ = ["CascadeDetector", "FCN", "FPN", "ResNet", "ResNetFPN", "cascade_detector", "fcn",
+           "lenet5", "resnet8", "resnet20", "receptive_field", "resnet_fpn"]
