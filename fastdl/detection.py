@@ -8,10 +8,12 @@ import numbers
 
 import numpy as np
 
+from fastdl.detection_eval import COCOEvaluator, evaluate_coco
 from fastdl.kernels import detection as kernels
 
 __all__ = ["box_iou", "nms", "batched_nms", "make_anchors", "match_anchors",
-           "cascade_thresholds", "encode_boxes", "decode_boxes"]
+           "cascade_thresholds", "encode_boxes", "decode_boxes", "COCOEvaluator",
+           "evaluate_coco"]
 
 #: dw/dh are clamped at log(1000/16) before exp, as torchvision does
 BBOX_CLIP = math.log(1000.0 / 16)

@@ -52,7 +52,9 @@ FLOORS = [
     # fastdl.ops: torchvision.ops' names (box losses, RoI Align), functions and layers
     ("layers", ["fastdl.nn", "fastdl.optim", "fastdl.data", "fastdl.ops"]),
     # fastdl.utils: torch's paths (torch.utils.data, ...data.distributed) as aliases
-    ("models", ["fastdl.models", "fastdl.distributed", "fastdl.detection", "fastdl.testing",
+    # fastdl.detection_eval: COCO box AP/AR (NumPy; pycocotools when installed)
+    ("models", ["fastdl.models", "fastdl.distributed", "fastdl.detection",
+                "fastdl.detection_eval", "fastdl.testing",
                 "fastdl.serialization", "fastdl.utils"]),
     ("workflows", ["fastdl.train", "fastdl.deploy"]),
     ("entry points", ["fastdl.cli", "fastdl.bench"]),
