@@ -67,6 +67,14 @@ class Function:
     def backward(ctx, grad_output):
         raise NotImplementedError("Function subclasses define backward")  # abstract
 
+    #: True when every array ``backward`` returns is new: allocated by that call and held
+    #: by nothing else (not saved, cached or returned twice, no view of an array that is).
+    #: The backward then hands such an array to the input as its gradient (a leaf's
+    #: ``.grad`` takes it over, a later gradient of the same tensor is added into it in
+    #: place) instead of copying it. Leave it False for a backward that may pass on its
+    #: ``grad_output`` or a view of it.
+    new_grads = False
+
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = Context()
@@ -331,14 +339,20 @@ class Tensor:
         return self._data.__index__()
 
     # --------------------------------------------------------------- autograd
-    def _accumulate_grad(self, grad):
+    def _accumulate_grad(self, grad, take=False):
         """Add ``grad`` (an ndarray) into ``.grad``: in place when it exists; into the
-        segment of a flat gradient buffer when the tensor is packed (FlatBuffers)."""
+        segment of a flat gradient buffer when the tensor is packed (FlatBuffers).
+
+        ``take``: ``grad`` is a new array nothing else holds (``Function.new_grads``); a
+        first gradient of this tensor's dtype then becomes ``.grad`` as it is, uncopied.
+        """
         if self._grad is None:
             storage = self._grad_storage
             if storage is not None and storage.shape == grad.shape:
                 np.copyto(storage, grad)
                 self._grad = Tensor._wrap(storage)
+            elif take and grad.dtype == self._data.dtype and grad.flags.writeable:
+                self._grad = Tensor._wrap(grad)
             else:
                 self._grad = Tensor._wrap(np.array(grad, dtype=self._data.dtype, copy=True))
         else:
@@ -584,15 +598,26 @@ def _topological_order(root_ctx):
     return order
 
 
+def _distinct(arrays):
+    """Whether no array (None aside) occurs twice in ``arrays``."""
+    present = [id(array) for array in arrays if array is not None]
+    return len(set(present)) == len(present)
+
+
 def _run_backward(root, grad, retain_graph):
     if root._ctx.function is None:
         raise RuntimeError(_SECOND_BACKWARD)
+    # per node still to run: its outputs' gradients, and which of them autograd owns (new
+    # arrays nothing else holds, so that a second gradient of that output is added into one
+    # of them in place); the caller's ``grad`` is never owned
     pending = {id(root._ctx): [None] * root._ctx.num_outputs}
     pending[id(root._ctx)][root._out_index] = grad
+    owned = {id(root._ctx): [False] * root._ctx.num_outputs}
     for node in _topological_order(root._ctx):
         output_grads = pending.pop(id(node), None)
         if output_grads is None:
             continue
+        owned.pop(id(node), None)
         if node.num_outputs == 1:
             grad_outputs = output_grads[0]
         else:
@@ -600,10 +625,12 @@ def _run_backward(root, grad, retain_graph):
         input_grads = node.function.backward(node, grad_outputs)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
+        new = node.function.new_grads and _distinct(input_grads)
         for tensor_input, needs, input_grad in zip(node.inputs, node.needs_input_grad,
                                                     input_grads):
             if not needs or input_grad is None:
                 continue
+            fresh = new and isinstance(input_grad, np.ndarray) and input_grad.flags.writeable
             if tensor_input._versions is not None:
                 tensor_input = _input_version(node, tensor_input)
             if input_grad.shape != tensor_input._data.shape:
@@ -614,13 +641,26 @@ def _run_backward(root, grad, retain_graph):
                                                     tensor_input._data.shape))
             parent = tensor_input._ctx
             if parent is None:
-                tensor_input._accumulate_grad(input_grad)
+                tensor_input._accumulate_grad(input_grad, fresh)
                 continue
             slots = pending.get(id(parent))
             if slots is None:
                 slots = pending[id(parent)] = [None] * parent.num_outputs
+                owned[id(parent)] = [False] * parent.num_outputs
+            mine = owned[id(parent)]
             index = tensor_input._out_index
-            slots[index] = input_grad if slots[index] is None else slots[index] + input_grad
+            earlier = slots[index]
+            if earlier is None:
+                slots[index], mine[index] = input_grad, fresh
+            elif mine[index] and earlier.dtype == input_grad.dtype:
+                earlier += input_grad
+            elif fresh and earlier.dtype == input_grad.dtype:
+                input_grad += earlier   # IEEE addition commutes: the same bits as earlier + g
+                slots[index] = input_grad
+                mine[index] = True
+            else:
+                total = earlier + input_grad
+                slots[index], mine[index] = total, isinstance(total, np.ndarray)
         if not retain_graph:
             node.function = None
             node.inputs = ()

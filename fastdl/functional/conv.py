@@ -17,6 +17,8 @@ __all__ = ["conv1d", "conv2d", "conv2d_relu", "conv_transpose1d", "conv_transpos
 
 
 class Conv2d(Function):
+    new_grads = True   # the kernels allocate every gradient they return
+
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, relu=False):
         ctx.hyper = (stride, padding, dilation, groups)
@@ -124,6 +126,8 @@ def conv2d_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, group
 
 
 class ConvTranspose2d(Function):
+    new_grads = True   # the kernels allocate every gradient they return
+
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding, groups, dilation):
         ctx.save_for_backward(x, weight)

@@ -21,6 +21,8 @@ from fastdl.kernels import norm as kernels
 class _Normalization(Function):
     """Inputs: (x, weight, bias); subclasses bind ``_forward``/``_backward``."""
 
+    new_grads = True   # the kernels allocate every gradient they return
+
     @staticmethod
     def backward(ctx, grad):
         x, mean, inv_std, weight = ctx.saved_tensors

@@ -25,6 +25,8 @@ def _check_input(op, input, ndims=(3, 4)):
 class MaxPool2d(Function):
     """Max pooling by any kernel of ``kernels.pool``/``pool_window`` (``ctx.pool``)."""
 
+    new_grads = True   # the backward kernels allocate grad_x
+
     @staticmethod
     def forward(ctx, x, pool, arguments):
         out, indices = pool(contiguous(x), *arguments)
@@ -82,6 +84,8 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
 
 
 class AvgPool2d(Function):
+    new_grads = True   # the backward kernels allocate grad_x
+
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                 divisor_override):
@@ -108,6 +112,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 
 class AdaptiveAvgPool2d(Function):
+    new_grads = True   # the backward kernels allocate grad_x
+
     @staticmethod
     def forward(ctx, x, output_size):
         ctx.input_shape = x.shape
