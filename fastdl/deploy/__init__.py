@@ -71,6 +71,15 @@ def export_onnx(model_or_plan, example, path, opset=17):
     return export(model_or_plan, example, path, opset)
 
 
+def from_onnx(source, max_bytes=MAX_PLAN_BYTES, warmup=False):
+    """An InferencePlan of an ONNX model (a path or the file's bytes), for the ONNX ops
+    the plan's ops run; anything else raises ValueError naming the node. Validated as a
+    plan file is; see ``fastdl.deploy.onnx_import``. Needs the ``onnx`` package."""
+    from fastdl.deploy.onnx_import import from_onnx as read
+    return read(source, max_bytes, warmup)
+
+
 __all__ = ["InferencePlan", "compile", "fuse_conv_bn", "fuse_linear_bn",
            "fuse_conv_bn_weights", "fuse_linear_bn_weights", "load", "MAX_PLAN_BYTES",
-           "MAX_OPS", "MAX_PLAN_HEADER_BYTES", "MAX_INT", "export_onnx"]
+           "MAX_OPS", "MAX_PLAN_HEADER_BYTES", "MAX_INT", "export_onnx",
+           "from_onnx"]
