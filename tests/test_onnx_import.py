@@ -242,6 +242,9 @@ def test_a_small_hand_made_model_reads():
      r"node 'clip' \(Clip\): only Clip\(0\)"),
     (lambda: _model([helper.make_node("Add", ["x", "x"], ["y"], name="add")], []),
      r"node 'add' \(Add\): the plan adds two values only as a residual"),
+    (lambda: _model([helper.make_node("Mul", ["x", "s"], ["y"], name="mul")],
+                    [numpy_helper.from_array(np.ones(5, np.float32), "s")]),   # along W
+     r"node 'mul' \(Mul\): constant of shape \(5,\) is not one per channel"),
     (lambda: _model([helper.make_node("Relu", ["x"], ["y"], name="r", domain="com.x")], []),
      r"domain 'com.x'"),
 ])

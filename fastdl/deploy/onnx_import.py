@@ -286,7 +286,7 @@ class _Importer:
             "alpha", 1.0)
         bias = self.constant(node, node.input[2] if len(node.input) > 2 else "", True)
         if bias is not None:
-            bias = self.broadcast(node, bias, weight.shape[0]) * attributes.get("beta", 1.0)
+            bias = self.broadcast(node, bias, weight.shape[0], 2) * attributes.get("beta", 1.0)
         self.linear(node, weight.astype(self.constant(node, node.input[1]).dtype), bias)
 
     def matmul(self, node):
@@ -295,17 +295,32 @@ class _Importer:
             _fail("%s: only a value times a 2-D constant is supported" % self.where(node))
         self.linear(node, weight.T, None)
 
-    def broadcast(self, node, array, channels, rank=2):
-        """A constant added per channel (``(C,)``, ``(1, C)``, ``(C, 1, 1)``, ...,
-        or a scalar) as a ``(C,)`` array; else a ValueError."""
-        shape = list(array.shape)
-        while shape and shape[0] == 1 and len(shape) > rank - 1:
-            shape.pop(0)
-        while shape and shape[-1] == 1 and len(shape) > 1:
-            shape.pop()
-        if shape not in ([], [1], [channels]):
-            _fail("%s: constant of shape %s is not one per channel (%d)"
-                  % (self.where(node), array.shape, channels))
+    def rank(self, ref):
+        """The rank of a value: 4 for the input and the image ops, 2 after a linear
+        layer, ``start_dim + 1`` after a flatten."""
+        while ref != _INPUT:
+            op = self.pending[ref]
+            if op.op == "linear":
+                return 2
+            if op.op == "flatten":
+                return op.fields["start_dim"] + 1
+            ref = op.inputs[0]
+        return 4
+
+    def broadcast(self, node, array, channels, rank):
+        """A constant that broadcasts onto a value of ``rank`` dims along its channels
+        (axis 1) alone — ``(C,)`` for 2-D values, ``(C, 1, 1)`` for images, or one
+        number — as a ``(C,)`` array (``channels`` None: C is the constant's); else a
+        ValueError."""
+        if array.ndim > rank:
+            _fail("%s: constant of shape %s has more dims than the value's %d"
+                  % (self.where(node), array.shape, rank))
+        shape = (1,) * (rank - array.ndim) + array.shape
+        if channels is None:
+            channels = shape[1]
+        if any(n != 1 for i, n in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+            _fail("%s: constant of shape %s is not one per channel (%d) of a %d-D value"
+                  % (self.where(node), array.shape, channels, rank))
         return np.broadcast_to(array.reshape(-1), (channels,)).copy()
 
     def batch_norm(self, node):
@@ -363,8 +378,7 @@ class _Importer:
             channels = op.weights["weight"].shape[1] * op.fields["groups"]
         else:
             channels = op.weights["scale"].shape[0]
-        rank = 2 if op.op == "linear" else 4
-        add = self.broadcast(node, array, channels, rank)
+        add = self.broadcast(node, array, channels, self.rank(x))
         current = op.weights.get(role)
         op.weights[role] = add if current is None else current + add
         self.alias(node, x)
@@ -404,9 +418,9 @@ class _Importer:
                   % self.where(node))
         name = names[0] if known[0] else names[1]
         array = self.constant(node, names[1] if known[0] else names[0])
-        channels = array.reshape(-1).shape[0]
-        scale = self.broadcast(node, array, channels, array.ndim)
-        op = self.emit(node, "affine_channels", [self.value(node, name)])
+        x = self.value(node, name)
+        scale = self.broadcast(node, array, None, self.rank(x))
+        op = self.emit(node, "affine_channels", [x])
         op.weights.update(scale=scale, shift=np.zeros_like(scale))
 
     def activation(self, node, kind, slope=0.0):
