@@ -164,3 +164,14 @@ def test_argument_errors():
         detector(images)
     with pytest.raises(ValueError, match="one target per image"):
         detector(images, targets[:1])
+
+
+def test_an_image_without_objects_trains_as_background():
+    images = np.zeros((2, 1, 32, 32), dtype=np.float32)
+    targets = [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, dtype=np.int64)},
+               {"boxes": np.array([[3.0, 3.0, 8.0, 8.0]]), "labels": np.array([1])}]
+    detector = model()
+    losses = detector(images, targets)
+    loss = sum(losses.values())
+    loss.backward()
+    assert all(np.isfinite(float(v.item())) for v in losses.values())
