@@ -7,8 +7,8 @@ AdaBoost", 2009; scikit-learn's ``AdaBoostClassifier``, whose attribute names we
 
 For K classes and sample weights w summing to 1, round m with predictions h_m:
 
-    ε_m = Σ_i w_i 1[h_m(x_i) ≠ y_i]                         (weighted error)
-    α_m = η (log((1 − ε_m) / ε_m) + log(K − 1))             (learner weight, η: learning_rate)
+    ε_m = Σ_i w_i 1[h_m(x_i) ≠ y_i]                    (weighted error)
+    α_m = η (log((1 − ε_m) / ε_m) + log(K − 1))        (learner weight; η: learning_rate)
     w_i ← w_i exp(α_m 1[h_m(x_i) ≠ y_i]),  then w ← w / Σ w
 
 A round no better than chance (ε ≥ 1 − 1/K) is dropped and boosting stops; a perfect round
