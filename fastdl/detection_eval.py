@@ -217,26 +217,25 @@ def match_image(ious, gt_ignore, iscrowd, det_area_ignore):
     det_ignore : (T, D) bool
     """
     num_dets, num_gts = ious.shape
-    thresholds = len(IOU_THRESHOLDS)
-    det_matched = np.zeros((thresholds, num_dets), bool)
-    det_ignore = np.zeros((thresholds, num_dets), bool)
+    thresholds = np.minimum(IOU_THRESHOLDS, _MAX_IOU_THRESHOLD)[:, None]
+    det_matched = np.zeros((len(thresholds), num_dets), bool)
+    det_ignore = np.zeros((len(thresholds), num_dets), bool)
     if num_gts and num_dets:
         counted = ~gt_ignore
-        for t, threshold in enumerate(IOU_THRESHOLDS):
-            threshold = min(threshold, _MAX_IOU_THRESHOLD)
-            gt_taken = np.zeros(num_gts, bool)
-            for d in range(num_dets):
-                free = (~gt_taken | iscrowd) & (ious[d] >= threshold)
-                # A ground truth that counts beats an ignored one of any IoU.
-                pool = free & counted if (free & counted).any() else free
-                if not pool.any():
-                    continue
-                candidates = np.where(pool, ious[d], -1.0)
-                # the loop in COCOeval moves to a later ground truth on an equal IoU
-                best = num_gts - 1 - int(np.argmax(candidates[::-1]))
-                det_matched[t, d] = True
-                det_ignore[t, d] = gt_ignore[best]
-                gt_taken[best] = True
+        gt_taken = np.zeros((len(thresholds), num_gts), bool)   # per threshold
+        rows = np.arange(len(thresholds))
+        for d in range(num_dets):   # best score first; all thresholds at once
+            free = (~gt_taken | iscrowd) & (ious[d] >= thresholds)
+            # A ground truth that counts beats an ignored one of any IoU.
+            free_counted = free & counted
+            pool = np.where(free_counted.any(axis=1, keepdims=True), free_counted, free)
+            found = pool.any(axis=1)
+            candidates = np.where(pool, ious[d], -1.0)
+            # the loop in COCOeval moves to a later ground truth on an equal IoU
+            best = num_gts - 1 - np.argmax(candidates[:, ::-1], axis=1)
+            det_matched[:, d] = found
+            det_ignore[:, d] = found & gt_ignore[best]
+            gt_taken[rows[found], best[found]] = True
     det_ignore |= ~det_matched & det_area_ignore[None, :]
     return det_matched, det_ignore
 
