@@ -21,7 +21,8 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_SUPPORTED = {np.dtype(v) for v in _DTYPES.values()}
+#: The NumPy dtypes a safetensors file can hold.
+SUPPORTED_DTYPES = frozenset(np.dtype(v) for v in _DTYPES.values())
 
 
 def save_bytes(tensors, metadata=None):
@@ -37,7 +38,7 @@ def save_bytes(tensors, metadata=None):
         array = np.require(value, requirements="C")  # keeps 0-d arrays 0-d
         if not isinstance(name, str):
             raise TypeError("save_file: tensor names must be str, got %r" % (name,))
-        if array.dtype not in _SUPPORTED:
+        if array.dtype not in SUPPORTED_DTYPES:
             raise TypeError("save_file: tensor %r has unsupported dtype %s" % (name, array.dtype))
         arrays[name] = array
     for key, value in (metadata or {}).items():

@@ -34,7 +34,7 @@ import numpy as np
 
 from fastdl._io import atomic_write_bytes
 from fastdl.autograd import Tensor
-from fastdl.safetensors_io import _SUPPORTED, load_bytes, save_bytes
+from fastdl.safetensors_io import SUPPORTED_DTYPES, load_bytes, save_bytes
 
 FORMAT = "fastdl-object"
 VERSION = "1"
@@ -101,9 +101,10 @@ class _Encoder:
 
     @staticmethod
     def _check_dtype(dtype, where):
-        if np.dtype(dtype) not in _SUPPORTED:
+        if np.dtype(dtype) not in SUPPORTED_DTYPES:
+            supported = ", ".join(sorted(d.name for d in SUPPORTED_DTYPES))
             raise TypeError("%s: cannot save an array of dtype %s (supported: %s)"
-                            % (where, dtype, ", ".join(sorted(d.name for d in _SUPPORTED))))
+                            % (where, dtype, supported))
 
 
 def _join(prefix, key):
@@ -164,7 +165,7 @@ class _Decoder:
                 dtype = np.dtype(body)
             except TypeError:
                 dtype = None
-            if dtype not in _SUPPORTED:
+            if dtype not in SUPPORTED_DTYPES:
                 self.fail("unsupported dtype %r" % (body,))
             return dtype
         self.fail("unexpected structure node %.60r" % (node,))

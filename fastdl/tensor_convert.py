@@ -27,6 +27,14 @@ class Clone(Function):
         return grad
 
 
+def data_of(value):
+    """The ndarray behind a Tensor or array-like (None stays None): what layers and
+    functional wrappers check before any kernel runs."""
+    if value is None:
+        return None
+    return value.array if isinstance(value, Tensor) else np.asarray(value)
+
+
 # ----------------------------------------------------------------- dtype casts
 @tensor_method
 def to(self, *args, **kwargs):

@@ -77,15 +77,6 @@ ALLOWED_PRIVATE = {
         "Tensor's method modules are autograd split over several files (Tensor API work in "
         "progress) and share its internals; follow-up: move what they share into a private "
         "module of the package that all of them import",
-    ("fastdl.nn.*", "fastdl.functional._util:data_of"):
-        "the array behind a Tensor or array-like, which nn layers check before calling F; "
-        "follow-up (nn/functional, Tensor API in progress): a public home next to Tensor",
-    ("fastdl.nn.container", "fastdl.nn.module:_add_indent"):
-        "repr helper shared by the containers split out of nn/module.py (nn work in "
-        "progress); follow-up: a private nn/_repr.py, or keep it in one module",
-    ("fastdl.serialization", "fastdl.safetensors_io:_SUPPORTED"):
-        "the dtypes a safetensors file can hold, checked before saving (serialization work "
-        "in progress); follow-up: a public name for them in safetensors_io",
 }
 
 # Module sets allowed to form one import cycle, with the reason.
@@ -93,9 +84,6 @@ ALLOWED_CYCLES = [
     ({"fastdl.autograd", "fastdl.tensor_*"},
      "autograd defines Tensor and imports, last, the modules that define its operations "
      "(tensor_ops; the Tensor API split adds more tensor_* modules), which import Tensor"),
-    ({"fastdl.nn.module", "fastdl.nn.container"},
-     "nn/module.py still re-exports the containers it used to define, which import Module "
-     "(nn work in progress); follow-up: import them from fastdl.nn, drop the re-export"),
 ]
 
 

@@ -3,13 +3,7 @@ import numpy as np
 
 from fastdl._checks import check_reduction  # noqa: F401  (re-exported)
 from fastdl.autograd import Tensor
-
-
-def data_of(value):
-    """The ndarray behind a Tensor or array-like (None stays None)."""
-    if value is None:
-        return None
-    return value.array if isinstance(value, Tensor) else np.asarray(value)
+from fastdl.tensor_convert import data_of  # noqa: F401  (re-exported)
 
 
 def as_tensor(value):

@@ -8,7 +8,7 @@ import numbers
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from fastdl.nn.module import Module, _add_indent
+from fastdl.nn.module import Module, add_indent
 from fastdl.nn.parameter import Parameter
 
 __all__ = ["Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"]
@@ -175,9 +175,9 @@ class ModuleList(_Indexed):
         lines = []
         for start, end, text in runs:
             if start == end:
-                lines.append(_add_indent("(%d): %s" % (start, text), 2))
+                lines.append(add_indent("(%d): %s" % (start, text), 2))
             else:
-                lines.append(_add_indent("(%d-%d): %d x %s" % (start, end, end - start + 1,
+                lines.append(add_indent("(%d-%d): %d x %s" % (start, end, end - start + 1,
                                                                text), 2))
         return self._get_name() + "(\n  " + "\n  ".join(lines) + "\n)"
 

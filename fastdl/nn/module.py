@@ -75,7 +75,8 @@ class _Registry(OrderedDict):
 _REGISTRIES = ("_parameters", "_buffers", "_modules")
 
 
-def _add_indent(text, spaces):
+def add_indent(text, spaces):
+    """``text`` with every line after the first indented by ``spaces`` (nested reprs)."""
     lines = text.split("\n")
     if len(lines) == 1:
         return text
@@ -534,7 +535,7 @@ class Module(StateDictMixin):
     def __repr__(self):
         extra = self.extra_repr()
         extra_lines = extra.split("\n") if extra else []
-        child_lines = ["(%s): %s" % (name, _add_indent(repr(module), 2))
+        child_lines = ["(%s): %s" % (name, add_indent(repr(module), 2))
                        for name, module in self._modules.items()]
         lines = extra_lines + child_lines
         text = self._get_name() + "("
@@ -544,7 +545,3 @@ class Module(StateDictMixin):
             else:
                 text += "\n  " + "\n  ".join(lines) + "\n"
         return text + ")"
-
-
-# the containers were defined here first; kept importable from this module
-from fastdl.nn.container import ModuleList, Sequential  # noqa: E402,F401

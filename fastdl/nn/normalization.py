@@ -11,10 +11,10 @@ import numpy as np
 
 from fastdl import functional as F
 from fastdl._checks import check_ndim, non_negative_float, positive_int
-from fastdl.functional._util import data_of
 from fastdl.nn._factory import parameter_dtype
 from fastdl.nn.module import Module
 from fastdl.nn.parameter import Parameter
+from fastdl.tensor_convert import data_of
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
            "LayerNorm", "LocalResponseNorm"]

@@ -3,11 +3,11 @@ import numpy as np
 
 from fastdl import functional as F
 from fastdl._checks import positive_int
-from fastdl.functional._util import data_of
 from fastdl.nn import init
 from fastdl.nn._factory import empty_parameter, parameter_dtype
 from fastdl.nn.module import Module
 from fastdl.nn.parameter import Parameter
+from fastdl.tensor_convert import data_of
 
 __all__ = ["Embedding"]
 
