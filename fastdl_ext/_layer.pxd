@@ -1,6 +1,8 @@
 # cython: language_level=3
 """One direct conv of a chain (``direct.pyx``): as described (``ConvStep``), and checked and
 laid out (``Layer``, ``_layer.pyx``)."""
+from libc.string cimport memcmp
+
 from fastdl_ext._blocks cimport Grid
 from fastdl_ext._phases cimport Phases, View
 
@@ -43,6 +45,19 @@ cdef class ConvStep:
 
 cdef inline int _grid_row(int out_w, int cols) noexcept nogil:
     return out_w if out_w % 8 == 0 else cols   # as ``row_vectors`` in ``_fill_grid``
+
+
+cdef inline bint _same_padding(const Layer* zeroed, const Layer* layer) noexcept nogil:
+    # whether ``layer`` pads its images into the layout ``zeroed`` left in the buffer
+    return (zeroed != NULL and zeroed.image_lanes == layer.image_lanes
+            and zeroed.padded_size == layer.padded_size
+            and memcmp(&zeroed.phases, &layer.phases, sizeof(Phases)) == 0)
+
+
+cdef inline void _tile_band(const Layer* layer, int band, int* first, int* end) noexcept nogil:
+    # the tile rows [first, end) of a Winograd layer's band
+    first[0] = band * layer.tiles_y // layer.bands
+    end[0] = (band + 1) * layer.tiles_y // layer.bands
 
 
 cdef int _fill_layer(Layer* layer, ConvStep step, int num_threads, int typenum) except -1

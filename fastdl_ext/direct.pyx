@@ -40,7 +40,7 @@ is built (``_layer.pyx``).
 """
 from cython.parallel cimport parallel, threadid
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp, memset
+from libc.string cimport memset
 
 cimport numpy as cnp
 import numpy as np
@@ -51,11 +51,11 @@ from fastdl_ext._epilogue cimport epilogue_rows, max_pairs, max_rows
 from fastdl_ext._arrays cimport _data, _dims, _float_type
 from fastdl_ext._blocks cimport Grid, MAX_LANES, _blocks
 from fastdl_ext._lanes cimport lanes_epilogue, pad_lanes
-from fastdl_ext._layer cimport Layer, _fill_layer, _grid_row
+from fastdl_ext._layer cimport Layer, _fill_layer, _grid_row, _same_padding, _tile_band
 from fastdl_ext._blas cimport floating
 from fastdl_ext._dense cimport PANEL, PANEL_ROWS, packed_items
 from fastdl_ext._head cimport pool_dense
-from fastdl_ext._phases cimport (Phases, View, _at, _epilogue_phases, _pad_view, _scratch,
+from fastdl_ext._phases cimport (View, _at, _epilogue_phases, _pad_view, _scratch,
                                  _whole_lines)
 from fastdl_ext._team cimport _items_done, _take_items, _wait_done
 from fastdl_ext._winograd cimport band_input, band_output
@@ -114,13 +114,6 @@ cdef inline void _lanes_epilogue(Layer* layer, floating* grid, int group,
                    <floating>layer.slope, layer.pool)
 
 
-cdef inline bint _same_padding(const Layer* zeroed, const Layer* layer) noexcept nogil:
-    """Whether ``layer`` pads its images into the layout ``zeroed`` left in the buffer."""
-    return (zeroed != NULL and zeroed.image_lanes == layer.image_lanes
-            and zeroed.padded_size == layer.padded_size
-            and memcmp(&zeroed.phases, &layer.phases, sizeof(Phases)) == 0)
-
-
 cdef void _direct_products(const Layer* layer, const floating* x, int image, int band,
                            int block, floating* padded, floating* wide, const Layer** zeroed,
                            int* cached, int* first_row, int* end_row) noexcept nogil:
@@ -149,12 +142,6 @@ cdef void _direct_products(const Layer* layer, const floating* x, int image, int
     _blocks(layer.co_block, source, layer.offsets, layer.taps,
             <const floating*>layer.packed + <Py_ssize_t>block * layer.taps * layer.co_block,
             wide, layer.wide_stride, first, (end - first) // lanes, layer.grid)
-
-
-cdef inline void _tile_band(const Layer* layer, int band, int* first, int* end) noexcept nogil:
-    """The tile rows [first, end) of a Winograd layer's band."""
-    first[0] = band * layer.tiles_y // layer.bands
-    end[0] = (band + 1) * layer.tiles_y // layer.bands
 
 
 cdef void _winograd_input(const Layer* layer, const floating* image, int band,

@@ -6,6 +6,11 @@ this text once as written and once with ``import fastdl as torch``,
 marked "small" have fewer blocks or channels than the published networks so that
 a test runs each in well under a second; their structure (every kind of block and
 every op) is the published one.
+
+One file over the usual ~600 lines, by design: it is a single torch program, loaded
+whole by ``porting.load_program``, whose families share blocks (``conv_bn``, the ResNet
+``BasicBlock`` in DLA and RegNet's ``SqueezeExcite`` after EfficientNet's); split, each
+part would have to copy them.
 """
 import math
 
