@@ -349,21 +349,32 @@ def _strict_json(raw):
     return json.loads(raw, parse_constant=_no_constants)
 
 
+def read_until_closed(sock):
+    """Every byte ``sock`` receives until its peer closes the connection."""
+    answer = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+
+
+def split_response(answer):
+    """``(status, headers, body)`` of one HTTP response's bytes (``body`` as bytes)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
 def raw_request(port, data, timeout=10.0):
     """Send ``data`` (bytes) on a fresh loopback connection; (status, headers, payload)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        answer = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        answer = read_until_closed(sock)
+    status, headers, body = split_response(answer)
     assert len(body) == int(headers["Content-Length"]), answer
-    return int(lines[0].split()[1]), headers, _strict_json(body)
+    return status, headers, _strict_json(body)
 
 
 def _post(body, headers=None, path="/predict"):
@@ -459,12 +470,7 @@ def _check_stalls(server, plan):
     latest = 0.0
     for i, sock in enumerate(stalled):
         try:
-            answer = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
+            answer = read_until_closed(sock)
             latest = max(latest, time.monotonic() - began)
             if i == 2 and not answer.startswith(b"HTTP/1.1 408"):
                 failures.append("stalled body: expected 408, got %r" % answer[:60])

@@ -70,18 +70,12 @@ def _exchange(port, data, close_write=False):
         sock.sendall(data)
         if close_write:
             sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+        answer = serve.read_until_closed(sock)
+    status, headers, body = serve.split_response(answer)
+    headers = {name.lower(): value for name, value in headers.items()}
     assert headers["content-type"] == "application/json"
     assert int(headers["content-length"]) == len(body)
-    return int(lines[0].split()[1]), headers, _strict(body)
+    return status, headers, _strict(body)
 
 
 def _post(body, headers=None, path="/predict"):
@@ -225,13 +219,7 @@ def test_stalled_connections_hold_no_thread_past_the_timeout(plan):
         assert status == 503 and headers["retry-after"] == "1" and "busy" in payload["error"]
         answers = []
         for sock in stalled:
-            answer = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-            answers.append(answer)
+            answers.append(serve.read_until_closed(sock))
             sock.close()
         elapsed = time.monotonic() - began
         assert 0.9 < elapsed < 3.0
