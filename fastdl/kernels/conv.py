@@ -2,7 +2,9 @@
 
 The compiled loops live in ``fastdl_ext/conv.pyx`` (tiled im2col/col2im with
 OpenMP, single-threaded GEMM from SciPy's BLAS per tile); 3×3 stride-1 convs
-with enough channels take Winograd's F(2×2, 3×3) instead (``winograd.py``). This module chooses
+with enough channels take Winograd's F(2×2, 3×3) instead (``winograd.py``), and
+depthwise convs (groups == input channels, 3×3 or 5×5) direct loops of their own
+(``depthwise.py``), forward and both gradients. This module chooses
 the tile size, allocates outputs, and expresses the transposed convolution through the same three
 kernels: conv_transpose's forward *is* conv's grad_input, and vice versa.
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from fastdl import runtime
 from fastdl._checks import is_int, pair
-from fastdl.kernels import direct, winograd
+from fastdl.kernels import depthwise, direct, winograd
 from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size, conv_transpose_output_size
 from fastdl_ext import conv as _ext
@@ -123,6 +125,9 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     positions = out_shape[2] * out_shape[3]
     multiply_adds = n * c_out * positions * c_in_group * kh * kw
     threads = _threads_for(multiply_adds)
+    if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape):
+        return depthwise.forward_runner(input_shape, weight, bias, stride, padding, threads,
+                                        negative_slope)
     # direct before Winograd: up to 32 output channels Winograd's 16 GEMMs are too
     # thin (ResNet's first stage, 16 -> 16 at 32²: 1.5 vs 3.3 ms at batch 32)
     if direct.applies(weight.shape, stride, dilation, groups, input_shape, padding,
@@ -190,6 +195,10 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     multiply_adds = grad_out.shape[0] * weight.shape[0] * positions * k
+    if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape,
+                         grad_out.shape):
+        return depthwise.grad_input(grad_out, weight, input_shape, stride, padding,
+                                    _threads_for(multiply_adds))
     forward_runner = _grad_input_as_forward(grad_out.shape, weight, stride, padding, dilation,
                                             groups, multiply_adds)
     if forward_runner is not None:
@@ -273,6 +282,10 @@ def conv2d_grad_weight_unchecked(x, grad_out, weight_shape, stride, padding, dil
     k = weight_shape[1] * weight_shape[2] * weight_shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     multiply_adds = x.shape[0] * weight_shape[0] * positions * k
+    if depthwise.applies(tuple(weight_shape), stride, padding, dilation, groups, x.shape,
+                         grad_out.shape):
+        return depthwise.grad_weight(x, grad_out, weight_shape, stride, padding,
+                                     _threads_for(multiply_adds), with_bias)
     if direct.grad_weight_applies(tuple(weight_shape), stride, dilation, groups, x.shape,
                                   padding, x.itemsize):
         return direct.grad_weight(x, grad_out, weight_shape, padding,

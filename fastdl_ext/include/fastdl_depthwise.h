@@ -1,0 +1,63 @@
+/* Depthwise convolution (groups == input channels, weight (C_in * M, 1, K, K), K 3 or
+   5, dilation 1, strides 1 or 2), forward, input gradient and weight gradient, one
+   (image, channel) plane at a time. Declared for Cython in depthwise.pyx.
+
+   A plane is copied once into a zeroed buffer that holds its padding (and, at a
+   column stride of 2, its even and odd columns as two phase planes), so every tap of
+   every output row reads a contiguous run: the K * K multiply-adds of a run of output
+   columns are explicit vectors of FASTDL_DW_BYTES, summed in tap order. No im2col,
+   and no work split finer than a plane: results do not depend on the thread count.
+
+   The input gradient is the stride-1 correlation of grad_out, spread out by the
+   stride and padded by K - 1 - padding, with the flipped kernel. The weight gradient
+   of a channel sums over all its images in one thread, in per-lane sums reduced in
+   lane order at the end (a fixed order: bitwise the same for any thread count). */
+
+#ifndef FASTDL_DEPTHWISE_H
+#define FASTDL_DEPTHWISE_H
+
+#include <string.h>
+#include "fastdl_vectors.h"
+
+/* 64-byte vectors: one AVX-512 register, two AVX2 ones. The clones add x86-64-v4
+   (AVX-512) to the shared ones: a depthwise conv is short of loads, not of
+   registers, and wider vectors halve them. */
+#define FASTDL_DW_BYTES 64
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && __GNUC__ >= 12
+#  define FASTDL_DW_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#  define FASTDL_DW_CLONES FASTDL_CLONES
+#endif
+
+typedef struct {
+    Py_ssize_t images, channels, multiplier;   /* N, C_in, C_out / C_in */
+    Py_ssize_t height, width, out_h, out_w;
+    int kernel, stride_h, stride_w, pad_h, pad_w;
+} fastdl_dw_shape;
+
+#define FASTDL_DW_ROUND(value, lanes) (((value) + (lanes) - 1) / (lanes) * (lanes))
+
+/* The low and the high halves of a and b's lanes interleaved (a vector of zeros as b:
+   a stride-2 grad_out spread over its columns). */
+#if defined(__clang__) || __GNUC__ >= 12
+#  define FASTDL_DW_ZIP_LOW(a, b) __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, \
+    19, 4, 20, 5, 21, 6, 22, 7, 23)
+#  define FASTDL_DW_ZIP_HIGH(a, b) __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, \
+    11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+#endif
+#define FASTDL_DW_T float
+#include "fastdl_depthwise_body.h"
+#undef FASTDL_DW_T
+#ifdef FASTDL_DW_ZIP_LOW
+#  undef FASTDL_DW_ZIP_LOW
+#  undef FASTDL_DW_ZIP_HIGH
+#  define FASTDL_DW_ZIP_LOW(a, b) FASTDL_ZIP_LOW8(a, b)
+#  define FASTDL_DW_ZIP_HIGH(a, b) FASTDL_ZIP_HIGH8(a, b)
+#endif
+#define FASTDL_DW_T double
+#include "fastdl_depthwise_body.h"
+#undef FASTDL_DW_T
+
+#endif  /* FASTDL_DEPTHWISE_H */
