@@ -128,7 +128,28 @@ class _ConvNd(Module):
                 (0,) * self._dims)
 
 
-class Conv1d(_ConvNd):
+class _Conv(_ConvNd):
+    """A (not transposed) convolution layer: ``_function``, ``F.conv1d`` or ``F.conv2d``,
+    on the input padded by ``padding_mode``."""
+
+    _function = None
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
+                 dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device=device, dtype=dtype)
+
+    def _conv_forward(self, input, weight, bias):
+        input, padding = self._padded(input)
+        return type(self)._function(input, weight, bias, self.stride, padding, self.dilation,
+                                    self.groups)
+
+    def forward(self, input):
+        return self._conv_forward(input, self.weight, self.bias)
+
+
+class Conv1d(_Conv):
     """1-D convolution layer, as ``torch.nn.Conv1d``.
 
     Shape: ``(N, C_in, L) → (N, C_out, L_out)``,
@@ -136,40 +157,17 @@ class Conv1d(_ConvNd):
     """
 
     _dims = 1
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device=device, dtype=dtype)
-
-    def _conv_forward(self, input, weight, bias):
-        input, padding = self._padded(input)
-        return F.conv1d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
-
-    def forward(self, input):
-        return self._conv_forward(input, self.weight, self.bias)
+    _function = staticmethod(F.conv1d)
 
 
-class Conv2d(_ConvNd):
+class Conv2d(_Conv):
     """2-D convolution layer, as ``torch.nn.Conv2d``.
 
     Shape: ``(N, C_in, H, W) → (N, C_out, OH, OW)``,
     ``OH = floor((H + 2p - d(k-1) - 1) / s) + 1``.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device=device, dtype=dtype)
-
-    def _conv_forward(self, input, weight, bias):
-        input, padding = self._padded(input)
-        return F.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
-
-    def forward(self, input):
-        return self._conv_forward(input, self.weight, self.bias)
+    _function = staticmethod(F.conv2d)
 
     def _forward_then_relu(self):
         if type(self).forward is not Conv2d.forward or self.padding_mode != "zeros":
