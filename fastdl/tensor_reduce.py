@@ -43,6 +43,15 @@ def reduction_dims(dim, ndim, op):
     return tuple(sorted(axes))
 
 
+def drop_reduced(reduced, axes, keepdim):
+    """``reduced`` (computed with ``keepdims=True``) without the reduced ``axes`` unless
+    ``keepdim``; all of them when ``axes`` is None."""
+    if keepdim:
+        return np.asarray(reduced)
+    return np.asarray(np.squeeze(reduced, axis=axes) if axes is not None
+                      else reduced.reshape(()))
+
+
 def expand_reduced(grad, shape, axes, keepdim):
     """``grad`` of a reduction over ``axes`` broadcast back to the input's ``shape``."""
     if axes is not None and not keepdim:
@@ -149,9 +158,7 @@ class Norm(Function):
             norm = np.sum(magnitude ** p, axis=axes, keepdims=True) ** (1.0 / p)
         ctx.save_for_backward(a, norm)
         ctx.p, ctx.axes, ctx.keepdim = p, axes, keepdim
-        if keepdim:
-            return np.asarray(norm)
-        return np.asarray(np.squeeze(norm, axis=axes) if axes is not None else norm.reshape(()))
+        return drop_reduced(norm, axes, keepdim)
 
     @staticmethod
     def backward(ctx, grad):
@@ -196,9 +203,7 @@ class LogSumExp(Function):
         total = np.log(np.sum(np.exp(a - peak), axis=axes, keepdims=True)) + peak
         ctx.save_for_backward(a, total)
         ctx.axes, ctx.keepdim = axes, keepdim
-        if keepdim:
-            return np.asarray(total)
-        return np.asarray(np.squeeze(total, axis=axes) if axes is not None else total.reshape(()))
+        return drop_reduced(total, axes, keepdim)
 
     @staticmethod
     def backward(ctx, grad):
