@@ -99,26 +99,24 @@ def _roi_geometry(roi, spatial_scale, pooled_height, pooled_width, sampling_rati
     return start_y, start_x, bin_h, bin_w, grid_h, grid_w
 
 
+def _neighbours(v, size):
+    """``(low, high, v)`` along one axis of a bilinear sample at ``v >= 0``: the two
+    neighbouring indices, both the last one (and ``v`` on it) at or past the edge."""
+    low = int(v)
+    if low >= size - 1:
+        return size - 1, size - 1, float(size - 1)
+    return low, low + 1, v
+
+
+_neighbours_inline = jit(_neighbours, inline="always")
+
+
 def _bilinear(y, x, height, width):
     """Corner indices and weights of a bilinear sample; all weights 0 outside the map."""
     if y < -1.0 or y > height or x < -1.0 or x > width:
         return 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0
-    y = max(y, 0.0)
-    x = max(x, 0.0)
-    y_low = int(y)
-    x_low = int(x)
-    if y_low >= height - 1:
-        y_low = height - 1
-        y_high = y_low
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = width - 1
-        x_high = x_low
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
+    y_low, y_high, y = _neighbours_inline(max(y, 0.0), height)
+    x_low, x_high, x = _neighbours_inline(max(x, 0.0), width)
     ly = y - y_low
     lx = x - x_low
     hy = 1.0 - ly
