@@ -4,12 +4,11 @@ weight gradient, as direct vector loops over (image, channel) planes.
 
 The C is in ``include/fastdl_depthwise.h`` (see there for the layout). Here each
 call checks its arrays, takes one scratch block per thread before the parallel
-region, and gives each thread a contiguous share: of the output planes (forward),
-of the input planes (input gradient) or of the output channels (weight gradient,
-each channel summed over all images by one thread). The results are bitwise the same
-for any thread count.
+region, and hands the threads runs of whole output planes (forward), input planes
+(input gradient) or output channels (weight gradient: each channel summed over all
+images by one thread). The results are bitwise the same for any thread count.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free
 
 cimport numpy as cnp
@@ -47,6 +46,9 @@ cdef extern from "fastdl_depthwise.h":
         double* grad_bias, Py_ssize_t first, Py_ssize_t end, double* scratch) noexcept nogil
 
 cdef enum:
+    # Runs of planes (or channels) per thread: enough that a thread the machine's other
+    # work delays is not waited for, few enough that each run is long.
+    CHUNKS_PER_THREAD = 8
     FORWARD = 0
     GRAD_INPUT = 1
     GRAD_WEIGHT = 2
@@ -83,14 +85,17 @@ cdef Shape _shape(str op, object x, object weight, object grad_out, tuple stride
 cdef void _run(int kind, Shape* s, void* first, void* second, void* third, void* fourth,
                void* fifth, int activate, double slope, bint is_float, Py_ssize_t items,
                char* scratch, size_t per_thread, int threads) noexcept nogil:
-    """Share ``items`` among ``threads``, thread t taking [items t / T, items (t+1) / T)."""
+    """Split ``items`` into CHUNKS_PER_THREAD * threads runs taken in turn (a thread
+    that the machine's other work slows takes fewer); each thread in its scratch."""
+    cdef Py_ssize_t chunks = min(items, <Py_ssize_t>threads * CHUNKS_PER_THREAD)
+    cdef Py_ssize_t chunk
     cdef int thread
-    cdef Py_ssize_t start, stop
-    for thread in prange(threads, num_threads=threads, schedule="static"):
-        start = items * thread // threads
-        stop = items * (thread + 1) // threads
-        _share(kind, s, first, second, third, fourth, fifth, activate, slope, is_float,
-               start, stop, scratch + thread * per_thread)
+    with parallel(num_threads=threads):
+        thread = threadid()
+        for chunk in prange(chunks, schedule="dynamic"):
+            _share(kind, s, first, second, third, fourth, fifth, activate, slope, is_float,
+                   items * chunk // chunks, items * (chunk + 1) // chunks,
+                   scratch + thread * per_thread)
 
 
 cdef inline void _share(int kind, Shape* s, void* first, void* second, void* third,

@@ -231,6 +231,39 @@ def conv2d_reference(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
     return out
 
 
+def conv2d_grads_reference(x, weight, grad_out, stride=(1, 1), padding=(0, 0), groups=1):
+    """``(grad_input, grad_weight)`` of a grouped, strided conv (dilation 1), tap by tap.
+
+    For each tap (i, j), the output grid reads the padded input at ``(oh * stride + i,
+    ow * stride + j)``: the input gradient scatters ``grad_out * weight[..., i, j]``
+    there, the weight gradient sums ``grad_out * input`` over it (float64).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    grad_out = np.asarray(grad_out, dtype=np.float64)
+    n, channels, height, width = x.shape
+    c_out, c_in_group, kh, kw = weight.shape
+    out_h, out_w = grad_out.shape[2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    grad_padded = np.zeros_like(padded)
+    grad_weight = np.zeros_like(weight)
+    out_per_group = c_out // groups
+    for oc in range(c_out):
+        first = (oc // out_per_group) * c_in_group
+        for ic in range(c_in_group):
+            for i in range(kh):
+                for j in range(kw):
+                    rows = slice(i, i + stride[0] * (out_h - 1) + 1, stride[0])
+                    cols = slice(j, j + stride[1] * (out_w - 1) + 1, stride[1])
+                    grad_weight[oc, ic, i, j] = np.sum(
+                        grad_out[:, oc] * padded[:, first + ic, rows, cols])
+                    grad_padded[:, first + ic, rows, cols] += grad_out[:, oc] * weight[oc, ic,
+                                                                                      i, j]
+    grad_input = grad_padded[:, :, padding[0]:padding[0] + height,
+                             padding[1]:padding[1] + width]
+    return grad_input, grad_weight
+
+
 def bilinear_matrix(size, scale, dtype):
     """Dense ``(size * scale, size)`` matrix of torch's align_corners=False bilinear
     upsampling, built row by row with ``np.add.at``."""
