@@ -514,8 +514,12 @@ class Module(StateDictMixin):
         """
         return self._add_hook(self._forward_hooks, hook, prepend, with_kwargs)
 
-    def _has_hooks(self):
+    def has_forward_hooks(self):
+        """Whether a forward hook or forward pre-hook is registered on this module
+        itself (not on its children): one may change what a call returns."""
         return bool(self._forward_pre_hooks or self._forward_hooks)
+
+    _has_hooks = has_forward_hooks
 
     def _forward_then_relu(self):
         """A callable computing ``relu(self(x))`` in one pass, or None (the default).
