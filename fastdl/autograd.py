@@ -95,16 +95,29 @@ class Function:
         output = cls.forward(ctx, *raw, **kwargs)
         if not any_needs:
             if isinstance(output, tuple):
-                return tuple(Tensor._wrap(o) for o in output)
-            return Tensor._wrap(output)
-        ctx.inputs = args
-        ctx.function = cls
-        ctx.seq = next(_sequence)  # creation order: which version of an in-place-modified input
-        if isinstance(output, tuple):
-            ctx.num_outputs = len(output)
-            return tuple(Tensor._wrap(o, ctx, i) for i, o in enumerate(output))
-        ctx.num_outputs = 1
-        return Tensor._wrap(output, ctx, 0)
+                result = tuple(Tensor._wrap(o) for o in output)
+            else:
+                result = Tensor._wrap(output)
+        else:
+            ctx.inputs = args
+            ctx.function = cls
+            # creation order: which version of an in-place-modified input
+            ctx.seq = next(_sequence)
+            if isinstance(output, tuple):
+                ctx.num_outputs = len(output)
+                result = tuple(Tensor._wrap(o, ctx, i) for i, o in enumerate(output))
+            else:
+                ctx.num_outputs = 1
+                result = Tensor._wrap(output, ctx, 0)
+        if _tracer is not None:
+            _tracer(cls, args, kwargs, result)
+        return result
+
+
+#: None, or ``tracer(function, args, kwargs, result)``, told of every op ``Function.apply``
+#: runs (``fastdl.deploy.trace`` sets it while it traces a forward; one global read an op
+#: otherwise).
+_tracer = None
 
 
 # Numbers recorded nodes in creation order (see tensor_inplace and _input_version).
