@@ -49,7 +49,7 @@ def compile(model, example_input, max_shapes=4):
     if example.ndim != 4:
         raise ValueError("deploy.compile: example_input must be (N, C, H, W), got shape %s"
                          % (example.shape,))
-    ops, tensors = build_graph(model)
+    ops, tensors = build_graph(model, example.shape[1:])
     return InferencePlan(ops, tensors, example.shape[1:], max_shapes).warmup()
 
 

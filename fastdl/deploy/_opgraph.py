@@ -21,8 +21,17 @@ MAX_INT = 1 << 24
 MAX_ELEMENTS = 2 ** 31 - 1
 
 OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-       "adaptive_avg_pool2d", "flatten", "affine_channels", "activation")
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
+       "adaptive_avg_pool2d", "flatten", "affine_channels", "activation", "prelu", "pad2d")
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity", "relu6", "hardtanh",
+               "hardsigmoid", "hardswish", "silu", "mish", "gelu", "gelu_tanh", "elu",
+               "softplus")
+#: The activations with constants: their ``parameters`` attribute, a list of this many
+#: finite numbers (hardtanh: min_val, max_val; elu: alpha, scale, where SELU is ELU with
+#: its two constants; softplus: beta, threshold). The others have none.
+PARAMETERS = {"hardtanh": 2, "elu": 2, "softplus": 2}
+#: Padding modes of ``pad2d``, as ``kernels.pad`` (torch's padding_mode 'zeros' is
+#: 'constant', zeros).
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
 # the attributes each op has
 ATTRIBUTES = {
     "conv2d": {"stride", "padding", "dilation", "groups", "negative_slope", "weights"},
@@ -35,10 +44,15 @@ ATTRIBUTES = {
     "flatten": {"start_dim"},
     "affine_channels": {"weights"},
     "activation": {"kind", "negative_slope"},
+    "prelu": {"weights"},
+    "pad2d": {"mode", "padding"},
 }
+# the attributes an op may have besides those (the activations with constants)
+OPTIONAL = {"activation": {"parameters"}}
 # the tensors each op with weights may name
 ROLES = {"conv2d": {"weight", "bias"}, "conv_transpose2d": {"weight", "bias"},
-         "linear": {"weight", "bias"}, "affine_channels": {"scale", "shift"}}
+         "linear": {"weight", "bias"}, "affine_channels": {"scale", "shift"},
+         "prelu": {"weight"}}
 
 
 def fail(message):
@@ -193,17 +207,64 @@ def _infer_affine(op, index, shapes, tensors):
 
 
 def _infer_activation(op, index, shapes, tensors):
-    if op["kind"] not in ACTIVATIONS:
-        fail("op %d: unknown activation %r" % (index, op["kind"]))
-    if op["kind"] == "leaky_relu" and op["negative_slope"] is None:
+    kind = op["kind"]
+    if not isinstance(kind, str) or kind not in ACTIVATIONS:
+        fail("op %d: unknown activation %r" % (index, kind))
+    if kind == "leaky_relu" and op["negative_slope"] is None:
         fail("op %d: leaky_relu needs a negative_slope" % index)
+    count = PARAMETERS.get(kind, 0)
+    parameters = op.get("parameters")
+    if (parameters is None) != (count == 0) or count and (
+            not isinstance(parameters, list) or len(parameters) != count or not all(
+                _finite(p) for p in parameters)):
+        fail("op %d: activation %r takes %s, got parameters %r"
+             % (index, kind, "%d finite numbers" % count if count else "no parameters",
+                parameters))
+    if kind == "hardtanh" and parameters[0] > parameters[1]:
+        fail("op %d: hardtanh's min_val %r is above its max_val %r" % (index, *parameters))
+    if kind == "softplus" and parameters[0] == 0:
+        fail("op %d: softplus's beta must not be 0" % index)
     return shapes[0]
+
+
+def _infer_prelu(op, index, shapes, tensors):
+    shape = shapes[0]
+    weight = _weight(tensors, op, "weight", index, 1)
+    if weight is None or len(shape) < 2 or weight.shape[0] not in (1, shape[1]):
+        fail("op %d: prelu needs a weight of 1 or %s elements, got %s"
+             % (index, shape[1] if len(shape) > 1 else "C",
+                None if weight is None else weight.shape))
+    return shape
+
+
+def _infer_pad(op, index, shapes, tensors):
+    """[top, bottom, left, right] of the last two axes, in one of ``PAD_MODES``; reflect
+    pads less than the size, circular at most the size (torch's rules)."""
+    shape, mode = shapes[0], op["mode"]
+    padding = bounded_ints(op["padding"], 4, "op %d: padding" % index, 0)
+    if not isinstance(mode, str) or mode not in PAD_MODES or len(shape) != 4:
+        fail("op %d: pad2d needs a mode of %s and a 4-D input, got %r and %s"
+             % (index, PAD_MODES, mode, shape))
+    for axis, (before, after) in zip((2, 3), (padding[:2], padding[2:])):
+        size = shape[axis]
+        if mode == "reflect" and max(before, after) >= size or (
+                mode == "circular" and max(before, after) > size):
+            fail("op %d: %s padding of %d on a size of %d" % (index, mode,
+                                                             max(before, after), size))
+    return shape[:2] + (shape[2] + padding[0] + padding[1], shape[3] + padding[2]
+                        + padding[3])
 
 
 _INFER = {"conv2d": _infer_conv, "conv_transpose2d": _infer_conv, "linear": _infer_linear,
           "max_pool2d": _infer_pool, "avg_pool2d": _infer_pool,
           "adaptive_avg_pool2d": _infer_adaptive_pool, "flatten": _infer_flatten,
-          "affine_channels": _infer_affine, "activation": _infer_activation}
+          "affine_channels": _infer_affine, "activation": _infer_activation,
+          "prelu": _infer_prelu, "pad2d": _infer_pad}
+
+
+def _finite(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
+        value)
 
 
 # ------------------------------------------------------------------------ validation
@@ -215,8 +276,9 @@ def held(op, shapes, out, tensors, itemsize):
     kind, size = op["op"], math.prod(out)
     if kind == "flatten":
         return 0                                       # a view
-    if kind == "affine_channels":
-        return 2 * size * itemsize                     # x * scale, then + shift
+    if kind in ("affine_channels", "prelu", "pad2d"):
+        # x * scale, then + shift; weight * x, then the choice; a gather per axis
+        return 2 * size * itemsize
     if kind in ("max_pool2d", "adaptive_avg_pool2d"):
         # the plan's buffer, and where the window is not 2x2 (1x1) a new output, and for
         # max pooling its int64 argmax
@@ -245,7 +307,8 @@ def _check_fields(op, index, tensors):
     if not isinstance(op, dict) or op.get("op") not in OPS:
         fail("op %d is unknown: %r" % (index, op.get("op") if isinstance(op, dict) else op))
     kind = op["op"]
-    extra = set(op) - {"op", "inputs", "output"} - ATTRIBUTES[kind]
+    extra = set(op) - {"op", "inputs", "output"} - ATTRIBUTES[kind] - OPTIONAL.get(kind,
+                                                                                   set())
     missing = ATTRIBUTES[kind] - set(op) - {"weights"}
     if extra or missing:
         fail("op %d (%s): unexpected %s, missing %s" % (index, kind, sorted(extra),
@@ -265,9 +328,20 @@ def _check_fields(op, index, tensors):
         fail("op %d: weights %r must map %s to tensors of the plan"
              % (index, weights, sorted(ROLES.get(kind, ()))))
     slope = op.get("negative_slope")
-    if slope is not None and (not isinstance(slope, numbers.Real) or isinstance(
-            slope, bool) or not math.isfinite(slope)):
+    if slope is not None and not _finite(slope):
         fail("op %d: negative_slope must be a finite number or null" % index)
+
+
+def infer(op, index, shapes, tensors):
+    """The shape of op ``index``'s output at batch 1, from ``shapes`` (value id: shape)
+    of the values before it; raises ValueError ("invalid inference plan") where the op
+    is malformed or does not fit them."""
+    _check_fields(op, index, tensors)
+    out = _INFER[op["op"]](op, index, [shapes[i] for i in op["inputs"]], tensors)
+    if not all(bounded_int(n, 1) for n in out[1:]) or math.prod(out) > MAX_ELEMENTS:
+        fail("op %d: output shape %s (at batch 1) has a size outside [1, %d] or more "
+             "than %d elements" % (index, out, MAX_INT, MAX_ELEMENTS))
+    return out
 
 
 def validate(ops, tensors, input_shape, dtype, max_bytes=None):
@@ -284,12 +358,8 @@ def validate(ops, tensors, input_shape, dtype, max_bytes=None):
              % (tuple(input_shape), MAX_INT, MAX_ELEMENTS))
     total = math.prod(input_shape) * itemsize          # the input
     for index, op in enumerate(ops):
-        _check_fields(op, index, tensors)
+        shapes[index + 1] = out = infer(op, index, shapes, tensors)
         sources = [shapes[i] for i in op["inputs"]]
-        shapes[index + 1] = out = _INFER[op["op"]](op, index, sources, tensors)
-        if not all(bounded_int(n, 1) for n in out[1:]) or math.prod(out) > MAX_ELEMENTS:
-            fail("op %d: output shape %s (at batch 1) has a size outside [1, %d] or more "
-                 "than %d elements" % (index, out, MAX_INT, MAX_ELEMENTS))
         total += held(op, sources, out, tensors, itemsize)
         if index == len(ops) - 1:
             total += math.prod(out) * itemsize         # the copy a call returns

@@ -91,13 +91,16 @@ class Scheduler:
             scale, shift = weights["scale"].reshape(broadcast), weights["shift"].reshape(
                 broadcast)
             return lambda values, buffer: values[source] * scale + shift
-        # a standalone activation (one not fused into a conv or dense layer) runs a
-        # Numba kernel: imported here, so that plans without one never load Numba
-        from fastdl.kernels import activation as act_kernels
-        function = {"relu": act_kernels.relu_forward, "sigmoid": act_kernels.sigmoid_forward,
-                    "tanh": act_kernels.tanh_forward, "identity": lambda x: x,
-                    "leaky_relu": lambda x: act_kernels.leaky_relu_forward(
-                        x, op["negative_slope"])}[op["kind"]]
+        if kind == "pad2d":
+            from fastdl.kernels import pad as pad_kernels
+            top, bottom, left, right = op["padding"]
+            widths, mode = ((top, bottom), (left, right)), op["mode"]
+            return lambda values, buffer: pad_kernels.pad_forward(values[source], widths, mode)
+        if kind == "prelu":
+            from fastdl.kernels import elementwise
+            return lambda values, buffer: elementwise.prelu_forward(values[source],
+                                                                    weights["weight"])
+        function = _activation(op)
         return lambda values, buffer: function(values[source])
 
     def _head(self, runs, batch):
@@ -350,3 +353,28 @@ class Scheduler:
             else:
                 buffers.append(None)
         return buffers
+
+
+# the activations of kernels.elementwise: plan kind -> (kernel name, its constants a, b)
+_ELEMENTWISE = {"relu6": ("hardtanh", (0.0, 6.0)), "hardsigmoid": ("hardsigmoid", ()),
+                "hardswish": ("hardswish", ()), "silu": ("silu", ()), "mish": ("mish", ()),
+                "gelu": ("gelu", ()), "gelu_tanh": ("gelu_tanh", ()),
+                "hardtanh": ("hardtanh", None), "elu": ("elu", None),
+                "softplus": ("softplus", None)}
+
+
+def _activation(op):
+    """A standalone activation (one not fused into a conv or dense layer) as a function
+    of an ndarray: the Numba kernels the layers run, imported here, so that plans
+    without one never load Numba."""
+    kind = op["kind"]
+    if kind in _ELEMENTWISE:
+        from fastdl.kernels import elementwise
+        name, constants = _ELEMENTWISE[kind]
+        constants = op["parameters"] if constants is None else constants
+        return lambda x: elementwise.activation_forward(x, name, *constants)
+    from fastdl.kernels import activation as act_kernels
+    return {"relu": act_kernels.relu_forward, "sigmoid": act_kernels.sigmoid_forward,
+            "tanh": act_kernels.tanh_forward, "identity": lambda x: x,
+            "leaky_relu": lambda x: act_kernels.leaky_relu_forward(
+                x, op["negative_slope"])}[kind]

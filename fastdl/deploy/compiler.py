@@ -11,7 +11,14 @@ the modules after it in a Sequential: a convolution or linear layer takes the
 BatchNorm after it into its weights and the ReLU / LeakyReLU after that into its
 epilogue (``Following.take``), and a residual block's add goes into its second
 convolution's epilogue. A module without a lowering raises a ValueError naming its path
-and its class with the module it comes from — never a silently wrong plan.
+and its class with the module it comes from, and a layer option a plan cannot run (a
+dilated max pool, an AvgPool2d divisor_override, ...) one naming the module, its class
+and the option — never a silently wrong plan. So does a forward hook or pre-hook on any
+module of the model (``Module.has_forward_hooks``): it could change what a call returns.
+
+The builder knows the shape of every value it emits (at batch 1, from the example
+input), so a lowering can resolve what depends on it: the None entries of an adaptive
+pool's output size, the dims a Flatten spans.
 
 The ops are those of ``_opgraph``: ``{"op": name, "inputs": [value ids], "output": id,
 ...attrs, "weights": {role: tensor name}}``; value 0 is the plan's input.
@@ -19,7 +26,9 @@ The ops are those of ``_opgraph``: ``{"op": name, "inputs": [value ids], "output
 import numpy as np
 
 from fastdl import nn
+from fastdl.deploy._opgraph import infer
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+from fastdl.functional.elementwise import SELU_ALPHA, SELU_SCALE
 from fastdl.models.resnet import ResNet
 
 # registered class: lower(builder, path, module, value, following) -> value id
@@ -36,18 +45,25 @@ def register_lowering(*classes):
     return register
 
 
+def _keeps(kind, cls):
+    """Whether class ``kind`` computes what ``cls`` does: it keeps ``cls``'s forward and
+    the function that forward calls (``_function``: CELU is an ELU calling another)."""
+    return kind.forward is cls.forward and getattr(kind, "_function", None) is getattr(
+        cls, "_function", None)
+
+
 def _lowering_class(module):
     """The registered class whose lowering compiles ``module`` (the nearest in its MRO),
     or None: none is registered, or ``module`` overrides that class's forward."""
     for cls in type(module).__mro__:
         if cls in _LOWERINGS:
-            return cls if type(module).forward is cls.forward else None
+            return cls if _keeps(type(module), cls) else None
     return None
 
 
 def _is(module, cls):
     """Whether ``module`` is a ``cls`` that keeps its forward."""
-    return isinstance(module, cls) and type(module).forward is cls.forward
+    return isinstance(module, cls) and _keeps(type(module), cls)
 
 
 def _join(parent, child):
@@ -59,12 +75,23 @@ def _unsupported(path, module, reason=None):
     registered = next((cls for cls in kind.__mro__ if cls in _LOWERINGS), None)
     if reason is None:
         reason = ("no lowering is registered for it" if registered is None else
-                  "it overrides the forward of %s.%s, which that class's lowering compiles"
-                  % (registered.__module__, registered.__qualname__))
+                  "it overrides the %s of %s.%s, which that class's lowering compiles"
+                  % ("forward" if kind.forward is not registered.forward else
+                     "function (_function) the forward calls", registered.__module__,
+                     registered.__qualname__))
     raise ValueError("deploy.compile: cannot compile module %r (%s) of class %s.%s: %s; "
                      "supported are Sequential, BasicBlock, ResNet and the layers of "
                      "fastdl.nn" % (path or "model", kind.__name__, kind.__module__,
                                     kind.__qualname__, reason))
+
+
+def refuse(path, module, option, reason):
+    """Raise the ValueError of a layer option a plan cannot run: ``option`` (as the layer
+    is built, ``"dilation=2"``) of ``module`` at ``path``, and why."""
+    kind = type(module)
+    raise ValueError("deploy.compile: cannot compile module %r (%s.%s): %s is not supported: "
+                     "%s" % (path or "model", kind.__module__, kind.__qualname__, option,
+                             reason))
 
 
 class Following:
@@ -84,10 +111,17 @@ class Following:
 
 
 class Builder:
-    """The ops and the weights emitted so far."""
+    """The ops and the weights emitted so far, and the shape of every value at batch 1
+    (``shape``) from the input's ``(C, H, W)``."""
 
-    def __init__(self):
+    def __init__(self, input_shape):
         self.ops, self.tensors, self.next_id = [], {}, 1
+        self.shapes = {0: (1,) + tuple(int(n) for n in input_shape)}
+        self._where = ("", None)   # the module being lowered, for errors
+
+    def shape(self, value):
+        """Value ``value``'s shape at batch 1."""
+        return self.shapes[value]
 
     def weight(self, prefix, role, array):
         name = "%s.%s" % (prefix, role)
@@ -96,8 +130,17 @@ class Builder:
 
     def emit(self, op, inputs, **attributes):
         output = self.next_id
+        entry = dict(op=op, inputs=list(inputs), output=output, **attributes)
+        try:
+            shape = infer(entry, output - 1, self.shapes, self.tensors)
+        except ValueError as error:   # the model would fail on this input too
+            path, module = self._where
+            raise ValueError("deploy.compile: module %r (%s) does not fit its input %s: %s"
+                             % (path or "model", type(module).__name__,
+                                self.shapes[entry["inputs"][0]], error)) from None
         self.next_id += 1
-        self.ops.append(dict(op=op, inputs=list(inputs), output=output, **attributes))
+        self.ops.append(entry)
+        self.shapes[output] = shape
         return output
 
     def lower(self, path, module, value, following=None):
@@ -105,8 +148,12 @@ class Builder:
         cls = _lowering_class(module)
         if cls is None:
             _unsupported(path, module)
-        return _LOWERINGS[cls](self, path, module, value,
-                               Following() if following is None else following)
+        where, self._where = self._where, (path, module)
+        try:
+            return _LOWERINGS[cls](self, path, module, value,
+                                   Following() if following is None else following)
+        finally:
+            self._where = where
 
     def sequence(self, parent, children, value):
         """Emit ``children`` ((name, module) pairs) in order, each one's output the next
@@ -121,18 +168,30 @@ class Builder:
         return value
 
 
-def build_graph(model):
-    """(ops, tensors) of ``model`` in eval mode; the model's own mode is left as it was."""
+def _refuse_hooks(model):
+    for path, module in model.named_modules():
+        if module.has_forward_hooks():
+            kind = type(module)
+            raise ValueError("deploy.compile: cannot compile module %r (%s.%s): it has a "
+                             "forward hook or pre-hook, which could change what it returns "
+                             "and which a plan would not run; remove it (its handle's "
+                             "remove()) before compiling"
+                             % (path or "model", kind.__module__, kind.__qualname__))
+
+
+def build_graph(model, input_shape):
+    """(ops, tensors) of ``model`` in eval mode, for inputs of ``input_shape`` (C, H,
+    W); the model's own mode is left as it was."""
+    _refuse_hooks(model)
     was_training = model.training
     model.eval()
     try:
-        builder = Builder()
+        builder = Builder(input_shape)
         output = builder.lower("", model, 0)
     finally:
         model.train(was_training)
     if not builder.ops or builder.ops[-1]["output"] != output:
-        builder.ops.append(dict(op="activation", inputs=[output], output=builder.next_id,
-                                kind="identity", negative_slope=0.0))
+        builder.emit("activation", [output], kind="identity", negative_slope=0.0)
     return builder.ops, builder.tensors
 
 
@@ -156,21 +215,30 @@ def _take_activation(following):
     return 0.0 if isinstance(activation, nn.ReLU) else float(activation.negative_slope)
 
 
-def _zero_padding(name, conv):
-    """The conv's zero padding as [rows, cols] (``'valid'``: none; ``'same'``: half the
-    kernel's span where that is even); a ValueError for what a plan cannot pad."""
-    if getattr(conv, "padding_mode", "zeros") != "zeros":
-        raise ValueError("deploy.compile: %s: only padding_mode='zeros' is supported, got %r"
-                         % (name or "model", conv.padding_mode))
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+              "circular": "circular"}
+
+
+def _padding(builder, name, conv, value):
+    """The conv's input and padding ([rows, cols], zeros on both sides): a ``pad2d`` op
+    first where the padding is not zeros (``padding_mode``) or pads one side more than
+    the other (an even ``padding='same'``), as the layer pads its input."""
+    mode = conv.padding_mode
+    if mode not in _PAD_MODES:
+        refuse(name, conv, "padding_mode=%r" % (mode,), "a plan pads with zeros, "
+               "reflect, replicate or circular")
     if conv.padding == "valid":
-        return [0, 0]
-    if conv.padding == "same":
+        pairs = [(0, 0), (0, 0)]
+    elif conv.padding == "same":
         spans = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        if any(span % 2 for span in spans):
-            raise ValueError("deploy.compile: %s: padding='same' pads one side more than the "
-                             "other here; give the padding as ints" % (name or "model"))
-        return [span // 2 for span in spans]
-    return list(conv.padding)
+        pairs = [(span // 2, span - span // 2) for span in spans]
+    else:
+        pairs = [(p, p) for p in conv.padding]
+    if mode == "zeros" and all(before == after for before, after in pairs):
+        return value, [before for before, _ in pairs]
+    value = builder.emit("pad2d", [value], mode=_PAD_MODES[mode],
+                         padding=[n for pair in pairs for n in pair])
+    return value, [0, 0]
 
 
 def _conv(builder, name, conv, value, bn=None, slope=None, residual=None):
@@ -180,14 +248,21 @@ def _conv(builder, name, conv, value, bn=None, slope=None, residual=None):
     if bn is not None:
         weight, bias = fuse_conv_bn_weights(weight, bias, *_bn_arrays(bn),
                                             transposed=transposed, groups=conv.groups)
-    weights = {"weight": builder.weight(name, "weight", weight)}
-    if bias is not None:
-        weights["bias"] = builder.weight(name, "bias", bias)
-    attributes = dict(stride=list(conv.stride), padding=_zero_padding(name, conv),
-                      dilation=list(conv.dilation), groups=conv.groups, weights=weights)
     if transposed:
         if residual is not None or slope is not None:
             raise ValueError("deploy.compile: no fused epilogue on transposed convolutions")
+        if conv.padding_mode != "zeros":   # the layer refuses it too
+            refuse(name, conv, "padding_mode=%r" % (conv.padding_mode,),
+                   "a transposed convolution pads with zeros")
+        padding = list(conv.padding)
+    else:
+        value, padding = _padding(builder, name, conv, value)
+    weights = {"weight": builder.weight(name, "weight", weight)}
+    if bias is not None:
+        weights["bias"] = builder.weight(name, "bias", bias)
+    attributes = dict(stride=list(conv.stride), padding=padding,
+                      dilation=list(conv.dilation), groups=conv.groups, weights=weights)
+    if transposed:
         return builder.emit("conv_transpose2d", [value],
                             output_padding=list(conv.output_padding), **attributes)
     inputs = [value] if residual is None else [value, residual]
@@ -255,15 +330,24 @@ def _lower_basic_block(builder, path, block, value, following):
                  identity)
 
 
-@register_lowering(nn.Dropout, nn.Identity)
+# in eval mode (the plan's) every dropout is the identity
+@register_lowering(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 def _lower_nothing(builder, path, module, value, following):
     return value
 
 
-def _activation_lowering(kind):
+def _activation_lowering(kind, parameters=None):
+    """The lowering of an activation layer: a plan activation ``kind`` (a function of
+    the module where it depends on its settings), with ``parameters(module)``."""
     def lower(builder, path, module, value, following):
-        return builder.emit("activation", [value], kind=kind,
-                            negative_slope=getattr(module, "negative_slope", 0.0))
+        name = kind(module) if callable(kind) else kind
+        extra = {} if parameters is None else {"parameters": [
+            float(p) for p in parameters(module)]}
+        if extra and not all(np.isfinite(extra["parameters"])):
+            refuse(path, module, "a constant of %r" % (extra["parameters"],),
+                   "a plan's activation constants are finite")
+        return builder.emit("activation", [value], kind=name,
+                            negative_slope=getattr(module, "negative_slope", 0.0), **extra)
     return lower
 
 
@@ -271,42 +355,114 @@ register_lowering(nn.ReLU)(_activation_lowering("relu"))
 register_lowering(nn.LeakyReLU)(_activation_lowering("leaky_relu"))
 register_lowering(nn.Sigmoid)(_activation_lowering("sigmoid"))
 register_lowering(nn.Tanh)(_activation_lowering("tanh"))
+register_lowering(nn.ReLU6)(_activation_lowering("relu6"))
+register_lowering(nn.Hardtanh)(_activation_lowering(
+    "hardtanh", lambda m: (m.min_val, m.max_val)))
+register_lowering(nn.Hardsigmoid)(_activation_lowering("hardsigmoid"))
+register_lowering(nn.Hardswish)(_activation_lowering("hardswish"))
+register_lowering(nn.SiLU)(_activation_lowering("silu"))
+register_lowering(nn.Mish)(_activation_lowering("mish"))
+register_lowering(nn.GELU)(_activation_lowering(
+    lambda m: "gelu" if m.approximate == "none" else "gelu_tanh"))
+register_lowering(nn.ELU)(_activation_lowering("elu", lambda m: (m.alpha, 1.0)))
+# SELU is ELU with its two constants, as functional.selu computes it
+register_lowering(nn.SELU)(_activation_lowering(
+    "elu", lambda m: (SELU_ALPHA, SELU_SCALE)))
+register_lowering(nn.Softplus)(_activation_lowering(
+    "softplus", lambda m: (m.beta, m.threshold)))
+
+
+@register_lowering(nn.PReLU)
+def _lower_prelu(builder, path, prelu, value, following):
+    return builder.emit("prelu", [value], weights={
+        "weight": builder.weight(path, "weight", prelu.weight.array)})
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 @register_lowering(nn.MaxPool2d)
 def _lower_max_pool(builder, path, pool, value, following):
-    dilation = getattr(pool, "dilation", 1)
-    if dilation not in (1, (1, 1), [1, 1]) or getattr(pool, "return_indices", False):
-        raise ValueError("deploy.compile: %s: only MaxPool2d(dilation=1, return_indices=False)"
-                         " is supported" % (path or "model"))
+    if _pair(pool.dilation) != (1, 1):
+        refuse(path, pool, "dilation=%r" % (pool.dilation,),
+               "a plan's max pool has no dilation")
+    if pool.return_indices:
+        refuse(path, pool, "return_indices=True", "a plan returns one array")
     return builder.emit("max_pool2d", [value], kernel_size=pool.kernel_size,
                         stride=pool.stride, padding=pool.padding, ceil_mode=pool.ceil_mode)
 
 
 @register_lowering(nn.AvgPool2d)
 def _lower_avg_pool(builder, path, pool, value, following):
-    if getattr(pool, "divisor_override", None) is not None:
-        raise ValueError("deploy.compile: %s: only AvgPool2d(divisor_override=None) is "
-                         "supported" % (path or "model"))
+    if pool.divisor_override is not None:
+        refuse(path, pool, "divisor_override=%r" % (pool.divisor_override,),
+               "a plan's average pool divides by the window")
     return builder.emit("avg_pool2d", [value], kernel_size=pool.kernel_size,
                         stride=pool.stride, padding=pool.padding, ceil_mode=pool.ceil_mode,
                         count_include_pad=pool.count_include_pad)
 
 
+def _adaptive_size(builder, path, pool, value):
+    """An adaptive pool's output (H, W) on value ``value``: its ``output_size``, an int
+    or a pair whose None entries keep the input's size."""
+    size = pool.output_size
+    pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    shape = builder.shape(value)
+    if len(pair) != 2 or len(shape) != 4:
+        refuse(path, pool, "output_size=%r" % (size,), "a plan pools (H, W) of a 4-D input, "
+               "here %s" % (shape,))
+    pair = tuple(shape[2 + a] if n is None else n for a, n in enumerate(pair))
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+               for n in pair):
+        refuse(path, pool, "output_size=%r" % (size,), "sizes must be positive ints or None")
+    return [int(n) for n in pair]
+
+
 @register_lowering(nn.AdaptiveAvgPool2d)
 def _lower_adaptive_avg_pool(builder, path, pool, value, following):
-    size = pool.output_size
     return builder.emit("adaptive_avg_pool2d", [value],
-                        output_size=list(size) if isinstance(size, (tuple, list))
-                        else [size, size])
+                        output_size=_adaptive_size(builder, path, pool, value))
+
+
+@register_lowering(nn.AdaptiveMaxPool2d)
+def _lower_adaptive_max_pool(builder, path, pool, value, following):
+    """Where the output size divides the input's, the bins are the windows of a max pool
+    of that window and stride (a global max pool, for 1)."""
+    if pool.return_indices:
+        refuse(path, pool, "return_indices=True", "a plan returns one array")
+    size = _adaptive_size(builder, path, pool, value)
+    height, width = builder.shape(value)[2:]
+    if height % size[0] or width % size[1]:
+        refuse(path, pool, "output_size=%r" % (pool.output_size,),
+               "a plan pools adaptively to the max only where the output size divides the "
+               "input's, here %s" % ((height, width),))
+    window = [height // size[0], width // size[1]]
+    return builder.emit("max_pool2d", [value], kernel_size=window, stride=window, padding=0,
+                        ceil_mode=False)
 
 
 @register_lowering(nn.Flatten)
 def _lower_flatten(builder, path, flatten, value, following):
-    if flatten.end_dim != -1:
-        raise ValueError("deploy.compile: %s: only Flatten(end_dim=-1) is supported"
-                         % (path or "model"))
-    return builder.emit("flatten", [value], start_dim=flatten.start_dim)
+    """Flatten of dims ``start_dim..end_dim`` (negative: from the end) of the value: none
+    where they are one dim; a plan's flatten where they end with the last one."""
+    rank = len(builder.shape(value))
+    try:
+        start, end = (int(dim) + rank if int(dim) < 0 else int(dim)
+                      for dim in (flatten.start_dim, flatten.end_dim))
+    except (TypeError, ValueError):
+        start = end = -1
+    option = "Flatten(start_dim=%r, end_dim=%r)" % (flatten.start_dim, flatten.end_dim)
+    if not 0 <= start <= end < rank:
+        refuse(path, flatten, option, "its dims do not fit a %d-D input" % rank)
+    if start == 0:
+        refuse(path, flatten, option, "a plan keeps the batch dimension")
+    if start == end:
+        return value
+    if end != rank - 1:
+        refuse(path, flatten, option, "a plan flattens up to the last dimension only (the "
+               "input is %d-D)" % rank)
+    return builder.emit("flatten", [value], start_dim=start)
 
 
 @register_lowering(nn.BatchNorm2d)
