@@ -50,7 +50,10 @@ def compile(model, example_input, max_shapes=4):
         raise ValueError("deploy.compile: example_input must be (N, C, H, W), got shape %s"
                          % (example.shape,))
     ops, tensors = build_graph(model, example.shape[1:])
-    return InferencePlan(ops, tensors, example.shape[1:], max_shapes).warmup()
+    # a plan without weights computes in the example's float dtype, as the model does
+    dtype = example.dtype.name if not tensors and example.dtype.name in (
+        "float32", "float64") else None
+    return InferencePlan(ops, tensors, example.shape[1:], max_shapes, dtype=dtype).warmup()
 
 
 def load(path, warmup=False, max_bytes=MAX_PLAN_BYTES):

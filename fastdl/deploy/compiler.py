@@ -331,8 +331,17 @@ def _lower_basic_block(builder, path, block, value, following):
 
 
 # in eval mode (the plan's) every dropout is the identity
-@register_lowering(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+@register_lowering(nn.Dropout, nn.Dropout2d, nn.Identity)
 def _lower_nothing(builder, path, module, value, following):
+    return value
+
+
+@register_lowering(nn.Dropout1d)
+def _lower_dropout1d(builder, path, dropout, value, following):
+    rank = len(builder.shape(value))
+    if rank not in (2, 3):   # the layer raises on it, in eval mode too
+        refuse(path, dropout, "Dropout1d on a %d-D input" % rank, "it takes 2-D or 3-D "
+               "inputs (the model raises on this one)")
     return value
 
 

@@ -39,6 +39,9 @@ class InferencePlan:
     max_bytes : int, optional
         Refuse (ValueError) a plan whose call at batch 1 would hold more bytes than
         this (``call_bytes``); None: no limit. ``load`` gives ``MAX_PLAN_BYTES``.
+    dtype : {None, 'float32', 'float64'}
+        The dtype of a plan without tensors (default float32); one with tensors has
+        theirs, and a different ``dtype`` is refused.
 
     Attributes
     ----------
@@ -48,11 +51,16 @@ class InferencePlan:
         weights (the values scale with the batch size; the weights, too, are extra).
     """
 
-    def __init__(self, ops, tensors, input_shape, max_shapes=4, max_bytes=None):
+    def __init__(self, ops, tensors, input_shape, max_shapes=4, max_bytes=None, dtype=None):
         self.input_shape = tuple(int(n) for n in input_shape)
-        dtypes = {a.dtype for a in tensors.values()} or {np.dtype(np.float32)}
-        if len(dtypes) != 1 or dtypes & {np.dtype(np.float32), np.dtype(np.float64)} != dtypes:
-            fail("tensors must share one float dtype, got %s" % sorted(map(str, dtypes)))
+        floats = {np.dtype(np.float32), np.dtype(np.float64)}
+        if dtype is not None and dtype not in ("float32", "float64") and dtype not in floats:
+            fail("dtype must be float32 or float64, got %r" % (dtype,))
+        dtypes = {a.dtype for a in tensors.values()} or {np.dtype(dtype or np.float32)}
+        if len(dtypes) != 1 or dtypes & floats != dtypes or dtype is not None and (
+                dtypes != {np.dtype(dtype)}):
+            fail("tensors must share one float dtype%s, got %s" % (
+                "" if dtype is None else " (%s)" % np.dtype(dtype), sorted(map(str, dtypes))))
         self.dtype = dtypes.pop()
         self.shapes, self.call_bytes = validate(ops, tensors, self.input_shape, self.dtype,
                                                 max_bytes)

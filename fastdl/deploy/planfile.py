@@ -76,7 +76,9 @@ def read_plan(path, make_plan, max_bytes=MAX_PLAN_BYTES):
     if isinstance(ops, list) and len(ops) > MAX_OPS:
         fail("%d ops, more than MAX_OPS=%d" % (len(ops), MAX_OPS))
     try:
-        plan = make_plan(ops, tensors, input_shape, max_bytes=max_bytes)
+        dtype = description.get("dtype")
+        plan = make_plan(ops, tensors, input_shape, max_bytes=max_bytes,
+                         dtype=dtype if dtype in ("float32", "float64") else None)
     except (TypeError, KeyError, IndexError, AttributeError, OverflowError,
             ZeroDivisionError, RecursionError) as error:
         # the checks above should leave nothing to get here: a last line
