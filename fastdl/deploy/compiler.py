@@ -61,6 +61,12 @@ def _lowering_class(module):
     return None
 
 
+def lowers(module):
+    """Whether a registered lowering compiles ``module`` (``deploy.compile`` traces the
+    forward of any other module instead)."""
+    return _lowering_class(module) is not None
+
+
 def _is(module, cls):
     """Whether ``module`` is a ``cls`` that keeps its forward."""
     return isinstance(module, cls) and _keeps(type(module), cls)
