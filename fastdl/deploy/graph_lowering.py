@@ -21,7 +21,6 @@ forward depends on its input — and checks the plan against both forwards.
 import numpy as np
 
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
-from fastdl.deploy.onnx_import import _order
 from fastdl.deploy.plan import InferencePlan
 from fastdl.deploy.trace import INPUT, trace
 
@@ -190,6 +189,26 @@ class _Lowering:
                 return
         self.fail(node, "the plan adds two values only as a residual onto a convolution's "
                         "output that nothing else reads (before any activation of it)")
+
+
+def _order(pending, output):
+    """The pending ops the output reads, in a topological order that keeps the graph's
+    where it can (a residual may move a conv after its shortcut)."""
+    needed, stack = set(), [output]
+    while stack:
+        ref = stack.pop()
+        if ref == INPUT or ref in needed:
+            continue
+        needed.add(ref)
+        stack.extend(pending[ref].inputs)
+    order, done, remaining = [], set(), sorted(needed)
+    while remaining:
+        ref = next(r for r in remaining if all(i == INPUT or i in done
+                                               for i in pending[r].inputs))
+        order.append(ref)
+        done.add(ref)
+        remaining.remove(ref)
+    return order
 
 
 def _plan_ops(pending, output, dtype):
