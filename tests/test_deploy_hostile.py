@@ -196,6 +196,11 @@ def _deep(depth):
     "slope_nan", "leaky_relu_without_slope", "empty_weight", "output_padding",
     "input_shape_nested", "input_shape_zero", "input_shape_huge", "dtype_mismatch",
     "kernel_size_nested", "truncated_data", "header_beyond_file", "version_bool",
+    "parameters_missing", "parameters_extra", "parameters_nan", "parameters_short",
+    "parameters_string", "hardtanh_reversed", "softplus_beta_zero", "activation_kind_list",
+    "pad_mode_unknown", "pad_mode_list", "pad_reflect_too_wide", "pad_circular_too_wide",
+    "pad_negative", "pad_huge", "pad_three", "prelu_weight_size", "prelu_weight_2d",
+    "prelu_without_weight",
 ])
 def test_malformed_files_raise_value_error_only(tmp_path, case):
     """One ValueError for each, at load, and with ``warmup`` no other exception."""
@@ -239,6 +244,33 @@ def test_malformed_files_raise_value_error_only(tmp_path, case):
         "dtype_mismatch": lambda d: d.__setitem__("dtype", "float64"),
         "version_bool": lambda d: d.__setitem__("version", True),
         "empty_weight": lambda d: tensors.__setitem__("b", np.zeros(0, np.float32)),
+        "parameters_missing": lambda d: ops[1].__setitem__("kind", "hardtanh"),
+        "parameters_extra": lambda d: ops[1].__setitem__("parameters", [1.0]),
+        "parameters_nan": lambda d: ops[1].update(kind="elu", parameters=[float("nan"), 1]),
+        "parameters_short": lambda d: ops[1].update(kind="softplus", parameters=[1.0]),
+        "parameters_string": lambda d: ops[1].update(kind="elu", parameters="1, 1"),
+        "hardtanh_reversed": lambda d: ops[1].update(kind="hardtanh", parameters=[1, -1]),
+        "softplus_beta_zero": lambda d: ops[1].update(kind="softplus", parameters=[0, 20]),
+        "activation_kind_list": lambda d: ops[1].__setitem__("kind", ["relu"]),
+        "pad_mode_unknown": lambda d: ops.__setitem__(1, _op("pad2d", [1], 2, mode="edge",
+                                                             padding=[1, 1, 1, 1])),
+        "pad_mode_list": lambda d: ops.__setitem__(1, _op("pad2d", [1], 2, mode=["reflect"],
+                                                          padding=[1, 1, 1, 1])),
+        "pad_reflect_too_wide": lambda d: ops.__setitem__(1, _op(
+            "pad2d", [1], 2, mode="reflect", padding=[0, 0, 6, 0])),
+        "pad_circular_too_wide": lambda d: ops.__setitem__(1, _op(
+            "pad2d", [1], 2, mode="circular", padding=[7, 0, 0, 0])),
+        "pad_negative": lambda d: ops.__setitem__(1, _op("pad2d", [1], 2, mode="constant",
+                                                         padding=[-1, 0, 0, 0])),
+        "pad_huge": lambda d: ops.__setitem__(1, _op("pad2d", [1], 2, mode="replicate",
+                                                     padding=[1 << 24, 1 << 24, 0, 0])),
+        "pad_three": lambda d: ops.__setitem__(1, _op("pad2d", [1], 2, mode="constant",
+                                                      padding=[1, 1, 1])),
+        "prelu_weight_size": lambda d: ops.__setitem__(1, _op("prelu", [1], 2, weights={
+            "weight": "b3"})) or tensors.__setitem__("b3", np.ones(3, np.float32)),
+        "prelu_weight_2d": lambda d: ops.__setitem__(1, _op("prelu", [1], 2, weights={
+            "weight": "w"})),
+        "prelu_without_weight": lambda d: ops.__setitem__(1, _op("prelu", [1], 2)),
     }
     if case in edits:
         edits[case](description)
@@ -371,10 +403,23 @@ def _every_op_plan(path):
            _op("avg_pool2d", [6], 7, kernel_size=[3, 3], stride=1, padding=1, ceil_mode=True,
                count_include_pad=False),
            _op("activation", [7], 8, kind="sigmoid", negative_slope=None),
-           _op("adaptive_avg_pool2d", [8], 9, output_size=[2, 2]),
-           _op("flatten", [9], 10, start_dim=1),
-           _op("linear", [10], 11, negative_slope=None, weights={"weight": "w3", "bias": "b3"}),
-           _op("activation", [11], 12, kind="tanh", negative_slope=None)]
+           _op("pad2d", [8], 9, mode="reflect", padding=[1, 0, 2, 1]),
+           _op("activation", [9], 10, kind="hardtanh", negative_slope=None,
+               parameters=[-0.5, 0.75]),
+           _op("prelu", [10], 11, weights={"weight": "slopes"}),
+           _op("activation", [11], 12, kind="elu", negative_slope=None,
+               parameters=[0.5, 1.25]),
+           _op("activation", [12], 13, kind="softplus", negative_slope=None,
+               parameters=[2.0, 1.0]),
+           _op("activation", [13], 14, kind="gelu", negative_slope=None),
+           _op("pad2d", [14], 15, mode="constant", padding=[0, 1, 0, 0])]
+    index = len(ops)
+    ops += [_op("adaptive_avg_pool2d", [index], index + 1, output_size=[2, 2]),
+            _op("flatten", [index + 1], index + 2, start_dim=1),
+            _op("linear", [index + 2], index + 3, negative_slope=None,
+                weights={"weight": "w3", "bias": "b3"}),
+            _op("activation", [index + 3], index + 4, kind="tanh", negative_slope=None)]
+    tensors["slopes"] = normal(2)
     deploy.InferencePlan(ops, tensors, (2, 8, 8)).save(path)
     return path
 
