@@ -1,10 +1,13 @@
 """Random models for the plan fuzzer: every plan must equal its model.
 
 ``random_case(seed)`` builds, from the seed alone, an ``nn.Sequential`` of the layers
-``deploy.compile`` documents (convs with every kernel 1/3/5, stride, dilation,
-padding, groups and bias; BatchNorm2d folded or standalone; ReLU, LeakyReLU,
-Sigmoid, Tanh; identity and projection BasicBlocks; max, average and adaptive
-pools; transposed convs), on odd and non-square inputs, with a head of a global
+``deploy.compile`` documents (convs with every kernel 1/2/3/5, stride, dilation,
+padding (ints, 'same' with odd and even kernels, 'valid'), every padding_mode, groups
+and bias; BatchNorm2d folded or standalone; ReLU, LeakyReLU, Sigmoid, Tanh and torch's
+other activations (ReLU6, Hardtanh, Hardsigmoid, Hardswish, SiLU, Mish, GELU, ELU,
+SELU, Softplus, PReLU); dropouts and Identity; identity and projection BasicBlocks;
+max, average and adaptive pools (average with None sizes, max where the size divides
+the input); transposed convs), on odd and non-square inputs, with a head of a global
 pool + Linear or Flatten + MLP (or none), in float32 or float64; the weights and
 BatchNorm running statistics are drawn so the fusions see real values.
 ``check_case(case)`` compiles it and compares the plan with the eager model (and,
@@ -33,8 +36,27 @@ from fastdl.shapes import conv_output_size
 # to ~1e-6 (sums of a few hundred products, a dozen layers); a wrong border or tap
 # is off by 1e-3 and more
 TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
-ACTIVATIONS = (("relu", 0.45), ("leaky_relu", 0.2), ("sigmoid", 0.15), ("tanh", 0.2))
+ACTIVATIONS = (("relu", 0.45), ("leaky_relu", 0.2), ("sigmoid", 0.15), ("tanh", 0.2),
+               ("other", 0.25))
 LEAKY_SLOPES = (0.01, 0.1, 0.3, -0.2, 1.5)
+# torch's other activations (each a plan activation of its own), with their settings
+OTHER_ACTIVATIONS = (
+    ("ReLU6", lambda rng, c: nn.ReLU6()),
+    ("Hardtanh", lambda rng, c: nn.Hardtanh(*sorted(rng.choice([-2.0, -0.5, 0.0, 0.5, 1.5],
+                                                                2, replace=False)))),
+    ("Hardsigmoid", lambda rng, c: nn.Hardsigmoid()),
+    ("Hardswish", lambda rng, c: nn.Hardswish()),
+    ("SiLU", lambda rng, c: nn.SiLU()),
+    ("Mish", lambda rng, c: nn.Mish()),
+    ("GELU", lambda rng, c: nn.GELU(str(rng.choice(["none", "tanh"])))),
+    ("ELU", lambda rng, c: nn.ELU(float(rng.choice([1.0, 0.3, 2.0])))),
+    ("SELU", lambda rng, c: nn.SELU()),
+    ("Softplus", lambda rng, c: nn.Softplus(float(rng.choice([1.0, 0.5, 3.0])),
+                                            float(rng.choice([20.0, 1.0])))),
+    ("PReLU", lambda rng, c: nn.PReLU(int(rng.choice([1, c])),
+                                      float(rng.choice([0.25, -0.5, 1.2])))),
+)
+PADDING_MODES = ("reflect", "replicate", "circular")
 
 
 class Mismatch(AssertionError):
@@ -80,8 +102,14 @@ class _Builder:
             return int(self.rng.integers(1, 33))
         return int(self.rng.choice([current, current, min(32, 2 * current), 3, 8, 16, 32]))
 
-    def activation(self):
+    def activation(self, channels=None):
+        """A random activation; ``channels``: its input's (dim 1; PReLU's count)."""
         kind = _pick(self.rng, ACTIVATIONS)
+        if kind == "other":
+            _, make = OTHER_ACTIVATIONS[int(self.rng.integers(len(OTHER_ACTIVATIONS)))]
+            module = make(self.rng, self.state[0] if channels is None else channels)
+            self.add(module, repr(module))
+            return
         if kind == "leaky_relu":
             slope = float(self.rng.choice(LEAKY_SLOPES))
             self.add(nn.LeakyReLU(slope), "LeakyReLU(%g)" % slope)
@@ -108,28 +136,56 @@ class _Builder:
         common = [g for g in range(2, 33) if c_in % g == 0 and c_out % g == 0]
         groups = 1 if not common or rng.random() < 0.75 or self.chained else int(
             rng.choice(common))
-        return c_out, kernel, stride, tuple(padding), dilation, groups
+        padding = tuple(padding)
+        if not self.chained and rng.random() < 0.15:   # torch's padding strings
+            if stride == (1, 1) and rng.random() < 0.7:
+                padding = "same"
+                if rng.random() < 0.5:                   # an even kernel: one side more
+                    kernel = tuple(int(v) for v in rng.choice([2, 3, 4], 2))
+            else:
+                padding = "valid"
+        return c_out, kernel, stride, padding, dilation, groups
+
+    def padding_mode(self, kernel, padding, dilation):
+        """'zeros' mostly, else a mode whose padding fits the input (reflect: smaller
+        than it, circular: at most it)."""
+        if self.chained or padding == "valid" or self.rng.random() < 0.85:
+            return "zeros"
+        mode = str(self.rng.choice(PADDING_MODES))
+        widest = [d * (k - 1) - d * (k - 1) // 2 if padding == "same" else p
+                  for d, k, p in zip(dilation, kernel, (0, 0) if padding == "same"
+                                     else padding)]
+        bound = [n - (mode == "reflect") for n in self.state[1:]]
+        return mode if all(p <= b for p, b in zip(widest, bound)) else "zeros"
 
     def conv(self):
         rng, (c, h, w) = self.rng, self.state
         c_out, kernel, stride, padding, dilation, groups = self.conv_geometry()
+        mode = self.padding_mode(kernel, padding, dilation)
         try:
-            out_h, out_w = (conv_output_size(n, kernel[a], stride[a], padding[a], dilation[a])
-                            for a, n in enumerate((h, w)))
+            out_h, out_w = (n if padding == "same" else conv_output_size(
+                n, kernel[a], stride[a], 0 if padding == "valid" else padding[a],
+                dilation[a]) for a, n in enumerate((h, w)))
         except ValueError:   # a kernel larger than the padded input
             return
         bias = bool(rng.random() < 0.5)
-        self.add(nn.Conv2d(c, c_out, kernel, stride, padding, dilation, groups, bias),
-                 "Conv2d(%d, %d, kernel=%s, stride=%s, padding=%s, dilation=%s, groups=%d, "
-                 "bias=%s)" % (c, c_out, kernel, stride, padding, dilation, groups, bias))
-        if rng.random() < 0.08:   # keeps the BN or activation after it standalone
+        self.add(nn.Conv2d(c, c_out, kernel, stride, padding, dilation, groups, bias,
+                           padding_mode=mode),
+                 "Conv2d(%d, %d, kernel=%s, stride=%s, padding=%r, dilation=%s, groups=%d, "
+                 "bias=%s, padding_mode=%r)" % (c, c_out, kernel, stride, padding, dilation,
+                                                groups, bias, mode))
+        draw = rng.random()
+        if draw < 0.08:   # keeps the BN or activation after it standalone
             self.add(nn.Identity(), "Identity")
+        elif draw < 0.12:
+            dropout = (nn.Dropout(0.5), nn.Dropout2d(0.3))[int(rng.integers(2))]
+            self.add(dropout, repr(dropout))
         if rng.random() < 0.6:
             affine, eps = bool(rng.random() < 0.85), float(rng.choice([1e-5, 1e-3]))
             self.add(nn.BatchNorm2d(c_out, eps=eps, affine=affine),
                      "BatchNorm2d(%d, eps=%g, affine=%s)" % (c_out, eps, affine))
         if rng.random() < 0.7:
-            self.activation()
+            self.activation(c_out)
         self.state = (c_out, out_h, out_w)
         if rng.random() < 0.15 and min(out_h, out_w) >= 2:
             self.add(nn.MaxPool2d(2), "MaxPool2d(2)")   # in the conv's epilogue, if it can
@@ -188,9 +244,18 @@ class _Builder:
             self.add(nn.BatchNorm2d(c), "BatchNorm2d(%d)" % c)
         elif draw < 0.85:
             self.activation()
-        else:
+        elif draw < 0.94:
             size = (int(rng.integers(1, h + 2)), int(rng.integers(1, w + 2)))
-            self.add(nn.AdaptiveAvgPool2d(size), "AdaptiveAvgPool2d(%s)" % (size,))
+            given = tuple(None if rng.random() < 0.25 else n for n in size)
+            size = tuple(n if g is None else g for g, n in zip(given, (h, w)))
+            self.add(nn.AdaptiveAvgPool2d(given), "AdaptiveAvgPool2d(%s)" % (given,))
+            self.state = (c, size[0], size[1])
+        else:   # adaptive max pools where the size divides the input's
+            size = tuple(int(rng.choice([d for d in range(1, n + 1) if n % d == 0]))
+                         for n in (h, w))
+            given = tuple(None if rng.random() < 0.25 else n for n in size)
+            size = tuple(n if g is None else g for g, n in zip(given, (h, w)))
+            self.add(nn.AdaptiveMaxPool2d(given), "AdaptiveMaxPool2d(%s)" % (given,))
             self.state = (c, size[0], size[1])
 
     def body(self):
@@ -208,13 +273,17 @@ class _Builder:
         draw = rng.random()
         if draw < 0.25:
             return
+        flatten = nn.Flatten() if rng.random() < 0.8 else nn.Flatten(-3, -1)
         if draw < 0.65:
-            self.modules.append(nn.AdaptiveAvgPool2d(1))
-            self.add(nn.Flatten(), "AdaptiveAvgPool2d(1), Flatten")
+            self.modules.append(nn.AdaptiveAvgPool2d(1) if rng.random() < 0.85
+                                else nn.AdaptiveMaxPool2d(1))
+            self.add(flatten, "%r, %r" % (self.modules[-1], flatten))
             features = c
         else:
-            self.add(nn.Flatten(), "Flatten")
+            self.add(flatten, repr(flatten))
             features = c * h * w
+        if rng.random() < 0.1:
+            self.add(nn.Dropout(0.2), "Dropout(0.2)")
         for _ in range(int(rng.integers(0, 3))):
             hidden = int(rng.integers(1, 65 if features < 2048 else 17))
             bias = bool(rng.random() < 0.8)
@@ -223,7 +292,7 @@ class _Builder:
             if rng.random() < 0.3:
                 self.add(nn.BatchNorm1d(hidden), "BatchNorm1d(%d)" % hidden)
             if rng.random() < 0.7:
-                self.activation()
+                self.activation(hidden)
             features = hidden
         classes = int(rng.integers(1, 11))
         self.add(nn.Linear(features, classes), "Linear(%d, %d)" % (features, classes))
@@ -234,7 +303,9 @@ def _randomise(model, rng):
     statistics and affine terms away from their initial values (so that folding them
     into the convs and dense layers changes the weights)."""
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(module, nn.PReLU):
+            module.weight.array[...] = rng.uniform(-0.5, 1.5, module.weight.array.shape)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             shape = module.weight.array.shape
             fan_in = np.prod(shape[1:])
             if isinstance(module, nn.ConvTranspose2d):

@@ -18,7 +18,7 @@ from fastdl import nn
 from fastdl.deploy.plan import InferencePlan
 from model_fuzz import Case, Mismatch, check_case, fuzz, random_case
 
-# about 15 s on two cores; with the direct chains' zeroed-border fault back (a conv
+# about 17 s on two cores; with the direct chains' zeroed-border fault back (a conv
 # padding into a border that the grid of an in-place conv before it overwrote), 8 of
 # these fail
 QUICK_MODELS = 1000
