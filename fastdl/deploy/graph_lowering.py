@@ -251,11 +251,11 @@ def lower_graph(graph, name="model"):
 
 
 def _second_example(example):
-    """Another batch for the second trace: one more sample, the values reversed and
-    negated (a forward branching on its input's values or batch size takes another
-    branch on it)."""
-    other = -example[::-1]
-    return np.ascontiguousarray(np.concatenate([other, example[:1]]))
+    """Another batch for the second trace: the samples reversed and one more, their mean,
+    all negated: a forward branching on its input's batch size, or on the sign of a sum
+    or mean of it, takes another branch on it."""
+    mean = example.mean(axis=0, keepdims=True).astype(example.dtype)
+    return np.ascontiguousarray(-np.concatenate([example[::-1], mean]))
 
 
 def _check_result(name, plan, example, expected, which):

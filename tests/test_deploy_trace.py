@@ -1,0 +1,333 @@
+"""deploy.compile of user-defined Modules, by a trace of their eval-mode forward: torch-
+style models (functional calls, views, in-place and out-of-place residual adds, BN in
+forward, the CIFAR zoo's VGG and ResNet18) equal the eager model at several batch sizes
+and after save/load; random custom forwards equal it at batches 1-9 on 1 and 2 threads;
+what a plan cannot run (control flow on the input, torch.cat, several outputs, a
+product of computed values) is refused with a ValueError naming it."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import fastdl
+import fastdl.nn as nn
+import fastdl.nn.functional as F
+from fastdl import deploy
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _randomise_stats(model, rng):
+    """BatchNorms with running statistics and affine parameters that are not the
+    defaults (so folding them matters)."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) or isinstance(module, nn.BatchNorm1d):
+            n = module.num_features
+            module.running_mean[:] = rng.normal(0, 0.2, n)
+            module.running_var[:] = rng.uniform(0.5, 2.0, n)
+            module.weight.data[:] = rng.uniform(0.5, 1.5, n)
+            module.bias.data[:] = rng.normal(0, 0.2, n)
+    return model.eval()
+
+
+def _eager(model, x):
+    with fastdl.no_grad():
+        return model(fastdl.Tensor(x)).array
+
+
+def _assert_close(got, expected):
+    scale = max(float(np.max(np.abs(expected))), 1e-6)
+    assert got.shape == expected.shape
+    assert float(np.max(np.abs(got - expected))) <= 1e-5 * scale * 10, \
+        float(np.max(np.abs(got - expected))) / scale
+
+
+def _check(model, shape, rng, tmp_path, batches=(1, 7, 32)):
+    example = rng.normal(size=(2,) + shape).astype(np.float32)
+    plan = deploy.compile(model, example)
+    path = str(tmp_path / "traced.plan.safetensors")
+    plan.save(path)
+    loaded = deploy.load(path, max_bytes=None)   # the zoo's VGG passes the default
+    for batch in batches:
+        x = rng.normal(size=(batch,) + shape).astype(np.float32)
+        expected = _eager(model, x)
+        _assert_close(plan(x), expected)
+        np.testing.assert_array_equal(loaded(x), plan(x))
+    return plan
+
+
+# ------------------------------------------------------------------ torch-style models
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = fastdl.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride, in_place):
+        super().__init__()
+        self.in_place = in_place
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.in_place:
+            out += self.shortcut(x)
+        else:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class SmallResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(Block(8, 8, 1, True), Block(8, 8, 1, False))
+        self.layer2 = nn.Sequential(Block(8, 16, 2, True), Block(16, 16, 1, False))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer2(self.layer1(out))
+        out = self.pool(out)
+        return self.fc(out.view(out.size(0), -1))
+
+
+class BNInForward(nn.Module):
+    """BN after a conv (folded), BN on the input (an affine map), BN1d after a linear,
+    leaky ReLU, sigmoid, tanh, average pooling, Tensor.relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2)
+        self.fc = nn.Linear(8 * 3 * 3, 12)
+        self.bn1d = nn.BatchNorm1d(12)
+        self.out = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.bn(self.conv(self.bn0(x)))
+        x = F.leaky_relu(x, 0.1)
+        x = F.avg_pool2d(self.conv2(x).relu(), 2, ceil_mode=True)
+        x = fastdl.sigmoid(x).reshape(x.shape[0], -1)
+        return fastdl.tanh(self.out(F.relu(self.bn1d(self.fc(x)))))
+
+
+def test_lenet(rng, tmp_path):
+    plan = _check(LeNet(), (3, 32, 32), rng, tmp_path)
+    assert [op["op"] for op in plan.ops] == ["conv2d", "max_pool2d", "conv2d", "max_pool2d",
+                                             "flatten", "linear", "linear", "linear"]
+    assert "conv1.weight" in plan.tensors   # weights keep their parameters' names
+
+
+def test_resnet_with_custom_blocks(rng, tmp_path):
+    model = _randomise_stats(SmallResNet(), rng)
+    plan = _check(model, (3, 16, 16), rng, tmp_path)
+    kinds = [op["op"] for op in plan.ops]
+    assert "affine_channels" not in kinds and "activation" not in kinds   # all folded
+    residuals = [op for op in plan.ops if len(op["inputs"]) == 2]
+    assert len(residuals) == 4 and all(op["negative_slope"] == 0.0 for op in residuals)
+
+
+def test_batch_norm_in_forward(rng, tmp_path):
+    model = _randomise_stats(BNInForward(), rng)
+    plan = _check(model, (3, 12, 12), rng, tmp_path)
+    kinds = [op["op"] for op in plan.ops]
+    assert kinds.count("affine_channels") == 1    # the input's BN; the others are folded
+
+
+def _zoo():
+    path = os.path.join(HERE, "ported")
+    sys.path.insert(0, path)
+    try:
+        from porting import load_program
+    finally:
+        sys.path.remove(path)
+    return load_program(os.path.join(path, "cifar_zoo.py"), "fastdl")
+
+
+@pytest.mark.parametrize("name", ["VGG", "ResNet18"])
+def test_cifar_zoo(name, rng, tmp_path):
+    zoo = _zoo()
+    model = _randomise_stats(zoo.VGG() if name == "VGG" else zoo.ResNet18(), rng)
+    plan = _check(model, (3, 32, 32), rng, tmp_path, batches=(1, 7))
+    assert "affine_channels" not in [op["op"] for op in plan.ops]
+
+
+# -------------------------------------------------------------- random custom forwards
+
+class RandomNet(nn.Module):
+    """A random chain of the traced ops, run by a Python forward."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.steps, channels, size = [], 3, 10
+        layers = []
+        for index in range(int(rng.integers(2, 6))):
+            choice = rng.choice(["conv", "residual", "pool", "act"])
+            if choice in ("conv", "residual") or index == 0:
+                out = channels if choice == "residual" else int(rng.integers(2, 7))
+                conv = nn.Conv2d(channels, out, 3, padding=1, bias=bool(rng.integers(2)))
+                bn = nn.BatchNorm2d(out) if rng.integers(2) else None
+                layers += [conv] + ([bn] if bn is not None else [])
+                kind = "residual" if choice == "residual" and out == channels else "conv"
+                self.steps.append((kind, conv, bn, rng.choice(["relu", "leaky", "none"])))
+                channels = out
+            elif choice == "pool" and size >= 4:
+                self.steps.append(("pool", rng.choice(["max", "avg"]), None, None))
+                size //= 2
+            else:
+                self.steps.append(("act", rng.choice(["sigmoid", "tanh", "relu"]), None,
+                                   None))
+        self.body = nn.ModuleList(layers)
+        self.fc = nn.Linear(channels * size * size, 4)
+
+    def forward(self, x):
+        for kind, a, bn, activation in self.steps:
+            if kind in ("conv", "residual"):
+                y = a(x)
+                if bn is not None:
+                    y = bn(y)
+                if kind == "residual":
+                    y = y + x
+                if activation == "relu":
+                    y = F.relu(y)
+                elif activation == "leaky":
+                    y = F.leaky_relu(y, 0.2)
+                x = y
+            elif kind == "pool":
+                x = F.max_pool2d(x, 2) if a == "max" else F.avg_pool2d(x, 2)
+            else:
+                x = {"sigmoid": fastdl.sigmoid, "tanh": fastdl.tanh,
+                     "relu": lambda t: t.relu()}[a](x)
+        return self.fc(x.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_custom_forwards(seed):
+    rng = np.random.default_rng(1000 + seed)
+    model = _randomise_stats(RandomNet(rng), rng)
+    plan = deploy.compile(model, rng.normal(size=(3, 3, 10, 10)).astype(np.float32))
+    previous = fastdl.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastdl.set_num_threads(threads)
+            for batch in range(1, 10):
+                x = rng.normal(size=(batch, 3, 10, 10)).astype(np.float32)
+                _assert_close(plan(x), _eager(model, x))
+    finally:
+        fastdl.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------------- refusals
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        if float(x.sum()) > 0:
+            return self.a(x)
+        return self.b(x)
+
+
+class Cat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return fastdl.cat([self.a(x), self.b(x)], 1)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        return y, F.relu(y)
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.inner = nn.Sequential(nn.Conv2d(4, 4, 1))
+
+    def forward(self, x):
+        y = self.a(x)
+        return y * fastdl.sigmoid(self.inner(y))
+
+
+class AddConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.a(x) + 1.0
+
+
+@pytest.mark.parametrize("model, match", [
+    (Branchy(), "depends on its input"),
+    (Cat(), "Concatenate in module 'model' \\(Cat\\)"),
+    (TwoOutputs(), "returns a tuple of 2 values, not one Tensor"),
+    (Gate(), "Mul in module 'model' \\(Gate\\)"),
+    (AddConstant(), "sum with a constant"),
+])
+def test_refusals_name_what_a_plan_cannot_run(model, match, rng):
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    x[0] += 3.0    # the sum is positive (the second trace's, negated, is negative)
+    with pytest.raises(ValueError, match=match):
+        deploy.compile(model, x)
+    assert model.training     # the model's mode is restored
+
+
+def test_refusal_names_the_inner_module(rng):
+    class Upsampling(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=2)
+    model = type("Outer", (nn.Module,), {"forward": lambda self, x: self.up(self.conv(x))})()
+    model.conv, model.up = nn.Conv2d(3, 4, 3), Upsampling()
+    with pytest.raises(ValueError, match="in module 'up' \\(Upsampling\\)"):
+        deploy.compile(model, rng.normal(size=(1, 3, 8, 8)).astype(np.float32))
+
+
+def test_registered_classes_keep_the_registry_path(rng):
+    """A Sequential of fastdl's layers is lowered by the registry (its ops as before)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    assert deploy.compiler.lowers(model)
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    plan = deploy.compile(model, x)
+    assert "0.weight" in plan.tensors
+    _assert_close(plan(x), _eager(model, x))
+
