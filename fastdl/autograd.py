@@ -1,4 +1,5 @@
-"""A small define-by-run autograd: ``Tensor``, ``Function`` and the tape walk.
+"""A small define-by-run autograd: ``Tensor`` and ``Function`` (the tape walk is
+:mod:`fastdl.tensor_tape`, the optimizer's flat buffers :mod:`fastdl.tensor_buffers`).
 
 An op is a :class:`Function` subclass with static ``forward(ctx, *arrays)`` and
 ``backward(ctx, grad_output)`` that work on ndarrays (calling kernels).
@@ -34,7 +35,7 @@ from fastdl.grad_mode import (enable_grad, grad_mode as _grad_mode, inference_mo
 
 __all__ = ["Tensor", "Function", "Context", "tensor", "no_grad", "enable_grad",
            "is_grad_enabled", "set_grad_enabled", "inference_mode", "cat", "stack",
-           "tensor_method", "FlatBuffers"]
+           "tensor_method"]
 
 
 class Context:
@@ -120,7 +121,7 @@ class Function:
 _tracer = None
 
 
-# Numbers recorded nodes in creation order (see tensor_inplace and _input_version).
+# Numbers recorded nodes in creation order (see tensor_inplace and tensor_tape.input_version).
 _sequence = itertools.count()
 
 
@@ -412,84 +413,12 @@ class Tensor:
         if self._ctx is None:
             self._accumulate_grad(grad)
             return
-        _run_backward(self, grad, bool(retain_graph))
+        tensor_tape.run_backward(self, grad, bool(retain_graph))
 
 
 # ``t.array``: the ndarray behind a Tensor, read as cheaply as a plain attribute (the same
 # slot as ``_data``, published for the floors above; to assign, use ``.data``).
 Tensor.array = Tensor._data
-
-
-class FlatBuffers:
-    """Leaf tensors packed into two flat buffers that their owner allocates (an optimizer's
-    parameter and gradient buffers): in order, each tensor's ``.data`` becomes a view of
-    its segment of ``params``, and its gradient accumulates into its segment of ``grads``.
-
-    The owner reads and writes the buffers' values (one fused update over all of them);
-    autograd alone points tensors at the buffers. Packing copies each tensor's data and
-    gradient (if any) into its segments. Then ``backward`` writes a tensor's first
-    gradient into its segment and adds later ones in place; assigning ``.data`` a value
-    of the same shape and dtype copies it into the segment, and one of another shape or
-    dtype unpacks that tensor (:meth:`intact` is then False: the owner packs anew).
-
-    Parameters
-    ----------
-    tensors : sequence of Tensor
-    params, grads : ndarray, 1-D, C-contiguous
-        As many elements as the tensors hold together; ``grads`` may be zeros.
-    """
-
-    def __init__(self, tensors, params, grads):
-        self.tensors = list(tensors)
-        self.params, self.grads = params, grads
-        self._data_views, self._grad_views = [], []
-        start = 0
-        for tensor in self.tensors:
-            shape, size = tensor._data.shape, tensor._data.size
-            view = params[start:start + size]
-            view[...] = tensor._data.reshape(-1)
-            grad_view = grads[start:start + size].reshape(shape)
-            if tensor._grad is not None:
-                grad_view[...] = tensor._grad._data
-                tensor._grad = Tensor._wrap(grad_view)
-            tensor._data = view.reshape(shape)   # not the setter: it copies into packed data
-            tensor._grad_storage = grad_view
-            self._data_views.append(tensor._data)
-            self._grad_views.append(grad_view)
-            start += size
-
-    def intact(self):
-        """Whether every tensor's ``.data`` still is its segment of ``params``."""
-        for tensor, view in zip(self.tensors, self._data_views):
-            if tensor._data is not view:
-                return False
-        return True
-
-    def store_assigned_grads(self):
-        """Copy into ``grads`` the gradients assigned by hand (``p.grad = g``), which
-        live outside it; ``.grad`` stays the assigned tensor."""
-        for tensor, grad_view in zip(self.tensors, self._grad_views):
-            grad = tensor._grad
-            if grad is not None and grad._data is not grad_view:
-                grad_view[...] = grad._data
-
-    def gather_grads(self):
-        """Make ``grads`` hold every tensor's gradient, to be reduced in place: a gradient
-        assigned by hand is copied in and ``.grad`` then views its segment; a tensor
-        without a gradient has zeros there (and its ``.grad`` stays None)."""
-        for tensor, grad_view in zip(self.tensors, self._grad_views):
-            grad = tensor._grad
-            if grad is None:
-                grad_view.fill(0)
-            elif grad._data is not grad_view:
-                grad_view[...] = grad._data
-                tensor._grad = Tensor._wrap(grad_view)
-
-    def zero_grads(self):
-        """Zero ``grads`` and make every tensor's ``.grad`` its (zero) segment."""
-        self.grads.fill(0)
-        for tensor, grad_view in zip(self.tensors, self._grad_views):
-            tensor._grad = Tensor._wrap(grad_view)
 
 
 # ------------------------------------------------- helpers for the method families
@@ -571,115 +500,6 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
                   requires_grad=requires_grad)
 
 
-# ---------------------------------------------------------------- the tape walk
-
-def _input_version(node, tensor):
-    """The version of ``tensor`` that ``node`` read: an in-place op made since then left
-    a snapshot of the earlier value, stamped with the in-place node's number."""
-    for stamp, old in tensor._versions:
-        if node.seq < stamp:
-            return old
-    return tensor
-
-
-_SECOND_BACKWARD = ("Trying to backward through the graph a second time; pass "
-                    "retain_graph=True the first time")
-
-
-def _topological_order(root_ctx):
-    """Nodes reachable from ``root_ctx``, each after every node that consumes it."""
-    order = []
-    visited = {id(root_ctx)}
-    stack = [(root_ctx, iter(root_ctx.inputs))]
-    while stack:
-        node, children = stack[-1]
-        for child in children:
-            if not isinstance(child, Tensor):
-                continue
-            if child._versions is not None:
-                child = _input_version(node, child)
-            if child._ctx is not None and id(child._ctx) not in visited:
-                if child._ctx.function is None:
-                    raise RuntimeError(_SECOND_BACKWARD)
-                visited.add(id(child._ctx))
-                stack.append((child._ctx, iter(child._ctx.inputs)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
-    order.reverse()
-    return order
-
-
-def _distinct(arrays):
-    """Whether no array (None aside) occurs twice in ``arrays``."""
-    present = [id(array) for array in arrays if array is not None]
-    return len(set(present)) == len(present)
-
-
-def _run_backward(root, grad, retain_graph):
-    if root._ctx.function is None:
-        raise RuntimeError(_SECOND_BACKWARD)
-    # per node still to run: its outputs' gradients, and which of them autograd owns (new
-    # arrays nothing else holds, so that a second gradient of that output is added into one
-    # of them in place); the caller's ``grad`` is never owned
-    pending = {id(root._ctx): [None] * root._ctx.num_outputs}
-    pending[id(root._ctx)][root._out_index] = grad
-    owned = {id(root._ctx): [False] * root._ctx.num_outputs}
-    for node in _topological_order(root._ctx):
-        output_grads = pending.pop(id(node), None)
-        if output_grads is None:
-            continue
-        owned.pop(id(node), None)
-        if node.num_outputs == 1:
-            grad_outputs = output_grads[0]
-        else:
-            grad_outputs = tuple(output_grads)
-        input_grads = node.function.backward(node, grad_outputs)
-        if not isinstance(input_grads, tuple):
-            input_grads = (input_grads,)
-        new = node.function.new_grads and _distinct(input_grads)
-        for tensor_input, needs, input_grad in zip(node.inputs, node.needs_input_grad,
-                                                    input_grads):
-            if not needs or input_grad is None:
-                continue
-            fresh = new and isinstance(input_grad, np.ndarray) and input_grad.flags.writeable
-            if tensor_input._versions is not None:
-                tensor_input = _input_version(node, tensor_input)
-            if input_grad.shape != tensor_input._data.shape:
-                # compiled backward kernels trust their grad_out's shape (as torch's
-                # validate_outputs, this catches a custom Function's bad gradient)
-                raise RuntimeError("%s.backward returned a gradient of shape %s for an input "
-                                   "of shape %s" % (node.function.__name__, input_grad.shape,
-                                                    tensor_input._data.shape))
-            parent = tensor_input._ctx
-            if parent is None:
-                tensor_input._accumulate_grad(input_grad, fresh)
-                continue
-            slots = pending.get(id(parent))
-            if slots is None:
-                slots = pending[id(parent)] = [None] * parent.num_outputs
-                owned[id(parent)] = [False] * parent.num_outputs
-            mine = owned[id(parent)]
-            index = tensor_input._out_index
-            earlier = slots[index]
-            if earlier is None:
-                slots[index], mine[index] = input_grad, fresh
-            elif mine[index] and earlier.dtype == input_grad.dtype:
-                earlier += input_grad
-            elif fresh and earlier.dtype == input_grad.dtype:
-                input_grad += earlier   # IEEE addition commutes: the same bits as earlier + g
-                slots[index] = input_grad
-                mine[index] = True
-            else:
-                total = earlier + input_grad
-                slots[index], mine[index] = total, isinstance(total, np.ndarray)
-        if not retain_graph:
-            node.function = None
-            node.inputs = ()
-            node.saved_tensors = ()
-
-
 def cat(tensors, dim=0):
     """Concatenate tensors along ``dim`` (see :func:`fastdl.tensor_shape.cat`)."""
     return tensor_shape.cat(tensors, dim)
@@ -692,4 +512,4 @@ def stack(tensors, dim=0):
 
 # Tensor's method families: each module adds its methods to Tensor when imported.
 from fastdl import (tensor_compare, tensor_convert, tensor_inplace, tensor_math,  # noqa: E402,F401
-                    tensor_ops, tensor_reduce, tensor_shape)
+                    tensor_ops, tensor_reduce, tensor_shape, tensor_tape)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastdl
+from fastdl.tensor_buffers import FlatBuffers
 from fastdl import Tensor
 from fastdl.testing import assert_close, gradcheck
 
@@ -113,7 +114,7 @@ def test_detach_and_flat_buffers_contract(rng):
     x = t(rng, 2, 2)
     values = x.numpy().copy()
     params, grads = np.empty(4), np.zeros(4)
-    buffers = fastdl.autograd.FlatBuffers([x], params, grads)
+    buffers = FlatBuffers([x], params, grads)
     assert x.numpy().base is params and np.array_equal(x.numpy(), values)
     (x * 3).sum().backward()
     (x * 2).sum().backward()
@@ -129,7 +130,7 @@ def test_flat_buffers_take_assigned_gradients_and_zero(rng):
     x, y = t(rng, 2), t(rng, 3)
     x.grad = np.full(2, 7.0)
     grads = np.zeros(5)
-    buffers = fastdl.autograd.FlatBuffers([x, y], np.empty(5), grads)
+    buffers = FlatBuffers([x, y], np.empty(5), grads)
     assert x.grad.numpy().base is grads and y.grad is None  # packing copies a gradient in
     assigned = fastdl.Tensor(np.full(2, 4.0))
     x.grad = assigned

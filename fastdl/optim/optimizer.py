@@ -1,7 +1,7 @@
 """The optimizer base: parameter groups over flat buffers, one fused kernel per step.
 
 At construction the optimizer allocates one contiguous parameter buffer and one
-flat gradient buffer and packs its parameters into them (``autograd.FlatBuffers``):
+flat gradient buffer and packs its parameters into them (``tensor_buffers.FlatBuffers``):
 every ``.data`` becomes a view of the first, and the autograd accumulates every
 gradient into a view of the second. State slots (``exp_avg``,
 ``momentum_buffer`` …) are flat buffers too. ``step()`` builds two small
@@ -25,7 +25,8 @@ import numbers
 
 import numpy as np
 
-from fastdl.autograd import FlatBuffers, Tensor
+from fastdl.autograd import Tensor
+from fastdl.tensor_buffers import FlatBuffers
 from fastdl.kernels.optim import make_chunks
 
 __all__ = ["Optimizer", "check_non_negative", "grad_array"]
