@@ -88,8 +88,9 @@ class _Builder:
     (one group, no dilation, "same" padding, at most 32 channels) and more residual
     blocks, so that most run in chains on bordered buffers."""
 
-    def __init__(self, rng, state, chained):
+    def __init__(self, rng, state, chained, extended=True):
         self.rng, self.state, self.chained = rng, state, chained
+        self.extended = extended
         self.layers, self.modules = [], []
 
     def add(self, module, description):
@@ -104,7 +105,7 @@ class _Builder:
 
     def activation(self, channels=None):
         """A random activation; ``channels``: its input's (dim 1; PReLU's count)."""
-        kind = _pick(self.rng, ACTIVATIONS)
+        kind = _pick(self.rng, ACTIVATIONS if self.extended else ACTIVATIONS[:-1])
         if kind == "other":
             _, make = OTHER_ACTIVATIONS[int(self.rng.integers(len(OTHER_ACTIVATIONS)))]
             module = make(self.rng, self.state[0] if channels is None else channels)
@@ -137,7 +138,7 @@ class _Builder:
         groups = 1 if not common or rng.random() < 0.75 or self.chained else int(
             rng.choice(common))
         padding = tuple(padding)
-        if not self.chained and rng.random() < 0.15:   # torch's padding strings
+        if not self.chained and self.extended and rng.random() < 0.15:   # 'same', 'valid'
             if stride == (1, 1) and rng.random() < 0.7:
                 padding = "same"
                 if rng.random() < 0.5:                   # an even kernel: one side more
@@ -149,7 +150,7 @@ class _Builder:
     def padding_mode(self, kernel, padding, dilation):
         """'zeros' mostly, else a mode whose padding fits the input (reflect: smaller
         than it, circular: at most it)."""
-        if self.chained or padding == "valid" or self.rng.random() < 0.85:
+        if self.chained or not self.extended or padding == "valid" or self.rng.random() < 0.85:
             return "zeros"
         mode = str(self.rng.choice(PADDING_MODES))
         widest = [d * (k - 1) - d * (k - 1) // 2 if padding == "same" else p
@@ -325,8 +326,10 @@ def _randomise(model, rng):
     return model
 
 
-def random_case(seed):
-    """The model, input and settings of one fuzz case, from ``seed`` alone."""
+def random_case(seed, extended=True):
+    """The model, input and settings of one fuzz case, from ``seed`` alone; without
+    ``extended``, none of torch's other activations (ReLU6, GELU, PReLU, ...), padding
+    strings or non-zero padding modes (the plan ops that ONNX's other side may lack)."""
     rng = np.random.default_rng(seed)
     chained = bool(rng.random() < 0.35)
     sizes = [int(rng.choice([8, 16, 16])) if rng.random() < 0.5 + 0.3 * chained
@@ -336,7 +339,7 @@ def random_case(seed):
     channels = (int(rng.integers(1, 33)) if rng.random() < 0.3
                 else int(rng.choice([1, 2, 3, 4, 8, 16])))
     shape = (channels, sizes[0], sizes[1])
-    builder = _Builder(rng, shape, chained)
+    builder = _Builder(rng, shape, chained, extended)
     builder.body()
     builder.head()
     model = _randomise(nn.Sequential(*builder.modules), rng).eval()

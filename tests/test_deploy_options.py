@@ -190,3 +190,42 @@ def test_a_refused_model_keeps_its_training_mode():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.MaxPool2d(2, dilation=2)).train()
     _refused(model, "dilation=2")
     assert model.training and model[0].training
+
+
+def _onnx_runtime():
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_the_new_ops_export_to_onnx_as_the_plan_computes(tmp_path, opset):
+    ort = _onnx_runtime()
+    layers = [nn.Conv2d(3, 4, 4, padding="same"), nn.ReLU6(), nn.Hardtanh(-0.5, 2.0),
+              nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.ELU(0.5), nn.SELU(),
+              nn.Conv2d(4, 4, 3, padding=(1, 2), padding_mode="replicate"), nn.PReLU(4),
+              nn.Softplus(2.0), nn.Hardswish(), nn.Hardsigmoid(), nn.SiLU(), nn.Mish(),
+              nn.GELU(), nn.AdaptiveMaxPool2d((None, 2)), nn.Flatten(), nn.PReLU()]
+    if opset >= 20:
+        layers[1:1] = [nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
+                       nn.GELU(approximate="tanh")]
+    model = _randomised(nn.Sequential(*layers))
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    path = tmp_path / "model.onnx"
+    deploy.export_onnx(model, x, path, opset=opset)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = _eager(model, x)
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], want, rtol=1e-4,
+                               atol=1e-4 * max(1.0, float(np.max(np.abs(want)))))
+
+
+@pytest.mark.parametrize("layer, match", [
+    (lambda: nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"), "opset 19"),
+    (lambda: nn.GELU(approximate="tanh"), "opset 20"),
+    (lambda: nn.Softplus(threshold=5.0), "threshold 5"),
+])
+def test_ops_without_an_onnx_form_at_the_opset_are_refused_by_the_export(tmp_path, layer,
+                                                                          match):
+    pytest.importorskip("onnx")
+    with pytest.raises(ValueError, match=match):
+        deploy.export_onnx(nn.Sequential(layer()).eval(), np.zeros((1, 3, 8, 8), np.float32),
+                           tmp_path / "model.onnx", opset=17)

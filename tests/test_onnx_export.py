@@ -125,7 +125,7 @@ def test_random_models(tmp_path):
     """The plan fuzzer's models: what compiles exports, and runs equal to the plan."""
     checked = 0
     for seed in FUZZ_SEEDS:
-        case = model_fuzz.random_case(seed)
+        case = model_fuzz.random_case(seed, extended=False)   # the ONNX ops both sides know
         if case.dtype != np.float32:   # ONNX Runtime's CPU kernels are float32 ones
             case.model.float()
         example = np.zeros((1,) + case.shape, np.float32)

@@ -89,7 +89,7 @@ def test_round_trip_of_random_models():
     as MatMuls, are refused by name)."""
     read = 0
     for seed in range(40):
-        case = model_fuzz.random_case(seed)
+        case = model_fuzz.random_case(seed, extended=False)   # the ONNX ops both sides know
         case.model.float()
         example = np.zeros((1,) + case.shape, np.float32)
         try:

@@ -19,8 +19,12 @@ adaptive_avg_pool2d    GlobalAveragePool (1x1), AveragePool (bins of one size), 
                        MatMuls with the bins' averaging matrices
 flatten                Flatten (start_dim 1), else Reshape to ``[0, ..., 0, -1]``
 affine_channels        Mul, Add (a BatchNorm2d not after a convolution)
-activation             Relu, LeakyRelu, Sigmoid, Tanh, Identity (and the other
-                       activation kinds in ``_ACTIVATIONS`` where the plan has them)
+activation             Relu, LeakyRelu, Sigmoid, Tanh, Identity, Clip (relu6, hardtanh),
+                       HardSigmoid, HardSwish, Elu / Selu, Softplus (threshold >= 20),
+                       x * Sigmoid (silu), x * Tanh(Softplus) (mish), Gelu or its erf
+                       form (the tanh form: Gelu, opset 20 on)
+prelu                  PRelu, the slope broadcast over (C, 1, 1)
+pad2d                  Pad (constant, reflect, edge; wrap from opset 19)
 =====================  ==================================================================
 
 The batch dimension is dynamic (``"batch"``); the rest of the input's shape is the
@@ -100,12 +104,38 @@ def _simple(kind):
     return lambda graph, op, x, out: graph.node(kind, [x], out)
 
 
-def _clip(low, high):
+def _clip(low=None, high=None):
+    """Clip to ``low, high`` (None: the op's parameters, hardtanh's min and max)."""
     def write(graph, op, x, out):
         dtype = graph.dtype
-        return graph.node("Clip", [x, graph.constant("clip_min", np.array(low, dtype)),
-                                   graph.constant("clip_max", np.array(high, dtype))], out)
+        low_, high_ = (low, high) if low is not None else op["parameters"]
+        return graph.node("Clip", [x, graph.constant("clip_min", np.array(low_, dtype)),
+                                   graph.constant("clip_max", np.array(high_, dtype))], out)
     return write
+
+
+def _elu(graph, op, x, out):
+    """ELU (alpha, scale 1) or SELU's form (any scale)."""
+    alpha, scale = (float(p) for p in op["parameters"])
+    if scale == 1.0:
+        return graph.node("Elu", [x], out, alpha=alpha)
+    return graph.node("Selu", [x], out, alpha=alpha, gamma=scale)
+
+
+def _softplus(graph, op, x, out):
+    """Softplus(beta x) / beta: the plan's linear part above the threshold differs from
+    it by under exp(-threshold), nothing in float32 from a threshold of 20."""
+    beta, threshold = (float(p) for p in op["parameters"])
+    if threshold < 20:
+        raise ValueError("deploy.export_onnx: activation 'softplus' with threshold %g has "
+                         "no ONNX form (Softplus has no threshold)" % threshold)
+    if beta == 1.0:
+        return graph.node("Softplus", [x], out)
+    dtype = graph.dtype
+    scaled = graph.node("Mul", [x, graph.constant("beta", np.array(beta, dtype))],
+                        graph.fresh("softplus"))
+    value = graph.node("Softplus", [scaled], graph.fresh("softplus"))
+    return graph.node("Div", [value, graph.constant("beta", np.array(beta, dtype))], out)
 
 
 def _times(inner):
@@ -141,6 +171,11 @@ _ACTIVATIONS = {
     "sigmoid": (1, _simple("Sigmoid")),
     "tanh": (1, _simple("Tanh")),
     "relu6": (11, _clip(0.0, 6.0)),
+    "hardtanh": (11, _clip()),
+    "elu": (6, _elu),
+    "softplus": (1, _softplus),
+    "gelu_tanh": (20, lambda graph, op, x, out: graph.node("Gelu", [x], out,
+                                                            approximate="tanh")),
     "hardswish": (14, _simple("HardSwish")),
     "hardsigmoid": (6, lambda graph, op, x, out: graph.node(
         "HardSigmoid", [x], out, alpha=1.0 / 6.0, beta=0.5)),
@@ -280,10 +315,33 @@ def _activation(graph, index, op, names, out):
     return write(graph, op, names[op["inputs"][0]], out)
 
 
+def _prelu(graph, index, op, names, out):
+    rank = len(graph.plan.shapes[op["inputs"][0]])
+    weight = graph.plan.tensors[op["weights"]["weight"]]
+    shape = (weight.size,) + (1,) * (rank - 2) if weight.size > 1 else (1,)
+    return graph.node("PRelu", [names[op["inputs"][0]], graph.weight(op, "weight", shape)],
+                      out)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
+              "circular": "wrap"}
+
+
+def _pad(graph, index, op, names, out):
+    if op["mode"] == "circular" and graph.opset < 19:
+        _refuse(index, op, "circular padding (Pad's wrap) needs opset 19 or later, the "
+                "export asks for opset %d" % graph.opset)
+    top, bottom, left, right = op["padding"]
+    pads = graph.constant("pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+    return graph.node("Pad", [names[op["inputs"][0]], pads], out,
+                      mode=_PAD_MODES[op["mode"]])
+
+
 _WRITERS = {"conv2d": _conv, "conv_transpose2d": _conv, "linear": _linear,
             "max_pool2d": _pool, "avg_pool2d": _pool,
             "adaptive_avg_pool2d": _adaptive_pool, "flatten": _flatten,
-            "affine_channels": _affine, "activation": _activation}
+            "affine_channels": _affine, "activation": _activation, "prelu": _prelu,
+            "pad2d": _pad}
 
 
 # ------------------------------------------------------------------------ the model
