@@ -19,17 +19,11 @@
 #include <string.h>
 #include "fastdl_vectors.h"
 
-/* 64-byte vectors: one AVX-512 register, two AVX2 ones. The clones add x86-64-v4
-   (AVX-512) to the shared ones: a depthwise conv is short of loads, not of
-   registers, and wider vectors halve them. */
-#define FASTDL_DW_BYTES 64
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && __GNUC__ >= 12
-#  define FASTDL_DW_CLONES \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#  define FASTDL_DW_CLONES FASTDL_CLONES
-#endif
+/* 32-byte vectors, the AVX2 registers of FASTDL_CLONES' x86-64-v3 clone. 64-byte ones
+   (AVX-512) ran no faster on an AVX-512 host, whose loops here wait on memory, and GCC
+   splits them badly where the hardware has only 32 bytes: the weight gradient's sums
+   went through the stack, 4x slower. */
+#define FASTDL_DW_BYTES 32
 
 typedef struct {
     Py_ssize_t images, channels, multiplier;   /* N, C_in, C_out / C_in */
@@ -40,12 +34,13 @@ typedef struct {
 #define FASTDL_DW_ROUND(value, lanes) (((value) + (lanes) - 1) / (lanes) * (lanes))
 
 /* The low and the high halves of a and b's lanes interleaved (a vector of zeros as b:
-   a stride-2 grad_out spread over its columns). */
-#if defined(__clang__) || __GNUC__ >= 12
-#  define FASTDL_DW_ZIP_LOW(a, b) __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, \
-    19, 4, 20, 5, 21, 6, 22, 7, 23)
-#  define FASTDL_DW_ZIP_HIGH(a, b) __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, \
-    11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+   a stride-2 grad_out spread over its columns), and the even and the odd lanes of a,
+   then b's (a row split into its column phases): for 8 floats, then 4 doubles. */
+#if FASTDL_DW_BYTES == 32 && (defined(__clang__) || __GNUC__ >= 12)
+#  define FASTDL_DW_ZIP_LOW(a, b) FASTDL_ZIP_LOW8(a, b)
+#  define FASTDL_DW_ZIP_HIGH(a, b) FASTDL_ZIP_HIGH8(a, b)
+#  define FASTDL_DW_EVEN(a, b) FASTDL_EVEN8(a, b)
+#  define FASTDL_DW_ODD(a, b) FASTDL_ODD8(a, b)
 #endif
 #define FASTDL_DW_T float
 #include "fastdl_depthwise_body.h"
@@ -53,8 +48,12 @@ typedef struct {
 #ifdef FASTDL_DW_ZIP_LOW
 #  undef FASTDL_DW_ZIP_LOW
 #  undef FASTDL_DW_ZIP_HIGH
-#  define FASTDL_DW_ZIP_LOW(a, b) FASTDL_ZIP_LOW8(a, b)
-#  define FASTDL_DW_ZIP_HIGH(a, b) FASTDL_ZIP_HIGH8(a, b)
+#  undef FASTDL_DW_EVEN
+#  undef FASTDL_DW_ODD
+#  define FASTDL_DW_ZIP_LOW(a, b) __builtin_shufflevector(a, b, 0, 4, 1, 5)
+#  define FASTDL_DW_ZIP_HIGH(a, b) __builtin_shufflevector(a, b, 2, 6, 3, 7)
+#  define FASTDL_DW_EVEN(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6)
+#  define FASTDL_DW_ODD(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7)
 #endif
 #define FASTDL_DW_T double
 #include "fastdl_depthwise_body.h"

@@ -68,6 +68,29 @@ DW_INLINE void DW(copy_rows)(DW_T *restrict to, Py_ssize_t to_stride,
     }
 }
 
+/* Row r of src, columns x < count, to its column phase (x + left) % 2 at (x + left) / 2
+   (phase planes ``phase_stride`` apart, rows ``cols``): one pass of vector shuffles
+   for both phases, two passes of strided copies had cost as much as the conv. */
+DW_INLINE void DW(split_rows)(DW_T *restrict phases, Py_ssize_t phase_stride,
+                              Py_ssize_t cols, const DW_T *restrict src, Py_ssize_t width,
+                              Py_ssize_t rows, Py_ssize_t count, int left) {
+    DW_T *restrict evens = phases + (left % 2) * phase_stride + left / 2;
+    DW_T *restrict odds = phases + ((left + 1) % 2) * phase_stride + (left + 1) / 2;
+    for (Py_ssize_t r = 0; r < rows; r++, src += width, evens += cols, odds += cols) {
+        Py_ssize_t m = 0;
+#ifdef FASTDL_DW_EVEN
+        for (; 2 * m + 2 * DW_LANES <= count; m += DW_LANES) {
+            DW_V a = *(const DW_VU *)(src + 2 * m);
+            DW_V b = *(const DW_VU *)(src + 2 * m + DW_LANES);
+            *(DW_VU *)(evens + m) = FASTDL_DW_EVEN(a, b);
+            *(DW_VU *)(odds + m) = FASTDL_DW_ODD(a, b);
+        }
+#endif
+        for (Py_ssize_t x = 2 * m; x < count; x++)
+            (x % 2 ? odds : evens)[x / 2] = src[x];
+    }
+}
+
 /* Writes phases[q][r][k] = src[r - top][k * step + q - left] (padded column k * step +
    q) where that lies in src and before padded column ``used``; the rest of the
    buffer, zeroed once by the caller, is never written, so it stays zero (no output
@@ -93,9 +116,11 @@ DW_INLINE void DW(fill_phases)(const DW_T *restrict src, Py_ssize_t height,
         if (step == 1)
             DW(copy_rows)(to, cols, from, width, last_row - first_row, hi - lo);
         else
-            FASTDL_DW_CAT(fastdl_every_other, DW_T)(
-                to, cols, from, width, last_row - first_row, hi - lo,
-                width - (lo * step + q - left));
+            DW(split_rows)(phases + (first_row + top) * cols, rows * cols, cols,
+                           src + first_row * width, width, last_row - first_row,
+                           end - left, left);
+        if (step == 2)   /* both phases in one pass */
+            return;
     }
 }
 
@@ -140,13 +165,13 @@ DW_INLINE void DW(spread)(const DW_T *restrict src, Py_ssize_t src_h, Py_ssize_t
    plane at (oh * stride_h + i, ow * stride_w + j), read from its column phase;
    ``accumulate`` adds the sum to what ``out`` holds. Only the tap rows i with
    (oh * stride_h + i - row_phase) % row_step == 0 are read: the others are zero rows
-   of a spread grad_out. stride_w and kernel are constants where this is inlined, so
-   the column offsets are too. */
+   of a spread grad_out. stride_w, kernel and row_step are constants where this is
+   inlined, so the column offsets are too. */
 DW_INLINE void DW(correlate)(const DW_T *restrict phases, Py_ssize_t rows, Py_ssize_t cols,
                              int stride_h, const int stride_w, const int kernel,
                              const DW_T *restrict weight, DW_T *restrict out,
                              Py_ssize_t out_h, Py_ssize_t out_w, int accumulate,
-                             int row_step, int row_phase) {
+                             const int row_step, int row_phase) {
     const Py_ssize_t plane = rows * cols;
     for (Py_ssize_t oh = 0; oh < out_h; oh++) {
         const DW_T *restrict base = phases + oh * stride_h * cols;
@@ -154,7 +179,10 @@ DW_INLINE void DW(correlate)(const DW_T *restrict phases, Py_ssize_t rows, Py_ss
         int first_tap = (int)(((row_phase - oh * stride_h) % row_step + row_step) % row_step);
         for (Py_ssize_t ow = 0; ow < out_w; ow += DW_LANES) {
             DW_V sum = {0};
-            for (int i = first_tap; i < kernel; i += row_step) {
+            /* constant bounds, so the taps unroll and the sum stays in registers */
+            for (int i = 0; i < kernel; i++) {
+                if (i % row_step != first_tap)
+                    continue;
                 const DW_T *restrict taps = base + i * cols + ow;
                 for (int j = 0; j < kernel; j++)
                     sum += *(const DW_VU *)(taps + (j % stride_w) * plane + j / stride_w)
@@ -180,13 +208,16 @@ DW_INLINE void DW(correlate_any)(const DW_T *restrict phases, Py_ssize_t rows,
                                  const DW_T *restrict weight, DW_T *restrict out,
                                  Py_ssize_t out_h, Py_ssize_t out_w, int accumulate,
                                  int row_step, int row_phase) {
-#define FASTDL_DW_CORRELATE(sw, k)                                                   \
+#define FASTDL_DW_CORRELATE(sw, k, step)                                             \
     DW(correlate)(phases, rows, cols, stride_h, sw, k, weight, out, out_h, out_w,    \
-                  accumulate, row_step, row_phase)
-    if (kernel == 3)
-        if (stride_w == 1) FASTDL_DW_CORRELATE(1, 3); else FASTDL_DW_CORRELATE(2, 3);
-    else
-        if (stride_w == 1) FASTDL_DW_CORRELATE(1, 5); else FASTDL_DW_CORRELATE(2, 5);
+                  accumulate, step, row_phase)
+    if (row_step == 2) {   /* a spread grad_out: only the input gradient, stride 1 */
+        if (kernel == 3) FASTDL_DW_CORRELATE(1, 3, 2); else FASTDL_DW_CORRELATE(1, 5, 2);
+    } else if (kernel == 3) {
+        if (stride_w == 1) FASTDL_DW_CORRELATE(1, 3, 1); else FASTDL_DW_CORRELATE(2, 3, 1);
+    } else {
+        if (stride_w == 1) FASTDL_DW_CORRELATE(1, 5, 1); else FASTDL_DW_CORRELATE(2, 5, 1);
+    }
 #undef FASTDL_DW_CORRELATE
 }
 
@@ -196,8 +227,8 @@ DW_INLINE void DW(tap_row)(const DW_T *restrict phases, Py_ssize_t rows, Py_ssiz
                            int stride_h, int stride_w, const int kernel, int i,
                            const DW_T *restrict grad, Py_ssize_t out_h,
                            Py_ssize_t grad_cols, DW_V *sums) {
-    Py_ssize_t offsets[kernel];
-    DW_V acc[kernel];
+    Py_ssize_t offsets[5];   /* fixed sizes: arrays of constant size stay in registers */
+    DW_V acc[5];
     for (int j = 0; j < kernel; j++) {
         offsets[j] = ((j % stride_w) * rows + i) * cols + j / stride_w;
         acc[j] = sums[j];
@@ -227,7 +258,7 @@ DW_INLINE DW_T DW(lane_sum)(const DW_V *v) {
    plane. */
 
 /* Output planes [first, end) of N * C_out: out = act(conv + bias + residual). */
-FASTDL_DW_CLONES static void DW(forward)(const fastdl_dw_shape *s, const DW_T *x,
+FASTDL_CLONES static void DW(forward)(const fastdl_dw_shape *s, const DW_T *x,
                                          const DW_T *weight, const DW_T *bias,
                                          const DW_T *residual, int activate, DW_T slope,
                                          DW_T *out, Py_ssize_t first, Py_ssize_t end,
@@ -258,7 +289,7 @@ FASTDL_DW_CLONES static void DW(forward)(const fastdl_dw_shape *s, const DW_T *x
 }
 
 /* Input-gradient planes [first, end) of N * C_in (each sums its M output channels). */
-FASTDL_DW_CLONES static void DW(grad_input)(const fastdl_dw_shape *s, const DW_T *grad_out,
+FASTDL_CLONES static void DW(grad_input)(const fastdl_dw_shape *s, const DW_T *grad_out,
                                             const DW_T *weight, DW_T *grad_input,
                                             Py_ssize_t first, Py_ssize_t end,
                                             DW_T *scratch) {
@@ -286,7 +317,7 @@ FASTDL_DW_CLONES static void DW(grad_input)(const fastdl_dw_shape *s, const DW_T
 
 /* Weight (and bias) gradients of output channels [first, end), each summed over all
    images by this thread alone. grad_bias may be NULL. */
-FASTDL_DW_CLONES static void DW(grad_weight)(const fastdl_dw_shape *s, const DW_T *x,
+FASTDL_CLONES static void DW(grad_weight)(const fastdl_dw_shape *s, const DW_T *x,
                                              const DW_T *grad_out, DW_T *grad_weight,
                                              DW_T *grad_bias, Py_ssize_t first,
                                              Py_ssize_t end, DW_T *scratch) {
