@@ -22,6 +22,7 @@ pytest tests/test_deploy_fuzz.py -s``).
 """
 import argparse
 import copy
+import os
 import sys
 import time
 
@@ -347,9 +348,16 @@ def random_case(seed, extended=True):
     if dtype == np.float64:
         model.double()
     threads = int(rng.integers(1, 3))
+    if THREAD_COUNTS:   # a machine with more cores: the same models at more thread counts
+        threads = THREAD_COUNTS[seed % len(THREAD_COUNTS)]
     small, large = int(rng.integers(1, 4)), int(rng.integers(4, 14))
     batches = [small, large] if rng.random() < 0.5 else [large, small]
     return Case(seed, model, builder.layers, shape, dtype, threads, batches)
+
+
+#: Thread counts to spread the cases over instead of 1 and 2 (``FASTDL_FUZZ_THREADS``,
+#: e.g. "1,4,8,16"), for a long run on a machine with more cores.
+THREAD_COUNTS = [int(n) for n in os.environ.get("FASTDL_FUZZ_THREADS", "").split(",") if n]
 
 
 def _eager(model, x):
@@ -417,7 +425,7 @@ def fuzz(first_seed, count=None, seconds=None, report=None):
     ``seconds`` have passed; returns (statistics dict, list of Mismatch messages).
     ``report(statistics)`` is called every 200 cases."""
     statistics = {"models": 0, "ok": 0, "refused": 0, "mismatches": 0, "float32": 0,
-                  "float64": 0, "threads 1": 0, "threads 2": 0, "first seed": first_seed}
+                  "float64": 0, "first seed": first_seed}
     failures, start, seed = [], time.perf_counter(), first_seed
     while (count is None or statistics["models"] < count) and (
             seconds is None or time.perf_counter() - start < seconds):
@@ -429,7 +437,8 @@ def fuzz(first_seed, count=None, seconds=None, report=None):
             failures.append(str(error))
         statistics["models"] += 1
         statistics[case.dtype.name] += 1
-        statistics["threads %d" % case.threads] += 1
+        key = "threads %d" % case.threads
+        statistics[key] = statistics.get(key, 0) + 1
         seed += 1
         if report is not None and statistics["models"] % 200 == 0:
             report(statistics)
