@@ -178,6 +178,10 @@ DW_INLINE void DW(correlate)(const DW_T *restrict phases, Py_ssize_t rows, Py_ss
         DW_T *restrict row = out + oh * out_w;
         int first_tap = (int)(((row_phase - oh * stride_h) % row_step + row_step) % row_step);
         for (Py_ssize_t ow = 0; ow < out_w; ow += DW_LANES) {
+            /* a last short vector, unless adding, recomputes the one ending the row (the
+               same sums, in the same order) instead of storing value by value */
+            if (ow + DW_LANES > out_w && !accumulate && out_w >= DW_LANES)
+                ow = out_w - DW_LANES;
             DW_V sum = {0};
             /* constant bounds, so the taps unroll and the sum stays in registers */
             for (int i = 0; i < kernel; i++) {
@@ -221,29 +225,31 @@ DW_INLINE void DW(correlate_any)(const DW_T *restrict phases, Py_ssize_t rows,
 #undef FASTDL_DW_CORRELATE
 }
 
-/* sums[j] += grad * the padded plane at tap (i, j), lane by lane, over the output
-   grid (grad: out_h rows of ``grad_cols``, zero past the output width). */
-DW_INLINE void DW(tap_row)(const DW_T *restrict phases, Py_ssize_t rows, Py_ssize_t cols,
-                           int stride_h, int stride_w, const int kernel, int i,
-                           const DW_T *restrict grad, Py_ssize_t out_h,
-                           Py_ssize_t grad_cols, DW_V *sums) {
-    Py_ssize_t offsets[5];   /* fixed sizes: arrays of constant size stay in registers */
-    DW_V acc[5];
-    for (int j = 0; j < kernel; j++) {
-        offsets[j] = ((j % stride_w) * rows + i) * cols + j / stride_w;
-        acc[j] = sums[j];
-    }
+/* sums[r * kernel + j] += grad * the padded plane at tap (first + r, j), r < taps_rows,
+   lane by lane, over the output grid (grad: out_h rows of ``grad_cols``, zero past the
+   output width). One pass for all nine taps of a 3x3 kernel (9 sums fit the 16 AVX2
+   registers), a pass per tap row of a 5x5 one. */
+DW_INLINE void DW(tap_sums)(const DW_T *restrict phases, Py_ssize_t rows, Py_ssize_t cols,
+                            int stride_h, const int stride_w, const int kernel,
+                            int first, const int tap_rows, const DW_T *restrict grad,
+                            Py_ssize_t out_h, Py_ssize_t grad_cols, DW_V *sums) {
+    Py_ssize_t plane = rows * cols;
+    DW_V acc[9];   /* fixed sizes: arrays of constant size stay in registers */
+    for (int t = 0; t < tap_rows * kernel; t++)
+        acc[t] = sums[t];
     for (Py_ssize_t oh = 0; oh < out_h; oh++) {
-        const DW_T *restrict base = phases + oh * stride_h * cols;
+        const DW_T *restrict base = phases + (oh * stride_h + first) * cols;
         const DW_T *restrict from = grad + oh * grad_cols;
         for (Py_ssize_t ow = 0; ow < grad_cols; ow += DW_LANES) {
             DW_V g = *(const DW_VU *)(from + ow);
-            for (int j = 0; j < kernel; j++)
-                acc[j] += g * *(const DW_VU *)(base + offsets[j] + ow);
+            for (int r = 0; r < tap_rows; r++)
+                for (int j = 0; j < kernel; j++)
+                    acc[r * kernel + j] += g * *(const DW_VU *)(
+                        base + r * cols + (j % stride_w) * plane + j / stride_w + ow);
         }
     }
-    for (int j = 0; j < kernel; j++)
-        sums[j] = acc[j];
+    for (int t = 0; t < tap_rows * kernel; t++)
+        sums[t] = acc[t];
 }
 
 DW_INLINE DW_T DW(lane_sum)(const DW_V *v) {
@@ -339,14 +345,16 @@ FASTDL_CLONES static void DW(grad_weight)(const fastdl_dw_shape *s, const DW_T *
                             s->height, s->width, s->pad_h, s->pad_w, s->stride_w, used,
                             scratch, rows, cols);
             DW(copy_rows)(grad, grad_cols, from, s->out_w, s->out_h, s->out_w);
-            for (int i = 0; i < kernel; i++) {
-                if (kernel == 3)
-                    DW(tap_row)(scratch, rows, cols, s->stride_h, s->stride_w, 3, i, grad,
-                                s->out_h, grad_cols, sums + 3 * i);
-                else
-                    DW(tap_row)(scratch, rows, cols, s->stride_h, s->stride_w, 5, i, grad,
-                                s->out_h, grad_cols, sums + 5 * i);
+#define FASTDL_DW_TAPS(sw, k, first, tap_rows)                                       \
+    DW(tap_sums)(scratch, rows, cols, s->stride_h, sw, k, first, tap_rows, grad, s->out_h, \
+                 grad_cols, sums + (first) * (k))
+            if (kernel == 3) {
+                if (s->stride_w == 1) FASTDL_DW_TAPS(1, 3, 0, 3); else FASTDL_DW_TAPS(2, 3, 0, 3);
+            } else {
+                for (int i = 0; i < 5; i++)
+                    if (s->stride_w == 1) FASTDL_DW_TAPS(1, 5, i, 1); else FASTDL_DW_TAPS(2, 5, i, 1);
             }
+#undef FASTDL_DW_TAPS
             if (grad_bias != NULL)
                 for (Py_ssize_t q = 0; q < s->out_h * grad_cols; q += DW_LANES)
                     bias_sum += *(const DW_VU *)(grad + q);
