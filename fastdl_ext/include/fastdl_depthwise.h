@@ -2,14 +2,16 @@
    5, dilation 1, strides 1 or 2), forward, input gradient and weight gradient, one
    (image, channel) plane at a time. Declared for Cython in depthwise.pyx.
 
-   A plane is copied once into a zeroed buffer that holds its padding (and, at a
-   column stride of 2, its even and odd columns as two phase planes), so every tap of
-   every output row reads a contiguous run: the K * K multiply-adds of a run of output
-   columns are explicit vectors of FASTDL_DW_BYTES, summed in tap order. No im2col,
-   and no work split finer than a plane: results do not depend on the thread count.
+   A plane is copied into a thread's buffer, zeroed once per call, whose border is its
+   padding (and, at a column stride of 2, its even and odd columns go to two phase
+   planes), so every tap of every output row reads a contiguous run: the K * K
+   multiply-adds of a run of output columns are explicit vectors of FASTDL_DW_BYTES,
+   summed in tap order. No im2col, and no work split finer than a plane: results do
+   not depend on the thread count.
 
    The input gradient is the stride-1 correlation of grad_out, spread out by the
-   stride and padded by K - 1 - padding, with the flipped kernel. The weight gradient
+   stride and padded by K - 1 - padding, with the flipped kernel (the spread's zero
+   rows are skipped, its zero columns read). The weight gradient
    of a channel sums over all its images in one thread, in per-lane sums reduced in
    lane order at the end (a fixed order: bitwise the same for any thread count). */
 

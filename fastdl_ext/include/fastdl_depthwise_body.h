@@ -348,11 +348,17 @@ FASTDL_CLONES static void DW(grad_weight)(const fastdl_dw_shape *s, const DW_T *
 #define FASTDL_DW_TAPS(sw, k, first, tap_rows)                                       \
     DW(tap_sums)(scratch, rows, cols, s->stride_h, sw, k, first, tap_rows, grad, s->out_h, \
                  grad_cols, sums + (first) * (k))
-            if (kernel == 3) {
-                if (s->stride_w == 1) FASTDL_DW_TAPS(1, 3, 0, 3); else FASTDL_DW_TAPS(2, 3, 0, 3);
+            if (kernel == 3 && s->stride_w == 1) {
+                FASTDL_DW_TAPS(1, 3, 0, 3);
+            } else if (kernel == 3) {
+                FASTDL_DW_TAPS(2, 3, 0, 3);
             } else {
-                for (int i = 0; i < 5; i++)
-                    if (s->stride_w == 1) FASTDL_DW_TAPS(1, 5, i, 1); else FASTDL_DW_TAPS(2, 5, i, 1);
+                for (int i = 0; i < 5; i++) {
+                    if (s->stride_w == 1)
+                        FASTDL_DW_TAPS(1, 5, i, 1);
+                    else
+                        FASTDL_DW_TAPS(2, 5, i, 1);
+                }
             }
 #undef FASTDL_DW_TAPS
             if (grad_bias != NULL)
