@@ -39,7 +39,7 @@ def export_onnx(name, batch, path):
 def _case(name, batch):
     shape = (batch,) + MODELS[name][0]
 
-    def make_fastdl():
+    def make_fastdl(smoke=False):
         import fastdl
         from fastdl import deploy, models
         fastdl.manual_seed(0)
@@ -49,7 +49,7 @@ def _case(name, batch):
         plan = deploy.compile(model, x)
         return lambda: plan(x)
 
-    def make_torch():
+    def make_torch(smoke=False):
         torch = import_torch()
         model = _torch_model(name)
         x = torch.randn(shape)
@@ -59,7 +59,7 @@ def _case(name, batch):
                 model(x)
         return step
 
-    def make_onnxruntime(threads):
+    def make_onnxruntime(threads, smoke=False):
         import onnxruntime
         directory = tempfile.mkdtemp()
         try:

@@ -1,6 +1,11 @@
-"""One timing job in its own process: ``python -m fastdl.bench.worker SUITE INDEX LIBRARY``.
+"""One timing job in its own process:
+``python -m fastdl.bench.worker SUITE INDEX LIBRARY THREADS REPEATS [smoke]``.
 
 Prints a JSON list of per-call seconds (or ``null`` when the library is missing).
+``smoke`` builds the case's tiny shapes and times a single call after one untimed
+one (a check that the row runs, not a measurement). ``SUITE`` ``limits`` measures
+the machine's limits and ``host`` describes the host and the BLAS each library's
+process loads.
 Each library runs in a separate process because torch brings its own OpenMP
 runtime and thread pool, which would steal cycles from fastdl's (BENCHMARKS.md).
 """
@@ -46,11 +51,64 @@ def machine_limits(threads):
     return gflops, 3 * 4 * x.size / min(times) / 1e9
 
 
+def host_info(library, threads):
+    """The CPU, its vector flags, and the BLAS and OpenMP pools that ``library``'s
+    process runs with (threadpoolctl), as a dict; None when ``library`` is missing."""
+    import os
+    try:
+        _set_threads(library, threads)
+    except ImportError:
+        return None
+    info = {"library": library}
+    if library == "fastdl":
+        import fastdl
+        import fastdl.nn   # noqa: F401  (the layers load the kernels and set BLAS threads)
+        info["version"] = getattr(fastdl, "__version__", "")
+        info["threads"] = fastdl.get_num_threads()
+        model, flags = "", set()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key.strip() == "model name" and not model:
+                        model = value.strip()
+                    elif key.strip() == "flags" and not flags:
+                        flags = set(value.split())
+        except OSError:
+            pass
+        info["cpu"] = model or "unknown CPU"
+        info["cpus"] = os.cpu_count()
+        info["flags"] = [flag for flag in ("avx2", "fma", "avx512f") if flag in flags]
+        info["kind"] = ("AVX-512" if "avx512f" in flags else "AVX2-only" if "avx2" in flags
+                        else "no AVX2" if flags else "unknown")
+        info["env"] = {name: os.environ.get(name) for name in
+                       ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
+    else:
+        import torch
+        info["version"] = torch.__version__
+        info["threads"] = torch.get_num_threads()
+        capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+        info["capability"] = capability() if capability else ""
+    try:
+        from threadpoolctl import threadpool_info
+        info["pools"] = [{"prefix": pool.get("prefix"), "api": pool.get("internal_api"),
+                          "version": pool.get("version"),
+                          "kernel": pool.get("architecture"),
+                          "threads": pool.get("num_threads")} for pool in threadpool_info()]
+    except ImportError:
+        info["pools"] = []
+    return info
+
+
 def main(argv):
     suite, index, library, threads, repeats = argv[0], int(argv[1]), argv[2], int(argv[3]), \
         int(argv[4])
+    smoke = argv[5:] == ["smoke"]
     if suite == "limits":
         print(json.dumps(machine_limits(threads)))
+        return 0
+    if suite == "host":
+        print(json.dumps(host_info(library, threads)))
         return 0
     from fastdl.bench.suites import SUITES
     case = SUITES[suite]()[index]
@@ -59,11 +117,17 @@ def main(argv):
         if library == "onnxruntime":
             if len(case) < 6:
                 raise ImportError("no ONNX Runtime peer for this case")
-            step = case[5](threads)
+            step = case[5](threads, smoke=smoke)
         else:
-            step = (case[3] if library == "fastdl" else case[4])()
+            step = (case[3] if library == "fastdl" else case[4])(smoke=smoke)
     except ImportError:
         print(json.dumps(None))
+        return 0
+    if smoke:
+        step()
+        began = time.perf_counter()
+        step()
+        print(json.dumps([time.perf_counter() - began]))
         return 0
     # Warm-up, never timed: JIT compilation, first-touch memory, and (for the calls of
     # tens of microseconds) the interpreter's specialised code and warm caches that a
