@@ -75,12 +75,16 @@ def run(suites, rounds=3, threads=None, repeats=10, out=sys.stdout, smoke=False,
     described = describe_host(threads, out)
     if host is not None:
         host.update(described)
-    sgemm, bandwidth = _job("limits", 0, "numpy", threads, 1)
-    print("machine: sgemm %.0f GFLOP/s, bandwidth %.1f GB/s, %d threads each side, "
-          "medians of %d alternating rounds%s" % (sgemm, bandwidth, threads, rounds,
-                                                  "; SMOKE: tiny shapes, not figures"
-                                                  if smoke else ""), file=out)
-    header = "%-46s %10s %10s %6s %10s %6s %10s %6s" % (
+    if smoke:   # no rates: the machine's limits are not measured
+        sgemm = bandwidth = None
+        print("machine: %d threads each side; SMOKE: tiny shapes, one call a round, not "
+              "figures" % threads, file=out)
+    else:
+        sgemm, bandwidth = _job("limits", 0, "numpy", threads, 1)
+        print("machine: sgemm %.0f GFLOP/s, bandwidth %.1f GB/s, %d threads each side, "
+              "medians of %d alternating rounds" % (sgemm, bandwidth, threads, rounds),
+              file=out)
+    header = "%-54s %10s %10s %6s %10s %6s %10s %6s" % (
         "case", "fastdl ms", "torch ms", "ratio", "ort ms", "ratio", "rate", "limit%")
     print(header, file=out)
     print("-" * len(header), file=out)
@@ -109,8 +113,8 @@ def run(suites, rounds=3, threads=None, repeats=10, out=sys.stdout, smoke=False,
                 cells += ["-", "-"] if theirs is None else ["%.3f" % (theirs * 1e3),
                                                             "%.2f" % (ours / theirs)]
             rows.append(row)
-            print("%-46s %10.3f %10s %6s %10s %6s %10s %6s" % (
-                name[:46], row["fastdl_ms"], *cells,
+            print("%-54s %10.3f %10s %6s %10s %6s %10s %6s" % (
+                name[:54], row["fastdl_ms"], *cells,
                 "-" if rate is None else "%.1f %s" % (rate, unit.split("/")[0]),
                 "-" if rate is None else "%.0f" % row["limit_percent"]), file=out)
             out.flush()
