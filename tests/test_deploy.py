@@ -12,6 +12,7 @@ import pytest
 
 import fastdl
 from fastdl import deploy, nn
+from fastdl import functional as F
 from fastdl.data import load_digits
 from fastdl.models import lenet5, resnet8, resnet20
 from reference import from_stored_layout
@@ -170,11 +171,40 @@ def test_fuse_requires_eval_mode_and_running_stats():
 
 
 def test_unsupported_module_is_named():
-    class Custom(nn.Module):
+    """A user's module in a Sequential: the model is compiled by its trace, and where the
+    trace holds an op no plan runs, the error names the module without a lowering."""
+    class Concatenate(nn.Module):
         def forward(self, x):
-            return x
-    with pytest.raises(ValueError, match="cannot compile module '1' \\(Custom\\)"):
-        deploy.compile(nn.Sequential(nn.Conv2d(1, 2, 3), Custom()), np.zeros((1, 1, 5, 5)))
+            return fastdl.cat([x, x], 1)
+    with pytest.raises(ValueError, match="cannot compile module '1' \\(Concatenate\\)"):
+        deploy.compile(nn.Sequential(nn.Conv2d(1, 2, 3), Concatenate()),
+                       np.zeros((1, 1, 5, 5)))
+
+
+def test_user_blocks_inside_a_sequential_compile_by_trace(rng):
+    class Block(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(channels, channels, 3, padding=1), \
+                nn.BatchNorm2d(channels)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x)) + x)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), Block(4), Block(4),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean[:] = rng.normal(size=4)
+            module.running_var[:] = rng.uniform(0.5, 2.0, size=4)
+    model.eval()
+    x = rng.normal(size=(7, 3, 9, 9)).astype(np.float32)
+    plan = deploy.compile(model, x[:1])
+    assert [op["op"] for op in plan.ops].count("conv2d") == 3    # BN folded, adds fused
+    for batch in (1, 7):
+        with fastdl.no_grad():
+            expected = model(fastdl.Tensor(x[:batch])).numpy()
+        np.testing.assert_allclose(plan(x[:batch]), expected, rtol=1e-5,
+                                   atol=1e-5 * np.abs(expected).max())
 
 
 def test_compile_dispatches_on_classes_not_on_names_or_attributes(rng):

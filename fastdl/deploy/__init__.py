@@ -34,8 +34,9 @@ def compile(model, example_input, max_shapes=4):
         One of the classes with a lowering (fastdl.nn's layers, Sequential, BasicBlock,
         the model zoo's ResNet; ``compiler.register_lowering``) is compiled by that
         lowering; any other (a user's Module, a custom forward) by a trace of its
-        eval-mode forward (``deploy.graph_lowering``): the ops it runs must be ones a
-        plan runs, in a sequence that does not depend on the input.
+        eval-mode forward (``deploy.graph_lowering``), and so is a model of fastdl's
+        containers that holds such a module: the ops it runs must be ones a plan runs,
+        in a sequence that does not depend on the input.
     example_input : ndarray or Tensor (N, C, H, W)
         Fixes (C, H, W) and the dtype; the batch size may vary later.
 
@@ -48,16 +49,24 @@ def compile(model, example_input, max_shapes=4):
     ValueError
         Naming the module that cannot be compiled.
     """
-    from fastdl.deploy.compiler import build_graph, lowers
+    from fastdl.deploy.compiler import NoLowering, build_graph, lowers
+    from fastdl.deploy.graph_lowering import compile_traced
     example = np.asarray(getattr(example_input, "array", example_input))
     if example.ndim != 4:
         raise ValueError("deploy.compile: example_input must be (N, C, H, W), got shape %s"
                          % (example.shape,))
     if not lowers(model):
         # a class without a lowering (a user's Module, a custom forward): by its trace
-        from fastdl.deploy.graph_lowering import compile_traced
         return compile_traced(model, example, max_shapes)
-    ops, tensors = build_graph(model, example.shape[1:])
+    try:
+        ops, tensors = build_graph(model, example.shape[1:])
+    except NoLowering as error:
+        # a user's module inside fastdl's containers: the whole model by its trace, or,
+        # where that fails too, the error that names the module without a lowering
+        try:
+            return compile_traced(model, example, max_shapes)
+        except (ValueError, TypeError, RuntimeError):
+            raise error from None
     # a plan without weights computes in the example's float dtype, as the model does
     dtype = example.dtype.name if not tensors and example.dtype.name in (
         "float32", "float64") else None

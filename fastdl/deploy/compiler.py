@@ -76,16 +76,22 @@ def _join(parent, child):
     return child if not parent else "%s.%s" % (parent, child)
 
 
+class NoLowering(ValueError):
+    """A module inside the model has no registered lowering (``deploy.compile`` then
+    tries a trace of the whole model's forward)."""
+
+
 def _unsupported(path, module, reason=None):
     kind = type(module)
     registered = next((cls for cls in kind.__mro__ if cls in _LOWERINGS), None)
+    error = NoLowering if reason is None and registered is None else ValueError
     if reason is None:
         reason = ("no lowering is registered for it" if registered is None else
                   "it overrides the %s of %s.%s, which that class's lowering compiles"
                   % ("forward" if kind.forward is not registered.forward else
                      "function (_function) the forward calls", registered.__module__,
                      registered.__qualname__))
-    raise ValueError("deploy.compile: cannot compile module %r (%s) of class %s.%s: %s; "
+    raise error("deploy.compile: cannot compile module %r (%s) of class %s.%s: %s; "
                      "supported are Sequential, BasicBlock, ResNet and the layers of "
                      "fastdl.nn" % (path or "model", kind.__name__, kind.__module__,
                                     kind.__qualname__, reason))
