@@ -20,9 +20,10 @@ forward depends on its input — and checks the plan against both forwards.
 """
 import numpy as np
 
+from fastdl.deploy._pending import INPUT, Pending, depends, plan_ops
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from fastdl.deploy.plan import InferencePlan
-from fastdl.deploy.trace import INPUT, trace
+from fastdl.deploy.trace import trace
 
 _SUPPORTED = ("conv2d, conv_transpose2d, batch_norm (eval), linear, relu, leaky_relu, "
               "sigmoid, tanh, max_pool2d, avg_pool2d, adaptive_avg_pool2d, flatten / a view "
@@ -32,15 +33,6 @@ _SUPPORTED = ("conv2d, conv_transpose2d, batch_norm (eval), linear, relu, leaky_
 def _fail(name, message):
     raise ValueError("deploy.compile: cannot compile %s by tracing its forward: %s"
                      % (name, message))
-
-
-class _Pending:
-    """A plan op being built: ``inputs`` refer to pending ops (or ``INPUT``)."""
-
-    def __init__(self, node, op, inputs, **fields):
-        self.node, self.op, self.inputs = node, op, list(inputs)
-        self.fields = fields
-        self.weights, self.names = {}, {}   # role: ndarray; role: the name it comes from
 
 
 class _Lowering:
@@ -83,23 +75,10 @@ class _Lowering:
         return op
 
     def emit(self, index, op, inputs, **fields):
-        self.pending.append(_Pending(self.graph.nodes[index], op,
+        self.pending.append(Pending(self.graph.nodes[index], op,
                                      [self.values[i] for i in inputs], **fields))
         self.values[index] = len(self.pending) - 1
         return self.pending[-1]
-
-    def depends(self, ref, target):
-        """Whether pending op ``ref`` reads (maybe indirectly) pending op ``target``."""
-        stack, seen = [ref], set()
-        while stack:
-            current = stack.pop()
-            if current == target:
-                return True
-            if current == INPUT or current in seen:
-                continue
-            seen.add(current)
-            stack.extend(self.pending[current].inputs)
-        return False
 
     # ------------------------------------------------------------ the nodes
     def lower(self):
@@ -183,57 +162,12 @@ class _Lowering:
             op = self.producer(refs[first], ("conv2d",))
             other = self.values[refs[1 - first]]
             conv = self.values[refs[first]] if op is not None else None
-            if op is not None and len(op.inputs) == 1 and not self.depends(other, conv):
+            if op is not None and len(op.inputs) == 1 and not depends(self.pending, other, conv):
                 op.inputs.append(other)
                 self.values[index] = conv
                 return
         self.fail(node, "the plan adds two values only as a residual onto a convolution's "
                         "output that nothing else reads (before any activation of it)")
-
-
-def _order(pending, output):
-    """The pending ops the output reads, in a topological order that keeps the graph's
-    where it can (a residual may move a conv after its shortcut)."""
-    needed, stack = set(), [output]
-    while stack:
-        ref = stack.pop()
-        if ref == INPUT or ref in needed:
-            continue
-        needed.add(ref)
-        stack.extend(pending[ref].inputs)
-    order, done, remaining = [], set(), sorted(needed)
-    while remaining:
-        ref = next(r for r in remaining if all(i == INPUT or i in done
-                                               for i in pending[r].inputs))
-        order.append(ref)
-        done.add(ref)
-        remaining.remove(ref)
-    return order
-
-
-def _plan_ops(pending, output, dtype):
-    """(ops, tensors, order) of the pending ops the output reads; tensors named after the
-    parameters they come from."""
-    order = _order(pending, output)
-    ids = {INPUT: 0}
-    ops, tensors = [], {}
-    for index, ref in enumerate(order):
-        op = pending[ref]
-        ids[ref] = index + 1
-        entry = dict(op=op.op, inputs=[ids[i] for i in op.inputs], output=index + 1,
-                     **op.fields)
-        if op.weights:
-            entry["weights"] = {}
-            for role, array in sorted(op.weights.items()):
-                if array is None:
-                    continue
-                name = op.names.get(role) or "%d.%s" % (index, role)
-                if name in tensors:
-                    name = "%s@%d" % (name, index)
-                tensors[name] = np.ascontiguousarray(array, dtype=dtype)
-                entry["weights"][role] = name
-        ops.append(entry)
-    return ops, tensors, order
 
 
 def lower_graph(graph, name="model"):
@@ -242,11 +176,11 @@ def lower_graph(graph, name="model"):
     lowering = _Lowering(graph, name)
     output = lowering.lower()
     if output == INPUT:
-        lowering.pending.append(_Pending(None, "activation", [INPUT], kind="identity",
+        lowering.pending.append(Pending(None, "activation", [INPUT], kind="identity",
                                          negative_slope=0.0))
         output = len(lowering.pending) - 1
     dtype = graph.result.dtype
-    ops, tensors, order = _plan_ops(lowering.pending, output, dtype)
+    ops, tensors, order = plan_ops(lowering.pending, output, dtype)
     return ops, tensors, [lowering.pending[ref].node for ref in order]
 
 

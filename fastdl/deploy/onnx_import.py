@@ -38,6 +38,7 @@ import numpy as np
 from fastdl.deploy._onnx_files import (_MAX_DIMS, _Tensors, _checked_graph, _fail,
                                        _input_signature, _load, _onnx)
 from fastdl.deploy._opgraph import ACTIVATIONS, MAX_INT
+from fastdl.deploy._pending import INPUT, Pending, depends, plan_ops
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from fastdl.deploy.planfile import MAX_OPS, MAX_PLAN_BYTES
 from fastdl.deploy.plan import InferencePlan
@@ -45,16 +46,6 @@ from fastdl.deploy.plan import InferencePlan
 #: The oldest opset whose ops ``from_onnx`` reads (BatchNormalization without
 #: ``spatial``, Clip's attributes before 11 and its inputs after are both read).
 MIN_OPSET = 9
-_INPUT = -1   # the graph input's reference (pending ops are 0, 1, ...)
-
-
-class _Pending:
-    """A plan op being built: ``inputs`` refer to pending ops (or ``_INPUT``)."""
-
-    def __init__(self, node, op, inputs, **fields):
-        self.node, self.op, self.inputs = node, op, list(inputs)
-        self.fields = fields          # the plan op's attributes
-        self.weights = {}             # role: ndarray
 
 
 class _Importer:
@@ -113,7 +104,7 @@ class _Importer:
     def producer(self, ref, name, kinds):
         """The pending op ``ref`` where it is one of ``kinds``, its output ``name`` read
         by this node alone, with no fused epilogue yet; else None."""
-        if ref == _INPUT or self.uses.get(name, 0) != 1:
+        if ref == INPUT or self.uses.get(name, 0) != 1:
             return None
         op = self.pending[ref]
         if op.op not in kinds or op.fields.get("negative_slope") is not None:
@@ -123,7 +114,7 @@ class _Importer:
     def emit(self, node, op, inputs, **fields):
         if len(self.pending) >= MAX_OPS:
             _fail("more than MAX_OPS=%d plan ops" % MAX_OPS)
-        self.pending.append(_Pending(node, op, inputs, **fields))
+        self.pending.append(Pending(node, op, inputs, **fields))
         self.values[node.output[0]] = len(self.pending) - 1
         return self.pending[-1]
 
@@ -208,7 +199,7 @@ class _Importer:
     def rank(self, ref):
         """The rank of a value: 4 for the input and the image ops, 2 after a linear
         layer, ``start_dim + 1`` after a flatten."""
-        while ref != _INPUT:
+        while ref != INPUT:
             op = self.pending[ref]
             if op.op == "linear":
                 return 2
@@ -293,25 +284,12 @@ class _Importer:
         op.weights[role] = add if current is None else current + add
         self.alias(node, x)
 
-    def _depends(self, ref, target):
-        """Whether pending op ``ref`` reads (maybe indirectly) pending op ``target``."""
-        stack, seen = [ref], set()
-        while stack:
-            current = stack.pop()
-            if current == target:
-                return True
-            if current == _INPUT or current in seen:
-                continue
-            seen.add(current)
-            stack.extend(self.pending[current].inputs)
-        return False
-
     def residual(self, node, names):
         refs = [self.values[name] for name in names]
         for first in (0, 1):
             op = self.producer(refs[first], names[first], ("conv2d",))
             other = refs[1 - first]
-            if op is not None and len(op.inputs) == 1 and not self._depends(other,
+            if op is not None and len(op.inputs) == 1 and not depends(self.pending, other,
                                                                              refs[first]):
                 op.inputs.append(other)
                 self.alias(node, refs[first])
@@ -466,49 +444,6 @@ class _Importer:
 
 # ------------------------------------------------------------------------ the plan
 
-def _order(pending, output):
-    """The pending ops the output reads, in a topological order that keeps the graph's
-    where it can (a residual may move a conv after its shortcut)."""
-    needed, stack = set(), [output]
-    while stack:
-        ref = stack.pop()
-        if ref == _INPUT or ref in needed:
-            continue
-        needed.add(ref)
-        stack.extend(pending[ref].inputs)
-    order, done = [], set()
-    remaining = sorted(needed)
-    while remaining:
-        for ref in remaining:
-            if all(i == _INPUT or i in done for i in pending[ref].inputs):
-                order.append(ref)
-                done.add(ref)
-                remaining.remove(ref)
-                break
-        else:   # pragma: no cover - fusions never make a cycle (residual checks)
-            _fail("the graph has a cycle")
-    return order
-
-
-def _plan_ops(pending, output, dtype):
-    order = _order(pending, output)
-    ids = {_INPUT: 0}
-    ops, tensors = [], {}
-    for index, ref in enumerate(order):
-        op = pending[ref]
-        ids[ref] = index + 1
-        entry = dict(op=op.op, inputs=[ids[i] for i in op.inputs], output=index + 1,
-                     **op.fields)
-        if op.weights:
-            entry["weights"] = {}
-            for role, array in sorted(op.weights.items()):
-                name = "%d.%s" % (index, role)
-                tensors[name] = np.ascontiguousarray(array, dtype=dtype)
-                entry["weights"][role] = name
-        ops.append(entry)
-    return ops, tensors, order
-
-
 def from_onnx(source, max_bytes=MAX_PLAN_BYTES, warmup=False):
     """An ``InferencePlan`` of the ONNX model at ``source`` (a path, or the file's bytes).
 
@@ -545,22 +480,22 @@ def from_onnx(source, max_bytes=MAX_PLAN_BYTES, warmup=False):
         _fail("the plan takes one input and gives one output, the graph has %d and %d"
               % (len(inputs), len(graph.output)))
     dtype, input_shape = _input_signature(onnx, inputs[0])
-    importer.values[inputs[0].name] = _INPUT
+    importer.values[inputs[0].name] = INPUT
     for node in graph.node:
         importer.node(node)
     output = graph.output[0].name
     if output not in importer.values:
         _fail("output %r is not computed from the input" % output)
     ref = importer.values[output]
-    if ref == _INPUT:
-        importer.pending.append(_Pending(None, "activation", [_INPUT], kind="identity",
+    if ref == INPUT:
+        importer.pending.append(Pending(None, "activation", [INPUT], kind="identity",
                                          negative_slope=0.0))
         ref = len(importer.pending) - 1
     for op in importer.pending:
         for array in op.weights.values():
             if array.dtype.kind != "f":
                 _fail("%s: weights must be floats" % importer.where(op.node))
-    ops, weights, order = _plan_ops(importer.pending, ref, dtype)
+    ops, weights, order = plan_ops(importer.pending, ref, dtype)
     nodes = [importer.pending[i].node for i in order]
     try:
         plan = InferencePlan(ops, weights, input_shape, max_bytes=max_bytes)
