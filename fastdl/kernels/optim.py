@@ -233,6 +233,25 @@ def _adamax(params, grads, exp_avg, exp_inf, chunks_start, chunks_end, chunks_se
             p[i] = p[i] - clr * (first[i] / norm[i])
 
 
+def _decayed_moments_plain(g, weight, average, average_sq, decay, decoupled, weight_scale,
+                           keep1, beta2, keep2):
+    """One element's weight decay (L2 into ``g``, or decoupled into ``weight``) and its
+    first and second moments, as NAdam and RAdam take them:
+    ``(g, weight, average, average_sq)`` after the step."""
+    if decay != 0:
+        if decoupled:
+            weight = weight * weight_scale
+        else:
+            g = g + decay * weight
+    average = average + keep1 * (g - average)
+    average_sq = average_sq * beta2 + keep2 * g * g
+    return g, weight, average, average_sq
+
+
+# inlined into the update loops, so each keeps its one pass over the buffers
+_decayed_moments = jit(_decayed_moments_plain, inline="always")
+
+
 def _nadam(params, grads, exp_avg, exp_avg_sq, chunks_start, chunks_end, chunks_segment,
            active, hyper, coefficients):
     # hyper (float64) columns: lr, beta1, beta2, eps, weight_decay, momentum_decay,
@@ -255,14 +274,9 @@ def _nadam(params, grads, exp_avg, exp_avg_sq, chunks_start, chunks_end, chunks_
         p, grad, first, second = (params[start:stop], grads[start:stop], exp_avg[start:stop],
                                   exp_avg_sq[start:stop])
         for i in range(p.shape[0]):
-            g = sign * grad[i]
-            if decay != 0:
-                if decoupled:
-                    p[i] = p[i] * weight_scale
-                else:
-                    g = g + decay * p[i]
-            first[i] = first[i] + keep1 * (g - first[i])
-            second[i] = second[i] * beta2 + keep2 * g * g
+            g, p[i], first[i], second[i] = _decayed_moments(
+                sign * grad[i], p[i], first[i], second[i], decay, decoupled, weight_scale,
+                keep1, beta2, keep2)
             denominator = np.sqrt(second[i] / bias_correction2) + eps
             p[i] = p[i] - grad_step * (g / denominator)
             p[i] = p[i] - avg_step * (first[i] / denominator)
@@ -299,14 +313,9 @@ def _radam(params, grads, exp_avg, exp_avg_sq, chunks_start, chunks_end, chunks_
         p, grad, first, second = (params[start:stop], grads[start:stop], exp_avg[start:stop],
                                   exp_avg_sq[start:stop])
         for i in range(p.shape[0]):
-            g = sign * grad[i]
-            if decay != 0:
-                if decoupled:
-                    p[i] = p[i] * weight_scale
-                else:
-                    g = g + decay * p[i]
-            first[i] = first[i] + keep1 * (g - first[i])
-            second[i] = second[i] * beta2 + keep2 * g * g
+            g, p[i], first[i], second[i] = _decayed_moments(
+                sign * grad[i], p[i], first[i], second[i], decay, decoupled, weight_scale,
+                keep1, beta2, keep2)
             corrected = first[i] / bias_correction1
             if rectified:
                 adaptive = root_correction2 / (np.sqrt(second[i]) + eps)
