@@ -1,10 +1,12 @@
 """A JSON inference endpoint around a fastdl plan, on the standard library's HTTP server.
 
     python examples/serve.py model.plan.safetensors --port 8080
+    python examples/serve.py model.onnx --port 8080      # a model trained elsewhere
     curl -d '{"inputs": [[[[0.0, ...]]]]}' localhost:8080/predict
 
 ``POST /predict`` takes ``{"inputs": <nested list of shape (N, C, H, W)>}`` and answers
-``{"logits": [[...], ...], "classes": [...]}``; ``GET /health`` answers
+``{"logits": [[...], ...], "classes": [...]}`` (a model with several outputs, such as
+an FPN's maps: ``{"outputs": [<nested list>, ...]}``); ``GET /health`` answers
 ``{"status": "ok"}``. Every other answer is a JSON object ``{"error": "<message>"}``:
 
     400  Content-Length missing, negative or not a number; body not JSON (NaN and
@@ -101,9 +103,8 @@ def parse_inputs(body, input_shape, dtype=np.float32):
         return array.astype(dtype)
 
 
-def prediction(logits):
-    """The 200 answer for ``logits``: non-finite values as null, strict JSON only."""
-    logits = np.asarray(logits)
+def _finite_rows(logits):
+    """``logits`` as nested lists, non-finite values as null (strict JSON has none)."""
     rows = logits.tolist()
     finite = np.isfinite(logits)
     if not finite.all():
@@ -112,6 +113,17 @@ def prediction(logits):
             for i in index[:-1]:
                 cell = cell[i]
             cell[index[-1]] = None
+    return rows
+
+
+def prediction(logits):
+    """The 200 answer for a plan's result: ``logits`` (an ndarray) with their classes,
+    or, from a plan with several outputs (a tuple), the ``outputs``; non-finite values
+    as null, strict JSON only."""
+    if isinstance(logits, tuple):
+        return {"outputs": [_finite_rows(np.asarray(output)) for output in logits]}
+    logits = np.asarray(logits)
+    rows = _finite_rows(logits)
     answer = {"logits": rows}
     if logits.ndim == 2:
         classes = logits.argmax(axis=1).tolist()
@@ -433,10 +445,12 @@ def _check_errors(server, plan):
         status, _, payload = raw_request(port, _post(json.dumps({"inputs": x.tolist()}
                                                                 ).encode()))
         with np.errstate(over="ignore"):
-            reference = np.asarray(plan(x.astype(np.float32)))
-        logits = np.array(payload["logits"], dtype=object)
-        nulls = np.vectorize(lambda v: v is None, otypes=[bool])(logits)
-        if status != 200 or not (nulls == ~np.isfinite(reference)).all():
+            references = _outputs(plan(x.astype(np.float32)))
+        nulls = [np.vectorize(lambda v: v is None, otypes=[bool])(np.array(got, dtype=object))
+                 for got in _answered(payload)]
+        if status != 200 or len(nulls) != len(references) or not all(
+                (null == ~np.isfinite(reference)).all()
+                for null, reference in zip(nulls, references)):
             failures.append("NaN output: expected null where the logits are not finite, "
                             "got %d %r" % (status, payload))
     except Exception as error:  # noqa: BLE001
@@ -492,6 +506,16 @@ def _check_stalls(server, plan):
     return failures
 
 
+def _outputs(result):
+    """A plan's result as a list of arrays (one, or one per output)."""
+    return [np.asarray(r) for r in result] if isinstance(result, tuple) else [result]
+
+
+def _answered(payload):
+    """The arrays of a 200 answer (its logits, or each of its outputs)."""
+    return payload["outputs"] if "outputs" in payload else [payload["logits"]]
+
+
 def selftest(plan, requests, clients=8, threads=16, timeout=1.0):
     server = make_server(plan, "127.0.0.1", 0, threads=threads, timeout=timeout)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
@@ -514,7 +538,10 @@ def selftest(plan, requests, clients=8, threads=16, timeout=1.0):
                 failures.append("request failed: %r" % error)
                 continue
             latencies.append(time.perf_counter() - began)
-            if not np.allclose(answer["logits"], plan(x), rtol=1e-5, atol=1e-6):
+            expected = _outputs(plan(x))
+            got = _answered(answer)
+            if len(got) != len(expected) or not all(
+                    np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, expected)):
                 failures.append("wrong answer: %r" % answer)
     counts = [requests // clients + (i < requests % clients) for i in range(clients)]
     workers = [threading.Thread(target=client, args=(count,)) for count in counts]
@@ -538,7 +565,7 @@ def selftest(plan, requests, clients=8, threads=16, timeout=1.0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("plan")
+    parser.add_argument("plan", help="a fastdl plan file, or an ONNX model (.onnx)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--threads", type=int, default=None,
@@ -550,7 +577,7 @@ def main(argv=None):
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY / 2 ** 20)
     parser.add_argument("--selftest", type=int, default=0, metavar="N")
     args = parser.parse_args(argv)
-    plan = deploy.load(args.plan, warmup=True)
+    plan = deploy.open_model(args.plan, warmup=True)   # a plan file or an .onnx model
     if args.selftest:
         return selftest(plan, args.selftest, threads=args.threads or 16,
                         timeout=1.0 if args.timeout is None else args.timeout)

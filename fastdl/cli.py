@@ -469,7 +469,7 @@ def _warmup(args):
     if args.plans:
         for path in args.plans:
             try:
-                deploy.load(path, warmup=True)
+                deploy.open_model(path, warmup=True)
             except (OSError, ValueError) as error:
                 raise UsageError("%s: %s" % (path, error))
     else:   # the model zoo's kernels: conv, pooling, linear, activations, and training
@@ -518,10 +518,12 @@ def build_parser():
                         formatter_class=_HelpFormatter)
     warm = commands.add_parser("warmup", help="compile every kernel ahead of serving",
                                description="Compile (or load from the cache) every kernel "
-                                           "the model zoo\nor the given plans need.",
+                                           "the model zoo\nor the given plans (or .onnx models) "
+                                           "need.",
                                formatter_class=_HelpFormatter)
     warm.add_argument("plans", nargs="*",
-                      help="plan files to load and run once (none: the model zoo's kernels)")
+                      help="plan files or .onnx models to load and run once (none: the model "
+                           "zoo's kernels)")
     commands.add_parser("bench", help="fastdl vs PyTorch side by side (fastdl bench --help)",
                         add_help=False)
     return parser

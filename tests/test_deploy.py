@@ -423,3 +423,14 @@ def test_warmup_command(tmp_path):
     plan.save(tmp_path / "p.safetensors")
     assert main(["warmup", str(tmp_path / "p.safetensors")]) == 0
     assert main(["warmup", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_warmup_command_takes_onnx_models(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from fastdl.cli import main
+    example = np.zeros((1, 1, 28, 28), np.float32)
+    deploy.export_onnx(deploy.compile(lenet5(), example), example, tmp_path / "m.onnx")
+    assert main(["warmup", str(tmp_path / "m.onnx")]) == 0
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    assert main(["warmup", str(tmp_path / "bad.onnx")]) == 2
+    assert "bad.onnx" in capsys.readouterr().err

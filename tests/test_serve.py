@@ -264,3 +264,32 @@ def test_the_selftest_passes(plan_path, capsys):
     out = capsys.readouterr().out
     assert "24 requests, 0 wrong answers" in out
     assert "0 wrong" in out.splitlines()[1] and "closed after" in out
+
+
+def test_an_onnx_model_is_served_as_its_plan(plan_path, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    onnx_path = tmp_path / "model.onnx"
+    deploy.export_onnx(deploy.load(plan_path), np.zeros((1, 1, 8, 8), np.float32), onnx_path)
+    imported = deploy.open_model(onnx_path, warmup=True)
+    x = np.random.default_rng(3).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(imported(x), deploy.load(plan_path)(x), rtol=1e-5, atol=1e-6)
+    assert serve.main([str(onnx_path), "--selftest", "16", "--threads", "8"]) == 0
+    assert "16 requests, 0 wrong answers" in capsys.readouterr().out
+
+
+def test_several_outputs_are_answered_as_a_list(plan):
+    class TwoOutputs:
+        input_shape = plan.input_shape
+
+        def __call__(self, x):
+            logits = plan(x)
+            return logits, np.full((x.shape[0], 2), np.inf, np.float32)
+    server = _start(TwoOutputs(), threads=2, timeout=1.0)
+    try:
+        x = np.random.default_rng(4).normal(size=(3, 1, 8, 8)).astype(np.float32)
+        status, _, answer = _exchange(server.server_address[1], _post(_inputs(x)))
+    finally:
+        _stop(server)
+    assert status == 200 and set(answer) == {"outputs"}
+    np.testing.assert_allclose(answer["outputs"][0], plan(x), rtol=1e-5, atol=1e-6)
+    assert answer["outputs"][1] == [[None, None]] * 3

@@ -4,6 +4,8 @@
     plan(x)                                             # ndarray logits, thread-safe
     plan.save("model.plan.safetensors")
     plan = fastdl.deploy.load("model.plan.safetensors", warmup=True)
+    plan = fastdl.deploy.from_onnx("model.onnx")       # a model trained elsewhere
+    plan = fastdl.deploy.open_model(path)               # either, by the file's suffix
 
 A service that only loads plans imports neither the layers (``fastdl.nn``) nor,
 for plans of convolutions, dense layers, 2x2 max pools and global means, Numba:
@@ -17,6 +19,8 @@ load a larger trusted plan. A file also may not hold more than ``MAX_OPS`` (4096
 a header beyond ``MAX_PLAN_HEADER_BYTES`` (4 MiB) or an int beyond ``MAX_INT`` (2**24),
 and its weights must be in its own bytes.
 """
+import os
+
 import numpy as np
 
 from fastdl.deploy.fusion import (fuse_conv_bn, fuse_conv_bn_weights, fuse_linear_bn,
@@ -83,6 +87,28 @@ def load(path, warmup=False, max_bytes=MAX_PLAN_BYTES):
     return InferencePlan.load(path, warmup, max_bytes)
 
 
+def open_model(path, warmup=False, max_bytes=MAX_PLAN_BYTES):
+    """The plan of a model file a service is handed: an ONNX model (a path ending in
+    ``.onnx``, read by ``from_onnx``) or a plan file (``load``), validated either way.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    warmup : bool
+        Run the plan once at batch 1 before returning it.
+    max_bytes : int or None
+        As ``load``'s and ``from_onnx``'s.
+
+    Raises
+    ------
+    ValueError
+        A malformed or hostile file, or an ONNX node no plan op runs (named).
+    """
+    if os.fspath(path).lower().endswith(".onnx"):
+        return from_onnx(path, max_bytes, warmup)
+    return load(path, warmup, max_bytes)
+
+
 def export_onnx(model_or_plan, example, path, opset=17):
     """Write ``model_or_plan`` (a module ``compile`` accepts, or an InferencePlan) as an
     ONNX model, atomically; see ``fastdl.deploy.onnx_export``. Needs the ``onnx``
@@ -102,4 +128,4 @@ def from_onnx(source, max_bytes=MAX_PLAN_BYTES, warmup=False):
 __all__ = ["InferencePlan", "compile", "fuse_conv_bn", "fuse_linear_bn",
            "fuse_conv_bn_weights", "fuse_linear_bn_weights", "load", "MAX_PLAN_BYTES",
            "MAX_OPS", "MAX_PLAN_HEADER_BYTES", "MAX_INT", "export_onnx",
-           "from_onnx"]
+           "from_onnx", "open_model"]
