@@ -18,9 +18,10 @@ Cai and Vasconcelos 2018).
 ``model(images, targets)`` in training mode returns a dict of losses; in eval mode
 ``model(images)`` returns one dict of detections per image (torchvision's convention).
 
-The backbone is the part an inference plan could hold; ``fastdl.deploy.compile`` lowers
-chains of layers (a ResNet classifier, conv/BN/pool stacks) but not the FPN's multi-output
-top-down path, so this model runs eagerly.
+``model.compile(example)`` gives compiled inference up to the NMS: one plan
+(``fastdl.deploy.compile``) for the backbone, FPN and anchor head (:class:`DenseStage`,
+several outputs), one for each box head; proposals, RoI Align and the NMS stay NumPy.
+Its detections equal the eager model's.
 """
 import numpy as np
 
@@ -31,7 +32,8 @@ from fastdl.grad_mode import no_grad
 from fastdl.models.fcn import ResNetFPN
 from fastdl.ops import MultiScaleRoIAlign
 
-__all__ = ["CascadeDetector", "cascade_detector", "stage_targets", "STAGE_WEIGHTS"]
+__all__ = ["CascadeDetector", "CompiledCascade", "DenseStage", "cascade_detector",
+           "stage_targets", "STAGE_WEIGHTS"]
 
 #: box-coding weights of the three stages (Cascade R-CNN's), tighter as boxes improve
 STAGE_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
@@ -102,6 +104,26 @@ class AnchorHead(nn.Module):
             deltas = self.deltas(hidden).permute(0, 2, 3, 1).reshape(n, -1, 4)
             outputs.append((scores, deltas))
         return outputs
+
+
+class DenseStage(nn.Module):
+    """Backbone, FPN and anchor head: the convolutional part of the detector, which an
+    inference plan runs.
+
+    ``forward(images (N, C, H, W))`` returns a tuple: the used FPN levels
+    ``(N, channels, H_l, W_l)``, then for each level its objectness ``(N, H_l·W_l·A)``
+    and its deltas ``(N, H_l·W_l·A, 4)``.
+    """
+
+    def __init__(self, body, anchor_head, levels):
+        super().__init__()
+        self.body, self.anchor_head, self.levels = body, anchor_head, tuple(levels)
+
+    def forward(self, images):
+        pyramid = self.body(images)
+        levels = [pyramid[level] for level in self.levels]
+        outputs = self.anchor_head(levels)
+        return tuple(levels) + tuple(t for pair in outputs for t in pair)
 
 
 class BoxHead(nn.Module):
@@ -179,6 +201,29 @@ class CascadeDetector(nn.Module):
                              " got %r" % (len(STAGE_WEIGHTS), stage_ious))
 
     # ------------------------------------------------------------------ pieces
+    def dense_stage(self):
+        """The :class:`DenseStage` of this detector (sharing its modules)."""
+        return DenseStage(self.body, self.anchor_head, self.levels)
+
+    def compile(self, example, max_shapes=4):
+        """Inference up to the NMS as inference plans: a :class:`CompiledCascade`.
+
+        Parameters
+        ----------
+        example : ndarray or Tensor (N, C, H, W)
+            Fixes the images' (C, H, W) and dtype; the batch size may vary.
+        max_shapes : int
+            Batch sizes whose buffers each plan keeps (the box heads see a varying
+            number of proposals).
+        """
+        from fastdl import deploy
+        example = _array(example)
+        dense = deploy.compile(self.dense_stage(), example, max_shapes)
+        size = self.roi_pool.output_size
+        pooled = np.zeros((2, self.anchor_head.conv.out_channels) + tuple(size), example.dtype)
+        heads = [deploy.compile(head, pooled, max_shapes) for head in self.box_heads]
+        return CompiledCascade(self, dense, heads, example.shape[1:])
+
     def anchors(self, image_size):
         """The anchors of every used level, for images of ``(H, W)``."""
         height, width = image_size
@@ -243,10 +288,13 @@ class CascadeDetector(nn.Module):
             result.append(boxes[sizable][kept[:self.post_nms_top_n[mode]]])
         return result
 
-    def _run_stage(self, stage, features, boxes, image_size):
+    def _run_stage(self, stage, features, boxes, image_size, head=None):
         pooled = self.roi_pool(features, [b.astype(np.float32) for b in boxes],
                                [image_size] * len(boxes))
-        logits, deltas = self.box_heads[stage](pooled)
+        if head is None:
+            logits, deltas = self.box_heads[stage](pooled)
+        else:      # a plan of the box head, on the pooled features
+            logits, deltas = (fastdl.tensor(a) for a in head(_array(pooled)))
         flat = np.concatenate(boxes)
         refined = _clip(detection.decode_boxes(_array(deltas).astype(np.float64), flat,
                                                STAGE_WEIGHTS[stage]), *image_size)
@@ -295,14 +343,23 @@ class CascadeDetector(nn.Module):
             boxes = refined
         return losses
 
-    def _detect(self, images, image_size):
+    def _detect(self, images, image_size, dense=None, heads=None):
+        """Detections per image; ``dense`` and ``heads``: plans of the dense stage and the
+        box heads (``compile``), else the modules run eagerly."""
         with no_grad():
-            features = self.features(images)
-            outputs = self.anchor_head(list(features.values()))
+            if dense is None:
+                results = self.dense_stage()(images)
+            else:
+                results = tuple(fastdl.tensor(a) for a in dense(_array(images)))
+            count = len(self.levels)
+            features = {str(level): result for level, result in zip(self.levels,
+                                                                     results[:count])}
+            outputs = list(zip(results[count::2], results[count + 1::2]))
             boxes = self.proposals(outputs, self.anchors(image_size), image_size)
             probabilities = 0.0
             for stage in range(len(self.box_heads)):
-                logits, _, refined = self._run_stage(stage, features, boxes, image_size)
+                logits, _, refined = self._run_stage(stage, features, boxes, image_size,
+                                                     None if heads is None else heads[stage])
                 probabilities = probabilities + _array(F.softmax(logits, dim=1))
                 if stage < len(self.box_heads) - 1:
                     boxes = refined
@@ -320,6 +377,33 @@ class CascadeDetector(nn.Module):
         return {"boxes": fastdl.tensor(boxes[kept].astype(np.float32)),
                 "scores": fastdl.tensor(scores[kept].astype(np.float32)),
                 "labels": fastdl.tensor((classes[kept] + 1).astype(np.int64))}
+
+
+class CompiledCascade:
+    """A :class:`CascadeDetector`'s inference with its dense stage and box heads as
+    inference plans (``CascadeDetector.compile``): ``compiled(images)`` returns one dict
+    of ``boxes``, ``scores`` and ``labels`` per image, as the eager model in eval mode.
+
+    Attributes
+    ----------
+    dense : InferencePlan
+        Backbone, FPN and anchor head (:class:`DenseStage`'s outputs).
+    heads : list of InferencePlan
+        Each stage's box head: pooled RoI features to (logits, deltas).
+    """
+
+    def __init__(self, detector, dense, heads, input_shape):
+        self.detector, self.dense, self.heads = detector, dense, heads
+        self.input_shape = tuple(input_shape)
+
+    def __call__(self, images):
+        images = _array(images)
+        if images.ndim != 4 or images.shape[1:] != self.input_shape:
+            raise ValueError("CompiledCascade: expected images (N, %d, %d, %d), got shape %s"
+                             % (self.input_shape + (images.shape,)))
+        images = images.astype(self.dense.dtype, copy=False)
+        return self.detector._detect(images, tuple(images.shape[-2:]), self.dense,
+                                     self.heads)
 
 
 def _clip(boxes, height, width):
