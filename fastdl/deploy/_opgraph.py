@@ -6,22 +6,22 @@ An op is a dict ``{"op": name, "inputs": [value ids], "output": id, ...attribute
 a file can never drive a kernel out of bounds, and bounds what a call at batch 1 holds
 (``held``). Every failure is a ValueError starting "invalid inference plan".
 """
+import collections
 import math
-import numbers
 
 import numpy as np
 
+from fastdl.deploy import _graph_ops
+from fastdl.deploy._plancheck import (  # noqa: F401  (re-exported: the plan's callers')
+    MAX_ELEMENTS, MAX_INT, MAX_NDIM, MAX_OPS, bounded_int, bounded_ints, fail, finite, flag)
+from fastdl.deploy._plancheck import weight as _weight
 from fastdl.kernels import pool as pool_kernels
 from fastdl.shapes import conv_output_size, conv_transpose_output_size, is_int
 
-#: The largest int a plan may give for a size, channel count, stride, padding, dilation,
-#: window or value id (the kernels' C ints then never overflow).
-MAX_INT = 1 << 24
-# the most elements one value may have at batch 1: the kernels index planes with C ints
-MAX_ELEMENTS = 2 ** 31 - 1
-
-OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-       "adaptive_avg_pool2d", "flatten", "affine_channels", "activation", "prelu", "pad2d")
+LAYER_OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
+             "adaptive_avg_pool2d", "flatten", "affine_channels", "activation", "prelu",
+             "pad2d")
+OPS = LAYER_OPS + _graph_ops.OPS
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity", "relu6", "hardtanh",
                "hardsigmoid", "hardswish", "silu", "mish", "gelu", "gelu_tanh", "elu",
                "softplus")
@@ -46,53 +46,22 @@ ATTRIBUTES = {
     "activation": {"kind", "negative_slope"},
     "prelu": {"weights"},
     "pad2d": {"mode", "padding"},
+    **_graph_ops.ATTRIBUTES,
 }
 # the attributes an op may have besides those (the activations with constants)
 OPTIONAL = {"activation": {"parameters"}}
 # the tensors each op with weights may name
 ROLES = {"conv2d": {"weight", "bias"}, "conv_transpose2d": {"weight", "bias"},
          "linear": {"weight", "bias"}, "affine_channels": {"scale", "shift"},
-         "prelu": {"weight"}}
-
-
-def fail(message):
-    raise ValueError("invalid inference plan: " + message)
-
-
-def bounded_int(value, low, high=MAX_INT):
-    """Whether ``value`` is an int (not a bool) in ``[low, high]``."""
-    return is_int(value) and low <= value <= high
-
-
-def bounded_ints(value, count, what, low):
-    """``value``, a list of ``count`` ints in ``[low, MAX_INT]``, as a tuple."""
-    if not isinstance(value, (list, tuple)) or len(value) != count or not all(
-            bounded_int(v, low) for v in value):
-        fail("%s must be a list of %d ints in [%d, %d], got %r" % (what, count, low, MAX_INT,
-                                                                   value))
-    return tuple(int(v) for v in value)
+         "prelu": {"weight"}, **_graph_ops.ROLES}
+# (fewest, most) inputs of the ops that take more than one (conv2d: a residual)
+INPUTS = {"conv2d": (1, 2), **_graph_ops.INPUTS}
 
 
 def _window(value, what, index, low):
     """A pooling window argument (an int or a pair of ints) as a pair."""
     pair = (value, value) if is_int(value) else value
     return bounded_ints(pair, 2, "op %d: %s" % (index, what), low)
-
-
-def _flag(op, key, index):
-    if not isinstance(op[key], bool):
-        fail("op %d: %s must be true or false, got %r" % (index, key, op[key]))
-
-
-def _weight(tensors, op, role, index, ndim):
-    name = op.get("weights", {}).get(role)
-    if name is None:
-        return None
-    array = tensors[name]   # names are checked in _check_fields
-    if array.ndim != ndim or 0 in array.shape:
-        fail("tensor %r of op %d must be %d-D and not empty, got shape %s"
-             % (name, index, ndim, array.shape))
-    return array
 
 
 # ------------------------------------------------------------------- shape inference
@@ -169,9 +138,9 @@ def _infer_pool(op, index, shapes, tensors):
     if stride is not None and stride != []:   # None or []: the kernel size
         _window(stride, "stride", index, 1)
     _window(op["padding"], "padding", index, 0)
-    _flag(op, "ceil_mode", index)
+    flag(op, "ceil_mode", index)
     if kind == "avg_pool2d":
-        _flag(op, "count_include_pad", index)
+        flag(op, "count_include_pad", index)
     if len(shape) != 4:
         fail("op %d: pooling needs a 4-D input, got %s" % (index, shape))
     try:
@@ -216,7 +185,7 @@ def _infer_activation(op, index, shapes, tensors):
     parameters = op.get("parameters")
     if (parameters is None) != (count == 0) or count and (
             not isinstance(parameters, list) or len(parameters) != count or not all(
-                _finite(p) for p in parameters)):
+                finite(p) for p in parameters)):
         fail("op %d: activation %r takes %s, got parameters %r"
              % (index, kind, "%d finite numbers" % count if count else "no parameters",
                 parameters))
@@ -259,12 +228,7 @@ _INFER = {"conv2d": _infer_conv, "conv_transpose2d": _infer_conv, "linear": _inf
           "max_pool2d": _infer_pool, "avg_pool2d": _infer_pool,
           "adaptive_avg_pool2d": _infer_adaptive_pool, "flatten": _infer_flatten,
           "affine_channels": _infer_affine, "activation": _infer_activation,
-          "prelu": _infer_prelu, "pad2d": _infer_pad}
-
-
-def _finite(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
-        value)
+          "prelu": _infer_prelu, "pad2d": _infer_pad, **_graph_ops.INFER}
 
 
 # ------------------------------------------------------------------------ validation
@@ -274,6 +238,8 @@ def held(op, shapes, out, tensors, itemsize):
     output, the copies its kernel makes (and the zero borders the schedule may give the
     buffers it reads), and its prepared weights. An upper bound, not an exact count."""
     kind, size = op["op"], math.prod(out)
+    if kind in _graph_ops.OPS:
+        return _graph_ops.held(op, shapes, out, itemsize)
     if kind == "flatten":
         return 0                                       # a view
     if kind in ("affine_channels", "prelu", "pad2d"):
@@ -313,12 +279,12 @@ def _check_fields(op, index, tensors):
     if extra or missing:
         fail("op %d (%s): unexpected %s, missing %s" % (index, kind, sorted(extra),
                                                        sorted(missing)))
-    inputs = op.get("inputs")
-    if not isinstance(inputs, list) or not 1 <= len(inputs) <= 2 or not all(
+    inputs, (fewest, most) = op.get("inputs"), INPUTS.get(kind, (1, 1))
+    if not isinstance(inputs, list) or not fewest <= len(inputs) <= most or not all(
             bounded_int(i, 0, index) for i in inputs):
-        fail("op %d: inputs %r must name earlier values" % (index, inputs))
-    if len(inputs) == 2 and kind != "conv2d":
-        fail("op %d: only conv2d takes a residual input" % index)
+        fail("op %d (%s): inputs %r must name %s earlier values (ids < %d)"
+             % (index, kind, inputs, fewest if fewest == most else "%d to %d" % (fewest, most),
+                index + 1))
     if not is_int(op.get("output")) or op["output"] != index + 1:
         fail("op %d: output id must be %d" % (index, index + 1))
     weights = op.get("weights", {})
@@ -328,7 +294,7 @@ def _check_fields(op, index, tensors):
         fail("op %d: weights %r must map %s to tensors of the plan"
              % (index, weights, sorted(ROLES.get(kind, ()))))
     slope = op.get("negative_slope")
-    if slope is not None and not _finite(slope):
+    if slope is not None and not finite(slope):
         fail("op %d: negative_slope must be a finite number or null" % index)
 
 
@@ -344,12 +310,32 @@ def infer(op, index, shapes, tensors):
     return out
 
 
-def validate(ops, tensors, input_shape, dtype, max_bytes=None):
+def check_outputs(outputs, count):
+    """``outputs``, None or a list of at most ``MAX_OPS`` value ids in ``[1, count]``
+    (duplicates allowed), as a list (or None)."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, (list, tuple)) or not 1 <= len(outputs) <= MAX_OPS or not all(
+            bounded_int(value, 1, count) for value in outputs):
+        fail("outputs must be null or a list of 1 to %d value ids in [1, %d] (op outputs), "
+             "got %s" % (MAX_OPS, count, _abridged(outputs)))
+    return [int(value) for value in outputs]
+
+
+def _abridged(value, limit=200):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def validate(ops, tensors, input_shape, dtype, max_bytes=None, outputs=None):
     """The shape of every value (0: the input; i + 1: op i's output) at batch 1, and the
-    bytes a call at batch 1 holds (``held``); raise ValueError on any inconsistency,
+    bytes a call at batch 1 holds (``held``, and the copies it returns of the
+    ``outputs``, by default the last value); raise ValueError on any inconsistency,
     or where those bytes pass ``max_bytes``."""
     if not isinstance(ops, list) or not ops:
         fail("ops must be a non-empty list")
+    outputs = check_outputs(outputs, len(ops))
+    returned = [len(ops)] if outputs is None else outputs
     itemsize = np.dtype(dtype).itemsize
     shapes = {0: (1,) + tuple(input_shape)}
     if len(input_shape) != 3 or math.prod(input_shape) > MAX_ELEMENTS or not all(
@@ -357,12 +343,12 @@ def validate(ops, tensors, input_shape, dtype, max_bytes=None):
         fail("input_shape %s must be 3 sizes in [1, %d], of at most %d elements"
              % (tuple(input_shape), MAX_INT, MAX_ELEMENTS))
     total = math.prod(input_shape) * itemsize          # the input
+    copies = collections.Counter(returned)
     for index, op in enumerate(ops):
         shapes[index + 1] = out = infer(op, index, shapes, tensors)
         sources = [shapes[i] for i in op["inputs"]]
         total += held(op, sources, out, tensors, itemsize)
-        if index == len(ops) - 1:
-            total += math.prod(out) * itemsize         # the copy a call returns
+        total += copies[index + 1] * math.prod(out) * itemsize   # the copies returned
         if max_bytes is not None and total > max_bytes:
             fail("a call at batch 1 would hold more than max_bytes=%d bytes by op %d (%s, "
                  "output %s); load it with a larger max_bytes if it is trusted"

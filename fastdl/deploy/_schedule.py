@@ -1,6 +1,6 @@
 """The program of an inference plan: the steps a call runs at one batch size.
 
-``Scheduler(ops, tensors, shapes, dtype)`` turns a validated op graph (``_opgraph``)
+``Scheduler(ops, tensors, shapes, dtype, outputs)`` turns a validated op graph (``_opgraph``)
 into, for each batch size, a list of steps ``step(values, buffers)`` over one caller's
 intermediate buffers (a ``BufferSet``) and the layout of those buffers:
 
@@ -11,9 +11,15 @@ intermediate buffers (a ``BufferSet``) and the layout of those buffers:
   the chain (``_dense_tail``) run by the chain too;
 * the buffers the chain's convs read in place stored inside zero borders, or as phase
   planes (``_borders``), so that those convs make no padded copy.
+
+A value the plan returns (one of its ``outputs``) counts as read by someone outside the
+chain: never computed away by a fusion, and never stored with a border.
 """
+import collections
+
 import numpy as np
 
+from fastdl.deploy import _graph_ops
 from fastdl.kernels import conv as conv_kernels
 from fastdl.kernels import dense as dense_kernels
 from fastdl.kernels import direct as direct_kernels
@@ -41,10 +47,17 @@ class Scheduler:
     shapes : dict of int to tuple
         Every value's shape at batch 1 (``_opgraph.validate``).
     dtype : numpy.dtype
+    outputs : list of int, optional
+        The values a call returns; None: the last op's.
     """
 
-    def __init__(self, ops, tensors, shapes, dtype):
+    def __init__(self, ops, tensors, shapes, dtype, outputs=None):
         self.ops, self.tensors, self.shapes, self.dtype = ops, tensors, shapes, dtype
+        returned = [len(ops)] if outputs is None else outputs
+        # value id: how many times an op reads it, plus one where the plan returns it
+        self._readers = collections.Counter(
+            [value for op in ops for value in op["inputs"]] + sorted(set(returned)))
+        self._returned = set(returned)
 
     def _prepare(self, index, batch):
         """Op ``index`` as ``step(values, buffer) -> value`` for this batch size, its
@@ -57,6 +70,8 @@ class Scheduler:
         slope = op.get("negative_slope")
         source = op["inputs"][0]
         shape = (batch,) + tuple(self.shapes[source][1:])
+        if kind in _graph_ops.OPS:
+            return self._graph_step(op)
         if kind == "conv2d":
             run = conv_kernels.conv2d_runner(
                 shape, weight, bias, tuple(op["stride"]), tuple(op["padding"]),
@@ -103,6 +118,15 @@ class Scheduler:
         function = _activation(op)
         return lambda values, buffer: function(values[source])
 
+    def _graph_step(self, op):
+        """A graph op (``_graph_ops``) as ``step(values, buffer) -> value``."""
+        function = _graph_ops.step(op, [self.shapes[i] for i in op["inputs"]], self.tensors)
+        inputs = op["inputs"]
+        if len(inputs) == 1:
+            source, = inputs
+            return lambda values, buffer: function(values[source])
+        return lambda values, buffer: function(*[values[i] for i in inputs])
+
     def _head(self, runs, batch):
         """The ops of a classifier head right after the chain ``runs`` — a global average
         pool of its last output, a flatten and a linear layer, none read by anything
@@ -118,8 +142,7 @@ class Scheduler:
         if (list(ops[0]["output_size"]) != [1, 1] or ops[1]["start_dim"] != 1
                 or [op["inputs"] for op in ops] != [[pool], [pool + 1], [pool + 2]]):
             return None
-        readers = [value for op in self.ops for value in op["inputs"]]
-        if any(readers.count(value) != 1 for value in (pool, pool + 1, pool + 2)):
+        if any(self._readers[value] != 1 for value in (pool, pool + 1, pool + 2)):
             return None
         return pool, pool + 1, pool + 2
 
@@ -212,8 +235,9 @@ class Scheduler:
         if after >= len(self.ops) or len(self.ops[index]["inputs"]) > 1:
             return None
         op = self.ops[after]
-        if op["op"] != "max_pool2d" or op["inputs"] != [index + 1] or any(
-                index + 1 in other["inputs"] for other in self.ops[after + 1:]):
+        # the pool must be the conv output's one reader (and the plan not return it)
+        if op["op"] != "max_pool2d" or op["inputs"] != [index + 1] or self._readers[
+                index + 1] != 1:
             return None
         window = pool_kernels.validate_pool2d_args(
             "max_pool2d", run.out_shape, op["kernel_size"], op["stride"], op["padding"],
@@ -249,7 +273,8 @@ class Scheduler:
             if output != index:   # a pooled conv writes the pool's output, unbordered
                 continue
             readers = [reader for reader, op in enumerate(self.ops) if index + 1 in op["inputs"]]
-            if not readers or any(reader not in members for reader in readers):
+            if not readers or index + 1 in self._returned or any(
+                    reader not in members for reader in readers):
                 continue
             # the convs that read it as their input (not as a residual)
             convs = [members[reader] for reader in readers

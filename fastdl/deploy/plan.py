@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from fastdl.deploy._opgraph import ACTIVATIONS, MAX_INT, OPS, fail, validate
+from fastdl.deploy._opgraph import ACTIVATIONS, MAX_INT, OPS, check_outputs, fail, validate
 from fastdl.deploy._schedule import Scheduler
 from fastdl.deploy.planfile import (FORMAT_VERSION, MAX_OPS, MAX_PLAN_BYTES,
                                     MAX_PLAN_HEADER_BYTES, read_plan, write_plan)
@@ -25,7 +25,8 @@ _FREE_SETS = 16
 
 
 class InferencePlan:
-    """A compiled, eval-only model: ``plan(x)`` returns the logits as an ndarray.
+    """A compiled, eval-only model: ``plan(x)`` returns its output (the logits) as an
+    ndarray, or with ``outputs`` a tuple of ndarrays.
 
     Parameters
     ----------
@@ -42,16 +43,22 @@ class InferencePlan:
     dtype : {None, 'float32', 'float64'}
         The dtype of a plan without tensors (default float32); one with tensors has
         theirs, and a different ``dtype`` is refused.
+    outputs : list of int, optional
+        The values a call returns, as a tuple in this order (value ``i + 1`` is op
+        ``i``'s output; an id may repeat; a 1-element list still returns a tuple).
+        None: the last op's value alone, as an ndarray.
 
     Attributes
     ----------
+    outputs : list of int or None
     call_bytes : int
         An upper estimate of the bytes one call at batch 1 holds: its input, every
         intermediate and output value, the copies its kernels make and the prepared
         weights (the values scale with the batch size; the weights, too, are extra).
     """
 
-    def __init__(self, ops, tensors, input_shape, max_shapes=4, max_bytes=None, dtype=None):
+    def __init__(self, ops, tensors, input_shape, max_shapes=4, max_bytes=None, dtype=None,
+                 outputs=None):
         self.input_shape = tuple(int(n) for n in input_shape)
         floats = {np.dtype(np.float32), np.dtype(np.float64)}
         if dtype is not None and dtype not in ("float32", "float64") and dtype not in floats:
@@ -63,10 +70,12 @@ class InferencePlan:
                 "" if dtype is None else " (%s)" % np.dtype(dtype), sorted(map(str, dtypes))))
         self.dtype = dtypes.pop()
         self.shapes, self.call_bytes = validate(ops, tensors, self.input_shape, self.dtype,
-                                                max_bytes)
+                                                max_bytes, outputs)
         self.ops = ops
+        self.outputs = check_outputs(outputs, len(ops))
         self.tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        self._scheduler = Scheduler(self.ops, self.tensors, self.shapes, self.dtype)
+        self._scheduler = Scheduler(self.ops, self.tensors, self.shapes, self.dtype,
+                                    self.outputs)
         self._shapes = collections.OrderedDict()   # batch size: (program, free buffer sets)
         self._lock = threading.Lock()
         self.max_shapes = int(max_shapes)
@@ -104,7 +113,8 @@ class InferencePlan:
                 entry[1].append(buffers)
 
     def run(self, x):
-        """Run the plan on ``x (N, C, H, W)``; returns a new ndarray."""
+        """Run the plan on ``x (N, C, H, W)``; returns a new ndarray, or where the plan
+        has ``outputs`` a tuple of new ndarrays, one per entry."""
         if not isinstance(x, np.ndarray):
             x = np.asarray(getattr(x, "array", x))
         if x.ndim != 4 or x.shape[1:] != self.input_shape:
@@ -117,7 +127,9 @@ class InferencePlan:
             values = [x] + [None] * len(self.ops)
             for step in program:
                 step(values, buffers)
-            return np.array(values[-1], copy=True)
+            if self.outputs is None:
+                return np.array(values[-1], copy=True)
+            return tuple(np.array(values[value], copy=True) for value in self.outputs)
         finally:
             self._release(batch, buffers)
 
@@ -131,7 +143,7 @@ class InferencePlan:
     # ------------------------------------------------------------------- files
     def save(self, path):
         """Write the plan (weights + JSON op list) to one safetensors file, atomically."""
-        write_plan(path, self.ops, self.tensors, self.input_shape, self.dtype)
+        write_plan(path, self.ops, self.tensors, self.input_shape, self.dtype, self.outputs)
 
     @classmethod
     def load(cls, path, warmup=False, max_bytes=MAX_PLAN_BYTES):

@@ -1,13 +1,14 @@
 """The plan file: one safetensors file, the weights as its tensors, the op graph as JSON.
 
 The header's ``"fastdl.plan"`` metadata is ``{"format": "fastdl-plan", "version": 1,
-"input_shape": [C, H, W], "dtype": "float32", "ops": [...]}`` (ops as in ``_opgraph``).
+"input_shape": [C, H, W], "dtype": "float32", "ops": [...]}`` (ops as in ``_opgraph``),
+and ``"outputs": [value ids]`` where the plan has several outputs.
 A file may come from anywhere: nothing in it is executed or unpickled, and every size it
 declares is checked before anything is allocated for it (the limits below).
 """
 import json
 
-from fastdl.deploy._opgraph import bounded_int, bounded_ints, fail
+from fastdl.deploy._opgraph import MAX_OPS, bounded_int, bounded_ints, check_outputs, fail
 from fastdl.safetensors_io import load_file, save_file
 from fastdl.shapes import is_int
 
@@ -18,8 +19,6 @@ FORMAT_VERSION = 1
 #: kernels make and its prepared (packed) weights. ``load(path, max_bytes=...)`` raises
 #: it; a call at batch N holds about N times the values.
 MAX_PLAN_BYTES = 256 << 20
-#: The most ops a plan file may hold (ResNet-152 has about 160).
-MAX_OPS = 4096
 #: The largest JSON header a plan file may have: a plan of ``MAX_OPS`` ops takes about
 #: 1 MiB, and the objects Python builds for hostile JSON take up to ~25 times its size.
 MAX_PLAN_HEADER_BYTES = 4 << 20
@@ -28,10 +27,13 @@ __all__ = ["FORMAT_VERSION", "MAX_OPS", "MAX_PLAN_BYTES", "MAX_PLAN_HEADER_BYTES
            "write_plan"]
 
 
-def write_plan(path, ops, tensors, input_shape, dtype):
-    """Write a plan's weights and JSON op list to one safetensors file, atomically."""
+def write_plan(path, ops, tensors, input_shape, dtype, outputs=None):
+    """Write a plan's weights and JSON op list (and its ``outputs`` where not None) to one
+    safetensors file, atomically."""
     description = {"format": "fastdl-plan", "version": FORMAT_VERSION,
                    "input_shape": list(input_shape), "dtype": str(dtype), "ops": ops}
+    if outputs is not None:
+        description["outputs"] = list(outputs)
     save_file(tensors, path, metadata={"fastdl.plan": json.dumps(description)})
 
 
@@ -56,8 +58,8 @@ def _description(path, metadata):
 
 def read_plan(path, make_plan, max_bytes=MAX_PLAN_BYTES):
     """Read and validate a plan file: ``make_plan(ops, tensors, input_shape,
-    max_bytes=max_bytes)`` (``InferencePlan``), checked to have the dtype the header
-    names.
+    max_bytes=max_bytes, dtype=..., outputs=...)`` (``InferencePlan``), checked to have
+    the dtype the header names.
 
     Raises
     ------
@@ -75,10 +77,14 @@ def read_plan(path, make_plan, max_bytes=MAX_PLAN_BYTES):
     ops = description.get("ops")
     if isinstance(ops, list) and len(ops) > MAX_OPS:
         fail("%d ops, more than MAX_OPS=%d" % (len(ops), MAX_OPS))
+    outputs = description.get("outputs")
+    if outputs is not None:   # the ids are checked against the ops by make_plan
+        check_outputs(outputs, MAX_OPS)
     try:
         dtype = description.get("dtype")
         plan = make_plan(ops, tensors, input_shape, max_bytes=max_bytes,
-                         dtype=dtype if dtype in ("float32", "float64") else None)
+                         dtype=dtype if dtype in ("float32", "float64") else None,
+                         outputs=outputs)
     except (TypeError, KeyError, IndexError, AttributeError, OverflowError,
             ZeroDivisionError, RecursionError) as error:
         # the checks above should leave nothing to get here: a last line
