@@ -2,8 +2,11 @@
 style models (functional calls, views, in-place and out-of-place residual adds, BN in
 forward, the CIFAR zoo's VGG and ResNet18) equal the eager model at several batch sizes
 and after save/load; random custom forwards equal it at batches 1-9 on 1 and 2 threads;
-what a plan cannot run (control flow on the input, torch.cat, several outputs, a
-product of computed values) is refused with a ValueError naming it."""
+the graph ops (cat, products and quotients with numbers and parameters, expand,
+indexing, the elementwise activations, interpolate, pad, permutes, softmax) and several
+outputs compile; what a plan cannot run (control flow on the input, a dict output, ops
+over the batch axis, tensors made in the forward, reductions other than a spatial mean)
+is refused with a ValueError naming it and the module that ran it."""
 import os
 import sys
 
@@ -245,18 +248,7 @@ def test_random_custom_forwards(seed):
         fastdl.set_num_threads(previous)
 
 
-# ------------------------------------------------------------------------- refusals
-
-class Branchy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 1)
-
-    def forward(self, x):
-        if float(x.sum()) > 0:
-            return self.a(x)
-        return self.b(x)
-
+# ------------------------------------------------------------------ the graph ops
 
 class Cat(nn.Module):
     def __init__(self):
@@ -274,7 +266,7 @@ class TwoOutputs(nn.Module):
 
     def forward(self, x):
         y = self.a(x)
-        return y, F.relu(y)
+        return y, F.relu(y), y      # the conv's output is returned twice and read again
 
 
 class Gate(nn.Module):
@@ -288,21 +280,176 @@ class Gate(nn.Module):
         return y * fastdl.sigmoid(self.inner(y))
 
 
-class AddConstant(nn.Module):
+class Arithmetic(nn.Module):
+    """Numbers and parameters on either side of + - * /, negation, a per-channel scale
+    parameter (layer scale), broadcasting of two values, expand (left to the product's
+    broadcasting, and concatenated as it is), indexing with ints and None."""
+
     def __init__(self):
         super().__init__()
-        self.a = nn.Conv2d(3, 4, 3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.scale = nn.Parameter(fastdl.Tensor(np.linspace(0.5, 2, 4).reshape(4, 1, 1)
+                                                .astype(np.float32)))
+        self.register_buffer("offset", fastdl.Tensor(np.arange(8, dtype=np.float32)))
 
     def forward(self, x):
-        return self.a(x) + 1.0
+        y = self.conv(x) + 1.0
+        y = (1 - y) * 0.5 + y / 6 - 2 / (y.sigmoid() + 1)
+        y = -(self.scale * y) - self.scale
+        pooled = y.mean((2, 3), keepdim=True)
+        y = y * pooled.expand(-1, -1, 8, 8) + y[:, 1:2] - y[:, 0][:, None]
+        y = fastdl.cat([y, pooled.expand(y.shape)], 1)
+        return y + self.offset
+
+
+class Activations(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.prelu = nn.PReLU(6)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.conv(x)
+        parts = [F.relu6(x), F.hardswish(x), F.hardsigmoid(x), F.silu(x), F.gelu(x),
+                 F.gelu(x, approximate="tanh"), F.elu(x, 0.5), F.selu(x), F.celu(x, 2.0),
+                 F.softplus(x, 2.0, 5.0), F.mish(x), F.hardtanh(x, -0.5, 0.25),
+                 x.clamp(-1, 1), x.clamp(min=0), F.leaky_relu(x, 0.3), self.prelu(x),
+                 fastdl.tanh(x), self.dropout(F.dropout(x, 0.5, training=self.training))]
+        return fastdl.cat(parts, 1)
+
+
+class Resizes(nn.Module):
+    """interpolate: integer factors (nearest, bilinear), sizes with and without aligned
+    corners, a non-integer scale factor (its coordinates mapped by the factor), bicubic,
+    nearest-exact, and nn.Upsample; F.pad; a permute and back; a mean without keepdim."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = F.interpolate(x, scale_factor=2) + self.up(x)
+        b = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=True)
+        c = F.interpolate(x, scale_factor=1.7, mode="bilinear")        # 13 x 13
+        c = F.interpolate(c, size=(16, 16), mode="bicubic")
+        d = F.interpolate(F.pad(x, (1, 1, 1, 1)), size=(16, 16), mode="nearest-exact")
+        y = a * b - c + d
+        y = y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        y = fastdl.cat([y, F.pad(y, (0, 0, 0, 0), mode="reflect")], 1)
+        return F.softmax(self.head(y[:, :4].mean((2, 3))), dim=1)
+
+
+@pytest.mark.parametrize("model, shape", [
+    (Cat(), (3, 8, 8)), (Gate(), (3, 8, 8)), (Arithmetic(), (3, 8, 8)),
+    (Activations(), (3, 8, 8)), (Resizes(), (4, 8, 8))])
+def test_graph_ops(model, shape, rng, tmp_path):
+    _check(model.eval(), shape, rng, tmp_path, batches=(1, 5))   # eval: dropout passes
+
+
+def test_several_outputs(rng, tmp_path):
+    model = TwoOutputs()
+    plan = deploy.compile(model, rng.normal(size=(2, 3, 8, 8)).astype(np.float32))
+    assert len(plan.outputs) == 3 and plan.outputs[0] == plan.outputs[2]
+    assert [op["op"] for op in plan.ops] == ["conv2d", "activation"]   # no relu fused
+    x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    with fastdl.no_grad():
+        expected = [t.array for t in model(fastdl.Tensor(x))]
+    got = plan(x)
+    assert isinstance(got, tuple) and len(got) == 3 and got[0] is not got[2]
+    for mine, theirs in zip(got, expected):
+        _assert_close(mine, theirs)
+
+    class Halves(nn.Module):       # a list of one output, and the input itself
+        def forward(self, x):
+            return [x]
+    plan = deploy.compile(Halves(), x)
+    assert isinstance(plan(x), tuple) and np.array_equal(plan(x)[0], x)
+
+
+def test_modes_are_restored_per_module(rng):
+    """A container in training mode over modules in eval mode (a module made to run
+    others) keeps that after compiling."""
+    body = _randomise_stats(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), rng)
+    outer = type("Outer", (nn.Module,), {"forward": lambda self, x: self.body(x)})()
+    outer.body = body
+    assert outer.training and not body.training
+    deploy.compile(outer, rng.normal(size=(2, 3, 8, 8)).astype(np.float32))
+    assert outer.training and not any(m.training for m in body.modules())
+
+
+# ------------------------------------------------------------------------- refusals
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        if float(x.sum()) > 0:
+            return self.a(x)
+        return self.b(x)
+
+
+class Outer(nn.Module):
+    """Its inner block branches on the input's values."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(3, 3, 1), Branchy()
+
+    def forward(self, x):
+        return self.block(self.stem(x))
+
+
+def _module(body, **modules):
+    model = type(body.__name__, (nn.Module,), {"forward": body})()
+    for name, module in modules.items():
+        setattr(model, name, module)
+    return model
+
+
+def _dict_output(self, x):
+    return {"logits": self.a(x)}
+
+
+def _batch_concat(self, x):
+    return fastdl.cat([self.a(x), self.a(x)], 0)
+
+
+def _made_tensor(self, x):
+    return self.a(x) * fastdl.Tensor(np.ones((1, 4, 1, 1), np.float32))
+
+
+def _channel_sum(self, x):
+    return self.a(x).sum(1)
+
+
+def _batch_slice(self, x):
+    return self.a(x)[:1]
+
+
+def _exp(self, x):
+    return self.a(x).exp()
 
 
 @pytest.mark.parametrize("model, match", [
-    (Branchy(), "depends on its input"),
-    (Cat(), "Concatenate in module 'model' \\(Cat\\)"),
-    (TwoOutputs(), "returns a tuple of 2 values, not one Tensor"),
-    (Gate(), "Mul in module 'model' \\(Gate\\)"),
-    (AddConstant(), "sum with a constant"),
+    (Branchy(), "depends on its input.*first at op 1, inside module 'model' \\(Branchy\\): "
+                "conv2d in module 'a' \\(Conv2d\\), then conv2d in module 'b'"),
+    (Outer(), "depends on its input.*inside module 'block' \\(Branchy\\): conv2d in "
+              "module 'block.[ab]' \\(Conv2d\\), then conv2d in module 'block.[ab]'"),
+    (_module(_dict_output, a=nn.Conv2d(3, 4, 3)), "returns a dict; a plan's outputs are "
+                                                   "positional"),
+    (_module(_batch_concat, a=nn.Conv2d(3, 4, 3)), "Concatenate in module 'model' "
+                                                    "\\(_batch_concat\\): its output of shape "
+                                                    ".* does not keep the batch"),
+    (_module(_made_tensor, a=nn.Conv2d(3, 4, 3)), "Mul in .*neither computed from the "
+                                                   "input nor a parameter or buffer"),
+    (_module(_channel_sum, a=nn.Conv2d(3, 4, 3)), "Sum in module 'model' "
+                                                   "\\(_channel_sum\\): not an op"),
+    (_module(_batch_slice, a=nn.Conv2d(3, 4, 3)), "GetItem in .* does not keep the batch"),
+    (_module(_exp, a=nn.Conv2d(3, 4, 3)), "Exp in module 'model' \\(_exp\\)"),
 ])
 def test_refusals_name_what_a_plan_cannot_run(model, match, rng):
     x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
@@ -313,12 +460,12 @@ def test_refusals_name_what_a_plan_cannot_run(model, match, rng):
 
 
 def test_refusal_names_the_inner_module(rng):
-    class Upsampling(nn.Module):
+    class Exponential(nn.Module):
         def forward(self, x):
-            return F.interpolate(x, scale_factor=2)
+            return x.exp()
     model = type("Outer", (nn.Module,), {"forward": lambda self, x: self.up(self.conv(x))})()
-    model.conv, model.up = nn.Conv2d(3, 4, 3), Upsampling()
-    with pytest.raises(ValueError, match="in module 'up' \\(Upsampling\\)"):
+    model.conv, model.up = nn.Conv2d(3, 4, 3), Exponential()
+    with pytest.raises(ValueError, match="in module 'up' \\(Exponential\\)"):
         deploy.compile(model, rng.normal(size=(1, 3, 8, 8)).astype(np.float32))
 
 
@@ -330,4 +477,3 @@ def test_registered_classes_keep_the_registry_path(rng):
     plan = deploy.compile(model, x)
     assert "0.weight" in plan.tensors
     _assert_close(plan(x), _eager(model, x))
-

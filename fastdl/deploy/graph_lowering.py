@@ -10,24 +10,34 @@ ONNX graph):
 * an ``add`` of two values becomes the residual input of the conv2d that computes one
   of them (read by nothing else, not yet given an activation), where the other does not
   depend on that conv; the activation after it then runs after the add, as a
-  BasicBlock's does;
-* flatten, pools and the other activations map one to one.
+  BasicBlock's does; any other sum, difference, product or quotient is a ``binary`` op;
+* an ``expand`` read only by binary ops of its shape is left to their broadcasting;
+* the other nodes map one to one onto plan ops.
 
-Anything else raises a ValueError naming the op and the module that ran it.
-``compile_traced`` traces the model twice (the example, and a batch of another size
-and other values) and refuses a model whose traced ops differ between the two — its
-forward depends on its input — and checks the plan against both forwards.
+A value the forward returns counts as read once more, so no fusion takes it away. Anything
+else raises a ValueError naming the op and the module that ran it. ``compile_traced``
+traces the model twice (the example, and a batch of another size and other values) and
+refuses a model whose traced ops differ between the two — its forward depends on its
+input — and checks the plan against both forwards.
 """
 import numpy as np
 
 from fastdl.deploy._pending import INPUT, Pending, depends, plan_ops
 from fastdl.deploy.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from fastdl.deploy.plan import InferencePlan
-from fastdl.deploy.trace import trace
+from fastdl.deploy.trace import describe, trace
 
-_SUPPORTED = ("conv2d, conv_transpose2d, batch_norm (eval), linear, relu, leaky_relu, "
-              "sigmoid, tanh, max_pool2d, avg_pool2d, adaptive_avg_pool2d, flatten / a view "
-              "to (N, -1), and the sum of two values (a residual onto a convolution)")
+_SUPPORTED = ("conv2d, conv_transpose2d, batch_norm / instance_norm (eval), group_norm, "
+              "layer_norm, linear, the activations (relu, leaky_relu, sigmoid, tanh, relu6, "
+              "hardtanh, hardsigmoid, hardswish, silu, mish, gelu, elu, selu, softplus), "
+              "prelu, softmax, max_pool2d, avg_pool2d, adaptive_avg_pool2d, a mean over "
+              "(2, 3), pad, interpolate, views / reshapes / permutes keeping the batch axis, "
+              "slicing, chunk / split, cat, expand, and + - * / of values, numbers and the "
+              "model's parameters")
+# node kinds that are one plan op each, with the node's attributes and weights
+_DIRECT = ("conv_transpose2d", "prelu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+           "flatten", "reshape", "transpose", "slice", "concat", "resize", "softmax",
+           "pad2d", "group_norm", "layer_norm")
 
 
 def _fail(name, message):
@@ -40,15 +50,16 @@ class _Lowering:
         self.graph, self.name = graph, name
         self.pending, self.values = [], {INPUT: INPUT}
         self.needed = self._needed()
-        self.uses = {}
+        self.readers = {}       # value ref: the needed nodes reading it (an output: None)
         for index in sorted(self.needed):
             for ref in graph.nodes[index].inputs:
-                self.uses[ref] = self.uses.get(ref, 0) + 1
-        self.uses[graph.output] = self.uses.get(graph.output, 0) + 1
+                self.readers.setdefault(ref, []).append(index)
+        for ref in graph.outputs:
+            self.readers.setdefault(ref, []).append(None)
 
     def _needed(self):
-        """The nodes the output reads."""
-        needed, stack = set(), [self.graph.output]
+        """The nodes the outputs read."""
+        needed, stack = set(), list(self.graph.outputs)
         while stack:
             ref = stack.pop()
             if ref == INPUT or ref in needed:
@@ -64,7 +75,7 @@ class _Lowering:
     def producer(self, node_ref, kinds):
         """The pending op computing graph value ``node_ref`` where it is one of ``kinds``,
         read by one node alone, with no epilogue yet; else None."""
-        if node_ref == INPUT or self.uses.get(node_ref, 0) != 1:
+        if node_ref == INPUT or len(self.readers.get(node_ref, ())) != 1:
             return None
         ref = self.values[node_ref]
         if ref == INPUT:
@@ -82,10 +93,12 @@ class _Lowering:
 
     # ------------------------------------------------------------ the nodes
     def lower(self):
+        """The pending ops of the graph; returns the pending refs of its outputs."""
         for index, node in enumerate(self.graph.nodes):
             if index in self.needed:
-                getattr(self, "node_" + node.kind)(index, node)
-        return self.values[self.graph.output]
+                kind = "direct" if node.kind in _DIRECT else node.kind
+                getattr(self, "node_" + kind)(index, node)
+        return [self.values[ref] for ref in self.graph.outputs]
 
     def node_unsupported(self, index, node):
         reason = node.attributes.get("reason")
@@ -96,12 +109,13 @@ class _Lowering:
         pending = self.emit(index, op, node.inputs, **fields)
         pending.weights.update(node.arrays)
         pending.names.update(node.names)
+        return pending
+
+    def node_direct(self, index, node):
+        self._layer(index, node, node.kind, **node.attributes)
 
     def node_conv2d(self, index, node):
         self._layer(index, node, "conv2d", negative_slope=None, **node.attributes)
-
-    def node_conv_transpose2d(self, index, node):
-        self._layer(index, node, "conv_transpose2d", **node.attributes)
 
     def node_linear(self, index, node):
         self._layer(index, node, "linear", negative_slope=None)
@@ -142,46 +156,90 @@ class _Lowering:
                 op.fields["negative_slope"] = float(slope)
                 self.values[index] = self.values[x]
                 return
-        self.emit(index, "activation", [x], kind=kind, negative_slope=float(slope))
+        self.emit(index, "activation", [x], **node.attributes)
 
-    def node_max_pool2d(self, index, node):
-        self.emit(index, "max_pool2d", node.inputs, **node.attributes)
+    def node_binary(self, index, node):
+        if len(node.inputs) == 2 and node.attributes["kind"] == "add" and \
+                self._residual(index, node):
+            return
+        if len(node.inputs) == 2 and node.attributes["kind"] == "mul":
+            swish = self._swish(node)
+            if swish is not None:
+                self.emit(index, "activation", [swish], kind="silu", negative_slope=0.0)
+                return
+        fields = {key: node.attributes[key] for key in ("kind", "reverse")}
+        self._layer(index, node, "binary", **fields)
 
-    def node_avg_pool2d(self, index, node):
-        self.emit(index, "avg_pool2d", node.inputs, **node.attributes)
+    def _swish(self, node):
+        """``x`` where the product ``node`` is ``x * sigmoid(x)`` (either order) and the
+        sigmoid is read by it alone (its op then goes unread); else None."""
+        for gate, x in (node.inputs, node.inputs[::-1]):
+            gate_node = self.graph.nodes[gate] if gate != INPUT else None
+            if gate_node is not None and gate_node.kind == "activation" and \
+                    gate_node.attributes["kind"] == "sigmoid" and \
+                    gate_node.inputs == [x] and len(self.readers[gate]) == 1:
+                return x
+        return None
 
-    def node_adaptive_avg_pool2d(self, index, node):
-        self.emit(index, "adaptive_avg_pool2d", node.inputs, **node.attributes)
+    def _shape(self, ref):
+        """The shape of graph value ``ref`` after the batch axis."""
+        return tuple(self.graph.input_shape) if ref == INPUT else self.graph.nodes[ref].shape
 
-    def node_flatten(self, index, node):
-        self.emit(index, "flatten", node.inputs, **node.attributes)
-
-    def node_add(self, index, node):
+    def _residual(self, index, node):
+        """Make the add of two values of one shape a residual input of the conv computing
+        one of them (read by nothing else, without one yet, not read by the other value);
+        whether it did."""
         refs = node.inputs
+        if any(self._shape(ref) != node.shape for ref in refs):
+            return False   # a broadcast
         for first in (0, 1):
             op = self.producer(refs[first], ("conv2d",))
-            other = self.values[refs[1 - first]]
-            conv = self.values[refs[first]] if op is not None else None
-            if op is not None and len(op.inputs) == 1 and not depends(self.pending, other, conv):
+            if op is None or len(op.inputs) != 1:
+                continue
+            other, conv = self.values[refs[1 - first]], self.values[refs[first]]
+            if not depends(self.pending, other, conv):
                 op.inputs.append(other)
                 self.values[index] = conv
-                return
-        self.fail(node, "the plan adds two values only as a residual onto a convolution's "
-                        "output that nothing else reads (before any activation of it)")
+                return True
+        return False
+
+    def node_expand(self, index, node):
+        """Left to the broadcasting of the binary ops reading it where each gives the
+        expanded shape; else an add of zeros of that shape (exact)."""
+        readers = self.readers.get(index, [])
+        if all(reader is not None and self.graph.nodes[reader].kind == "binary" and
+               len(self.graph.nodes[reader].inputs) == 2 and
+               self.graph.nodes[reader].shape == node.shape for reader in readers):
+            self.values[index] = self.values[node.inputs[0]]
+            return
+        dtype = self.graph.results[0].dtype
+        pending = self.emit(index, "binary", node.inputs, kind="add", reverse=False)
+        pending.weights["other"] = np.zeros((1,) + node.shape, dtype)
 
 
 def lower_graph(graph, name="model"):
-    """(ops, tensors, nodes) of ``graph``: plan ops over named weights, and the graph
-    node each op comes from; a ValueError naming the op and module it cannot lower."""
+    """(ops, tensors, nodes, outputs) of ``graph``: plan ops over named weights, the graph
+    node each op comes from, and the plan's ``outputs`` (value ids; None where the
+    forward returns one Tensor: the last op's value); a ValueError naming the op and
+    module it cannot lower."""
     lowering = _Lowering(graph, name)
-    output = lowering.lower()
-    if output == INPUT:
-        lowering.pending.append(Pending(None, "activation", [INPUT], kind="identity",
-                                         negative_slope=0.0))
-        output = len(lowering.pending) - 1
-    dtype = graph.result.dtype
-    ops, tensors, order = plan_ops(lowering.pending, output, dtype)
-    return ops, tensors, [lowering.pending[ref].node for ref in order]
+    pending = lowering.pending
+    refs = lowering.lower()
+    if INPUT in refs:     # the forward returns its input: a plan op must write it
+        pending.append(Pending(None, "activation", [INPUT], kind="identity",
+                               negative_slope=0.0))
+        refs = [len(pending) - 1 if ref == INPUT else ref for ref in refs]
+    dtype = graph.results[0].dtype
+    if not graph.several:
+        ops, tensors, order = plan_ops(pending, refs[0], dtype)
+        return ops, tensors, [pending[ref].node for ref in order], None
+    # the ops every output reads, in one order: those of a sink reading them all, which
+    # is then dropped (its inputs are the outputs' value ids)
+    pending.append(Pending(None, "outputs", refs))
+    ops, tensors, order = plan_ops(pending, len(pending) - 1, dtype)
+    sink = ops.pop()
+    order.pop()
+    return ops, tensors, [pending[ref].node for ref in order], sink["inputs"]
 
 
 def _second_example(example):
@@ -192,41 +250,66 @@ def _second_example(example):
     return np.ascontiguousarray(-np.concatenate([example[::-1], mean]))
 
 
-def _check_result(name, plan, example, expected, which):
+def _divergence(first, second):
+    """Where two traces' ops first differ: the op, the modules that ran it in each, and
+    the innermost module running both (where the forward branched)."""
+    def described(node):
+        return "%s in %s" % (node.attributes.get("op", node.kind), node.where)
+    for index, (mine, theirs) in enumerate(zip(first.nodes, second.nodes)):
+        if mine.signature() != theirs.signature():
+            shared = None
+            for a, b in zip(mine.modules, theirs.modules):
+                if a != b:
+                    break
+                shared = a
+            return "at op %d, inside %s: %s, then %s" % (
+                index, describe(shared), described(mine), described(theirs))
+    common = min(len(first.nodes), len(second.nodes))
+    if len(first.nodes) != len(second.nodes):
+        longer = first if len(first.nodes) > common else second
+        return "at op %d: %s runs in one only" % (common, described(longer.nodes[common]))
+    return "in the values the forward returns"
+
+
+def _check_results(name, plan, example, graph, which):
     got = plan(example)
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    tolerance = (1e-3 if expected.dtype == np.float32 else 1e-8) * max(scale, 1e-6)
-    if got.shape != expected.shape or not np.all(np.abs(got - expected) <= tolerance):
-        difference = (float(np.max(np.abs(got - expected))) if got.shape == expected.shape
-                      else "shape %s vs %s" % (got.shape, expected.shape))
-        _fail(name, "the plan's output differs from the forward's on the %s (%s): the "
-              "forward computes something the traced ops do not show (it writes into a "
-              "tensor's array, or uses values made outside fastdl's ops)"
-              % (which, difference))
+    got = list(got) if graph.several else [got]
+    for index, (mine, expected) in enumerate(zip(got, graph.results)):
+        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+        tolerance = (1e-3 if expected.dtype == np.float32 else 1e-8) * max(scale, 1e-6)
+        if mine.shape != expected.shape or not np.all(np.abs(mine - expected) <= tolerance):
+            difference = (float(np.max(np.abs(mine - expected)))
+                          if mine.shape == expected.shape
+                          else "shape %s vs %s" % (mine.shape, expected.shape))
+            _fail(name, "the plan's %s differs from the forward's on the %s (%s): the "
+                  "forward computes something the traced ops do not show (it writes into a "
+                  "tensor's array, or uses values made outside fastdl's ops)"
+                  % ("output %d" % index if graph.several else "output", which, difference))
 
 
 def compile_traced(model, example, max_shapes=4):
     """An ``InferencePlan`` of ``model`` from traces of its eval-mode forward on
-    ``example`` (N, C, H, W) and on a second batch; see the module docstring."""
+    ``example`` (N, C, H, W) and on a second batch; see the module docstring. A forward
+    returning a tuple or list of Tensors gives a plan with ``outputs`` (a call returns a
+    tuple)."""
     name = "model %r (%s)" % ("model", type(model).__name__)
     example = np.ascontiguousarray(example)
     first = trace(model, example)
     second_input = _second_example(example)
     second = trace(model, second_input)
+    ops, tensors, _, outputs = lower_graph(first, name)   # an op it cannot lower: named
     if first.signature() != second.signature():
         _fail(name, "its forward depends on its input: the ops it runs differ between a "
               "batch of %d and one of %d other values (Python control flow on the input's "
-              "values or size); a plan runs one fixed sequence of ops"
-              % (example.shape[0], second_input.shape[0]))
-    ops, tensors, nodes = lower_graph(first, name)
+              "values or size), first %s; a plan runs one fixed sequence of ops"
+              % (example.shape[0], second_input.shape[0], _divergence(first, second)))
     try:
-        plan = InferencePlan(ops, tensors, example.shape[1:], max_shapes)
+        plan = InferencePlan(ops, tensors, example.shape[1:], max_shapes, outputs=outputs)
     except ValueError as error:
-        message = str(error)
-        _fail(name, message)
+        _fail(name, str(error))
     plan.warmup()
-    _check_result(name, plan, example, first.result, "example")
-    _check_result(name, plan, second_input, second.result, "second trace's batch")
+    _check_results(name, plan, example, first, "example")
+    _check_results(name, plan, second_input, second, "second trace's batch")
     return plan
 
 
