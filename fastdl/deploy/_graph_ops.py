@@ -258,12 +258,14 @@ def step(op, shapes, tensors):
 
 
 def _binary(op, other):
-    """``a OP b`` into a new C-contiguous array of the broadcast shape."""
+    """``a OP b`` into a new C-contiguous array of the broadcast shape; IEEE results (a
+    division by zero is an infinity or NaN, as in torch) without NumPy's warnings."""
     ufunc = BINARY_KINDS[op["kind"]]
 
     def run(a, b):
         out = np.empty(np.broadcast_shapes(a.shape, b.shape), dtype=a.dtype)
-        return ufunc(a, b, out=out)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return ufunc(a, b, out=out)
     if other is None:
         return run
     if op["reverse"]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from fastdl.deploy import _graph_ops
 from fastdl.deploy._plancheck import (  # noqa: F401  (re-exported: the plan's callers')
-    MAX_ELEMENTS, MAX_INT, MAX_NDIM, MAX_OPS, bounded_int, bounded_ints, fail, finite, flag)
+    MAX_ELEMENTS, MAX_INT, MAX_OPS, bounded_int, bounded_ints, fail, finite, flag)
 from fastdl.deploy._plancheck import weight as _weight
 from fastdl.kernels import pool as pool_kernels
 from fastdl.shapes import conv_output_size, conv_transpose_output_size, is_int

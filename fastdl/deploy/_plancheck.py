@@ -48,7 +48,7 @@ def finite(value):
 def flag(op, key, index):
     """Fail unless ``op[key]`` is a bool."""
     if not isinstance(op[key], bool):
-        fail("op %d: %s must be true or false, got %r" % (index, key, op[key]))
+        fail("op %d (%s): %s must be true or false, got %r" % (index, op["op"], key, op[key]))
 
 
 def axis(op, key, index, ndim):
@@ -67,6 +67,6 @@ def weight(tensors, op, role, index, ndim):
         return None
     array = tensors[name]   # names are checked in _opgraph._check_fields
     if array.ndim != ndim or 0 in array.shape:
-        fail("tensor %r of op %d must be %d-D and not empty, got shape %s"
-             % (name, index, ndim, array.shape))
+        fail("op %d (%s): its %s, tensor %r, must be %d-D and not empty, got shape %s"
+             % (index, op["op"], role, name, ndim, array.shape))
     return array
