@@ -345,7 +345,19 @@ class Resizes(nn.Module):
     (Cat(), (3, 8, 8)), (Gate(), (3, 8, 8)), (Arithmetic(), (3, 8, 8)),
     (Activations(), (3, 8, 8)), (Resizes(), (4, 8, 8))])
 def test_graph_ops(model, shape, rng, tmp_path):
-    _check(model.eval(), shape, rng, tmp_path, batches=(1, 5))   # eval: dropout passes
+    plan = _check(model.eval(), shape, rng, tmp_path, batches=(1, 5))  # eval: dropout passes
+    kinds = [op["op"] for op in plan.ops]
+    if isinstance(model, Arithmetic):
+        # y[:, 0][:, None]: one slice and one reshape (of two); one expand is left to the
+        # product's broadcasting, the concatenated one adds zeros
+        assert kinds.count("reshape") == 1 and kinds.count("slice") == 2
+        others = [plan.tensors[op["weights"]["other"]] for op in plan.ops
+                  if op["op"] == "binary" and "weights" in op]
+        assert kinds.count("binary") == 16 and len(others) == 11
+        assert [o.shape for o in others].count((1, 4, 8, 8)) == 1
+        assert not np.any([o for o in others if o.shape == (1, 4, 8, 8)])
+    if isinstance(model, Resizes):
+        assert kinds.count("pad2d") == 1 and kinds.count("resize") == 6   # no empty pad
 
 
 def test_several_outputs(rng, tmp_path):

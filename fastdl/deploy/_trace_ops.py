@@ -380,6 +380,8 @@ def _pad(recorder, function, args, outputs):
             mode == "constant" and value != 0):
         raise Unsupported("only padding the last two axes of a 4-D value by amounts >= 0 "
                           "(with zeros if constant) is supported")
+    if not any(n for pair in pairs for n in pair):
+        return x
     return recorder.add("pad2d", [x], dict(mode=mode, padding=[n for pair in pairs
                                                                for n in pair]))
 

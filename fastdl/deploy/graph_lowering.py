@@ -12,6 +12,7 @@ ONNX graph):
   depend on that conv; the activation after it then runs after the add, as a
   BasicBlock's does; any other sum, difference, product or quotient is a ``binary`` op;
 * an ``expand`` read only by binary ops of its shape is left to their broadcasting;
+* a reshape of a reshape read by nothing else is one reshape;
 * the other nodes map one to one onto plan ops.
 
 A value the forward returns counts as read once more, so no fusion takes it away. Anything
@@ -36,7 +37,7 @@ _SUPPORTED = ("conv2d, conv_transpose2d, batch_norm / instance_norm (eval), grou
               "model's parameters")
 # node kinds that are one plan op each, with the node's attributes and weights
 _DIRECT = ("conv_transpose2d", "prelu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-           "flatten", "reshape", "transpose", "slice", "concat", "resize", "softmax",
+           "flatten", "transpose", "slice", "concat", "resize", "softmax",
            "pad2d", "group_norm", "layer_norm")
 
 
@@ -113,6 +114,15 @@ class _Lowering:
 
     def node_direct(self, index, node):
         self._layer(index, node, node.kind, **node.attributes)
+
+    def node_reshape(self, index, node):
+        """One reshape for a reshape of a reshape read by nothing else."""
+        op = self.producer(node.inputs[0], ("reshape",))
+        if op is not None:
+            op.fields["shape"] = list(node.attributes["shape"])
+            self.values[index] = self.values[node.inputs[0]]
+            return
+        self.node_direct(index, node)
 
     def node_conv2d(self, index, node):
         self._layer(index, node, "conv2d", negative_slope=None, **node.attributes)
