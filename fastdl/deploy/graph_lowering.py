@@ -172,24 +172,8 @@ class _Lowering:
         if len(node.inputs) == 2 and node.attributes["kind"] == "add" and \
                 self._residual(index, node):
             return
-        if len(node.inputs) == 2 and node.attributes["kind"] == "mul":
-            swish = self._swish(node)
-            if swish is not None:
-                self.emit(index, "activation", [swish], kind="silu", negative_slope=0.0)
-                return
         fields = {key: node.attributes[key] for key in ("kind", "reverse")}
         self._layer(index, node, "binary", **fields)
-
-    def _swish(self, node):
-        """``x`` where the product ``node`` is ``x * sigmoid(x)`` (either order) and the
-        sigmoid is read by it alone (its op then goes unread); else None."""
-        for gate, x in (node.inputs, node.inputs[::-1]):
-            gate_node = self.graph.nodes[gate] if gate != INPUT else None
-            if gate_node is not None and gate_node.kind == "activation" and \
-                    gate_node.attributes["kind"] == "sigmoid" and \
-                    gate_node.inputs == [x] and len(self.readers[gate]) == 1:
-                return x
-        return None
 
     def _shape(self, ref):
         """The shape of graph value ``ref`` after the batch axis."""
