@@ -86,7 +86,7 @@ def test_round_trip_gives_the_same_plan(factory, shape, tmp_path, rng):
 def test_round_trip_of_random_models():
     """The fuzzer's models: a plan read back computes what the plan does (standalone
     ReLUs may fuse into the conv before them; adaptive pools of uneven bins, exported
-    as MatMuls, are refused by name)."""
+    as MatMuls, come back as 1x1 convolutions between transposes)."""
     read = 0
     for seed in range(40):
         case = model_fuzz.random_case(seed, extended=False)   # the ONNX ops both sides know
@@ -96,12 +96,7 @@ def test_round_trip_of_random_models():
             plan = deploy.compile(case.model, example)
         except ValueError:
             continue
-        data = to_onnx(plan).SerializeToString()
-        try:
-            back = deploy.from_onnx(data)
-        except ValueError as error:
-            assert "(MatMul)" in str(error), str(error)
-            continue
+        back = deploy.from_onnx(to_onnx(plan).SerializeToString())
         x = np.random.default_rng(seed).standard_normal((3,) + case.shape).astype(np.float32)
         _close(back(x), plan(x), 1e-5)
         read += 1
@@ -231,20 +226,14 @@ def test_a_small_hand_made_model_reads():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: _model([helper.make_node("Softmax", ["x"], ["y"], name="sm")], []),
-     r"node 'sm' \(Softmax\): op Softmax is not supported"),
-    (lambda: _conv_model(auto_pad="SAME_UPPER"), r"node 'conv' \(Conv\): auto_pad"),
-    (lambda: _conv_model(pads=[1, 1, 0, 0]), r"node 'conv' \(Conv\): pads .* not symmetric"),
+    (lambda: _model([helper.make_node("Erf", ["x"], ["y"], name="erf")], []),
+     r"node 'erf' \(Erf\): op Erf is not supported"),
+    (lambda: _conv_model(auto_pad="SAME_SIDEWAYS"), r"node 'conv' \(Conv\): auto_pad"),
+    (lambda: _conv_model(pads=[1, 1, 0]), r"node 'conv' \(Conv\): pads \[1, 1, 0\] must"),
     (lambda: _conv_model(foo=1), r"node 'conv' \(Conv\): attribute 'foo' is not supported"),
-    (lambda: _model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
-                    [numpy_helper.from_array(np.array(-1, np.float32), "lo"),
-                     numpy_helper.from_array(np.array(1, np.float32), "hi")]),
-     r"node 'clip' \(Clip\): only Clip\(0\)"),
-    (lambda: _model([helper.make_node("Add", ["x", "x"], ["y"], name="add")], []),
-     r"node 'add' \(Add\): the plan adds two values only as a residual"),
     (lambda: _model([helper.make_node("Mul", ["x", "s"], ["y"], name="mul")],
-                    [numpy_helper.from_array(np.ones(5, np.float32), "s")]),   # along W
-     r"node 'mul' \(Mul\): constant of shape \(5,\) is not one per channel"),
+                    [numpy_helper.from_array(np.ones((2, 1, 1, 5), np.float32), "s")]),
+     r"node 'mul' \(Mul\): a constant of shape \(2, 1, 1, 5\) spans the batch axis"),
     (lambda: _model([helper.make_node("Relu", ["x"], ["y"], name="r", domain="com.x")], []),
      r"domain 'com.x'"),
 ])
@@ -275,7 +264,7 @@ def test_a_huge_declared_input_is_refused():
     weight = numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "w")
     model = _model([helper.make_node("Conv", ["x", "w"], ["y"])], [weight],
                    input_shape=(1, 2, 1 << 24, 1 << 24))
-    with pytest.raises(ValueError, match="invalid inference plan"):
+    with pytest.raises(ValueError, match="more than 2147483647 elements a sample"):
         deploy.from_onnx(model.SerializeToString())
     model = _model([helper.make_node("Conv", ["x", "w"], ["y"])], [weight],
                    input_shape=(1, 2, 1 << 30, 5))

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from fastdl.deploy._opgraph import MAX_INT
+from fastdl.deploy._opgraph import MAX_ELEMENTS, MAX_INT
 from fastdl.deploy.planfile import MAX_OPS
 
 _MAX_DIMS = 8
@@ -36,9 +36,20 @@ class _Tensors:
         mapping = onnx.helper.tensor_dtype_to_np_dtype
         P = onnx.TensorProto
         self.dtypes = {code: np.dtype(mapping(code)) for code in (
-            P.FLOAT, P.DOUBLE, P.INT64, P.INT32, P.FLOAT16)}
-        self.fields = {P.FLOAT: "float_data", P.DOUBLE: "double_data", P.INT64: "int64_data",
-                       P.INT32: "int32_data", P.FLOAT16: "int32_data"}
+            P.FLOAT, P.DOUBLE, P.INT64, P.INT32, P.FLOAT16, P.INT16, P.INT8, P.UINT8,
+            P.BOOL)}
+        # the field a tensor without raw data keeps its values in (the small ints and
+        # float16's bits in int32_data)
+        self.fields = {code: "int32_data" for code in self.dtypes}
+        self.fields.update({P.FLOAT: "float_data", P.DOUBLE: "double_data",
+                            P.INT64: "int64_data"})
+
+    def charge(self, size, where, name):
+        """Count ``size`` more bytes (a constant folded at import) against the limit."""
+        self.total += size
+        if self.limit is not None and self.total > self.limit:
+            _fail("%s: constant %r takes the model's tensors past max_bytes=%d"
+                  % (where, name, self.limit))
 
     def read(self, proto, where):
         if proto.data_type not in self.dtypes:
@@ -101,8 +112,7 @@ class _Tensors:
                                                              error.strerror))
 
 
-# ----------------------------------------------------------------------- the nodes
-
+# ----------------------------------------------------------------------- the file
 
 def _load(onnx, source, limit):
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -141,7 +151,8 @@ def _checked_graph(model, min_opset):
 
 
 def _input_signature(onnx, value):
-    """``(dtype, (C, H, W))`` of the graph input ``value``: float or double, fixed C, H, W."""
+    """``(dtype, (C, H, W), batch)`` of the graph input ``value``: float or double, fixed
+    C, H, W; ``batch`` the declared batch size, None where it is not fixed."""
     kind = value.type.tensor_type
     dims = list(kind.shape.dim)
     dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
@@ -149,4 +160,10 @@ def _input_signature(onnx, value):
             dim.HasField("dim_value") and 1 <= dim.dim_value <= MAX_INT for dim in dims[1:]):
         _fail("input %r must be a float or double (N, C, H, W) tensor with fixed C, H and W "
               "in [1, %d]" % (value.name, MAX_INT))
-    return np.dtype(dtypes[kind.elem_type]), tuple(dim.dim_value for dim in dims[1:])
+    shape = tuple(dim.dim_value for dim in dims[1:])
+    if math.prod(shape) > MAX_ELEMENTS:
+        _fail("input %r of shape (N, %d, %d, %d) has more than %d elements a sample"
+              % ((value.name,) + shape + (MAX_ELEMENTS,)))
+    batch = dims[0].dim_value if dims[0].HasField("dim_value") else None
+    return (np.dtype(dtypes[kind.elem_type]), tuple(dim.dim_value for dim in dims[1:]),
+            batch)
