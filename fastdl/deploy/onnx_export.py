@@ -25,7 +25,15 @@ activation             Relu, LeakyRelu, Sigmoid, Tanh, Identity, Clip (relu6, ha
                        form (the tanh form: Gelu, opset 20 on)
 prelu                  PRelu, the slope broadcast over (C, 1, 1)
 pad2d                  Pad (constant, reflect, edge; wrap from opset 19)
+binary, concat, slice,  see ``_onnx_export_graph`` (Add/Sub/Mul/Div, Concat, Slice,
+reshape, transpose,     Reshape, Transpose, Resize, Softmax / LogSoftmax,
+resize, softmax,        GroupNormalization or its InstanceNormalization form,
+group_norm, layer_norm  LayerNormalization or its ReduceMean form)
 =====================  ==================================================================
+
+A plan of several ``outputs`` has a graph output per entry, ``output_0``,
+``output_1``, ... (each an Identity of its value, so one value may be returned twice);
+a plan of one output writes it as ``output``.
 
 The batch dimension is dynamic (``"batch"``); the rest of the input's shape is the
 plan's. Weights are initializers, in the plan's dtype. An op (or activation kind)
@@ -37,6 +45,7 @@ import math
 import numpy as np
 
 from fastdl._io import atomic_write_bytes
+from fastdl.deploy._onnx_export_graph import WRITERS as _GRAPH_WRITERS
 from fastdl.deploy.plan import InferencePlan
 from fastdl.kernels import pool as pool_kernels
 
@@ -89,6 +98,10 @@ class _Graph:
         self.nodes.append(self.helper.make_node(kind, list(inputs), [output],
                                                 name=self.fresh(kind), **attributes))
         return output
+
+    @staticmethod
+    def refuse(index, op, reason):
+        _refuse(index, op, reason)
 
 
 def _refuse(index, op, reason):
@@ -341,7 +354,7 @@ _WRITERS = {"conv2d": _conv, "conv_transpose2d": _conv, "linear": _linear,
             "max_pool2d": _pool, "avg_pool2d": _pool,
             "adaptive_avg_pool2d": _adaptive_pool, "flatten": _flatten,
             "affine_channels": _affine, "activation": _activation, "prelu": _prelu,
-            "pad2d": _pad}
+            "pad2d": _pad, **_GRAPH_WRITERS}
 
 
 # ------------------------------------------------------------------------ the model
@@ -366,17 +379,23 @@ def to_onnx(plan, opset=DEFAULT_OPSET):
     elem = onnx.helper.np_dtype_to_tensor_dtype(plan.dtype)
     graph = _Graph(onnx, plan, opset)
     last = len(plan.ops)
+    several = getattr(plan, "outputs", None)
     names = {0: "input"}
     for index, op in enumerate(plan.ops):
         writer = _WRITERS.get(op.get("op"))
         if writer is None:
             _refuse(index, op, "no ONNX form is known for it")
-        out = "output" if index + 1 == last else "v%d" % (index + 1)
+        out = "output" if index + 1 == last and several is None else "v%d" % (index + 1)
         names[index + 1] = writer(graph, index, op, names, out)
     helper = onnx.helper
     inputs = [helper.make_tensor_value_info("input", elem, ["batch"] + list(plan.input_shape))]
-    outputs = [helper.make_tensor_value_info("output", elem,
-                                             ["batch"] + list(plan.shapes[last][1:]))]
+    returned = [("output", last)] if several is None else [
+        ("output_%d" % i, value) for i, value in enumerate(several)]
+    for name, value in returned:
+        if several is not None:
+            graph.node("Identity", [names[value]], name)
+    outputs = [helper.make_tensor_value_info(name, elem, ["batch"] + list(
+        plan.shapes[value][1:])) for name, value in returned]
     model = helper.make_model(
         helper.make_graph(graph.nodes, "fastdl_plan", inputs, outputs, graph.initializers),
         opset_imports=[helper.make_opsetid("", opset)], producer_name="fastdl")
