@@ -118,9 +118,10 @@ def test_norms(opset, weights):
                **({"weights": ln} if ln else {})),
            _op("reshape", [2], 3, shape=[4, 30]),
            _op("group_norm", [3], 4, groups=4, eps=1e-5)]
-    # before opset 17 a layer norm is written as ReduceMean, Sub, Mul, Sqrt, Div, which
-    # from_onnx does not read back
-    _run_everywhere(_plan(ops, tensors), opset, rel=2e-5, read_back=opset >= 17)
+    model = _run_everywhere(_plan(ops, tensors), opset, rel=2e-5)
+    kinds = [node.op_type for node in model.graph.node]
+    assert ("LayerNormalization" in kinds) == (opset >= 17)
+    assert ("GroupNormalization" in kinds) == (opset >= 21)
 
 
 def test_several_outputs_a_value_twice_and_the_input():

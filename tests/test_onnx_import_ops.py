@@ -354,6 +354,19 @@ def test_instance_and_layer_norm():
         "group_norm", "layer_norm", "layer_norm"]
 
 
+@pytest.mark.parametrize("square", ["Pow", "Mul"])
+def test_layer_norm_as_torch_writes_it_before_opset_17(square):
+    nodes = [node("ReduceMean", ["x"], ["m"], axes=[-2, -1]), node("Sub", ["x", "m"], ["d"]),
+             node(square, ["d", "two"] if square == "Pow" else ["d", "d"], ["q"]),
+             node("ReduceMean", ["q"], ["v"], axes=[-2, -1]), node("Add", ["v", "eps"], ["e"]),
+             node("Sqrt", ["e"], ["s"]), node("Div", ["d", "s"], ["n"]),
+             node("Mul", ["n", "w"], ["a"]), node("Add", ["a", "b"])]
+    constants = {"two": floats(2).reshape(()), "eps": floats(1e-5).reshape(()),
+                 "w": _array(7, 6) + 1, "b": _array(7, 6)}
+    plan = _check(_model(nodes, constants, opset=13), rel=2e-5)
+    assert _kinds(plan) == ["layer_norm"]   # the affine folded into its weights
+
+
 @pytest.mark.parametrize("opset", [18, 21])
 def test_group_norm(opset):
     size = 2 if opset < 21 else 4   # per group before opset 21, per channel after

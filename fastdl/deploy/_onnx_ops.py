@@ -247,6 +247,9 @@ def binary(imp, node):
             current = op.weights.get(role)
             op.weights[role] = add if current is None else current + add
             return imp.alias(node.output[0], x)
+    if _into_layer_norm(imp, x, name, kind if first or kind in ("add", "mul") else "",
+                        array):
+        return imp.alias(node.output[0], x)
     if channels is not None and kind == "mul" and array.size > 1:
         ref = imp.emit(node, "affine_channels", [x], {"scale": channels,
                                                       "shift": np.zeros_like(channels)})
@@ -257,6 +260,30 @@ def binary(imp, node):
     ref = imp.emit(node, "binary", [x], {"other": array.reshape(array.shape or (1,))},
                    kind=kind, reverse=not first and kind in ("sub", "div"))
     imp.alias(node.output[0], ref)
+
+
+def _into_layer_norm(imp, ref, name, kind, array):
+    """Fold ``x * c``, ``x + c`` or ``x - c`` into the layer_norm computing ``x`` (its
+    weight and bias) where ``c`` spans its normalised axes alone; whether it did."""
+    op = imp.producer(ref, name, ("layer_norm",))
+    if op is None or kind not in ("add", "sub", "mul"):
+        return False
+    tail = imp.shape(ref)[len(imp.shape(ref)) - op.fields["normalized_ndim"]:]
+    try:
+        if array.ndim > len(tail) or np.broadcast_shapes(array.shape, tail) != tail:
+            return False
+    except ValueError:
+        return False
+    full = np.broadcast_to(array, tail).astype(np.float64)
+    weight, bias = op.weights.get("weight"), op.weights.get("bias")
+    if kind == "mul":
+        op.weights["weight"] = full if weight is None else weight * full
+        if bias is not None:
+            op.weights["bias"] = bias * full
+    else:
+        full = full if kind == "add" else -full
+        op.weights["bias"] = full if bias is None else bias + full
+    return True
 
 
 def _residual(imp, node, names, refs):
@@ -465,6 +492,21 @@ CONVERTERS = {
     "LogSoftmax": softmax, "InstanceNormalization": instance_norm,
     "GroupNormalization": group_norm, "LayerNormalization": layer_norm,
 }
+def fused_layer_norm(imp, node):
+    """``_onnx_patterns``' LayerNorm (a mean and variance over ``axes``, which must be
+    the last ones)."""
+    attributes = imp.attributes(node, {"axes", "epsilon"})
+    x = imp.value(node, node.input[0])
+    ndim = len(imp.shape(x))
+    axes = sorted(_axis(imp, node, a, ndim) for a in attributes["axes"])
+    if axes != list(range(ndim - len(axes), ndim)):
+        _fail("%s: a normalisation over axes %s, not the last ones" % (imp.where(node),
+                                                                       axes))
+    ref = imp.emit(node, "layer_norm", [x], normalized_ndim=len(axes),
+                   eps=float(attributes["epsilon"]))
+    imp.alias(node.output[0], ref)
+
+
 #: The fused nodes of ``_onnx_patterns``.
 FUSED = {"Gelu": _simple("gelu"), "Silu": _simple("silu"),
-         "HardSwish": _simple("hardswish")}
+         "HardSwish": _simple("hardswish"), "LayerNorm": fused_layer_norm}

@@ -1,9 +1,11 @@
-"""Node patterns :mod:`fastdl.deploy.onnx_import` reads as one activation: exporters
-write some activations as several elementwise nodes (torch's exact GELU as
+"""Node patterns :mod:`fastdl.deploy.onnx_import` reads as one op: exporters write
+some activations and norms as several elementwise nodes (torch's exact GELU as
 ``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5``, SiLU as ``x * Sigmoid(x)``,
-HardSwish as ``x * HardSigmoid(x)``). ``rewrite`` replaces each such chain whose
-inner values nothing else reads by one node of the ``fastdl`` domain (``Gelu``,
-``Silu``, ``HardSwish``), which only this pass may write.
+HardSwish as ``x * HardSigmoid(x)``, LayerNorm before opset 17 as ``ReduceMean ->
+Sub -> Pow 2 -> ReduceMean -> Add eps -> Sqrt -> Div``). ``rewrite`` replaces each such
+chain whose inner values nothing else reads by one node of the ``fastdl`` domain
+(``Gelu``, ``Silu``, ``HardSwish``, ``LayerNorm`` with ``axes`` and ``epsilon``), which
+only this pass may write.
 """
 import math
 
@@ -113,6 +115,56 @@ def _gated_at(graph, gate):
     return [gate, product], x
 
 
+def _reduce_axes(graph, node):
+    """The axes of a ReduceMean keeping its dims (an attribute, or a one-element
+    constant input), else None."""
+    attributes = {a.name: a for a in node.attribute}
+    if set(attributes) - {"axes", "keepdims"} or (
+            "keepdims" in attributes and attributes["keepdims"].i != 1):
+        return None
+    if "axes" in attributes:
+        return list(attributes["axes"].ints) if len(node.input) == 1 else None
+    if len(node.input) == 2:
+        axis = graph.scalar(node.input[1])
+        return None if axis is None or axis != int(axis) else [int(axis)]
+    return None
+
+
+def _layer_norm_at(graph, mean):
+    """The nodes of a LayerNorm's ReduceMean form from ``mean`` on, its input, axes and
+    epsilon; else None."""
+    axes = _reduce_axes(graph, mean)
+    if axes is None or not mean.input:
+        return None
+    x = mean.input[0]
+    centre = graph.only_reader(mean.output[0])
+    if centre is None or centre.op_type != "Sub" or list(centre.input) != [x, mean.output[0]]:
+        return None
+    readers = graph.readers.get(centre.output[0], [])
+    square = next((n for n in readers if n is not None and (
+        (n.op_type == "Pow" and graph.split(n, 2.0) == centre.output[0]) or
+        (n.op_type == "Mul" and list(n.input) == [centre.output[0]] * 2))), None)
+    divide = next((n for n in readers if n is not None and n.op_type == "Div" and
+                   n.input[0] == centre.output[0]), None)
+    if square is None or divide is None or len(readers) != (2 if square.op_type == "Pow"
+                                                            else 3):
+        return None
+    variance = graph.only_reader(square.output[0])
+    if variance is None or variance.op_type != "ReduceMean" or variance.input[0] != \
+            square.output[0] or _reduce_axes(graph, variance) != axes:
+        return None
+    plus = graph.only_reader(variance.output[0])
+    eps = None
+    if plus is not None and plus.op_type == "Add" and len(plus.input) == 2:
+        other = _other(plus, variance.output[0])
+        eps = graph.scalar(other)
+    root = graph.only_reader(plus.output[0]) if eps is not None else None
+    if root is None or root.op_type != "Sqrt" or graph.only_reader(root.output[0]) is not \
+            divide or list(divide.input) != [centre.output[0], root.output[0]]:
+        return None
+    return [mean, centre, square, variance, plus, root, divide], x, axes, eps
+
+
 def rewrite(nodes, outputs, scalar, helper):
     """``nodes`` with each pattern replaced by one ``fastdl``-domain node.
 
@@ -135,8 +187,14 @@ def rewrite(nodes, outputs, scalar, helper):
     for node in nodes:
         if node.domain not in ("", "ai.onnx") or id(node) in replaced:
             continue
-        found, kind = None, None
-        if node.op_type == "Erf" and len(node.input) == 1:
+        found, kind, attributes = None, None, {}
+        if node.op_type == "ReduceMean":
+            found = _layer_norm_at(graph, node)
+            if found is not None:
+                chain, x, axes, eps = found
+                found, kind, attributes = (chain, x), "LayerNorm", dict(axes=axes,
+                                                                        epsilon=eps)
+        elif node.op_type == "Erf" and len(node.input) == 1:
             found, kind = _gelu_at(graph, node), "Gelu"
         elif node.op_type in ("Sigmoid", "HardSigmoid") and len(node.input) == 1:
             found = _gated_at(graph, node)
@@ -148,7 +206,7 @@ def rewrite(nodes, outputs, scalar, helper):
             continue
         last = chain[-1]
         fused = helper.make_node(kind, [x], [last.output[0]], name=last.name or
-                                 last.output[0], domain=DOMAIN)
+                                 last.output[0], domain=DOMAIN, **attributes)
         for n in chain:
             replaced[id(n)] = fused
         placed[id(last)] = fused
