@@ -367,6 +367,19 @@ def test_layer_norm_as_torch_writes_it_before_opset_17(square):
     assert _kinds(plan) == ["layer_norm"]   # the affine folded into its weights
 
 
+def test_group_norm_as_torch_writes_it():
+    """Reshape to (N, G, -1), InstanceNormalization, Reshape to the input's Shape, then
+    the affine: one group_norm."""
+    nodes = [node("Reshape", ["x", "grouped"], ["r"]),
+             node("InstanceNormalization", ["r", "ones", "zeros"], ["i"], epsilon=1e-5),
+             node("Shape", ["x"], ["s"]), node("Reshape", ["i", "s"], ["b"]),
+             node("Mul", ["b", "w"], ["m"]), node("Add", ["m", "bias"])]
+    constants = {"grouped": ints(0, 2, -1), "ones": floats(1, 1), "zeros": floats(0, 0),
+                 "w": _array(4, 1, 1) + 1, "bias": _array(4, 1, 1)}
+    plan = _check(_model(nodes, constants), rel=2e-5)
+    assert _kinds(plan) == ["group_norm"] and plan.ops[0]["groups"] == 2
+
+
 @pytest.mark.parametrize("opset", [18, 21])
 def test_group_norm(opset):
     size = 2 if opset < 21 else 4   # per group before opset 21, per channel after

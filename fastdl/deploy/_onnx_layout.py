@@ -259,7 +259,35 @@ def reshape_node(imp, node):
     if target is None:
         _fail("%s: the target shape is required" % imp.where(node))
     sizes = _reshaped(imp, node, imp.shape(x), target, bool(attributes.get("allowzero", 0)))
-    imp.alias(node.output[0], reshape(imp, node, x, sizes))
+    imp.alias(node.output[0], _grouped_norm(imp, node, x, sizes) or reshape(imp, node, x,
+                                                                          sizes))
+
+
+def _only_use(imp, ref):
+    """The pending op ``ref`` where the value it writes is read once, else None."""
+    if ref < 0:
+        return None
+    op = imp.pending[ref]
+    name = op.node.output[0] if op.node is not None and op.node.output else None
+    return op if name is not None and imp.uses.get(name) == 1 and imp.values.get(
+        name) == ref else None
+
+
+def _grouped_norm(imp, node, ref, sizes):
+    """torch's GroupNorm (``Reshape (N, G, -1) -> InstanceNormalization -> Reshape``
+    back) as one group_norm of ``groups = G``: its reference, else None."""
+    norm = _only_use(imp, ref)
+    if norm is None or norm.op != "group_norm" or norm.weights:
+        return None
+    grouped = _only_use(imp, norm.inputs[0])
+    if grouped is None or grouped.op not in ("reshape", "flatten"):
+        return None
+    source = grouped.inputs[0]
+    shape, groups = imp.shape(source), imp.shape(norm.inputs[0])[1]
+    if shape[1:] != tuple(sizes) or len(imp.shape(norm.inputs[0])) != 3 or norm.fields[
+            "groups"] != groups or len(shape) < 3 or shape[1] % groups:
+        return None
+    return imp.emit(node, "group_norm", [source], groups=groups, eps=norm.fields["eps"])
 
 
 def squeeze(imp, node):

@@ -247,8 +247,7 @@ def binary(imp, node):
             current = op.weights.get(role)
             op.weights[role] = add if current is None else current + add
             return imp.alias(node.output[0], x)
-    if _into_layer_norm(imp, x, name, kind if first or kind in ("add", "mul") else "",
-                        array):
+    if _into_norm(imp, x, name, kind if first or kind in ("add", "mul") else "", array):
         return imp.alias(node.output[0], x)
     if channels is not None and kind == "mul" and array.size > 1:
         ref = imp.emit(node, "affine_channels", [x], {"scale": channels,
@@ -262,19 +261,27 @@ def binary(imp, node):
     imp.alias(node.output[0], ref)
 
 
-def _into_layer_norm(imp, ref, name, kind, array):
-    """Fold ``x * c``, ``x + c`` or ``x - c`` into the layer_norm computing ``x`` (its
-    weight and bias) where ``c`` spans its normalised axes alone; whether it did."""
-    op = imp.producer(ref, name, ("layer_norm",))
+def _into_norm(imp, ref, name, kind, array):
+    """Fold ``x * c``, ``x + c`` or ``x - c`` into the layer_norm or group_norm
+    computing ``x`` (its weight and bias) where ``c`` spans the shape of those alone
+    (the normalised axes; the channels); whether it did."""
+    op = imp.producer(ref, name, ("layer_norm", "group_norm"))
     if op is None or kind not in ("add", "sub", "mul"):
         return False
-    tail = imp.shape(ref)[len(imp.shape(ref)) - op.fields["normalized_ndim"]:]
-    try:
-        if array.ndim > len(tail) or np.broadcast_shapes(array.shape, tail) != tail:
+    shape = imp.shape(ref)
+    if op.op == "group_norm":
+        full = per_channel(array, shape)
+        if full is None:
             return False
-    except ValueError:
-        return False
-    full = np.broadcast_to(array, tail).astype(np.float64)
+    else:
+        tail = shape[len(shape) - op.fields["normalized_ndim"]:]
+        try:
+            if array.ndim > len(tail) or np.broadcast_shapes(array.shape, tail) != tail:
+                return False
+        except ValueError:
+            return False
+        full = np.broadcast_to(array, tail)
+    full = full.astype(np.float64)
     weight, bias = op.weights.get("weight"), op.weights.get("bias")
     if kind == "mul":
         op.weights["weight"] = full if weight is None else weight * full
