@@ -9,7 +9,7 @@ from fastdl import deploy
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 
 SHAPE = (4, 7, 6)   # (C, H, W) of the graphs' input unless a case says otherwise
 
