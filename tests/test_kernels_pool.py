@@ -8,12 +8,15 @@ from reference import (adaptive_avg_pool2d_reference, avg_pool2d_reference,
                        max_pool2d_reference)
 
 # (kernel, stride, padding, ceil_mode): tiled 2x2 fast path, overlapping
-# windows, padding >= 1, ceil_mode windows hanging over the edge, rectangles
+# windows, padding >= 1, ceil_mode windows hanging over the edge, rectangles;
+# the 3-wide stride-2 fast paths with and without padding and on one axis only
 WINDOWS = [
     ((2, 2), (2, 2), (0, 0), False),
     ((2, 2), (2, 2), (0, 0), True),
     ((3, 3), (2, 2), (1, 1), False),
     ((3, 3), (2, 2), (1, 1), True),
+    ((3, 3), (2, 2), (0, 0), True),
+    ((3, 2), (2, 2), (1, 0), False),
     ((3, 3), (1, 1), (1, 1), False),
     ((2, 3), (1, 2), (1, 0), True),
     ((4, 2), (3, 1), (2, 1), True),
@@ -100,7 +103,7 @@ def test_max_pool2d_backward_scatters_through_indices(rng, kernel, stride, paddi
     np.testing.assert_allclose(grad_x.reshape(4, -1), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kernel, stride, padding, ceil_mode", WINDOWS[1:6], ids=WINDOW_IDS[1:6])
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode", WINDOWS[1:8], ids=WINDOW_IDS[1:8])
 def test_max_pool2d_backward_finite_differences(rng, kernel, stride, padding, ceil_mode):
     # distinct, well separated values: the max is differentiable there
     x = rng.permutation(40).reshape(1, 1, 5, 8).astype(np.float64)
@@ -376,3 +379,74 @@ def test_global_mean_sums_in_float64_in_a_fixed_order(dtype, rng):
     np.testing.assert_array_equal(means[0], means[2])
     np.testing.assert_allclose(means[0], x.astype(np.float64).mean(axis=1),
                                rtol=1e-7 if dtype == np.float32 else 1e-14)
+
+
+# ---------------------------------------------------------------------------
+# The 3-wide stride-2 fast paths: edges, -inf and NaN, thread counts
+# ---------------------------------------------------------------------------
+
+# even widths take max pooling's whole-plane loop (W = 2 W_out), odd ones the rows
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (1, 2, 10, 6)])
+@pytest.mark.parametrize("padding, ceil_mode", [(1, False), (1, True), (0, False), (0, True)])
+def test_3x3_stride_2_pools_match_torch_with_infinities_and_nan(rng, shape, padding,
+                                                                ceil_mode):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0] = -np.inf                  # all -inf windows: argmax on the first real cell
+    x[0, 1, 1, ::3] = np.nan           # NaN wins its windows, the last one scanned
+    x[0, 1, 2, 1::2] = np.nan
+    x[-1, -1, :, -1] = np.inf
+    x_torch = torch.tensor(x, requires_grad=True)
+    out_torch, indices_torch = torch.nn.functional.max_pool2d(
+        x_torch, 3, 2, padding, ceil_mode=ceil_mode, return_indices=True)
+    out, indices = pool.max_pool2d_forward(x, 3, 2, padding, ceil_mode)
+    np.testing.assert_array_equal(out, out_torch.detach().numpy())
+    np.testing.assert_array_equal(indices, indices_torch.numpy())
+    x64 = rng.standard_normal(shape)
+    for count_include_pad in (True, False):
+        x_torch = torch.tensor(x64, requires_grad=True)
+        out_torch = torch.nn.functional.avg_pool2d(x_torch, 3, 2, padding, ceil_mode,
+                                                   count_include_pad)
+        grad_out = rng.standard_normal(tuple(out_torch.shape))
+        out_torch.backward(torch.tensor(grad_out))
+        args = (3, 2, padding, ceil_mode, count_include_pad)
+        np.testing.assert_allclose(pool.avg_pool2d_forward(x64, *args),
+                                   out_torch.detach().numpy(), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(pool.avg_pool2d_backward(grad_out, shape, *args),
+                                   x_torch.grad.numpy(), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), 1)])
+def test_avg_pool2d_divisor_override_matches_torch(rng, kernel, stride, padding):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 9, 8))
+    x_torch = torch.tensor(x, requires_grad=True)
+    out_torch = torch.nn.functional.avg_pool2d(x_torch, kernel, stride, padding, True, True,
+                                               divisor_override=5)
+    grad_out = rng.standard_normal(tuple(out_torch.shape))
+    out_torch.backward(torch.tensor(grad_out))
+    args = (kernel, stride, padding, True, True, 5)
+    np.testing.assert_allclose(pool.avg_pool2d_forward(x, *args), out_torch.detach().numpy(),
+                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(pool.avg_pool2d_backward(grad_out, x.shape, *args),
+                               x_torch.grad.numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_pools_are_bitwise_the_same_at_any_thread_count(rng):
+    """Planes are split over threads whole: 1 and 2 threads give identical bits
+    (an input past the serial threshold, so the parallel loops run)."""
+    import fastdl
+    x = rng.standard_normal((4, 40, 32, 32)).astype(np.float32)
+    before = fastdl.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            fastdl.set_num_threads(threads)
+            out, indices = pool.max_pool2d_forward(x, 3, 2, 1)
+            mean = pool.avg_pool2d_forward(x, 3, 2, 1, False, False)
+            grad = pool.avg_pool2d_backward(mean, x.shape, 3, 2, 1, False, False)
+            results.append((out, indices, mean, grad))
+    finally:
+        fastdl.set_num_threads(before)
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)

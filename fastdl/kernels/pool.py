@@ -12,9 +12,15 @@ Design
   right/bottom padding, so no window is ever empty. The bounds are computed
   once per axis (``_pool_windows``, ``_adaptive_windows``), so average and
   adaptive average pooling are one kernel with different windows.
-* Generic windows are reduced separably: every input row's column windows
-  first, then row windows over those, with the inner loop over independent
-  outputs (one loop per window would chain all its compares one after another).
+* Max pooling is reduced separably: every input row's column windows first,
+  then row windows over those, with the inner loop over independent outputs
+  (one loop per window would chain all its compares one after another).
+  Average pooling sums each output row's row window first (contiguous rows
+  into a float64 row between zero pads), then its column windows, and
+  multiplies by a table of reciprocal divisors (``_mean_scales``: a division
+  per output cost more than the sums); its backward spreads every output
+  row's scaled gradient over its columns and lets each input row gather the
+  spread rows covering it, so each cell of the gradient is written once.
 * Max pooling returns, per output, the flat index ``h * W + w`` of its argmax
   within the plane (int64, as torch's ``return_indices``). Ties go to the first
   maximum in row-major window order and a NaN wins (torch's
@@ -25,8 +31,16 @@ Design
   accumulators: uncompiled, under NEP 50, a Python float plus a float32 would
   be float32).
 * Fast paths: 2x2 windows tiling the input (kernel == stride == 2, no
-  padding) run unrolled straight-line kernels for max and average pooling,
-  and output size 1 of adaptive pooling is one contiguous sum per plane.
+  padding) run unrolled straight-line kernels for max and average pooling;
+  3-wide stride-2 windows (the overlapping 3x3 s2 pools of ResNet-style
+  stems) read their taps at literal offsets, which LLVM vectorises with
+  shuffles where a run-time stride gives gathers (max pooling runs one loop
+  over the whole plane when W = 2 W_out, as rows of 16 to 64 windows are too
+  short for a vector loop); output size 1 of adaptive pooling is one
+  contiguous sum per plane.
+* Average pooling multiplies by a float64 reciprocal where torch divides: a
+  float64 result can differ from the quotient in its last bit; a float32 one,
+  rounded from the float64 product, practically never.
 * The Numba loops (``_pool_loops``) are imported on first use. Inference's
   2x2 max pool and every global mean run compiled C loops (``fastdl_ext.pool``):
   a served plan made of those, convolutions and dense layers never loads Numba.
@@ -236,7 +250,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
         h_windows = _pool_windows(x.shape[-2], output_hw[0], kernel[0], stride[0], padding[0])
         w_windows = _pool_windows(x.shape[-1], output_hw[1], kernel[1], stride[1], padding[1])
         (loops._max_pool2d_forward_serial if small else loops.max_pool2d_forward_kernel)(
-            planes, h_windows[0], h_windows[1], w_windows[0], w_windows[1], out, indices)
+            planes, h_windows[0], h_windows[1], w_windows[0], w_windows[1], kernel[1],
+            stride[1], padding[1], out, indices)
     shape = x.shape[:-2] + output_hw
     return out.reshape(shape), indices.reshape(shape)
 
@@ -314,21 +329,20 @@ def max_pool2d_backward(grad_out, indices, input_shape):
 # ---------------------------------------------------------------------------
 
 
-def _mean_windows(height, width, output_hw, kernel, stride, padding, count_include_pad,
-                  divisor_override=None):
-    """Row and column (starts, stops, counts) of avg_pool2d, flattened into one tuple.
+def _mean_scales(height, width, output_hw, kernel, stride, padding, count_include_pad,
+                 divisor_override=None):
+    """Row windows of avg_pool2d (int64 ``starts``, ``stops``) and the (out_h, out_w)
+    float64 reciprocals of each output's divisor (``divisor_override`` for all).
 
-    The loops divide by ``row_count * column_count``; ``divisor_override`` makes that
-    product the given divisor (row counts = divisor, column counts = 1).
+    The loops multiply by these: a division per output cost more than the sums.
     """
     rows = _pool_windows(height, output_hw[0], kernel[0], stride[0], padding[0],
                          count_include_pad)
+    if divisor_override is not None:
+        return rows[0], rows[1], np.full(output_hw, 1.0 / divisor_override)
     cols = _pool_windows(width, output_hw[1], kernel[1], stride[1], padding[1],
                          count_include_pad)
-    if divisor_override is not None:
-        rows = rows[:2] + (np.full(output_hw[0], divisor_override, dtype=np.int64),)
-        cols = cols[:2] + (np.ones(output_hw[1], dtype=np.int64),)
-    return rows + cols
+    return rows[0], rows[1], 1.0 / np.outer(rows[2], cols[2]).astype(np.float64)
 
 
 def _check_divisor(name, divisor_override):
@@ -369,9 +383,11 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
                                                       output_hw):
         _loops().avg_pool2d_forward_2x2_kernel(planes, out)
     else:
-        windows = _mean_windows(x.shape[-2], x.shape[-1], output_hw, kernel, stride, padding,
-                                count_include_pad, divisor_override)
-        _loops().window_mean_forward_kernel(planes, *windows, out)
+        starts, stops, scales = _mean_scales(x.shape[-2], x.shape[-1], output_hw, kernel,
+                                             stride, padding, count_include_pad,
+                                             divisor_override)
+        _loops().avg_pool2d_forward_kernel(planes, starts, stops, kernel[1], stride[1],
+                                           padding[1], scales, out)
     return out.reshape(x.shape[:-2] + output_hw)
 
 
@@ -404,9 +420,16 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
                                                       output_hw):
         _loops().avg_pool2d_backward_2x2_kernel(grad_planes, grad_x)
     else:
-        windows = _mean_windows(input_shape[-2], input_shape[-1], output_hw, kernel, stride,
-                                padding, count_include_pad, divisor_override)
-        _loops().window_mean_backward_kernel(grad_planes, *windows, grad_x)
+        starts, stops, scales = _mean_scales(input_shape[-2], input_shape[-1], output_hw,
+                                             kernel, stride, padding, count_include_pad,
+                                             divisor_override)
+        # the output rows whose windows cover input row h: [first_out[h], stop_out[h])
+        rows = np.arange(input_shape[-2])
+        first_out = np.searchsorted(stops, rows, side="right")
+        stop_out = np.searchsorted(starts, rows, side="right")
+        _loops().avg_pool2d_backward_kernel(grad_planes, scales, kernel[0], stride[0],
+                                            padding[0], kernel[1], stride[1], padding[1],
+                                            first_out, stop_out, grad_x)
     return grad_x.reshape(input_shape)
 
 
