@@ -13,6 +13,9 @@ What is excluded, and why, is computed, never listed by hand:
 * ``from_onnx`` refusing the model (an op, attribute or value the plan cannot run, or a
   constant spanning the batch axis): skipped with from_onnx's own message.
 
+The package's "light" model graphs (whole ImageNet networks) run too, with random
+weights, against ONNX Runtime (``test_light_model``).
+
 The test's other inputs (a Conv's weight, a BatchNormalization's statistics, a Pad's
 pads, ...) are bound as initializers: from_onnx takes constants there. ``python
 tests/test_onnx_backend.py`` prints the table of every test and its outcome.
@@ -32,8 +35,8 @@ from fastdl import deploy  # noqa: E402
 
 #: The ONNX ops ``from_onnx`` maps (with the shape arithmetic it folds at import).
 OPERATORS = frozenset("""
-    Conv ConvTranspose BatchNormalization Gemm MatMul Add Mul Sub Div Relu LeakyRelu Clip
-    Sigmoid Tanh HardSwish HardSigmoid Softmax LogSoftmax Gelu Erf Elu Selu Softplus Mish
+    Conv ConvTranspose BatchNormalization Gemm MatMul Add Mul Sub Div Sum Relu LeakyRelu
+    Clip Sigmoid Tanh HardSwish HardSigmoid Softmax LogSoftmax Gelu Erf Elu Selu Softplus Mish
     PRelu MaxPool AveragePool GlobalAveragePool GlobalMaxPool ReduceMean Flatten Reshape
     Transpose Concat Split Slice Squeeze Unsqueeze Pad Resize Identity Dropout Constant
     Shape Size Gather Cast ConstantOfShape Range InstanceNormalization LayerNormalization
@@ -158,6 +161,71 @@ def test_the_node_tests_are_found():
     assert len(_CASES) > 500
     ran = [case for case in IN_SCOPE if outcome(case)[0] == "ran"]
     assert len(ran) >= 75, len(ran)
+
+
+# ---------------------------------------------------------------- the light models
+
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+LIGHT_MODELS = sorted(name for name in (os.listdir(LIGHT) if os.path.isdir(LIGHT) else [])
+                      if name.endswith(".onnx"))
+#: The most weights a light model may have here (VGG-19's 144 million take seconds).
+LIGHT_WEIGHTS = 30_000_000
+
+
+def _weights_for(model, seed):
+    """``model`` (its weights made by ConstantOfShape nodes of constant shape) with
+    random weights as initializers: He-scaled for kernels, in [0.5, 1.5) for vectors
+    (BatchNormalization's variances among them); its last Softmax left out, so that the
+    logits are compared."""
+    graph = model.graph
+    shapes = {proto.name: numpy_helper.to_array(proto) for proto in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            shapes[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    rng, kept = np.random.default_rng(seed), []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in shapes:
+            shape = [int(n) for n in shapes[node.input[0]]]
+            array = (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
+                     if len(shape) > 1 else rng.uniform(0.5, 1.5, shape))
+            graph.initializer.append(numpy_helper.from_array(array.astype(np.float32),
+                                                             node.output[0]))
+        else:
+            kept.append(node)
+    if kept[-1].op_type == "Softmax" and kept[-1].output[0] == graph.output[0].name:
+        graph.output[0].name = kept.pop().input[0]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_model(name):
+    """ONNX's "light" zoo graphs (ResNet-50, DenseNet-121, Inception v2, ShuffleNet,
+    SqueezeNet, ...: 224x224 ImageNet networks of opset 9, batch fixed at 1) with random
+    weights: the plan's logits at batch 2 equal ONNX Runtime's of each sample."""
+    ort = pytest.importorskip("onnxruntime")
+    model = onnx.load(os.path.join(LIGHT, name))
+    count = sum(int(np.prod(numpy_helper.to_array(proto))) for node in model.graph.node
+                if node.op_type == "ConstantOfShape" for proto in model.graph.initializer
+                if proto.name == node.input[0])
+    if count > LIGHT_WEIGHTS:
+        pytest.skip("excluded: %d weights, more than this test's %d" % (count,
+                                                                       LIGHT_WEIGHTS))
+    data = _weights_for(model, 0).SerializeToString()
+    try:
+        plan = deploy.from_onnx(data, max_bytes=None)
+    except ValueError as error:
+        pytest.skip("refused: %s" % error)
+    initializers = {proto.name for proto in model.graph.initializer}
+    feed = [value.name for value in model.graph.input if value.name not in initializers][0]
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2,) + plan.input_shape).astype(np.float32)
+    want = np.concatenate([session.run(None, {feed: x[i:i + 1]})[0] for i in range(2)])
+    got = plan(x)
+    assert got.shape == want.shape
+    scale = float(np.abs(want).max())
+    assert float(np.abs(got - want).max()) <= 1e-4 * scale
 
 
 def summary():

@@ -9,18 +9,21 @@ at each of ``BATCHES``: where both runs agree the result is an ordinary constant
 else it is ``Batched`` (its two results), and the converter that reads it (a Reshape's
 target shape, a Resize's sizes) tells the batch entries from the fixed ones. Every
 result is bounded (``MAX_FOLD_ELEMENTS``, and the bytes of all of them together count
-towards ``max_bytes`` as the file's tensors do) before it is allocated.
+towards ``max_bytes`` as the file's tensors do) before it is allocated: a result may
+hold at most ``MAX_FOLD_ELEMENTS`` elements, and at most a quarter as many as the
+bytes ``max_bytes`` leaves (a float32 each), checked before the array is made.
 """
 import math
 
 import numpy as np
 
 from fastdl.deploy._onnx_files import _fail
+from fastdl.deploy._opgraph import MAX_ELEMENTS
 
 #: Two batch sizes a shape computation is evaluated at (unlikely to be a model's size).
 BATCHES = (1009, 2003)
-#: The most elements one folded result may have.
-MAX_FOLD_ELEMENTS = 1 << 22
+#: The most elements one folded result may have (the plan's limit for one value).
+MAX_FOLD_ELEMENTS = MAX_ELEMENTS
 # ONNX's Slice ends meaning "to the end" are any int at least the size
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -45,10 +48,21 @@ def combine(results):
     return Batched(results)
 
 
+class _Site(str):
+    """Where a fold happens (its text names the node) and the most elements one of its
+    results may have."""
+
+    def __new__(cls, where, elements):
+        site = super().__new__(cls, where)
+        site.elements = elements
+        return site
+
+
 def _bounded(where, count):
-    if count > MAX_FOLD_ELEMENTS:
+    limit = getattr(where, "elements", MAX_FOLD_ELEMENTS)
+    if count > limit:
         _fail("%s: a constant of %d elements (more than %d) would be computed"
-              % (where, count, MAX_FOLD_ELEMENTS))
+              % (where, count, limit))
     return count
 
 
@@ -380,10 +394,12 @@ EVALUATORS.update({kind: (set(), _unary(kind)) for kind in _UNARY})
 SPLITTERS = {"Split": ({"axis", "split", "num_outputs"}, _split)}
 
 
-def fold(where, kind, attributes, inputs, opset, outputs):
+def fold(where, kind, attributes, inputs, opset, outputs, budget=None):
     """The outputs of node ``kind`` on constant ``inputs`` (ndarrays, ``Batched`` or
     None for an empty name): ndarrays where they do not depend on the batch size, else
-    ``Batched``."""
+    ``Batched``. ``budget``: the bytes the results may take (None: any)."""
+    where = _Site(where, MAX_FOLD_ELEMENTS if budget is None else min(
+        MAX_FOLD_ELEMENTS, max(budget, 0) // 4))
     worlds = [[a.arrays[w] if isinstance(a, Batched) else a for a in inputs]
               for w in range(len(BATCHES))]
     if not any(isinstance(a, Batched) for a in inputs):

@@ -214,11 +214,11 @@ def batch_norm(imp, node):
 
 # ------------------------------------------------------------------ elementwise
 
-def binary(imp, node):
+def binary(imp, node, kind=None):
     """Add, Sub, Mul, Div: of two values (an Add as a conv's residual where it can
     be), or of a value and a constant (per-channel: a conv's bias or affine_channels)."""
     imp.attributes(node, set())
-    kind = node.op_type.lower()
+    kind = kind or node.op_type.lower()
     if len(node.input) != 2:
         _fail("%s: needs two inputs" % imp.where(node))
     names = list(node.input)
@@ -291,6 +291,22 @@ def _into_norm(imp, ref, name, kind, array):
         full = full if kind == "add" else -full
         op.weights["bias"] = full if bias is None else bias + full
     return True
+
+
+def sum_node(imp, node):
+    """Sum: of two inputs an Add; of more values, a chain of binary adds."""
+    imp.attributes(node, set())
+    if len(node.input) == 2:
+        return binary(imp, node, "add")
+    refs = [imp.value(node, name) for name in node.input]
+    if not refs:
+        _fail("%s: no inputs" % imp.where(node))
+    ref = refs[0]
+    for other in refs[1:]:
+        if len(imp.shape(other)) != len(imp.shape(ref)):
+            _fail("%s: values of different ranks" % imp.where(node))
+        ref = imp.emit(node, "binary", [ref, other], kind="add", reverse=False)
+    imp.alias(node.output[0], ref)
 
 
 def _residual(imp, node, names, refs):
@@ -492,7 +508,7 @@ def layer_norm(imp, node):
 CONVERTERS = {
     "Conv": conv, "ConvTranspose": conv, "Gemm": gemm, "MatMul": matmul,
     "BatchNormalization": batch_norm, "Add": binary, "Sub": binary, "Mul": binary,
-    "Div": binary, "Relu": _simple("relu"), "Sigmoid": _simple("sigmoid"),
+    "Div": binary, "Sum": sum_node, "Relu": _simple("relu"), "Sigmoid": _simple("sigmoid"),
     "Tanh": _simple("tanh"), "HardSwish": _simple("hardswish"), "Mish": _simple("mish"),
     "LeakyRelu": leaky_relu, "Elu": elu, "Selu": elu, "Softplus": softplus, "Gelu": gelu,
     "Clip": clip, "HardSigmoid": hard_sigmoid, "PRelu": prelu, "Softmax": softmax,

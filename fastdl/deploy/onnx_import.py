@@ -17,7 +17,7 @@ BatchNormalization                              folded into the Conv / ConvTrans
                                                 Gemm before it, else affine_channels
 Gemm, MatMul by a constant                      linear (a value of more than 2 dims: a
                                                 1x1 conv2d between reshapes/transposes)
-Add, Sub, Mul, Div (values, constants,          binary; an Add of a constant onto a
+Add, Sub, Mul, Div, Sum (values, constants,     binary; an Add of a constant onto a
   broadcasting)                                 conv's output as its bias, of a value as
                                                 its residual; per-channel Mul:
                                                 affine_channels
@@ -243,8 +243,9 @@ class _Importer:
                                             for batch in fold.BATCHES]))
             else:
                 inputs.append(self.known(node, name))
+        left = None if self.tensors.limit is None else self.tensors.limit - self.tensors.total
         results = fold.fold(where, node.op_type, attributes, inputs, self.opset,
-                            len(node.output))
+                            len(node.output), left)
         for name, result in zip(node.output, results):
             if name:
                 arrays = result.arrays if isinstance(result, fold.Batched) else [result]
