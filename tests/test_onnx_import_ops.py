@@ -451,6 +451,13 @@ def test_refusals_name_the_node(nodes, constants, opset, match):
     ([node("Relu", ["z"], ["y"]), node("Relu", ["y"], ["z"])], {},
      r"\(Relu\): input 'z' is not a value"),
     ([node("Relu", ["missing"])], {}, r"input 'missing' is not a value"),
+    ([node("AveragePool", ["x"], kernel_shape=[3, 3], pads=[1 << 40, 0, 0, 0])], {},
+     r"\(AveragePool\): pads .* must be 4 ints in \[0, 16777216\]"),
+    ([node("Resize", ["x", "", "s"])], {"s": floats(1, 1, 1e30, 1)},
+     r"\(Resize\): output size .* larger than a plan's value may be"),
+    ([node("Pad", ["x", "p", "v"])], {"p": ints(0, 0, 6000, 6000, 0, 0, 6000, 6000),
+                                      "v": floats(1).reshape(())},
+     r"\(Pad\): constant 'border' takes the model's tensors past max_bytes"),
 ])
 def test_hostile_graphs_are_refused_before_allocating(nodes, constants, match):
     with pytest.raises(ValueError, match=match):

@@ -13,6 +13,7 @@ import numpy as np
 
 from fastdl.deploy import _onnx_fold as fold
 from fastdl.deploy._onnx_files import _fail
+from fastdl.deploy._opgraph import MAX_ELEMENTS, MAX_INT
 
 
 def _ints(array):
@@ -81,8 +82,9 @@ def window_pads(imp, node, attributes, sizes, kernel, stride, dilation):
     mode = attributes.get("auto_pad", "NOTSET")
     if mode in ("NOTSET", "VALID"):
         pads = list(attributes.get("pads", [0, 0, 0, 0])) if mode == "NOTSET" else [0] * 4
-        if len(pads) != 4 or min(pads) < 0:
-            _fail("%s: pads %s must be 4 non-negative ints (2-D)" % (imp.where(node), pads))
+        if len(pads) != 4 or not all(0 <= p <= MAX_INT for p in pads):
+            _fail("%s: pads %s must be 4 ints in [0, %d] (2-D)" % (imp.where(node), pads,
+                                                                 MAX_INT))
         return pads
     if mode not in ("SAME_UPPER", "SAME_LOWER"):
         _fail("%s: auto_pad %r is not supported" % (imp.where(node), mode))
@@ -97,9 +99,18 @@ def window_pads(imp, node, attributes, sizes, kernel, stride, dilation):
 
 def _pair(imp, node, attributes, name, default):
     value = list(attributes.get(name, default))
-    if len(value) != 2 or min(value) < 1:
-        _fail("%s: %s %s must be 2 positive ints (2-D)" % (imp.where(node), name, value))
+    if len(value) != 2 or not all(1 <= v <= MAX_INT for v in value):
+        _fail("%s: %s %s must be 2 ints in [1, %d] (2-D)" % (imp.where(node), name, value,
+                                                            MAX_INT))
     return value
+
+
+def output_sizes(imp, node, out):
+    """Check an output's (H, W), computed before any op checks it, so that nothing
+    sized by it is made larger than a plan's value may be."""
+    if min(out) < 1 or max(out) > MAX_INT or math.prod(out) > MAX_ELEMENTS:
+        _fail("%s: output size %s is empty or larger than a plan's value may be"
+              % (imp.where(node), list(out)))
 
 
 def image(imp, node, name):
@@ -146,8 +157,7 @@ def pool(imp, node):
     pads = window_pads(imp, node, attributes, shape[2:], kernel, stride, [1, 1])
     out = [_pool_size(shape[2 + a], kernel[a], stride[a], pads[a], pads[a + 2], ceil_mode)
            for a in (0, 1)]
-    if min(out) < 1:
-        _fail("%s: empty output %s" % (imp.where(node), out))
+    output_sizes(imp, node, out)
     kind = "max_pool2d" if maximum else "avg_pool2d"
     extra = {} if maximum else {"count_include_pad": include}
     even = pads[:2] == pads[2:] and all(pads[a] <= kernel[a] // 2 for a in (0, 1))
@@ -190,6 +200,7 @@ def _padded_pool(imp, node, x, shape, kernel, stride, pads, out, maximum, includ
     if list(imp.shape(ref)[2:]) != out:
         _fail("%s: output size %s, the plan's pool gives %s" % (imp.where(node), out,
                                                                imp.shape(ref)[2:]))
+    imp.tensors.charge(8 * out[0] * out[1], imp.where(node), "divisors")
     factors = kernel[0] * kernel[1] / np.outer(counts[0], counts[1])
     if maximum or np.all(factors == 1):
         return ref
@@ -461,6 +472,7 @@ def pad(imp, node):
         if mode == "constant" and value != 0:
             # zeros, then the value added where the border is: inside, x + 0 is x
             height, width = imp.shape(ref)[2:]
+            imp.tensors.charge(8 * height * width, imp.where(node), "border")
             border = np.full((1, 1, height, width), value)
             border[..., padding[0]:height - padding[1], padding[2]:width - padding[3]] = 0
             ref = imp.emit(node, "binary", [ref], {"other": border}, kind="add",

@@ -457,6 +457,7 @@ def _optional_weights(imp, node, shape, scale, bias, what):
             _fail("%s: %s of shape %s does not fit %s" % (imp.where(node), role,
                                                           np.shape(array), what))
         if not np.all(full == neutral):
+            imp.tensors.charge(full.nbytes, imp.where(node), role)
             weights[role] = np.ascontiguousarray(full)
     return weights
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from fastdl.deploy import _onnx_fold as fold
 from fastdl.deploy._onnx_files import _fail
-from fastdl.deploy._onnx_layout import image
+from fastdl.deploy._onnx_layout import image, output_sizes
 
 _ALLOWED = {"mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
             "exclude_outside", "extrapolation_value", "antialias", "axes",
@@ -128,7 +128,8 @@ def _targets(imp, node, shape, attributes):
             full_scales[axis] = value
         if full_scales[:2] != [1.0, 1.0]:
             _fail("%s: scales %s resize the batch or channel axis" % (where, values))
-        out = [int(math.floor(n * s)) for n, s in zip(shape[2:], full_scales[2:])]
+        out = [int(math.floor(min(n * s, 2.0 ** 62))) for n, s in zip(shape[2:],
+                                                                     full_scales[2:])]
         return out, full_scales[2:]
     values, batched = fold.batch_sizes(where, "sizes", sizes, axes.index(0) if 0 in axes
                                        else -1)
@@ -153,8 +154,7 @@ def resize(imp, node):
     x, shape = image(imp, node, node.input[0])
     out, scales = _targets(imp, node, shape, attributes)
     sizes = list(shape[2:])
-    if min(out) < 1:
-        _fail("%s: empty output %s" % (where, out))
+    output_sizes(imp, node, out)
     mode = attributes.get("mode", "nearest")
     coordinate = attributes.get("coordinate_transformation_mode", "half_pixel")
     if coordinate not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
