@@ -18,93 +18,122 @@ def _padded_length(width, out_w, kernel, stride, pad):
 _padded_length = jit(_padded_length, inline="always")
 
 
-def _window_max_range(row, w_starts, w_stops, first, stop, best_row, tap_row):
-    # windows first..stop-1 of one row, any bounds: max and tap of the first maximum
+def _window_max_range(row, row_start, w_starts, w_stops, first, stop, best_row, code_row):
+    # Windows first..stop-1 of one row, any bounds: the max and the position
+    # (row_start + column) of its first maximum.
     for o in range(first, stop):
         best = row[w_starts[o]]
-        tap = 0
+        position = w_starts[o]
         for w in range(w_starts[o] + 1, w_stops[o]):
             value = row[w]
             take = (value > best) | (value != value)   # NaN wins, as in torch
             best = value if take else best
-            tap = w - w_starts[o] if take else tap
+            position = w if take else position
         best_row[o] = best
-        tap_row[o] = tap
+        code_row[o] = row_start + position
 
 
 _window_max_range_kernel = jit(_window_max_range, inline="always")
 
 
-def _column_window_max(x, kernel, stride, pad, w_starts, w_stops, row_best, row_taps):
+def _column_window_max(x, kernel, stride, pad, w_starts, w_stops, row_best, row_codes):
     # Pass 1 of max pooling: the max of every column window of every row of a plane
-    # and the tap (offset from w_starts) of its first maximum.
+    # and the flat position h * W + w (int32) of its first maximum.
     height, width = x.shape
     count = row_best.shape[1]
     if kernel == 3 and stride == 2 and width == 2 * count:
         # The overlapping 3-wide, stride-2 windows (ResNet's stem pool) on even
         # rows. A row holds 16 to 64 windows, too few for a vectorised loop (LLVM
         # runs one that short scalar), so one loop runs over the whole plane: with
-        # W = 2 * count, window (h, o) starts at flat position 2 (h count + o) - pad.
+        # W = 2 * count, window i = h count + o starts at flat position 2 i - pad.
         # The taps' literal offsets become shuffles, the compare-selects vectors
-        # (int32 taps: as many lanes as float32 values). The windows over the
+        # (int32 positions: as many lanes as float32 values). The windows over the
         # padding, read across row ends there, are redone by the general loop.
         first = (pad + 1) // 2
         stop = min(count, (width - 3 + pad) // 2 + 1)
-        flat = x.reshape(-1)
         best_flat = row_best.reshape(-1)[first:]
-        taps_flat = row_taps.reshape(-1)[first:]
+        codes_flat = row_codes.reshape(-1)[first:]
         windows = height * count - (count - stop) - first
-        taps = flat[2 * first - pad:]   # indexed from 0: no wraparound tests
+        start = 2 * first - pad
+        taps = x.reshape(-1)[start:]   # indexed from 0: no wraparound tests
         for i in range(windows):
+            position = np.int32(start + 2 * i)
             best = taps[2 * i]
-            tap = np.int32(0)
+            code = position
             value = taps[2 * i + 1]
             take = (value > best) | (value != value)   # NaN wins, as in torch
             best = value if take else best
-            tap = np.int32(1) if take else tap
+            code = position + np.int32(1) if take else code
             value = taps[2 * i + 2]
             take = (value > best) | (value != value)
             best = value if take else best
-            tap = np.int32(2) if take else tap
+            code = position + np.int32(2) if take else code
             best_flat[i] = best
-            taps_flat[i] = tap
+            codes_flat[i] = code
     else:
         first = stop = count
     for h in range(height):
-        _window_max_range_kernel(x[h], w_starts, w_stops, 0, first, row_best[h], row_taps[h])
-        _window_max_range_kernel(x[h], w_starts, w_stops, stop, count, row_best[h],
-                                 row_taps[h])
+        _window_max_range_kernel(x[h], h * width, w_starts, w_stops, 0, first, row_best[h],
+                                 row_codes[h])
+        _window_max_range_kernel(x[h], h * width, w_starts, w_stops, stop, count,
+                                 row_best[h], row_codes[h])
 
 
 _column_window_max_kernel = jit(_column_window_max, inline="always")
 
 
 def _max_pool2d_plane(x, h_starts, h_stops, w_starts, w_stops, kernel_w, stride_w, pad_w,
-                      row_best, row_taps, out, indices):
+                      row_best, row_codes, best_codes, out, indices):
     # Separable: the max of a window is the max over its rows of each row's
     # max. Pass 1 takes, for every input row, the max of each column window;
     # pass 2 the max of those over each row window, with the inner loop over
     # independent outputs (one loop per window would be one long compare-select
     # dependency chain). Scanning rows, then columns, in order
-    # with a strict '>' keeps torch's first-maximum rule.
-    height, width = x.shape
+    # with a strict '>' keeps torch's first-maximum rule. Positions travel as int32
+    # codes h * W + w (as many vector lanes as float32 values), widened to the int64
+    # indices once per output row.
     out_h, out_w = out.shape
     _column_window_max_kernel(x, kernel_w, stride_w, pad_w, w_starts, w_stops, row_best,
-                              row_taps)
+                              row_codes)
     for oh in range(out_h):
         out_row = out[oh]
-        index_row = indices[oh]
         first = h_starts[oh]
-        for ow in range(out_w):
-            out_row[ow] = row_best[first, ow]
-            index_row[ow] = first * width + w_starts[ow] + row_taps[first, ow]
-        for h in range(first + 1, h_stops[oh]):
+        # Every select picks between values already loaded: a load under a
+        # condition ('row_codes[h, ow] if take else ...') keeps LLVM from vectorising.
+        if h_stops[oh] - first == 3:   # the 3-row windows in one pass
+            top, middle, bottom = row_best[first], row_best[first + 1], row_best[first + 2]
+            top_codes = row_codes[first]
+            middle_codes = row_codes[first + 1]
+            bottom_codes = row_codes[first + 2]
             for ow in range(out_w):
-                value = row_best[h, ow]
-                take = (value > out_row[ow]) | (value != value)
-                out_row[ow] = value if take else out_row[ow]
-                index_row[ow] = (h * width + w_starts[ow] + row_taps[h, ow] if take
-                                 else index_row[ow])
+                best = top[ow]
+                code = top_codes[ow]
+                value = middle[ow]
+                value_code = middle_codes[ow]
+                take = (value > best) | (value != value)
+                best = value if take else best
+                code = value_code if take else code
+                value = bottom[ow]
+                value_code = bottom_codes[ow]
+                take = (value > best) | (value != value)
+                out_row[ow] = value if take else best
+                best_codes[ow] = value_code if take else code
+        else:
+            for ow in range(out_w):
+                out_row[ow] = row_best[first, ow]
+                best_codes[ow] = row_codes[first, ow]
+            for h in range(first + 1, h_stops[oh]):
+                for ow in range(out_w):
+                    best = out_row[ow]
+                    code = best_codes[ow]
+                    value = row_best[h, ow]
+                    value_code = row_codes[h, ow]
+                    take = (value > best) | (value != value)
+                    out_row[ow] = value if take else best
+                    best_codes[ow] = value_code if take else code
+        index_row = indices[oh]
+        for ow in range(out_w):
+            index_row[ow] = best_codes[ow]
 
 
 _max_pool2d_plane_kernel = jit(_max_pool2d_plane)
@@ -112,16 +141,18 @@ _max_pool2d_plane_kernel = jit(_max_pool2d_plane)
 
 def _max_pool2d_forward(x, h_starts, h_stops, w_starts, w_stops, kernel_w, stride_w, pad_w,
                         out, indices):
+    # positions within a plane are int32: planes hold fewer than 2**31 cells
     planes, height = x.shape[0], x.shape[1]
     out_w = out.shape[2]
     for task in prange((planes + _PLANES_PER_TASK - 1) // _PLANES_PER_TASK):
         row_best = np.empty((height, out_w), dtype=x.dtype)
-        row_taps = np.empty((height, out_w), dtype=np.int32)
+        row_codes = np.empty((height, out_w), dtype=np.int32)
+        best_codes = np.empty(out_w, dtype=np.int32)
         for plane in range(task * _PLANES_PER_TASK,
                            min((task + 1) * _PLANES_PER_TASK, planes)):
             _max_pool2d_plane_kernel(x[plane], h_starts, h_stops, w_starts, w_stops, kernel_w,
-                                     stride_w, pad_w, row_best, row_taps, out[plane],
-                                     indices[plane])
+                                     stride_w, pad_w, row_best, row_codes, best_codes,
+                                     out[plane], indices[plane])
 
 
 def _max_pool2d_forward_2x2(x, out, indices):

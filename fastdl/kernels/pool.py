@@ -247,6 +247,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
         (loops._max_pool2d_forward_2x2_serial if small
          else loops.max_pool2d_forward_2x2_kernel)(planes, out, indices)
     else:
+        if x.shape[-2] * x.shape[-1] >= 2 ** 31:   # the loops keep positions in int32
+            raise ValueError("max_pool2d: planes of 2**31 cells or more are not supported, "
+                             "got %s" % (x.shape[-2:],))
         h_windows = _pool_windows(x.shape[-2], output_hw[0], kernel[0], stride[0], padding[0])
         w_windows = _pool_windows(x.shape[-1], output_hw[1], kernel[1], stride[1], padding[1])
         (loops._max_pool2d_forward_serial if small else loops.max_pool2d_forward_kernel)(
