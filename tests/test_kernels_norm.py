@@ -140,6 +140,34 @@ def test_layer_norm_float32_backward_matches_float64(rng):
         np.testing.assert_allclose(got, want, rtol=0, atol=5e-6 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("norm_name", ["batch", "group", "instance"])
+def test_float32_backward_matches_float64_over_long_runs(rng, norm_name):
+    # the backward's sums run in x's dtype over pieces of at most 1024 elements (256
+    # for batch norm), added in float64: float32 gradients stay within a few 1e-6 of
+    # float64's on runs of several pieces, far from zero
+    x = 50 + 3 * rng.standard_normal((3, 4, 45, 50))
+    grad_out = rng.standard_normal(x.shape) + 0.5
+    weight = rng.standard_normal(4)
+    forward, backward = {
+        "batch": (lambda x, w: norm.batch_norm_forward(x, w, None, None, None, True),
+                  lambda g, x, f, w: norm.batch_norm_backward(g, x, f[1], f[2], w, True)),
+        "group": (lambda x, w: norm.group_norm_forward(x, 2, w),
+                  lambda g, x, f, w: norm.group_norm_backward(g, x, f[1], f[2], w, 2)),
+        "instance": (lambda x, w: norm.instance_norm_forward(x, weight=w),
+                     lambda g, x, f, w: norm.instance_norm_backward(g, x, f[1], f[2], w)),
+    }[norm_name]
+    statistics = forward(x, weight)
+    expected = backward(grad_out, x, statistics, weight)
+    result = backward(grad_out.astype(np.float32), x.astype(np.float32), statistics,
+                      weight.astype(np.float32))
+    # grad_weight sums g·x_hat, whose float32 x_hat (x at 50 ± 3, less a float32 mean)
+    # holds ~1e-6 relative and cancels over the run: a looser bound there, as before
+    # the sums ran in pieces
+    for got, want, bound in zip(result, expected, (5e-6, 5e-5, 5e-6)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=bound * np.abs(want).max())
+
+
 def test_statistics_merge_across_blocks(rng):
     # rows longer than one statistics block (4096) are merged with Chan's update
     x = rng.standard_normal((3, 10_000)) * np.linspace(1, 5, 10_000) + np.linspace(0, 50, 10_000)
@@ -417,8 +445,10 @@ def run_all_norms(x, grad_out, weight, bias):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bitwise_identical_at_one_and_two_threads(rng, dtype):
-    x = (rng.standard_normal((6, 8, 33, 17)) * 3 + 1).astype(dtype)
+# the second shape: runs longer than one span of the sums (1024), rows than one block
+@pytest.mark.parametrize("shape", [(6, 8, 33, 17), (3, 8, 40, 41)])
+def test_bitwise_identical_at_one_and_two_threads(rng, dtype, shape):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     grad_out = rng.standard_normal(x.shape).astype(dtype)
     weight, bias = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
     previous = numba.get_num_threads()

@@ -8,8 +8,8 @@ import numpy as np
 # is_real tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_real
-from fastdl.kernels._norm_loops import (layer_norm_backward_kernel, layer_norm_forward_kernel,
-                                        normalize_backward_kernel, normalize_forward_kernel)
+from fastdl.kernels._norm_loops import normalize_backward_kernel, normalize_forward_kernel
+from fastdl.kernels._norm_rows import layer_norm_backward_kernel, layer_norm_forward_kernel
 
 class _Layout:
     """The ``(A, K, S, B)`` view of one input and its parameter period ``P``.

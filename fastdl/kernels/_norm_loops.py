@@ -1,7 +1,13 @@
 """The compiled loops behind ``fastdl.kernels.norm`` (see its design notes).
 
 Plain-Python kernels bound through ``jit``: batch, group and instance norm on
-the ``(A, K, S, B)`` view, layer norm on ``(rows, row_length)``.
+the ``(A, K, S, B)`` view, and the statistics and chunking helpers that the layer
+norm kernels (``_norm_rows``) share.
+
+Every helper is inlined into the parallel kernel that uses it (``_inlined``): no
+call per run or piece inside the loops (a call passes each array with a reference
+count, an atomic instruction), and each kernel compiled with one set of fastmath
+flags (``_FASTMATH``).
 """
 import numpy as np
 
@@ -18,17 +24,19 @@ _SPAN = 1024
 # elements of the next run that batch norm's passes prefetch at a time (1 KiB of float32;
 # a larger piece loses the gain)
 _PREFETCH_PIECE = 256
-# fixed number of chunks for the parameter-gradient sums (independent of threads)
+# fixed number of chunks for the parameter-gradient sums (independent of threads);
+# the forward passes take the same chunks
 _GRAD_CHUNKS = 64
-# layer norm backward: rows whose parameter-gradient terms are summed in x's dtype
-# before joining the float64 chunk sums (float64 read-modify-writes of every
-# element cost about as much as the rest of the backward; 64 float32 terms
-# bound the added relative error by 64 * 2**-24)
-_PARAM_TILE = 64
-# layer norm forward: the row this far ahead is prefetched while one is normalised, so
-# that its lines are on their way while the row in cache is worked on (prefetching the
-# next rows of x and g slows the backward down, so it does not)
-_PREFETCH_ROWS = 2
+# the flags of every kernel here: reassoc lets LLVM vectorise the sums in an order
+# fixed at compile time (so results do not depend on the thread count); contract:
+# FMA. Both change results by rounding only; no nnan/ninf, so NaN and inf propagate.
+_FASTMATH = {"reassoc", "contract"}
+
+
+def _inlined(function):
+    """``function`` compiled into each caller (no call, no reference counting), under
+    the caller's fastmath flags."""
+    return jit(function, inline="always")
 
 
 def _grad_chunks(n_items):
@@ -38,7 +46,7 @@ def _grad_chunks(n_items):
     return n_chunks, (n_items + n_chunks - 1) // max(n_chunks, 1)
 
 
-_grad_chunks_kernel = jit(_grad_chunks)
+_grad_chunks_kernel = _inlined(_grad_chunks)
 
 
 def _sum_chunks(parts):
@@ -51,6 +59,7 @@ def _sum_chunks(parts):
     return total
 
 
+# a call, after the parallel loop (inlined there, the backward kernels ran 10-20 % slower)
 _sum_chunks_kernel = jit(_sum_chunks)
 
 
@@ -73,9 +82,7 @@ def _span_sum(values):
     return total
 
 
-# reassociation lets LLVM vectorise the sums; the order is fixed at compile time, so
-# results still do not depend on the thread count
-_span_sum_kernel = jit(_span_sum, fastmath={"reassoc", "contract"})
+_span_sum_kernel = _inlined(_span_sum)
 
 
 def _block_moments(block):
@@ -106,17 +113,17 @@ def _block_moments(block):
     return pivot + offset, squares - n * offset * offset
 
 
-_block_moments_kernel = jit(_block_moments, fastmath={"reassoc", "contract"})
+_block_moments_kernel = _inlined(_block_moments)
 
 
 def _run_piece(n_outer, n_inner):
     """Elements a run is walked in: ``_PREFETCH_PIECE`` where the next run (an image
-    further on) is prefetched meanwhile, the whole run where none follows (group and
-    instance norm)."""
-    return _PREFETCH_PIECE if n_outer > 1 else max(n_inner, 1)
+    further on) is prefetched meanwhile, else up to ``_SPAN`` (group and instance norm:
+    a piece's sums run in x's dtype)."""
+    return _PREFETCH_PIECE if n_outer > 1 else max(min(n_inner, _SPAN), 1)
 
 
-_run_piece_kernel = jit(_run_piece)
+_run_piece_kernel = _inlined(_run_piece)
 
 
 def _prefetch_next_run(out, a, k, start, piece):
@@ -129,7 +136,7 @@ def _prefetch_next_run(out, a, k, start, piece):
         prefetch_for_write(out[a + 1, k, start:start + piece])
 
 
-_prefetch_next_run_kernel = jit(_prefetch_next_run)
+_prefetch_next_run_kernel = _inlined(_prefetch_next_run)
 
 
 def _moments_of(x, k):
@@ -156,7 +163,7 @@ def _moments_of(x, k):
     return mean, squares / count
 
 
-_moments_of_kernel = jit(_moments_of)
+_moments_of_kernel = _inlined(_moments_of)
 
 
 def _normalize_runs(x, k, n_sub, param_base, weight, bias, shift, scale, y):
@@ -177,7 +184,7 @@ def _normalize_runs(x, k, n_sub, param_base, weight, bias, shift, scale, y):
                     y_piece[i] = (x_piece[i] - shift) * scale * w + b
 
 
-_normalize_runs_kernel = jit(_normalize_runs, fastmath={"contract"})
+_normalize_runs_kernel = _inlined(_normalize_runs)
 
 
 def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats, mean, var,
@@ -185,31 +192,36 @@ def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats, m
     # x, y: (A, K, S * B); weight, bias: (P * S,) in x's dtype; mean,
     # var, inv_std: (K,) float64, outputs when use_input_stats (var is then
     # the biased variance), else mean and inv_std are inputs
-    for k in prange(x.shape[1]):
-        if use_input_stats:
-            mean_k, var_k = _moments_of_kernel(x, k)
-            mean[k] = mean_k
-            var[k] = var_k
-            inv_std[k] = 1.0 / np.sqrt(var_k + eps)
-        # the elementwise pass runs in x's dtype (as torch): float32 SIMD is
-        # twice as wide, and the statistics are already exact
-        _normalize_runs_kernel(x, k, n_sub, (k % n_params) * n_sub, weight, bias,
-                               x.dtype.type(mean[k]), x.dtype.type(inv_std[k]), y)
+    n_kept = x.shape[1]
+    n_chunks, per_chunk = _grad_chunks_kernel(n_kept)
+    for chunk in prange(n_chunks):
+        for k in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)):
+            if use_input_stats:
+                mean_k, var_k = _moments_of_kernel(x, k)
+                mean[k] = mean_k
+                var[k] = var_k
+                inv_std[k] = 1.0 / np.sqrt(var_k + eps)
+            # the elementwise pass runs in x's dtype (as torch): float32 SIMD is
+            # twice as wide, and the statistics are already exact
+            _normalize_runs_kernel(x, k, n_sub, (k % n_params) * n_sub, weight, bias,
+                                   x.dtype.type(mean[k]), x.dtype.type(inv_std[k]), y)
 
 
-normalize_forward_kernel = jit(_normalize_forward, parallel=True)
+normalize_forward_kernel = jit(_normalize_forward, parallel=True, fastmath=_FASTMATH)
 
 
 def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_weight_part,
                  grad_bias_part):
     """Per-``k`` sums of ``w·g`` and ``w·g·x_hat``; per-parameter sums into the parts.
 
-    ``x_hat = (x - shift) * scale`` is recomputed in x's dtype, as the forward did.
+    ``x_hat = (x - shift) * scale`` is recomputed in x's dtype, as the forward did. Each
+    piece (at most ``_SPAN``) is summed in x's dtype, the pieces in float64.
     """
     n_inner = x.shape[2] // n_sub
     sum_grad = np.float64(0.0)
     sum_grad_x_hat = np.float64(0.0)
     piece = _run_piece_kernel(x.shape[0], n_inner)
+    zero = x.dtype.type(0)
     for a in range(x.shape[0]):
         has_next = a + 1 < x.shape[0]
         for s in range(n_sub):
@@ -228,9 +240,13 @@ def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_w
                     prefetch(x[a + 1, k, ahead:ahead + piece])
                 grad_piece = grad_run[start:start + piece]
                 x_piece = x_run[start:start + piece]
+                piece_grad = zero
+                piece_grad_x_hat = zero
                 for i in range(grad_piece.shape[0]):
-                    run_grad += grad_piece[i]
-                    run_grad_x_hat += grad_piece[i] * ((x_piece[i] - shift) * scale)
+                    piece_grad += grad_piece[i]
+                    piece_grad_x_hat += grad_piece[i] * ((x_piece[i] - shift) * scale)
+                run_grad += piece_grad
+                run_grad_x_hat += piece_grad_x_hat
             w = weight[param_base + s]
             sum_grad += w * run_grad
             sum_grad_x_hat += w * run_grad_x_hat
@@ -261,11 +277,8 @@ def _input_grad_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, me
                                                - x_hat * mean_grad_x_hat)
 
 
-# reassoc: vectorised float64 sums in a compile-time order (thread-count
-# independent); contract: FMA. Both change results by rounding only; no
-# nnan/ninf, so NaN and inf propagate.
-_reduce_runs_kernel = jit(_reduce_runs, fastmath={"reassoc", "contract"})
-_input_grad_runs_kernel = jit(_input_grad_runs, fastmath={"contract"})
+_reduce_runs_kernel = _inlined(_reduce_runs)
+_input_grad_runs_kernel = _inlined(_input_grad_runs)
 
 
 def _normalize_backward(grad_out, x, weight, n_params, n_sub, mean, inv_std, use_input_stats,
@@ -276,10 +289,14 @@ def _normalize_backward(grad_out, x, weight, n_params, n_sub, mean, inv_std, use
     count = x.shape[0] * x.shape[2]
     n_kept = x.shape[1]
     n_chunks, per_chunk = _grad_chunks_kernel(n_kept)
-    grad_weight_parts = np.zeros((n_chunks, weight.shape[0]))
-    grad_bias_parts = np.zeros((n_chunks, weight.shape[0]))
+    # zeroed per chunk inside the loop: np.zeros here would be a parallel loop of its own,
+    # and each one costs waking the sleeping workers (tens of microseconds)
+    grad_weight_parts = np.empty((n_chunks, weight.shape[0]))
+    grad_bias_parts = np.empty((n_chunks, weight.shape[0]))
     to_dtype = x.dtype.type
     for chunk in prange(n_chunks):
+        grad_weight_parts[chunk] = 0.0
+        grad_bias_parts[chunk] = 0.0
         for k in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)):
             param_base = (k % n_params) * n_sub
             shift, scale = to_dtype(mean[k]), to_dtype(inv_std[k])
@@ -296,7 +313,7 @@ def _normalize_backward(grad_out, x, weight, n_params, n_sub, mean, inv_std, use
     return _sum_chunks_kernel(grad_weight_parts), _sum_chunks_kernel(grad_bias_parts)
 
 
-normalize_backward_kernel = jit(_normalize_backward, parallel=True)
+normalize_backward_kernel = jit(_normalize_backward, parallel=True, fastmath=_FASTMATH)
 
 
 # ---------------------------------------------------------------------------
@@ -312,7 +329,7 @@ def _moments(x, mean, var):
         var[k] = var_k
 
 
-moments_kernel = jit(_moments, parallel=True)
+moments_kernel = jit(_moments, parallel=True, fastmath=_FASTMATH)
 
 
 def _normalize_input_grad(grad_out, x, weight, n_params, n_sub, mean, inv_std, mean_grad,
@@ -320,133 +337,14 @@ def _normalize_input_grad(grad_out, x, weight, n_params, n_sub, mean, inv_std, m
     # dx as _normalize_backward's with input statistics, the means of w·g and w·g·x_hat
     # per k given (mean_grad, mean_grad_x_hat: (K,) float64) instead of taken over x
     to_dtype = x.dtype.type
-    for k in prange(x.shape[1]):
-        _input_grad_runs_kernel(grad_out, x, k, n_sub, (k % n_params) * n_sub, weight,
-                                to_dtype(mean[k]), to_dtype(inv_std[k]), to_dtype(mean_grad[k]),
-                                to_dtype(mean_grad_x_hat[k]), grad_x)
-
-
-normalize_input_grad_kernel = jit(_normalize_input_grad, parallel=True)
-
-
-# ---------------------------------------------------------------------------
-# Layer norm kernels on (rows, row_length): one weight per column
-# ---------------------------------------------------------------------------
-
-def _row_moments(row):
-    """Mean and biased variance of a 1-D contiguous ``row``."""
-    if row.shape[0] <= _BLOCK:
-        # the usual case, one block: no merge step
-        mean, squares = _block_moments_kernel(row)
-        return mean, squares / row.shape[0]
-    # long rows: block moments merged with Chan's update, as for the other norms
-    return _moments_of_kernel(row.reshape(1, 1, row.shape[0]), 0)
-
-
-_row_moments_kernel = jit(_row_moments)
-
-
-def _normalize_row(row, weight, bias, shift, scale, y_row):
-    """``y = x_hat * weight + bias`` with ``x_hat = (row - shift) * scale``."""
-    for i in range(row.shape[0]):
-        y_row[i] = (row[i] - shift) * scale * weight[i] + bias[i]
-
-
-_normalize_row_kernel = jit(_normalize_row, fastmath={"contract"})
-
-
-def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y):
-    # x, y: (rows, row_length); weight, bias: (row_length,) in x's dtype;
-    # mean, var (biased), inv_std: (rows,) float64 outputs
-    for row in prange(x.shape[0]):
-        if row + _PREFETCH_ROWS < x.shape[0]:
-            prefetch(x[row + _PREFETCH_ROWS])
-        # the second pass over the row (in the normalisation) hits L1
-        mean_row, var_row = _row_moments_kernel(x[row])
-        mean[row] = mean_row
-        var[row] = var_row
-        inv_std[row] = 1.0 / np.sqrt(var_row + eps)
-        # elementwise in x's dtype, as in _normalize_forward
-        _normalize_row_kernel(x[row], weight, bias, x.dtype.type(mean_row),
-                              x.dtype.type(inv_std[row]), y[row])
-
-
-layer_norm_forward_kernel = jit(_layer_norm_forward, parallel=True)
-
-
-def _move_into(partial, total):
-    """``total += partial`` (widening to ``total``'s dtype), then ``partial = 0``."""
-    for i in range(partial.shape[0]):
-        total[i] += partial[i]
-        partial[i] = 0
-
-
-# fastmath as for the (A, K, S, B) backward kernels above
-_move_into_kernel = jit(_move_into, fastmath={"reassoc", "contract"})
-
-
-def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_x):
-    # grad_out, x, grad_x: (rows, row_length); weight: (row_length,) in x's
-    # dtype; mean, inv_std: (rows,) float64. Returns grad_weight and grad_bias,
-    # (row_length,) float64, summed per fixed chunk of rows, then over chunks.
-    # Per row, two passes written out here (as calls, the same loops run slower):
-    # the first brings the row in from memory and does nothing but its two sums, so
-    # that its few instructions per line keep many loads in flight; the second, in
-    # L1, writes dx and adds the per-column parameter terms.
-    n_rows, row_length = x.shape
-    n_chunks, per_chunk = _grad_chunks_kernel(n_rows)
-    # each chunk's sums zeroed by the thread that fills them, in parallel
-    grad_weight_parts = np.empty((n_chunks, row_length))
-    grad_bias_parts = np.empty((n_chunks, row_length))
-    to_dtype = x.dtype.type
+    n_kept = x.shape[1]
+    n_chunks, per_chunk = _grad_chunks_kernel(n_kept)
     for chunk in prange(n_chunks):
-        grad_weight_parts[chunk] = 0.0
-        grad_bias_parts[chunk] = 0.0
-        tile_grad_weight = np.zeros(row_length, dtype=x.dtype)
-        tile_grad_bias = np.zeros(row_length, dtype=x.dtype)
-        chunk_stop = min((chunk + 1) * per_chunk, n_rows)
-        for tile_start in range(chunk * per_chunk, chunk_stop, _PARAM_TILE):
-            for row in range(tile_start, min(tile_start + _PARAM_TILE, chunk_stop)):
-                shift, scale = to_dtype(mean[row]), to_dtype(inv_std[row])
-                grad_row, x_row = grad_out[row], x[row]
-                # sum(w·g) and sum(w·g·(x - shift)), in float32 spans
-                sum_grad = np.float64(0.0)
-                sum_grad_centred = np.float64(0.0)
-                for start in range(0, row_length, _SPAN):
-                    grad_span = grad_row[start:start + _SPAN]
-                    x_span = x_row[start:start + _SPAN]
-                    weight_span = weight[start:start + _SPAN]
-                    part_grad = to_dtype(0.0)
-                    part_centred = to_dtype(0.0)
-                    for i in range(grad_span.shape[0]):
-                        weighted = weight_span[i] * grad_span[i]
-                        part_grad += weighted
-                        part_centred += weighted * (x_span[i] - shift)
-                    sum_grad += part_grad
-                    sum_grad_centred += part_centred
-                # dx = scale·(w·g − mean(w·g) − x_hat·mean(w·g·x_hat)); g·x_hat and g
-                # into the tile sums (x_hat = (x − shift)·scale, as the forward's)
-                if needs_grad_x:
-                    mean_grad = to_dtype(sum_grad / row_length)
-                    mean_grad_x_hat = to_dtype(sum_grad_centred * inv_std[row] / row_length)
-                    grad_x_row = grad_x[row]
-                    for i in range(row_length):
-                        g = grad_row[i]
-                        x_hat = (x_row[i] - shift) * scale
-                        tile_grad_weight[i] += g * x_hat
-                        tile_grad_bias[i] += g
-                        grad_x_row[i] = scale * (weight[i] * g - mean_grad
-                                                 - x_hat * mean_grad_x_hat)
-                else:
-                    for i in range(row_length):
-                        g = grad_row[i]
-                        tile_grad_weight[i] += g * ((x_row[i] - shift) * scale)
-                        tile_grad_bias[i] += g
-            _move_into_kernel(tile_grad_weight, grad_weight_parts[chunk])
-            _move_into_kernel(tile_grad_bias, grad_bias_parts[chunk])
-    return _sum_chunks_kernel(grad_weight_parts), _sum_chunks_kernel(grad_bias_parts)
+        for k in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_kept)):
+            _input_grad_runs_kernel(grad_out, x, k, n_sub, (k % n_params) * n_sub, weight,
+                                    to_dtype(mean[k]), to_dtype(inv_std[k]),
+                                    to_dtype(mean_grad[k]), to_dtype(mean_grad_x_hat[k]),
+                                    grad_x)
 
 
-# fastmath as for the (A, K, S, B) backward kernels above (reassoc: the sums vectorise)
-layer_norm_backward_kernel = jit(_layer_norm_backward, parallel=True,
-                                 fastmath={"reassoc", "contract"})
+normalize_input_grad_kernel = jit(_normalize_input_grad, parallel=True, fastmath=_FASTMATH)

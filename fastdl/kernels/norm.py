@@ -32,8 +32,9 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
   statistics hold ~1e-7 of the spread at any offset, and the memory-bound
   passes run at the full SIMD width.
 * Backward per ``k`` does the two reductions ``sum(w * g)`` and
-  ``sum(w * g * x_hat)`` then writes ``dx`` in a second pass over the (cached)
-  data. ``grad_weight`` / ``grad_bias`` are summed per fixed chunk of ``k``
+  ``sum(w * g * x_hat)`` (in x's dtype over pieces of at most ``_SPAN``
+  elements, the pieces added in float64, as the statistics) then writes ``dx``
+  in a second pass over the (cached) data. ``grad_weight`` / ``grad_bias`` are summed per fixed chunk of ``k``
   into a ``(chunks, P * S)`` float64 buffer, then over chunks in order, all
   inside the kernel: the Python between kernels runs with caches the kernel
   has just flushed, so each NumPy call there costs tens of microseconds.
@@ -49,6 +50,13 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
 * Reproducibility: every reduction runs sequentially inside one ``k`` or one
   fixed chunk, and neither depends on the thread count, so results are bitwise
   identical at any number of threads (torch's are not: pytorch#88718).
+* One parallel loop per kernel call, over the fixed chunks: the workers sleep
+  between parallel loops (``OMP_WAIT_POLICY=passive``) and each loop wakes them,
+  tens of microseconds on a busy host. Even an ``np.zeros`` in a parallel kernel
+  is a parallel loop of its own: the backward's per-chunk parameter sums were
+  zeroed that way, and zeroing them inside the chunk loop made the batch, group
+  and instance norm backward 10-20 % faster. The compiled loops are in
+  ``_norm_loops`` (and ``_norm_rows`` for layer norm).
 """
 import math
 
