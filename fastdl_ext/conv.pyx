@@ -23,12 +23,18 @@ Row-major GEMM goes through column-major BLAS with the operands swapped
 
 For 1×1 kernels with stride 1 and no padding the input tile *is* the column
 matrix (leading dimension ``H*W``): no unfolding.
+
+Small maps (``*_images_into``): a work item is several whole images, their column
+matrices side by side, so that each GEMM is as wide as their positions together; a
+stride-2 conv unfolds (and folds back) whole images through each padded row's even
+and odd pixels (``include/fastdl_unfold.h``).
 """
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from fastdl_ext._epilogue cimport epilogue_rows
+from fastdl_ext._unfold cimport fastdl_unfold_geometry, fastdl_unfold_scratch, unfold_s2
 from fastdl_ext._blas cimport floating, gemm as _gemm
 
 
@@ -64,13 +70,13 @@ cdef inline void _zero(floating* column, int begin, int end) noexcept nogil:
         memset(column + begin, 0, (end - begin) * sizeof(floating))
 
 
-cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* image,
-                     bint scatter) noexcept nogil:
+cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, int ld,
+                     floating* image, bint scatter) noexcept nogil:
     """Unfold (``scatter`` False) or fold back (True) one tile of output positions.
 
     Unfold: ``cols[(c*kH + i)*kW + j, t] = image[c, y, x]`` of position
-    ``start + t`` (0 outside the image). Fold: the adjoint, scatter-adding the
-    columns into ``image``. The tile is walked one output row at a time, so the
+    ``start + t`` (0 outside the image), rows ``ld`` apart. Fold: the adjoint,
+    scatter-adding the columns into ``image``. The tile is walked one output row at a time, so the
     bounds are decided per row segment and the inner loops are plain strided
     copies the compiler vectorises.
     """
@@ -89,7 +95,7 @@ cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* 
                 ox_begin = first_column
                 while t < tile:
                     ox_end = min(g.out_w, ox_begin + tile - t)
-                    column = cols + <Py_ssize_t>row * tile + t - ox_begin
+                    column = cols + <Py_ssize_t>row * ld + t - ox_begin
                     iy = oy * g.stride_h - g.pad_h + i * g.dilation_h
                     pixels = image + (<Py_ssize_t>c * g.height + iy) * g.width + offset
                     lo = max(first, ox_begin)
@@ -121,13 +127,13 @@ cdef void _walk_tile(floating* cols, Geometry g, int start, int tile, floating* 
 
 
 cdef inline void _im2col_tile(const floating* image, Geometry g, int start, int tile,
-                              floating* cols) noexcept nogil:
-    _walk_tile(cols, g, start, tile, <floating*>image, False)
+                              floating* cols, int ld) noexcept nogil:
+    _walk_tile(cols, g, start, tile, ld, <floating*>image, False)
 
 
 cdef inline void _col2im_tile(const floating* cols, Geometry g, int start, int tile,
-                              floating* image) noexcept nogil:
-    _walk_tile(<floating*>cols, g, start, tile, image, True)
+                              floating* image, int ld) noexcept nogil:
+    _walk_tile(<floating*>cols, g, start, tile, ld, image, True)
 
 
 cdef Geometry _geometry(int channels, int height, int width, int kernel_h, int kernel_w,
@@ -152,7 +158,7 @@ cdef inline floating* _columns(const floating* image, Geometry g, int start, int
     if pointwise:
         leading[0] = g.height * g.width
         return <floating*>image + start
-    _im2col_tile(image, g, start, width_t, cols)
+    _im2col_tile(image, g, start, width_t, cols, width_t)
     leading[0] = width_t
     return cols
 
@@ -309,7 +315,8 @@ cdef void _grad_input_by_channels(const floating[:, :, :, ::1] grad_out,
                                   &weight[group * out_per_group, 0, 0, 0] + first * window, k,
                                   0, cols, width_t)
                             _col2im_tile(cols, part, start, width_t,
-                                         &grad_input[image, group * g.channels + first, 0, 0])
+                                         &grad_input[image, group * g.channels + first, 0, 0],
+                                         width_t)
         free(cols)
 
 
@@ -360,5 +367,227 @@ def conv2d_grad_input_into(const floating[:, :, :, ::1] grad_out,
                               &grad_out[image, group * out_per_group, 0, 0] + start, positions,
                               &weight[group * out_per_group, 0, 0, 0], k, 0, cols, width_t)
                         _col2im_tile(cols, g, start, width_t,
-                                     &grad_input[image, group * g.channels, 0, 0])
+                                     &grad_input[image, group * g.channels, 0, 0], width_t)
                 free(cols)
+
+
+# ----------------------------------------------------------- several images a tile
+# Small maps (a strided conv's 8 x 8 output is 64 positions) make one image's
+# tile a thin GEMM that runs at half of BLAS's speed. These variants take whole
+# images, ``images`` at a time: their column matrices side by side (K, images * P),
+# grad_out's channel rows gathered the same way, and the forward's result scattered
+# back to each image.
+
+cdef void _gather_rows(const floating* source, Py_ssize_t image_stride, int rows,
+                       int positions, int images, floating* target) noexcept nogil:
+    """target[r, b * positions + p] = source[b * image_stride + r * positions + p]."""
+    cdef int b, r
+    cdef Py_ssize_t width = <Py_ssize_t>images * positions
+    for b in range(images):
+        for r in range(rows):
+            memcpy(target + r * width + b * positions,
+                   source + b * image_stride + <Py_ssize_t>r * positions,
+                   positions * sizeof(floating))
+
+
+cdef void _scatter_rows(const floating* source, int rows, int positions, int images,
+                        floating* target, Py_ssize_t image_stride) noexcept nogil:
+    """The inverse of _gather_rows."""
+    cdef int b, r
+    cdef Py_ssize_t width = <Py_ssize_t>images * positions
+    for b in range(images):
+        for r in range(rows):
+            memcpy(target + b * image_stride + <Py_ssize_t>r * positions,
+                   source + r * width + b * positions, positions * sizeof(floating))
+
+
+cdef inline bint _by_halves(Geometry g) noexcept nogil:
+    """Stride-2 undilated convs unfold whole images through each row's even and odd
+    pixels (``unfold_s2``): the general walk decides the bounds of every strided run
+    of one output row and tap again, and cost a third of the GEMMs it fed."""
+    return (g.stride_h == 2 and g.stride_w == 2 and g.dilation_h == 1
+            and g.dilation_w == 1)
+
+
+cdef inline fastdl_unfold_geometry _unfold_geometry(Geometry g, int out_h) noexcept nogil:
+    cdef fastdl_unfold_geometry u
+    u.channels, u.height, u.width = g.channels, g.height, g.width
+    u.kernel_h, u.kernel_w, u.pad_h, u.pad_w = g.kernel_h, g.kernel_w, g.pad_h, g.pad_w
+    u.out_h, u.out_w = out_h, g.out_w
+    return u
+
+
+cdef inline Py_ssize_t _scratch_size(Geometry g, int out_h) noexcept nogil:
+    return fastdl_unfold_scratch(_unfold_geometry(g, out_h)) if _by_halves(g) else 0
+
+
+cdef void _unfold_images(const floating* image, Py_ssize_t image_stride, Geometry g,
+                         int positions, int images, floating* cols,
+                         floating* phases) noexcept nogil:
+    """The column matrices of ``images`` whole images side by side (K, images * P)."""
+    cdef int b
+    for b in range(images):
+        if phases != NULL:
+            unfold_s2(<floating*>image + b * image_stride,
+                      _unfold_geometry(g, positions // g.out_w), cols + b * positions,
+                      images * positions, phases, False)
+        else:
+            _im2col_tile(image + b * image_stride, g, 0, positions, cols + b * positions,
+                         images * positions)
+
+
+def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
+                               const floating[:, :, :, ::1] weight,
+                               floating[:, :, :, ::1] out, tuple stride, tuple padding,
+                               tuple dilation, int groups, int images, int num_threads,
+                               const floating[::1] bias=None,
+                               const floating[:, :, :, ::1] residual=None,
+                               bint activate=False, double slope=0.0):
+    """``conv2d_forward_into`` with work items of ``images`` whole images (one GEMM
+    over all their positions each)."""
+    cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
+    cdef int out_channels = weight.shape[0], kernel_h = weight.shape[2]
+    cdef int kernel_w = weight.shape[3]
+    cdef int out_w = out.shape[3]
+    cdef int positions = out.shape[2] * out_w
+    cdef int out_per_group = out_channels // groups
+    cdef Geometry g = _geometry(weight.shape[1], height, width, kernel_h, kernel_w, stride,
+                                padding, dilation, out_w)
+    cdef int k = g.channels * kernel_h * kernel_w
+    cdef int items = (n_images + images - 1) // images
+    cdef int item, first, count, width_t, group, b
+    cdef floating* cols
+    cdef floating* result
+    cdef floating* phases
+    cdef Py_ssize_t phase_size = _scratch_size(g, out.shape[2])
+    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
+    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
+        else NULL
+    cdef floating slope_value = <floating>slope
+    cdef Py_ssize_t in_stride = <Py_ssize_t>x.shape[1] * height * width
+    cdef Py_ssize_t out_stride = <Py_ssize_t>out_channels * positions
+    if n_images == 0 or positions == 0:
+        return
+    with nogil:
+        for item in prange(items, num_threads=num_threads, schedule="static"):
+            first = item * images
+            count = min(images, n_images - first)
+            width_t = count * positions
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
+            result = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
+            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
+            for group in range(groups):
+                _unfold_images(&x[first, group * g.channels, 0, 0], in_stride, g, positions,
+                               count, cols, phases)
+                _gemm(c'N', c'N', width_t, out_per_group, k, 1, cols, width_t,
+                      &weight[group * out_per_group, 0, 0, 0], k, 0, result, width_t)
+                _scatter_rows(result, out_per_group, positions, count,
+                              &out[first, group * out_per_group, 0, 0], out_stride)
+            if bias_ptr != NULL or residual_ptr != NULL or activate:
+                for b in range(count):
+                    _epilogue(&out[first + b, 0, 0, 0], out_channels, positions, positions,
+                              bias_ptr, residual_ptr + (first + b) * out_stride
+                              if residual_ptr != NULL else NULL, activate, slope_value)
+            free(phases)
+            free(result)
+            free(cols)
+
+
+def conv2d_grad_weight_images_into(const floating[:, :, :, ::1] x,
+                                   const floating[:, :, :, ::1] grad_out,
+                                   floating[:, :, :, ::1] partial, tuple weight_shape,
+                                   tuple stride, tuple padding, tuple dilation, int groups,
+                                   int images, int num_threads):
+    """``conv2d_grad_weight_into`` with work items of ``images`` whole images: each GEMM
+    sums over all their positions."""
+    cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
+    cdef int out_channels = weight_shape[0], kernel_h = weight_shape[2]
+    cdef int kernel_w = weight_shape[3]
+    cdef int out_w = grad_out.shape[3]
+    cdef int positions = grad_out.shape[2] * out_w
+    cdef int out_per_group = out_channels // groups
+    cdef Geometry g = _geometry(weight_shape[1], height, width, kernel_h, kernel_w, stride,
+                                padding, dilation, out_w)
+    cdef int k = g.channels * kernel_h * kernel_w
+    cdef int items = (n_images + images - 1) // images
+    cdef int item, first, count, width_t, group, thread
+    cdef floating* cols
+    cdef floating* rows
+    cdef floating* phases
+    cdef Py_ssize_t phase_size = _scratch_size(g, grad_out.shape[2])
+    cdef Py_ssize_t in_stride = <Py_ssize_t>x.shape[1] * height * width
+    cdef Py_ssize_t out_stride = <Py_ssize_t>out_channels * positions
+    if n_images == 0 or positions == 0:
+        return
+    with nogil:
+        for item in prange(items, num_threads=num_threads, schedule="static"):
+            thread = threadid()
+            first = item * images
+            count = min(images, n_images - first)
+            width_t = count * positions
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
+            rows = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
+            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
+            for group in range(groups):
+                _unfold_images(&x[first, group * g.channels, 0, 0], in_stride, g, positions,
+                               count, cols, phases)
+                _gather_rows(&grad_out[first, group * out_per_group, 0, 0], out_stride,
+                             out_per_group, positions, count, rows)
+                _gemm(c'T', c'N', out_per_group, k, width_t, 1, rows, width_t, cols, width_t,
+                      1, &partial[thread, group, 0, 0], out_per_group)
+            free(phases)
+            free(rows)
+            free(cols)
+
+
+def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
+                                  const floating[:, :, :, ::1] weight,
+                                  floating[:, :, :, ::1] grad_input, tuple stride,
+                                  tuple padding, tuple dilation, int groups, int images,
+                                  int num_threads):
+    """``conv2d_grad_input_into`` with work items of ``images`` whole images (disjoint
+    writes); ``grad_input`` must be zero on entry."""
+    cdef int n_images = grad_input.shape[0], height = grad_input.shape[2]
+    cdef int width = grad_input.shape[3]
+    cdef int out_channels = weight.shape[0], kernel_h = weight.shape[2]
+    cdef int kernel_w = weight.shape[3]
+    cdef int out_w = grad_out.shape[3]
+    cdef int positions = grad_out.shape[2] * out_w
+    cdef int out_per_group = out_channels // groups
+    cdef Geometry g = _geometry(weight.shape[1], height, width, kernel_h, kernel_w, stride,
+                                padding, dilation, out_w)
+    cdef int k = g.channels * kernel_h * kernel_w
+    cdef int items = (n_images + images - 1) // images
+    cdef int item, first, count, width_t, group, b
+    cdef floating* cols
+    cdef floating* rows
+    cdef floating* phases
+    cdef Py_ssize_t phase_size = _scratch_size(g, grad_out.shape[2])
+    cdef Py_ssize_t in_stride = <Py_ssize_t>grad_input.shape[1] * height * width
+    cdef Py_ssize_t out_stride = <Py_ssize_t>out_channels * positions
+    if n_images == 0 or positions == 0:
+        return
+    with nogil:
+        for item in prange(items, num_threads=num_threads, schedule="static"):
+            first = item * images
+            count = min(images, n_images - first)
+            width_t = count * positions
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
+            rows = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
+            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
+            for group in range(groups):
+                _gather_rows(&grad_out[first, group * out_per_group, 0, 0], out_stride,
+                             out_per_group, positions, count, rows)
+                _gemm(c'N', c'T', width_t, k, out_per_group, 1, rows, width_t,
+                      &weight[group * out_per_group, 0, 0, 0], k, 0, cols, width_t)
+                for b in range(count):
+                    if phases != NULL:
+                        unfold_s2(&grad_input[first + b, group * g.channels, 0, 0],
+                                  _unfold_geometry(g, positions // out_w),
+                                  cols + b * positions, width_t, phases, True)
+                    else:
+                        _col2im_tile(cols + b * positions, g, 0, positions,
+                                     &grad_input[first + b, group * g.channels, 0, 0], width_t)
+            free(phases)
+            free(rows)
+            free(cols)

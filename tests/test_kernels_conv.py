@@ -178,3 +178,65 @@ def test_fused_activation_keeps_nan_and_matches_unfused(dtype, slope, rng):
     expected = np.where(plain > 0, plain, slope * plain)
     assert np.isnan(fused).sum() == np.isnan(plain).sum() > 0
     np.testing.assert_array_equal(fused, expected)
+
+
+# Small maps batch several whole images into one GEMM; stride 2 unfolds through each
+# row's even and odd pixels. Pads 0-3 (odd and even), odd and even sizes, rectangular
+# kernels, groups; batches that leave a short last work item; 2 threads where the
+# work is large enough.
+IMAGE_CASES = [
+    # (N, C_in, H, W, C_out, (kh, kw), stride, padding, groups)
+    (5, 3, 9, 8, 4, (3, 3), 2, 1, 1),
+    (6, 4, 8, 11, 6, (2, 3), 2, 0, 2),
+    (4, 2, 7, 7, 3, (4, 5), 2, 3, 1),
+    (7, 5, 10, 9, 2, (3, 1), 2, 2, 1),
+    (4, 3, 9, 9, 4, (3, 3), 3, 1, 1),
+    (9, 32, 16, 16, 32, (3, 3), 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 2e-5), (np.float64, 1e-11)])
+def test_whole_image_items_match_the_reference(case, dtype, rtol, rng):
+    from fastdl_ext import conv as compiled
+    n, c, h, w, c_out, kernel, stride, padding, groups = case
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c // groups) + kernel).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    pairs = (stride, stride), (padding, padding), (1, 1)
+    expected = conv2d_reference(x, weight, bias, *pairs, groups)
+    scale = np.abs(expected).max()
+    for images, threads in ((2, 1), (3, 2), (n, 1)):
+        out = np.full(expected.shape, np.nan, dtype)
+        compiled.conv2d_forward_images_into(x, weight, out, *pairs, groups, images, threads,
+                                            bias)
+        np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * scale)
+    # the public backward kernels (images batched where the rule says so) through the
+    # adjoint identities <conv(x, w), g> = <x, grad_input> = <w, grad_weight>
+    grad_out = rng.normal(size=expected.shape).astype(dtype)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, *pairs, groups)
+    grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, *pairs, groups)
+    for images, threads in ((2, 1), (3, 2)):
+        by_items = np.zeros(x.shape, dtype)
+        compiled.conv2d_grad_input_images_into(grad_out, weight, by_items, *pairs, groups,
+                                               images, threads)
+        np.testing.assert_allclose(by_items, grad_input, rtol=rtol, atol=rtol * scale)
+    forward = conv2d_reference(x.astype(np.float64), weight.astype(np.float64), None, *pairs,
+                               groups)
+    inner = np.sum(forward * grad_out)
+    total = np.sum(np.abs(forward * grad_out))
+    assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * total
+    assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * total
+
+
+def test_images_per_item_balances_threads():
+    # 64 positions of 576 taps: 4 images an item at batch 32 (8 items, 4 a thread)
+    assert conv._images_per_item(32, 576, 64, 4, 2) == 4
+    assert conv._images_per_item(3, 576, 64, 4, 2) == 1            # an image a thread
+    assert conv._images_per_item(1, 576, 64, 4, 2) == 0            # tiles split it
+    assert conv._images_per_item(32, 576, 1024, 4, 2) == 0         # over the budget
+    assert conv._images_per_item(32, 1, 16, 4, 2, pointwise=True) == 0
+    n, threads = 33, 2
+    images = conv._images_per_item(n, 576, 64, 4, threads)
+    items = -(-n // images)
+    assert -(-items // threads) * images <= 18                     # 17 is the ideal

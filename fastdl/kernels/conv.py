@@ -1,7 +1,8 @@
 """2-D convolution and transposed convolution, forward and backward (fastdl_ext + BLAS).
 
 The compiled loops live in ``fastdl_ext/conv.pyx`` (tiled im2col/col2im with
-OpenMP, single-threaded GEMM from SciPy's BLAS per tile); 3×3 stride-1 convs
+OpenMP, single-threaded GEMM from SciPy's BLAS per tile, or per several whole images
+where one image's map is small: ``_images_per_item``); 3×3 stride-1 convs
 with enough channels take Winograd's F(2×2, 3×3) instead (``winograd.py``), and
 depthwise convs (groups == input channels, 3×3 or 5×5) direct loops of their own
 (``depthwise.py``), forward and both gradients. This module chooses
@@ -37,8 +38,48 @@ _TILE_BYTES = 256 * 1024
 _WORK_PER_THREAD = 1_000_000
 
 
+# Whole images per im2col work item, their column matrices side by side, where one
+# image's columns take at most this many bytes: each GEMM is then as wide as their
+# positions together (a tile of one image is a thin GEMM on small maps), and a stride-2
+# conv unfolds whole images through each row's even and odd pixels. Batch 32, 3x3
+# stride 2, 2 threads, against tiles within an image: 64 -> 128 at 16² (4 images an
+# item), input gradient 2.11 -> 1.58 ms, weight gradient 1.89 -> 1.65; 128 -> 256 at 8²,
+# 3.07 -> 1.65 and 2.26 -> 1.87; 64 -> 128 at 32² (one image an item), 8.7 -> 5.6 and
+# 6.7 -> 5.3.
+_IMAGES_BYTES = 1024 * 1024
+# Output channels from which a stride-2 conv (kernel over 1x1) runs its forward as
+# whole-image GEMMs rather than the direct loops (whose 8-lane vectors bound them below the GEMMs' at many
+# channels): batch 32, 2 threads, 64 -> 128 at 16², 1.77 vs 1.85 ms; 128 -> 256 at 8²,
+# 1.80 vs 2.58; 64 -> 128 at 32², 6.0 vs 7.2; but 32 -> 64 at 16², 0.74 vs 0.55.
+_GEMM_FORWARD_CHANNELS = 128
+
+
 def _threads_for(multiply_adds):
     return max(1, min(runtime.get_num_threads(), multiply_adds // _WORK_PER_THREAD))
+
+
+def _images_per_item(n_images, k, positions, itemsize, threads, pointwise=False):
+    """Whole images per im2col work item (``_IMAGES_BYTES``), or 0 for tiles within one
+    image (an image's columns over the budget, fewer images than threads, or a
+    pointwise conv, whose input is its column matrix).
+
+    The count is the one from 4 (or the most allowed) up to the budget that gives
+    the busiest thread the fewest images, the larger on ties.
+    """
+    image_bytes = k * positions * itemsize
+    if pointwise or image_bytes > _IMAGES_BYTES or n_images < threads:
+        return 0
+    most = max(1, min(n_images // threads, _IMAGES_BYTES // image_bytes))
+
+    def busiest(images):
+        items = -(-n_images // images)
+        return -(-items // threads) * images
+    return min(range(most, min(4, most) - 1, -1), key=busiest)
+
+
+def _is_pointwise(kernel_size, stride, padding):
+    return tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1) and \
+        tuple(padding) == (0, 0)
 
 
 def _tile_size(k, positions, itemsize, n_images, threads):
@@ -128,6 +169,14 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape):
         return depthwise.forward_runner(input_shape, weight, bias, stride, padding, threads,
                                         negative_slope)
+    k = c_in_group * kh * kw
+    images = _images_per_item(n, k, positions, weight.itemsize, threads,
+                              _is_pointwise((kh, kw), stride, padding))
+    if (images and stride == (2, 2) and dilation == (1, 1) and kh * kw > 1
+            and c_out >= _GEMM_FORWARD_CHANNELS):
+        return fused_runner(_ext.conv2d_forward_images_into, out_shape, weight,
+                            (stride, padding, dilation, groups, images, threads), bias,
+                            negative_slope)
     # direct before Winograd: up to 32 output channels Winograd's 16 GEMMs are too
     # thin (ResNet's first stage, 16 -> 16 at 32²: 1.5 vs 3.3 ms at batch 32)
     if direct.applies(weight.shape, stride, dilation, groups, input_shape, padding,
@@ -137,7 +186,11 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     if winograd.applies(weight.shape, stride, dilation, groups):
         return winograd.forward_runner(input_shape, weight, bias, padding,
                                        _threads_for(multiply_adds * 4 // 9), negative_slope)
-    tile = _tile_size(c_in_group * kh * kw, positions, weight.itemsize, n, threads)
+    if images:
+        return fused_runner(_ext.conv2d_forward_images_into, out_shape, weight,
+                            (stride, padding, dilation, groups, images, threads), bias,
+                            negative_slope)
+    tile = _tile_size(k, positions, weight.itemsize, n, threads)
     return fused_runner(_ext.conv2d_forward_into, out_shape, weight,
                         (stride, padding, dilation, groups, tile, threads), bias, negative_slope)
 
@@ -208,6 +261,12 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
         return winograd.grad_input(grad_out, weight, grad_input, padding,
                                    _threads_for(multiply_adds * 4 // 9))
     threads = _threads_for(multiply_adds)
+    images = _images_per_item(grad_out.shape[0], k, positions, grad_out.itemsize, threads,
+                              _is_pointwise(weight.shape[2:], stride, padding))
+    if images:
+        _ext.conv2d_grad_input_images_into(grad_out, weight, grad_input, stride, padding,
+                                           dilation, groups, images, threads)
+        return grad_input
     tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0], threads)
     if grad_out.shape[0] < threads <= weight.shape[1]:
         # Threads split the channels of each tile and meet at a barrier per tile:
@@ -306,9 +365,15 @@ def _grad_weight_gemm(x, grad_out, weight_shape, stride, padding, dilation, grou
     threads = _threads_for(multiply_adds)
     out_per_group = weight_shape[0] // groups
     partial = np.zeros((threads, groups, k, out_per_group), dtype=x.dtype)
-    tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
-    _ext.conv2d_grad_weight_into(x, grad_out, partial, tuple(weight_shape), stride, padding,
-                                 dilation, groups, tile, threads)
+    images = _images_per_item(x.shape[0], k, positions, x.itemsize, threads,
+                              _is_pointwise(weight_shape[2:], stride, padding))
+    if images:
+        _ext.conv2d_grad_weight_images_into(x, grad_out, partial, tuple(weight_shape), stride,
+                                            padding, dilation, groups, images, threads)
+    else:
+        tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
+        _ext.conv2d_grad_weight_into(x, grad_out, partial, tuple(weight_shape), stride,
+                                     padding, dilation, groups, tile, threads)
     summed = partial[0] if threads == 1 else partial.sum(axis=0)   # (groups, K, C_out/g)
     return np.ascontiguousarray(summed.transpose(0, 2, 1)).reshape(tuple(weight_shape))
 
