@@ -235,6 +235,8 @@ def test_images_per_item_balances_threads():
     assert conv._images_per_item(3, 576, 64, 4, 2) == 1            # an image a thread
     assert conv._images_per_item(1, 576, 64, 4, 2) == 0            # tiles split it
     assert conv._images_per_item(32, 576, 1024, 4, 2) == 0         # over the budget
+    assert conv._images_per_item(32, 27, 1024, 4, 2) == 0          # wide enough alone
+    assert conv._images_per_item(32, 27, 1024, 4, 2, halves=True) == 8
     assert conv._images_per_item(32, 1, 16, 4, 2, pointwise=True) == 0
     n, threads = 33, 2
     images = conv._images_per_item(n, 576, 64, 4, threads)

@@ -47,10 +47,12 @@ _WORK_PER_THREAD = 1_000_000
 # 3.07 -> 1.65 and 2.26 -> 1.87; 64 -> 128 at 32² (one image an item), 8.7 -> 5.6 and
 # 6.7 -> 5.3.
 _IMAGES_BYTES = 1024 * 1024
+_THIN_POSITIONS = 256
 # Output channels from which a stride-2 conv (kernel over 1x1) runs its forward as
-# whole-image GEMMs rather than the direct loops (whose 8-lane vectors bound them below the GEMMs' at many
-# channels): batch 32, 2 threads, 64 -> 128 at 16², 1.77 vs 1.85 ms; 128 -> 256 at 8²,
-# 1.80 vs 2.58; 64 -> 128 at 32², 6.0 vs 7.2; but 32 -> 64 at 16², 0.74 vs 0.55.
+# whole-image GEMMs rather than the direct loops (whose 8-lane vectors bound them below
+# the GEMMs' at many channels): batch 32, 2 threads, 64 -> 128 at 16², 1.77 vs 1.85 ms;
+# 128 -> 256 at 8², 1.80 vs 2.58; 64 -> 128 at 32², 6.0 vs 7.2; but 32 -> 64 at 16²,
+# 0.74 vs 0.55.
 _GEMM_FORWARD_CHANNELS = 128
 
 
@@ -58,16 +60,22 @@ def _threads_for(multiply_adds):
     return max(1, min(runtime.get_num_threads(), multiply_adds // _WORK_PER_THREAD))
 
 
-def _images_per_item(n_images, k, positions, itemsize, threads, pointwise=False):
-    """Whole images per im2col work item (``_IMAGES_BYTES``), or 0 for tiles within one
-    image (an image's columns over the budget, fewer images than threads, or a
-    pointwise conv, whose input is its column matrix).
+def _images_per_item(n_images, k, positions, itemsize, threads, pointwise=False,
+                     halves=False):
+    """Whole images per im2col work item, or 0 for tiles within one image.
 
-    The count is the one from 4 (or the most allowed) up to the budget that gives
-    the busiest thread the fewest images, the larger on ties.
+    Images are taken whole where an image has fewer than ``_THIN_POSITIONS``
+    positions (its tile is a thin GEMM) or the conv unfolds by halves (stride 2,
+    ``halves``), its columns fit ``_IMAGES_BYTES`` and every thread gets an item;
+    not for a pointwise conv, whose input is its column matrix. (On larger maps at
+    stride 1 the tiles read grad_out in place, where whole images gather it: batch
+    32, 3 -> 32 at 32², 1.86 vs 2.03 ms a training step.) The count is the one from 4
+    (or the most allowed) up to the budget that gives the busiest thread the fewest
+    images, the larger on ties.
     """
     image_bytes = k * positions * itemsize
-    if pointwise or image_bytes > _IMAGES_BYTES or n_images < threads:
+    if (pointwise or image_bytes > _IMAGES_BYTES or n_images < threads
+            or (positions >= _THIN_POSITIONS and not halves)):
         return 0
     most = max(1, min(n_images // threads, _IMAGES_BYTES // image_bytes))
 
@@ -75,6 +83,15 @@ def _images_per_item(n_images, k, positions, itemsize, threads, pointwise=False)
         items = -(-n_images // images)
         return -(-items // threads) * images
     return min(range(most, min(4, most) - 1, -1), key=busiest)
+
+
+def _image_items(n_images, weight_shape, positions, itemsize, threads, stride, padding,
+                 dilation):
+    """``_images_per_item`` for a conv of these hyper-parameters."""
+    return _images_per_item(n_images, weight_shape[1] * weight_shape[2] * weight_shape[3],
+                            positions, itemsize, threads,
+                            _is_pointwise(weight_shape[2:], stride, padding),
+                            tuple(stride) == (2, 2) and tuple(dilation) == (1, 1))
 
 
 def _is_pointwise(kernel_size, stride, padding):
@@ -170,8 +187,8 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
         return depthwise.forward_runner(input_shape, weight, bias, stride, padding, threads,
                                         negative_slope)
     k = c_in_group * kh * kw
-    images = _images_per_item(n, k, positions, weight.itemsize, threads,
-                              _is_pointwise((kh, kw), stride, padding))
+    images = _image_items(n, weight.shape, positions, weight.itemsize, threads, stride,
+                          padding, dilation)
     if (images and stride == (2, 2) and dilation == (1, 1) and kh * kw > 1
             and c_out >= _GEMM_FORWARD_CHANNELS):
         return fused_runner(_ext.conv2d_forward_images_into, out_shape, weight,
@@ -261,8 +278,8 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
         return winograd.grad_input(grad_out, weight, grad_input, padding,
                                    _threads_for(multiply_adds * 4 // 9))
     threads = _threads_for(multiply_adds)
-    images = _images_per_item(grad_out.shape[0], k, positions, grad_out.itemsize, threads,
-                              _is_pointwise(weight.shape[2:], stride, padding))
+    images = _image_items(grad_out.shape[0], weight.shape, positions, grad_out.itemsize,
+                          threads, stride, padding, dilation)
     if images:
         _ext.conv2d_grad_input_images_into(grad_out, weight, grad_input, stride, padding,
                                            dilation, groups, images, threads)
@@ -365,8 +382,8 @@ def _grad_weight_gemm(x, grad_out, weight_shape, stride, padding, dilation, grou
     threads = _threads_for(multiply_adds)
     out_per_group = weight_shape[0] // groups
     partial = np.zeros((threads, groups, k, out_per_group), dtype=x.dtype)
-    images = _images_per_item(x.shape[0], k, positions, x.itemsize, threads,
-                              _is_pointwise(weight_shape[2:], stride, padding))
+    images = _image_items(x.shape[0], weight_shape, positions, x.itemsize, threads, stride,
+                          padding, dilation)
     if images:
         _ext.conv2d_grad_weight_images_into(x, grad_out, partial, tuple(weight_shape), stride,
                                             padding, dilation, groups, images, threads)
