@@ -20,33 +20,34 @@ weight per element of the row); it has its own row kernels (last point below).
 
 For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
 
-* Forward fuses statistics, normalisation and the affine step. The loop over
-  ``k`` is a ``prange``; for each ``k`` the statistics pass is followed at once
-  by the normalise pass, so the second read of that ``k``'s data usually hits
-  cache. Statistics are two-pass moments over blocks of ``_BLOCK`` elements
-  (in cache), merged across blocks with Chan's formula: stable for large
-  means, one read from memory. Within a block, the second pass sums the
-  deviations from a pivot (the first pass's mean) with their squares, and the
-  mean and variance are corrected by the deviations' mean. Sums run in x's
-  dtype over spans of ``_SPAN`` elements and are added in float64: float32
-  statistics hold ~1e-7 of the spread at any offset, and the memory-bound
-  passes run at the full SIMD width.
+* Forward fuses statistics, normalisation and the affine step. The ``prange``
+  runs over fixed chunks of ``k``; for each ``k`` the statistics pass is
+  followed at once by the normalise pass, so the second read of that ``k``'s
+  data usually hits cache. Statistics are two-pass moments over blocks of
+  ``_BLOCK`` elements (in cache), merged across blocks with Chan's formula:
+  stable for large means, one read from memory. Within a block, the second
+  pass sums the deviations from a pivot (the first pass's mean) with their
+  squares, and the mean and variance are corrected by the deviations' mean.
+  Sums run in x's dtype over spans of ``_SPAN`` elements and are added in
+  float64: float32 statistics hold ~1e-7 of the spread at any offset, and the
+  memory-bound passes run at the full SIMD width.
 * Backward per ``k`` does the two reductions ``sum(w * g)`` and
   ``sum(w * g * x_hat)`` (in x's dtype over pieces of at most ``_SPAN``
   elements, the pieces added in float64, as the statistics) then writes ``dx``
-  in a second pass over the (cached) data. ``grad_weight`` / ``grad_bias`` are summed per fixed chunk of ``k``
-  into a ``(chunks, P * S)`` float64 buffer, then over chunks in order, all
-  inside the kernel: the Python between kernels runs with caches the kernel
-  has just flushed, so each NumPy call there costs tens of microseconds.
+  in a second pass over the (cached) data. ``grad_weight`` / ``grad_bias`` are
+  summed per fixed chunk of ``k`` into a ``(chunks, P * S)`` float64 buffer,
+  then over chunks in order, all inside the kernel: the Python between
+  kernels runs with caches the kernel has just flushed, so each NumPy call
+  there costs tens of microseconds.
 * Layer norm runs on the ``(rows, row_length)`` view with row kernels of
-  its own: forward, ``prange`` over rows, each row's moments (one block when
-  the row fits) then its normalisation; backward, per fixed chunk of rows,
-  the two row sums (float32 spans, float64 total) as the row comes in from
-  memory, then ``dx`` and the parameter terms in a second pass (in L1). The per-column
-  ``g`` and ``g * x_hat`` terms of ``grad_weight``/``grad_bias`` are summed in
-  x's dtype over tiles of ``_PARAM_TILE`` rows before joining the float64
-  chunk sums: a float64 read-modify-write per element cost as much as the
-  rest of the backward.
+  its own: forward, ``prange`` over fixed chunks of rows, each row's moments
+  (one block when the row fits) then its normalisation; backward, per fixed
+  chunk of rows, the two row sums (float32 spans, float64 total) as the row
+  comes in from memory, then ``dx`` and the parameter terms in a second pass
+  (in L1). The per-column ``g`` and ``g * x_hat`` terms of ``grad_weight`` /
+  ``grad_bias`` are summed in x's dtype over tiles of ``_PARAM_TILE`` rows
+  before joining the float64 chunk sums: a float64 read-modify-write per
+  element cost as much as the rest of the backward.
 * Reproducibility: every reduction runs sequentially inside one ``k`` or one
   fixed chunk, and neither depends on the thread count, so results are bitwise
   identical at any number of threads (torch's are not: pytorch#88718).
