@@ -446,7 +446,8 @@ def _avg_pool2d_backward(grad_out, scales, kernel_h, stride_h, pad_h, kernel_w, 
     fast = kernel_h == 3 and stride_h == 2 and kernel_w == 3 and stride_w == 2
     for task in prange((planes + _PLANES_PER_TASK - 1) // _PLANES_PER_TASK):
         shares = np.zeros(out_w + 2)
-        spread = np.zeros((out_h + 2, length))
+        # one column more: the 3-wide stride-2 spread writes its last cell, a 0, there
+        spread = np.zeros((out_h + 2, length + 1))
         total = np.empty(width)
         for plane in range(task * _PLANES_PER_TASK,
                            min((task + 1) * _PLANES_PER_TASK, planes)):
