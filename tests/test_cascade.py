@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastdl
-from fastdl import optim
+from fastdl import deploy, optim
 from fastdl.data import make_shapes
 from fastdl.models import CascadeDetector, cascade_detector
 from fastdl.models.cascade import STAGE_WEIGHTS, stage_targets
@@ -175,3 +175,35 @@ def test_an_image_without_objects_trains_as_background():
     loss = sum(losses.values())
     loss.backward()
     assert all(np.isfinite(float(v.item())) for v in losses.values())
+
+
+@pytest.mark.parametrize("options", [{}, {"levels": (2,), "anchor_sizes": ((4, 8),),
+                                          "stage_ious": (0.5,)}])
+def test_compiled_inference_equals_the_eager_detections(options):
+    images, targets = scenes(3, seed=5)
+    detector = model(**options)
+    optimizer = optim.SGD(detector.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(2):      # trained a little: BN statistics and heads away from their init
+        losses = detector(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    detector.eval()
+    compiled = deploy.compile(detector, images[:1])
+    # the dense stage's plan equals its eager outputs (several outputs, one tuple)
+    eager = [np.asarray(t.array) for t in detector.dense_stage()(fastdl.Tensor(images))]
+    planned = compiled.dense(images)
+    assert isinstance(planned, tuple) and len(planned) == len(eager)
+    for got, want in zip(planned, eager):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    for batch in (images[:1], images):
+        expected, got = detector(batch), compiled(batch)
+        assert len(got) == len(expected)
+        for mine, theirs in zip(got, expected):
+            assert len(theirs["boxes"]) > 0
+            np.testing.assert_array_equal(mine["labels"].array, theirs["labels"].array)
+            np.testing.assert_allclose(mine["boxes"].array, theirs["boxes"].array, atol=1e-3)
+            np.testing.assert_allclose(mine["scores"].array, theirs["scores"].array,
+                                       atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected images \(N, 1, 32, 32\)"):
+        compiled(np.zeros((1, 1, 16, 16), np.float32))

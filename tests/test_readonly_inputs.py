@@ -16,7 +16,8 @@ import fastdl_ext.winograd
 
 ENTRY_POINTS = {
     fastdl_ext.conv: ("conv2d_forward_into", "conv2d_grad_input_into",
-                      "conv2d_grad_weight_into"),
+                      "conv2d_grad_weight_into", "conv2d_forward_images_into",
+                      "conv2d_grad_input_images_into", "conv2d_grad_weight_images_into"),
     fastdl_ext.winograd: ("winograd_forward_into", "winograd_grad_input_into",
                           "winograd_grad_weight_into", "transform_weight_into"),
     fastdl_ext.direct: ("direct_chain_into",),
@@ -59,13 +60,17 @@ def assert_same(expected, got):
         np.testing.assert_array_equal(have, want)
 
 
+POSITION_TILES = {"conv2d_forward_into", "conv2d_grad_input_into", "conv2d_grad_weight_into"}
+IMAGE_ITEMS = {"conv2d_forward_images_into", "conv2d_grad_input_images_into",
+               "conv2d_grad_weight_images_into"}
+
 # (x shape, weight shape, stride, padding, dilation, groups, dtype, entry points that must run)
 CONV_CASES = {
     "direct": ((2, 8, 12, 12), (8, 8, 3, 3), 1, 1, 1, 1, np.float32,
                {"direct_chain_into", "direct_grad_weight_into"}),
     "direct-strided": ((2, 16, 32, 32), (32, 16, 3, 3), 2, 1, 1, 1, np.float32,
                        {"direct_chain_into", "direct_grad_weight_into",
-                        "conv2d_grad_input_into"}),
+                        "conv2d_grad_input_images_into"}),
     "winograd": ((2, 64, 16, 16), (64, 64, 3, 3), 1, 1, 1, 1, np.float32,
                  {"winograd_forward_into", "winograd_grad_weight_into",
                   "transform_weight_into"}),
@@ -73,15 +78,14 @@ CONV_CASES = {
                          {"winograd_forward_into", "winograd_grad_weight_into"}),
     "winograd-grad-input": ((1, 16, 12, 12), (16, 16, 3, 3), 1, 3, 1, 1, np.float64,
                             {"winograd_grad_input_into"}),
-    "im2col": ((2, 3, 15, 15), (6, 3, 5, 5), 2, 1, 1, 1, np.float64,
-               {"conv2d_forward_into", "conv2d_grad_input_into", "conv2d_grad_weight_into"}),
-    "pointwise": ((2, 16, 8, 8), (64, 16, 1, 1), 1, 0, 1, 1, np.float64,
-                  {"conv2d_forward_into", "conv2d_grad_input_into",
-                   "conv2d_grad_weight_into"}),
-    "grouped": ((2, 8, 9, 9), (8, 2, 3, 3), 1, 1, 1, 4, np.float32,
-                {"conv2d_forward_into", "conv2d_grad_input_into", "conv2d_grad_weight_into"}),
-    "dilated": ((2, 4, 9, 9), (4, 4, 3, 3), 1, 2, 2, 1, np.float32,
-                {"conv2d_forward_into", "conv2d_grad_input_into", "conv2d_grad_weight_into"}),
+    # strided and thin (< 256 output positions) maps: whole images per work item
+    "im2col": ((2, 3, 15, 15), (6, 3, 5, 5), 2, 1, 1, 1, np.float64, IMAGE_ITEMS),
+    "pointwise": ((2, 16, 8, 8), (64, 16, 1, 1), 1, 0, 1, 1, np.float64, POSITION_TILES),
+    "grouped": ((2, 8, 9, 9), (8, 2, 3, 3), 1, 1, 1, 4, np.float32, IMAGE_ITEMS),
+    "dilated": ((2, 4, 9, 9), (4, 4, 3, 3), 1, 2, 2, 1, np.float32, IMAGE_ITEMS),
+    # larger stride-1 maps: tiles of output positions
+    "grouped-tiled": ((2, 8, 20, 20), (8, 2, 3, 3), 1, 1, 1, 4, np.float32, POSITION_TILES),
+    "dilated-tiled": ((2, 4, 20, 20), (4, 4, 3, 3), 1, 2, 2, 1, np.float64, POSITION_TILES),
 }
 
 

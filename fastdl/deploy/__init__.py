@@ -47,6 +47,8 @@ def compile(model, example_input, max_shapes=4):
     Returns
     -------
     InferencePlan
+        Or, for a ``models.CascadeDetector``, a ``deploy.cascade.CompiledCascade``:
+        plans up to its NMS.
 
     Raises
     ------
@@ -59,6 +61,10 @@ def compile(model, example_input, max_shapes=4):
     if example.ndim != 4:
         raise ValueError("deploy.compile: example_input must be (N, C, H, W), got shape %s"
                          % (example.shape,))
+    from fastdl.models.cascade import CascadeDetector
+    if isinstance(model, CascadeDetector):
+        from fastdl.deploy.cascade import compile_cascade
+        return compile_cascade(model, example, max_shapes)
     if not lowers(model):
         # a class without a lowering (a user's Module, a custom forward): by its trace
         return compile_traced(model, example, max_shapes)

@@ -277,17 +277,16 @@ def _resize(op, shape):
     """``fastdl.functional.interpolate``'s resizing of a (N, C, H, W) array to
     ``op["size"]``: its kernels and tap tables, chosen as it chooses them."""
     # the same choice of kernel and the same tables as interpolate, so equal to it bitwise
-    from fastdl.functional.resize import _integer_factors, _taps
     from fastdl.kernels import resample, resize as resize_kernels
     mode, align = op["mode"].replace("_", "-"), op["align_corners"]
     sizes = tuple(op["size"])
     scales = (None, None) if op["scale"] is None else tuple(float(s) for s in op["scale"])
     if mode in ("nearest", "bilinear") and not align:
-        factors = _integer_factors(shape, sizes, scales)
+        factors = resample.integer_factors(shape, sizes, scales)
         if factors is not None:
             upsample = (resize_kernels.upsample_nearest2d_forward if mode == "nearest"
                         else resize_kernels.upsample_bilinear2d_forward)
             return lambda x: upsample(x, factors)
-    rows = _taps(mode, shape[2], sizes[0], align, scales[0])
-    cols = _taps(mode, shape[3], sizes[1], align, scales[1])
+    rows = resample.mode_taps(mode, shape[2], sizes[0], align, scales[0])
+    cols = resample.mode_taps(mode, shape[3], sizes[1], align, scales[1])
     return lambda x: resample.resample2d_forward(x, rows, cols)

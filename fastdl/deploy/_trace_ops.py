@@ -21,7 +21,8 @@ from fastdl.functional.linear import Linear
 from fastdl.functional.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm
 from fastdl.functional.padding import Pad
 from fastdl.functional.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from fastdl.functional.resize import Resample, Upsample, _taps, interpolate
+from fastdl.functional.resize import Resample, Upsample, interpolate
+from fastdl.kernels.resample import mode_taps
 from fastdl.kernels import activation as activation_kernels, pool as pool_kernels
 
 
@@ -411,7 +412,7 @@ def _resample(recorder, function, args, outputs):
         raise Unsupported("interpolate in mode %r of a %d-D input (a plan resizes 4-D values "
                           "in modes nearest, nearest-exact, bilinear, bicubic)"
                           % (mode, len(shape)))
-    tables = [_taps(mode, shape[2 + a], sizes[a], align, scales[a]) for a in (0, 1)]
+    tables = [mode_taps(mode, shape[2 + a], sizes[a], align, scales[a]) for a in (0, 1)]
     if not all(np.array_equal(mine, theirs) for table, recorded in zip(tables, args[1:3])
                for mine, theirs in zip(table, recorded)):
         raise Unsupported("its tap tables are not interpolate's")

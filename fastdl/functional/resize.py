@@ -84,24 +84,6 @@ def _output_sizes(input_shape, size, scale_factor, recompute_scale_factor):
     return sizes, used
 
 
-def _taps(mode, in_size, out_size, align_corners, scale):
-    if mode in ("nearest", "nearest-exact"):
-        return resample.nearest_taps(in_size, out_size, scale, mode == "nearest-exact")
-    if mode == "bicubic":
-        return resample.cubic_taps(in_size, out_size, align_corners, scale)
-    return resample.linear_taps(in_size, out_size, align_corners, scale)
-
-
-def _integer_factors(input_shape, sizes, scales):
-    """``(sh, sw)`` when both axes are upsampled by whole factors, else None."""
-    factors = []
-    for n, out, scale in zip(input_shape[2:], sizes, scales):
-        if out % n or (scale is not None and scale != out // n):
-            return None
-        factors.append(out // n)
-    return tuple(factors)
-
-
 def _check_mode(x, mode, align_corners):
     if mode not in INTERPOLATE_MODES:
         raise ValueError("interpolate: mode must be one of %s, got %r"
@@ -150,18 +132,18 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
         return (adaptive_avg_pool1d if x.ndim == 3 else adaptive_avg_pool2d)(input, sizes)
     align = bool(align_corners)
     if x.ndim == 4 and mode in ("nearest", "bilinear") and not align:
-        factors = _integer_factors(x.shape, sizes, scales)
+        factors = resample.integer_factors(x.shape, sizes, scales)
         if factors is not None:
             return Upsample.apply(as_tensor(input), factors, mode)
     tensor = as_tensor(input)
     if x.ndim == 3:   # (N, C, L) as (N, C, 1, L)
         planar = tensor.reshape(x.shape[:2] + (1, x.shape[2]))
         rows = resample.nearest_taps(1, 1)
-        cols = _taps(mode, x.shape[2], sizes[0], align, scales[0])
+        cols = resample.mode_taps(mode, x.shape[2], sizes[0], align, scales[0])
         out = Resample.apply(planar, rows, cols)
         return out.reshape(x.shape[:2] + (sizes[0],))
-    rows = _taps(mode, x.shape[2], sizes[0], align, scales[0])
-    cols = _taps(mode, x.shape[3], sizes[1], align, scales[1])
+    rows = resample.mode_taps(mode, x.shape[2], sizes[0], align, scales[0])
+    cols = resample.mode_taps(mode, x.shape[3], sizes[1], align, scales[1])
     return Resample.apply(tensor, rows, cols)
 
 

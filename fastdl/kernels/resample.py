@@ -24,8 +24,8 @@ import numpy as np
 
 from fastdl.kernels._jit import jit, prange
 
-__all__ = ["axis_scale", "nearest_taps", "linear_taps", "cubic_taps", "resample2d_forward",
-           "resample2d_backward"]
+__all__ = ["axis_scale", "nearest_taps", "linear_taps", "cubic_taps", "mode_taps",
+           "integer_factors", "resample2d_forward", "resample2d_backward"]
 
 _SERIAL_BELOW = 1 << 16   # output elements, as kernels.resize
 _CUBIC_A = -0.75          # ATen's (and OpenCV's) bicubic constant
@@ -81,6 +81,27 @@ def cubic_taps(in_size, out_size, align_corners, scale_factor=None):
     index = np.clip(base[:, None] + np.arange(-1, 3)[None, :], 0, in_size - 1)
     return index, weights
 
+
+def mode_taps(mode, in_size, out_size, align_corners, scale_factor=None):
+    """The taps of one axis for an ``interpolate`` mode (``"nearest"``,
+    ``"nearest-exact"``, ``"bicubic"``, else linear): ``(index, weight)``, each
+    ``(out_size, taps)``."""
+    if mode in ("nearest", "nearest-exact"):
+        return nearest_taps(in_size, out_size, scale_factor, mode == "nearest-exact")
+    if mode == "bicubic":
+        return cubic_taps(in_size, out_size, align_corners, scale_factor)
+    return linear_taps(in_size, out_size, align_corners, scale_factor)
+
+
+def integer_factors(input_shape, sizes, scales):
+    """``(sh, sw)`` when both axes of ``input_shape (N, C, H, W)`` are upsampled to
+    ``sizes`` by whole factors (agreeing with ``scales`` where given), else None."""
+    factors = []
+    for n, out, scale in zip(input_shape[2:], sizes, scales):
+        if out % n or (scale is not None and scale != out // n):
+            return None
+        factors.append(out // n)
+    return tuple(factors)
 
 def _forward(x, rows, row_weights, cols, col_weights, out):
     planes, height = x.shape[0], x.shape[1]

@@ -18,10 +18,10 @@ Cai and Vasconcelos 2018).
 ``model(images, targets)`` in training mode returns a dict of losses; in eval mode
 ``model(images)`` returns one dict of detections per image (torchvision's convention).
 
-``model.compile(example)`` gives compiled inference up to the NMS: one plan
-(``fastdl.deploy.compile``) for the backbone, FPN and anchor head (:class:`DenseStage`,
-several outputs), one for each box head; proposals, RoI Align and the NMS stay NumPy.
-Its detections equal the eager model's.
+``fastdl.deploy.compile(model, example)`` gives compiled inference up to the NMS: one
+plan for the backbone, FPN and anchor head (:class:`DenseStage`, several outputs), one
+for each box head; proposals, RoI Align and the NMS stay NumPy. Its detections equal
+the eager model's.
 """
 import numpy as np
 
@@ -32,7 +32,7 @@ from fastdl.grad_mode import no_grad
 from fastdl.models.fcn import ResNetFPN
 from fastdl.ops import MultiScaleRoIAlign
 
-__all__ = ["CascadeDetector", "CompiledCascade", "DenseStage", "cascade_detector",
+__all__ = ["CascadeDetector", "DenseStage", "cascade_detector",
            "stage_targets", "STAGE_WEIGHTS"]
 
 #: box-coding weights of the three stages (Cascade R-CNN's), tighter as boxes improve
@@ -205,25 +205,6 @@ class CascadeDetector(nn.Module):
         """The :class:`DenseStage` of this detector (sharing its modules)."""
         return DenseStage(self.body, self.anchor_head, self.levels)
 
-    def compile(self, example, max_shapes=4):
-        """Inference up to the NMS as inference plans: a :class:`CompiledCascade`.
-
-        Parameters
-        ----------
-        example : ndarray or Tensor (N, C, H, W)
-            Fixes the images' (C, H, W) and dtype; the batch size may vary.
-        max_shapes : int
-            Batch sizes whose buffers each plan keeps (the box heads see a varying
-            number of proposals).
-        """
-        from fastdl import deploy
-        example = _array(example)
-        dense = deploy.compile(self.dense_stage(), example, max_shapes)
-        size = self.roi_pool.output_size
-        pooled = np.zeros((2, self.anchor_head.conv.out_channels) + tuple(size), example.dtype)
-        heads = [deploy.compile(head, pooled, max_shapes) for head in self.box_heads]
-        return CompiledCascade(self, dense, heads, example.shape[1:])
-
     def anchors(self, image_size):
         """The anchors of every used level, for images of ``(H, W)``."""
         height, width = image_size
@@ -324,7 +305,7 @@ class CascadeDetector(nn.Module):
                 raise ValueError("CascadeDetector: training mode needs targets (a list of "
                                  "dicts with 'boxes' and 'labels'); call .eval() to detect")
             return self._losses(images, _targets(targets, images.shape[0]), image_size)
-        return self._detect(images, image_size)
+        return self.detect(images, image_size)
 
     def _losses(self, images, targets, image_size):
         features = self.features(images)
@@ -343,9 +324,11 @@ class CascadeDetector(nn.Module):
             boxes = refined
         return losses
 
-    def _detect(self, images, image_size, dense=None, heads=None):
-        """Detections per image; ``dense`` and ``heads``: plans of the dense stage and the
-        box heads (``compile``), else the modules run eagerly."""
+    def detect(self, images, image_size, dense=None, heads=None):
+        """Detections per image of ``images (N, C, H, W)``, one dict each (``boxes``,
+        ``scores``, ``labels``). ``dense`` and ``heads``: callables standing in for
+        :meth:`dense_stage` and each box head (the plans ``fastdl.deploy.compile``
+        makes), else the modules run eagerly."""
         with no_grad():
             if dense is None:
                 results = self.dense_stage()(images)
@@ -377,33 +360,6 @@ class CascadeDetector(nn.Module):
         return {"boxes": fastdl.tensor(boxes[kept].astype(np.float32)),
                 "scores": fastdl.tensor(scores[kept].astype(np.float32)),
                 "labels": fastdl.tensor((classes[kept] + 1).astype(np.int64))}
-
-
-class CompiledCascade:
-    """A :class:`CascadeDetector`'s inference with its dense stage and box heads as
-    inference plans (``CascadeDetector.compile``): ``compiled(images)`` returns one dict
-    of ``boxes``, ``scores`` and ``labels`` per image, as the eager model in eval mode.
-
-    Attributes
-    ----------
-    dense : InferencePlan
-        Backbone, FPN and anchor head (:class:`DenseStage`'s outputs).
-    heads : list of InferencePlan
-        Each stage's box head: pooled RoI features to (logits, deltas).
-    """
-
-    def __init__(self, detector, dense, heads, input_shape):
-        self.detector, self.dense, self.heads = detector, dense, heads
-        self.input_shape = tuple(input_shape)
-
-    def __call__(self, images):
-        images = _array(images)
-        if images.ndim != 4 or images.shape[1:] != self.input_shape:
-            raise ValueError("CompiledCascade: expected images (N, %d, %d, %d), got shape %s"
-                             % (self.input_shape + (images.shape,)))
-        images = images.astype(self.dense.dtype, copy=False)
-        return self.detector._detect(images, tuple(images.shape[-2:]), self.dense,
-                                     self.heads)
 
 
 def _clip(boxes, height, width):
