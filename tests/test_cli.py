@@ -427,3 +427,10 @@ def test_help_lists_every_option_with_its_default(command, capsys):
         assert "exit status" in text and "3 trained, but never beat" in text
     if command == "train":
         assert "channels-last" in text
+
+
+def test_python_dash_m_fastdl_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "fastdl", "bench", "--help"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "--suite" in result.stdout
