@@ -1,5 +1,9 @@
 """The cascade detector: losses, stage targets at rising IoU thresholds, gradients,
 a short training run, the inference format."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -207,3 +211,16 @@ def test_compiled_inference_equals_the_eager_detections(options):
                                        atol=1e-5)
     with pytest.raises(ValueError, match=r"expected images \(N, 1, 32, 32\)"):
         compiled(np.zeros((1, 1, 16, 16), np.float32))
+
+
+def test_the_example_runs_and_its_plans_give_the_eager_ap():
+    example = os.path.join(os.path.dirname(__file__), os.pardir, "examples",
+                           "detect_cascade.py")
+    result = subprocess.run([sys.executable, example, "--epochs", "1", "--train", "32",
+                             "--test", "16"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = result.stdout.split("all objects are COCO-small)\n")[1]
+    rows = [line.split() for line in table.splitlines() if line.strip()]
+    assert len(rows) == 3
+    for row in rows:   # AP (eager) and plan AP, the first and last numbers
+        assert float(row[-7]) == float(row[-1]), row
