@@ -4,8 +4,6 @@ relu6, adaptive pooling, dropout), fastdl's FCN (interpolate, crop by slicing, a
 ResNetFPN (three outputs), and nets of group / layer / instance norms, SE gates, swish
 and channel shuffles, each equal to the eager model (float32, within 1e-5 of the output's
 largest magnitude) at batches 1, 7 and 32 and after a save / load round trip."""
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,6 @@ import fastdl.nn.functional as F
 from fastdl import deploy
 from fastdl.models import fcn, resnet_fpn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 ZOO = ["VGG11", "ResNet18", "PreActResNet18", "GoogLeNet", "DenseNet", "ResNeXt",
        "MobileNet", "MobileNetV2", "ShuffleNet", "ShuffleNetV2", "SENet18", "EfficientNetB0",
        "RegNet", "DLA", "DPN", "PNASNet"]
@@ -24,14 +21,8 @@ BATCHES = (1, 7, 32)
 
 
 @pytest.fixture(scope="module")
-def zoo():
-    path = os.path.join(HERE, "ported")
-    sys.path.insert(0, path)
-    try:
-        from porting import load_program
-    finally:
-        sys.path.remove(path)
-    return load_program(os.path.join(path, "cifar_zoo.py"), "fastdl")
+def zoo(cifar_zoo):
+    return cifar_zoo("fastdl")
 
 
 def _randomise_norms(model, rng):

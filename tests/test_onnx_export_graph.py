@@ -2,8 +2,6 @@
 (and the CIFAR zoo's MobileNetV2, compiled by its trace) run in ONNX Runtime equal to
 the plan (rel 1e-5), at every opset where the ONNX form changes; what from_onnx reads
 back equals the plan too."""
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ ort = pytest.importorskip("onnxruntime")
 
 from fastdl.deploy.onnx_export import to_onnx  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPE = (4, 6, 5)
 
 
@@ -145,10 +142,8 @@ def test_a_scale_float32_cannot_hold_is_refused(tmp_path):
 # ------------------------------------------------------------------ whole models
 
 @pytest.fixture(scope="module")
-def zoo():
-    sys.path.insert(0, os.path.join(HERE, "ported"))
-    from porting import load_program
-    return load_program(os.path.join(HERE, "ported", "cifar_zoo.py"), "fastdl")
+def zoo(cifar_zoo):
+    return cifar_zoo("fastdl")
 
 
 def _with_statistics(model, rng):

@@ -6,8 +6,6 @@ the U-Net-style FCN (encoder, decoder of upsampling and concatenated skips, two 
 and the DenseNet block are written here.
 """
 import io
-import os
-import sys
 import warnings
 
 import numpy as np
@@ -19,18 +17,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "ported"))
-
-from porting import load_program  # noqa: E402
-
 nn, F = torch.nn, torch.nn.functional
 BATCHES = (1, 7)
 
 
 @pytest.fixture(scope="module")
-def zoo():
-    return load_program(os.path.join(HERE, "ported", "cifar_zoo.py"), "torch")
+def zoo(cifar_zoo):
+    return cifar_zoo("torch")
 
 
 def _with_statistics(model, seed=0):
