@@ -383,31 +383,51 @@ def winograd_grad_weight_into(const floating[:, :, :, ::1] x,
         free(v)
 
 
-def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] u):
+cdef inline void _transform_filter(const floating* g, floating* u, Py_ssize_t plane,
+                                   Py_ssize_t column) noexcept nogil:
+    """u[ξ * plane + column] = (G g Gᵀ)[ξ] for one row-major 3×3 filter ``g``."""
+    cdef floating rows[4][3]
+    cdef floating half = 0.5
+    cdef int r, q
+    for q in range(3):
+        rows[0][q] = g[q]
+        rows[1][q] = half * (g[q] + g[3 + q] + g[6 + q])
+        rows[2][q] = half * (g[q] - g[3 + q] + g[6 + q])
+        rows[3][q] = g[6 + q]
+    for r in range(4):
+        u[4 * r * plane + column] = rows[r][0]
+        u[(4 * r + 1) * plane + column] = half * (rows[r][0] + rows[r][1] + rows[r][2])
+        u[(4 * r + 2) * plane + column] = half * (rows[r][0] - rows[r][1] + rows[r][2])
+        u[(4 * r + 3) * plane + column] = rows[r][2]
+
+
+def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] u,
+                          int num_threads=1):
     """u[ξ, o*C_in + c] = (G g Gᵀ)[ξ] for each 3×3 filter g = weight[o, c].
 
     ``u`` is (16, plane) with plane ≥ C_out·C_in (rows padded apart, see the callers).
+    Threads take whole output channels; each value is computed the same way by any
+    thread.
     """
-    cdef int o, c, r, q, column
-    cdef int in_channels = weight.shape[1]
-    cdef floating rows[4][3]
-    cdef floating half = 0.5
+    cdef Py_ssize_t o, c, column
+    cdef Py_ssize_t in_channels = weight.shape[1], plane = u.shape[1]
+    cdef const floating* g
+    cdef floating* target
+    if weight.shape[0] == 0 or in_channels == 0:
+        return
+    if weight.shape[2] != 3 or weight.shape[3] != 3 or u.shape[0] != 16 \
+            or plane < weight.shape[0] * in_channels:
+        raise ValueError("transform_weight_into: weight must be (C_out, C_in, 3, 3) and u "
+                         "(16, >= C_out*C_in), got (%d, %d, %d, %d) and (%d, %d)"
+                         % (weight.shape[0], weight.shape[1], weight.shape[2],
+                            weight.shape[3], u.shape[0], u.shape[1]))
+    g = &weight[0, 0, 0, 0]
+    target = &u[0, 0]
     with nogil:
-        for o in range(weight.shape[0]):
-            for c in range(weight.shape[1]):
-                for q in range(3):
-                    rows[0][q] = weight[o, c, 0, q]
-                    rows[1][q] = half * (weight[o, c, 0, q] + weight[o, c, 1, q]
-                                         + weight[o, c, 2, q])
-                    rows[2][q] = half * (weight[o, c, 0, q] - weight[o, c, 1, q]
-                                         + weight[o, c, 2, q])
-                    rows[3][q] = weight[o, c, 2, q]
+        for o in prange(weight.shape[0], num_threads=max(1, num_threads), schedule="static"):
+            for c in range(in_channels):
                 column = o * in_channels + c
-                for r in range(4):
-                    u[4 * r, column] = rows[r][0]
-                    u[4 * r + 1, column] = half * (rows[r][0] + rows[r][1] + rows[r][2])
-                    u[4 * r + 2, column] = half * (rows[r][0] - rows[r][1] + rows[r][2])
-                    u[4 * r + 3, column] = rows[r][2]
+                _transform_filter(g + 9 * column, target, plane, column)
 
 
 def weight_from_transformed_into(const floating[:, :, ::1] partial,

@@ -175,3 +175,49 @@ def test_property_random_shapes(n, c_in, c_out, h, w, padding, threads, seed):
     inner = np.sum(expected * grad_out)
     assert np.isclose(np.sum(x * grad_input), inner, rtol=1e-9, atol=1e-9)
     assert np.isclose(np.sum(weight * grad_weight), inner, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transformed_weights_are_g_w_gt_at_any_thread_count(dtype, rng):
+    weight = rng.normal(size=(37, 19, 3, 3)).astype(dtype)
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    expected = np.einsum("ai,ocij,bj->aboc", g, weight.astype(np.float64), g).reshape(16, -1)
+    one = winograd.transform_weight(weight, 1)
+    assert one.dtype == dtype and one.shape[0] == 16
+    np.testing.assert_allclose(one[:, :37 * 19], expected,
+                               rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+    assert not one[:, 37 * 19:].any()      # the padding between planes stays zero
+    for threads in (2, 3, 64):
+        np.testing.assert_array_equal(winograd.transform_weight(weight, threads), one)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_weights_beyond_l2_take_blocks_of_many_tiles(threads, dtype, rtol, rng):
+    """128 -> 144 channels: the transformed weights exceed ``_BLOCK_BYTES``, so a block
+    takes at least ``_MIN_STREAMED_TILES`` tiles (by L2 alone it would take fewer), and
+    the three loops still match SciPy."""
+    n, c_in, c_out, size = 16, 128, 144, 8
+    itemsize = np.dtype(dtype).itemsize
+    assert 16 * c_in * c_out * itemsize > winograd._BLOCK_BYTES
+    assert winograd._BLOCK_BYTES // (16 * (c_in + c_out) * itemsize) < \
+        winograd._MIN_STREAMED_TILES
+    rows = winograd._rows_per_block(n, size, size, c_in, c_out, itemsize, threads)
+    assert rows * size // 2 >= winograd._MIN_STREAMED_TILES
+    x = rng.normal(size=(n, c_in, size, size)).astype(dtype)
+    weight = (rng.normal(size=(c_out, c_in, 3, 3)) / 30).astype(dtype)
+    # NumPy's windows and one contraction: SciPy's per-channel-pair loop takes ~10 s here
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
+    expected = np.einsum("nchwij,ocij->nohw", windows, weight.astype(np.float64),
+                         optimize=True)
+    out = np.empty(expected.shape, dtype=dtype)
+    winograd.forward(x, weight, out, (1, 1), threads)
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    grad_out = rng.normal(size=out.shape).astype(dtype)
+    inner = np.sum(expected * grad_out)
+    scale = np.sum(np.abs(expected * grad_out))
+    grad_input = winograd.grad_input(grad_out, weight, np.zeros_like(x), (1, 1), threads)
+    grad_weight = winograd.grad_weight(x, grad_out, weight.shape, (1, 1), threads)
+    assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
+    assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale

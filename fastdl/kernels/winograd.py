@@ -21,6 +21,13 @@ MIN_CHANNELS = 16
 # Bytes of one thread's two block buffers (16 transformed planes in and out): about L2.
 _BLOCK_BYTES = 1024 * 1024
 _MAX_BLOCK_TILES = 256
+# Fewest tiles a block takes where the transformed weights (16 C_out x C_in matrices) do
+# not fit in L2: each block's 16 GEMMs stream them from memory once, so a block must do
+# enough work per byte of them. Batch 32, 2 threads, 512 -> 512 at 4² (16 MiB of them),
+# 16 tiles a block against 64: forward 19.6 vs 14.9 ms, input gradient 54.7 vs 28.3,
+# weight gradient 26.3 vs 18.5 (fastest of repeated runs on a busy host); 256 -> 256
+# at 8², 32 vs 64 tiles, even (15.0 vs 14.6, 26.8 vs 25.8, 18.0 vs 18.2).
+_MIN_STREAMED_TILES = 64
 
 
 def applies(weight_shape, stride, dilation, groups):
@@ -38,25 +45,29 @@ def _planes(leading, rows, cols, dtype):
     return np.zeros(tuple(leading) + (16, rows * cols + 16), dtype=dtype)
 
 
-def transform_weight(weight):
+def transform_weight(weight, threads=1):
     """``U[ξ] = (G g Gᵀ)[ξ]`` of (C_out, C_in, 3, 3) weights, as 16 padded (C_out, C_in)
-    matrices (``_planes``), same dtype."""
+    matrices (``_planes``), same dtype, computed by ``threads`` threads (the same values
+    for any count)."""
     weight = np.ascontiguousarray(weight)
     u = _planes((), weight.shape[0], weight.shape[1], weight.dtype)
-    _ext.transform_weight_into(weight, u)
+    _ext.transform_weight_into(weight, u, threads)
     return u
 
 
-def _rows_per_block(n_images, out_h, out_w, channels, itemsize, threads, row_step=1):
+def _rows_per_block(n_images, out_h, out_w, c_in, c_out, itemsize, threads, row_step=1):
     """Tile rows per work item: about L2's worth of tiles (at least half of it, so the
-    GEMMs stay large), enough items for every thread, and even shares. Blocks are
+    GEMMs stay large; at least ``_MIN_STREAMED_TILES`` where the transformed weights
+    exceed L2), enough items for every thread, and even shares. Blocks are
     shared statically, so the busiest thread takes ``ceil(blocks / threads)`` of them:
     the largest block whose busiest thread has the fewest tile rows wins (64 -> 64 at
     56², batch 1, 2 threads: 2 rows a block and 14 blocks, not 4 rows and 7 blocks
     with one thread doing 4 of them)."""
     tiles_x = (out_w + 1) // 2
-    per_tile = 16 * channels * itemsize
-    target = min(_MAX_BLOCK_TILES, max(tiles_x, _BLOCK_BYTES // per_tile))
+    per_tile = 16 * (c_in + c_out) * itemsize
+    streamed = 16 * c_in * c_out * itemsize > _BLOCK_BYTES
+    target = min(_MAX_BLOCK_TILES, max(tiles_x, _BLOCK_BYTES // per_tile,
+                                       _MIN_STREAMED_TILES if streamed else 0))
     units = n_images * -(-((out_h + 1) // 2) // row_step)
     most = int(max(1, min(target // max(tiles_x, 1), -(-units // threads))))
 
@@ -70,8 +81,8 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
     n, c_in, height, width = input_shape
     out_h = conv_output_size(height, 3, 1, padding[0], 1)
     out_w = conv_output_size(width, 3, 1, padding[1], 1)
-    u = transform_weight(weight)
-    rows = _rows_per_block(n, out_h, out_w, c_in + weight.shape[0], weight.itemsize, threads)
+    u = transform_weight(weight, threads)
+    rows = _rows_per_block(n, out_h, out_w, c_in, weight.shape[0], weight.itemsize, threads)
     return fused_runner(_ext.winograd_forward_into, (n, weight.shape[0], out_h, out_w), u,
                         (padding, rows, threads), bias, negative_slope)
 
@@ -85,16 +96,17 @@ def forward(x, weight, out, padding, threads, bias=None, residual=None, negative
 def grad_input(grad_out, weight, grad_in, padding, threads):
     """Accumulate conv3x3's input gradient into ``grad_in`` (zero on entry)."""
     rows = _rows_per_block(grad_in.shape[0], grad_out.shape[2], grad_out.shape[3],
-                           sum(weight.shape[:2]), weight.itemsize, threads, row_step=2)
-    _ext.winograd_grad_input_into(grad_out, transform_weight(weight), grad_in, padding, rows,
-                                  threads)
+                           weight.shape[1], weight.shape[0], weight.itemsize, threads,
+                           row_step=2)
+    _ext.winograd_grad_input_into(grad_out, transform_weight(weight, threads), grad_in,
+                                  padding, rows, threads)
     return grad_in
 
 
 def grad_weight(x, grad_out, weight_shape, padding, threads):
     """conv3x3's weight gradient, (C_out, C_in, 3, 3)."""
     c_out, c_in = weight_shape[:2]
-    rows = _rows_per_block(x.shape[0], grad_out.shape[2], grad_out.shape[3], c_in + c_out,
+    rows = _rows_per_block(x.shape[0], grad_out.shape[2], grad_out.shape[3], c_in, c_out,
                            x.itemsize, threads)
     partial = _planes((threads,), c_out, c_in, x.dtype)
     _ext.winograd_grad_weight_into(x, grad_out, partial, padding, rows, threads)
