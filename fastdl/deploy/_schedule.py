@@ -19,10 +19,12 @@ import collections
 
 import numpy as np
 
+from fastdl._checks import pair
 from fastdl.deploy import _graph_ops
 from fastdl.kernels import conv as conv_kernels
 from fastdl.kernels import dense as dense_kernels
 from fastdl.kernels import direct as direct_kernels
+from fastdl.kernels import pointwise as pointwise_kernels
 from fastdl.kernels import pool as pool_kernels
 
 
@@ -94,6 +96,10 @@ class Scheduler:
                    if kind == "max_pool2d" else
                    pool_kernels.adaptive_avg_pool2d_runner(shape, tuple(op["output_size"])))
             return lambda values, buffer: run(values[source], buffer)
+        if kind == "avg_pool2d" and _global(op, shape):
+            # a window over the whole map: the mean of each plane, in one pass
+            run = pool_kernels.adaptive_avg_pool2d_runner(shape, (1, 1))
+            return lambda values, buffer: run(_contiguous(values[source]))
         if kind == "avg_pool2d":
             return lambda values, buffer: pool_kernels.avg_pool2d_forward(
                 values[source], op["kernel_size"], op["stride"], op["padding"],
@@ -329,13 +335,24 @@ class Scheduler:
 
     def program(self, batch):
         """The steps for this batch size: consecutive direct convs as one chain, a 2x2
-        max pool after one computed by it; and the borders of the buffers stored with
-        one (``_borders``)."""
-        program, runs, pooled, borders, done = [], [], False, {}, set()
+        max pool after one computed by it, consecutive pointwise and depthwise convs as
+        one chain (``_separable``); and the borders of the buffers stored with one
+        (``_borders``)."""
+        program, runs, separable, pooled, borders, done = [], [], [], False, {}, set()
         for index in range(len(self.ops)):
             if pooled or index in done:      # computed by the conv (chain) before
                 pooled = False
                 continue
+            layer = self._separable_layer(index, batch)
+            if layer is not None:
+                if runs:
+                    self._flush(program, runs, borders, done, batch)
+                    runs = []
+                separable.append((index, layer))
+                continue
+            if separable:
+                program.append(self._separable(separable))
+                separable = []
             prepared = self._prepare(index, batch)
             if isinstance(prepared, direct_kernels.ForwardRunner):
                 fused = self._pooled(index, prepared)
@@ -343,22 +360,73 @@ class Scheduler:
                 runs.append((index, fused, index + 1) if pooled else (index, prepared, index))
                 continue
             if runs:
-                self._borders(runs, borders)
-                head = self._head(runs, batch)
-                tail = None if head is not None else self._dense_tail(runs, batch)
-                program.append(self._chain(runs, borders, head, tail))
+                consumed = self._flush(program, runs, borders, done, batch)
                 runs = []
-                if head is not None:
-                    done.update(head[1:])
-                    continue
-                if tail is not None:
-                    done.update(index for index, _ in tail[1])
+                if consumed:
                     continue
             program.append(self._single(index, prepared))
         if runs:
-            self._borders(runs, borders)
-            program.append(self._chain(runs, borders))
+            self._flush(program, runs, borders, done, batch)
+        if separable:
+            program.append(self._separable(separable))
         return program, borders
+
+    def _flush(self, program, runs, borders, done, batch):
+        """Append the chain of direct convs ``runs`` to ``program``, with the classifier
+        head or dense layers after it that it runs too (their ops added to ``done``);
+        whether it took those."""
+        self._borders(runs, borders)
+        head = self._head(runs, batch)
+        tail = None if head is not None else self._dense_tail(runs, batch)
+        program.append(self._chain(runs, borders, head, tail))
+        if head is not None:
+            done.update(head[1:])
+        elif tail is not None:
+            done.update(index for index, _ in tail[1])
+        return head is not None or tail is not None
+
+    def _separable_layer(self, index, batch):
+        """Op ``index`` as a ``pointwise.PointwiseLayer`` or ``DepthwiseLayer`` (a conv the
+        separable chain runs), or None."""
+        op = self.ops[index]
+        if op["op"] != "conv2d":
+            return None
+        weights = op["weights"]
+        shape = (batch,) + tuple(self.shapes[op["inputs"][0]][1:])
+        return pointwise_kernels.layer(
+            shape, self.tensors[weights["weight"]],
+            self.tensors[weights["bias"]] if "bias" in weights else None,
+            tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]), op["groups"],
+            op.get("negative_slope"))
+
+    def _separable(self, layers):
+        """One step for consecutive pointwise and depthwise convs ``[(index, layer)]``: one
+        parallel region for all of them (``pointwise.prepare_chain``), kept with the
+        buffer set where it reads nothing but its first input and the set's buffers."""
+        threads = max(pointwise_kernels.threads_for(layer.multiply_adds)
+                      for _, layer in layers)
+        first = self.ops[layers[0][0]]["inputs"][0]
+        key = ("separable", layers[0][0])
+
+        def step(values, buffers):
+            for index, _ in layers:   # outputs are known before the chain runs
+                values[index + 1] = buffers[index]
+            x = _contiguous(values[first])
+            chain = buffers.chains.get(key)
+            if chain is None:
+                owned = {id(buffer) for buffer in buffers if buffer is not None}
+                reads, steps = [], []
+                for index, layer in layers:
+                    inputs = [x if value == first else _contiguous(values[value])
+                              for value in self.ops[index]["inputs"]]
+                    reads.extend(inputs)
+                    steps.append(layer.step(inputs[0], buffers[index],
+                                            inputs[1] if len(inputs) > 1 else None))
+                chain = pointwise_kernels.prepare_chain(steps, threads)
+                if all(array is x or id(array) in owned for array in reads):
+                    buffers.chains[key] = chain
+            chain.run(x)
+        return step
 
     def buffers(self, batch, borders):
         """A new set of intermediate buffers for this batch size; those with a border
@@ -403,3 +471,14 @@ def _activation(op):
             "tanh": act_kernels.tanh_forward, "identity": lambda x: x,
             "leaky_relu": lambda x: act_kernels.leaky_relu_forward(
                 x, op["negative_slope"])}[kind]
+
+
+def _contiguous(array):
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _global(op, shape):
+    """Whether the average pool ``op`` on input ``shape`` takes one window, the whole
+    map, unpadded (its output is the global average pool's)."""
+    return (pair(op["kernel_size"], "kernel_size", "avg_pool2d") == tuple(shape[2:])
+            and pair(op["padding"], "padding", "avg_pool2d") == (0, 0))

@@ -1,0 +1,99 @@
+/* Pointwise (1x1, stride 1, unpadded, one group) convs and depthwise convs run one
+   after another in one parallel region: the layers of a MobileNet's inverted residual
+   blocks. Declared for Cython in pointwise.pyx.
+
+   A pointwise conv of one image is out (M, P) = W (M, K) @ x (K, P) over its P
+   positions. Its work items are blocks of rows and positions of one image; each
+   element is summed by one thread over k in order, in one accumulator (a vector lane),
+   so results do not depend on the blocking or the thread count. The weights are packed
+   in panels of FASTDL_PW_ROWS rows, (ceil(M / rows), K, rows), zero rows at the end:
+   each k of a tile reads its rows' weights as one run of broadcasts.
+
+   A depthwise step runs the depthwise loops (fastdl_depthwise.h) over runs of whole
+   planes, each step in scratch of its own (zeroed once: the loops keep the borders
+   zero for one shape). Threads take items as the direct chain's do (fastdl_team.h):
+   a thread that is late joins at whatever step the others have reached. */
+
+#ifndef FASTDL_POINTWISE_H
+#define FASTDL_POINTWISE_H
+
+#include "fastdl_depthwise.h"
+#include "fastdl_team.h"
+
+#define FASTDL_PW_ROWS 8
+/* Vectors of positions per tile, at most: 8 x 3 accumulators fill 24 of AVX-512's 32
+   registers; with 16 (AVX2, or the baseline's SSE) one vector of 64 bytes is already
+   8 x 2 of them. */
+#define FASTDL_PW_WIDE 3
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && __GNUC__ >= 12
+#  define FASTDL_PW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
+                                                        "default")))
+#else
+#  define FASTDL_PW_CLONES FASTDL_CLONES
+#endif
+
+enum { FASTDL_PW_POINTWISE = 0, FASTDL_PW_DEPTHWISE = 1 };
+
+typedef struct {
+    int kind;
+    Py_ssize_t images, in_channels, out_channels, positions;   /* N, K, M, P */
+    Py_ssize_t row_block, col_block, row_blocks, col_blocks;   /* pointwise items */
+    fastdl_dw_shape dw;                                        /* depthwise */
+    const void *x, *weight, *bias, *residual;
+    void *out;
+    int activate;
+    double slope;
+    Py_ssize_t items, planes;      /* planes: of a depthwise step, N * C_out */
+    Py_ssize_t scratch_offset;     /* bytes into a thread's scratch: a depthwise step's
+                                      own, or the pointwise steps' spill */
+    int *taken;                    /* one per thread */
+    int done, sleepers;
+} fastdl_pw_step;
+
+/* Whether the CPU runs the AVX-512 clones (their tiles may be FASTDL_PW_WIDE vectors
+   wide; the others' one). */
+static int fastdl_pw_wide(void) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    return __builtin_cpu_supports("avx512f") ? FASTDL_PW_WIDE : 1;
+#else
+    return 1;
+#endif
+}
+
+#define PW_T float
+#define PW(name) fastdl_pw_##name##_float
+#define PW_DEPTHWISE fastdl_dw_forward_float
+#include "fastdl_pointwise_body.h"
+#undef PW
+#undef PW_T
+#undef PW_DEPTHWISE
+#define PW_T double
+#define PW(name) fastdl_pw_##name##_double
+#define PW_DEPTHWISE fastdl_dw_forward_double
+#include "fastdl_pointwise_body.h"
+#undef PW
+#undef PW_T
+#undef PW_DEPTHWISE
+
+/* Thread ``thread`` of ``threads`` runs the steps in order: items of each step until
+   none is left, then waits until all of them are done. ``scratch``: this thread's. */
+static void fastdl_pw_run(fastdl_pw_step *steps, int count, int thread, int threads,
+                          char *scratch, int wide, int is_float) {
+    for (int k = 0; k < count; k++) {
+        fastdl_pw_step *s = &steps[k];
+        int first, taken;
+        while ((taken = fastdl_take_items(s->taken, threads, thread, (int)s->items, 1,
+                                          &first)) > 0) {
+            if (is_float)
+                fastdl_pw_item_float(s, first, scratch, wide);
+            else
+                fastdl_pw_item_double(s, first, scratch, wide);
+            fastdl_items_done(&s->done, &s->sleepers, taken, (int)s->items);
+        }
+        fastdl_wait_done(&s->done, &s->sleepers, (int)s->items);
+    }
+}
+
+#endif  /* FASTDL_POINTWISE_H */

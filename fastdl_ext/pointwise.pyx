@@ -1,0 +1,273 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Pointwise and depthwise convs run one after another in one parallel region.
+
+The C is in ``include/fastdl_pointwise.h`` (see there for the tiles and the items).
+A ``Chain`` is prepared once on its arrays (``PointwiseStep``s and ``DepthwiseStep``s,
+a later one may read an earlier one's output) and ``run(x)`` wakes the team once for
+all of them: at batch 1 a MobileNet layer takes a few to tens of microseconds, about
+what waking a sleeping team costs. The results are bitwise the same for any thread
+count.
+"""
+from cython.parallel cimport parallel, threadid
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+cimport numpy as cnp
+
+cnp.import_array()
+
+from fastdl_ext._arrays cimport _data, _dims, _float_type
+from fastdl_ext._phases cimport _scratch, _whole_lines
+
+cdef extern from "fastdl_pointwise.h":
+    ctypedef struct Shape "fastdl_dw_shape":
+        Py_ssize_t images, channels, multiplier, height, width, out_h, out_w
+        int kernel, stride_h, stride_w, pad_h, pad_w
+    ctypedef struct Step "fastdl_pw_step":
+        int kind
+        Py_ssize_t images, in_channels, out_channels, positions
+        Py_ssize_t row_block, col_block, row_blocks, col_blocks
+        Shape dw
+        const void* x
+        const void* weight
+        const void* bias
+        const void* residual
+        void* out
+        int activate
+        double slope
+        Py_ssize_t items, planes, scratch_offset
+        int* taken
+        int done, sleepers
+    int POINTWISE "FASTDL_PW_POINTWISE"
+    int DEPTHWISE "FASTDL_PW_DEPTHWISE"
+    int ROWS "FASTDL_PW_ROWS"
+    int _wide "fastdl_pw_wide"() noexcept nogil
+    Py_ssize_t _dw_scratch_float "fastdl_dw_scratch_size_float"(const Shape* s) noexcept nogil
+    Py_ssize_t _dw_scratch_double "fastdl_dw_scratch_size_double"(
+        const Shape* s) noexcept nogil
+    void _run_steps "fastdl_pw_run"(Step* steps, int count, int thread, int threads,
+                                    char* scratch, int wide, int is_float) noexcept nogil
+
+# bytes of one vector of positions (the tiles' lanes)
+DEF VECTOR_BYTES = 64
+# Depthwise planes per item, at least: a plane of a small map is a few hundred
+# multiply-adds, less than taking an item costs.
+DEF DEPTHWISE_PLANE_VALUES = 4096
+
+WIDE = _wide()
+# rows of a weight panel (``pack``)
+PANEL_ROWS = ROWS
+
+
+cdef class PointwiseStep:
+    """out = act(W @ x + bias + residual) per image: x (N, K, H, W), ``packed`` the
+    weights of ``channels`` (M) rows in panels (ceil(M / ROWS), K, ROWS), out and
+    residual (N, M, H, W); items of ``row_block`` rows (a multiple of ROWS) by
+    ``col_block`` positions (0: all)."""
+    cdef readonly object x, packed, bias, residual, out
+    cdef readonly bint activate
+    cdef readonly double slope
+    cdef readonly Py_ssize_t channels, row_block, col_block
+
+    def __init__(self, x, packed, Py_ssize_t channels, out, bias=None, residual=None,
+                 bint activate=False, double slope=0.0, Py_ssize_t row_block=ROWS,
+                 Py_ssize_t col_block=0):
+        self.x, self.packed, self.out, self.bias, self.residual = x, packed, out, bias, residual
+        self.channels, self.activate, self.slope = channels, activate, slope
+        self.row_block, self.col_block = row_block, col_block
+
+
+cdef class DepthwiseStep:
+    """The depthwise conv of ``depthwise.pyx``: out = act(conv(x) + bias + residual)."""
+    cdef readonly object x, weight, bias, residual, out
+    cdef readonly tuple stride, padding
+    cdef readonly bint activate
+    cdef readonly double slope
+
+    def __init__(self, x, weight, out, tuple stride, tuple padding, bias=None, residual=None,
+                 bint activate=False, double slope=0.0):
+        self.x, self.weight, self.out, self.bias, self.residual = x, weight, out, bias, residual
+        self.stride, self.padding = stride, padding
+        self.activate, self.slope = activate, slope
+
+
+cdef class Chain:
+    """Steps run in one parallel region by ``threads`` threads; ``run(x)`` reads ``x`` in
+    place of the first step's input (and wherever a step reads that array), which must
+    match it in shape and dtype. A chain serves one caller at a time."""
+    cdef Step* steps
+    cdef int count, threads, typenum, wide
+    cdef int* taken
+    cdef char* scratch
+    cdef void* allocated
+    cdef size_t per_thread
+    cdef list arrays
+    cdef object first
+    cdef bint running
+    cdef list reads_first     # (step, 0 for x / 1 for residual) that read the first input
+
+    def __cinit__(self, list steps, int threads):
+        cdef int k
+        cdef Step* s
+        cdef size_t depthwise_bytes = 0, spill = 0
+        self.count = len(steps)
+        self.threads = max(1, threads)
+        self.wide = WIDE
+        if not steps:
+            raise ValueError("pointwise chain: no steps")
+        self.first = steps[0].x
+        self.typenum = _float_type("pointwise chain", self.first)
+        self.steps = <Step*>calloc(self.count, sizeof(Step))
+        self.taken = <int*>calloc(<size_t>self.count * self.threads, sizeof(int))
+        if self.steps == NULL or self.taken == NULL:
+            raise MemoryError()
+        self.arrays = []
+        self.reads_first = []
+        for k in range(self.count):
+            s = &self.steps[k]
+            s.taken = self.taken + k * self.threads
+            step = steps[k]
+            if isinstance(step, PointwiseStep):
+                spill = max(spill, self._pointwise(s, step))
+            elif isinstance(step, DepthwiseStep):
+                s.scratch_offset = depthwise_bytes
+                depthwise_bytes += self._depthwise(s, step)
+            else:
+                raise TypeError("pointwise chain: a step must be a PointwiseStep or "
+                                "DepthwiseStep, got %s" % type(step).__name__)
+            if step.x is self.first:
+                self.reads_first.append((k, 0))
+            if step.residual is not None and step.residual is self.first:
+                self.reads_first.append((k, 1))
+        # each thread: the depthwise steps' scratch (zeroed once), then the spill
+        for k in range(self.count):
+            if self.steps[k].kind == POINTWISE:
+                self.steps[k].scratch_offset = depthwise_bytes
+        self.per_thread = _whole_lines(depthwise_bytes + spill)
+        self.scratch = _scratch(self.threads, self.per_thread, True, &self.allocated)
+
+    def __dealloc__(self):
+        free(self.allocated)
+        free(self.taken)
+        free(self.steps)
+
+    cdef size_t _itemsize(self):
+        return sizeof(float) if self.typenum == cnp.NPY_FLOAT32 else sizeof(double)
+
+    cdef size_t _pointwise(self, Step* s, PointwiseStep step) except *:
+        """Fill ``s`` from ``step``; returns the spill bytes it needs."""
+        cdef cnp.npy_intp* dims = _dims("pointwise chain", step.x, "input", 4, self.typenum,
+                                       False)
+        cdef cnp.npy_intp* packed = _dims("pointwise chain", step.packed, "weight", 3,
+                                         self.typenum, False)
+        cdef cnp.npy_intp* out = _dims("pointwise chain", step.out, "out", 4, self.typenum,
+                                      True)
+        cdef Py_ssize_t lanes = VECTOR_BYTES // self._itemsize()
+        s.kind = POINTWISE
+        s.images, s.in_channels, s.positions = dims[0], dims[1], dims[2] * dims[3]
+        s.out_channels = out[1]
+        if (out[0] != dims[0] or out[2] != dims[2] or out[3] != dims[3] or packed[1] != dims[1]
+                or out[1] != step.channels
+                or packed[2] != ROWS or packed[0] != (out[1] + ROWS - 1) // ROWS
+                or step.row_block < 1 or step.row_block % ROWS):
+            raise ValueError("pointwise chain: input %s, weight %s and output %s do not fit"
+                             % (step.x.shape, step.packed.shape, step.out.shape))
+        self._epilogue(s, step.bias, step.residual, step.out, step.activate, step.slope)
+        s.x, s.weight, s.out = _data(step.x), _data(step.packed), _data(step.out)
+        s.row_block = step.row_block
+        s.col_block = step.col_block if 0 < step.col_block < s.positions else s.positions
+        s.row_blocks = (s.out_channels + s.row_block - 1) // s.row_block
+        s.col_blocks = (s.positions + s.col_block - 1) // s.col_block
+        s.items = s.images * s.row_blocks * s.col_blocks
+        self.arrays.append(step)
+        return <size_t>s.in_channels * VECTOR_BYTES if s.positions % lanes else 0
+
+    cdef size_t _depthwise(self, Step* s, DepthwiseStep step) except *:
+        """Fill ``s`` from ``step``; returns the scratch bytes it needs."""
+        cdef cnp.npy_intp* dims = _dims("pointwise chain", step.x, "input", 4, self.typenum,
+                                       False)
+        cdef cnp.npy_intp* taps = _dims("pointwise chain", step.weight, "weight", 4,
+                                       self.typenum, False)
+        cdef cnp.npy_intp* out = _dims("pointwise chain", step.out, "out", 4, self.typenum,
+                                      True)
+        cdef Shape* d = &s.dw
+        s.kind = DEPTHWISE
+        d.images, d.channels, d.height, d.width = dims[0], dims[1], dims[2], dims[3]
+        d.out_h, d.out_w = out[2], out[3]
+        d.kernel = taps[2]
+        d.stride_h, d.stride_w = step.stride
+        d.pad_h, d.pad_w = step.padding
+        d.multiplier = taps[0] // max(d.channels, 1)
+        # the checks of depthwise.pyx's _shape: the loops size everything from these
+        if (taps[1] != 1 or taps[2] != taps[3] or taps[2] not in (3, 5)
+                or taps[0] != d.channels * d.multiplier or d.multiplier < 1
+                or out[0] != d.images or out[1] != taps[0]
+                or d.stride_h not in (1, 2) or d.stride_w not in (1, 2)
+                or d.pad_h < 0 or d.pad_w < 0
+                or (d.out_h - 1) * d.stride_h + d.kernel > d.height + 2 * d.pad_h
+                or (d.out_w - 1) * d.stride_w + d.kernel > d.width + 2 * d.pad_w
+                or d.out_h * d.stride_h + d.kernel <= d.height + 2 * d.pad_h
+                or d.out_w * d.stride_w + d.kernel <= d.width + 2 * d.pad_w):
+            raise ValueError("pointwise chain: not a depthwise 3x3/5x5 conv at stride 1 or 2: "
+                             "input %s, weight %s, output %s, stride %s, padding %s"
+                             % (step.x.shape, step.weight.shape, step.out.shape, step.stride,
+                                step.padding))
+        self._epilogue(s, step.bias, step.residual, step.out, step.activate, step.slope)
+        s.x, s.weight, s.out = _data(step.x), _data(step.weight), _data(step.out)
+        s.planes = d.images * d.channels * d.multiplier
+        s.items = max(1, min(s.planes, s.planes * d.out_h * d.out_w // DEPTHWISE_PLANE_VALUES))
+        self.arrays.append(step)
+        if self.typenum == cnp.NPY_FLOAT32:
+            return _whole_lines(sizeof(float) * _dw_scratch_float(d))
+        return _whole_lines(sizeof(double) * _dw_scratch_double(d))
+
+    cdef int _epilogue(self, Step* s, bias, residual, out, bint activate,
+                       double slope) except -1:
+        if bias is not None:
+            _dims("pointwise chain", bias.reshape(1, 1, 1, -1), "bias", 4, self.typenum, False)
+            if bias.shape[0] != out.shape[1]:
+                raise ValueError("pointwise chain: bias must have %d values, got %d"
+                                 % (out.shape[1], bias.shape[0]))
+            s.bias = _data(bias)
+        if residual is not None:
+            _dims("pointwise chain", residual, "residual", 4, self.typenum, False)
+            if residual.shape != out.shape:
+                raise ValueError("pointwise chain: residual must be %s, got %s"
+                                 % (out.shape, residual.shape))
+            s.residual = _data(residual)
+        s.activate, s.slope = activate, slope
+        return 0
+
+    def run(self, x):
+        """Run the steps on ``x`` in place of the first input."""
+        cdef int k, thread
+        cdef Step* s
+        if self.running:   # checked and set under the GIL
+            raise RuntimeError("pointwise chain: already running in another thread; a "
+                               "chain serves one caller at a time")
+        _dims("pointwise chain", x, "input", 4, self.typenum, False)
+        if x.shape != self.first.shape:
+            raise ValueError("pointwise chain: expected input %s, got %s"
+                             % (self.first.shape, x.shape))
+        self.running = True
+        try:
+            for k, role in self.reads_first:
+                if role == 0:
+                    self.steps[k].x = _data(x)
+                else:
+                    self.steps[k].residual = _data(x)
+            for k in range(self.count):
+                self.steps[k].done = self.steps[k].sleepers = 0
+            memset(self.taken, 0, sizeof(int) * self.count * self.threads)
+            with nogil:
+                if self.threads == 1:
+                    _run_steps(self.steps, self.count, 0, 1, self.scratch, self.wide,
+                               self.typenum == cnp.NPY_FLOAT32)
+                else:
+                    with parallel(num_threads=self.threads):
+                        thread = threadid()
+                        _run_steps(self.steps, self.count, thread, self.threads,
+                                   self.scratch + thread * self.per_thread, self.wide,
+                                   self.typenum == cnp.NPY_FLOAT32)
+        finally:
+            self.running = False

@@ -1,0 +1,232 @@
+"""The pointwise/depthwise chain (kernels.pointwise) against the im2col and depthwise
+kernels, and plans that run it against the same plans without it: random channel
+counts, map sizes (positions that fill whole vectors and ones that do not), batch
+sizes, float32 and float64; bitwise the same at 1 and 2 threads."""
+import numpy as np
+import pytest
+
+import fastdl
+from fastdl.deploy import _schedule
+from fastdl.deploy.plan import InferencePlan
+from fastdl.kernels import conv as conv_kernels
+from fastdl.kernels import pointwise
+
+TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
+
+
+def _close(got, expected):
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.abs(got - expected).max() <= TOLERANCE[got.dtype] * scale
+
+
+def _random_layers(rng, channels, count, dtype):
+    """``count`` random convs (pointwise or depthwise 3x3/5x5, stride 1 or 2), each
+    ``(weight, bias, stride, padding, slope, residual_of)`` where ``residual_of`` is the
+    index of an earlier layer output (-1: the input) added in the epilogue, or None."""
+    layers, shapes = [], [channels]
+    for index in range(count):
+        c_in = shapes[-1]
+        if rng.random() < 0.5:
+            c_out = int(rng.integers(1, 40))
+            weight = rng.standard_normal((c_out, c_in, 1, 1)).astype(dtype)
+            stride, padding = (1, 1), (0, 0)
+        else:
+            kernel = int(rng.choice([3, 5]))
+            multiplier = int(rng.choice([1, 1, 2]))
+            c_out = c_in * multiplier
+            weight = rng.standard_normal((c_out, 1, kernel, kernel)).astype(dtype)
+            stride = (1, 1) if rng.random() < 0.7 else (2, 2)
+            padding = (kernel // 2, kernel // 2)
+        bias = rng.standard_normal(c_out).astype(dtype) if rng.random() < 0.7 else None
+        slope = [None, 0.0, 0.1][int(rng.integers(3))]
+        layers.append([weight, bias, stride, padding, slope, None])
+        shapes.append(c_out)
+    return layers
+
+
+def _plain(x, layers):
+    """The layers through conv_kernels.conv2d_forward, one after another."""
+    values = [x]
+    for weight, bias, stride, padding, slope, residual in layers:
+        groups = 1 if weight.shape[1] == values[-1].shape[1] and weight.shape[2] == 1 else \
+            values[-1].shape[1]
+        values.append(conv_kernels.conv2d_forward(
+            values[-1], weight, bias, stride, padding, 1, groups,
+            residual=None if residual is None else values[residual + 1],
+            negative_slope=slope))
+    return values
+
+
+def _chained(x, layers, threads):
+    values = [x]
+    steps = []
+    for weight, bias, stride, padding, slope, residual in layers:
+        groups = 1 if weight.shape[1] == values[-1].shape[1] and weight.shape[2] == 1 else \
+            values[-1].shape[1]
+        layer = pointwise.layer(values[-1].shape, weight, bias, stride, padding, (1, 1),
+                                groups, slope, threads)
+        assert layer is not None
+        out = np.full(layer.out_shape, np.nan, x.dtype)
+        steps.append(layer.step(values[-1], out,
+                                None if residual is None else values[residual + 1]))
+        values.append(out)
+    chain = pointwise.prepare_chain(steps, threads)
+    fresh = np.array(x)   # run reads its argument in place of the first input
+    chain.run(fresh)
+    first = [v.copy() for v in values[1:]]
+    chain.run(fresh)      # a second run: the scratch kept its zero borders
+    for a, b in zip(first, values[1:]):
+        np.testing.assert_array_equal(a, b)
+    return values
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chain_equals_plain_kernels_and_is_thread_independent(seed, dtype):
+    rng = np.random.default_rng(seed)
+    batch = int(rng.choice([1, 2, 7, 32] if seed % 4 else [32]))
+    channels = int(rng.integers(1, 24))
+    height, width = int(rng.integers(5, 19)), int(rng.integers(5, 19))
+    if batch == 32:
+        height, width = min(height, 9), min(width, 9)
+    layers = _random_layers(rng, channels, int(rng.integers(1, 7)), dtype)
+    x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+    # a residual where an earlier output has the shape of this one's
+    plain = _plain(x, layers)
+    for index in range(len(layers)):
+        same = [j for j in range(-1, index) if plain[j + 1].shape == plain[index + 1].shape]
+        if same and rng.random() < 0.6:
+            layers[index][5] = int(rng.choice(same))
+    plain = _plain(x, layers)
+    one, two = _chained(x, layers, 1), _chained(x, layers, 2)
+    for expected, a, b in zip(plain[1:], one[1:], two[1:]):
+        np.testing.assert_array_equal(a, b)
+        _close(a, expected)
+
+
+def test_spill_after_depthwise_keeps_its_borders():
+    """A pointwise conv on a map whose positions are not whole vectors (2x3) copies its
+    last columns to the thread's scratch; that must not be a depthwise step's, whose
+    zero border the next plane reads."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 8, 2, 3)).astype(np.float32)
+    layers = [[rng.standard_normal((8, 1, 3, 3)).astype(np.float32), None, (1, 1), (1, 1),
+               None, None],
+              [rng.standard_normal((16, 8, 1, 1)).astype(np.float32), None, (1, 1), (0, 0),
+               0.0, None],
+              [rng.standard_normal((16, 1, 3, 3)).astype(np.float32), None, (1, 1), (1, 1),
+               None, None]]
+    plain = _plain(x, layers)
+    for threads in (1, 2):
+        for expected, got in zip(plain[1:], _chained(x, layers, threads)[1:]):
+            _close(got, expected)
+
+
+def test_layer_applies_to_pointwise_and_depthwise_only():
+    w = np.ones((4, 4, 1, 1), np.float32)
+    assert isinstance(pointwise.layer((1, 4, 5, 5), w, None, (1, 1), (0, 0), (1, 1), 1, None),
+                      pointwise.PointwiseLayer)
+    assert pointwise.layer((1, 4, 5, 5), w, None, (2, 2), (0, 0), (1, 1), 1, None) is None
+    assert pointwise.layer((1, 4, 5, 5), w, None, (1, 1), (1, 1), (1, 1), 1, None) is None
+    dw = np.ones((4, 1, 3, 3), np.float32)
+    assert isinstance(pointwise.layer((1, 4, 5, 5), dw, None, (1, 1), (1, 1), (1, 1), 4,
+                                      None), pointwise.DepthwiseLayer)
+    assert pointwise.layer((1, 4, 5, 5), np.ones((4, 4, 3, 3), np.float32), None, (1, 1),
+                           (1, 1), (1, 1), 1, None) is None
+
+
+def test_chain_refuses_mismatched_arrays():
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    layer = pointwise.layer(x.shape, np.ones((6, 4, 1, 1), np.float32), None, (1, 1),
+                            (0, 0), (1, 1), 1, None)
+    with pytest.raises(ValueError):
+        pointwise.prepare_chain([layer.step(x, np.zeros((1, 5, 5, 5), np.float32))], 2)
+    with pytest.raises(ValueError):
+        pointwise.prepare_chain([layer.step(x, np.zeros((1, 6, 5, 5), np.float64))], 2)
+    chain = pointwise.prepare_chain([layer.step(x, np.zeros((1, 6, 5, 5), np.float32))], 2)
+    with pytest.raises(ValueError):
+        chain.run(np.zeros((2, 4, 5, 5), np.float32))
+
+
+# ------------------------------------------------------------------------ plans
+
+def _conv(inputs, weight_name, bias_name, stride, padding, groups, slope):
+    op = {"op": "conv2d", "inputs": inputs, "stride": list(stride), "padding": list(padding),
+          "dilation": [1, 1], "groups": groups, "negative_slope": slope,
+          "weights": {"weight": weight_name}}
+    if bias_name is not None:
+        op["weights"]["bias"] = bias_name
+    return op
+
+
+def _inverted_residual_plan(rng, dtype, channels, size, blocks):
+    """A 3x3 stem, then MobileNetV2-like blocks (expand 1x1 + ReLU, depthwise 3x3 +
+    ReLU, project 1x1 + residual where the shapes allow), a global average pool as an
+    AveragePool over the whole map, flatten and linear."""
+    tensors, ops = {}, []
+
+    def add(name, shape):
+        tensors[name] = (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(
+            dtype)
+        return name
+    ops.append(_conv([0], add("stem.w", (channels, 3, 3, 3)), add("stem.b", (channels,)),
+                     (1, 1), (1, 1), 1, 0.0))
+    c, value, spatial = channels, 1, size
+    for block in range(blocks):
+        expand = c * int(rng.choice([2, 3, 6]))
+        out = int(rng.integers(4, 20)) if rng.random() < 0.5 else c
+        stride = 2 if rng.random() < 0.3 and spatial >= 4 else 1
+        ops.append(_conv([value], add("e%d.w" % block, (expand, c, 1, 1)),
+                         add("e%d.b" % block, (expand,)), (1, 1), (0, 0), 1, 0.0))
+        ops.append(_conv([len(ops)], add("d%d.w" % block, (expand, 1, 3, 3)),
+                         add("d%d.b" % block, (expand,)), (stride, stride), (1, 1), expand,
+                         0.0))
+        residual = [value] if stride == 1 and out == c else []
+        ops.append(_conv([len(ops)] + residual, add("p%d.w" % block, (out, expand, 1, 1)),
+                         add("p%d.b" % block, (out,)), (1, 1), (0, 0), 1, None))
+        c, value, spatial = out, len(ops), (spatial - 1) // stride + 1
+    ops.append({"op": "avg_pool2d", "inputs": [value], "kernel_size": [spatial, spatial],
+                "stride": [spatial, spatial], "padding": [0, 0], "ceil_mode": False,
+                "count_include_pad": True})
+    ops.append({"op": "flatten", "inputs": [len(ops)], "start_dim": 1})
+    ops.append({"op": "linear", "inputs": [len(ops)], "negative_slope": None,
+                "weights": {"weight": add("fc.w", (10, c)), "bias": add("fc.b", (10,))}})
+    for index, op in enumerate(ops):
+        op["output"] = index + 1
+    return ops, tensors
+
+
+def _without_chain(monkeypatch):
+    monkeypatch.setattr(_schedule.Scheduler, "_separable_layer", lambda self, i, b: None)
+    monkeypatch.setattr(_schedule, "_global", lambda op, shape: False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plan_with_chain_equals_plan_without(seed, dtype, monkeypatch):
+    rng = np.random.default_rng(100 + seed)
+    size = int(rng.choice([4, 6, 8, 11]))
+    ops, tensors = _inverted_residual_plan(rng, dtype, int(rng.integers(3, 17)), size,
+                                           int(rng.integers(1, 5)))
+    plan = InferencePlan(ops, tensors, (3, size, size))
+    program, _ = plan._program(1)
+    assert len(program) <= 5    # stem, one chain, pool, flatten, linear
+    previous = fastdl.get_num_threads()
+    outputs = {}
+    try:
+        for batch in (1, 2, 7, 32):
+            x = rng.standard_normal((batch, 3, size, size)).astype(dtype)
+            for threads in (1, 2):
+                fastdl.set_num_threads(threads)
+                fresh = InferencePlan(ops, tensors, (3, size, size))
+                outputs[batch, threads] = (x, fresh(x), fresh(x))
+    finally:
+        fastdl.set_num_threads(previous)
+    with monkeypatch.context() as patch:
+        _without_chain(patch)
+        plain = InferencePlan(ops, tensors, (3, size, size))
+        assert len(plain._program(1)[0]) > 5
+        for (batch, threads), (x, first, second) in outputs.items():
+            np.testing.assert_array_equal(first, second)
+            np.testing.assert_array_equal(first, outputs[batch, 1][1])
+            _close(first, plain(x))
