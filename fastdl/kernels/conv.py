@@ -21,7 +21,7 @@ from fastdl._checks import is_int, pair
 from fastdl.kernels import depthwise, direct, winograd
 from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size, conv_transpose_output_size
-from fastdl_ext import conv as _ext
+from fastdl_ext import conv as _ext, conv_channels as _channels_ext
 
 __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
            "conv_transpose2d_forward", "conv_transpose2d_grad_input",
@@ -54,6 +54,16 @@ _THIN_POSITIONS = 256
 # 128 -> 256 at 8², 1.80 vs 2.58; 64 -> 128 at 32², 6.0 vs 7.2; but 32 -> 64 at 16²,
 # 0.74 vs 0.55.
 _GEMM_FORWARD_CHANNELS = 128
+# Output positions of all images together up to which a conv run once (eager: its
+# weights serve one call) is GEMMs over fixed chunks of output channels, its weights
+# used as they are (``fastdl_ext.conv_channels``): the direct loops pack the weights
+# for each call, and tiles of positions give every thread all the weights. Batch 1, 2
+# threads, eager forward, 16 positions: 512 -> 512 at 4², 3.07 ms before, 0.94 by
+# channels; 256 -> 512 stride 2 from 8², 1.59 and 0.54; its 1x1 shortcut, 0.20 and
+# 0.16. At 64 positions even or worse: 256 -> 256 at 8², 0.96 and 0.97; 128 -> 256
+# stride 2 from 16², 0.53 and 0.56, its 1x1 shortcut 0.10 and 0.16.
+_THIN_COLUMNS = 32
+_CHANNEL_CHUNK = 32
 
 
 def _threads_for(multiply_adds):
@@ -164,17 +174,19 @@ def conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation, groups,
     if residual is not None:
         residual = _contiguous(residual)
     run = conv2d_runner(x.shape, weight, bias, stride, padding, dilation, groups,
-                        negative_slope)
+                        negative_slope, once=True)
     return run(x, out, residual)
 
 
 def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
-                  dilation=(1, 1), groups=1, negative_slope=None):
+                  dilation=(1, 1), groups=1, negative_slope=None, once=False):
     """A prepared ``run(x, out=None, residual=None)`` for one input shape (no re-checks).
 
     Tile size, thread count and output shape are computed once, so inference
     plans call the compiled loop with almost no Python in between. The caller
-    guarantees (as ``check_conv2d_args`` does) that the shapes fit.
+    guarantees (as ``check_conv2d_args`` does) that the shapes fit. ``once``: the
+    runner serves a single call (an eager conv), so preparing the weights (the direct
+    loops' packing) counts against it; thin convs then take ``_by_channels``.
     """
     n, _, height, width = input_shape
     c_out, c_in_group, kh, kw = weight.shape
@@ -186,6 +198,9 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape):
         return depthwise.forward_runner(input_shape, weight, bias, stride, padding, threads,
                                         negative_slope)
+    if once and _by_channels(n, positions, weight.shape, stride, padding, groups):
+        return _channels_runner(out_shape, weight, bias, stride, padding, dilation,
+                                threads, negative_slope)
     k = c_in_group * kh * kw
     images = _image_items(n, weight.shape, positions, weight.itemsize, threads, stride,
                           padding, dilation)
@@ -210,6 +225,46 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     tile = _tile_size(k, positions, weight.itemsize, n, threads)
     return fused_runner(_ext.conv2d_forward_into, out_shape, weight,
                         (stride, padding, dilation, groups, tile, threads), bias, negative_slope)
+
+
+def _by_channels(n_images, positions, weight_shape, stride, padding, groups):
+    """Whether a conv run once takes GEMMs over chunks of output channels: one group,
+    at most ``_THIN_COLUMNS`` positions in all, two chunks or more, not pointwise."""
+    return (groups == 1 and n_images * positions <= _THIN_COLUMNS
+            and weight_shape[0] >= 2 * _CHANNEL_CHUNK
+            and not _is_pointwise(weight_shape[2:], stride, padding))
+
+
+def _unfold(x, kernel_size, stride, padding, dilation, out_size):
+    """The (C*kH*kW, N*OH*OW) column matrix of ``x``: NumPy windows, for small maps."""
+    (kh, kw), (out_h, out_w) = kernel_size, out_size
+    padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    windows = np.lib.stride_tricks.sliding_window_view(
+        padded, (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1), axis=(2, 3))
+    windows = windows[:, :, :stride[0] * (out_h - 1) + 1:stride[0],
+                      :stride[1] * (out_w - 1) + 1:stride[1], ::dilation[0], ::dilation[1]]
+    # (N, C, OH, OW, kH, kW) -> (C, kH, kW, N, OH, OW)
+    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3)).reshape(
+        x.shape[1] * kh * kw, -1)
+
+
+def _channels_runner(out_shape, weight, bias, stride, padding, dilation, threads,
+                     negative_slope):
+    """``run(x, out=None, residual=None)`` through ``conv2d_channels_into``."""
+    n, c_out = out_shape[:2]
+    rows = weight.reshape(c_out, -1)
+    activate = negative_slope is not None
+    slope = 0.0 if negative_slope is None else float(negative_slope)
+
+    def run(x, out=None, residual=None):
+        if out is None:
+            out = np.empty(out_shape, dtype=x.dtype)
+        cols = _unfold(x, weight.shape[2:], stride, padding, dilation, out_shape[2:])
+        _channels_ext.conv2d_channels_into(
+            cols, rows, out.reshape(n, c_out, -1), _CHANNEL_CHUNK, threads, bias,
+            None if residual is None else residual.reshape(n, c_out, -1), activate, slope)
+        return out
+    return run
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,

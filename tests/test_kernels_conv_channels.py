@@ -1,0 +1,132 @@
+"""Convolutions run once on few positions: GEMMs over chunks of output channels
+(``fastdl_ext.conv_channels``) against the SciPy reference, across thread counts."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastdl
+import fastdl_ext.conv_channels
+from fastdl.kernels import conv
+from fastdl.shapes import conv_output_size
+from reference import conv2d_reference
+
+# (N, C_in, H, W, C_out, k, stride, padding, dilation): ResNet-18's 4x4 stage at batch
+# 1, a stride-2 conv and its 1x1 shortcut, dilation, two images, output channels not a
+# multiple of the chunk, a map smaller than the kernel's reach with padding
+CASES = [
+    (1, 48, 4, 4, 96, 3, 1, 1, 1),
+    (1, 20, 8, 8, 70, 3, 2, 1, 1),
+    (1, 24, 8, 8, 64, 1, 2, 0, 1),
+    (1, 6, 5, 5, 65, 3, 1, 2, 3),
+    (2, 5, 4, 3, 66, 2, 1, 0, 1),
+    (1, 3, 2, 2, 64, 5, 1, 2, 1),
+]
+
+
+def _case(case, dtype, rng):
+    n, c_in, h, w, c_out, k, stride, padding, dilation = case
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, k, k)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    return x, weight, bias, (stride,) * 2, (padding,) * 2, (dilation,) * 2
+
+
+def _takes_channels(x, weight, stride, padding, dilation):
+    run = conv.conv2d_runner(x.shape, weight, None, stride, padding, dilation, once=True)
+    return getattr(run, "__qualname__", "").startswith("_channels_runner")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("slope", [None, 0.0, 0.2])
+def test_eager_forward_matches_scipy_with_its_epilogue(case, dtype, rtol, slope, rng):
+    x, weight, bias, stride, padding, dilation = _case(case, dtype, rng)
+    assert _takes_channels(x, weight, stride, padding, dilation)
+    expected = conv2d_reference(x, weight, bias, stride, padding, dilation, 1)
+    residual = rng.normal(size=expected.shape).astype(dtype)
+    plain = conv.conv2d_forward(x, weight, bias, stride, padding, dilation)
+    np.testing.assert_allclose(plain, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    fused = conv.conv2d_forward(x, weight, bias, stride, padding, dilation,
+                                residual=residual, negative_slope=slope)
+    expected = expected + residual
+    if slope is not None:
+        expected = np.where(expected > 0, expected, slope * expected)
+    assert fused.dtype == dtype
+    np.testing.assert_allclose(fused, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", CASES[:3])
+def test_thread_counts_are_bitwise_equal(case, rng):
+    x, weight, bias, stride, padding, dilation = _case(case, np.float32, rng)
+    before = fastdl.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            fastdl.set_num_threads(threads)
+            outs.append(conv.conv2d_forward(x, weight, bias, stride, padding, dilation,
+                                            negative_slope=0.0))
+    finally:
+        fastdl.set_num_threads(before)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+
+
+def test_only_runners_used_once_take_it(rng):
+    """Plans reuse their runners (the direct loops' packing is then paid once), and
+    larger maps, few channels, groups and pointwise convs keep their own paths."""
+    x, weight = rng.normal(size=(1, 16, 4, 4)), rng.normal(size=(64, 16, 3, 3))
+    pairs = ((1, 1), (1, 1), (1, 1))
+    assert _takes_channels(x, weight, *pairs)
+    plan = conv.conv2d_runner(x.shape, weight, None, *pairs)
+    assert not getattr(plan, "__qualname__", "").startswith("_channels_runner")
+    assert not _takes_channels(np.zeros((1, 16, 8, 8)), weight, *pairs)       # 64 positions
+    assert not _takes_channels(x, weight[:32], *pairs)                         # one chunk
+    assert not _takes_channels(x, weight[:, :, :1, :1], (1, 1), (0, 0), (1, 1))
+    assert not conv._by_channels(1, 16, (64, 8, 3, 3), (1, 1), (1, 1), 2)
+
+
+def test_read_only_inputs_give_the_same_bits(rng):
+    x, weight, bias, stride, padding, dilation = _case(CASES[1], np.float32, rng)
+    residual = rng.normal(size=conv.conv2d_forward(x, weight, None, stride, padding,
+                                                   dilation).shape).astype(np.float32)
+    expected = conv.conv2d_forward(x, weight, bias, stride, padding, dilation,
+                                   residual=residual, negative_slope=0.1)
+    for array in (x, weight, bias, residual):
+        array.setflags(write=False)
+    np.testing.assert_array_equal(conv.conv2d_forward(x, weight, bias, stride, padding,
+                                                      dilation, residual=residual,
+                                                      negative_slope=0.1), expected)
+
+
+def test_the_compiled_loop_checks_its_shapes():
+    cols, weight = np.zeros((9, 16)), np.zeros((64, 9))
+    out = np.zeros((1, 64, 16))
+    fastdl_ext.conv_channels.conv2d_channels_into(cols, weight, out, 32, 2)
+    for bad in ((cols[:8], weight, out, 32), (cols, weight, out[:, :63], 32),
+                (cols, weight, out, 0), (cols[:, :15], weight, out, 32)):
+        with pytest.raises(ValueError):
+            fastdl_ext.conv_channels.conv2d_channels_into(*bad, 2)
+    with pytest.raises(ValueError):
+        fastdl_ext.conv_channels.conv2d_channels_into(cols, weight, out, 32, 2,
+                                                      bias=np.zeros(63))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 2), c_in=st.integers(1, 6), c_out=st.integers(64, 100),
+       size=st.integers(1, 5), k=st.integers(1, 3), stride=st.integers(1, 2),
+       padding=st.integers(0, 2), dilation=st.integers(1, 2), seed=st.integers(0, 2 ** 16))
+def test_property_random_thin_convs(n, c_in, c_out, size, k, stride, padding, dilation, seed):
+    if size + 2 * padding < dilation * (k - 1) + 1:
+        return
+    if n * conv_output_size(size, k, stride, padding, dilation) ** 2 > conv._THIN_COLUMNS:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, c_in, size, size))
+    weight = rng.normal(size=(c_out, c_in, k, k))
+    pairs = ((stride,) * 2, (padding,) * 2, (dilation,) * 2)
+    if conv._is_pointwise((k, k), *pairs[:2]):
+        return
+    assert _takes_channels(x, weight, *pairs)
+    np.testing.assert_allclose(conv.conv2d_forward(x, weight, None, *pairs),
+                               conv2d_reference(x, weight, None, *pairs, 1),
+                               rtol=1e-10, atol=1e-10)
