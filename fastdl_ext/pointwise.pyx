@@ -23,6 +23,12 @@ cdef extern from "fastdl_pointwise.h":
     ctypedef struct Shape "fastdl_dw_shape":
         Py_ssize_t images, channels, multiplier, height, width, out_h, out_w
         int kernel, stride_h, stride_w, pad_h, pad_w
+    ctypedef struct Taps "fastdl_pw_taps":
+        pass
+    Taps* _new_taps "fastdl_pw_new_taps"() noexcept nogil
+    int _build_taps_float "fastdl_pw_build_taps_float"(const Shape* d, Taps* taps) noexcept nogil
+    int _build_taps_double "fastdl_pw_build_taps_double"(const Shape* d,
+                                                          Taps* taps) noexcept nogil
     ctypedef struct Step "fastdl_pw_step":
         int kind
         Py_ssize_t images, in_channels, out_channels, positions
@@ -36,6 +42,7 @@ cdef extern from "fastdl_pointwise.h":
         int activate
         double slope
         Py_ssize_t items, planes, scratch_offset
+        const Taps* taps
         int* taken
         int done, sleepers
     int POINTWISE "FASTDL_PW_POINTWISE"
@@ -52,7 +59,7 @@ cdef extern from "fastdl_pointwise.h":
 DEF VECTOR_BYTES = 64
 # Depthwise planes per item, at least: a plane of a small map is a few hundred
 # multiply-adds, less than taking an item costs.
-DEF DEPTHWISE_PLANE_VALUES = 4096
+DEF DEPTHWISE_PLANE_VALUES = 1024
 
 WIDE = _wide()
 # rows of a weight panel (``pack``)
@@ -147,6 +154,10 @@ cdef class Chain:
         self.scratch = _scratch(self.threads, self.per_thread, True, &self.allocated)
 
     def __dealloc__(self):
+        cdef int k
+        if self.steps != NULL:
+            for k in range(self.count):
+                free(<void*>self.steps[k].taps)
         free(self.allocated)
         free(self.taken)
         free(self.steps)
@@ -215,11 +226,29 @@ cdef class Chain:
         self._epilogue(s, step.bias, step.residual, step.out, step.activate, step.slope)
         s.x, s.weight, s.out = _data(step.x), _data(step.weight), _data(step.out)
         s.planes = d.images * d.channels * d.multiplier
+        if self.wide > 1:   # the tap table's permutes are single instructions
+            self._small(s)
         s.items = max(1, min(s.planes, s.planes * d.out_h * d.out_w // DEPTHWISE_PLANE_VALUES))
         self.arrays.append(step)
         if self.typenum == cnp.NPY_FLOAT32:
             return _whole_lines(sizeof(float) * _dw_scratch_float(d))
         return _whole_lines(sizeof(double) * _dw_scratch_double(d))
+
+    cdef int _small(self, Step* s) except -1:
+        """Give the depthwise step ``s`` a tap table where its maps are small enough."""
+        cdef Taps* taps = _new_taps()
+        cdef int built
+        if taps == NULL:
+            raise MemoryError()
+        if self.typenum == cnp.NPY_FLOAT32:
+            built = _build_taps_float(&s.dw, taps)
+        else:
+            built = _build_taps_double(&s.dw, taps)
+        if built:
+            s.taps = taps
+        else:
+            free(taps)
+        return 0
 
     cdef int _epilogue(self, Step* s, bias, residual, out, bint activate,
                        double slope) except -1:
@@ -237,6 +266,11 @@ cdef class Chain:
             s.residual = _data(residual)
         s.activate, s.slope = activate, slope
         return 0
+
+    @property
+    def tables(self):
+        """How many depthwise steps run the small-map loops (a tap table each)."""
+        return sum(self.steps[k].taps != NULL for k in range(self.count))
 
     def run(self, x):
         """Run the steps on ``x`` in place of the first input."""

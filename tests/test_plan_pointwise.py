@@ -230,3 +230,32 @@ def test_plan_with_chain_equals_plan_without(seed, dtype, monkeypatch):
             np.testing.assert_array_equal(first, second)
             np.testing.assert_array_equal(first, outputs[batch, 1][1])
             _close(first, plain(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_maps_take_the_tap_tables(dtype):
+    """4x4 maps at stride 1 and 8x8 at stride 2 (one output vector a plane) run the
+    tap-table loops where the CPU has AVX-512, and equal the depthwise kernels; larger
+    maps keep the depthwise loops."""
+    rng = np.random.default_rng(3)
+    for size, stride, multiplier, small in ((4, 1, 1, True), (8, 2, 2, True), (3, 1, 1, True),
+                                            (8, 1, 1, False), (16, 1, 1, False)):
+        channels = 5
+        x = rng.standard_normal((3, channels, size, size)).astype(dtype)
+        weight = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(dtype)
+        bias = rng.standard_normal(channels * multiplier).astype(dtype)
+        layer = pointwise.layer(x.shape, weight, bias, (stride, stride), (1, 1), (1, 1),
+                                channels, 0.0, 2)
+        outputs = []
+        for threads in (1, 2):
+            out = np.full(layer.out_shape, np.nan, dtype)
+            chain = pointwise.prepare_chain([layer.step(x, out)], threads)
+            lanes = 64 // np.dtype(dtype).itemsize
+            expect_small = small and pointwise.WIDE > 1 and (
+                layer.out_shape[2] * layer.out_shape[3] <= 2 * lanes)
+            assert chain.tables == int(expect_small)
+            chain.run(x)
+            outputs.append(out)
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+        _close(outputs[0], conv_kernels.conv2d_forward(
+            x, weight, bias, (stride, stride), (1, 1), 1, channels, negative_slope=0.0))

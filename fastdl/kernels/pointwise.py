@@ -21,10 +21,13 @@ from fastdl.kernels import depthwise
 from fastdl.shapes import conv_output_size
 from fastdl_ext import pointwise as _ext
 
-__all__ = ["ROWS", "PointwiseLayer", "DepthwiseLayer", "layer", "pack", "prepare_chain",
+__all__ = ["ROWS", "WIDE", "PointwiseLayer", "DepthwiseLayer", "layer", "pack", "prepare_chain",
            "threads_for"]
 
 ROWS = _ext.PANEL_ROWS
+# the vectors of positions a tile may take (1 without AVX-512, whose depthwise steps
+# also keep to the depthwise loops)
+WIDE = _ext.WIDE
 # Items per thread a pointwise step is cut into, at least: a thread that the machine's
 # other work delays leaves its share to the others.
 _ITEMS_PER_THREAD = 8

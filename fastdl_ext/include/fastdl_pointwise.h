@@ -19,6 +19,8 @@
 
 #include "fastdl_depthwise.h"
 #include "fastdl_team.h"
+#include <limits.h>
+#include <stdlib.h>
 
 #define FASTDL_PW_ROWS 8
 /* Vectors of positions per tile, at most: 8 x 3 accumulators fill 24 of AVX-512's 32
@@ -36,6 +38,30 @@
 
 enum { FASTDL_PW_POINTWISE = 0, FASTDL_PW_DEPTHWISE = 1 };
 
+/* The small-map depthwise loops' limits: output and input vectors of one plane
+   (fastdl_pointwise_body.h says why so few output vectors). */
+#define FASTDL_PW_TAP_VECTORS 2
+#define FASTDL_PW_IN_VECTORS 64
+
+/* Where each tap of each output vector of a small depthwise map reads (built by
+   fastdl_pw_build_taps_<type>): entry e = vector * K * K + tap has its window's first
+   input vector ``base[e]`` (-1: no lane inside the image), whether the window is more
+   than two vectors wide, and per lane the value's index in the window and whether it
+   lies inside the image (all bits set) or is a zero of the padding. */
+typedef struct {
+    int out_vectors, in_vectors;
+    int base[FASTDL_PW_TAP_VECTORS * 25];
+    char wide[FASTDL_PW_TAP_VECTORS * 25];
+    long long index[FASTDL_PW_TAP_VECTORS * 25 * 8] __attribute__((aligned(64)));
+    long long valid[FASTDL_PW_TAP_VECTORS * 25 * 8] __attribute__((aligned(64)));
+} fastdl_pw_taps;   /* index, valid: one 64-byte vector of lanes an entry */
+
+/* A table on 64 bytes (its vectors are read aligned), or NULL. */
+static fastdl_pw_taps *fastdl_pw_new_taps(void) {
+    void *table;
+    return posix_memalign(&table, 64, sizeof(fastdl_pw_taps)) ? NULL : table;
+}
+
 typedef struct {
     int kind;
     Py_ssize_t images, in_channels, out_channels, positions;   /* N, K, M, P */
@@ -46,6 +72,7 @@ typedef struct {
     int activate;
     double slope;
     Py_ssize_t items, planes;      /* planes: of a depthwise step, N * C_out */
+    const fastdl_pw_taps *taps;    /* a depthwise step's on small maps, else NULL */
     Py_ssize_t scratch_offset;     /* bytes into a thread's scratch: a depthwise step's
                                       own, or the pointwise steps' spill */
     int *taken;                    /* one per thread */
@@ -63,18 +90,22 @@ static int fastdl_pw_wide(void) {
 }
 
 #define PW_T float
+#define PW_MASK_T int
 #define PW(name) fastdl_pw_##name##_float
 #define PW_DEPTHWISE fastdl_dw_forward_float
 #include "fastdl_pointwise_body.h"
 #undef PW
 #undef PW_T
+#undef PW_MASK_T
 #undef PW_DEPTHWISE
 #define PW_T double
+#define PW_MASK_T long long
 #define PW(name) fastdl_pw_##name##_double
 #define PW_DEPTHWISE fastdl_dw_forward_double
 #include "fastdl_pointwise_body.h"
 #undef PW
 #undef PW_T
+#undef PW_MASK_T
 #undef PW_DEPTHWISE
 
 /* Thread ``thread`` of ``threads`` runs the steps in order: items of each step until
