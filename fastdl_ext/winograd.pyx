@@ -383,17 +383,18 @@ def winograd_grad_weight_into(const floating[:, :, :, ::1] x,
         free(v)
 
 
-cdef inline void _transform_filter(const floating* g, floating* u, Py_ssize_t plane,
-                                   Py_ssize_t column) noexcept nogil:
-    """u[ξ * plane + column] = (G g Gᵀ)[ξ] for one row-major 3×3 filter ``g``."""
+cdef inline void _transform_filter(const floating* g, Py_ssize_t step, floating* u,
+                                   Py_ssize_t plane, Py_ssize_t column) noexcept nogil:
+    """u[ξ * plane + column] = (G g Gᵀ)[ξ] for the 3×3 filter whose row-major value i is
+    g[i * step] (step -1 from its last value: the filter turned by 180 degrees)."""
     cdef floating rows[4][3]
     cdef floating half = 0.5
     cdef int r, q
     for q in range(3):
-        rows[0][q] = g[q]
-        rows[1][q] = half * (g[q] + g[3 + q] + g[6 + q])
-        rows[2][q] = half * (g[q] - g[3 + q] + g[6 + q])
-        rows[3][q] = g[6 + q]
+        rows[0][q] = g[q * step]
+        rows[1][q] = half * (g[q * step] + g[(3 + q) * step] + g[(6 + q) * step])
+        rows[2][q] = half * (g[q * step] - g[(3 + q) * step] + g[(6 + q) * step])
+        rows[3][q] = g[(6 + q) * step]
     for r in range(4):
         u[4 * r * plane + column] = rows[r][0]
         u[(4 * r + 1) * plane + column] = half * (rows[r][0] + rows[r][1] + rows[r][2])
@@ -402,21 +403,25 @@ cdef inline void _transform_filter(const floating* g, floating* u, Py_ssize_t pl
 
 
 def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] u,
-                          int num_threads=1):
+                          int num_threads=1, bint flipped=False):
     """u[ξ, o*C_in + c] = (G g Gᵀ)[ξ] for each 3×3 filter g = weight[o, c].
 
+    ``flipped``: the transform of the input gradient's forward conv instead, whose
+    filters are weight's turned by 180 degrees with the channels swapped:
+    u[ξ, c*C_out + o] from g = weight[o, c, ::-1, ::-1] (no flipped copy is made).
     ``u`` is (16, plane) with plane ≥ C_out·C_in (rows padded apart, see the callers).
-    Threads take whole output channels; each value is computed the same way by any
-    thread.
+    Threads take whole output channels of ``weight``; each value is computed the same
+    way by any thread.
     """
     cdef Py_ssize_t o, c, column
-    cdef Py_ssize_t in_channels = weight.shape[1], plane = u.shape[1]
+    cdef Py_ssize_t out_channels = weight.shape[0], in_channels = weight.shape[1]
+    cdef Py_ssize_t plane = u.shape[1]
     cdef const floating* g
     cdef floating* target
-    if weight.shape[0] == 0 or in_channels == 0:
+    if out_channels == 0 or in_channels == 0:
         return
     if weight.shape[2] != 3 or weight.shape[3] != 3 or u.shape[0] != 16 \
-            or plane < weight.shape[0] * in_channels:
+            or plane < out_channels * in_channels:
         raise ValueError("transform_weight_into: weight must be (C_out, C_in, 3, 3) and u "
                          "(16, >= C_out*C_in), got (%d, %d, %d, %d) and (%d, %d)"
                          % (weight.shape[0], weight.shape[1], weight.shape[2],
@@ -424,34 +429,72 @@ def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] 
     g = &weight[0, 0, 0, 0]
     target = &u[0, 0]
     with nogil:
-        for o in prange(weight.shape[0], num_threads=max(1, num_threads), schedule="static"):
+        for o in prange(out_channels, num_threads=max(1, num_threads), schedule="static"):
             for c in range(in_channels):
-                column = o * in_channels + c
-                _transform_filter(g + 9 * column, target, plane, column)
+                if flipped:
+                    _transform_filter(g + 9 * (o * in_channels + c) + 8, -1, target, plane,
+                                      c * out_channels + o)
+                else:
+                    column = o * in_channels + c
+                    _transform_filter(g + 9 * column, 1, target, plane, column)
+
+
+cdef enum:
+    _COLUMNS = 64   # filters per step of weight_from_transformed_into
+
+
+cdef void _filters_from_transformed(const floating* partial, Py_ssize_t parts,
+                                    Py_ssize_t part_stride, Py_ssize_t plane,
+                                    Py_ssize_t first, int count,
+                                    floating* weight) noexcept nogil:
+    """Filters ``first .. first + count`` (row-major 3×3 each, from ``weight``) = Gᵀ D G,
+    D[ξ] = Σ_t partial[t * part_stride + ξ * plane + column], the parts summed in order.
+    The sums are gathered for ``count`` columns at once: one filter at a time read 16
+    values from each of 16 * parts planes, which the prefetchers did not follow."""
+    cdef floating d[16][_COLUMNS]
+    cdef floating rows[3][4]
+    cdef floating half = 0.5
+    cdef Py_ssize_t t
+    cdef int r, q, xi, j
+    cdef const floating* source
+    cdef floating* g
+    for xi in range(16):
+        source = partial + xi * plane + first
+        for j in range(count):
+            d[xi][j] = source[j]
+        for t in range(1, parts):
+            source = partial + t * part_stride + xi * plane + first
+            for j in range(count):
+                d[xi][j] += source[j]
+    for j in range(count):
+        g = weight + 9 * (first + j)
+        for q in range(4):
+            rows[0][q] = d[q][j] + half * (d[4 + q][j] + d[8 + q][j])
+            rows[1][q] = half * (d[4 + q][j] - d[8 + q][j])
+            rows[2][q] = half * (d[4 + q][j] + d[8 + q][j]) + d[12 + q][j]
+        for r in range(3):
+            g[3 * r] = rows[r][0] + half * (rows[r][1] + rows[r][2])
+            g[3 * r + 1] = half * (rows[r][1] - rows[r][2])
+            g[3 * r + 2] = half * (rows[r][1] + rows[r][2]) + rows[r][3]
 
 
 def weight_from_transformed_into(const floating[:, :, ::1] partial,
-                                 floating[:, :, :, ::1] weight):
+                                 floating[:, :, :, ::1] weight, int num_threads=1):
     """weight[o, c] = Gᵀ D G, D the 4×4 of Σ_t partial[t, ξ, o*C_in + c]: the transform's
-    adjoint, summing the threads' parts on the way."""
-    cdef int o, c, t, r, q, xi, column
-    cdef int in_channels = weight.shape[1]
-    cdef floating d[4][4]
-    cdef floating rows[3][4]
-    cdef floating half = 0.5
+    adjoint, summing the threads' parts on the way (in order, so any ``num_threads``
+    gives the same values; threads take runs of whole filters)."""
+    cdef Py_ssize_t filters = weight.shape[0] * weight.shape[1], parts = partial.shape[0]
+    cdef Py_ssize_t plane = partial.shape[2], step
+    if filters == 0 or parts == 0:
+        return
+    if (weight.shape[2] != 3 or weight.shape[3] != 3 or partial.shape[1] != 16
+            or plane < filters):
+        raise ValueError("weight_from_transformed_into: partial must be (T, 16, >= C_out*C_in) "
+                         "and weight (C_out, C_in, 3, 3)")
+    cdef const floating* source = &partial[0, 0, 0]
+    cdef floating* target = &weight[0, 0, 0, 0]
     with nogil:
-        for o in range(weight.shape[0]):
-            for c in range(weight.shape[1]):
-                column = o * in_channels + c
-                for xi in range(16):
-                    d[xi // 4][xi % 4] = 0
-                    for t in range(partial.shape[0]):
-                        d[xi // 4][xi % 4] += partial[t, xi, column]
-                for q in range(4):
-                    rows[0][q] = d[0][q] + half * (d[1][q] + d[2][q])
-                    rows[1][q] = half * (d[1][q] - d[2][q])
-                    rows[2][q] = half * (d[1][q] + d[2][q]) + d[3][q]
-                for r in range(3):
-                    weight[o, c, r, 0] = rows[r][0] + half * (rows[r][1] + rows[r][2])
-                    weight[o, c, r, 1] = half * (rows[r][1] - rows[r][2])
-                    weight[o, c, r, 2] = half * (rows[r][1] + rows[r][2]) + rows[r][3]
+        for step in prange((filters + _COLUMNS - 1) // _COLUMNS,
+                           num_threads=max(1, num_threads), schedule="static"):
+            _filters_from_transformed(source, parts, 16 * plane, plane, step * _COLUMNS,
+                                      <int>min(_COLUMNS, filters - step * _COLUMNS), target)

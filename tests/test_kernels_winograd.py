@@ -221,3 +221,45 @@ def test_weights_beyond_l2_take_blocks_of_many_tiles(threads, dtype, rtol, rng):
     grad_weight = winograd.grad_weight(x, grad_out, weight.shape, (1, 1), threads)
     assert abs(np.sum(x.astype(np.float64) * grad_input) - inner) <= rtol * scale
     assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * scale
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_from_transformed_is_gt_d_g_of_the_summed_parts(dtype, rng):
+    """The weight gradient's last step, over 3 parts and 13 x 11 filters (not a whole
+    number of the loop's steps), against NumPy and bitwise at 1-3 threads."""
+    c_out, c_in = 13, 11
+    partial = winograd._planes((3,), c_out, c_in, dtype)
+    partial[:, :, :c_out * c_in] = rng.normal(size=(3, 16, c_out * c_in))
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    summed = partial.astype(np.float64).sum(axis=0)[:, :c_out * c_in].reshape(4, 4, c_out, c_in)
+    expected = np.einsum("ai,aboc,bj->ocij", g, summed, g)
+    results = []
+    for threads in (1, 2, 3):
+        weight = np.full((c_out, c_in, 3, 3), np.nan, dtype=dtype)
+        winograd._ext.weight_from_transformed_into(partial, weight, threads)
+        results.append(weight)
+    np.testing.assert_allclose(results[0], expected,
+                               rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+    for weight in results[1:]:
+        np.testing.assert_array_equal(weight, results[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flipped_transform_reads_the_turned_swapped_filters(dtype, rng):
+    """``flipped`` equals the transform of a flipped, channel-swapped copy, bit for bit,
+    and so the input gradient through it equals Winograd's forward of that copy."""
+    weight = rng.normal(size=(24, 17, 3, 3)).astype(dtype)
+    copy = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(winograd.transform_weight(weight, threads, True),
+                                      winograd.transform_weight(copy, 1))
+    grad_out = rng.normal(size=(2, 24, 8, 10)).astype(dtype)
+    by_copy = winograd.forward_runner(grad_out.shape, copy, None, (1, 1), 2)(grad_out)
+    flipped = winograd.forward_runner(grad_out.shape, weight, None, (1, 1), 2,
+                                      flipped=True)(grad_out)
+    np.testing.assert_array_equal(flipped, by_copy)
+    x_shape = (2, 17, 8, 10)
+    expected = conv2d_reference(grad_out, copy, None, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(flipped, expected, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=1e-4 * np.abs(expected).max())
+    assert flipped.shape == x_shape

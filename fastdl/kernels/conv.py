@@ -369,14 +369,14 @@ def _grad_input_as_forward(grad_out_shape, weight, stride, padding, dilation, gr
     flipped_shape = (weight.shape[1], weight.shape[0], kh, kw)
     if direct.applies(flipped_shape, stride, dilation, groups, grad_out_shape, full_padding,
                       weight.itemsize):
-        forward_runner, threads = direct.forward_runner, _threads_for(multiply_adds)
-    elif winograd.applies(flipped_shape, stride, dilation, groups):
-        forward_runner = winograd.forward_runner
-        threads = _threads_for(multiply_adds * 4 // 9)
-    else:
-        return None
-    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return forward_runner(grad_out_shape, flipped, None, full_padding, threads)
+        flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        return direct.forward_runner(grad_out_shape, flipped, None, full_padding,
+                                     _threads_for(multiply_adds))
+    if winograd.applies(flipped_shape, stride, dilation, groups):
+        # the transform reads the weights turned and swapped: no flipped copy
+        return winograd.forward_runner(grad_out_shape, weight, None, full_padding,
+                                       _threads_for(multiply_adds * 4 // 9), flipped=True)
+    return None
 
 
 def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, dilation=1, groups=1):

@@ -45,13 +45,14 @@ def _planes(leading, rows, cols, dtype):
     return np.zeros(tuple(leading) + (16, rows * cols + 16), dtype=dtype)
 
 
-def transform_weight(weight, threads=1):
+def transform_weight(weight, threads=1, flipped=False):
     """``U[ξ] = (G g Gᵀ)[ξ]`` of (C_out, C_in, 3, 3) weights, as 16 padded (C_out, C_in)
     matrices (``_planes``), same dtype, computed by ``threads`` threads (the same values
-    for any count)."""
+    for any count). ``flipped``: those of the filters turned by 180 degrees with the
+    channels swapped (the input gradient's forward conv), (C_in, C_out) matrices."""
     weight = np.ascontiguousarray(weight)
     u = _planes((), weight.shape[0], weight.shape[1], weight.dtype)
-    _ext.transform_weight_into(weight, u, threads)
+    _ext.transform_weight_into(weight, u, threads, flipped)
     return u
 
 
@@ -76,14 +77,18 @@ def _rows_per_block(n_images, out_h, out_w, c_in, c_out, itemsize, threads, row_
     return min(range(most, (most - 1) // 2, -1), key=busiest)
 
 
-def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=None):
-    """A prepared ``run(x, out, residual)`` with the weight transformed once."""
+def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=None,
+                   flipped=False):
+    """A prepared ``run(x, out, residual)`` with the weight transformed once; ``flipped``:
+    the conv of weight's filters turned by 180 degrees with the channels swapped (the
+    input gradient of the conv with ``weight``, read in place of a flipped copy)."""
     n, c_in, height, width = input_shape
+    c_out = weight.shape[1] if flipped else weight.shape[0]
     out_h = conv_output_size(height, 3, 1, padding[0], 1)
     out_w = conv_output_size(width, 3, 1, padding[1], 1)
-    u = transform_weight(weight, threads)
-    rows = _rows_per_block(n, out_h, out_w, c_in, weight.shape[0], weight.itemsize, threads)
-    return fused_runner(_ext.winograd_forward_into, (n, weight.shape[0], out_h, out_w), u,
+    u = transform_weight(weight, threads, flipped)
+    rows = _rows_per_block(n, out_h, out_w, c_in, c_out, weight.itemsize, threads)
+    return fused_runner(_ext.winograd_forward_into, (n, c_out, out_h, out_w), u,
                         (padding, rows, threads), bias, negative_slope)
 
 
@@ -111,5 +116,5 @@ def grad_weight(x, grad_out, weight_shape, padding, threads):
     partial = _planes((threads,), c_out, c_in, x.dtype)
     _ext.winograd_grad_weight_into(x, grad_out, partial, padding, rows, threads)
     grad_w = np.empty(tuple(weight_shape), dtype=x.dtype)
-    _ext.weight_from_transformed_into(partial, grad_w)  # sums the threads' parts, too
+    _ext.weight_from_transformed_into(partial, grad_w, threads)  # sums the parts, too
     return grad_w
