@@ -39,7 +39,7 @@ cdef extern from "fastdl_pointwise.h":
         const void* bias
         const void* residual
         void* out
-        int activate
+        int activate, pack
         double slope
         Py_ssize_t items, planes, scratch_offset
         const Taps* taps
@@ -53,10 +53,23 @@ cdef extern from "fastdl_pointwise.h":
     Py_ssize_t _dw_scratch_double "fastdl_dw_scratch_size_double"(
         const Shape* s) noexcept nogil
     void _run_steps "fastdl_pw_run"(Step* steps, int count, int thread, int threads,
-                                    char* scratch, int wide, int is_float) noexcept nogil
+                                    char* scratch, int wide, int is_float,
+                                    Py_ssize_t images, int* next) noexcept nogil
 
 # bytes of one vector of positions (the tiles' lanes)
 DEF VECTOR_BYTES = 64
+# Images per thread from which the threads take whole images through every step
+# rather than share each step (``fastdl_pw_run``): a thread that the machine's other
+# work delays then leaves few images to wait for.
+DEF IMAGES_PER_THREAD = 4
+# Positions from which a pointwise step copies the columns of its tiles (their rows,
+# of 256 positions and more, lie whole kilobytes apart in x, on few L1 sets), where
+# they take at most PACK_BYTES and PACK_PANELS row panels or more read them. Batch 32,
+# one thread: 24 -> 144 channels at 32x32 (18 panels), 4.8 -> 4.1 ms; 32 -> 192 at
+# 16x16, 1.47 -> 1.37 ms; but 144 -> 24 (3 panels) and 192 -> 32 lost 0-15 %.
+DEF PACK_POSITIONS = 256
+DEF PACK_PANELS = 16
+DEF PACK_BYTES = 256 * 1024
 # Depthwise planes per item, at least: a plane of a small map is a few hundred
 # multiply-adds, less than taking an item costs.
 DEF DEPTHWISE_PLANE_VALUES = 1024
@@ -64,6 +77,9 @@ DEF DEPTHWISE_PLANE_VALUES = 1024
 WIDE = _wide()
 # rows of a weight panel (``pack``)
 PANEL_ROWS = ROWS
+# whether pointwise steps on large maps copy their tiles' columns (PACK_POSITIONS);
+# read when a chain is made
+PACK = True
 
 
 cdef class PointwiseStep:
@@ -101,9 +117,14 @@ cdef class DepthwiseStep:
 cdef class Chain:
     """Steps run in one parallel region by ``threads`` threads; ``run(x)`` reads ``x`` in
     place of the first step's input (and wherever a step reads that array), which must
-    match it in shape and dtype. A chain serves one caller at a time."""
+    match it in shape and dtype. A chain serves one caller at a time.
+
+    ``by_images``: the threads take whole images through all the steps (default: from
+    IMAGES_PER_THREAD images a thread) instead of sharing each step; the results are
+    the same either way."""
     cdef Step* steps
-    cdef int count, threads, typenum, wide
+    cdef int count, threads, typenum, wide, next_image
+    cdef Py_ssize_t images
     cdef int* taken
     cdef char* scratch
     cdef void* allocated
@@ -111,6 +132,7 @@ cdef class Chain:
     cdef list arrays
     cdef object first
     cdef bint running
+    cdef public bint by_images
     cdef list reads_first     # (step, 0 for x / 1 for residual) that read the first input
 
     def __cinit__(self, list steps, int threads):
@@ -123,6 +145,8 @@ cdef class Chain:
         if not steps:
             raise ValueError("pointwise chain: no steps")
         self.first = steps[0].x
+        self.images = steps[0].x.shape[0]
+        self.by_images = self.images >= IMAGES_PER_THREAD * self.threads
         self.typenum = _float_type("pointwise chain", self.first)
         self.steps = <Step*>calloc(self.count, sizeof(Step))
         self.taken = <int*>calloc(<size_t>self.count * self.threads, sizeof(int))
@@ -142,6 +166,9 @@ cdef class Chain:
             else:
                 raise TypeError("pointwise chain: a step must be a PointwiseStep or "
                                 "DepthwiseStep, got %s" % type(step).__name__)
+            if step.x.shape[0] != self.images:
+                raise ValueError("pointwise chain: every step must take %d images, step %d "
+                                 "takes %d" % (self.images, k, step.x.shape[0]))
             if step.x is self.first:
                 self.reads_first.append((k, 0))
             if step.residual is not None and step.residual is self.first:
@@ -191,6 +218,10 @@ cdef class Chain:
         s.col_blocks = (s.positions + s.col_block - 1) // s.col_block
         s.items = s.images * s.row_blocks * s.col_blocks
         self.arrays.append(step)
+        s.pack = (PACK and s.positions >= PACK_POSITIONS and s.row_block >= PACK_PANELS * ROWS
+                  and s.in_channels * VECTOR_BYTES * self.wide <= PACK_BYTES)
+        if s.pack:
+            return <size_t>s.in_channels * VECTOR_BYTES * self.wide
         return <size_t>s.in_channels * VECTOR_BYTES if s.positions % lanes else 0
 
     cdef size_t _depthwise(self, Step* s, DepthwiseStep step) except *:
@@ -275,6 +306,7 @@ cdef class Chain:
     def run(self, x):
         """Run the steps on ``x`` in place of the first input."""
         cdef int k, thread
+        cdef Py_ssize_t images
         cdef Step* s
         if self.running:   # checked and set under the GIL
             raise RuntimeError("pointwise chain: already running in another thread; a "
@@ -293,15 +325,18 @@ cdef class Chain:
             for k in range(self.count):
                 self.steps[k].done = self.steps[k].sleepers = 0
             memset(self.taken, 0, sizeof(int) * self.count * self.threads)
+            self.next_image = 0
+            images = self.images if self.by_images else 0
             with nogil:
                 if self.threads == 1:
                     _run_steps(self.steps, self.count, 0, 1, self.scratch, self.wide,
-                               self.typenum == cnp.NPY_FLOAT32)
+                               self.typenum == cnp.NPY_FLOAT32, images, &self.next_image)
                 else:
                     with parallel(num_threads=self.threads):
                         thread = threadid()
                         _run_steps(self.steps, self.count, thread, self.threads,
                                    self.scratch + thread * self.per_thread, self.wide,
-                                   self.typenum == cnp.NPY_FLOAT32)
+                                   self.typenum == cnp.NPY_FLOAT32, images,
+                                   &self.next_image)
         finally:
             self.running = False

@@ -259,3 +259,41 @@ def test_small_maps_take_the_tap_tables(dtype):
         np.testing.assert_array_equal(outputs[0], outputs[1])
         _close(outputs[0], conv_kernels.conv2d_forward(
             x, weight, bias, (stride, stride), (1, 1), 1, channels, negative_slope=0.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_columns_and_whole_images_change_nothing(dtype, monkeypatch):
+    """A wide pointwise conv on a large map copies its tiles' columns (``PACK``), and a
+    chain of many images runs image by image (``by_images``): the same bits as the
+    plain tiles and the step-by-step run, at 1 and 2 threads."""
+    from fastdl_ext import pointwise as ext
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 24, 16, 17)).astype(dtype)
+    layers = [[rng.standard_normal((144, 24, 1, 1)).astype(dtype),
+               rng.standard_normal(144).astype(dtype), (1, 1), (0, 0), 0.0, None],
+              [rng.standard_normal((144, 1, 3, 3)).astype(dtype), None, (1, 1), (1, 1),
+               0.0, None],
+              [rng.standard_normal((24, 144, 1, 1)).astype(dtype), None, (1, 1), (0, 0),
+               None, -1]]
+    plain = _plain(x, layers)
+    results = []
+    for pack in (True, False):
+        monkeypatch.setattr(ext, "PACK", pack)
+        for threads in (1, 2):
+            for by_images in (True, False):
+                values, steps = [x], []
+                for weight, bias, stride, padding, slope, residual in layers:
+                    groups = 1 if weight.shape[2] == 1 else values[-1].shape[1]
+                    layer = pointwise.layer(values[-1].shape, weight, bias, stride, padding,
+                                            (1, 1), groups, slope, threads)
+                    values.append(np.full(layer.out_shape, np.nan, dtype))
+                    steps.append(layer.step(values[-2], values[-1],
+                                            None if residual is None else values[residual + 1]))
+                chain = pointwise.prepare_chain(steps, threads)
+                chain.by_images = by_images
+                chain.run(x)
+                results.append(values[1:])
+    for result in results:
+        for got, first, expected in zip(result, results[0], plain[1:]):
+            np.testing.assert_array_equal(got, first)
+            _close(got, expected)
