@@ -115,7 +115,8 @@ cdef inline int _row_width(Tiling s) noexcept nogil:
 
 
 cdef void _transform_input(const floating* x, Tiling s, int first, int units,
-                           floating* v, floating* rows) noexcept nogil:
+                           floating* v, floating* rows, int c_first,
+                           int c_stop) noexcept nogil:
     """v[ξ, c, t] = (Bᵀ d B)[ξ], d the tile's 4×4 input patch (zero in the padding).
 
     Per (channel, tile row), Bᵀ is applied along the four input rows as they are read
@@ -135,7 +136,7 @@ cdef void _transform_input(const floating* x, Tiling s, int first, int units,
     lo = max(0, -x0)                      # first buffer column inside the image
     hi = max(lo, min(width, s.width - x0))
     memset(rows, 0, sizeof(floating) * 8 * width)
-    for c in range(s.in_channels):
+    for c in range(c_first, c_stop):
         t = 0
         for unit in range(first, first + units):
             _unit(s, unit, &image, &row)
@@ -214,7 +215,8 @@ cdef void _adjoint_input(const floating* dv, Tiling s, int first, int units,
 
 cdef void _transform_output(const floating* m, Tiling s, int first, int units,
                             floating* out, const floating* bias, const floating* residual,
-                            bint activate, floating slope) noexcept nogil:
+                            bint activate, floating slope, int co_first,
+                            int co_stop) noexcept nogil:
     """out tile = Aᵀ M A, then bias, residual and (leaky) ReLU, a tile row at a time
     (``_tile_rows``)."""
     cdef int tiles = units * s.tiles_x
@@ -222,7 +224,7 @@ cdef void _transform_output(const floating* m, Tiling s, int first, int units,
     cdef floating shift
     cdef int co, unit, image, row, t, oy, count
     cdef Py_ssize_t at
-    for co in range(s.out_channels):
+    for co in range(co_first, co_stop):
         t = 0
         shift = bias[co] if bias != NULL else 0
         for unit in range(first, first + units):
@@ -291,15 +293,63 @@ def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1]
             first = block * s.rows_per_block
             units = _block_units(s, block, n_images)
             tiles = units * s.tiles_x
-            _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows)
+            _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows, 0, in_channels)
             for xi in range(16):
                 gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
                      v + xi * _plane(in_channels, tiles), tiles,
                      &u[xi, 0], in_channels, 0,
                      m + xi * _plane(out_channels, tiles), tiles)
             _transform_output(m, s, first, units, &out[0, 0, 0, 0], bias_ptr, residual_ptr,
-                              activate, slope_value)
+                              activate, slope_value, 0, out_channels)
         free(v)
+
+
+def winograd_forward_shared_into(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
+                                 floating[:, :, :, ::1] out, tuple padding, int num_threads,
+                                 const floating[::1] bias=None,
+                                 const floating[:, :, :, ::1] residual=None,
+                                 bint activate=False, double slope=0.0):
+    """``winograd_forward_into`` as one block of every tile, the threads sharing its three
+    steps: the input transform by input channels, the 16 GEMMs by ξ, the output
+    transform by output channels (a barrier between steps). Each thread reads only its
+    ξ's transformed weights, once: blocks of tiles each read all of them, which costs
+    more than the GEMMs where they are large (512 channels) and the maps small.
+    """
+    cdef int n_images = x.shape[0], in_channels = x.shape[1], out_channels = out.shape[1]
+    cdef int blocks, units, tiles, xi, c
+    cdef Tiling s
+    cdef floating* v
+    cdef floating* m
+    cdef floating* rows
+    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
+    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
+        else NULL
+    cdef floating slope_value = <floating>slope
+    if n_images == 0 or out.shape[2] == 0 or out.shape[3] == 0:
+        return
+    s = _tiling(n_images, in_channels, out_channels, x.shape[2], x.shape[3], padding,
+                out.shape[2], out.shape[3], 0, 1, 1, &blocks)
+    units = n_images * s.rows_per_image
+    s.rows_per_block = units
+    tiles = units * s.tiles_x
+    v = <floating*>malloc(sizeof(floating) * (_input_planes(s, tiles)
+                                              + _output_planes(s, tiles)))
+    if v == NULL:
+        raise MemoryError()
+    m = v + _input_planes(s, tiles)
+    with nogil, parallel(num_threads=num_threads):
+        rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
+        for c in prange(in_channels, schedule="static"):
+            _transform_input(&x[0, 0, 0, 0], s, 0, units, v, rows, c, c + 1)
+        for xi in prange(16, schedule="static"):
+            gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
+                 v + xi * _plane(in_channels, tiles), tiles, &u[xi, 0], in_channels, 0,
+                 m + xi * _plane(out_channels, tiles), tiles)
+        for c in prange(out_channels, schedule="static"):
+            _transform_output(m, s, 0, units, &out[0, 0, 0, 0], bias_ptr, residual_ptr,
+                              activate, slope_value, c, c + 1)
+        free(rows)
+    free(v)
 
 
 def winograd_grad_input_into(const floating[:, :, :, ::1] grad_out, const floating[:, ::1] u,
@@ -373,7 +423,7 @@ def winograd_grad_weight_into(const floating[:, :, :, ::1] x,
             first = block * s.rows_per_block
             units = _block_units(s, block, n_images)
             tiles = units * s.tiles_x
-            _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows)
+            _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows, 0, in_channels)
             _adjoint_output(&grad_out[0, 0, 0, 0], s, first, units, dm)
             for xi in range(16):
                 gemm(c'T', c'N', in_channels, out_channels, tiles, 1,

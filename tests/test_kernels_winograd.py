@@ -263,3 +263,45 @@ def test_flipped_transform_reads_the_turned_swapped_filters(dtype, rng):
     np.testing.assert_allclose(flipped, expected, rtol=1e-4 if dtype == np.float32 else 1e-10,
                                atol=1e-4 * np.abs(expected).max())
     assert flipped.shape == x_shape
+
+
+@pytest.mark.parametrize("case", CASES[::2])
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_one_shared_block_equals_the_blocks_bitwise(case, dtype, rtol, slope, rng):
+    """``winograd_forward_shared_into`` (the threads share one block's steps) gives the
+    blocked loop's bits at 1-3 threads, with its epilogue, and matches SciPy."""
+    x, weight, padding, out_shape = _arrays(case, dtype, rng)
+    bias = rng.normal(size=out_shape[1]).astype(dtype)
+    residual = rng.normal(size=out_shape).astype(dtype)
+    u = winograd.transform_weight(weight)
+    blocked = np.empty(out_shape, dtype=dtype)
+    winograd._ext.winograd_forward_into(x, u, blocked, padding, 1, 2, bias, residual,
+                                        slope is not None, slope or 0.0)
+    for threads in (1, 2, 3):
+        shared = np.full(out_shape, np.nan, dtype=dtype)
+        winograd._ext.winograd_forward_shared_into(x, u, shared, padding, threads, bias,
+                                                   residual, slope is not None, slope or 0.0)
+        np.testing.assert_array_equal(shared, blocked)
+    expected = _reference(x, weight, padding, bias) + residual
+    if slope is not None:
+        expected = np.where(expected > 0, expected, slope * expected)
+    np.testing.assert_allclose(blocked, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+def test_large_weights_on_few_tiles_share_one_block(rng):
+    """The runner takes the shared block where the transformed weights pass
+    ``_SHARED_WEIGHT_BYTES`` on at most ``_MAX_SHARED_TILES`` tiles, and its output is
+    the SciPy conv's."""
+    c_in, c_out = 160, 416                      # 16 * 160 * 416 * 4 bytes > 4 MiB
+    assert winograd._shares_one_block(2, 6, 6, c_in, c_out, 4)
+    assert not winograd._shares_one_block(2, 6, 6, 128, 128, 4)
+    assert not winograd._shares_one_block(64, 6, 6, c_in, c_out, 4)
+    x = rng.normal(size=(2, c_in, 6, 6)).astype(np.float32)
+    weight = (rng.normal(size=(c_out, c_in, 3, 3)) / 40).astype(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
+    expected = np.einsum("nchwij,ocij->nohw", windows, weight.astype(np.float64),
+                         optimize=True)
+    out = winograd.forward_runner(x.shape, weight, None, (1, 1), 2)(x)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

@@ -34,6 +34,14 @@ _MAX_BLOCK_TILES = 256
 # weight gradient 26.3 vs 18.5 (fastest of repeated runs on a busy host); 256 -> 256
 # at 8², 32 vs 64 tiles, even (15.0 vs 14.6, 26.8 vs 25.8, 18.0 vs 18.2).
 _MIN_STREAMED_TILES = 64
+# Transformed weights beyond which a forward of at most _MAX_SHARED_TILES tiles runs as
+# one block whose steps the threads share (``winograd_forward_shared_into``: each
+# thread reads the weights of its 8 of the 16 GEMMs once, where blocks each read all).
+# 2 threads, fastest of 15 interleaved: 512 -> 512 at 4², batch 32, 7.77 vs 7.43 ms;
+# batch 8, 2.79 vs 2.36; 256 -> 256 at 8² (4 MiB of them) even, 7.22 vs 7.39 and 1.73
+# vs 1.71; 128 -> 128 at 16², 6.07 vs 8.67.
+_SHARED_WEIGHT_BYTES = 4 * 1024 * 1024
+_MAX_SHARED_TILES = 128
 
 
 def applies(weight_shape, stride, dilation, groups):
@@ -94,10 +102,22 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
     out_h = conv_output_size(height, 3, 1, padding[0], 1)
     out_w = conv_output_size(width, 3, 1, padding[1], 1)
     u = transform_weight(weight, threads, flipped)
+    out_shape = (n, c_out, out_h, out_w)
+    if _shares_one_block(n, out_h, out_w, c_in, c_out, weight.itemsize):
+        return fused_runner(_ext.winograd_forward_shared_into, out_shape, u,
+                            (padding, threads), bias, negative_slope)
     rows = _rows_per_block(n, out_h, out_w, c_in, c_out, weight.itemsize, threads,
                            budget=_FORWARD_BLOCK_BYTES)
-    return fused_runner(_ext.winograd_forward_into, (n, c_out, out_h, out_w), u,
-                        (padding, rows, threads), bias, negative_slope)
+    return fused_runner(_ext.winograd_forward_into, out_shape, u, (padding, rows, threads),
+                        bias, negative_slope)
+
+
+def _shares_one_block(n_images, out_h, out_w, c_in, c_out, itemsize):
+    """Whether a forward runs as one block of all tiles with its steps shared
+    (``_SHARED_WEIGHT_BYTES``); the same answer for any thread count."""
+    tiles = n_images * ((out_h + 1) // 2) * ((out_w + 1) // 2)
+    return (16 * c_in * c_out * itemsize > _SHARED_WEIGHT_BYTES
+            and tiles <= _MAX_SHARED_TILES)
 
 
 def forward(x, weight, out, padding, threads, bias=None, residual=None, negative_slope=None):
