@@ -47,6 +47,7 @@ cdef extern from "fastdl_pointwise.h":
         int done, sleepers
     int POINTWISE "FASTDL_PW_POINTWISE"
     int DEPTHWISE "FASTDL_PW_DEPTHWISE"
+    int MEAN "FASTDL_PW_MEAN"
     int ROWS "FASTDL_PW_ROWS"
     int _wide "fastdl_pw_wide"() noexcept nogil
     Py_ssize_t _dw_scratch_float "fastdl_dw_scratch_size_float"(const Shape* s) noexcept nogil
@@ -114,6 +115,16 @@ cdef class DepthwiseStep:
         self.activate, self.slope = activate, slope
 
 
+cdef class MeanStep:
+    """out (N, C, 1, 1) = the mean of each plane of x (N, C, H, W): a global average pool,
+    as ``pool.pyx``'s ``global_mean_into`` sums it."""
+    cdef readonly object x, out
+    cdef readonly object residual
+
+    def __init__(self, x, out):
+        self.x, self.out, self.residual = x, out, None
+
+
 cdef class Chain:
     """Steps run in one parallel region by ``threads`` threads; ``run(x)`` reads ``x`` in
     place of the first step's input (and wherever a step reads that array), which must
@@ -163,9 +174,11 @@ cdef class Chain:
             elif isinstance(step, DepthwiseStep):
                 s.scratch_offset = depthwise_bytes
                 depthwise_bytes += self._depthwise(s, step)
+            elif isinstance(step, MeanStep):
+                self._mean(s, step)
             else:
-                raise TypeError("pointwise chain: a step must be a PointwiseStep or "
-                                "DepthwiseStep, got %s" % type(step).__name__)
+                raise TypeError("pointwise chain: a step must be a PointwiseStep, "
+                                "DepthwiseStep or MeanStep, got %s" % type(step).__name__)
             if step.x.shape[0] != self.images:
                 raise ValueError("pointwise chain: every step must take %d images, step %d "
                                  "takes %d" % (self.images, k, step.x.shape[0]))
@@ -234,6 +247,7 @@ cdef class Chain:
                                       True)
         cdef Shape* d = &s.dw
         s.kind = DEPTHWISE
+        s.images = dims[0]
         d.images, d.channels, d.height, d.width = dims[0], dims[1], dims[2], dims[3]
         d.out_h, d.out_w = out[2], out[3]
         d.kernel = taps[2]
@@ -264,6 +278,24 @@ cdef class Chain:
         if self.typenum == cnp.NPY_FLOAT32:
             return _whole_lines(sizeof(float) * _dw_scratch_float(d))
         return _whole_lines(sizeof(double) * _dw_scratch_double(d))
+
+    cdef int _mean(self, Step* s, MeanStep step) except -1:
+        """Fill ``s`` from ``step``."""
+        cdef cnp.npy_intp* dims = _dims("pointwise chain", step.x, "input", 4, self.typenum,
+                                       False)
+        cdef cnp.npy_intp* out = _dims("pointwise chain", step.out, "out", 4, self.typenum,
+                                      True)
+        if (out[0] != dims[0] or out[1] != dims[1] or out[2] != 1 or out[3] != 1
+                or dims[2] * dims[3] == 0):
+            raise ValueError("pointwise chain: the mean of %s must be (N, C, 1, 1), got %s"
+                             % (step.x.shape, step.out.shape))
+        s.kind = MEAN
+        s.images, s.positions = dims[0], dims[2] * dims[3]
+        s.planes = dims[0] * dims[1]
+        s.items = max(1, min(s.planes, s.planes * s.positions // DEPTHWISE_PLANE_VALUES))
+        s.x, s.out = _data(step.x), _data(step.out)
+        self.arrays.append(step)
+        return 0
 
     cdef int _small(self, Step* s) except -1:
         """Give the depthwise step ``s`` a tap table where its maps are small enough."""

@@ -185,9 +185,12 @@ def _inverted_residual_plan(rng, dtype, channels, size, blocks):
         ops.append(_conv([len(ops)] + residual, add("p%d.w" % block, (out, expand, 1, 1)),
                          add("p%d.b" % block, (out,)), (1, 1), (0, 0), 1, None))
         c, value, spatial = out, len(ops), (spatial - 1) // stride + 1
-    ops.append({"op": "avg_pool2d", "inputs": [value], "kernel_size": [spatial, spatial],
-                "stride": [spatial, spatial], "padding": [0, 0], "ceil_mode": False,
-                "count_include_pad": True})
+    if rng.random() < 0.5:
+        ops.append({"op": "avg_pool2d", "inputs": [value], "kernel_size": [spatial, spatial],
+                    "stride": [spatial, spatial], "padding": [0, 0], "ceil_mode": False,
+                    "count_include_pad": True})
+    else:
+        ops.append({"op": "adaptive_avg_pool2d", "inputs": [value], "output_size": [1, 1]})
     ops.append({"op": "flatten", "inputs": [len(ops)], "start_dim": 1})
     ops.append({"op": "linear", "inputs": [len(ops)], "negative_slope": None,
                 "weights": {"weight": add("fc.w", (10, c)), "bias": add("fc.b", (10,))}})
@@ -201,16 +204,19 @@ def _without_chain(monkeypatch):
     monkeypatch.setattr(_schedule, "_global", lambda op, shape: False)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_plan_with_chain_equals_plan_without(seed, dtype, monkeypatch):
+    """The blocks and the classifier head (pool, flatten, linear) run as one chain after
+    the stem; where the plan also returns the pool's output, the head stays apart."""
     rng = np.random.default_rng(100 + seed)
     size = int(rng.choice([4, 6, 8, 11]))
     ops, tensors = _inverted_residual_plan(rng, dtype, int(rng.integers(3, 17)), size,
                                            int(rng.integers(1, 5)))
-    plan = InferencePlan(ops, tensors, (3, size, size))
+    returned = [len(ops) - 2, len(ops)] if seed % 4 == 3 else None
+    plan = InferencePlan(ops, tensors, (3, size, size), outputs=returned)
     program, _ = plan._program(1)
-    assert len(program) <= 5    # stem, one chain, pool, flatten, linear
+    assert len(program) == (2 if returned is None else 5)
     previous = fastdl.get_num_threads()
     outputs = {}
     try:
@@ -218,18 +224,23 @@ def test_plan_with_chain_equals_plan_without(seed, dtype, monkeypatch):
             x = rng.standard_normal((batch, 3, size, size)).astype(dtype)
             for threads in (1, 2):
                 fastdl.set_num_threads(threads)
-                fresh = InferencePlan(ops, tensors, (3, size, size))
+                fresh = InferencePlan(ops, tensors, (3, size, size), outputs=returned)
                 outputs[batch, threads] = (x, fresh(x), fresh(x))
     finally:
         fastdl.set_num_threads(previous)
     with monkeypatch.context() as patch:
         _without_chain(patch)
-        plain = InferencePlan(ops, tensors, (3, size, size))
+        plain = InferencePlan(ops, tensors, (3, size, size), outputs=returned)
         assert len(plain._program(1)[0]) > 5
         for (batch, threads), (x, first, second) in outputs.items():
-            np.testing.assert_array_equal(first, second)
-            np.testing.assert_array_equal(first, outputs[batch, 1][1])
-            _close(first, plain(x))
+            expected = plain(x)
+            for got, again, alone, want in zip(*((first, second, outputs[batch, 1][1],
+                                                  expected) if returned else
+                                                 ((first,), (second,),
+                                                  (outputs[batch, 1][1],), (expected,)))):
+                np.testing.assert_array_equal(got, again)
+                np.testing.assert_array_equal(got, alone)
+                _close(got, want)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -19,6 +19,7 @@ import collections
 
 import numpy as np
 
+from fastdl import runtime
 from fastdl._checks import pair
 from fastdl.deploy import _graph_ops
 from fastdl.kernels import conv as conv_kernels
@@ -99,7 +100,7 @@ class Scheduler:
         if kind == "avg_pool2d" and _global(op, shape):
             # a window over the whole map: the mean of each plane, in one pass
             run = pool_kernels.adaptive_avg_pool2d_runner(shape, (1, 1))
-            return lambda values, buffer: run(_contiguous(values[source]))
+            return lambda values, buffer: run(_contiguous(values[source]), buffer)
         if kind == "avg_pool2d":
             return lambda values, buffer: pool_kernels.avg_pool2d_forward(
                 values[source], op["kernel_size"], op["stride"], op["padding"],
@@ -351,8 +352,12 @@ class Scheduler:
                 separable.append((index, layer))
                 continue
             if separable:
-                program.append(self._separable(separable))
+                tail = self._separable_tail(separable[-1][0], batch)
+                program.append(self._separable(separable, tail))
                 separable = []
+                if tail is not None:
+                    done.update(tail[1:3])
+                    continue
             prepared = self._prepare(index, batch)
             if isinstance(prepared, direct_kernels.ForwardRunner):
                 fused = self._pooled(index, prepared)
@@ -399,10 +404,35 @@ class Scheduler:
             tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]), op["groups"],
             op.get("negative_slope"))
 
-    def _separable(self, layers):
+    def _separable_tail(self, last, batch):
+        """The classifier head after the separable chain whose last conv is op ``last`` —
+        a global average pool of its output, a flatten and a linear layer, none read by
+        anything else — as (pool, flatten, linear, linear's PointwiseLayer) for the
+        chain to run too; None where there is none."""
+        ops = self.ops[last + 1:last + 4]
+        if len(ops) < 3 or [op["op"] for op in ops[1:]] != ["flatten", "linear"]:
+            return None
+        pool, shape = ops[0], (batch,) + tuple(self.shapes[last + 1][1:])
+        if not (pool["op"] == "adaptive_avg_pool2d" and list(pool["output_size"]) == [1, 1]
+                or pool["op"] == "avg_pool2d" and _global(pool, shape)):
+            return None
+        indices = (last + 1, last + 2, last + 3)
+        if ops[1]["start_dim"] != 1 or [op["inputs"] for op in ops] != [
+                [index] for index in indices] or any(
+                self._readers[index + 1] != 1 or index + 1 in self._returned
+                for index in indices[:2]):
+            return None
+        weights = ops[2]["weights"]
+        return indices + (pointwise_kernels.linear_layer(
+            batch, self.tensors[weights["weight"]],
+            self.tensors[weights["bias"]] if "bias" in weights else None,
+            ops[2].get("negative_slope"), runtime.get_num_threads()),)
+
+    def _separable(self, layers, tail=None):
         """One step for consecutive pointwise and depthwise convs ``[(index, layer)]``: one
         parallel region for all of them (``pointwise.prepare_chain``), kept with the
-        buffer set where it reads nothing but its first input and the set's buffers."""
+        buffer set where it reads nothing but its first input and the set's buffers.
+        ``tail``: the classifier head it runs too (``_separable_tail``)."""
         threads = max(pointwise_kernels.threads_for(layer.multiply_adds)
                       for _, layer in layers)
         first = self.ops[layers[0][0]]["inputs"][0]
@@ -411,6 +441,11 @@ class Scheduler:
         def step(values, buffers):
             for index, _ in layers:   # outputs are known before the chain runs
                 values[index + 1] = buffers[index]
+            if tail is not None:
+                pool, flatten, linear, _ = tail
+                values[pool + 1] = buffers[pool]
+                values[flatten + 1] = buffers[pool].reshape(buffers[pool].shape[:2])
+                values[linear + 1] = buffers[linear]
             x = _contiguous(values[first])
             chain = buffers.chains.get(key)
             if chain is None:
@@ -422,6 +457,11 @@ class Scheduler:
                     reads.extend(inputs)
                     steps.append(layer.step(inputs[0], buffers[index],
                                             inputs[1] if len(inputs) > 1 else None))
+                if tail is not None:
+                    pool, _, linear, layer = tail
+                    steps.append(pointwise_kernels.mean_step(values[pool], buffers[pool]))
+                    steps.append(layer.step(buffers[pool], buffers[linear].reshape(
+                        buffers[linear].shape + (1, 1))))
                 chain = pointwise_kernels.prepare_chain(steps, threads)
                 if all(array is x or id(array) in owned for array in reads):
                     buffers.chains[key] = chain
@@ -433,8 +473,9 @@ class Scheduler:
         are zeroed, which the convs writing their interiors keep."""
         buffers = BufferSet()
         for index, op in enumerate(self.ops):
-            if op["op"] in ("conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d"):
-                shape = (batch,) + self.shapes[index + 1][1:]
+            shape = (batch,) + self.shapes[index + 1][1:]
+            if op["op"] in ("conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d") or (
+                    op["op"] == "avg_pool2d" and _global(op, self.shapes[op["inputs"][0]])):
                 if index in borders:
                     rows, cols, stride_h, stride_w = (borders[index] + (1, 1))[:4]
                     buffers.append(np.zeros(

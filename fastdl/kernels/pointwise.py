@@ -21,8 +21,8 @@ from fastdl.kernels import depthwise
 from fastdl.shapes import conv_output_size
 from fastdl_ext import pointwise as _ext
 
-__all__ = ["ROWS", "WIDE", "PointwiseLayer", "DepthwiseLayer", "layer", "pack", "prepare_chain",
-           "threads_for"]
+__all__ = ["ROWS", "WIDE", "PointwiseLayer", "DepthwiseLayer", "layer", "linear_layer",
+           "mean_step", "pack", "prepare_chain", "threads_for"]
 
 ROWS = _ext.PANEL_ROWS
 # the vectors of positions a tile may take (1 without AVX-512, whose depthwise steps
@@ -124,6 +124,21 @@ def layer(input_shape, weight, bias, stride, padding, dilation, groups, negative
     if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape):
         return DepthwiseLayer(input_shape, weight, bias, stride, padding, negative_slope)
     return None
+
+
+def mean_step(x, out):
+    """The chain step ``out (N, C, 1, 1)`` = the mean of each plane of ``x (N, C, H, W)``
+    (a global average pool, summed as ``pool.adaptive_avg_pool2d_runner`` sums it)."""
+    return _ext.MeanStep(x, out)
+
+
+def linear_layer(rows, weight, bias, negative_slope, threads=None):
+    """A dense layer ``act(x @ weight.T + bias)`` on ``rows`` rows as a ``PointwiseLayer``
+    (a 1x1 conv of a 1x1 map): its step reads x as (rows, in_features, 1, 1) and writes
+    out as (rows, out_features, 1, 1), views of the (rows, features) arrays."""
+    return PointwiseLayer((rows, weight.shape[1], 1, 1),
+                          weight.reshape(weight.shape + (1, 1)), bias, negative_slope,
+                          runtime.get_num_threads() if threads is None else threads)
 
 
 def prepare_chain(steps, threads):

@@ -11,13 +11,15 @@
 
    A depthwise step runs the depthwise loops (fastdl_depthwise.h) over runs of whole
    planes, each step in scratch of its own (zeroed once: the loops keep the borders
-   zero for one shape). Threads take items as the direct chain's do (fastdl_team.h):
+   zero for one shape). A mean step averages each plane (a global average pool, as
+   the pool kernels sum it). Threads take items as the direct chain's do (fastdl_team.h):
    a thread that is late joins at whatever step the others have reached. */
 
 #ifndef FASTDL_POINTWISE_H
 #define FASTDL_POINTWISE_H
 
 #include "fastdl_depthwise.h"
+#include "fastdl_epilogue.h"
 #include "fastdl_team.h"
 #include <limits.h>
 #include <stdlib.h>
@@ -36,7 +38,7 @@
 #  define FASTDL_PW_CLONES FASTDL_CLONES
 #endif
 
-enum { FASTDL_PW_POINTWISE = 0, FASTDL_PW_DEPTHWISE = 1 };
+enum { FASTDL_PW_POINTWISE = 0, FASTDL_PW_DEPTHWISE = 1, FASTDL_PW_MEAN = 2 };
 
 /* The small-map depthwise loops' limits: output and input vectors of one plane
    (fastdl_pointwise_body.h says why so few output vectors). */
@@ -71,7 +73,7 @@ typedef struct {
     void *out;
     int activate, pack;   /* pack: a pointwise step copies its tiles' columns */
     double slope;
-    Py_ssize_t items, planes;      /* planes: of a depthwise step, N * C_out */
+    Py_ssize_t items, planes;      /* planes: of a depthwise or mean step, N * C_out */
     const fastdl_pw_taps *taps;    /* a depthwise step's on small maps, else NULL */
     Py_ssize_t scratch_offset;     /* bytes into a thread's scratch: a depthwise step's
                                       own, or the pointwise steps' spill */
@@ -92,21 +94,25 @@ static int fastdl_pw_wide(void) {
 #define PW_T float
 #define PW_MASK_T int
 #define PW(name) fastdl_pw_##name##_float
+#define PW_MEAN fastdl_mean_float
 #define PW_DEPTHWISE fastdl_dw_forward_float
 #include "fastdl_pointwise_body.h"
 #undef PW
 #undef PW_T
 #undef PW_MASK_T
 #undef PW_DEPTHWISE
+#undef PW_MEAN
 #define PW_T double
 #define PW_MASK_T long long
 #define PW(name) fastdl_pw_##name##_double
+#define PW_MEAN fastdl_mean_double
 #define PW_DEPTHWISE fastdl_dw_forward_double
 #include "fastdl_pointwise_body.h"
 #undef PW
 #undef PW_T
 #undef PW_MASK_T
 #undef PW_DEPTHWISE
+#undef PW_MEAN
 
 /* Thread ``thread`` of ``threads`` runs the steps in order: items of each step until
    none is left, then waits until all of them are done. ``scratch``: this thread's.

@@ -241,9 +241,15 @@ FASTDL_PW_CLONES static void PW(depthwise_small)(const fastdl_pw_step *s, Py_ssi
     }
 }
 
-/* Planes [first, end) of N * C_out of the depthwise step ``s``. */
+/* Planes [first, end) of N * C_out of the depthwise or mean step ``s``. */
 static void PW(planes)(const fastdl_pw_step *s, Py_ssize_t first, Py_ssize_t end,
                        char *scratch) {
+    if (s->kind == FASTDL_PW_MEAN) {
+        for (Py_ssize_t plane = first; plane < end; plane++)
+            ((PW_T *)s->out)[plane] = (PW_T)PW_MEAN((const PW_T *)s->x + plane * s->positions,
+                                                    s->positions);
+        return;
+    }
     if (s->taps != NULL) {
         PW(depthwise_small)(s, first, end);
         return;
@@ -271,7 +277,7 @@ static void PW(image)(const fastdl_pw_step *steps, int count, Py_ssize_t image,
             for (Py_ssize_t item = image * per_image; item < (image + 1) * per_image; item++)
                 PW(pointwise)(s, item, (PW_T *)(scratch + s->scratch_offset), wide);
         } else {
-            Py_ssize_t per_image = s->planes / s->dw.images;
+            Py_ssize_t per_image = s->planes / s->images;
             PW(planes)(s, image * per_image, (image + 1) * per_image, scratch);
         }
     }
