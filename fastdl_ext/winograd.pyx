@@ -460,8 +460,8 @@ def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] 
     filters are weight's turned by 180 degrees with the channels swapped:
     u[ξ, c*C_out + o] from g = weight[o, c, ::-1, ::-1] (no flipped copy is made).
     ``u`` is (16, plane) with plane ≥ C_out·C_in (rows padded apart, see the callers).
-    Threads take whole output channels of ``weight``; each value is computed the same
-    way by any thread.
+    Threads take whole rows of ``u``'s matrices; each value is computed the same way
+    by any thread.
     """
     cdef Py_ssize_t o, c, column
     cdef Py_ssize_t out_channels = weight.shape[0], in_channels = weight.shape[1]
@@ -479,12 +479,15 @@ def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] 
     g = &weight[0, 0, 0, 0]
     target = &u[0, 0]
     with nogil:
-        for o in prange(out_channels, num_threads=max(1, num_threads), schedule="static"):
-            for c in range(in_channels):
-                if flipped:
+        if flipped:
+            # by rows of the result (weight's input channels): its writes run in order
+            for c in prange(in_channels, num_threads=max(1, num_threads), schedule="static"):
+                for o in range(out_channels):
                     _transform_filter(g + 9 * (o * in_channels + c) + 8, -1, target, plane,
                                       c * out_channels + o)
-                else:
+        else:
+            for o in prange(out_channels, num_threads=max(1, num_threads), schedule="static"):
+                for c in range(in_channels):
                     column = o * in_channels + c
                     _transform_filter(g + 9 * column, 1, target, plane, column)
 
