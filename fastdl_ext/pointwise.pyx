@@ -26,9 +26,16 @@ cdef extern from "fastdl_pointwise.h":
     ctypedef struct Taps "fastdl_pw_taps":
         pass
     Taps* _new_taps "fastdl_pw_new_taps"() noexcept nogil
+    void* _aligned "fastdl_pw_aligned"(size_t size) noexcept nogil
     int _build_taps_float "fastdl_pw_build_taps_float"(const Shape* d, Taps* taps) noexcept nogil
     int _build_taps_double "fastdl_pw_build_taps_double"(const Shape* d,
                                                           Taps* taps) noexcept nogil
+    void _flat_columns_float "fastdl_pw_flat_columns_float"(const Shape* d,
+                                                             int* columns) noexcept nogil
+    void _flat_columns_double "fastdl_pw_flat_columns_double"(const Shape* d,
+                                                               long long* columns) noexcept nogil
+    int FLAT_VALUES "FASTDL_PW_FLAT_VALUES"
+    int FLAT_WIDTH "FASTDL_PW_FLAT_WIDTH"
     ctypedef struct Step "fastdl_pw_step":
         int kind
         Py_ssize_t images, in_channels, out_channels, positions
@@ -43,6 +50,7 @@ cdef extern from "fastdl_pointwise.h":
         double slope
         Py_ssize_t items, planes, scratch_offset
         const Taps* taps
+        const void* columns
         int* taken
         int done, sleepers
     int POINTWISE "FASTDL_PW_POINTWISE"
@@ -198,6 +206,7 @@ cdef class Chain:
         if self.steps != NULL:
             for k in range(self.count):
                 free(<void*>self.steps[k].taps)
+                free(<void*>self.steps[k].columns)
         free(self.allocated)
         free(self.taken)
         free(self.steps)
@@ -271,8 +280,8 @@ cdef class Chain:
         self._epilogue(s, step.bias, step.residual, step.out, step.activate, step.slope)
         s.x, s.weight, s.out = _data(step.x), _data(step.weight), _data(step.out)
         s.planes = d.images * d.channels * d.multiplier
-        if self.wide > 1:   # the tap table's permutes are single instructions
-            self._small(s)
+        if self.wide > 1 and not self._small(s):   # the tap table's permutes are single
+            self._flat(s)                          # instructions
         s.items = max(1, min(s.planes, s.planes * d.out_h * d.out_w // DEPTHWISE_PLANE_VALUES))
         self.arrays.append(step)
         if self.typenum == cnp.NPY_FLOAT32:
@@ -297,8 +306,31 @@ cdef class Chain:
         self.arrays.append(step)
         return 0
 
-    cdef int _small(self, Step* s) except -1:
-        """Give the depthwise step ``s`` a tap table where its maps are small enough."""
+    cdef bint _flat(self, Step* s) except -1:
+        """Give the depthwise step ``s`` its output columns where it runs the flat loops
+        (stride 1, the output the input's size, a plane of at most FLAT_VALUES values in
+        rows of at most FLAT_WIDTH); whether it does."""
+        cdef Shape* d = &s.dw
+        cdef Py_ssize_t lanes = VECTOR_BYTES // self._itemsize()
+        cdef Py_ssize_t padded = (d.out_h * d.out_w + lanes - 1) // lanes * lanes
+        cdef void* columns
+        if not (d.stride_h == d.stride_w == 1 and d.pad_h == d.pad_w == (d.kernel - 1) // 2
+                and d.out_h == d.height and d.out_w == d.width
+                and d.height * d.width <= FLAT_VALUES and d.width <= FLAT_WIDTH):
+            return False
+        columns = _aligned(padded * d.kernel * self._itemsize())
+        if columns == NULL:
+            raise MemoryError()
+        if self.typenum == cnp.NPY_FLOAT32:
+            _flat_columns_float(d, <int*>columns)
+        else:
+            _flat_columns_double(d, <long long*>columns)
+        s.columns = columns
+        return True
+
+    cdef bint _small(self, Step* s) except -1:
+        """Give the depthwise step ``s`` a tap table where its maps are small enough;
+        whether it has one."""
         cdef Taps* taps = _new_taps()
         cdef int built
         if taps == NULL:
@@ -311,7 +343,7 @@ cdef class Chain:
             s.taps = taps
         else:
             free(taps)
-        return 0
+        return built
 
     cdef int _epilogue(self, Step* s, bias, residual, out, bint activate,
                        double slope) except -1:
@@ -334,6 +366,11 @@ cdef class Chain:
     def tables(self):
         """How many depthwise steps run the small-map loops (a tap table each)."""
         return sum(self.steps[k].taps != NULL for k in range(self.count))
+
+    @property
+    def flat(self):
+        """How many depthwise steps run the flat loops (stride 1, same size)."""
+        return sum(self.steps[k].columns != NULL for k in range(self.count))
 
     def run(self, x):
         """Run the steps on ``x`` in place of the first input."""

@@ -244,32 +244,39 @@ def test_plan_with_chain_equals_plan_without(seed, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_small_maps_take_the_tap_tables(dtype):
-    """4x4 maps at stride 1 and 8x8 at stride 2 (one output vector a plane) run the
-    tap-table loops where the CPU has AVX-512, and equal the depthwise kernels; larger
-    maps keep the depthwise loops."""
+def test_depthwise_loops_by_map(dtype):
+    """Where the CPU has AVX-512, a plane's output in at most two vectors (4x4, 8x8 at
+    stride 2) runs the tap tables, stride-1 same-size maps of up to 256 values the
+    flat loops, the rest the depthwise kernels' loops; all equal those."""
     rng = np.random.default_rng(3)
-    for size, stride, multiplier, small in ((4, 1, 1, True), (8, 2, 2, True), (3, 1, 1, True),
-                                            (8, 1, 1, False), (16, 1, 1, False)):
+    lanes = 64 // np.dtype(dtype).itemsize
+    for size, stride, kernel, multiplier in ((4, 1, 3, 1), (8, 2, 3, 2), (3, 1, 3, 1),
+                                             (8, 1, 5, 1), (16, 1, 3, 2), (11, 1, 5, 1),
+                                             (32, 1, 3, 1), (40, 1, 3, 1), (16, 2, 3, 1),
+                                             (7, 2, 5, 1)):
         channels = 5
         x = rng.standard_normal((3, channels, size, size)).astype(dtype)
-        weight = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(dtype)
+        weight = rng.standard_normal((channels * multiplier, 1, kernel, kernel)).astype(dtype)
         bias = rng.standard_normal(channels * multiplier).astype(dtype)
-        layer = pointwise.layer(x.shape, weight, bias, (stride, stride), (1, 1), (1, 1),
+        residual = rng.standard_normal((3, channels * multiplier, size, size)).astype(
+            dtype) if stride == 1 else None
+        padding = (kernel // 2, kernel // 2)
+        layer = pointwise.layer(x.shape, weight, bias, (stride, stride), padding, (1, 1),
                                 channels, 0.0, 2)
+        out_positions = layer.out_shape[2] * layer.out_shape[3]
+        tables = pointwise.WIDE > 1 and out_positions <= 2 * lanes
+        flat = pointwise.WIDE > 1 and not tables and stride == 1 and size * size <= 256
         outputs = []
         for threads in (1, 2):
             out = np.full(layer.out_shape, np.nan, dtype)
-            chain = pointwise.prepare_chain([layer.step(x, out)], threads)
-            lanes = 64 // np.dtype(dtype).itemsize
-            expect_small = small and pointwise.WIDE > 1 and (
-                layer.out_shape[2] * layer.out_shape[3] <= 2 * lanes)
-            assert chain.tables == int(expect_small)
+            chain = pointwise.prepare_chain([layer.step(x, out, residual)], threads)
+            assert (chain.flat, chain.tables) == (int(flat), int(tables)), (size, stride)
             chain.run(x)
             outputs.append(out)
         np.testing.assert_array_equal(outputs[0], outputs[1])
         _close(outputs[0], conv_kernels.conv2d_forward(
-            x, weight, bias, (stride, stride), (1, 1), 1, channels, negative_slope=0.0))
+            x, weight, bias, (stride, stride), padding, 1, channels, residual=residual,
+            negative_slope=0.0))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -44,6 +44,9 @@ enum { FASTDL_PW_POINTWISE = 0, FASTDL_PW_DEPTHWISE = 1, FASTDL_PW_MEAN = 2 };
    (fastdl_pointwise_body.h says why so few output vectors). */
 #define FASTDL_PW_TAP_VECTORS 2
 #define FASTDL_PW_IN_VECTORS 64
+/* The flat depthwise loops' limits: values and columns of one plane. */
+#define FASTDL_PW_FLAT_VALUES 256
+#define FASTDL_PW_FLAT_WIDTH 64
 
 /* Where each tap of each output vector of a small depthwise map reads (built by
    fastdl_pw_build_taps_<type>): entry e = vector * K * K + tap has its window's first
@@ -58,10 +61,16 @@ typedef struct {
     long long valid[FASTDL_PW_TAP_VECTORS * 25 * 8] __attribute__((aligned(64)));
 } fastdl_pw_taps;   /* index, valid: one 64-byte vector of lanes an entry */
 
-/* A table on 64 bytes (its vectors are read aligned), or NULL. */
-static fastdl_pw_taps *fastdl_pw_new_taps(void) {
+/* ``bytes`` zeroed on 64 bytes (tables whose vectors are read aligned), or NULL. */
+static void *fastdl_pw_aligned(size_t bytes) {
     void *table;
-    return posix_memalign(&table, 64, sizeof(fastdl_pw_taps)) ? NULL : table;
+    if (posix_memalign(&table, 64, bytes ? bytes : 64))
+        return NULL;
+    memset(table, 0, bytes);
+    return table;
+}
+static fastdl_pw_taps *fastdl_pw_new_taps(void) {
+    return fastdl_pw_aligned(sizeof(fastdl_pw_taps));
 }
 
 typedef struct {
@@ -75,6 +84,7 @@ typedef struct {
     double slope;
     Py_ssize_t items, planes;      /* planes: of a depthwise or mean step, N * C_out */
     const fastdl_pw_taps *taps;    /* a depthwise step's on small maps, else NULL */
+    const void *columns;           /* a flat depthwise step's output columns, else NULL */
     Py_ssize_t scratch_offset;     /* bytes into a thread's scratch: a depthwise step's
                                       own, or the pointwise steps' spill */
     int *taken;                    /* one per thread */
