@@ -178,7 +178,8 @@ def test_property_random_shapes(n, c_in, c_out, h, w, padding, threads, seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_transformed_weights_are_g_w_gt_at_any_thread_count(dtype, rng):
+def test_transformed_weights_are_g_w_gt_at_any_thread_count(dtype, rng, monkeypatch):
+    monkeypatch.setattr(winograd, "_THREADED_FILTERS", 1)   # threads for small weights too
     weight = rng.normal(size=(37, 19, 3, 3)).astype(dtype)
     g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
     expected = np.einsum("ai,ocij,bj->aboc", g, weight.astype(np.float64), g).reshape(16, -1)
@@ -245,9 +246,10 @@ def test_weight_from_transformed_is_gt_d_g_of_the_summed_parts(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_flipped_transform_reads_the_turned_swapped_filters(dtype, rng):
+def test_flipped_transform_reads_the_turned_swapped_filters(dtype, rng, monkeypatch):
     """``flipped`` equals the transform of a flipped, channel-swapped copy, bit for bit,
     and so the input gradient through it equals Winograd's forward of that copy."""
+    monkeypatch.setattr(winograd, "_THREADED_FILTERS", 1)
     weight = rng.normal(size=(24, 17, 3, 3)).astype(dtype)
     copy = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     for threads in (1, 2, 3):

@@ -27,6 +27,10 @@ _BLOCK_BYTES = 1024 * 1024
 # (128 -> 128 at 16²: 13.6 ms at 64 tiles, 14.4 at 32, on a busy host).
 _FORWARD_BLOCK_BYTES = 512 * 1024
 _MAX_BLOCK_TILES = 256
+# Filters from which the weight transform wakes the other threads: 64 x 64 takes ~20 µs
+# on one (a batch-1 64 -> 64 forward at 32², 0.31-0.35 ms, was slower with the wake-up);
+# 512 x 512, 1.7-2.0 ms on one thread, 1.0 on two.
+_THREADED_FILTERS = 256 * 256
 # Fewest tiles a block takes where the transformed weights (16 C_out x C_in matrices) do
 # not fit in L2: each block's 16 GEMMs stream them from memory once, so a block must do
 # enough work per byte of them. Batch 32, 2 threads, 512 -> 512 at 4² (16 MiB of them),
@@ -66,7 +70,9 @@ def transform_weight(weight, threads=1, flipped=False):
     channels swapped (the input gradient's forward conv), (C_in, C_out) matrices."""
     weight = np.ascontiguousarray(weight)
     u = _planes((), weight.shape[0], weight.shape[1], weight.dtype)
-    _ext.transform_weight_into(weight, u, threads, flipped)
+    filters = weight.shape[0] * weight.shape[1]
+    _ext.transform_weight_into(weight, u, threads if filters >= _THREADED_FILTERS else 1,
+                               flipped)
     return u
 
 
