@@ -10,7 +10,12 @@ intermediate buffers (a ``BufferSet``) and the layout of those buffers:
   classifier head (``_head``) or from ``dense.PANEL_ROWS`` rows the dense layers after
   the chain (``_dense_tail``) run by the chain too;
 * the buffers the chain's convs read in place stored inside zero borders, or as phase
-  planes (``_borders``), so that those convs make no padded copy.
+  planes (``_borders``), so that those convs make no padded copy;
+* consecutive pointwise (1x1) and depthwise convs as one separable chain, one parallel
+  region (``_separable``, ``kernels.pointwise``: a MobileNet's inverted residual blocks),
+  with the classifier head after it (global average pool, flatten, linear:
+  ``_separable_tail``); an average pool whose window is the whole map runs as the
+  global mean.
 
 A value the plan returns (one of its ``outputs``) counts as read by someone outside the
 chain: never computed away by a fusion, and never stored with a border.

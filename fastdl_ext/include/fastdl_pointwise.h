@@ -9,11 +9,15 @@
    in panels of FASTDL_PW_ROWS rows, (ceil(M / rows), K, rows), zero rows at the end:
    each k of a tile reads its rows' weights as one run of broadcasts.
 
-   A depthwise step runs the depthwise loops (fastdl_depthwise.h) over runs of whole
-   planes, each step in scratch of its own (zeroed once: the loops keep the borders
-   zero for one shape). A mean step averages each plane (a global average pool, as
-   the pool kernels sum it). Threads take items as the direct chain's do (fastdl_team.h):
-   a thread that is late joins at whatever step the others have reached. */
+   A depthwise step runs over runs of whole planes: on small maps, where the CPU has
+   AVX-512, by lane permutes (a plane's output in one or two vectors) or flat unaligned
+   loads (stride 1, the output the input's size: fastdl_pointwise_body.h), else the
+   depthwise loops (fastdl_depthwise.h), each step in scratch of its own (zeroed once:
+   the loops keep the borders zero for one shape). A mean step averages each plane (a
+   global average pool, as the pool kernels sum it). Threads take items as the direct
+   chain's do (fastdl_team.h): a thread that is late joins at whatever step the others
+   have reached; or, with many images, whole images through every step
+   (fastdl_pw_run). */
 
 #ifndef FASTDL_POINTWISE_H
 #define FASTDL_POINTWISE_H
@@ -39,6 +43,14 @@
 #endif
 
 enum { FASTDL_PW_POINTWISE = 0, FASTDL_PW_DEPTHWISE = 1, FASTDL_PW_MEAN = 2 };
+
+/* Lane permutes by a vector of indices (GCC's __builtin_shuffle; Clang has none for
+   indices known only at run time, and there the small maps take the other loops). */
+#if defined(__GNUC__) && !defined(__clang__)
+#  define FASTDL_PW_PERMUTES 1
+#else
+#  define FASTDL_PW_PERMUTES 0
+#endif
 
 /* The small-map depthwise loops' limits: output and input vectors of one plane
    (fastdl_pointwise_body.h says why so few output vectors). */

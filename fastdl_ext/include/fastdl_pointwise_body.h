@@ -142,6 +142,8 @@ FASTDL_PW_CLONES static void PW(pointwise)(const fastdl_pw_step *s, Py_ssize_t i
 /* Fill ``taps`` for the geometry ``d``: whether every tap of every output vector
    reads a window of at most four input vectors (else nothing may use it). */
 static int PW(build_taps)(const fastdl_dw_shape *d, fastdl_pw_taps *taps) {
+    if (!FASTDL_PW_PERMUTES)
+        return 0;
     Py_ssize_t out_positions = d->out_h * d->out_w, in_positions = d->height * d->width;
     int count = d->kernel * d->kernel;
     taps->out_vectors = (int)((out_positions + PW_LANES - 1) / PW_LANES);
@@ -177,6 +179,7 @@ static int PW(build_taps)(const fastdl_dw_shape *d, fastdl_pw_taps *taps) {
     return 1;
 }
 
+#if FASTDL_PW_PERMUTES
 /* Planes [first, end) of N * C_out through the tap table. */
 FASTDL_PW_CLONES static void PW(depthwise_small)(const fastdl_pw_step *s, Py_ssize_t first,
                                                  Py_ssize_t end) {
@@ -240,6 +243,7 @@ FASTDL_PW_CLONES static void PW(depthwise_small)(const fastdl_pw_step *s, Py_ssi
             channel = 0;
     }
 }
+#endif
 
 /* Depthwise convs at stride 1 whose output is the input's size (padding (K - 1) / 2):
    output position p's tap (i, j) reads input position p + (i - pad) * W + (j - pad)
@@ -352,10 +356,12 @@ static void PW(planes)(const fastdl_pw_step *s, Py_ssize_t first, Py_ssize_t end
         PW(depthwise_flat)(s, first, end);
         return;
     }
+#if FASTDL_PW_PERMUTES
     if (s->taps != NULL) {
         PW(depthwise_small)(s, first, end);
         return;
     }
+#endif
     PW_DEPTHWISE(&s->dw, (const PW_T *)s->x, (const PW_T *)s->weight, (const PW_T *)s->bias,
                  (const PW_T *)s->residual, s->activate, (PW_T)s->slope, (PW_T *)s->out,
                  first, end, (PW_T *)(scratch + s->scratch_offset));
