@@ -51,6 +51,8 @@ cdef extern from "fastdl_pointwise.h":
         Py_ssize_t items, planes, scratch_offset
         const Taps* taps
         const void* columns
+        const Step* then
+        int fused
         int* taken
         int done, sleepers
     int POINTWISE "FASTDL_PW_POINTWISE"
@@ -194,6 +196,8 @@ cdef class Chain:
                 self.reads_first.append((k, 0))
             if step.residual is not None and step.residual is self.first:
                 self.reads_first.append((k, 1))
+        for k in range(self.count - 1):
+            self._fuse(&self.steps[k], &self.steps[k + 1])
         # each thread: the depthwise steps' scratch (zeroed once), then the spill
         for k in range(self.count):
             if self.steps[k].kind == POINTWISE:
@@ -306,6 +310,16 @@ cdef class Chain:
         self.arrays.append(step)
         return 0
 
+    cdef void _fuse(self, Step* s, Step* after) noexcept:
+        """Run the depthwise step ``after`` in the items of the pointwise step ``s`` where
+        it reads ``s``'s output alone, one plane per output channel, and ``s``'s items
+        are whole maps (``fastdl_pw_step.then``)."""
+        if (s.kind == POINTWISE and after.kind == DEPTHWISE and after.x == s.out
+                and after.residual != s.out and after.dw.multiplier == 1
+                and s.col_blocks == 1):
+            s.then = after
+            after.fused = 1
+
     cdef bint _flat(self, Step* s) except -1:
         """Give the depthwise step ``s`` its output columns where it runs the flat loops
         (stride 1, the output the input's size, a plane of at most FLAT_VALUES values in
@@ -366,6 +380,11 @@ cdef class Chain:
     def tables(self):
         """How many depthwise steps run the small-map loops (a tap table each)."""
         return sum(self.steps[k].taps != NULL for k in range(self.count))
+
+    @property
+    def fused(self):
+        """How many depthwise steps run in the items of the pointwise step before."""
+        return sum(self.steps[k].fused for k in range(self.count))
 
     @property
     def flat(self):

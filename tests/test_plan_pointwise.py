@@ -122,6 +122,33 @@ def test_spill_after_depthwise_keeps_its_borders():
             _close(got, expected)
 
 
+def test_depthwise_after_pointwise_runs_in_its_items():
+    """A depthwise conv reading a pointwise conv's output alone runs in that conv's
+    items (rows of whole maps); not where it adds that output as its residual too, has
+    a channel multiplier, or the pointwise items split the positions."""
+    rng = np.random.default_rng(1)
+    cases = ((8, 1, False, 1), (8, 2, False, 0), (8, 1, True, 0), (20, 1, False, 0))
+    for size, multiplier, add_input, fused in cases:
+        x = rng.standard_normal((2, 6, size, size)).astype(np.float32)
+        expand = pointwise.layer(x.shape, rng.standard_normal((12, 6, 1, 1)).astype(
+            np.float32), None, (1, 1), (0, 0), (1, 1), 1, 0.0, 2)
+        middle = np.empty(expand.out_shape, np.float32)
+        depth = pointwise.layer(middle.shape, rng.standard_normal(
+            (12 * multiplier, 1, 3, 3)).astype(np.float32), None, (1, 1), (1, 1), (1, 1),
+            12, None, 2)
+        out = np.empty(depth.out_shape, np.float32)
+        chain = pointwise.prepare_chain(
+            [expand.step(x, middle), depth.step(middle, out,
+                                                middle if add_input else None)], 2)
+        assert chain.fused == fused, (size, multiplier, add_input)
+        chain.by_images = False
+        chain.run(x)
+        expected = conv_kernels.conv2d_forward(
+            middle, depth.weight, None, (1, 1), (1, 1), 1, 12,
+            residual=middle if add_input else None)
+        _close(out, expected)
+
+
 def test_layer_applies_to_pointwise_and_depthwise_only():
     w = np.ones((4, 4, 1, 1), np.float32)
     assert isinstance(pointwise.layer((1, 4, 5, 5), w, None, (1, 1), (0, 0), (1, 1), 1, None),

@@ -85,7 +85,7 @@ static fastdl_pw_taps *fastdl_pw_new_taps(void) {
     return fastdl_pw_aligned(sizeof(fastdl_pw_taps));
 }
 
-typedef struct {
+typedef struct fastdl_pw_step {
     int kind;
     Py_ssize_t images, in_channels, out_channels, positions;   /* N, K, M, P */
     Py_ssize_t row_block, col_block, row_blocks, col_blocks;   /* pointwise items */
@@ -97,6 +97,12 @@ typedef struct {
     Py_ssize_t items, planes;      /* planes: of a depthwise or mean step, N * C_out */
     const fastdl_pw_taps *taps;    /* a depthwise step's on small maps, else NULL */
     const void *columns;           /* a flat depthwise step's output columns, else NULL */
+    /* a pointwise step's depthwise step after it that reads its output, run by each
+       item on the item's rows (whole maps: ``col_blocks`` 1) instead of after all of
+       them: no wait between the two, and the planes read from the cache they were
+       written to; that step (``fused``) then has nothing left to do */
+    const struct fastdl_pw_step *then;
+    int fused;
     Py_ssize_t scratch_offset;     /* bytes into a thread's scratch: a depthwise step's
                                       own, or the pointwise steps' spill */
     int *taken;                    /* one per thread */
@@ -158,6 +164,8 @@ static void fastdl_pw_run(fastdl_pw_step *steps, int count, int thread, int thre
     for (int k = 0; k < count; k++) {
         fastdl_pw_step *s = &steps[k];
         int first, taken;
+        if (s->fused)
+            continue;
         while ((taken = fastdl_take_items(s->taken, threads, thread, (int)s->items, 1,
                                           &first)) > 0) {
             if (is_float)

@@ -367,12 +367,22 @@ static void PW(planes)(const fastdl_pw_step *s, Py_ssize_t first, Py_ssize_t end
                  first, end, (PW_T *)(scratch + s->scratch_offset));
 }
 
-/* Item ``item`` of step ``s`` in this thread's ``scratch``. */
+/* Item ``item`` of step ``s`` in this thread's ``scratch`` (and of the depthwise step
+   fused to it, its planes of the item's rows). */
 static void PW(item)(const fastdl_pw_step *s, Py_ssize_t item, char *scratch, int wide) {
-    if (s->kind == FASTDL_PW_POINTWISE)
-        PW(pointwise)(s, item, (PW_T *)(scratch + s->scratch_offset), wide);
-    else
+    if (s->kind != FASTDL_PW_POINTWISE) {
         PW(planes)(s, s->planes * item / s->items, s->planes * (item + 1) / s->items, scratch);
+        return;
+    }
+    PW(pointwise)(s, item, (PW_T *)(scratch + s->scratch_offset), wide);
+    if (s->then != NULL) {
+        Py_ssize_t image = item / s->row_blocks, block = item % s->row_blocks;
+        Py_ssize_t first = block * s->row_block;
+        Py_ssize_t end = first + s->row_block < s->out_channels ? first + s->row_block
+                                                                : s->out_channels;
+        PW(planes)(s->then, image * s->out_channels + first, image * s->out_channels + end,
+                   scratch);
+    }
 }
 
 /* Every step on image ``image`` alone, one after another. */
