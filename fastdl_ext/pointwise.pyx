@@ -65,7 +65,8 @@ cdef extern from "fastdl_pointwise.h":
         const Shape* s) noexcept nogil
     void _run_steps "fastdl_pw_run"(Step* steps, int count, int thread, int threads,
                                     char* scratch, int wide, int is_float,
-                                    Py_ssize_t images, int* next) noexcept nogil
+                                    Py_ssize_t images, int split, int* next, int* done,
+                                    int* sleepers) noexcept nogil
 
 # bytes of one vector of positions (the tiles' lanes)
 DEF VECTOR_BYTES = 64
@@ -140,11 +141,13 @@ cdef class Chain:
     place of the first step's input (and wherever a step reads that array), which must
     match it in shape and dtype. A chain serves one caller at a time.
 
-    ``by_images``: the threads take whole images through all the steps (default: from
-    IMAGES_PER_THREAD images a thread) instead of sharing each step; the results are
-    the same either way."""
+    ``by_images``: the threads take whole images through the steps up to the first
+    pointwise step whose weights outweigh an image's input, and share each of the others
+    (default: from IMAGES_PER_THREAD images a thread), instead of sharing every step;
+    the results are the same either way."""
     cdef Step* steps
-    cdef int count, threads, typenum, wide, next_image
+    cdef int count, threads, typenum, wide, next_image, images_done, image_sleepers
+    cdef int split
     cdef Py_ssize_t images
     cdef int* taken
     cdef char* scratch
@@ -198,6 +201,13 @@ cdef class Chain:
                 self.reads_first.append((k, 1))
         for k in range(self.count - 1):
             self._fuse(&self.steps[k], &self.steps[k + 1])
+        # the steps run image by image: up to the first pointwise step whose weights
+        # outweigh an image's input (more output channels than positions)
+        self.split = 0
+        while self.split < self.count and not (
+                self.steps[self.split].kind == POINTWISE
+                and self.steps[self.split].out_channels > self.steps[self.split].positions):
+            self.split += 1
         # each thread: the depthwise steps' scratch (zeroed once), then the spill
         for k in range(self.count):
             if self.steps[k].kind == POINTWISE:
@@ -413,18 +423,20 @@ cdef class Chain:
             for k in range(self.count):
                 self.steps[k].done = self.steps[k].sleepers = 0
             memset(self.taken, 0, sizeof(int) * self.count * self.threads)
-            self.next_image = 0
-            images = self.images if self.by_images else 0
+            self.next_image = self.images_done = self.image_sleepers = 0
+            images = self.images if self.by_images and self.split > 0 else 0
             with nogil:
                 if self.threads == 1:
                     _run_steps(self.steps, self.count, 0, 1, self.scratch, self.wide,
-                               self.typenum == cnp.NPY_FLOAT32, images, &self.next_image)
+                               self.typenum == cnp.NPY_FLOAT32, images, self.split,
+                               &self.next_image, &self.images_done, &self.image_sleepers)
                 else:
                     with parallel(num_threads=self.threads):
                         thread = threadid()
                         _run_steps(self.steps, self.count, thread, self.threads,
                                    self.scratch + thread * self.per_thread, self.wide,
-                                   self.typenum == cnp.NPY_FLOAT32, images,
-                                   &self.next_image)
+                                   self.typenum == cnp.NPY_FLOAT32, images, self.split,
+                                   &self.next_image, &self.images_done,
+                                   &self.image_sleepers)
         finally:
             self.running = False

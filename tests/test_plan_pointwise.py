@@ -309,8 +309,9 @@ def test_depthwise_loops_by_map(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_columns_and_whole_images_change_nothing(dtype, monkeypatch):
     """A wide pointwise conv on a large map copies its tiles' columns (``PACK``), and a
-    chain of many images runs image by image (``by_images``): the same bits as the
-    plain tiles and the step-by-step run, at 1 and 2 threads."""
+    chain of many images runs image by image up to a conv with more channels than
+    positions (``by_images``): the same bits as the plain tiles and the step-by-step
+    run, at 1 and 2 threads."""
     from fastdl_ext import pointwise as ext
     rng = np.random.default_rng(7)
     x = rng.standard_normal((9, 24, 16, 17)).astype(dtype)
@@ -319,7 +320,12 @@ def test_packed_columns_and_whole_images_change_nothing(dtype, monkeypatch):
               [rng.standard_normal((144, 1, 3, 3)).astype(dtype), None, (1, 1), (1, 1),
                0.0, None],
               [rng.standard_normal((24, 144, 1, 1)).astype(dtype), None, (1, 1), (0, 0),
-               None, -1]]
+               None, -1],
+              # more channels than positions: shared step by step from here on
+              [rng.standard_normal((300, 24, 1, 1)).astype(dtype), None, (1, 1), (0, 0),
+               0.0, None],
+              [rng.standard_normal((300, 1, 3, 3)).astype(dtype), None, (1, 1), (1, 1),
+               None, None]]
     plain = _plain(x, layers)
     results = []
     for pack in (True, False):

@@ -144,27 +144,33 @@ static int fastdl_pw_wide(void) {
 
 /* Thread ``thread`` of ``threads`` runs the steps in order: items of each step until
    none is left, then waits until all of them are done. ``scratch``: this thread's.
-   With ``images`` (0: step by step) the threads take whole images instead, from
-   ``*next``, and run every step on each: no waits between the steps, and an image's
-   values stay in the thread's cache from one step to the next (at batch 32 the steps'
-   outputs, megabytes each, went through memory). */
+   With ``images`` (0: step by step) the threads first take whole images, from
+   ``*next``, through the first ``split`` steps, and wait for all (``*done``,
+   ``*sleepers``) before the others: no waits between those steps, and an image's
+   values stay in the thread's cache from one step to the next (at batch 32 the early
+   steps' outputs, megabytes each, went through memory); the steps from ``split`` on,
+   whose weights outweigh an image's values, share each step over all images, a
+   thread's items reading one block of weights for many images. */
 static void fastdl_pw_run(fastdl_pw_step *steps, int count, int thread, int threads,
                           char *scratch, int wide, int is_float, Py_ssize_t images,
-                          int *next) {
+                          int split, int *next, int *done, int *sleepers) {
+    int k = 0;
     if (images > 0) {
         int image;
         while ((image = fastdl_next_items(next, 1)) < images) {
             if (is_float)
-                fastdl_pw_image_float(steps, count, image, scratch, wide);
+                fastdl_pw_image_float(steps, split, image, scratch, wide);
             else
-                fastdl_pw_image_double(steps, count, image, scratch, wide);
+                fastdl_pw_image_double(steps, split, image, scratch, wide);
+            fastdl_items_done(done, sleepers, 1, (int)images);
         }
-        return;
+        fastdl_wait_done(done, sleepers, (int)images);
+        k = split;
     }
-    for (int k = 0; k < count; k++) {
+    for (; k < count; k++) {
         fastdl_pw_step *s = &steps[k];
         int first, taken;
-        if (s->fused)
+        if (s->fused && (images == 0 || k > split))
             continue;
         while ((taken = fastdl_take_items(s->taken, threads, thread, (int)s->items, 1,
                                           &first)) > 0) {

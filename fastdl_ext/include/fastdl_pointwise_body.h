@@ -77,12 +77,13 @@ static inline void PW(store)(PW(vec) acc[FASTDL_PW_ROWS][FASTDL_PW_WIDE], int ro
    24 -> 144 channels at 32x32: 51 GF/s one thread). */
 FASTDL_PW_CLONES static void PW(pointwise)(const fastdl_pw_step *s, Py_ssize_t item,
                                            PW_T *spill, int wide) {
-    Py_ssize_t per_image = s->row_blocks * s->col_blocks;
-    Py_ssize_t image = item / per_image, rest = item % per_image;
+    /* items run through the column blocks, then the images, then the row blocks: a
+       thread's run of items reads one block of weights for many images */
+    Py_ssize_t rest = item / s->col_blocks, image = rest % s->images;
     Py_ssize_t depth = s->in_channels, positions = s->positions;
-    Py_ssize_t m0 = rest / s->col_blocks * s->row_block;
+    Py_ssize_t m0 = rest / s->images * s->row_block;
     Py_ssize_t m1 = m0 + s->row_block < s->out_channels ? m0 + s->row_block : s->out_channels;
-    Py_ssize_t p0 = rest % s->col_blocks * s->col_block;
+    Py_ssize_t p0 = item % s->col_blocks * s->col_block;
     Py_ssize_t p1 = p0 + s->col_block < positions ? p0 + s->col_block : positions;
     const PW_T *x = (const PW_T *)s->x + image * depth * positions;
     Py_ssize_t out_at = image * s->out_channels * positions;
@@ -376,7 +377,7 @@ static void PW(item)(const fastdl_pw_step *s, Py_ssize_t item, char *scratch, in
     }
     PW(pointwise)(s, item, (PW_T *)(scratch + s->scratch_offset), wide);
     if (s->then != NULL) {
-        Py_ssize_t image = item / s->row_blocks, block = item % s->row_blocks;
+        Py_ssize_t image = item % s->images, block = item / s->images;   /* one column block */
         Py_ssize_t first = block * s->row_block;
         Py_ssize_t end = first + s->row_block < s->out_channels ? first + s->row_block
                                                                 : s->out_channels;
@@ -391,9 +392,10 @@ static void PW(image)(const fastdl_pw_step *steps, int count, Py_ssize_t image,
     for (int k = 0; k < count; k++) {
         const fastdl_pw_step *s = &steps[k];
         if (s->kind == FASTDL_PW_POINTWISE) {
-            Py_ssize_t per_image = s->items / s->images;
-            for (Py_ssize_t item = image * per_image; item < (image + 1) * per_image; item++)
-                PW(pointwise)(s, item, (PW_T *)(scratch + s->scratch_offset), wide);
+            for (Py_ssize_t block = 0; block < s->row_blocks; block++)
+                for (Py_ssize_t column = 0; column < s->col_blocks; column++)
+                    PW(pointwise)(s, (block * s->images + image) * s->col_blocks + column,
+                                  (PW_T *)(scratch + s->scratch_offset), wide);
         } else {
             Py_ssize_t per_image = s->planes / s->images;
             PW(planes)(s, image * per_image, (image + 1) * per_image, scratch);
