@@ -7,8 +7,12 @@ microseconds of work, about what waking the thread team costs, and a 1x1 conv's
 im2col path has a single GEMM tile for one thread to run. Here such layers are
 prepared once (``layer``) and run as a ``Chain``: one parallel region for all of
 them, the pointwise convs split into blocks of output channels and positions that
-every thread takes from (``fastdl_ext/pointwise.pyx``), the depthwise convs running
-the depthwise loops (``depthwise.py``) over runs of planes.
+every thread takes from (``fastdl_ext/pointwise.pyx``), the depthwise convs over runs
+of planes (on small maps, where the CPU has AVX-512, by loops of their own, else the
+depthwise loops of ``depthwise.py``), a global average pool as a mean step
+(``mean_step``) and a classifier's linear layer as a 1x1 conv (``linear_layer``). At
+large batches the threads take whole images through the early steps, whose values
+outweigh their weights.
 
 Each pointwise output sums its K products in order in one accumulator, whatever the
 blocking; so results do not depend on the thread count, and match the im2col path's
