@@ -348,3 +348,30 @@ def test_packed_columns_and_whole_images_change_nothing(dtype, monkeypatch):
         for got, first, expected in zip(result, results[0], plain[1:]):
             np.testing.assert_array_equal(got, first)
             _close(got, expected)
+
+
+def test_whole_map_average_pool_is_a_classifier_head(monkeypatch):
+    """An average pool over the whole map after a chain of direct convs, then flatten
+    and linear, runs in the chain as the global average pool's head does."""
+    rng = np.random.default_rng(11)
+    tensors = {name: (rng.standard_normal(shape) / 8).astype(np.float32) for name, shape in (
+        ("a.w", (16, 3, 3, 3)), ("b.w", (16, 16, 3, 3)), ("fc.w", (10, 16)),
+        ("fc.b", (10,)))}
+    ops = [_conv([0], "a.w", None, (1, 1), (1, 1), 1, 0.0),
+           _conv([1], "b.w", None, (1, 1), (1, 1), 1, 0.0),
+           {"op": "avg_pool2d", "inputs": [2], "kernel_size": [8, 8], "stride": [8, 8],
+            "padding": [0, 0], "ceil_mode": False, "count_include_pad": True},
+           {"op": "flatten", "inputs": [3], "start_dim": 1},
+           {"op": "linear", "inputs": [4], "negative_slope": None,
+            "weights": {"weight": "fc.w", "bias": "fc.b"}}]
+    for index, op in enumerate(ops):
+        op["output"] = index + 1
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    plan = InferencePlan(ops, tensors, (3, 8, 8))
+    assert len(plan._program(1)[0]) == 1
+    got = plan(x)
+    with monkeypatch.context() as patch:
+        patch.setattr(_schedule, "_global", lambda op, shape: False)
+        plain = InferencePlan(ops, tensors, (3, 8, 8))
+        assert len(plain._program(1)[0]) == 4
+        _close(got, plain(x))

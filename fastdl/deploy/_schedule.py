@@ -141,22 +141,31 @@ class Scheduler:
 
     def _head(self, runs, batch):
         """The ops of a classifier head right after the chain ``runs`` — a global average
-        pool of its last output, a flatten and a linear layer, none read by anything
-        else — as (pool, flatten, linear) op indices; None where there is none, or the
-        batch is large enough for the dense kernels (``dense.PANEL_ROWS``) to pay."""
+        pool of its last output (``_global_pool``), a flatten and a linear layer, none
+        read by anything else — as (pool, flatten, linear) op indices; None where there
+        is none, or the batch is large enough for the dense kernels
+        (``dense.PANEL_ROWS``) to pay."""
         pool = runs[-1][2] + 1
         if batch >= dense_kernels.PANEL_ROWS or len(runs) < 2:
             return None
         ops = self.ops[pool:pool + 3]
-        if len(ops) < 3 or [op["op"] for op in ops] != ["adaptive_avg_pool2d", "flatten",
-                                                        "linear"]:
+        if len(ops) < 3 or [op["op"] for op in ops[1:]] != ["flatten", "linear"]:
             return None
-        if (list(ops[0]["output_size"]) != [1, 1] or ops[1]["start_dim"] != 1
+        if (not self._global_pool(pool, batch) or ops[1]["start_dim"] != 1
                 or [op["inputs"] for op in ops] != [[pool], [pool + 1], [pool + 2]]):
             return None
         if any(self._readers[value] != 1 for value in (pool, pool + 1, pool + 2)):
             return None
         return pool, pool + 1, pool + 2
+
+    def _global_pool(self, index, batch):
+        """Whether op ``index`` is a global average pool: adaptive to 1x1, or an average
+        pool whose window is its whole input (``_global``)."""
+        op = self.ops[index]
+        if op["op"] == "adaptive_avg_pool2d":
+            return list(op["output_size"]) == [1, 1]
+        return op["op"] == "avg_pool2d" and _global(
+            op, (batch,) + tuple(self.shapes[op["inputs"][0]][1:]))
 
     def _dense_tail(self, runs, batch):
         """The ops after the chain ``runs`` that it can run as dense layers in its own
@@ -415,11 +424,8 @@ class Scheduler:
         anything else — as (pool, flatten, linear, linear's PointwiseLayer) for the
         chain to run too; None where there is none."""
         ops = self.ops[last + 1:last + 4]
-        if len(ops) < 3 or [op["op"] for op in ops[1:]] != ["flatten", "linear"]:
-            return None
-        pool, shape = ops[0], (batch,) + tuple(self.shapes[last + 1][1:])
-        if not (pool["op"] == "adaptive_avg_pool2d" and list(pool["output_size"]) == [1, 1]
-                or pool["op"] == "avg_pool2d" and _global(pool, shape)):
+        if (len(ops) < 3 or [op["op"] for op in ops[1:]] != ["flatten", "linear"]
+                or not self._global_pool(last + 1, batch)):
             return None
         indices = (last + 1, last + 2, last + 3)
         if ops[1]["start_dim"] != 1 or [op["inputs"] for op in ops] != [
