@@ -282,6 +282,19 @@ def test_batch_norm_eval_uses_running_stats_only(rng):
     norm.batch_norm_forward(x[:1, :, :1], None, None, running_mean, running_var, False)
 
 
+@pytest.mark.parametrize("shape", [(32, 64, 4, 4), (5, 7, 300), (3, 2, 70, 70)])
+def test_batch_norm_eval_over_many_work_items(rng, shape):
+    # short rows many to an item, long rows one (or part of one) to an item
+    x = rng.standard_normal(shape)
+    channels = shape[1]
+    weight, bias = rng.standard_normal(channels), rng.standard_normal(channels)
+    running_mean, running_var = rng.standard_normal(channels), rng.random(channels) + 0.5
+    y, _, _ = norm.batch_norm_forward(x, weight, bias, running_mean, running_var, False, 0.1,
+                                      EPS)
+    np.testing.assert_allclose(y, batch_norm_reference(x, weight, bias, EPS, running_mean,
+                                                       running_var), rtol=1e-12, atol=1e-12)
+
+
 def test_batch_norm_one_value_per_channel_in_training_raises():
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         norm.batch_norm_forward(np.ones((1, 3)), None, None, None, None, True)
@@ -429,6 +442,9 @@ def run_all_norms(x, grad_out, weight, bias):
         (lambda: norm.batch_norm_forward(x, weight, bias, np.zeros(n_channels),
                                          np.ones(n_channels), True),
          lambda f: norm.batch_norm_backward(grad_out, x, f[1], f[2], weight, True)),
+        (lambda: norm.batch_norm_forward(x, weight, bias, np.linspace(-1, 1, n_channels),
+                                         np.linspace(0.5, 2, n_channels), False),
+         lambda f: norm.batch_norm_backward(grad_out, x, f[1], f[2], weight, False)),
         (lambda: norm.group_norm_forward(x, 4, weight, bias),
          lambda f: norm.group_norm_backward(grad_out, x, f[1], f[2], weight, 4)),
         (lambda: norm.instance_norm_forward(x, None, None, weight, bias),

@@ -8,7 +8,8 @@ import numpy as np
 # is_real tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_real
-from fastdl.kernels._norm_loops import normalize_backward_kernel, normalize_forward_kernel
+from fastdl.kernels._norm_loops import (normalize_backward_kernel, normalize_forward_kernel,
+                                        normalize_given_kernel)
 from fastdl.kernels._norm_rows import layer_norm_backward_kernel, layer_norm_forward_kernel
 
 class _Layout:
@@ -79,9 +80,12 @@ def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
     if layout.weight_along_run:
         # layer norm (always input statistics) on (rows, row_length)
         layer_norm_forward_kernel(x3[0], weight, bias, eps, mean, var, inv_std, y[0])
-    else:
+    elif use_input_stats:
         normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub, eps,
                                  use_input_stats, mean, var, inv_std, y)
+    else:
+        normalize_given_kernel(x3, weight, bias, layout.n_params, layout.n_sub, mean,
+                               inv_std, y)
     return y.reshape(x.shape), mean, var if use_input_stats else None, inv_std
 
 
