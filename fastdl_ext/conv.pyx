@@ -436,6 +436,35 @@ cdef void _unfold_images(const floating* image, Py_ssize_t image_stride, Geometr
                          images * positions)
 
 
+cdef struct ImageItems:
+    # a conv's work split into items of whole images (the *_images_into loops)
+    Geometry g
+    int k                   # rows of an image's column matrix: C_in/groups * kh * kw
+    int positions           # output positions of an image
+    int out_per_group
+    int items               # work items of ``images`` images (the last may hold fewer)
+    Py_ssize_t phase_size   # scratch of the stride-2 unfold (0: unfolded directly)
+    Py_ssize_t in_stride    # elements between images of the input (or grad_input)
+    Py_ssize_t out_stride   # ... of the output (or grad_out)
+
+
+cdef ImageItems _image_items(int n_images, int in_channels, int height, int width,
+                             tuple weight_shape, int out_h, int out_w, tuple stride,
+                             tuple padding, tuple dilation, int groups, int images):
+    cdef ImageItems plan
+    cdef int out_channels = weight_shape[0]
+    plan.g = _geometry(weight_shape[1], height, width, weight_shape[2], weight_shape[3],
+                       stride, padding, dilation, out_w)
+    plan.k = plan.g.channels * plan.g.kernel_h * plan.g.kernel_w
+    plan.positions = out_h * out_w
+    plan.out_per_group = out_channels // groups
+    plan.items = (n_images + images - 1) // images
+    plan.phase_size = _scratch_size(plan.g, out_h)
+    plan.in_stride = <Py_ssize_t>in_channels * height * width
+    plan.out_stride = <Py_ssize_t>out_channels * plan.positions
+    return plan
+
+
 def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
                                const floating[:, :, :, ::1] weight,
                                floating[:, :, :, ::1] out, tuple stride, tuple padding,
@@ -445,31 +474,28 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
                                bint activate=False, double slope=0.0):
     """``conv2d_forward_into`` with work items of ``images`` whole images (one GEMM
     over all their positions each)."""
-    cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
-    cdef int out_channels = weight.shape[0], kernel_h = weight.shape[2]
-    cdef int kernel_w = weight.shape[3]
-    cdef int out_w = out.shape[3]
-    cdef int positions = out.shape[2] * out_w
-    cdef int out_per_group = out_channels // groups
-    cdef Geometry g = _geometry(weight.shape[1], height, width, kernel_h, kernel_w, stride,
-                                padding, dilation, out_w)
-    cdef int k = g.channels * kernel_h * kernel_w
-    cdef int items = (n_images + images - 1) // images
+    cdef int n_images = x.shape[0], out_channels = weight.shape[0]
+    cdef tuple weight_shape = (weight.shape[0], weight.shape[1], weight.shape[2],
+                               weight.shape[3])
+    cdef ImageItems plan = _image_items(n_images, x.shape[1], x.shape[2], x.shape[3],
+                                        weight_shape, out.shape[2], out.shape[3], stride,
+                                        padding, dilation, groups, images)
+    cdef Geometry g = plan.g
+    cdef int k = plan.k, positions = plan.positions, out_per_group = plan.out_per_group
+    cdef Py_ssize_t in_stride = plan.in_stride, out_stride = plan.out_stride
+    cdef Py_ssize_t phase_size = plan.phase_size
     cdef int item, first, count, width_t, group, b
     cdef floating* cols
     cdef floating* result
     cdef floating* phases
-    cdef Py_ssize_t phase_size = _scratch_size(g, out.shape[2])
     cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
     cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
         else NULL
     cdef floating slope_value = <floating>slope
-    cdef Py_ssize_t in_stride = <Py_ssize_t>x.shape[1] * height * width
-    cdef Py_ssize_t out_stride = <Py_ssize_t>out_channels * positions
     if n_images == 0 or positions == 0:
         return
     with nogil:
-        for item in prange(items, num_threads=num_threads, schedule="static"):
+        for item in prange(plan.items, num_threads=num_threads, schedule="static"):
             first = item * images
             count = min(images, n_images - first)
             width_t = count * positions
@@ -500,27 +526,22 @@ def conv2d_grad_weight_images_into(const floating[:, :, :, ::1] x,
                                    int images, int num_threads):
     """``conv2d_grad_weight_into`` with work items of ``images`` whole images: each GEMM
     sums over all their positions."""
-    cdef int n_images = x.shape[0], height = x.shape[2], width = x.shape[3]
-    cdef int out_channels = weight_shape[0], kernel_h = weight_shape[2]
-    cdef int kernel_w = weight_shape[3]
-    cdef int out_w = grad_out.shape[3]
-    cdef int positions = grad_out.shape[2] * out_w
-    cdef int out_per_group = out_channels // groups
-    cdef Geometry g = _geometry(weight_shape[1], height, width, kernel_h, kernel_w, stride,
-                                padding, dilation, out_w)
-    cdef int k = g.channels * kernel_h * kernel_w
-    cdef int items = (n_images + images - 1) // images
+    cdef int n_images = x.shape[0]
+    cdef ImageItems plan = _image_items(n_images, x.shape[1], x.shape[2], x.shape[3],
+                                        weight_shape, grad_out.shape[2], grad_out.shape[3],
+                                        stride, padding, dilation, groups, images)
+    cdef Geometry g = plan.g
+    cdef int k = plan.k, positions = plan.positions, out_per_group = plan.out_per_group
+    cdef Py_ssize_t in_stride = plan.in_stride, out_stride = plan.out_stride
+    cdef Py_ssize_t phase_size = plan.phase_size
     cdef int item, first, count, width_t, group, thread
     cdef floating* cols
     cdef floating* rows
     cdef floating* phases
-    cdef Py_ssize_t phase_size = _scratch_size(g, grad_out.shape[2])
-    cdef Py_ssize_t in_stride = <Py_ssize_t>x.shape[1] * height * width
-    cdef Py_ssize_t out_stride = <Py_ssize_t>out_channels * positions
     if n_images == 0 or positions == 0:
         return
     with nogil:
-        for item in prange(items, num_threads=num_threads, schedule="static"):
+        for item in prange(plan.items, num_threads=num_threads, schedule="static"):
             thread = threadid()
             first = item * images
             count = min(images, n_images - first)
@@ -547,28 +568,26 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
                                   int num_threads):
     """``conv2d_grad_input_into`` with work items of ``images`` whole images (disjoint
     writes); ``grad_input`` must be zero on entry."""
-    cdef int n_images = grad_input.shape[0], height = grad_input.shape[2]
-    cdef int width = grad_input.shape[3]
-    cdef int out_channels = weight.shape[0], kernel_h = weight.shape[2]
-    cdef int kernel_w = weight.shape[3]
+    cdef int n_images = grad_input.shape[0]
+    cdef tuple weight_shape = (weight.shape[0], weight.shape[1], weight.shape[2],
+                               weight.shape[3])
+    cdef ImageItems plan = _image_items(n_images, grad_input.shape[1], grad_input.shape[2],
+                                        grad_input.shape[3], weight_shape, grad_out.shape[2],
+                                        grad_out.shape[3], stride, padding, dilation, groups,
+                                        images)
+    cdef Geometry g = plan.g
+    cdef int k = plan.k, positions = plan.positions, out_per_group = plan.out_per_group
     cdef int out_w = grad_out.shape[3]
-    cdef int positions = grad_out.shape[2] * out_w
-    cdef int out_per_group = out_channels // groups
-    cdef Geometry g = _geometry(weight.shape[1], height, width, kernel_h, kernel_w, stride,
-                                padding, dilation, out_w)
-    cdef int k = g.channels * kernel_h * kernel_w
-    cdef int items = (n_images + images - 1) // images
+    cdef Py_ssize_t out_stride = plan.out_stride
+    cdef Py_ssize_t phase_size = plan.phase_size
     cdef int item, first, count, width_t, group, b
     cdef floating* cols
     cdef floating* rows
     cdef floating* phases
-    cdef Py_ssize_t phase_size = _scratch_size(g, grad_out.shape[2])
-    cdef Py_ssize_t in_stride = <Py_ssize_t>grad_input.shape[1] * height * width
-    cdef Py_ssize_t out_stride = <Py_ssize_t>out_channels * positions
     if n_images == 0 or positions == 0:
         return
     with nogil:
-        for item in prange(items, num_threads=num_threads, schedule="static"):
+        for item in prange(plan.items, num_threads=num_threads, schedule="static"):
             first = item * images
             count = min(images, n_images - first)
             width_t = count * positions
