@@ -95,6 +95,22 @@ static inline Py_ssize_t fastdl_unfold_scratch(fastdl_unfold_geometry g) {
             }                                                                       \
         }                                                                           \
     }                                                                               \
+    /* the image rows y of a channel that the windows read into padded rows         \
+       y + pad_h (< rows) of the even and odd phases (merge: the adjoint); padded   \
+       column u = x + pad_w, even u hold the pixels of x's parity pad_w */          \
+    static inline __attribute__((always_inline)) void fastdl_split_rows_##type(     \
+            type *channel, fastdl_unfold_geometry g, type *evens, type *odds,       \
+            Py_ssize_t rows, Py_ssize_t half, int merge) {                          \
+        Py_ssize_t shift = g.pad_w / 2, odd_pad = g.pad_w % 2;                       \
+        Py_ssize_t end = rows - g.pad_h < g.height ? rows - g.pad_h : g.height;     \
+        for (Py_ssize_t y = 0; y < end; y++) {                                      \
+            type *even = evens + (y + g.pad_h) * half;                              \
+            type *odd = odds + (y + g.pad_h) * half;                                \
+            fastdl_split_##type(channel + y * g.width, g.width,                     \
+                                odd_pad ? odd + shift : even + shift,               \
+                                odd_pad ? even + shift + 1 : odd + shift, merge);   \
+        }                                                                           \
+    }                                                                               \
     /* cols[(c kH + i) kW + j][oy out_w + ox] (rows ld apart) = padded pixel        \
        (2 oy + i, 2 ox + j) of channel c of image (C, H, W); fold: the adjoint,     \
        added into image. */                                                         \
@@ -103,21 +119,11 @@ static inline Py_ssize_t fastdl_unfold_scratch(fastdl_unfold_geometry g) {
             type *scratch, int fold) {                                              \
         Py_ssize_t rows = fastdl_unfold_rows(g), half = fastdl_unfold_half(g);      \
         type *evens = scratch, *odds = scratch + rows * half;                       \
-        /* padded column u = x + pad_w: even u hold the pixels of x's parity pad_w */ \
-        Py_ssize_t shift = g.pad_w / 2, odd_pad = g.pad_w % 2;                       \
         for (Py_ssize_t c = 0; c < g.channels; c++) {                               \
             type *channel = image + c * g.height * g.width;                         \
             memset(evens, 0, 2 * rows * half * sizeof(type));                       \
             if (!fold)                                                              \
-                for (Py_ssize_t r = 0; r < rows; r++) {                             \
-                    Py_ssize_t y = r - g.pad_h;                                     \
-                    if (y < 0 || y >= g.height)                                     \
-                        continue;                                                   \
-                    type *even = evens + r * half, *odd = odds + r * half;          \
-                    fastdl_split_##type(channel + y * g.width, g.width,             \
-                                        odd_pad ? odd + shift : even + shift,       \
-                                        odd_pad ? even + shift + 1 : odd + shift, 0); \
-                }                                                                   \
+                fastdl_split_rows_##type(channel, g, evens, odds, rows, half, 0);   \
             for (Py_ssize_t i = 0; i < g.kernel_h; i++)                             \
                 for (Py_ssize_t j = 0; j < g.kernel_w; j++) {                       \
                     type *source = (j % 2 ? odds : evens) + i * half + j / 2;       \
@@ -132,15 +138,7 @@ static inline Py_ssize_t fastdl_unfold_scratch(fastdl_unfold_geometry g) {
                     }                                                               \
                 }                                                                   \
             if (fold)                                                               \
-                for (Py_ssize_t r = 0; r < rows; r++) {                             \
-                    Py_ssize_t y = r - g.pad_h;                                     \
-                    if (y < 0 || y >= g.height)                                     \
-                        continue;                                                   \
-                    type *even = evens + r * half, *odd = odds + r * half;          \
-                    fastdl_split_##type(channel + y * g.width, g.width,             \
-                                        odd_pad ? odd + shift : even + shift,       \
-                                        odd_pad ? even + shift + 1 : odd + shift, 1); \
-                }                                                                   \
+                fastdl_split_rows_##type(channel, g, evens, odds, rows, half, 1);   \
         }                                                                           \
     }
 FASTDL_UNFOLD(float)
