@@ -465,24 +465,6 @@ cdef ImageItems _image_items(int n_images, int in_channels, int height, int widt
     return plan
 
 
-cdef inline void _item_buffers(const ImageItems* plan, int count, floating** cols,
-                               floating** rows, floating** phases) noexcept nogil:
-    # one work item's scratch: its column matrix, its output/gradient rows, and the
-    # stride-2 unfold's phases (NULL when the unfold is direct)
-    cdef size_t width_t = <size_t>count * plan.positions
-    cols[0] = <floating*>malloc(sizeof(floating) * <size_t>plan.k * width_t)
-    rows[0] = <floating*>malloc(sizeof(floating) * <size_t>plan.out_per_group * width_t)
-    phases[0] = <floating*>malloc(sizeof(floating) * plan.phase_size) \
-        if plan.phase_size else NULL
-
-
-cdef inline void _free_item_buffers(floating* cols, floating* rows,
-                                    floating* phases) noexcept nogil:
-    free(phases)
-    free(rows)
-    free(cols)
-
-
 def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
                                const floating[:, :, :, ::1] weight,
                                floating[:, :, :, ::1] out, tuple stride, tuple padding,
@@ -501,6 +483,7 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
     cdef Geometry g = plan.g
     cdef int k = plan.k, positions = plan.positions, out_per_group = plan.out_per_group
     cdef Py_ssize_t in_stride = plan.in_stride, out_stride = plan.out_stride
+    cdef Py_ssize_t phase_size = plan.phase_size
     cdef int item, first, count, width_t, group, b
     cdef floating* cols
     cdef floating* result
@@ -516,7 +499,9 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
             first = item * images
             count = min(images, n_images - first)
             width_t = count * positions
-            _item_buffers(&plan, count, &cols, &result, &phases)
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
+            result = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
+            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
             for group in range(groups):
                 _unfold_images(&x[first, group * g.channels, 0, 0], in_stride, g, positions,
                                count, cols, phases)
@@ -529,7 +514,9 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
                     _epilogue(&out[first + b, 0, 0, 0], out_channels, positions, positions,
                               bias_ptr, residual_ptr + (first + b) * out_stride
                               if residual_ptr != NULL else NULL, activate, slope_value)
-            _free_item_buffers(cols, result, phases)
+            free(phases)
+            free(result)
+            free(cols)
 
 
 def conv2d_grad_weight_images_into(const floating[:, :, :, ::1] x,
@@ -546,6 +533,7 @@ def conv2d_grad_weight_images_into(const floating[:, :, :, ::1] x,
     cdef Geometry g = plan.g
     cdef int k = plan.k, positions = plan.positions, out_per_group = plan.out_per_group
     cdef Py_ssize_t in_stride = plan.in_stride, out_stride = plan.out_stride
+    cdef Py_ssize_t phase_size = plan.phase_size
     cdef int item, first, count, width_t, group, thread
     cdef floating* cols
     cdef floating* rows
@@ -558,7 +546,9 @@ def conv2d_grad_weight_images_into(const floating[:, :, :, ::1] x,
             first = item * images
             count = min(images, n_images - first)
             width_t = count * positions
-            _item_buffers(&plan, count, &cols, &rows, &phases)
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
+            rows = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
+            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
             for group in range(groups):
                 _unfold_images(&x[first, group * g.channels, 0, 0], in_stride, g, positions,
                                count, cols, phases)
@@ -566,7 +556,9 @@ def conv2d_grad_weight_images_into(const floating[:, :, :, ::1] x,
                              out_per_group, positions, count, rows)
                 _gemm(c'T', c'N', out_per_group, k, width_t, 1, rows, width_t, cols, width_t,
                       1, &partial[thread, group, 0, 0], out_per_group)
-            _free_item_buffers(cols, rows, phases)
+            free(phases)
+            free(rows)
+            free(cols)
 
 
 def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
@@ -587,6 +579,7 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
     cdef int k = plan.k, positions = plan.positions, out_per_group = plan.out_per_group
     cdef int out_w = grad_out.shape[3]
     cdef Py_ssize_t out_stride = plan.out_stride
+    cdef Py_ssize_t phase_size = plan.phase_size
     cdef int item, first, count, width_t, group, b
     cdef floating* cols
     cdef floating* rows
@@ -598,7 +591,9 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
             first = item * images
             count = min(images, n_images - first)
             width_t = count * positions
-            _item_buffers(&plan, count, &cols, &rows, &phases)
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
+            rows = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
+            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
             for group in range(groups):
                 _gather_rows(&grad_out[first, group * out_per_group, 0, 0], out_stride,
                              out_per_group, positions, count, rows)
@@ -612,4 +607,6 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
                     else:
                         _col2im_tile(cols + b * positions, g, 0, positions,
                                      &grad_input[first + b, group * g.channels, 0, 0], width_t)
-            _free_item_buffers(cols, rows, phases)
+            free(phases)
+            free(rows)
+            free(cols)
