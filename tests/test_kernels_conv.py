@@ -229,6 +229,37 @@ def test_whole_image_items_match_the_reference(case, dtype, rtol, rng):
     assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * total
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_whole_image_items_on_two_threads_equal_one_thread(stride, rng):
+    # many items of one image each, so both threads are inside the loop at once: each
+    # item's scratch must be its own thread's (a shared pointer frees twice or mixes
+    # two items' columns), and the result must not depend on the thread count
+    from fastdl_ext import conv as compiled
+    n, c, size, c_out = 32, 64, 16, 64
+    x = rng.normal(size=(n, c, size, size)).astype(np.float32)
+    weight = rng.normal(size=(c_out, c, 3, 3)).astype(np.float32)
+    pairs = (stride, stride), (1, 1), (1, 1)
+    out_size = (size - 1) // stride + 1
+    grad_out = rng.normal(size=(n, c_out, out_size, out_size)).astype(np.float32)
+
+    def run(threads):
+        out = np.empty(grad_out.shape, np.float32)
+        compiled.conv2d_forward_images_into(x, weight, out, *pairs, 1, 1, threads)
+        grad_input = np.zeros(x.shape, np.float32)
+        compiled.conv2d_grad_input_images_into(grad_out, weight, grad_input, *pairs, 1, 1,
+                                               threads)
+        partial = np.zeros((threads, 1, c_out, c * 9), np.float32)
+        compiled.conv2d_grad_weight_images_into(x, grad_out, partial, weight.shape, *pairs,
+                                                1, 1, threads)
+        return out, grad_input, partial.sum(axis=0)
+    one = run(1)
+    for _ in range(3):
+        for single, double in zip(one, run(2)):
+            np.testing.assert_allclose(double, single, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(run(2)[0], one[0])
+    np.testing.assert_array_equal(run(2)[1], one[1])
+
+
 def test_images_per_item_balances_threads():
     # 64 positions of 576 taps: 4 images an item at batch 32 (8 items, 4 a thread)
     assert conv._images_per_item(32, 576, 64, 4, 2) == 4
