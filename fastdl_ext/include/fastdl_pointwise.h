@@ -10,7 +10,8 @@
    each k of a tile reads its rows' weights as one run of broadcasts.
 
    A depthwise step runs over runs of whole planes: on small maps, where the CPU has
-   AVX-512, by lane permutes (a plane's output in one or two vectors) or flat unaligned
+   AVX-512, by lane permutes (a plane's output in one or two vectors), by rows of whole
+   vectors shifted a lane (3x3, stride 1, rows of 16 or 32 floats) or flat unaligned
    loads (stride 1, the output the input's size: fastdl_pointwise_body.h), else the
    depthwise loops (fastdl_depthwise.h), each step in scratch of its own (zeroed once:
    the loops keep the borders zero for one shape). A mean step averages each plane (a
@@ -59,6 +60,8 @@ enum { FASTDL_PW_POINTWISE = 0, FASTDL_PW_DEPTHWISE = 1, FASTDL_PW_MEAN = 2 };
 /* The flat depthwise loops' limits: values and columns of one plane. */
 #define FASTDL_PW_FLAT_VALUES 256
 #define FASTDL_PW_FLAT_WIDTH 64
+/* The row loops' limit: vectors of one row. */
+#define FASTDL_PW_ROW_VECTORS 4
 
 /* Where each tap of each output vector of a small depthwise map reads (built by
    fastdl_pw_build_taps_<type>): entry e = vector * K * K + tap has its window's first
@@ -97,6 +100,8 @@ typedef struct fastdl_pw_step {
     Py_ssize_t items, planes;      /* planes: of a depthwise or mean step, N * C_out */
     const fastdl_pw_taps *taps;    /* a depthwise step's on small maps, else NULL */
     const void *columns;           /* a flat depthwise step's output columns, else NULL */
+    int rows;                      /* a depthwise step run by the row loops' vectors a
+                                      row (fastdl_pointwise_body.h), else 0 */
     /* a pointwise step's depthwise step after it that reads its output, run by each
        item on the item's rows (whole maps: ``col_blocks`` 1) instead of after all of
        them: no wait between the two, and the planes read from the cache they were
@@ -121,6 +126,7 @@ static int fastdl_pw_wide(void) {
 
 #define PW_T float
 #define PW_MASK_T int
+#define PW_IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
 #define PW(name) fastdl_pw_##name##_float
 #define PW_MEAN fastdl_mean_float
 #define PW_DEPTHWISE fastdl_dw_forward_float
@@ -128,10 +134,12 @@ static int fastdl_pw_wide(void) {
 #undef PW
 #undef PW_T
 #undef PW_MASK_T
+#undef PW_IOTA
 #undef PW_DEPTHWISE
 #undef PW_MEAN
 #define PW_T double
 #define PW_MASK_T long long
+#define PW_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
 #define PW(name) fastdl_pw_##name##_double
 #define PW_MEAN fastdl_mean_double
 #define PW_DEPTHWISE fastdl_dw_forward_double
@@ -139,6 +147,7 @@ static int fastdl_pw_wide(void) {
 #undef PW
 #undef PW_T
 #undef PW_MASK_T
+#undef PW_IOTA
 #undef PW_DEPTHWISE
 #undef PW_MEAN
 
