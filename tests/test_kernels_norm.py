@@ -416,6 +416,37 @@ def test_backward_float32_matches_float64_and_contiguity(rng, dtype):
         np.testing.assert_allclose(got, want, **tolerance(dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, num_groups", [((2, 8, 32, 32), 1), ((3, 6, 64, 47), 2),
+                                               ((2, 4, 64, 64), 2), ((1, 3, 97, 89), 3)])
+def test_group_norm_backward_over_long_runs_writes_dx_ahead_to_the_same_bits(
+        rng, dtype, shape, num_groups):
+    # runs of LONG_RUN_BYTES and more (group norm on one image per k) prefetch dx for
+    # writing as the reduction sums: the same results as without, bit for bit, and
+    # float64's within float32 rounding
+    from fastdl.kernels._norm_loops import LONG_RUN_BYTES, normalize_backward_kernel
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    grad_out = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal(shape[1]).astype(dtype)
+    run_length = shape[1] // num_groups * int(np.prod(shape[2:]))
+    assert run_length * x.itemsize >= LONG_RUN_BYTES
+    _, mean, inv_std = norm.group_norm_forward(x, num_groups, weight)
+    grad_x, grad_weight, grad_bias = norm.group_norm_backward(grad_out, x, mean, inv_std,
+                                                              weight, num_groups)
+    view = (1, shape[0] * num_groups, run_length)
+    plain_grad_x = np.empty(view, dtype)
+    plain_weight, plain_bias = normalize_backward_kernel(
+        grad_out.reshape(view), x.reshape(view), weight, num_groups, shape[1] // num_groups,
+        mean.ravel(), inv_std.ravel(), True, True, plain_grad_x, None)
+    assert grad_x.tobytes() == plain_grad_x.tobytes()
+    assert grad_weight.tobytes() == plain_weight.astype(dtype).tobytes()
+    assert grad_bias.tobytes() == plain_bias.astype(dtype).tobytes()
+    expected = norm.group_norm_backward(grad_out.astype(np.float64), x.astype(np.float64),
+                                        mean, inv_std, weight.astype(np.float64), num_groups)
+    for got, want in zip((grad_x, grad_weight, grad_bias), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
 def test_needs_flags_and_missing_weight(rng):
     x = rng.standard_normal((4, 3, 5))
     _, mean, inv_std = norm.batch_norm_forward(x, None, None, None, None, True)
@@ -461,8 +492,9 @@ def run_all_norms(x, grad_out, weight, bias):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# the second shape: runs longer than one span of the sums (1024), rows than one block
-@pytest.mark.parametrize("shape", [(6, 8, 33, 17), (3, 8, 40, 41)])
+# the second shape: runs longer than one span of the sums (1024), rows than one block;
+# the third: group norm's runs of 32 KiB (dx prefetched for writing as they are summed)
+@pytest.mark.parametrize("shape", [(6, 8, 33, 17), (3, 8, 40, 41), (2, 8, 64, 64)])
 def test_bitwise_identical_at_one_and_two_threads(rng, dtype, shape):
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     grad_out = rng.standard_normal(x.shape).astype(dtype)

@@ -8,8 +8,8 @@ import numpy as np
 # is_real tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_real
-from fastdl.kernels._norm_loops import (normalize_backward_kernel, normalize_forward_kernel,
-                                        normalize_given_kernel)
+from fastdl.kernels._norm_loops import (LONG_RUN_BYTES, normalize_backward_kernel,
+                                        normalize_forward_kernel, normalize_given_kernel)
 from fastdl.kernels._norm_rows import layer_norm_backward_kernel, layer_norm_forward_kernel
 
 class _Layout:
@@ -101,9 +101,11 @@ def _backward(grad_out, x, layout, weight, mean, inv_std, use_input_stats, needs
         grad_weight, grad_bias = layer_norm_backward_kernel(
             grad3[0], x3[0], weight, mean, inv_std, needs_grad_x, grad_x[0])
     else:
+        long_runs = (needs_grad_x and layout.n_outer == 1
+                     and layout.run_length * x.itemsize >= LONG_RUN_BYTES)
         grad_weight, grad_bias = normalize_backward_kernel(
             grad3, x3, weight, layout.n_params, layout.n_sub, mean, inv_std, use_input_stats,
-            needs_grad_x, grad_x)
+            needs_grad_x, grad_x, grad_x if long_runs else None)
     return (grad_x.reshape(x.shape) if needs_grad_x else None), grad_weight, grad_bias
 
 
