@@ -273,7 +273,7 @@ def test_plan_with_chain_equals_plan_without(seed, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_depthwise_loops_by_map(dtype):
     """Where the CPU has AVX-512, 3x3 stride-1 same-size maps whose rows are one to four
-    whole vectors run the row loops, 3x3 stride-1 4x4 and 8x8 maps the flat loops (their
+    whole vectors, and 3x3 stride-2 maps whose output rows are one, run the row loops, 3x3 stride-1 4x4 and 8x8 maps the flat loops (their
     planes in registers), other planes whose output is at most two vectors (8x8 at
     stride 2) the tap tables, other stride-1 same-size maps of up to 256 values the
     flat loops, the rest the depthwise kernels' loops; all equal those."""
@@ -283,7 +283,7 @@ def test_depthwise_loops_by_map(dtype):
                                              (8, 1, 5, 1), (16, 1, 3, 2), (11, 1, 5, 1),
                                              (32, 1, 3, 1), (40, 1, 3, 1), (16, 2, 3, 1),
                                              (7, 2, 5, 1), (8, 1, 3, 1), (48, 1, 3, 2),
-                                             (64, 1, 3, 1), (4, 1, 3, 2)):
+                                             (64, 1, 3, 1), (4, 1, 3, 2), (32, 2, 3, 2)):
         channels = 5
         x = rng.standard_normal((3, channels, size, size)).astype(dtype)
         weight = rng.standard_normal((channels * multiplier, 1, kernel, kernel)).astype(dtype)
@@ -294,8 +294,9 @@ def test_depthwise_loops_by_map(dtype):
         layer = pointwise.layer(x.shape, weight, bias, (stride, stride), padding, (1, 1),
                                 channels, 0.0, 2)
         out_positions = layer.out_shape[2] * layer.out_shape[3]
-        rows = (pointwise.WIDE > 1 and stride == 1 and kernel == 3
-                and size % lanes == 0 and size // lanes <= 4)
+        rows = pointwise.WIDE > 1 and kernel == 3 and (
+            stride == 1 and size % lanes == 0 and size // lanes <= 4
+            or stride == 2 and size == 2 * lanes)
         in_registers = not rows and stride == 1 and kernel == 3 and size in (4, 8)
         tables = (pointwise.WIDE > 1 and out_positions <= 2 * lanes and not rows
                   and not in_registers)
