@@ -104,6 +104,37 @@ def test_chain_equals_plain_kernels_and_is_thread_independent(seed, dtype):
         _close(a, expected)
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_narrow_tiles_as_on_hosts_without_avx512(seed, dtype, monkeypatch):
+    """A chain made with ``WIDE`` 1 runs as it does where the CPU has no AVX-512: tiles of
+    one vector and none of the AVX-512 depthwise loops (row loops, planes in registers,
+    tap tables, flat loops). Here the same chains run both ways: equal to the plain
+    kernels and to each other bit for bit, at 1 and 2 threads; MobileNet's map sizes
+    (32, 16, 8, 4) and odd ones."""
+    from fastdl_ext import pointwise as ext
+    rng = np.random.default_rng(100 + seed)
+    size = int(rng.choice([4, 8, 16, 32, 7, 13]))
+    batch = int(rng.choice([1, 3] if size > 16 else [1, 3, 9]))
+    channels = int(rng.integers(1, 24))
+    x = rng.standard_normal((batch, channels, size, size)).astype(dtype)
+    while True:   # layers the chain takes (a 5x5 window may not fit a 2x2 map)
+        layers = _random_layers(rng, channels, int(rng.integers(2, 6)), dtype)
+        plain = _plain(x, layers)
+        if all(pointwise.layer(value.shape, weight, bias, stride, padding, (1, 1),
+                               1 if weight.shape[2] == 1 else value.shape[1], slope, 1)
+               is not None for value, (weight, bias, stride, padding, slope, _)
+               in zip(plain, layers)):
+            break
+    wide = {threads: _chained(x, layers, threads) for threads in (1, 2)}
+    monkeypatch.setattr(ext, "WIDE", 1)
+    for threads in (1, 2):
+        narrow = _chained(x, layers, threads)
+        for expected, got, first in zip(plain[1:], narrow[1:], wide[threads][1:]):
+            _close(got, expected)
+            np.testing.assert_array_equal(got, first)
+
+
 def test_spill_after_depthwise_keeps_its_borders():
     """A pointwise conv on a map whose positions are not whole vectors (2x3) copies its
     last columns to the thread's scratch; that must not be a depthwise step's, whose
