@@ -28,35 +28,30 @@ rng = np.random.default_rng(0)
 def leaf(*shape):
     return torch.tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
 """
+
+
+def _op(shapes, grad_shape, expression):
+    """A case timing ``expression(x, w, b).backward(g)`` on leaves of ``shapes``."""
+    return """
+x, w, b = %s
+g = torch.tensor(rng.standard_normal(%r).astype(np.float32))
+def call():
+    x.grad = w.grad = b.grad = None
+    %s.backward(g)
+""" % (", ".join("leaf%r" % (shape,) for shape in shapes), grad_shape, expression)
+
+
 CASES = [
-    ("conv N32 C64->64 16^2 k3 s1 p1 fwd+bwd", """
-x, w, b = leaf(32, 64, 16, 16), leaf(64, 64, 3, 3), leaf(64)
-g = torch.tensor(rng.standard_normal((32, 64, 16, 16)).astype(np.float32))
-def call():
-    x.grad = w.grad = b.grad = None
-    F.conv2d(x, w, b, 1, 1).backward(g)
-"""),
-    ("conv N32 C64->128 16^2 k3 s2 p1 fwd+bwd", """
-x, w, b = leaf(32, 64, 16, 16), leaf(128, 64, 3, 3), leaf(128)
-g = torch.tensor(rng.standard_normal((32, 128, 8, 8)).astype(np.float32))
-def call():
-    x.grad = w.grad = b.grad = None
-    F.conv2d(x, w, b, 2, 1).backward(g)
-"""),
-    ("group_norm G8 N32 C64 32^2 fwd+bwd", """
-x, w, b = leaf(32, 64, 32, 32), leaf(64), leaf(64)
-g = torch.tensor(rng.standard_normal((32, 64, 32, 32)).astype(np.float32))
-def call():
-    x.grad = w.grad = b.grad = None
-    F.group_norm(x, 8, w, b).backward(g)
-"""),
-    ("layer_norm 4096x768 fwd+bwd", """
-x, w, b = leaf(4096, 768), leaf(768), leaf(768)
-g = torch.tensor(rng.standard_normal((4096, 768)).astype(np.float32))
-def call():
-    x.grad = w.grad = b.grad = None
-    F.layer_norm(x, (768,), w, b).backward(g)
-"""),
+    ("conv N32 C64->64 16^2 k3 s1 p1 fwd+bwd",
+     _op([(32, 64, 16, 16), (64, 64, 3, 3), (64,)], (32, 64, 16, 16),
+         "F.conv2d(x, w, b, 1, 1)")),
+    ("conv N32 C64->128 16^2 k3 s2 p1 fwd+bwd",
+     _op([(32, 64, 16, 16), (128, 64, 3, 3), (128,)], (32, 128, 8, 8),
+         "F.conv2d(x, w, b, 2, 1)")),
+    ("group_norm G8 N32 C64 32^2 fwd+bwd",
+     _op([(32, 64, 32, 32), (64,), (64,)], (32, 64, 32, 32), "F.group_norm(x, 8, w, b)")),
+    ("layer_norm 4096x768 fwd+bwd",
+     _op([(4096, 768), (768,), (768,)], (4096, 768), "F.layer_norm(x, (768,), w, b)")),
     ("ResNet-18 no_grad forward b32 32^2", """
 model = ResNet18().eval()
 x = torch.tensor(rng.standard_normal((32, 3, 32, 32)).astype(np.float32))
