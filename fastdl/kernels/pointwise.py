@@ -8,9 +8,10 @@ im2col path has a single GEMM tile for one thread to run. Here such layers are
 prepared once (``layer``) and run as a ``Chain``: one parallel region for all of
 them, the pointwise convs split into blocks of output channels and positions that
 every thread takes from (``fastdl_ext/pointwise.pyx``), the depthwise convs over runs
-of planes (where the CPU has AVX-512, on small maps and on 3x3 stride-1 maps whose rows
-are whole vectors, by loops of their own, else the depthwise loops of ``depthwise.py``), a global average pool as a mean step
-(``mean_step``) and a classifier's linear layer as a 1x1 conv (``linear_layer``). At
+of planes (where the CPU has AVX-512, on small maps and on 3x3 maps whose rows are
+whole vectors, by loops of their own, else the depthwise loops of ``depthwise.py``), a
+global average pool as a mean step (``mean_step``) and a classifier's linear layer as
+a 1x1 conv (``linear_layer``). At
 large batches the threads take whole images through the early steps, whose values
 outweigh their weights.
 

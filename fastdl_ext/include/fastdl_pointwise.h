@@ -11,8 +11,9 @@
 
    A depthwise step runs over runs of whole planes: on small maps, where the CPU has
    AVX-512, by lane permutes (a plane's output in one or two vectors), by rows of whole
-   vectors shifted a lane (3x3: stride 1, rows of 16 or 32 floats; stride 2, 32 -> 16) or flat unaligned
-   loads (stride 1, the output the input's size: fastdl_pointwise_body.h), else the
+   vectors shifted a lane (3x3: stride 1, rows of one to four vectors; stride 2, output
+   rows of one) or flat unaligned loads (stride 1, the output the input's size:
+   fastdl_pointwise_body.h), else the
    depthwise loops (fastdl_depthwise.h), each step in scratch of its own (zeroed once:
    the loops keep the borders zero for one shape). A mean step averages each plane (a
    global average pool, as the pool kernels sum it). Threads take items as the direct
