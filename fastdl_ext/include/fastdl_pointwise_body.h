@@ -449,7 +449,8 @@ PW_ROWS_HALVED(1)
 FASTDL_PW_CLONES static void PW(depthwise_rows)(const fastdl_pw_step *s, Py_ssize_t first,
                                                 Py_ssize_t end) {
     const fastdl_dw_shape *d = &s->dw;
-    Py_ssize_t positions = d->height * d->width, channels = d->channels * d->multiplier;
+    Py_ssize_t positions = d->height * d->width, out_positions = d->out_h * d->out_w;
+    Py_ssize_t channels = d->channels * d->multiplier;
     const PW_T *bias = (const PW_T *)s->bias, *weights = (const PW_T *)s->weight;
     PW_T slope = (PW_T)s->slope;
     for (Py_ssize_t index = first; index < end; index++) {
@@ -457,13 +458,10 @@ FASTDL_PW_CLONES static void PW(depthwise_rows)(const fastdl_pw_step *s, Py_ssiz
         const PW_T *x = (const PW_T *)s->x
             + (index / channels * d->channels + channel / d->multiplier) * positions;
         const PW_T *w = weights + channel * 9;
-        PW_T *out = (PW_T *)s->out + index * positions;
+        PW_T *out = (PW_T *)s->out + index * out_positions;
         const PW_T *residual = s->residual != NULL
-            ? (const PW_T *)s->residual + index * positions : NULL;
+            ? (const PW_T *)s->residual + index * out_positions : NULL;
         const PW_T *add = bias != NULL ? bias + channel : NULL;
-        out = (PW_T *)s->out + index * d->out_h * d->out_w;
-        if (residual != NULL)
-            residual = (const PW_T *)s->residual + index * d->out_h * d->out_w;
         if (d->stride_h == 2)
             PW(rows_halved1)(x, d->height, d->out_h, w, out, residual, add, s->activate,
                              slope);
