@@ -248,11 +248,19 @@ def test_whole_image_items_on_two_threads_equal_one_thread(stride, rng):
         grad_input = np.zeros(x.shape, np.float32)
         compiled.conv2d_grad_input_images_into(grad_out, weight, grad_input, *pairs, 1, 1,
                                                threads)
-        partial = np.zeros((threads, 1, c_out, c * 9), np.float32)
+        partial = np.zeros((threads, 1, c * 9, c_out), np.float32)   # (threads, g, K, C_out)
         compiled.conv2d_grad_weight_images_into(x, grad_out, partial, weight.shape, *pairs,
                                                 1, 1, threads)
-        return out, grad_input, partial.sum(axis=0)
+        return out, grad_input, partial.sum(axis=0)[0].T.reshape(weight.shape)
     one = run(1)
+    expected = conv2d_reference(x.astype(np.float64), weight.astype(np.float64), None,
+                                *pairs, 1)
+    np.testing.assert_allclose(one[0], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # the gradients by the adjoint identity <conv(x, w), g> = <x, dx> = <w, dw>
+    inner = np.sum(expected * grad_out)
+    total = np.sum(np.abs(expected * grad_out))
+    assert abs(np.sum(x.astype(np.float64) * one[1]) - inner) <= 1e-5 * total
+    assert abs(np.sum(weight.astype(np.float64) * one[2]) - inner) <= 1e-5 * total
     for _ in range(3):
         for single, double in zip(one, run(2)):
             np.testing.assert_allclose(double, single, rtol=1e-5, atol=1e-4)
