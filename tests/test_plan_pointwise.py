@@ -10,6 +10,7 @@ from fastdl.deploy import _schedule
 from fastdl.deploy.plan import InferencePlan
 from fastdl.kernels import conv as conv_kernels
 from fastdl.kernels import pointwise
+from reference import conv2d_reference
 
 TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
 
@@ -126,6 +127,21 @@ def test_narrow_tiles_as_on_hosts_without_avx512(seed, dtype, monkeypatch):
                is not None for value, (weight, bias, stride, padding, slope, _)
                in zip(plain, layers)):
             break
+    # the independent reference: float64 NumPy convs, then bias, residual, activation
+    values = [x.astype(np.float64)]
+    for weight, bias, stride, padding, slope, residual in layers:
+        groups = 1 if weight.shape[2] == 1 else values[-1].shape[1]
+        value = conv2d_reference(values[-1], weight.astype(np.float64),
+                                 None if bias is None else bias.astype(np.float64), stride,
+                                 padding, (1, 1), groups)
+        if residual is not None:
+            value = value + values[residual + 1]
+        if slope is not None:
+            value = np.where(value > 0, value, slope * value)
+        values.append(value)
+    for got, expected in zip(plain[1:], values[1:]):
+        scale = max(1.0, float(np.abs(expected).max()))
+        assert np.abs(got - expected).max() <= 50 * TOLERANCE[got.dtype] * scale
     wide = {threads: _chained(x, layers, threads) for threads in (1, 2)}
     monkeypatch.setattr(ext, "WIDE", 1)
     for threads in (1, 2):
