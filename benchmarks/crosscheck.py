@@ -71,6 +71,12 @@ def call():
 """),
 ]
 
+# Both programs keep freed large blocks in glibc's heap, as fastdl bench's processes
+# do: with glibc's adaptive mmap threshold, whether a step's outputs are mapped afresh
+# on every call depends on what the set-up code happened to free.
+_MALLOC = ("import ctypes\nctypes.CDLL('libc.so.6').mallopt(-3, 256 << 20)\n"
+           "ctypes.CDLL('libc.so.6').mallopt(-1, 1 << 30)")
+
 _TORCH_IMPORTS = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
 _FASTDL_IMPORTS = ("import fastdl as torch\nimport fastdl.nn as nn\n"
                    "import fastdl.nn.functional as F\n")
@@ -83,7 +89,7 @@ def _program(library, case_code, threads, calls):
         models = models.replace(_TORCH_IMPORTS, _FASTDL_IMPORTS, 1)
     imports = _TORCH_IMPORTS if library == "torch" else _FASTDL_IMPORTS
     return "\n".join([
-        "import json, timeit\nimport numpy as np", imports, models,
+        "import json, timeit\nimport numpy as np", _MALLOC, imports, models,
         "torch.set_num_threads(%d)" % threads, _OP_SETUP, textwrap.dedent(case_code),
         # warm-up, untimed: first calls build caches and primitives on both sides
         "import time\nstart = time.perf_counter()\nwarm = 0\n"

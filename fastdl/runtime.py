@@ -198,17 +198,13 @@ def _configure_numba_environment():
         if numba is not None:  # imported before fastdl: it has read its configuration
             numba.config.CACHE_DIR = _CACHE_DIR
     os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
-    # Idle OpenMP workers sleep instead of spinning: spinning workers steal the cores
-    # that the Python thread and any other process need between parallel regions
-    # (a LeNet-5 step: 1.8 ms passive, 17 ms with a 20k spin count, on 2 busy cores).
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     os.environ.setdefault("NUMBA_NUM_THREADS", str(available_cpus()))
 
 
 _configure_numba_environment()
 
 
-def _keep_freed_memory_for_reuse():
+def keep_freed_memory_for_reuse():
     """Ask glibc to keep large freed blocks instead of returning them to the OS.
 
     By default glibc serves blocks over 128 KiB with mmap and unmaps them on
@@ -230,7 +226,31 @@ def _keep_freed_memory_for_reuse():
                 and mallopt(m_trim_threshold, 1024 * 1024 * 1024))
 
 
-_keep_freed_memory_for_reuse()
+_COMPUTE_CONFIGURED = False
+
+
+def configure_compute_process():
+    """Settings of the process that only fastdl's kernels need, applied when they first
+    load (``fastdl.kernels``), not at ``import fastdl`` (idempotent).
+
+    They change how other libraries in the process run, so a program that imports
+    fastdl without computing with it (a torch program, a peer process of the
+    benchmark) is left as it was: with fastdl's wait policy, torch's group norm step
+    ran 1.3-1.5x slower.
+
+    * ``OMP_WAIT_POLICY=passive`` unless set: idle OpenMP workers sleep instead of
+      spinning, since spinning workers steal the cores that the Python thread and any
+      other process need between parallel regions (a LeNet-5 step: 1.8 ms passive,
+      17 ms with a 20k spin count, on 2 busy cores). GNU OpenMP reads it when it
+      loads, which is with the compiled kernels, right after this.
+    * glibc keeps freed large blocks for reuse (``keep_freed_memory_for_reuse``).
+    """
+    global _COMPUTE_CONFIGURED
+    if _COMPUTE_CONFIGURED:
+        return
+    _COMPUTE_CONFIGURED = True
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    keep_freed_memory_for_reuse()
 
 
 def cache_enabled():

@@ -120,3 +120,31 @@ def test_threads_set_before_numba_loads_apply_when_it_does():
     result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
                             text=True, timeout=300)
     assert result.stdout.split() == ["False", "1", "1"]
+
+
+_UNCHANGED_UNTIL_KERNELS_LOAD = """
+import os, importlib.util
+import fastdl, fastdl.bench.suites
+from fastdl import runtime
+from fastdl.bench.suites import SUITES
+if importlib.util.find_spec("torch") is not None:
+    SUITES["norm"]()[1][4](smoke=True)()   # the benchmark's torch side of a row, run
+before = (os.environ.get("OMP_WAIT_POLICY"), runtime._COMPUTE_CONFIGURED)
+import fastdl.nn
+print(before, (os.environ.get("OMP_WAIT_POLICY"), runtime._COMPUTE_CONFIGURED))
+"""
+
+
+def test_importing_fastdl_leaves_the_process_as_it_was_until_its_kernels_load():
+    """``import fastdl`` (and the benchmark's peer side) leaves OpenMP's wait policy
+    and glibc's malloc settings alone, so torch in the same process runs as it would
+    alone (with fastdl's passive policy torch's group norm step ran 1.3-1.5x slower,
+    and ``fastdl bench`` timed torch that way); loading the kernels applies them."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", _UNCHANGED_UNTIL_KERNELS_LOAD], check=True,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.split("\n")[0] == "(None, False) ('passive', True)"
+    env["OMP_WAIT_POLICY"] = "active"   # a user's own choice is kept
+    result = subprocess.run([sys.executable, "-c", _UNCHANGED_UNTIL_KERNELS_LOAD], check=True,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.split("\n")[0] == "('active', False) ('active', True)"

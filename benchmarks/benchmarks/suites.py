@@ -18,6 +18,7 @@ class _Suite:
 
     def setup(self, case, library):
         import fastdl
+        fastdl.runtime.keep_freed_memory_for_reuse()   # as in fastdl.bench.worker
         threads = fastdl.get_num_threads()
         cases = {c[0]: c for c in SUITES[self.suite]()}
         try:
