@@ -15,7 +15,7 @@ Why each setting:
 * Threading layer ``threadsafe`` (TBB or OpenMP): Numba's default ``workqueue``
   layer aborts the process when two Python threads enter parallel code at once
   (numba#8563) — exactly what a threaded server does.
-* One pool of workers: OpenMP (passive waiting); BLAS pinned to one thread.
+* One pool of workers: OpenMP; BLAS pinned to one thread.
 * Default thread count: the container's CPU quota (cgroup) and the process's
   CPU affinity, not the host's core count, so a 2-CPU container on a 64-core
   host does not start 64 spinning threads.
@@ -229,27 +229,40 @@ def keep_freed_memory_for_reuse():
 _COMPUTE_CONFIGURED = False
 
 
+def _ranks_on_this_host():
+    """MPI ranks the launcher started on this host (Open MPI, MPICH's Hydra); 1 without."""
+    for variable in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def configure_compute_process():
     """Settings of the process that only fastdl's kernels need, applied when they first
     load (``fastdl.kernels``), not at ``import fastdl`` (idempotent).
 
     They change how other libraries in the process run, so a program that imports
     fastdl without computing with it (a torch program, a peer process of the
-    benchmark) is left as it was: with fastdl's wait policy, torch's group norm step
-    ran 1.3-1.5x slower.
+    benchmark) is left as it was.
 
-    * ``OMP_WAIT_POLICY=passive`` unless set: idle OpenMP workers sleep instead of
-      spinning, since spinning workers steal the cores that the Python thread and any
-      other process need between parallel regions (a LeNet-5 step: 1.8 ms passive,
-      17 ms with a 20k spin count, on 2 busy cores). GNU OpenMP reads it when it
-      loads, which is with the compiled kernels, right after this.
+    * OpenMP's wait policy is GNU OpenMP's default, as in torch: an idle worker spins
+      briefly (``GOMP_SPINCOUNT``, 300k) before it sleeps, so the next parallel region
+      of a step finds it awake. Sleeping at once (``OMP_WAIT_POLICY=passive``) cost
+      each region a wake-up: ShuffleNetV2 0.5x at batch 1 took 7.6 instead of 3.5 ms,
+      a LeNet-5 step 2.7 instead of 2.1 ms. Where several MPI ranks share this host,
+      whose cores they fill, the policy is passive: a spinning worker would take the
+      core another rank waits for (a LeNet-5 step beside one busy process: 3.4 ms
+      passive, 7.0 ms spinning). A policy or spin count the user set is kept.
     * glibc keeps freed large blocks for reuse (``keep_freed_memory_for_reuse``).
     """
     global _COMPUTE_CONFIGURED
     if _COMPUTE_CONFIGURED:
         return
     _COMPUTE_CONFIGURED = True
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    user_set = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    if not user_set and _ranks_on_this_host() > 1:
+        os.environ["OMP_WAIT_POLICY"] = "passive"   # read when GNU OpenMP loads, next
     keep_freed_memory_for_reuse()
 
 

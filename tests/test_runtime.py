@@ -135,16 +135,26 @@ print(before, (os.environ.get("OMP_WAIT_POLICY"), runtime._COMPUTE_CONFIGURED))
 """
 
 
+def _policies(**env):
+    """(before, after) the kernels load, of a process started with ``env`` added."""
+    env = dict({k: v for k, v in os.environ.items()
+                if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MPI_LOCALNRANKS",
+                             "OMPI_COMM_WORLD_LOCAL_SIZE")}, **env)
+    result = subprocess.run([sys.executable, "-c", _UNCHANGED_UNTIL_KERNELS_LOAD], check=True,
+                            capture_output=True, text=True, timeout=300, env=env)
+    return result.stdout.split("\n")[0]
+
+
 def test_importing_fastdl_leaves_the_process_as_it_was_until_its_kernels_load():
     """``import fastdl`` (and the benchmark's peer side) leaves OpenMP's wait policy
     and glibc's malloc settings alone, so torch in the same process runs as it would
-    alone (with fastdl's passive policy torch's group norm step ran 1.3-1.5x slower,
-    and ``fastdl bench`` timed torch that way); loading the kernels applies them."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    result = subprocess.run([sys.executable, "-c", _UNCHANGED_UNTIL_KERNELS_LOAD], check=True,
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert result.stdout.split("\n")[0] == "(None, False) ('passive', True)"
-    env["OMP_WAIT_POLICY"] = "active"   # a user's own choice is kept
-    result = subprocess.run([sys.executable, "-c", _UNCHANGED_UNTIL_KERNELS_LOAD], check=True,
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert result.stdout.split("\n")[0] == "('active', False) ('active', True)"
+    alone (under the passive policy fastdl once set at import, torch's group norm step
+    ran 1.3-1.5x slower, and ``fastdl bench`` timed torch that way). Loading the
+    kernels applies fastdl's settings: GNU OpenMP's own wait policy, as torch's, but
+    passive where several MPI ranks share the host; a user's choice is kept."""
+    assert _policies() == "(None, False) (None, True)"
+    assert _policies(MPI_LOCALNRANKS="2") == "(None, False) ('passive', True)"
+    assert _policies(OMPI_COMM_WORLD_LOCAL_SIZE="1") == "(None, False) (None, True)"
+    assert _policies(OMP_WAIT_POLICY="active") == "('active', False) ('active', True)"
+    assert _policies(MPI_LOCALNRANKS="2", GOMP_SPINCOUNT="1000") == \
+        "(None, False) (None, True)"

@@ -54,9 +54,9 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
 * Reproducibility: every reduction runs sequentially inside one ``k`` or one
   fixed chunk, and neither depends on the thread count, so results are bitwise
   identical at any number of threads (torch's are not: pytorch#88718).
-* One parallel loop per kernel call, over the fixed chunks: the workers sleep
-  between parallel loops (``OMP_WAIT_POLICY=passive``) and each loop wakes them,
-  tens of microseconds on a busy host. Even an ``np.zeros`` in a parallel kernel
+* One parallel loop per kernel call, over the fixed chunks: workers that have
+  stopped spinning between parallel loops sleep, and each loop wakes them, tens
+  of microseconds on a busy host. Even an ``np.zeros`` in a parallel kernel
   is a parallel loop of its own: the backward's per-chunk parameter sums were
   zeroed that way, and zeroing them inside the chunk loop made the batch, group
   and instance norm backward 10-20 % faster. The compiled loops are in
