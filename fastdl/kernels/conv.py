@@ -32,9 +32,9 @@ __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_
 # Bytes of one thread's column tile: fits in L2 with room for the weights.
 _TILE_BYTES = 256 * 1024
 # Multiply-adds below which a second thread costs more to wake (~20 µs once it has
-# stopped spinning and sleeps) than it saves: a LeNet-5 conv at batch 1 is ~0.1 M; ResNet-20's
-# 2.4 M convs at batch 1 gain 8-25 % from a second thread. Winograd counts the 4/9 of
-# the direct multiply-adds it performs.
+# stopped spinning and sleeps) than it saves: a LeNet-5 conv at batch 1 is ~0.1 M;
+# ResNet-20's 2.4 M convs at batch 1 gain 8-25 % from a second thread. Winograd
+# counts the 4/9 of the direct multiply-adds it performs.
 _WORK_PER_THREAD = 1_000_000
 
 
