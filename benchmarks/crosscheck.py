@@ -114,11 +114,14 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="processes per library")
     parser.add_argument("--calls", type=int, default=10, help="timed calls per process")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="only the cases whose name contains this")
     args = parser.parse_args(argv)
     rows = {row["case"]: row for row in json.load(open(args.bench_json))["rows"]}
     print("%-48s %21s %21s %15s" % ("case", "fastdl ms bench/here", "torch ms bench/here",
                                      "ratio bench/here"))
     for case, code in CASES:
+        if args.only not in case:
+            continue
         here = {"fastdl": [], "torch": []}
         for _ in range(args.rounds):
             for library in ("fastdl", "torch"):
