@@ -32,7 +32,10 @@ class DataLoader:
         Whole batches (instead of ``batch_size``, ``shuffle``, ``sampler``,
         ``drop_last``).
     num_workers : int
-        Worker processes fetching batches in parallel (0: in this process).
+        Worker processes fetching batches in parallel (0: in this process). Where
+        they share the training threads' cores, ``OMP_WAIT_POLICY=passive`` in the
+        environment keeps idle kernel threads from spinning on the cores the workers
+        need (README, Threads).
     collate_fn : callable ``list of samples -> batch``, optional
         Default :func:`default_collate`.
     pin_memory : bool
