@@ -1,5 +1,6 @@
 """Thread control, the Numba cache location, and concurrent callers."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -127,22 +128,27 @@ import os, importlib.util
 import fastdl, fastdl.bench.suites
 from fastdl import runtime
 from fastdl.bench.suites import SUITES
-if importlib.util.find_spec("torch") is not None:
+if os.environ.get("RUN_TORCH_ROW") and importlib.util.find_spec("torch") is not None:
     SUITES["norm"]()[1][4](smoke=True)()   # the benchmark's torch side of a row, run
 before = (os.environ.get("OMP_WAIT_POLICY"), runtime._COMPUTE_CONFIGURED)
 import fastdl.nn
-print(before, (os.environ.get("OMP_WAIT_POLICY"), runtime._COMPUTE_CONFIGURED))
+print(before, (os.environ.get("OMP_WAIT_POLICY"), runtime._COMPUTE_CONFIGURED), flush=True)
+if not os.environ.get("RUN_TORCH_ROW"):   # torch brings its own, older libgomp.so.1
+    import ctypes
+    ctypes.CDLL("libgomp.so.1").omp_display_env(1)   # what GNU OpenMP read (stderr)
 """
 
 
 def _policies(**env):
-    """(before, after) the kernels load, of a process started with ``env`` added."""
+    """(before, after) the kernels load, of a process started with ``env`` added, and
+    the spin count GNU OpenMP read when the kernels loaded it."""
     env = dict({k: v for k, v in os.environ.items()
                 if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MPI_LOCALNRANKS",
                              "OMPI_COMM_WORLD_LOCAL_SIZE")}, **env)
     result = subprocess.run([sys.executable, "-c", _UNCHANGED_UNTIL_KERNELS_LOAD], check=True,
                             capture_output=True, text=True, timeout=300, env=env)
-    return result.stdout.split("\n")[0]
+    spin = re.search(r"GOMP_SPINCOUNT = '(\d+)'", result.stderr)
+    return result.stdout.split("\n")[0], spin.group(1) if spin else None
 
 
 def test_importing_fastdl_leaves_the_process_as_it_was_until_its_kernels_load():
@@ -152,9 +158,13 @@ def test_importing_fastdl_leaves_the_process_as_it_was_until_its_kernels_load():
     ran 1.3-1.5x slower, and ``fastdl bench`` timed torch that way). Loading the
     kernels applies fastdl's settings: GNU OpenMP's own wait policy, as torch's, but
     passive where several MPI ranks share the host; a user's choice is kept."""
-    assert _policies() == "(None, False) (None, True)"
-    assert _policies(MPI_LOCALNRANKS="2") == "(None, False) ('passive', True)"
-    assert _policies(OMPI_COMM_WORLD_LOCAL_SIZE="1") == "(None, False) (None, True)"
-    assert _policies(OMP_WAIT_POLICY="active") == "('active', False) ('active', True)"
+    assert _policies(RUN_TORCH_ROW="1")[0] == "(None, False) (None, True)"
+    # GNU OpenMP's spin counts: 300000 its default, 0 passive, 3e10 active
+    assert _policies() == ("(None, False) (None, True)", "300000")
+    assert _policies(MPI_LOCALNRANKS="2") == ("(None, False) ('passive', True)", "0")
+    assert _policies(OMPI_COMM_WORLD_LOCAL_SIZE="1") == ("(None, False) (None, True)",
+                                                         "300000")
+    assert _policies(OMP_WAIT_POLICY="active") == ("('active', False) ('active', True)",
+                                                   "30000000000")
     assert _policies(MPI_LOCALNRANKS="2", GOMP_SPINCOUNT="1000") == \
-        "(None, False) (None, True)"
+        ("(None, False) (None, True)", "1000")
