@@ -610,3 +610,43 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
             free(phases)
             free(rows)
             free(cols)
+
+
+
+def unfold_into(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple kernel_size,
+                tuple stride, tuple padding, tuple dilation, int out_h, int out_w,
+                int num_threads=1):
+    """im2col of all of ``x`` (N, C, H, W), one group, into ``cols`` (C*kH*kW, width):
+    image n's positions in columns [n*P, (n+1)*P), P = out_h * out_w, and zeros in the
+    columns past N*P (``width`` may be larger, for the register tiles' blocks). Threads
+    take (image, channel) pairs, whose rows are disjoint."""
+    cdef int n_images = x.shape[0], channels = x.shape[1], positions = out_h * out_w
+    cdef int taps = kernel_size[0] * kernel_size[1], k = channels * taps, item, b, c, row
+    cdef Py_ssize_t width = cols.shape[1]
+    # one channel's geometry: each item unfolds one plane into its taps' rows
+    cdef Geometry g = _geometry(1, x.shape[2], x.shape[3], kernel_size[0],
+                                kernel_size[1], stride, padding, dilation, out_w)
+    cdef floating* phases
+    cdef Py_ssize_t phase_size = _scratch_size(g, out_h)
+    if cols.shape[0] != k or width < <Py_ssize_t>n_images * positions:
+        raise ValueError("unfold_into: cols must be (%d, >= %d), got (%d, %d)"
+                         % (k, n_images * positions, cols.shape[0], cols.shape[1]))
+    if k == 0 or width == 0:
+        return
+    with nogil:
+        if n_images and positions:
+            for item in prange(n_images * channels, num_threads=max(1, num_threads),
+                               schedule="static"):
+                b = item // channels
+                c = item % channels
+                if phase_size:
+                    phases = <floating*>malloc(sizeof(floating) * phase_size)
+                    unfold_s2(<floating*>&x[b, c, 0, 0], _unfold_geometry(g, out_h),
+                              &cols[c * taps, 0] + b * positions, width, phases, False)
+                    free(phases)
+                else:
+                    _im2col_tile(&x[b, c, 0, 0], g, 0, positions,
+                                 &cols[c * taps, 0] + b * positions, <int>width)
+        if width > <Py_ssize_t>n_images * positions:
+            for row in range(k):
+                _zero(&cols[row, 0], n_images * positions, <int>width)

@@ -55,15 +55,21 @@ _THIN_POSITIONS = 256
 # 0.74 vs 0.55.
 _GEMM_FORWARD_CHANNELS = 128
 # Output positions of all images together up to which a conv run once (eager: its
-# weights serve one call) is GEMMs over fixed chunks of output channels, its weights
-# used as they are (``fastdl_ext.conv_channels``): the direct loops pack the weights
-# for each call, and tiles of positions give every thread all the weights. Batch 1, 2
-# threads, eager forward, 16 positions: 512 -> 512 at 4², 3.07 ms before, 0.94 by
-# channels; 256 -> 512 stride 2 from 8², 1.59 and 0.54; its 1x1 shortcut, 0.20 and
-# 0.16. At 64 positions even or worse: 256 -> 256 at 8², 0.96 and 0.97; 128 -> 256
-# stride 2 from 16², 0.53 and 0.56, its 1x1 shortcut 0.10 and 0.16.
-_THIN_COLUMNS = 32
-_CHANNEL_CHUNK = 32
+# weights serve one call) multiplies its weights, read in place, by the column matrix of
+# all its images in register tiles shared out by output channels
+# (``fastdl_ext.conv_channels``): the direct loops pack the weights for each call,
+# Winograd transforms them, and tiles of positions give every thread all the weights.
+# Batch 1, 2 threads, eager forward, interleaved: 512 -> 512 at 4², 0.54 ms against
+# Winograd's 3.27; 256 -> 256 at 8², 0.60 against 1.00; 256 -> 512 stride 2 from 8²,
+# 0.28 against 1.68; 128 -> 256 1x1 stride 2 from 16², 0.048 against 0.081. At 128
+# positions or more, stride 1, Winograd and the image GEMMs win (128 -> 128 at 16²: 0.73
+# against 0.40; batch 8, 64 -> 64 at 4²: 0.16 against 0.12), but a single image's 3x3
+# stride-2 conv takes the tiles up to ``_THIN_STRIDED_COLUMNS`` (64 -> 128 from 32²:
+# 0.31 against the direct loops' 0.50).
+_THIN_COLUMNS = 64
+_THIN_STRIDED_COLUMNS = 256
+# Fewest output channels: with fewer the other paths are as fast (32 -> 32 at 8²).
+_THIN_MIN_CHANNELS = 64
 
 
 def _threads_for(multiply_adds):
@@ -228,24 +234,26 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
 
 
 def _by_channels(n_images, positions, weight_shape, stride, padding, groups):
-    """Whether a conv run once takes GEMMs over chunks of output channels: one group,
-    at most ``_THIN_COLUMNS`` positions in all, two chunks or more, not pointwise."""
-    return (groups == 1 and n_images * positions <= _THIN_COLUMNS
-            and weight_shape[0] >= 2 * _CHANNEL_CHUNK
-            and not _is_pointwise(weight_shape[2:], stride, padding))
+    """Whether a conv run once takes the register tiles over output channels: one group,
+    ``_THIN_MIN_CHANNELS`` or more, not pointwise, and few positions in all
+    (``_THIN_COLUMNS``; ``_THIN_STRIDED_COLUMNS`` for one image's strided conv whose
+    kernel is over 1x1)."""
+    if (groups != 1 or weight_shape[0] < _THIN_MIN_CHANNELS
+            or _is_pointwise(weight_shape[2:], stride, padding)):
+        return False
+    if n_images * positions <= _THIN_COLUMNS:
+        return True
+    return (n_images == 1 and positions <= _THIN_STRIDED_COLUMNS and tuple(stride) != (1, 1)
+            and weight_shape[2] * weight_shape[3] > 1)
 
 
-def _unfold(x, kernel_size, stride, padding, dilation, out_size):
-    """The (C*kH*kW, N*OH*OW) column matrix of ``x``: NumPy windows, for small maps."""
-    (kh, kw), (out_h, out_w) = kernel_size, out_size
-    padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
-    windows = np.lib.stride_tricks.sliding_window_view(
-        padded, (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1), axis=(2, 3))
-    windows = windows[:, :, :stride[0] * (out_h - 1) + 1:stride[0],
-                      :stride[1] * (out_w - 1) + 1:stride[1], ::dilation[0], ::dilation[1]]
-    # (N, C, OH, OW, kH, kW) -> (C, kH, kW, N, OH, OW)
-    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3)).reshape(
-        x.shape[1] * kh * kw, -1)
+def _unfold(x, kernel_size, stride, padding, dilation, out_size, width, threads):
+    """The (C*kH*kW, width) column matrix of ``x`` (one group): the images' positions
+    side by side, then zeros up to ``width``."""
+    cols = np.empty((x.shape[1] * kernel_size[0] * kernel_size[1], width), dtype=x.dtype)
+    _ext.unfold_into(x, cols, tuple(kernel_size), stride, padding, dilation, *out_size,
+                     threads)
+    return cols
 
 
 def _channels_runner(out_shape, weight, bias, stride, padding, dilation, threads,
@@ -253,15 +261,18 @@ def _channels_runner(out_shape, weight, bias, stride, padding, dilation, threads
     """``run(x, out=None, residual=None)`` through ``conv2d_channels_into``."""
     n, c_out = out_shape[:2]
     rows = weight.reshape(c_out, -1)
+    block = _channels_ext.COLUMN_BLOCK
+    width = -(-n * out_shape[2] * out_shape[3] // block) * block
     activate = negative_slope is not None
     slope = 0.0 if negative_slope is None else float(negative_slope)
 
     def run(x, out=None, residual=None):
         if out is None:
             out = np.empty(out_shape, dtype=x.dtype)
-        cols = _unfold(x, weight.shape[2:], stride, padding, dilation, out_shape[2:])
+        cols = _unfold(x, weight.shape[2:], stride, padding, dilation, out_shape[2:], width,
+                       threads)
         _channels_ext.conv2d_channels_into(
-            cols, rows, out.reshape(n, c_out, -1), _CHANNEL_CHUNK, threads, bias,
+            cols, rows, out.reshape(n, c_out, -1), threads, bias,
             None if residual is None else residual.reshape(n, c_out, -1), activate, slope)
         return out
     return run
