@@ -192,6 +192,22 @@ def test_transformed_weights_are_g_w_gt_at_any_thread_count(dtype, rng, monkeypa
         np.testing.assert_array_equal(winograd.transform_weight(weight, threads), one)
 
 
+@pytest.mark.parametrize("flipped", [False, True])
+def test_transform_writes_every_value_of_memory_it_was_not_given_zeroed(flipped, rng,
+                                                                         monkeypatch):
+    """The transformed weights are not zeroed first: every matrix value is written and
+    the gaps between the planes zeroed, whatever the memory held."""
+    def dirty_empty(shape, dtype=float):
+        return np.full(shape, np.nan, dtype=dtype)
+    monkeypatch.setattr(winograd.np, "empty", dirty_empty)
+    weight = rng.normal(size=(21, 13, 3, 3)).astype(np.float32)
+    u = winograd.transform_weight(weight, 2, flipped)
+    assert not np.isnan(u).any()
+    assert not u[:, 21 * 13:].any()
+    monkeypatch.undo()
+    np.testing.assert_array_equal(u, winograd.transform_weight(weight, 2, flipped))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 def test_weights_beyond_l2_take_blocks_of_many_tiles(threads, dtype, rtol, rng):
