@@ -172,9 +172,16 @@ def _check_running(name, running_mean, running_var, n_channels, required):
 
 def _running_statistics(running_mean, running_var, eps, repeats):
     """Fixed statistics from running ones, repeated for every sample when ``repeats > 1``."""
-    mean = np.tile(running_mean.astype(np.float64), repeats)
-    inv_std = np.tile(1.0 / np.sqrt(running_var.astype(np.float64) + eps), repeats)
-    return mean, inv_std
+    mean = running_mean.astype(np.float64)
+    inv_std = running_var.astype(np.float64)
+    inv_std += eps
+    np.sqrt(inv_std, out=inv_std)
+    np.reciprocal(inv_std, out=inv_std)
+    if repeats == 1:
+        # eval batch norm, once per layer and call: np.tile's copies took half its
+        # Python time at batch 1
+        return mean, inv_std
+    return np.tile(mean, repeats), np.tile(inv_std, repeats)
 
 
 def _update_running(running_mean, running_var, mean, var, count, factor):
