@@ -18,7 +18,7 @@ import numpy as np
 
 from fastdl import runtime
 from fastdl._checks import is_int, pair
-from fastdl.kernels import depthwise, direct, winograd
+from fastdl.kernels import depthwise, direct, pointwise, winograd
 from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size, conv_transpose_output_size
 from fastdl_ext import conv as _ext, conv_channels as _channels_ext
@@ -70,6 +70,25 @@ _THIN_COLUMNS = 64
 _THIN_STRIDED_COLUMNS = 256
 # Fewest output channels: with fewer the other paths are as fast (32 -> 32 at 8²).
 _THIN_MIN_CHANNELS = 64
+# Pointwise convs run once that take the pointwise kernels (``kernels.pointwise``, the
+# plans' chains), their weights packed for the call, over im2col's GEMM tiles: the
+# widening and narrowing convs of inverted residuals, whose weights are far from square
+# (channels changed ``_PANEL_ASPECT``-fold or more), where the GEMM tiles fall behind.
+# Timed in MobileNetV2 forwards, interleaved, 2 threads, batch 32: its pointwise convs
+# 38.2 -> 32.9 ms in all (144 -> 24 at 32², 3.06 -> 1.94; 576 -> 96 at 8², 2.66 ->
+# 2.17). The limits, each where the packed tiles stopped winning:
+# - positions in all (``_PANEL_COLUMNS``): on fewer the weights outweigh the values and
+#   packing them reads them twice (batch 1, 160 -> 960 at 4², 0.47 -> 0.59 ms);
+# - input channels (``_PANEL_MIN_CHANNELS``): fewer make short tiles (16 -> 96 at 32²,
+#   batch 32, 1.05 -> 1.96);
+# - channels kept about the same: the GEMM tiles are as fast (ShuffleNetV2's 48 -> 48
+#   and 96 -> 96, batch 32, 0.19 -> 0.21 and 0.20 -> 0.21 ms);
+# - a second thread's worth of work (``_WORK_PER_THREAD``), as a dense layer's batch of
+#   64 on 1x1 maps (``_PANEL_MIN_POSITIONS``) is not: 0.027 -> 0.060.
+_PANEL_MIN_POSITIONS = 16
+_PANEL_MIN_CHANNELS = 32
+_PANEL_COLUMNS = 512
+_PANEL_ASPECT = 2
 
 
 def _threads_for(multiply_adds):
@@ -204,6 +223,9 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape):
         return depthwise.forward_runner(input_shape, weight, bias, stride, padding, threads,
                                         negative_slope)
+    if (once and threads > 1
+            and _by_panels(n, positions, weight.shape, stride, padding, groups)):
+        return _panels_runner(input_shape, weight, bias, negative_slope, threads)
     if once and _by_channels(n, positions, weight.shape, stride, padding, groups):
         return _channels_runner(out_shape, weight, bias, stride, padding, dilation,
                                 threads, negative_slope)
@@ -231,6 +253,33 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     tile = _tile_size(k, positions, weight.itemsize, n, threads)
     return fused_runner(_ext.conv2d_forward_into, out_shape, weight,
                         (stride, padding, dilation, groups, tile, threads), bias, negative_slope)
+
+
+def _by_panels(n_images, positions, weight_shape, stride, padding, groups):
+    """Whether a pointwise conv run once takes the pointwise kernels' register tiles on
+    weights packed in panels (``kernels.pointwise``): one group, enough positions an
+    image (``_PANEL_MIN_POSITIONS``) and in all (``_PANEL_COLUMNS``), enough input
+    channels (``_PANEL_MIN_CHANNELS``), and channels widened or narrowed by
+    ``_PANEL_ASPECT`` or more."""
+    out_channels, in_channels = weight_shape[:2]
+    return (groups == 1 and _is_pointwise(weight_shape[2:], stride, padding)
+            and positions >= _PANEL_MIN_POSITIONS and in_channels >= _PANEL_MIN_CHANNELS
+            and n_images * positions >= _PANEL_COLUMNS
+            and max(out_channels, in_channels) >= _PANEL_ASPECT * min(out_channels,
+                                                                      in_channels))
+
+
+def _panels_runner(input_shape, weight, bias, negative_slope, threads):
+    """``run(x, out=None, residual=None)``: a one-step pointwise chain, its weights packed
+    once here."""
+    layer = pointwise.PointwiseLayer(input_shape, weight, bias, negative_slope, threads)
+
+    def run(x, out=None, residual=None):
+        if out is None:
+            out = np.empty(layer.out_shape, dtype=x.dtype)
+        pointwise.prepare_chain([layer.step(x, out, residual)], threads).run(x)
+        return out
+    return run
 
 
 def _by_channels(n_images, positions, weight_shape, stride, padding, groups):
@@ -362,7 +411,8 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
 
 def _grad_input_as_forward(grad_out_shape, weight, stride, padding, dilation, groups,
                            multiply_adds):
-    """grad_input as a forward conv (direct or Winograd), or None where neither applies.
+    """grad_input as a forward conv (pointwise, direct or Winograd), or None where none
+    applies.
 
     At stride 1 the input gradient is the correlation of ``grad_out`` with the
     flipped, channel-swapped weights and padding ``k - 1 - padding`` ("valid" convs
@@ -378,6 +428,13 @@ def _grad_input_as_forward(grad_out_shape, weight, stride, padding, dilation, gr
     if min(full_padding) < 0 or stride != (1, 1) or dilation != (1, 1) or groups != 1:
         return None
     flipped_shape = (weight.shape[1], weight.shape[0], kh, kw)
+    if (_threads_for(multiply_adds) > 1
+            and _by_panels(grad_out_shape[0], grad_out_shape[2] * grad_out_shape[3],
+                           flipped_shape, stride, padding, groups)):
+        # a 1x1 filter turned is itself: the pointwise conv of the swapped channels
+        swapped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3))
+        return _panels_runner(grad_out_shape, swapped, None, None,
+                              _threads_for(multiply_adds))
     if direct.applies(flipped_shape, stride, dilation, groups, grad_out_shape, full_padding,
                       weight.itemsize):
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))

@@ -56,10 +56,9 @@ def pack(weight):
     """The weights (M, K, 1, 1) of a pointwise conv in panels of ``ROWS`` rows, (ceil(M /
     ROWS), K, ROWS): ``packed[b, k, r] = weight[b * ROWS + r, k]``, zero past M."""
     m, k = weight.shape[:2]
-    panels = -(-m // ROWS)
-    padded = np.zeros((panels * ROWS, k), dtype=weight.dtype)
-    padded[:m] = weight.reshape(m, k)
-    return np.ascontiguousarray(padded.reshape(panels, ROWS, k).transpose(0, 2, 1))
+    packed = np.empty((-(-m // ROWS), k, ROWS), dtype=weight.dtype)
+    _ext.pack_into(np.ascontiguousarray(weight).reshape(m, k), packed)
+    return packed
 
 
 class PointwiseLayer:

@@ -1,0 +1,87 @@
+"""Pointwise convs run once on weights packed in panels (``kernels.pointwise``'s tiles,
+``conv._by_panels``): forward with its epilogue and input gradient against the SciPy
+reference, bitwise across thread counts, and the rule that picks them."""
+import numpy as np
+import pytest
+
+import fastdl
+from fastdl.kernels import conv
+from reference import conv2d_reference
+
+# (N, C_in, H, W, C_out): MobileNetV2's narrowing and widening convs, a map that is
+# not a multiple of the tiles' vectors, output channels not a multiple of a panel
+CASES = [(32, 144, 8, 8, 24), (16, 32, 8, 8, 192), (16, 96, 7, 9, 25), (2, 40, 16, 17, 160)]
+
+
+def _panels(shape, weight):
+    run = conv.conv2d_runner(shape, weight, None, (1, 1), (0, 0), (1, 1), once=True)
+    return getattr(run, "__qualname__", "").startswith("_panels_runner")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_forward_and_input_gradient_match_scipy(case, dtype, rtol, rng):
+    n, c_in, h, w, c_out = case
+    x = rng.normal(size=(n, c_in, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c_in, 1, 1)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    assert _panels(x.shape, weight)
+    expected = conv2d_reference(x, weight, bias, (1, 1), (0, 0), (1, 1), 1)
+    residual = rng.normal(size=expected.shape).astype(dtype)
+    got = conv.conv2d_forward(x, weight, bias, residual=residual, negative_slope=0.1)
+    expected = expected + residual
+    expected = np.where(expected > 0, expected, 0.1 * expected)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    grad_out = rng.normal(size=expected.shape).astype(dtype)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape)
+    expected_grad = np.einsum("nmhw,mk->nkhw", grad_out.astype(np.float64),
+                              weight[:, :, 0, 0].astype(np.float64))
+    np.testing.assert_allclose(grad_input, expected_grad, rtol=rtol,
+                               atol=rtol * np.abs(expected_grad).max())
+
+
+def test_the_input_gradient_of_a_widening_conv_is_a_narrowing_one_on_panels(rng,
+                                                                            monkeypatch):
+    calls = []
+    panels_runner = conv._panels_runner
+
+    def spy(shape, weight, *args):
+        calls.append((shape, weight.shape))
+        return panels_runner(shape, weight, *args)
+    monkeypatch.setattr(conv, "_panels_runner", spy)
+    weight = rng.normal(size=(192, 32, 1, 1))
+    conv.conv2d_grad_input(rng.normal(size=(16, 192, 8, 8)), weight, (16, 32, 8, 8))
+    assert calls == [((16, 192, 8, 8), (32, 192, 1, 1))]
+
+
+def test_thread_counts_are_bitwise_equal(rng):
+    x = rng.normal(size=(32, 144, 8, 8)).astype(np.float32)
+    weight = rng.normal(size=(24, 144, 1, 1)).astype(np.float32)
+    grad_out = rng.normal(size=(32, 24, 8, 8)).astype(np.float32)
+    wide = rng.normal(size=(144, 24, 1, 1)).astype(np.float32)   # its input gradient
+    before = fastdl.get_num_threads()
+    outs, grads = [], []
+    try:
+        for threads in (2, 3, 4):
+            fastdl.set_num_threads(threads)
+            outs.append(conv.conv2d_forward(x, weight, negative_slope=0.0))
+            grads.append(conv.conv2d_grad_input(x, wide, grad_out.shape))
+    finally:
+        fastdl.set_num_threads(before)
+    for out, grad in zip(outs[1:], grads[1:]):
+        np.testing.assert_array_equal(out, outs[0])
+        np.testing.assert_array_equal(grad, grads[0])
+
+
+def test_only_far_from_square_pointwise_convs_with_enough_work_take_them():
+    weight = np.zeros((24, 144, 1, 1), np.float32)
+    assert _panels((32, 144, 8, 8), weight)
+    assert not _panels((4, 144, 8, 8), weight)                        # 256 positions
+    assert not _panels((64, 144, 1, 1), weight)                       # 1x1 maps
+    assert not _panels((32, 96, 8, 8), np.zeros((96, 96, 1, 1), np.float32))   # square
+    assert not _panels((32, 16, 32, 32), np.zeros((96, 16, 1, 1), np.float32))  # 16 in
+    assert not conv._by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2)       # groups
+    assert not conv._by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1)       # strided
+    plan = conv.conv2d_runner((32, 144, 8, 8), weight, None, (1, 1), (0, 0), (1, 1))
+    assert not getattr(plan, "__qualname__", "").startswith("_panels_runner")
