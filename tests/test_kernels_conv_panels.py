@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastdl
-from fastdl.kernels import conv
+from fastdl.kernels import conv, pointwise
 from reference import conv2d_reference
 
 # (N, C_in, H, W, C_out): MobileNetV2's narrowing and widening convs, a map that is
@@ -15,7 +15,7 @@ CASES = [(32, 144, 8, 8, 24), (16, 32, 8, 8, 192), (16, 96, 7, 9, 25), (2, 40, 1
 
 def _panels(shape, weight):
     run = conv.conv2d_runner(shape, weight, None, (1, 1), (0, 0), (1, 1), once=True)
-    return getattr(run, "__qualname__", "").startswith("_panels_runner")
+    return isinstance(getattr(run, "layer", None), pointwise.PointwiseLayer)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -43,16 +43,17 @@ def test_forward_and_input_gradient_match_scipy(case, dtype, rtol, rng):
 
 def test_the_input_gradient_of_a_widening_conv_is_a_narrowing_one_on_panels(rng,
                                                                             monkeypatch):
-    calls = []
-    panels_runner = conv._panels_runner
+    layers = []
+    chain_runner = conv._chain_runner
 
-    def spy(shape, weight, *args):
-        calls.append((shape, weight.shape))
-        return panels_runner(shape, weight, *args)
-    monkeypatch.setattr(conv, "_panels_runner", spy)
+    def spy(layer, threads):
+        layers.append(layer)
+        return chain_runner(layer, threads)
+    monkeypatch.setattr(conv, "_chain_runner", spy)
     weight = rng.normal(size=(192, 32, 1, 1))
     conv.conv2d_grad_input(rng.normal(size=(16, 192, 8, 8)), weight, (16, 32, 8, 8))
-    assert calls == [((16, 192, 8, 8), (32, 192, 1, 1))]
+    assert len(layers) == 1 and isinstance(layers[0], pointwise.PointwiseLayer)
+    assert layers[0].out_shape == (16, 32, 8, 8)
 
 
 def test_thread_counts_are_bitwise_equal(rng):
@@ -84,4 +85,4 @@ def test_only_far_from_square_pointwise_convs_with_enough_work_take_them():
     assert not conv._by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2)       # groups
     assert not conv._by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1)       # strided
     plan = conv.conv2d_runner((32, 144, 8, 8), weight, None, (1, 1), (0, 0), (1, 1))
-    assert not getattr(plan, "__qualname__", "").startswith("_panels_runner")
+    assert not hasattr(plan, "layer")
