@@ -36,7 +36,7 @@ def affine(rng, shape, with_affine):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("contiguous", [True, False])
-@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5), (3, 4, 5, 6)])
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5), (3, 4, 5, 6), (2, 3, 9, 9), (3, 144, 4, 4)])
 @pytest.mark.parametrize("with_affine", [True, False])
 def test_batch_norm_training_forward(rng, dtype, contiguous, shape, with_affine):
     x = make_input(rng, shape, dtype, contiguous, offset=3.0)
@@ -320,6 +320,33 @@ def test_instance_norm_running_stats_and_eval(rng):
         norm.instance_norm_forward(np.ones((2, 3, 1, 1)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(32, 144, 4, 4), (3, 70, 8, 8), (4, 5, 1, 1), (2, 3, 7, 9)])
+def test_batch_norm_short_runs_in_memory_order_give_the_channel_order_bits(rng, dtype, shape):
+    """Runs of at most SHORT_RUN_BYTES (4x4 and 8x8 maps) are walked image by image; the
+    sums are formed run by run in the same order as channel by channel, so the bits are
+    the same either way (144 channels: chunks past the last channel stay empty)."""
+    from fastdl.kernels import _norm_loops as loops
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype).reshape(shape[0], shape[1], -1)
+    grad = rng.standard_normal(x.shape).astype(dtype)
+    weight, bias = rng.standard_normal((2, shape[1])).astype(dtype)
+    assert loops.memory_order(x, 1) == (x.shape[2] * x.itemsize <= loops.SHORT_RUN_BYTES)
+
+    def run(memory_order):
+        stats = [np.empty(shape[1]) for _ in range(3)]
+        y = np.empty_like(x)
+        loops.normalize_forward_kernel(x, weight, bias, shape[1], 1, EPS, True, *stats, y,
+                                       memory_order)
+        grad_x = np.empty_like(x)
+        sums = loops.normalize_backward_kernel(grad, x, weight, shape[1], 1, stats[0],
+                                               stats[2], True, True, grad_x, None,
+                                               memory_order)
+        return [y, grad_x, *stats, *sums]
+
+    for image_order, channel_order in zip(run(True), run(False)):
+        np.testing.assert_array_equal(image_order, channel_order)
+
+
 # ---------------------------------------------------------------------------
 # Backward: finite differences in float64
 # ---------------------------------------------------------------------------
@@ -342,7 +369,7 @@ def check_backward(rng, forward, backward, x, weight, bias):
                                rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 3, 2, 3)])
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 3, 2, 3), (2, 2, 9, 9)])
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_backward_finite_differences(rng, shape, training):
     x = rng.standard_normal(shape)
@@ -437,7 +464,7 @@ def test_group_norm_backward_over_long_runs_writes_dx_ahead_to_the_same_bits(
     plain_grad_x = np.empty(view, dtype)
     plain_weight, plain_bias = normalize_backward_kernel(
         grad_out.reshape(view), x.reshape(view), weight, num_groups, shape[1] // num_groups,
-        mean.ravel(), inv_std.ravel(), True, True, plain_grad_x, None)
+        mean.ravel(), inv_std.ravel(), True, True, plain_grad_x, None, False)
     assert grad_x.tobytes() == plain_grad_x.tobytes()
     assert grad_weight.tobytes() == plain_weight.astype(dtype).tobytes()
     assert grad_bias.tobytes() == plain_bias.astype(dtype).tobytes()

@@ -8,8 +8,9 @@ import numpy as np
 # is_real tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_real
-from fastdl.kernels._norm_loops import (LONG_RUN_BYTES, normalize_backward_kernel,
-                                        normalize_forward_kernel, normalize_given_kernel)
+from fastdl.kernels._norm_loops import (LONG_RUN_BYTES, memory_order,
+                                        normalize_backward_kernel, normalize_forward_kernel,
+                                        normalize_given_kernel)
 from fastdl.kernels._norm_rows import layer_norm_backward_kernel, layer_norm_forward_kernel
 
 class _Layout:
@@ -82,7 +83,8 @@ def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
         layer_norm_forward_kernel(x3[0], weight, bias, eps, mean, var, inv_std, y[0])
     elif use_input_stats:
         normalize_forward_kernel(x3, weight, bias, layout.n_params, layout.n_sub, eps,
-                                 use_input_stats, mean, var, inv_std, y)
+                                 use_input_stats, mean, var, inv_std, y,
+                                 memory_order(x3, layout.n_sub))
     else:
         normalize_given_kernel(x3, weight, bias, layout.n_params, layout.n_sub, mean,
                                inv_std, y)
@@ -105,7 +107,7 @@ def _backward(grad_out, x, layout, weight, mean, inv_std, use_input_stats, needs
                      and layout.run_length * x.itemsize >= LONG_RUN_BYTES)
         grad_weight, grad_bias = normalize_backward_kernel(
             grad3, x3, weight, layout.n_params, layout.n_sub, mean, inv_std, use_input_stats,
-            needs_grad_x, grad_x, grad_x if long_runs else None)
+            needs_grad_x, grad_x, grad_x if long_runs else None, memory_order(x3, layout.n_sub))
     return (grad_x.reshape(x.shape) if needs_grad_x else None), grad_weight, grad_bias
 
 
