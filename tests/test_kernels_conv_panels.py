@@ -86,3 +86,21 @@ def test_only_far_from_square_pointwise_convs_with_enough_work_take_them():
     assert not conv._by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1)       # strided
     plan = conv.conv2d_runner((32, 144, 8, 8), weight, None, (1, 1), (0, 0), (1, 1))
     assert not hasattr(plan, "layer")
+
+
+@pytest.mark.parametrize("shape, c_out", [((8, 96, 16, 16), 96), ((3, 20, 5, 7), 24)])
+def test_pointwise_input_gradient_writes_every_value_of_unzeroed_memory(shape, c_out, rng,
+                                                                        monkeypatch):
+    """The GEMM tiles of a pointwise conv's input gradient write all of it: it is not
+    zeroed first, whatever the memory held."""
+    def dirty_empty(shape, dtype=float):
+        return np.full(shape, np.nan, dtype=dtype)
+    monkeypatch.setattr(conv.np, "empty", dirty_empty)
+    grad_out = rng.normal(size=(shape[0], c_out) + shape[2:]).astype(np.float32)
+    weight = rng.normal(size=(c_out, shape[1], 1, 1)).astype(np.float32)
+    assert not conv._by_panels(shape[0], shape[2] * shape[3], (shape[1], c_out, 1, 1),
+                               (1, 1), (0, 0), 1)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, shape)
+    expected = np.einsum("nmhw,mk->nkhw", grad_out.astype(np.float64),
+                         weight[:, :, 0, 0].astype(np.float64))
+    np.testing.assert_allclose(grad_input, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

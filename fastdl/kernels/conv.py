@@ -394,7 +394,10 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
                                             groups, multiply_adds)
     if forward_runner is not None:
         return forward_runner(grad_out)
-    grad_input = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
+    # a pointwise conv's GEMMs write every value (their tiles are the gradient's own
+    # disjoint columns); the other paths add into it
+    allocate = np.empty if _is_pointwise(weight.shape[2:], stride, padding) else np.zeros
+    grad_input = allocate(tuple(input_shape), dtype=grad_out.dtype)
     if winograd.applies(weight.shape, stride, dilation, groups):
         return winograd.grad_input(grad_out, weight, grad_input, padding,
                                    _threads_for(multiply_adds * 4 // 9))
