@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 import fastdl
 import fastdl_ext.conv
 import fastdl_ext.conv_channels
-from fastdl.kernels import conv
+from fastdl.kernels import conv, conv_once
 from fastdl.shapes import conv_output_size
 from reference import conv2d_reference
 
@@ -40,7 +40,7 @@ def _case(case, dtype, rng):
 
 def _takes_channels(x, weight, stride, padding, dilation):
     run = conv.conv2d_runner(x.shape, weight, None, stride, padding, dilation, once=True)
-    return getattr(run, "__qualname__", "").startswith("_channels_runner")
+    return getattr(run, "__qualname__", "").startswith("channels_runner")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -86,7 +86,7 @@ def test_only_runners_used_once_take_it(rng):
     assert _takes_channels(x, weight, *pairs)
     assert _takes_channels(np.zeros((1, 16, 8, 8)), weight, *pairs)           # 64 positions
     plan = conv.conv2d_runner(x.shape, weight, None, *pairs)
-    assert not getattr(plan, "__qualname__", "").startswith("_channels_runner")
+    assert not getattr(plan, "__qualname__", "").startswith("channels_runner")
     assert not _takes_channels(np.zeros((1, 16, 9, 9)), weight, *pairs)       # 81 positions
     assert not _takes_channels(np.zeros((2, 16, 8, 8)), weight, *pairs)       # 128 of 2
     strided = ((2, 2), (1, 1), (1, 1))
@@ -97,7 +97,7 @@ def test_only_runners_used_once_take_it(rng):
                                (2, 2), (0, 0), (1, 1))                        # 1x1 kernel
     assert not _takes_channels(x, weight[:63], *pairs)                         # few channels
     assert not _takes_channels(x, weight[:, :, :1, :1], (1, 1), (0, 0), (1, 1))
-    assert not conv._by_channels(1, 16, (64, 8, 3, 3), (1, 1), (1, 1), 2)
+    assert not conv_once.by_channels(1, 16, (64, 8, 3, 3), (1, 1), (1, 1), 2)
 
 
 def test_read_only_inputs_give_the_same_bits(rng):
@@ -164,7 +164,8 @@ def test_unfold_matches_numpy_windows_with_zero_columns_after(threads, rng):
 def test_property_random_thin_convs(n, c_in, c_out, size, k, stride, padding, dilation, seed):
     if size + 2 * padding < dilation * (k - 1) + 1:
         return
-    if n * conv_output_size(size, k, stride, padding, dilation) ** 2 > conv._THIN_COLUMNS:
+    positions = conv_output_size(size, k, stride, padding, dilation) ** 2
+    if n * positions > conv_once.THIN_COLUMNS:
         return   # (the strided single-image rule is the CASES' and the rule test's)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, c_in, size, size))

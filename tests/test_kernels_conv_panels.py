@@ -1,11 +1,11 @@
 """Pointwise convs run once on weights packed in panels (``kernels.pointwise``'s tiles,
-``conv._by_panels``): forward with its epilogue and input gradient against the SciPy
+``conv_once.by_panels``): forward with its epilogue and input gradient against the SciPy
 reference, bitwise across thread counts, and the rule that picks them."""
 import numpy as np
 import pytest
 
 import fastdl
-from fastdl.kernels import conv, pointwise
+from fastdl.kernels import conv, conv_once, pointwise
 from reference import conv2d_reference
 
 # (N, C_in, H, W, C_out): MobileNetV2's narrowing and widening convs, a map that is
@@ -44,12 +44,12 @@ def test_forward_and_input_gradient_match_scipy(case, dtype, rtol, rng):
 def test_the_input_gradient_of_a_widening_conv_is_a_narrowing_one_on_panels(rng,
                                                                             monkeypatch):
     layers = []
-    chain_runner = conv._chain_runner
+    chain_runner = conv_once.chain_runner
 
     def spy(layer, threads):
         layers.append(layer)
         return chain_runner(layer, threads)
-    monkeypatch.setattr(conv, "_chain_runner", spy)
+    monkeypatch.setattr(conv_once, "chain_runner", spy)
     weight = rng.normal(size=(192, 32, 1, 1))
     conv.conv2d_grad_input(rng.normal(size=(16, 192, 8, 8)), weight, (16, 32, 8, 8))
     assert len(layers) == 1 and isinstance(layers[0], pointwise.PointwiseLayer)
@@ -82,8 +82,8 @@ def test_only_far_from_square_pointwise_convs_with_enough_work_take_them():
     assert not _panels((64, 144, 1, 1), weight)                       # 1x1 maps
     assert not _panels((32, 96, 8, 8), np.zeros((96, 96, 1, 1), np.float32))   # square
     assert not _panels((32, 16, 32, 32), np.zeros((96, 16, 1, 1), np.float32))  # 16 in
-    assert not conv._by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2)       # groups
-    assert not conv._by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1)       # strided
+    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2)       # groups
+    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1)       # strided
     plan = conv.conv2d_runner((32, 144, 8, 8), weight, None, (1, 1), (0, 0), (1, 1))
     assert not hasattr(plan, "layer")
 
@@ -98,7 +98,7 @@ def test_pointwise_input_gradient_writes_every_value_of_unzeroed_memory(shape, c
     monkeypatch.setattr(conv.np, "empty", dirty_empty)
     grad_out = rng.normal(size=(shape[0], c_out) + shape[2:]).astype(np.float32)
     weight = rng.normal(size=(c_out, shape[1], 1, 1)).astype(np.float32)
-    assert not conv._by_panels(shape[0], shape[2] * shape[3], (shape[1], c_out, 1, 1),
+    assert not conv_once.by_panels(shape[0], shape[2] * shape[3], (shape[1], c_out, 1, 1),
                                (1, 1), (0, 0), 1)
     grad_input = conv.conv2d_grad_input(grad_out, weight, shape)
     expected = np.einsum("nmhw,mk->nkhw", grad_out.astype(np.float64),

@@ -5,9 +5,14 @@ OpenMP, single-threaded GEMM from SciPy's BLAS per tile, or per several whole im
 where one image's map is small: ``_images_per_item``); 3×3 stride-1 convs
 with enough channels take Winograd's F(2×2, 3×3) instead (``winograd.py``), and
 depthwise convs (groups == input channels, 3×3 or 5×5) direct loops of their own
-(``depthwise.py``), forward and both gradients. This module chooses
-the tile size, allocates outputs, and expresses the transposed convolution through the same three
-kernels: conv_transpose's forward *is* conv's grad_input, and vice versa.
+(``depthwise.py``), forward and both gradients. A conv run once (eager, ``once``)
+may take other forwards, whose weights need no preparing kept for later calls: on
+few positions, register tiles over output channels on the weights in place
+(``fastdl_ext/conv_channels.pyx``); depthwise convs, and the widening and
+narrowing pointwise convs, a one-step chain of the plans' pointwise kernels
+(``pointwise.py``): see ``conv_once``. This module chooses the path and the
+tile size, allocates outputs, and expresses the transposed convolution through the
+same three kernels: conv_transpose's forward *is* conv's grad_input, and vice versa.
 
 Shapes: ``x (N, C_in, H, W)``, ``weight (C_out, C_in/groups, kH, kW)``,
 output ``(N, C_out, OH, OW)`` with
@@ -18,10 +23,11 @@ import numpy as np
 
 from fastdl import runtime
 from fastdl._checks import is_int, pair
-from fastdl.kernels import depthwise, direct, pointwise, winograd
+from fastdl.kernels import conv_once, depthwise, direct, pointwise, winograd
 from fastdl.kernels._runner import fused_runner
+from fastdl.kernels.conv_once import is_pointwise as _is_pointwise
 from fastdl.shapes import conv_output_size, conv_transpose_output_size
-from fastdl_ext import conv as _ext, conv_channels as _channels_ext
+from fastdl_ext import conv as _ext
 
 __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
            "conv_transpose2d_forward", "conv_transpose2d_grad_input",
@@ -54,41 +60,6 @@ _THIN_POSITIONS = 256
 # 128 -> 256 at 8², 1.80 vs 2.58; 64 -> 128 at 32², 6.0 vs 7.2; but 32 -> 64 at 16²,
 # 0.74 vs 0.55.
 _GEMM_FORWARD_CHANNELS = 128
-# Output positions of all images together up to which a conv run once (eager: its
-# weights serve one call) multiplies its weights, read in place, by the column matrix of
-# all its images in register tiles shared out by output channels
-# (``fastdl_ext.conv_channels``): the direct loops pack the weights for each call,
-# Winograd transforms them, and tiles of positions give every thread all the weights.
-# Batch 1, 2 threads, eager forward, interleaved: 512 -> 512 at 4², 0.54 ms against
-# Winograd's 3.27; 256 -> 256 at 8², 0.60 against 1.00; 256 -> 512 stride 2 from 8²,
-# 0.28 against 1.68; 128 -> 256 1x1 stride 2 from 16², 0.048 against 0.081. At 128
-# positions or more, stride 1, Winograd and the image GEMMs win (128 -> 128 at 16²: 0.73
-# against 0.40; batch 8, 64 -> 64 at 4²: 0.16 against 0.12), but a single image's 3x3
-# stride-2 conv takes the tiles up to ``_THIN_STRIDED_COLUMNS`` (64 -> 128 from 32²:
-# 0.31 against the direct loops' 0.50).
-_THIN_COLUMNS = 64
-_THIN_STRIDED_COLUMNS = 256
-# Fewest output channels: with fewer the other paths are as fast (32 -> 32 at 8²).
-_THIN_MIN_CHANNELS = 64
-# Pointwise convs run once that take the pointwise kernels (``kernels.pointwise``, the
-# plans' chains), their weights packed for the call, over im2col's GEMM tiles: the
-# widening and narrowing convs of inverted residuals, whose weights are far from square
-# (channels changed ``_PANEL_ASPECT``-fold or more), where the GEMM tiles fall behind.
-# Timed in MobileNetV2 forwards, interleaved, 2 threads, batch 32: its pointwise convs
-# 38.2 -> 32.9 ms in all (144 -> 24 at 32², 3.06 -> 1.94; 576 -> 96 at 8², 2.66 ->
-# 2.17). The limits, each where the packed tiles stopped winning:
-# - positions in all (``_PANEL_COLUMNS``): on fewer the weights outweigh the values and
-#   packing them reads them twice (batch 1, 160 -> 960 at 4², 0.47 -> 0.59 ms);
-# - input channels (``_PANEL_MIN_CHANNELS``): fewer make short tiles (16 -> 96 at 32²,
-#   batch 32, 1.05 -> 1.96);
-# - channels kept about the same: the GEMM tiles are as fast (ShuffleNetV2's 48 -> 48
-#   and 96 -> 96, batch 32, 0.19 -> 0.21 and 0.20 -> 0.21 ms);
-# - a second thread's worth of work (``_WORK_PER_THREAD``), as a dense layer's batch of
-#   64 on 1x1 maps (``_PANEL_MIN_POSITIONS``) is not: 0.027 -> 0.060.
-_PANEL_MIN_POSITIONS = 16
-_PANEL_MIN_CHANNELS = 32
-_PANEL_COLUMNS = 512
-_PANEL_ASPECT = 2
 
 
 def _threads_for(multiply_adds):
@@ -127,11 +98,6 @@ def _image_items(n_images, weight_shape, positions, itemsize, threads, stride, p
                             positions, itemsize, threads,
                             _is_pointwise(weight_shape[2:], stride, padding),
                             tuple(stride) == (2, 2) and tuple(dilation) == (1, 1))
-
-
-def _is_pointwise(kernel_size, stride, padding):
-    return tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1) and \
-        tuple(padding) == (0, 0)
 
 
 def _tile_size(k, positions, itemsize, n_images, threads):
@@ -211,7 +177,7 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     plans call the compiled loop with almost no Python in between. The caller
     guarantees (as ``check_conv2d_args`` does) that the shapes fit. ``once``: the
     runner serves a single call (an eager conv), so preparing the weights (the direct
-    loops' packing) counts against it; thin convs then take ``_by_channels``.
+    loops' packing) counts against it, and ``conv_once``'s paths apply.
     """
     n, _, height, width = input_shape
     c_out, c_in_group, kh, kw = weight.shape
@@ -222,17 +188,18 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     threads = _threads_for(multiply_adds)
     if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape):
         if once:
-            return _chain_runner(pointwise.DepthwiseLayer(input_shape, weight, bias, stride,
-                                                          padding, negative_slope), threads)
+            layer = pointwise.DepthwiseLayer(input_shape, weight, bias, stride, padding,
+                                             negative_slope)
+            return conv_once.chain_runner(layer, threads)
         return depthwise.forward_runner(input_shape, weight, bias, stride, padding, threads,
                                         negative_slope)
     if (once and threads > 1
-            and _by_panels(n, positions, weight.shape, stride, padding, groups)):
-        return _chain_runner(pointwise.PointwiseLayer(input_shape, weight, bias,
-                                                      negative_slope, threads), threads)
-    if once and _by_channels(n, positions, weight.shape, stride, padding, groups):
-        return _channels_runner(out_shape, weight, bias, stride, padding, dilation,
-                                threads, negative_slope)
+            and conv_once.by_panels(n, positions, weight.shape, stride, padding, groups)):
+        layer = pointwise.PointwiseLayer(input_shape, weight, bias, negative_slope, threads)
+        return conv_once.chain_runner(layer, threads)
+    if once and conv_once.by_channels(n, positions, weight.shape, stride, padding, groups):
+        return conv_once.channels_runner(out_shape, weight, bias, stride, padding,
+                                         dilation, threads, negative_slope)
     k = c_in_group * kh * kw
     images = _image_items(n, weight.shape, positions, weight.itemsize, threads, stride,
                           padding, dilation)
@@ -257,80 +224,6 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
     tile = _tile_size(k, positions, weight.itemsize, n, threads)
     return fused_runner(_ext.conv2d_forward_into, out_shape, weight,
                         (stride, padding, dilation, groups, tile, threads), bias, negative_slope)
-
-
-def _by_panels(n_images, positions, weight_shape, stride, padding, groups):
-    """Whether a pointwise conv run once takes the pointwise kernels' register tiles on
-    weights packed in panels (``kernels.pointwise``): one group, enough positions an
-    image (``_PANEL_MIN_POSITIONS``) and in all (``_PANEL_COLUMNS``), enough input
-    channels (``_PANEL_MIN_CHANNELS``), and channels widened or narrowed by
-    ``_PANEL_ASPECT`` or more."""
-    out_channels, in_channels = weight_shape[:2]
-    return (groups == 1 and _is_pointwise(weight_shape[2:], stride, padding)
-            and positions >= _PANEL_MIN_POSITIONS and in_channels >= _PANEL_MIN_CHANNELS
-            and n_images * positions >= _PANEL_COLUMNS
-            and max(out_channels, in_channels) >= _PANEL_ASPECT * min(out_channels,
-                                                                      in_channels))
-
-
-def _chain_runner(layer, threads):
-    """``run(x, out=None, residual=None)``: a one-step chain of ``kernels.pointwise``'s
-    ``layer`` (its weights packed once, here). A depthwise conv run once takes it: the
-    chain's loops for small maps and whole-vector rows beat the depthwise loops' (batch
-    32, 2 threads, MobileNetV2's ten depthwise shapes, 6.0 -> 3.3 ms in all; batch 1,
-    0.44 -> 0.17), and where the CPU lacks AVX-512 the chain runs those same loops."""
-    def run(x, out=None, residual=None):
-        if out is None:
-            out = np.empty(layer.out_shape, dtype=x.dtype)
-        pointwise.prepare_chain([layer.step(x, out, residual)], threads).run(x)
-        return out
-    run.layer = layer
-    return run
-
-
-def _by_channels(n_images, positions, weight_shape, stride, padding, groups):
-    """Whether a conv run once takes the register tiles over output channels: one group,
-    ``_THIN_MIN_CHANNELS`` or more, not pointwise, and few positions in all
-    (``_THIN_COLUMNS``; ``_THIN_STRIDED_COLUMNS`` for one image's strided conv whose
-    kernel is over 1x1)."""
-    if (groups != 1 or weight_shape[0] < _THIN_MIN_CHANNELS
-            or _is_pointwise(weight_shape[2:], stride, padding)):
-        return False
-    if n_images * positions <= _THIN_COLUMNS:
-        return True
-    return (n_images == 1 and positions <= _THIN_STRIDED_COLUMNS and tuple(stride) != (1, 1)
-            and weight_shape[2] * weight_shape[3] > 1)
-
-
-def _unfold(x, kernel_size, stride, padding, dilation, out_size, width, threads):
-    """The (C*kH*kW, width) column matrix of ``x`` (one group): the images' positions
-    side by side, then zeros up to ``width``."""
-    cols = np.empty((x.shape[1] * kernel_size[0] * kernel_size[1], width), dtype=x.dtype)
-    _ext.unfold_into(x, cols, tuple(kernel_size), stride, padding, dilation, *out_size,
-                     threads)
-    return cols
-
-
-def _channels_runner(out_shape, weight, bias, stride, padding, dilation, threads,
-                     negative_slope):
-    """``run(x, out=None, residual=None)`` through ``conv2d_channels_into``."""
-    n, c_out = out_shape[:2]
-    rows = weight.reshape(c_out, -1)
-    block = _channels_ext.COLUMN_BLOCK
-    width = -(-n * out_shape[2] * out_shape[3] // block) * block
-    activate = negative_slope is not None
-    slope = 0.0 if negative_slope is None else float(negative_slope)
-
-    def run(x, out=None, residual=None):
-        if out is None:
-            out = np.empty(out_shape, dtype=x.dtype)
-        cols = _unfold(x, weight.shape[2:], stride, padding, dilation, out_shape[2:], width,
-                       threads)
-        _channels_ext.conv2d_channels_into(
-            cols, rows, out.reshape(n, c_out, -1), threads, bias,
-            None if residual is None else residual.reshape(n, c_out, -1), activate, slope)
-        return out
-    return run
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
@@ -437,14 +330,14 @@ def _grad_input_as_forward(grad_out_shape, weight, stride, padding, dilation, gr
     if min(full_padding) < 0 or stride != (1, 1) or dilation != (1, 1) or groups != 1:
         return None
     flipped_shape = (weight.shape[1], weight.shape[0], kh, kw)
-    if (_threads_for(multiply_adds) > 1
-            and _by_panels(grad_out_shape[0], grad_out_shape[2] * grad_out_shape[3],
-                           flipped_shape, stride, padding, groups)):
+    threads = _threads_for(multiply_adds)
+    if threads > 1 and conv_once.by_panels(grad_out_shape[0],
+                                           grad_out_shape[2] * grad_out_shape[3],
+                                           flipped_shape, stride, padding, groups):
         # a 1x1 filter turned is itself: the pointwise conv of the swapped channels
         swapped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3))
-        threads = _threads_for(multiply_adds)
-        return _chain_runner(pointwise.PointwiseLayer(grad_out_shape, swapped, None, None,
-                                                      threads), threads)
+        layer = pointwise.PointwiseLayer(grad_out_shape, swapped, None, None, threads)
+        return conv_once.chain_runner(layer, threads)
     if direct.applies(flipped_shape, stride, dilation, groups, grad_out_shape, full_padding,
                       weight.itemsize):
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
