@@ -104,3 +104,34 @@ def test_pointwise_input_gradient_writes_every_value_of_unzeroed_memory(shape, c
     expected = np.einsum("nmhw,mk->nkhw", grad_out.astype(np.float64),
                          weight[:, :, 0, 0].astype(np.float64))
     np.testing.assert_allclose(grad_input, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_eager_paths_run_concurrently_from_python_threads(rng):
+    """Each eager call builds its own one-step chain or tile scratch: calls from several
+    Python threads at once give the single-threaded bits (depthwise chain, pointwise
+    panels, few-position tiles)."""
+    import threading
+    cases = [(rng.normal(size=(8, 48, 16, 16)).astype(np.float32),
+              rng.normal(size=(48, 1, 3, 3)).astype(np.float32), 48),
+             (rng.normal(size=(16, 144, 8, 8)).astype(np.float32),
+              rng.normal(size=(24, 144, 1, 1)).astype(np.float32), 1),
+             (rng.normal(size=(1, 64, 4, 4)).astype(np.float32),
+              rng.normal(size=(96, 64, 3, 3)).astype(np.float32), 1)]
+
+    def forward(x, weight, groups):
+        padding = weight.shape[2] // 2
+        return conv.conv2d_forward(x, weight, None, 1, padding, 1, groups)
+    expected = [forward(*case) for case in cases]
+    mismatches = []
+
+    def work():
+        for _ in range(10):
+            for case, want in zip(cases, expected):
+                if not np.array_equal(forward(*case), want):
+                    mismatches.append(case[1].shape)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not mismatches
