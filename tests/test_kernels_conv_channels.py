@@ -15,7 +15,8 @@ from reference import conv2d_reference
 # 1, a stride-2 conv and its 1x1 shortcut, dilation, two images, output channels not a
 # multiple of the tile's rows, a map smaller than the kernel's reach with padding, a
 # depth over one block of the tiles' sums (9 * 40 > 256), 8x8 at batch 1 (64 positions),
-# a strided conv of one image with 256 positions, positions not a multiple of 16
+# a strided conv of one image with 256 positions, positions not a multiple of 16, a
+# pointwise conv with many weights on a 4x4 map at batch 1
 CASES = [
     (1, 48, 4, 4, 96, 3, 1, 1, 1),
     (1, 20, 8, 8, 70, 3, 2, 1, 1),
@@ -27,6 +28,7 @@ CASES = [
     (1, 9, 8, 8, 64, 3, 1, 1, 1),
     (1, 7, 32, 32, 64, 3, 2, 1, 1),
     (3, 4, 7, 7, 64, 3, 2, 1, 1),
+    (1, 256, 4, 4, 260, 1, 1, 0, 1),
 ]
 
 
@@ -96,6 +98,11 @@ def test_only_runners_used_once_take_it(rng):
     assert not _takes_channels(np.zeros((1, 16, 32, 32)), weight[:, :, :1, :1],
                                (2, 2), (0, 0), (1, 1))                        # 1x1 kernel
     assert not _takes_channels(x, weight[:63], *pairs)                         # few channels
+    many = np.zeros((256, 256, 1, 1))
+    unpadded = ((1, 1), (0, 0), (1, 1))
+    assert _takes_channels(np.zeros((1, 256, 4, 4)), many, *unpadded)      # pointwise, 16
+    assert not _takes_channels(np.zeros((1, 256, 8, 8)), many, *unpadded)  # pointwise, 64
+    assert not _takes_channels(np.zeros((1, 255, 4, 4)), many[:, :255], *unpadded)
     assert not _takes_channels(x, weight[:, :, :1, :1], (1, 1), (0, 0), (1, 1))
     assert not conv_once.by_channels(1, 16, (64, 8, 3, 3), (1, 1), (1, 1), 2)
 

@@ -32,6 +32,14 @@ __all__ = ["is_pointwise", "by_channels", "channels_runner", "by_panels", "chain
 # 0.31 against the direct loops' 0.50).
 THIN_COLUMNS = 64
 THIN_STRIDED_COLUMNS = 256
+# A pointwise conv on 16 positions or fewer in all (MobileNetV2's 4x4 stage at batch 1)
+# takes the tiles too where its weights are many (``THIN_POINTWISE_WEIGHTS``): they are
+# then read once, in place, where im2col's tile packs them (192 -> 1024, 92 -> 55 µs;
+# 960 -> 160, 78 -> 62; MobileNetV2 forward at batch 1, 5.76 -> 5.45 ms, interleaved).
+# Small ones lose to the unfold and the team (96 -> 96, 14 -> 19 µs). At 64 positions
+# the GEMM tiles are as fast or faster (576 -> 96 at 8²: 0.068 against 0.095 ms).
+THIN_POINTWISE_COLUMNS = 16
+THIN_POINTWISE_WEIGHTS = 65536
 # Fewest output channels: with fewer the other paths are as fast (32 -> 32 at 8²).
 THIN_MIN_CHANNELS = 64
 # Pointwise convs run once that take the pointwise kernels (``kernels.pointwise``, the
@@ -95,12 +103,14 @@ def chain_runner(layer, threads):
 
 def by_channels(n_images, positions, weight_shape, stride, padding, groups):
     """Whether a conv run once takes the register tiles over output channels: one group,
-    ``THIN_MIN_CHANNELS`` or more, not pointwise, and few positions in all
-    (``THIN_COLUMNS``; ``THIN_STRIDED_COLUMNS`` for one image's strided conv whose
-    kernel is over 1x1)."""
-    if (groups != 1 or weight_shape[0] < THIN_MIN_CHANNELS
-            or is_pointwise(weight_shape[2:], stride, padding)):
+    ``THIN_MIN_CHANNELS`` or more, and few positions in all (``THIN_COLUMNS``;
+    ``THIN_STRIDED_COLUMNS`` for one image's strided conv whose kernel is over 1x1;
+    ``THIN_POINTWISE_COLUMNS`` for a pointwise conv with many weights)."""
+    if groups != 1 or weight_shape[0] < THIN_MIN_CHANNELS:
         return False
+    if is_pointwise(weight_shape[2:], stride, padding):
+        return (n_images * positions <= THIN_POINTWISE_COLUMNS
+                and weight_shape[0] * weight_shape[1] >= THIN_POINTWISE_WEIGHTS)
     if n_images * positions <= THIN_COLUMNS:
         return True
     return (n_images == 1 and positions <= THIN_STRIDED_COLUMNS and tuple(stride) != (1, 1)
