@@ -82,8 +82,10 @@ def test_only_far_from_square_pointwise_convs_with_enough_work_take_them():
     assert not _panels((64, 144, 1, 1), weight)                       # 1x1 maps
     assert not _panels((32, 96, 8, 8), np.zeros((96, 96, 1, 1), np.float32))   # square
     assert not _panels((32, 16, 32, 32), np.zeros((96, 16, 1, 1), np.float32))  # 16 in
-    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2)       # groups
-    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1)       # strided
+    assert conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 1, 2)
+    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2, 2)   # groups
+    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1, 2)   # strided
+    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 1, 1)   # 1 thread
     plan = conv.conv2d_runner((32, 144, 8, 8), weight, None, (1, 1), (0, 0), (1, 1))
     assert not hasattr(plan, "layer")
 
@@ -99,7 +101,7 @@ def test_pointwise_input_gradient_writes_every_value_of_unzeroed_memory(shape, c
     grad_out = rng.normal(size=(shape[0], c_out) + shape[2:]).astype(np.float32)
     weight = rng.normal(size=(c_out, shape[1], 1, 1)).astype(np.float32)
     assert not conv_once.by_panels(shape[0], shape[2] * shape[3], (shape[1], c_out, 1, 1),
-                               (1, 1), (0, 0), 1)
+                                   (1, 1), (0, 0), 1, 2)
     grad_input = conv.conv2d_grad_input(grad_out, weight, shape)
     expected = np.einsum("nmhw,mk->nkhw", grad_out.astype(np.float64),
                          weight[:, :, 0, 0].astype(np.float64))
