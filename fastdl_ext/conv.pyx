@@ -612,7 +612,6 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
             free(cols)
 
 
-
 def unfold_into(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple kernel_size,
                 tuple stride, tuple padding, tuple dilation, int out_h, int out_w,
                 int num_threads=1):
@@ -626,7 +625,7 @@ def unfold_into(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple ker
     # one channel's geometry: each item unfolds one plane into its taps' rows
     cdef Geometry g = _geometry(1, x.shape[2], x.shape[3], kernel_size[0],
                                 kernel_size[1], stride, padding, dilation, out_w)
-    cdef floating* phases
+    cdef floating* phases = NULL
     cdef Py_ssize_t phase_size = _scratch_size(g, out_h)
     if cols.shape[0] != k or width < <Py_ssize_t>n_images * positions:
         raise ValueError("unfold_into: cols must be (%d, >= %d), got (%d, %d)"
@@ -635,18 +634,20 @@ def unfold_into(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple ker
         return
     with nogil:
         if n_images and positions:
-            for item in prange(n_images * channels, num_threads=max(1, num_threads),
-                               schedule="static"):
-                b = item // channels
-                c = item % channels
-                if phase_size:
-                    phases = <floating*>malloc(sizeof(floating) * phase_size)
-                    unfold_s2(<floating*>&x[b, c, 0, 0], _unfold_geometry(g, out_h),
-                              &cols[c * taps, 0] + b * positions, width, phases, False)
-                    free(phases)
-                else:
-                    _im2col_tile(&x[b, c, 0, 0], g, 0, positions,
-                                 &cols[c * taps, 0] + b * positions, <int>width)
+            with parallel(num_threads=max(1, num_threads)):
+                # a stride-2 plane's halves: one scratch a thread
+                phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size \
+                    else NULL
+                for item in prange(n_images * channels, schedule="static"):
+                    b = item // channels
+                    c = item % channels
+                    if phases != NULL:
+                        unfold_s2(<floating*>&x[b, c, 0, 0], _unfold_geometry(g, out_h),
+                                  &cols[c * taps, 0] + b * positions, width, phases, False)
+                    else:
+                        _im2col_tile(&x[b, c, 0, 0], g, 0, positions,
+                                     &cols[c * taps, 0] + b * positions, <int>width)
+                free(phases)
         if width > <Py_ssize_t>n_images * positions:
             for row in range(k):
                 _zero(&cols[row, 0], n_images * positions, <int>width)

@@ -17,6 +17,7 @@ cimport numpy as cnp
 cnp.import_array()
 
 from fastdl_ext._arrays cimport _data, _dims, _float_type
+from fastdl_ext._blas cimport floating
 from fastdl_ext._phases cimport _scratch, _whole_lines
 
 cdef extern from "fastdl_pointwise.h":
@@ -97,12 +98,7 @@ PANEL_ROWS = ROWS
 PACK = True
 
 
-ctypedef fused _packed_float:
-    float
-    double
-
-
-def pack_into(const _packed_float[:, ::1] rows, _packed_float[:, :, ::1] packed):
+def pack_into(const floating[:, ::1] rows, floating[:, :, ::1] packed):
     """packed[b, k, r] = rows[b * PANEL_ROWS + r, k], zero past the rows (M, K): the
     weights of a pointwise conv in panels (``kernels.pointwise.pack``), in one pass
     (NumPy's transposing copy of 8-value runs took 0.4 ms for 1280 x 320 weights)."""
