@@ -44,6 +44,8 @@ def memory_order(x, n_sub):
     """Whether batch norm's kernels walk ``x`` (A, K, S * B) image by image: one run an
     (a, k) (``n_sub`` 1), several images, runs of at most ``SHORT_RUN_BYTES``."""
     return n_sub == 1 and x.shape[0] > 1 and x.shape[2] * x.itemsize <= SHORT_RUN_BYTES
+
+
 # fixed number of chunks for the parameter-gradient sums (independent of threads);
 # the forward passes take the same chunks
 _GRAD_CHUNKS = 64
@@ -161,6 +163,51 @@ def _prefetch_next_run(out, a, k, start, piece):
 _prefetch_next_run_kernel = _inlined(_prefetch_next_run)
 
 
+def _merge_moments(count, mean, squares, block_count, block_mean, block_squares):
+    """Chan et al.'s pairwise update of (count, mean, M2) by a block's: the merged mean
+    and M2 (the count is ``count + block_count``)."""
+    merged = count + block_count
+    delta = block_mean - mean
+    return (mean + delta * block_count / merged,
+            squares + (block_squares + delta * delta * count * block_count / merged))
+
+
+_merge_moments_kernel = _inlined(_merge_moments)
+
+
+def _normalize_piece(x_piece, shift, scale, w, b, y_piece):
+    """``y = (x - shift) * scale * w + b``, in x's dtype, over one piece of a run."""
+    for i in range(x_piece.shape[0]):
+        y_piece[i] = (x_piece[i] - shift) * scale * w + b
+
+
+_normalize_piece_kernel = _inlined(_normalize_piece)
+
+
+def _piece_sums(grad_piece, x_piece, shift, scale):
+    """``sum(g)`` and ``sum(g * x_hat)`` of one piece, in x's dtype."""
+    piece_grad = x_piece.dtype.type(0)
+    piece_grad_x_hat = x_piece.dtype.type(0)
+    for i in range(grad_piece.shape[0]):
+        piece_grad += grad_piece[i]
+        piece_grad_x_hat += grad_piece[i] * ((x_piece[i] - shift) * scale)
+    return piece_grad, piece_grad_x_hat
+
+
+_piece_sums_kernel = _inlined(_piece_sums)
+
+
+def _input_grad_piece(grad_piece, x_piece, shift, scale, w, mean_grad, mean_grad_x_hat,
+                      grad_x_piece):
+    """``dx = scale · (w·g − mean_grad − x_hat · mean_grad_x_hat)`` over one piece."""
+    for i in range(grad_piece.shape[0]):
+        x_hat = (x_piece[i] - shift) * scale
+        grad_x_piece[i] = scale * (w * grad_piece[i] - mean_grad - x_hat * mean_grad_x_hat)
+
+
+_input_grad_piece_kernel = _inlined(_input_grad_piece)
+
+
 def _moments_of(x, k):
     """Mean and biased variance of ``x[:, k]`` (all ``a`` and all of each run)."""
     count, mean, squares = 0, 0.0, 0.0
@@ -175,13 +222,9 @@ def _moments_of(x, k):
         for start in range(0, run.shape[0], _BLOCK):
             block = run[start:start + _BLOCK]
             block_mean, block_squares = _block_moments_kernel(block)
-            # Chan et al.'s pairwise update of (count, mean, M2)
-            block_count = block.shape[0]
-            merged = count + block_count
-            delta = block_mean - mean
-            mean += delta * block_count / merged
-            squares += block_squares + delta * delta * count * block_count / merged
-            count = merged
+            mean, squares = _merge_moments_kernel(count, mean, squares, block.shape[0],
+                                                  block_mean, block_squares)
+            count += block.shape[0]
     return mean, squares / count
 
 
@@ -200,10 +243,8 @@ def _normalize_runs(x, k, n_sub, param_base, weight, bias, shift, scale, y):
             b = bias[param_base + s]
             for start in range(0, n_inner, piece):
                 _prefetch_next_run_kernel(y, a, k, s * n_inner + start, piece)
-                x_piece = x_run[start:start + piece]
-                y_piece = y_run[start:start + piece]
-                for i in range(x_piece.shape[0]):
-                    y_piece[i] = (x_piece[i] - shift) * scale * w + b
+                _normalize_piece_kernel(x_run[start:start + piece], shift, scale, w, b,
+                                        y_run[start:start + piece])
 
 
 _normalize_runs_kernel = _inlined(_normalize_runs)
@@ -218,27 +259,20 @@ def _short_forward(x, first, stop, weight, bias, eps, mean, var, inv_std, y):
     squares = np.zeros(stop - first)
     count = 0
     for a in range(x.shape[0]):
-        block_count = x.shape[2]
-        merged = count + block_count
         for k in range(first, stop):
             block_mean, block_squares = _block_moments_kernel(x[a, k])
-            delta = block_mean - means[k - first]
-            means[k - first] += delta * block_count / merged
-            squares[k - first] += block_squares + delta * delta * count * block_count / merged
-        count = merged
+            means[k - first], squares[k - first] = _merge_moments_kernel(
+                count, means[k - first], squares[k - first], x.shape[2], block_mean,
+                block_squares)
+        count += x.shape[2]
     for k in range(first, stop):
         mean[k] = means[k - first]
         var[k] = squares[k - first] / count
         inv_std[k] = 1.0 / np.sqrt(var[k] + eps)
     for a in range(x.shape[0]):
         for k in range(first, stop):
-            shift, scale = x.dtype.type(mean[k]), x.dtype.type(inv_std[k])
-            w = weight[k]
-            b = bias[k]
-            x_run = x[a, k]
-            y_run = y[a, k]
-            for i in range(x_run.shape[0]):
-                y_run[i] = (x_run[i] - shift) * scale * w + b
+            _normalize_piece_kernel(x[a, k], x.dtype.type(mean[k]), x.dtype.type(inv_std[k]),
+                                    weight[k], bias[k], y[a, k])
 
 
 _short_forward_kernel = _inlined(_short_forward)
@@ -314,7 +348,6 @@ def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_w
     sum_grad = np.float64(0.0)
     sum_grad_x_hat = np.float64(0.0)
     piece = _run_piece_kernel(x.shape[0], n_inner)
-    zero = x.dtype.type(0)
     for a in range(x.shape[0]):
         has_next = a + 1 < x.shape[0]
         for s in range(n_sub):
@@ -334,13 +367,8 @@ def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_w
                 if write_ahead is not None:
                     here = s * n_inner + start
                     prefetch_for_write(write_ahead[0, k, here:here + piece])
-                grad_piece = grad_run[start:start + piece]
-                x_piece = x_run[start:start + piece]
-                piece_grad = zero
-                piece_grad_x_hat = zero
-                for i in range(grad_piece.shape[0]):
-                    piece_grad += grad_piece[i]
-                    piece_grad_x_hat += grad_piece[i] * ((x_piece[i] - shift) * scale)
+                piece_grad, piece_grad_x_hat = _piece_sums_kernel(
+                    grad_run[start:start + piece], x_run[start:start + piece], shift, scale)
                 run_grad += piece_grad
                 run_grad_x_hat += piece_grad_x_hat
             w = weight[param_base + s]
@@ -364,13 +392,10 @@ def _input_grad_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, me
             w = weight[param_base + s]
             for start in range(0, n_inner, piece):
                 _prefetch_next_run_kernel(grad_x, a, k, s * n_inner + start, piece)
-                grad_piece = grad_run[start:start + piece]
-                x_piece = x_run[start:start + piece]
-                grad_x_piece = grad_x_run[start:start + piece]
-                for i in range(grad_piece.shape[0]):
-                    x_hat = (x_piece[i] - shift) * scale
-                    grad_x_piece[i] = scale * (w * grad_piece[i] - mean_grad
-                                               - x_hat * mean_grad_x_hat)
+                _input_grad_piece_kernel(grad_run[start:start + piece],
+                                         x_run[start:start + piece], shift, scale, w,
+                                         mean_grad, mean_grad_x_hat,
+                                         grad_x_run[start:start + piece])
 
 
 _reduce_runs_kernel = _inlined(_reduce_runs)
@@ -385,19 +410,12 @@ def _short_backward(grad_out, x, first, stop, weight, mean, inv_std, use_input_s
     if first >= stop:
         return
     to_dtype = x.dtype.type
-    zero = to_dtype(0)
     sums_grad = np.zeros(stop - first)
     sums_grad_x_hat = np.zeros(stop - first)
     for a in range(x.shape[0]):
         for k in range(first, stop):
-            shift, scale = to_dtype(mean[k]), to_dtype(inv_std[k])
-            grad_run = grad_out[a, k]
-            x_run = x[a, k]
-            piece_grad = zero
-            piece_grad_x_hat = zero
-            for i in range(grad_run.shape[0]):
-                piece_grad += grad_run[i]
-                piece_grad_x_hat += grad_run[i] * ((x_run[i] - shift) * scale)
+            piece_grad, piece_grad_x_hat = _piece_sums_kernel(
+                grad_out[a, k], x[a, k], to_dtype(mean[k]), to_dtype(inv_std[k]))
             run_grad = np.float64(0.0) + piece_grad
             run_grad_x_hat = np.float64(0.0) + piece_grad_x_hat
             w = weight[k]
@@ -410,17 +428,12 @@ def _short_backward(grad_out, x, first, stop, weight, mean, inv_std, use_input_s
     count = x.shape[0] * x.shape[2]
     for a in range(x.shape[0]):
         for k in range(first, stop):
-            shift, scale = to_dtype(mean[k]), to_dtype(inv_std[k])
             mean_grad = to_dtype(sums_grad[k - first] / count if use_input_stats else 0.0)
             mean_grad_x_hat = to_dtype(sums_grad_x_hat[k - first] / count
                                        if use_input_stats else 0.0)
-            w = weight[k]
-            grad_run = grad_out[a, k]
-            x_run = x[a, k]
-            grad_x_run = grad_x[a, k]
-            for i in range(grad_run.shape[0]):
-                x_hat = (x_run[i] - shift) * scale
-                grad_x_run[i] = scale * (w * grad_run[i] - mean_grad - x_hat * mean_grad_x_hat)
+            _input_grad_piece_kernel(grad_out[a, k], x[a, k], to_dtype(mean[k]),
+                                     to_dtype(inv_std[k]), weight[k], mean_grad,
+                                     mean_grad_x_hat, grad_x[a, k])
 
 
 _short_backward_kernel = _inlined(_short_backward)
