@@ -3,6 +3,7 @@
 reference, bitwise across thread counts, and the rule that picks them."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import fastdl
 from fastdl.kernels import conv, conv_once, pointwise
@@ -64,7 +65,7 @@ def test_thread_counts_are_bitwise_equal(rng):
     before = fastdl.get_num_threads()
     outs, grads = [], []
     try:
-        for threads in (2, 3, 4):
+        for threads in (1, 2, 3, 4):
             fastdl.set_num_threads(threads)
             outs.append(conv.conv2d_forward(x, weight, negative_slope=0.0))
             grads.append(conv.conv2d_grad_input(x, wide, grad_out.shape))
@@ -82,10 +83,10 @@ def test_only_far_from_square_pointwise_convs_with_enough_work_take_them():
     assert not _panels((64, 144, 1, 1), weight)                       # 1x1 maps
     assert not _panels((32, 96, 8, 8), np.zeros((96, 96, 1, 1), np.float32))   # square
     assert not _panels((32, 16, 32, 32), np.zeros((96, 16, 1, 1), np.float32))  # 16 in
-    assert conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 1, 2)
-    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2, 2)   # groups
-    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1, 2)   # strided
-    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 1, 1)   # 1 thread
+    assert conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 1)
+    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (1, 1), (0, 0), 2)   # groups
+    assert not conv_once.by_panels(32, 64, (24, 144, 1, 1), (2, 2), (0, 0), 1)   # strided
+    assert not conv_once.by_panels(16, 32, (24, 144, 1, 1), (1, 1), (0, 0), 1)   # 1.8M MACs
     plan = conv.conv2d_runner((32, 144, 8, 8), weight, None, (1, 1), (0, 0), (1, 1))
     assert not hasattr(plan, "layer")
 
@@ -101,7 +102,7 @@ def test_pointwise_input_gradient_writes_every_value_of_unzeroed_memory(shape, c
     grad_out = rng.normal(size=(shape[0], c_out) + shape[2:]).astype(np.float32)
     weight = rng.normal(size=(c_out, shape[1], 1, 1)).astype(np.float32)
     assert not conv_once.by_panels(shape[0], shape[2] * shape[3], (shape[1], c_out, 1, 1),
-                                   (1, 1), (0, 0), 1, 2)
+                                   (1, 1), (0, 0), 1)
     grad_input = conv.conv2d_grad_input(grad_out, weight, shape)
     expected = np.einsum("nmhw,mk->nkhw", grad_out.astype(np.float64),
                          weight[:, :, 0, 0].astype(np.float64))
@@ -137,3 +138,56 @@ def test_eager_paths_run_concurrently_from_python_threads(rng):
     for thread in threads:
         thread.join()
     assert not mismatches
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["depthwise", "panels", "tiles"]), n=st.integers(1, 4),
+       size=st.integers(2, 9), channels=st.integers(32, 64), factor=st.integers(2, 4),
+       widen=st.booleans(), stride=st.integers(1, 2), slope=st.sampled_from([None, 0.0, 0.1]),
+       with_residual=st.booleans(), double=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_property_random_eager_paths_match_scipy_at_any_thread_count(
+        kind, n, size, channels, factor, widen, stride, slope, with_residual, double, seed):
+    """Random convs of each path a conv run once takes (the depthwise chain, pointwise
+    panels, few-position tiles), against the SciPy reference (NumPy's einsum for the
+    pointwise convs), and the same bits for 1 to 4 threads."""
+    dtype = np.float64 if double else np.float32
+    rng = np.random.default_rng(seed)
+    groups, padding = 1, 0
+    if kind == "depthwise":
+        weight_shape, groups, padding = (channels, 1, 3, 3), channels, 1
+    elif kind == "panels":
+        n, stride = n * 8, 1          # enough positions in all for the panels
+        other = channels * factor if widen else max(1, channels // factor)
+        weight_shape = (other, channels, 1, 1)
+    else:
+        n, size = 1, min(size, 8)     # 64 positions or fewer
+        weight_shape, padding = (64 + channels, channels // 4, 3, 3), 1
+    x = rng.normal(size=(n, weight_shape[1] * groups, size, size)).astype(dtype)
+    weight = rng.normal(size=weight_shape).astype(dtype)
+    bias = rng.normal(size=weight_shape[0]).astype(dtype)
+    if kind == "panels":
+        expected = (np.einsum("nkhw,mk->nmhw", x.astype(np.float64),
+                              weight[:, :, 0, 0].astype(np.float64))
+                    + bias[None, :, None, None])
+    else:
+        expected = conv2d_reference(x, weight, bias, (stride,) * 2, (padding,) * 2, (1, 1),
+                                    groups)
+    residual = rng.normal(size=expected.shape).astype(dtype) if with_residual else None
+    if residual is not None:
+        expected = expected + residual
+    if slope is not None:
+        expected = np.where(expected > 0, expected, slope * expected)
+    before = fastdl.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3, 4):
+            fastdl.set_num_threads(threads)
+            outs.append(conv.conv2d_forward(x, weight, bias, stride, padding, 1, groups,
+                                            residual=residual, negative_slope=slope))
+    finally:
+        fastdl.set_num_threads(before)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(outs[0], expected, rtol=rtol,
+                               atol=rtol * max(1.0, np.abs(expected).max()))
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])

@@ -36,7 +36,9 @@ LONG_RUN_BYTES = 32768
 # and 8x8 maps a run is one to four cache lines, the next image's a whole image
 # further, and the per-run prefetches and loop overheads cost more than the run (N32
 # C960 4^2, backward 0.94 ms against torch's 0.19). Every sum is still formed run by
-# run in the same order, so the results are the same bits either way.
+# run in the same order; the float64 moment merge may be reassociated differently in
+# the two loops (fastmath ``reassoc``), so the two walks agree to rounding, not always
+# to the bit. Which walk runs depends on the shape alone, never on the thread count.
 SHORT_RUN_BYTES = 256
 
 

@@ -193,8 +193,7 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
             return conv_once.chain_runner(layer, threads)
         return depthwise.forward_runner(input_shape, weight, bias, stride, padding, threads,
                                         negative_slope)
-    if once and conv_once.by_panels(n, positions, weight.shape, stride, padding, groups,
-                                    threads):
+    if once and conv_once.by_panels(n, positions, weight.shape, stride, padding, groups):
         layer = pointwise.PointwiseLayer(input_shape, weight, bias, negative_slope, threads)
         return conv_once.chain_runner(layer, threads)
     if once and conv_once.by_channels(n, positions, weight.shape, stride, padding, groups):
@@ -332,7 +331,7 @@ def _grad_input_as_forward(grad_out_shape, weight, stride, padding, dilation, gr
     flipped_shape = (weight.shape[1], weight.shape[0], kh, kw)
     threads = _threads_for(multiply_adds)
     if conv_once.by_panels(grad_out_shape[0], grad_out_shape[2] * grad_out_shape[3],
-                           flipped_shape, stride, padding, groups, threads):
+                           flipped_shape, stride, padding, groups):
         # a 1x1 filter turned is itself: the pointwise conv of the swapped channels
         swapped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3))
         layer = pointwise.PointwiseLayer(grad_out_shape, swapped, None, None, threads)

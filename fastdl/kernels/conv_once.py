@@ -57,13 +57,14 @@ THIN_MIN_CHANNELS = 64
 #   and 96 -> 96, batch 32, 0.19 -> 0.21 and 0.20 -> 0.21 ms);
 # - positions an image (``PANEL_MIN_POSITIONS``): a dense layer's batch of 64 on 1x1
 #   maps, 0.027 -> 0.060;
-# - a second thread's worth of work (``conv._WORK_PER_THREAD``):
+# - work worth a second thread (``PANEL_MIN_WORK``, twice ``conv._WORK_PER_THREAD``):
 #   below, setting up the chain costs more than it saves (ShuffleNetV2 0.5x at batch
 #   1, 3.56 -> 3.90 ms a forward).
 PANEL_MIN_POSITIONS = 16
 PANEL_MIN_CHANNELS = 32
 PANEL_COLUMNS = 512
 PANEL_ASPECT = 2
+PANEL_MIN_WORK = 2_000_000
 
 
 def is_pointwise(kernel_size, stride, padding):
@@ -72,15 +73,18 @@ def is_pointwise(kernel_size, stride, padding):
         tuple(padding) == (0, 0)
 
 
-def by_panels(n_images, positions, weight_shape, stride, padding, groups, threads):
+def by_panels(n_images, positions, weight_shape, stride, padding, groups):
     """Whether a pointwise conv run once takes the pointwise kernels' register tiles on
     weights packed in panels (``kernels.pointwise``): one group, enough positions an
     image (``PANEL_MIN_POSITIONS``) and in all (``PANEL_COLUMNS``), enough input
     channels (``PANEL_MIN_CHANNELS``), channels widened or narrowed by
-    ``PANEL_ASPECT`` or more, and work for a second thread (``threads``, the count the
-    conv's work is worth)."""
+    ``PANEL_ASPECT`` or more, and ``PANEL_MIN_WORK`` multiply-adds. The rule reads the
+    shapes only, never the thread count: the paths round differently, and a conv gives
+    the same bits on any number of threads."""
     out_channels, in_channels = weight_shape[:2]
-    return (threads > 1 and groups == 1 and is_pointwise(weight_shape[2:], stride, padding)
+    multiply_adds = n_images * positions * out_channels * in_channels
+    return (multiply_adds >= PANEL_MIN_WORK and groups == 1
+            and is_pointwise(weight_shape[2:], stride, padding)
             and positions >= PANEL_MIN_POSITIONS and in_channels >= PANEL_MIN_CHANNELS
             and n_images * positions >= PANEL_COLUMNS
             and max(out_channels, in_channels) >= PANEL_ASPECT * min(out_channels,
