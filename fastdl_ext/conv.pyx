@@ -627,6 +627,14 @@ def unfold_into(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple ker
                                 kernel_size[1], stride, padding, dilation, out_w)
     cdef floating* phases = NULL
     cdef Py_ssize_t phase_size = _scratch_size(g, out_h)
+    cdef int axis, span
+    for axis in range(2):
+        span = dilation[axis] * (kernel_size[axis] - 1) + 1
+        if (min(stride[axis], dilation[axis], kernel_size[axis]) < 1 or padding[axis] < 0
+                or (out_h, out_w)[axis] != (x.shape[2 + axis] + 2 * padding[axis] - span)
+                // stride[axis] + 1):
+            raise ValueError("unfold_into: out_h, out_w must be the conv's output size, got "
+                             "%d, %d" % (out_h, out_w))
     if cols.shape[0] != k or width < <Py_ssize_t>n_images * positions:
         raise ValueError("unfold_into: cols must be (%d, >= %d), got (%d, %d)"
                          % (k, n_images * positions, cols.shape[0], cols.shape[1]))

@@ -137,6 +137,10 @@ def test_the_compiled_loops_check_their_shapes():
     with pytest.raises(ValueError):
         fastdl_ext.conv.unfold_into(np.zeros((2, 2, 4, 4)), np.zeros((18, 16)), (3, 3),
                                     (1, 1), (1, 1), (1, 1), 4, 4)
+    for out_h, out_w in ((5, 4), (4, 9), (40, 40)):   # not the conv's output: refused
+        with pytest.raises(ValueError, match="output size"):
+            fastdl_ext.conv.unfold_into(np.zeros((1, 2, 4, 4)), np.zeros((18, 1600)), (3, 3),
+                                        (1, 1), (1, 1), (1, 1), out_h, out_w)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
