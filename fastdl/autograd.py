@@ -225,6 +225,9 @@ class Tensor:
         elif not isinstance(value, np.ndarray):
             value = _as_array(value)
         if self._grad_storage is not None:   # packed into flat buffers
+            from fastdl import tensor_deferred   # (imports this module)
+            if tensor_deferred.scope.live:   # a deferred conv may read the array written
+                tensor_deferred.materialize_all()
             current = self._data
             if value.shape == current.shape and value.dtype == current.dtype:
                 if value is not current:

@@ -19,7 +19,8 @@ Every one goes through :func:`update_in_place`:
 """
 import numpy as np
 
-from fastdl import tensor_math, tensor_ops, tensor_shape  # by module: any import order
+from fastdl import (tensor_deferred, tensor_math, tensor_ops,  # by module: any import order
+                    tensor_shape)
 from fastdl.autograd import (Function, Tensor, _grad_mode, normalize_dim, tensor_method,
                              unbroadcast)
 from fastdl.random import as_numpy_generator
@@ -60,6 +61,8 @@ def update_in_place(self, function, operands, write):
     Tensor
         self.
     """
+    if tensor_deferred.scope.live:   # no deferred conv may read an operand written after
+        tensor_deferred.materialize_all()
     operand_grad = any(isinstance(o, Tensor) and o.requires_grad for o in operands)
     if _grad_mode.enabled and (self.requires_grad or operand_grad):
         if self._ctx is None and self.requires_grad:
@@ -131,6 +134,10 @@ def _arithmetic(self, other, function, ufunc):
 # ------------------------------------------------------------ arithmetic
 @tensor_method
 def __iadd__(self, other):
+    if type(self) is tensor_deferred.DeferredTensor:   # a conv's output: its residual
+        fused = tensor_deferred.with_residual(self, other, in_place=True)
+        if fused is not None:
+            return fused
     return _arithmetic(self, other, tensor_ops.Add, np.add)
 
 

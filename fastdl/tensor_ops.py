@@ -15,6 +15,7 @@ import numpy as np
 
 from fastdl.autograd import Function, Tensor, tensor_method, unbroadcast
 from fastdl.dtypes import get_default_dtype
+from fastdl import tensor_deferred   # by module: it imports this one through autograd
 
 __all__ = ["unbroadcast", "promote", "cast", "add", "sub", "mul", "div", "matmul", "mm",
            "bmm", "power"]
@@ -290,6 +291,13 @@ def _floor_operation(ufunc, a, b):
 
 @tensor_method
 def __add__(self, other):
+    deferred = tensor_deferred.DeferredTensor
+    if type(self) is deferred or type(other) is deferred:   # a conv's output: its residual
+        fused = tensor_deferred.with_residual(self, other)
+        if fused is None:
+            fused = tensor_deferred.with_residual(other, self)
+        if fused is not None:
+            return fused
     return _binary(Add, self, other)
 
 

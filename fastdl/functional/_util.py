@@ -2,6 +2,7 @@
 import numpy as np
 
 from fastdl._checks import check_reduction  # noqa: F401  (re-exported)
+from fastdl import tensor_deferred
 from fastdl.autograd import Tensor
 from fastdl.tensor_convert import data_of  # noqa: F401  (re-exported)
 
@@ -30,6 +31,8 @@ def finish_inplace(input, output, inplace):
     grad), the result stays a new Tensor so saved arrays are never overwritten."""
     if not inplace or output.requires_grad:
         return output
+    if tensor_deferred.scope.live:   # no deferred conv may read an operand written after
+        tensor_deferred.materialize_all()
     target = data_of(input)
     if target is not output.array:
         np.copyto(target, output.array)

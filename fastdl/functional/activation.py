@@ -14,6 +14,7 @@ from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, check_float, data_of, finish_inplace
 from fastdl.kernels import activation as kernels
 from fastdl.random import as_numpy_generator
+from fastdl.tensor_deferred import DeferredTensor, with_relu
 
 
 class _FromOutput(Function):
@@ -47,6 +48,10 @@ Tanh = _from_output("Tanh", kernels.tanh_forward, kernels.tanh_backward)
 
 def relu(input, inplace=False):
     """``max(input, 0)``."""
+    if type(input) is DeferredTensor:   # a conv's output: its activation
+        fused = with_relu(input, inplace)
+        if fused is not None:
+            return fused
     check_float("relu", "input", input)
     return finish_inplace(input, ReLU.apply(as_tensor(input)), inplace)
 

@@ -6,11 +6,13 @@ As torch's, inputs may be batched ``(N, C, H, W)`` or one sample ``(C, H, W)``
 or ``'same'`` (stride 1; an odd total padding puts the extra row/column at
 the end, by zero-padding the input first, as ATen does).
 """
+from fastdl import tensor_deferred
 from fastdl._checks import is_int, pair
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, data_of
 from fastdl.functional.padding import pad as _pad
 from fastdl.kernels import activation as activation_kernels, conv as kernels
+from fastdl.shapes import conv_output_size
 
 __all__ = ["conv1d", "conv2d", "conv2d_relu", "conv_transpose1d", "conv_transpose2d",
            "same_padding"]
@@ -83,9 +85,35 @@ def _apply_conv2d(op, input, weight, bias, stride, padding, dilation, groups, re
         input, padding = _string_padding(op, input, weight, padding, stride, dilation)
     stride, padding, dilation, _ = kernels.check_conv2d_args(
         op, data_of(input), data_of(weight), data_of(bias), stride, padding, dilation, groups)
+    if not unbatched and tensor_deferred.active(input, weight, bias):
+        return _deferred_conv2d(data_of(input), data_of(weight), data_of(bias), stride,
+                                padding, dilation, groups, relu)
     out = Conv2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride, padding,
                        dilation, groups, relu)
     return out.reshape(out.shape[1:]) if unbatched else out
+
+
+def _deferred_conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
+    """The conv as a ``DeferredTensor``: its values computed when first read, with the
+    batch norm, residual add and ReLU applied to it meanwhile in its epilogue."""
+    shape = (x.shape[0], weight.shape[0]) + tuple(
+        conv_output_size(x.shape[2 + axis], weight.shape[2 + axis], stride[axis],
+                         padding[axis], dilation[axis]) for axis in (0, 1))
+    return tensor_deferred.defer(tensor_deferred.Epilogue(
+        _run_deferred_conv2d, (x, weight, bias, stride, padding, dilation, groups), shape,
+        x.dtype, slope=0.0 if relu else None, fold_size=weight.size))
+
+
+def _run_deferred_conv2d(epilogue):
+    x, weight, bias, stride, padding, dilation, groups = epilogue.operands
+    if epilogue.scale is not None:   # a batch norm folded in (as deploy.fusion does)
+        scale = epilogue.scale
+        weight = weight * scale.astype(weight.dtype).reshape(-1, 1, 1, 1)
+        shift = epilogue.shift if bias is None else bias * scale + epilogue.shift
+        bias = shift.astype(weight.dtype)
+    return kernels.conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation,
+                                            groups, residual=epilogue.residual,
+                                            negative_slope=epilogue.slope)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

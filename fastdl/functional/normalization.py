@@ -10,6 +10,7 @@ import numbers
 
 import numpy as np
 
+from fastdl import tensor_deferred
 from fastdl._checks import is_int
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, check_float, contiguous, data_of
@@ -46,6 +47,25 @@ class BatchNorm(_Normalization):
         return y
 
 
+def fold_into_conv(input, running_mean, running_var, weight, bias, eps):
+    """Eval-mode batch norm of a conv's deferred output (``tensor_deferred``), folded into
+    the conv; None where it is not one."""
+    if type(input) is not tensor_deferred.DeferredTensor or running_mean is None \
+            or running_var is None:
+        return None
+    mean, var = data_of(running_mean), data_of(running_var)
+    epilogue = tensor_deferred.foldable(input, mean.shape[0])
+    if epilogue is None:
+        return None
+    scale = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+    if weight is not None:
+        scale *= data_of(weight)
+    shift = -mean * scale
+    if bias is not None:
+        shift += data_of(bias)
+    return tensor_deferred.with_affine(epilogue, scale, shift)
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, num_batches_tracked=None):
     """Batch normalisation, as ``torch.nn.functional.batch_norm``.
@@ -54,6 +74,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     ``running_mean``/``running_var`` in place (unbiased variance); eval uses
     the running statistics.
     """
+    if not training:
+        folded = fold_into_conv(input, running_mean, running_var, weight, bias, eps)
+        if folded is not None:
+            return folded
     check_float("batch_norm", "input", input)
     return BatchNorm.apply(as_tensor(input), as_tensor(weight), as_tensor(bias),
                            data_of(running_mean), data_of(running_var), training, momentum,

@@ -19,6 +19,7 @@ from fastdl.dtypes import resolve_dtype
 from fastdl.nn._state_dict import StateDictError, StateDictMixin  # noqa: F401
 from fastdl.nn.hooks import RemovableHandle
 from fastdl.nn.parameter import Parameter
+from fastdl.tensor_deferred import materialize_all, scope as _deferral
 
 __all__ = ["Module", "RemovableHandle"]
 
@@ -464,9 +465,18 @@ class Module(StateDictMixin):
                                   % type(self).__name__)  # abstract
 
     def __call__(self, *args, **kwargs):
-        if self._forward_pre_hooks or self._forward_hooks:
-            return self._call_with_hooks(args, kwargs)
-        return self.forward(*args, **kwargs)
+        # ops inside a forward may defer a conv's epilogue (tensor_deferred); nothing
+        # deferred outlives the outermost call
+        depth = _deferral.depth
+        _deferral.depth = depth + 1
+        try:
+            if self._forward_pre_hooks or self._forward_hooks:
+                return self._call_with_hooks(args, kwargs)
+            return self.forward(*args, **kwargs)
+        finally:
+            _deferral.depth = depth
+            if depth == 0 and _deferral.live:
+                materialize_all()
 
     def _call_with_hooks(self, args, kwargs):
         for hook, with_kwargs in tuple(self._forward_pre_hooks.values()):

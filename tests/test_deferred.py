@@ -1,0 +1,277 @@
+"""Deferred conv epilogues (fastdl.tensor_deferred): eval-mode batch norm, residual add and
+ReLU folded into the conv inside a module call, checked against the plain path (the same
+model with deferral off) on random models, and the rules that keep it a plain tensor's
+semantics."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastdl
+import fastdl.nn.functional as F
+from fastdl import nn, tensor_deferred
+from fastdl.autograd import Tensor
+
+
+@pytest.fixture
+def plain():
+    """Run a block with deferral off, restoring the switch after."""
+    def run(function, *args):
+        tensor_deferred.enabled = False
+        try:
+            return function(*args)
+        finally:
+            tensor_deferred.enabled = True
+    return run
+
+
+def _random_bn(rng, channels, dtype, affine=True):
+    bn = nn.BatchNorm2d(channels, affine=affine, dtype=dtype)
+    bn.running_mean[:] = rng.standard_normal(channels)
+    bn.running_var[:] = rng.uniform(0.2, 3.0, channels)
+    if affine:
+        bn.weight.data = fastdl.tensor(rng.standard_normal(channels).astype(dtype))
+        bn.bias.data = fastdl.tensor(rng.standard_normal(channels).astype(dtype))
+    return bn
+
+
+class RandomBlock(nn.Module):
+    """conv -> [bn] -> [+ shortcut, as ``+``, ``+=`` or ``shortcut + out``] -> [relu, as
+    F.relu, nn.ReLU(inplace) or relu_ before the add], in a random arrangement."""
+
+    def __init__(self, rng, channels, dtype):
+        super().__init__()
+        kernel = int(rng.choice([1, 3]))
+        depthwise = kernel == 3 and rng.random() < 0.3
+        self.stride = int(rng.choice([1, 1, 2]))
+        groups = channels if depthwise else 1
+        out_channels = channels if depthwise or rng.random() < 0.6 else channels * 2
+        self.conv = nn.Conv2d(channels, out_channels, kernel, stride=self.stride,
+                              padding=kernel // 2, groups=groups, bias=bool(rng.random() < 0.4),
+                              dtype=dtype)
+        self.bn = (_random_bn(rng, out_channels, dtype, affine=bool(rng.random() < 0.8))
+                   if rng.random() < 0.8 else None)
+        self.add = (rng.choice(["plus", "iadd", "reversed"])
+                    if self.stride == 1 and out_channels == channels and rng.random() < 0.6
+                    else None)
+        self.relu = rng.choice(["functional", "module", "none", "before_add"])
+        self.inplace_relu = nn.ReLU(inplace=True)
+        self.out_channels = out_channels
+
+    def forward(self, x):
+        out = self.conv(x)
+        if self.bn is not None:
+            out = self.bn(out)
+        if self.relu == "before_add":
+            out = F.relu(out)
+        if self.add == "plus":
+            out = out + x
+        elif self.add == "iadd":
+            out += x
+        elif self.add == "reversed":
+            out = x + out
+        if self.relu == "functional":
+            out = F.relu(out)
+        elif self.relu == "module":
+            out = self.inplace_relu(out)
+        return out
+
+
+def _random_model(rng, channels, dtype):
+    blocks = []
+    for _ in range(int(rng.integers(1, 5))):
+        block = RandomBlock(rng, channels, dtype)
+        blocks.append(block)
+        channels = block.out_channels
+    return nn.Sequential(*blocks).eval()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_models_equal_the_plain_path(seed, plain):
+    rng = np.random.default_rng(seed)
+    dtype = np.float64 if seed % 4 == 3 else np.float32
+    channels = int(rng.choice([2, 3, 8, 16]))
+    model = _random_model(rng, channels, dtype)
+    for batch in (1, 3, 8):
+        size = int(rng.integers(4, 12))
+        x = fastdl.tensor(rng.standard_normal((batch, channels, size, size)).astype(dtype))
+        with _threads(int(rng.integers(1, 3))), fastdl.no_grad():
+            fused = model(x)
+            expected = plain(model, x)
+        assert type(fused) is Tensor and fused.dtype == expected.dtype
+        tolerance = 1e-12 if dtype == np.float64 else 2e-5
+        scale = max(1.0, float(np.abs(expected.numpy()).max()))
+        np.testing.assert_allclose(fused.numpy(), expected.numpy(), rtol=tolerance,
+                                   atol=tolerance * scale)
+
+
+class _threads:
+    def __init__(self, count):
+        self.count = count
+
+    def __enter__(self):
+        self.before = fastdl.get_num_threads()
+        fastdl.set_num_threads(self.count)
+
+    def __exit__(self, *exc):
+        fastdl.set_num_threads(self.before)
+
+
+class ConvBnRelu(nn.Module):
+    def __init__(self, rng, dtype=np.float32):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, dtype=dtype)
+        self.bn = _random_bn(rng, 4, dtype)
+        self.seen = {}
+
+    def forward(self, x):
+        raw = self.conv(x)
+        normed = self.bn(raw)
+        out = F.relu(normed)
+        self.seen["raw"], self.seen["normed"] = raw, normed
+        return out
+
+
+def test_each_tensor_keeps_its_own_value(plain):
+    """A conv's output read after a batch norm and a ReLU took it: each of the three is
+    its own value (the conv runs again for the one read)."""
+    rng = np.random.default_rng(0)
+    model = ConvBnRelu(rng).eval()
+    x = fastdl.randn(2, 4, 6, 6)
+    with fastdl.no_grad():
+        out = model(x)
+        raw, normed = model.seen["raw"], model.seen["normed"]
+        assert type(raw) is Tensor and type(normed) is Tensor   # computed on return
+        conv_only = plain(model.conv, x)
+        bn_only = plain(model.bn, conv_only)
+    np.testing.assert_allclose(raw.numpy(), conv_only.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(normed.numpy(), bn_only.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), np.maximum(bn_only.numpy(), 0), rtol=1e-5,
+                               atol=1e-5)
+
+
+class WritesItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+
+    def forward(self, x):
+        out = self.conv(x)
+        x.mul_(0.0)   # the conv was called before: its output must not see this
+        return F.relu(out)
+
+
+def test_in_place_write_after_the_call_is_not_seen(plain):
+    x = fastdl.randn(1, 3, 4, 4)
+    model = WritesItsInput().eval()
+    with fastdl.no_grad():
+        expected = np.maximum(plain(model.conv, x).numpy(), 0)
+        out = model(x)
+    assert not np.any(x.numpy())
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+class WritesInPlaceActivation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+
+    def forward(self, x):
+        out = self.conv(x)
+        F.relu(x, inplace=True)
+        return out + x
+
+
+def test_in_place_activation_of_an_operand_is_not_seen(plain):
+    x = fastdl.randn(1, 3, 4, 4)
+    model = WritesInPlaceActivation().eval()
+    with fastdl.no_grad():
+        conv = plain(model.conv, x).numpy()
+        out = model(x.clone())
+    np.testing.assert_allclose(out.numpy(), conv + np.maximum(x.numpy(), 0), rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_hooks_and_outside_modules_see_values():
+    rng = np.random.default_rng(1)
+    model = ConvBnRelu(rng).eval()
+    seen = []
+    model.bn.register_forward_hook(lambda module, args, output: seen.append(output.numpy()
+                                                                            .copy()))
+    x = fastdl.randn(2, 4, 5, 5)
+    with fastdl.no_grad():
+        out = model(x)
+        direct = F.conv2d(x, model.conv.weight, model.conv.bias, padding=1)
+    assert type(direct) is Tensor          # outside a module call: computed at once
+    np.testing.assert_allclose(np.maximum(seen[0], 0), out.numpy(), rtol=1e-6)
+
+
+def test_nothing_deferred_when_autograd_records_or_in_training():
+    rng = np.random.default_rng(2)
+    model = ConvBnRelu(rng)
+    x = fastdl.randn(2, 4, 5, 5)
+    model.eval()
+    out = model(x)                          # grad mode on, parameters require grad
+    assert out.grad_fn is not None
+    out.sum().backward()
+    assert model.conv.weight.grad is not None
+    model.train()
+    with fastdl.no_grad():
+        before = model.bn.running_mean.copy()
+        model(x)
+    assert not np.array_equal(before, model.bn.running_mean)   # batch statistics ran
+
+
+class Raises(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        self.out = F.relu(self.conv(x))
+        raise ValueError("boom")
+
+
+def test_an_exception_leaves_nothing_deferred():
+    model = Raises().eval()
+    with fastdl.no_grad(), pytest.raises(ValueError):
+        model(fastdl.randn(1, 2, 3, 3))
+    assert tensor_deferred.scope.depth == 0 and not tensor_deferred.scope.live
+    assert type(model.out) is Tensor
+
+
+def test_threads_share_a_model(plain):
+    rng = np.random.default_rng(3)
+    model = _random_model(rng, 8, np.float32)
+    inputs = [fastdl.tensor(rng.standard_normal((2, 8, 9, 9)).astype(np.float32))
+              for _ in range(4)]
+    with fastdl.no_grad():
+        expected = [plain(model, x).numpy() for x in inputs]
+    results, errors = [None] * 4, []
+
+    def work(index):
+        try:
+            with fastdl.no_grad():
+                for _ in range(5):
+                    results[index] = model(inputs[index]).numpy()
+        except Exception as error:   # reported below
+            errors.append(error)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_deploy_trace_sees_the_plain_ops():
+    from fastdl import deploy
+    rng = np.random.default_rng(4)
+    model = _random_model(rng, 8, np.float32)
+    x = rng.standard_normal((2, 8, 8, 8)).astype(np.float32)
+    plan = deploy.compile(model, x)
+    with fastdl.no_grad():
+        expected = model(fastdl.tensor(x)).numpy()
+    np.testing.assert_allclose(plan(x), expected, rtol=1e-4, atol=1e-4)
