@@ -8,8 +8,10 @@ model call:
 
 * Inside a module's forward (``scope.depth > 0``), with nothing to record, ``conv2d``
   returns a :class:`DeferredTensor`: the conv's operands, not yet its values.
-* An eval-mode batch norm of it folds into the conv's weights and bias
-  (``w * scale``, ``(b - mean) * scale + beta``, as ``deploy.fusion``); an add of a
+* An eval-mode batch norm of it folds into the conv (``w * scale``, ``(b - mean) *
+  scale + beta``, as ``deploy.fusion``; where the weights outnumber the outputs, as in
+  ResNet-18's last stages at batch 1, a pass over the output in place instead, with the
+  residual and activation, costs less than rewriting them); an add of a
   tensor of its shape and dtype becomes the conv's residual; a ReLU its activation, in
   that order (the conv's epilogue order). Each gives a new deferred tensor (``relu_``
   and ``+=`` update the tensor itself), so the tensor they took keeps its own value.
@@ -69,19 +71,14 @@ class Epilogue:
         Added after the conv (and the folded norm), C-contiguous, ``shape`` and ``dtype``.
     slope : float or None
         The activation last: 0.0 ReLU.
-    fold_size : int
-        Elements a folded norm rewrites (the conv's weights): a norm folds only where
-        they are no more than the output's, whose own pass it saves (ResNet-18 at batch
-        1: 11M weights for 0.3M outputs).
     """
 
     __slots__ = ("compute", "operands", "shape", "dtype", "scale", "shift", "residual",
-                 "slope", "fold_size")
+                 "slope")
 
     def __init__(self, compute, operands, shape, dtype, scale=None, shift=None,
-                 residual=None, slope=None, fold_size=0):
+                 residual=None, slope=None):
         self.compute, self.operands = compute, operands
-        self.fold_size = fold_size
         self.shape, self.dtype = shape, dtype
         self.scale, self.shift = scale, shift
         self.residual, self.slope = residual, slope
@@ -213,17 +210,13 @@ def with_relu(tensor, in_place=False):
 
 def foldable(tensor, channels):
     """The epilogue into which a per-channel affine map of ``tensor`` (``channels`` of
-    them, axis 1) can fold, before its residual and activation; None where it cannot or
-    where that would cost more than it saves (``Epilogue.fold_size``)."""
+    them, axis 1) can fold, before its residual and activation; None where it cannot."""
     epilogue = pending(tensor)
     if (epilogue is None or epilogue.residual is not None or epilogue.slope is not None
             or epilogue.scale is not None or len(epilogue.shape) < 2
             or epilogue.shape[1] != channels or not active()):
         return None
-    size = 1
-    for extent in epilogue.shape:
-        size *= extent
-    return epilogue if epilogue.fold_size <= size else None
+    return epilogue
 
 
 def with_affine(epilogue, scale, shift):

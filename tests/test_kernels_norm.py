@@ -681,3 +681,37 @@ def test_prefetch_leaves_arrays_as_they_are(dtype, for_write):
     assert touch(rows) == before.sum()
     np.testing.assert_array_equal(rows, before)
     assert request(rows[0]) is None
+
+
+# ---------------------------------------------------------------------------
+# Per-channel affine epilogue (eval batch norm after a conv)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 7, 1, 1), (3, 20, 900), (5, 4)])
+@pytest.mark.parametrize("residual,slope", [(False, None), (True, None), (True, 0.0),
+                                            (False, 0.1)])
+def test_channel_affine_matches_numpy(rng, dtype, shape, residual, slope):
+    x = rng.standard_normal(shape).astype(dtype)
+    scale, shift = rng.standard_normal((2, shape[1]))
+    extra = rng.standard_normal(shape).astype(dtype) if residual else None
+    axes = (1, -1) + (1,) * (len(shape) - 2)
+    expected = (x.astype(np.float64) * scale.astype(dtype).reshape(axes)
+                + shift.astype(dtype).reshape(axes) + (0 if extra is None else extra))
+    if slope is not None:
+        expected = np.where(expected > 0, expected, slope * expected)
+    out = x.copy()
+    assert norm.channel_affine_(out, scale, shift, extra, slope) is out
+    np.testing.assert_allclose(out, expected, **tolerance(dtype))
+
+
+def test_channel_affine_refuses_bad_arguments(rng):
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="scale and shift"):
+        norm.channel_affine_(x, np.ones(2), np.zeros(3))
+    with pytest.raises(ValueError, match="residual"):
+        norm.channel_affine_(x, np.ones(3), np.zeros(3), np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        norm.channel_affine_(x[:, :, ::2], np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="float32/float64"):
+        norm.channel_affine_(x.astype(np.int32), np.ones(3), np.zeros(3))

@@ -12,6 +12,7 @@ from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, data_of
 from fastdl.functional.padding import pad as _pad
 from fastdl.kernels import activation as activation_kernels, conv as kernels
+from fastdl.kernels import norm as norm_kernels
 from fastdl.shapes import conv_output_size
 
 __all__ = ["conv1d", "conv2d", "conv2d_relu", "conv_transpose1d", "conv_transpose2d",
@@ -101,19 +102,26 @@ def _deferred_conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
                          padding[axis], dilation[axis]) for axis in (0, 1))
     return tensor_deferred.defer(tensor_deferred.Epilogue(
         _run_deferred_conv2d, (x, weight, bias, stride, padding, dilation, groups), shape,
-        x.dtype, slope=0.0 if relu else None, fold_size=weight.size))
+        x.dtype, slope=0.0 if relu else None))
 
 
 def _run_deferred_conv2d(epilogue):
     x, weight, bias, stride, padding, dilation, groups = epilogue.operands
-    if epilogue.scale is not None:   # a batch norm folded in (as deploy.fusion does)
-        scale = epilogue.scale
+    scale, residual, slope = epilogue.scale, epilogue.residual, epilogue.slope
+    if scale is not None:   # a batch norm: y = z * scale + shift
+        if weight.size * 2 > x.shape[0] * epilogue.shape[1] * epilogue.shape[2] \
+                * epilogue.shape[3]:
+            # more weights than outputs (ResNet-18's last stages at batch 1): one pass
+            # over the output after the conv costs less than rewriting the weights
+            out = kernels.conv2d_forward_unchecked(x, weight, bias, stride, padding,
+                                                   dilation, groups)
+            return norm_kernels.channel_affine_(out, scale, epilogue.shift, residual, slope)
+        # folded into the weights and bias, as deploy.fusion does
         weight = weight * scale.astype(weight.dtype).reshape(-1, 1, 1, 1)
         shift = epilogue.shift if bias is None else bias * scale + epilogue.shift
         bias = shift.astype(weight.dtype)
     return kernels.conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation,
-                                            groups, residual=epilogue.residual,
-                                            negative_slope=epilogue.slope)
+                                            groups, residual=residual, negative_slope=slope)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

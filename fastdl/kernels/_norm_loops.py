@@ -351,6 +351,33 @@ def _normalize_given(x, weight, bias, n_params, n_sub, mean, inv_std, y):
 normalize_given_kernel = jit(_normalize_given, parallel=True, fastmath=_FASTMATH)
 
 
+def _channel_epilogue(x, scale, shift, residual, add_residual, activate, slope):
+    # in place on x (A, K, B): x = act(x * scale[k] + shift[k] (+ residual)), over the
+    # flat arrays in memory order, items as _normalize_given's
+    n_outer, n_kept, n_run = x.shape
+    x_flat = x.reshape(-1)
+    residual_flat = residual.reshape(-1)
+    segments = n_outer * n_kept
+    per_item = max(1, _GIVEN_ITEM // max(n_run, 1))
+    for item in prange((segments + per_item - 1) // per_item):
+        for segment in range(item * per_item, min(segments, (item + 1) * per_item)):
+            k = segment % n_kept
+            factor = scale[k]
+            offset = shift[k]
+            x_segment = x_flat[segment * n_run:(segment + 1) * n_run]
+            residual_segment = residual_flat[segment * n_run:(segment + 1) * n_run]
+            for i in range(n_run):
+                value = x_segment[i] * factor + offset
+                if add_residual:
+                    value += residual_segment[i]
+                if activate and value < 0:
+                    value *= slope
+                x_segment[i] = value
+
+
+channel_epilogue_kernel = jit(_channel_epilogue, parallel=True, fastmath=_FASTMATH)
+
+
 def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_weight_part,
                  grad_bias_part, write_ahead):
     """Per-``k`` sums of ``w·g`` and ``w·g·x_hat``; per-parameter sums into the parts.

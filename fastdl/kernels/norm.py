@@ -69,11 +69,13 @@ import numpy as np
 # is_int tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_int
-from fastdl.kernels._norm_loops import moments_kernel, normalize_input_grad_kernel
+from fastdl.kernels._norm_loops import (channel_epilogue_kernel, moments_kernel,
+                                        normalize_input_grad_kernel)
 
 __all__ = [
     "batch_norm_forward", "batch_norm_backward",
     "batch_norm_statistics", "batch_norm_backward_reduce", "batch_norm_backward_input",
+    "channel_affine_",
     "layer_norm_forward", "layer_norm_backward",
     "group_norm_forward", "group_norm_backward",
     "instance_norm_forward", "instance_norm_backward",
@@ -267,6 +269,47 @@ def batch_norm_backward_input(grad_out, x, mean, inv_std, weight, sum_grad, sum_
     normalize_input_grad_kernel(layout.view(grad_out), layout.view(x), weight, layout.n_params,
                                 layout.n_sub, mean, inv_std, mean_grad, mean_grad_x_hat, grad_x)
     return grad_x.reshape(x.shape)
+
+
+def channel_affine_(x, scale, shift, residual=None, negative_slope=None):
+    """``x = act(x * scale + shift + residual)`` in place, per channel (axis 1): an eval-mode
+    batch norm applied after a conv (``scale = w / sqrt(var + eps)``, ``shift = b - mean *
+    scale``), with the conv's residual add and activation, in one pass.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, *spatial), C-contiguous, float32 or float64
+        Written in place.
+    scale, shift : ndarray (C,)
+        Rounded to x's dtype.
+    residual : ndarray, shape and dtype of x, optional
+    negative_slope : float, optional
+        ``v if v > 0 else negative_slope * v`` last (0: ReLU).
+
+    Returns
+    -------
+    x
+    """
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) \
+            or x.ndim < 2 or not x.flags.c_contiguous or not x.flags.writeable:
+        raise ValueError("channel_affine_: x must be a writable C-contiguous float32/float64 "
+                         "array of 2+ dimensions")
+    channels = x.shape[1]
+    scale = np.ascontiguousarray(scale, dtype=x.dtype)
+    shift = np.ascontiguousarray(shift, dtype=x.dtype)
+    if scale.shape != (channels,) or shift.shape != (channels,):
+        raise ValueError("channel_affine_: scale and shift must have shape (%d,), got %s, %s"
+                         % (channels, scale.shape, shift.shape))
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
+        raise ValueError("channel_affine_: residual must be a %s array of shape %s, got %s %s"
+                         % (x.dtype, x.shape, residual.dtype, residual.shape))
+    view = x.reshape(x.shape[0], channels, -1)
+    channel_epilogue_kernel(view, scale, shift,
+                            view if residual is None else np.ascontiguousarray(
+                                residual).reshape(view.shape),
+                            residual is not None, negative_slope is not None,
+                            x.dtype.type(0.0 if negative_slope is None else negative_slope))
+    return x
 
 
 # ---------------------------------------------------------------------------
