@@ -71,10 +71,17 @@ class Epilogue:
         Added after the conv (and the folded norm), C-contiguous, ``shape`` and ``dtype``.
     slope : float or None
         The activation last: 0.0 ReLU.
+    result : ndarray or None
+        The values, once computed (by this epilogue's tensor or by a later conv that
+        took it as its input and computed both in one chain): computed once however
+        many read them. Every deferred tensor is computed before any in-place write,
+        so a result is never read after its array was written.
+    owner : weakref to the DeferredTensor made with this epilogue (None before)
     """
 
     __slots__ = ("compute", "operands", "shape", "dtype", "scale", "shift", "residual",
-                 "slope")
+                 "slope", "result", "owner")
+    _FIELDS = __slots__[:-2]   # what ``replace`` copies
 
     def __init__(self, compute, operands, shape, dtype, scale=None, shift=None,
                  residual=None, slope=None):
@@ -82,19 +89,34 @@ class Epilogue:
         self.shape, self.dtype = shape, dtype
         self.scale, self.shift = scale, shift
         self.residual, self.slope = residual, slope
+        self.result = self.owner = None
 
     def replace(self, **fields):
-        """A copy with ``fields`` changed (epilogues are never changed in place)."""
+        """A new epilogue with ``fields`` changed (epilogues are never changed in place;
+        the copy has no result and no owner yet)."""
         copy = Epilogue.__new__(Epilogue)
-        for name in self.__slots__:
+        for name in self._FIELDS:
             setattr(copy, name, fields.get(name, getattr(self, name)))
+        copy.result = copy.owner = None
         return copy
+
+    def settle(self, array):
+        """Record ``array`` as the values; the owner, if it still waits on this
+        epilogue, takes them."""
+        self.result = array
+        owner = self.owner() if self.owner is not None else None
+        if type(owner) is DeferredTensor and _SLOT.__get__(owner) is self:
+            _assign(owner, array)
 
 
 def _materialize(tensor):
     value = _SLOT.__get__(tensor)
     if isinstance(value, Epilogue):
-        value = value.compute(value)
+        epilogue = value
+        value = epilogue.result
+        if value is None:
+            value = epilogue.compute(epilogue)
+            epilogue.result = value
         _SLOT.__set__(tensor, value)
         tensor.__class__ = Tensor   # from now on a plain tensor, at plain speed
     return value
@@ -160,7 +182,8 @@ def defer(epilogue):
     tensor._out_index = 0
     tensor._grad_storage = None
     tensor._versions = None
-    scope.live.append(weakref.ref(tensor))
+    epilogue.owner = weakref.ref(tensor)
+    scope.live.append(epilogue.owner)
     return tensor
 
 
@@ -170,9 +193,10 @@ def pending(value):
 
 
 def materialize_all():
-    """Compute every tensor deferred in this thread's current module call."""
+    """Compute every tensor deferred in this thread's current module call (the latest
+    first: a conv chained to the convs before it computes them too)."""
     live, scope.live = scope.live, []
-    for reference in live:
+    for reference in reversed(live):
         tensor = reference()
         if type(tensor) is DeferredTensor:
             _materialize(tensor)
@@ -181,6 +205,7 @@ def materialize_all():
 def _update(tensor, epilogue, in_place):
     if in_place:
         _SLOT.__set__(tensor, epilogue)
+        epilogue.owner = weakref.ref(tensor)
         return tensor
     return defer(epilogue)
 

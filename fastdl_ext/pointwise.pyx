@@ -98,10 +98,12 @@ PANEL_ROWS = ROWS
 PACK = True
 
 
-def pack_into(const floating[:, ::1] rows, floating[:, :, ::1] packed):
-    """packed[b, k, r] = rows[b * PANEL_ROWS + r, k], zero past the rows (M, K): the
-    weights of a pointwise conv in panels (``kernels.pointwise.pack``), in one pass
-    (NumPy's transposing copy of 8-value runs took 0.4 ms for 1280 x 320 weights)."""
+def pack_into(const floating[:, ::1] rows, floating[:, :, ::1] packed,
+              const floating[::1] scale=None):
+    """packed[b, k, r] = rows[b * PANEL_ROWS + r, k] (times ``scale[row]`` where given: a
+    batch norm folded in), zero past the rows (M, K): the weights of a pointwise conv in
+    panels (``kernels.pointwise.pack``), in one pass (NumPy's transposing copy of 8-value
+    runs took 0.4 ms for 1280 x 320 weights)."""
     cdef Py_ssize_t m = rows.shape[0], k = rows.shape[1], panels = packed.shape[0]
     cdef Py_ssize_t panel, row, column, r
     if packed.shape[1] != k or packed.shape[2] != ROWS or panels * ROWS < m \
@@ -110,13 +112,22 @@ def pack_into(const floating[:, ::1] rows, floating[:, :, ::1] packed):
                          "got (%d, %d, %d) for (%d, %d)" % (ROWS, ROWS, packed.shape[0],
                                                             packed.shape[1], packed.shape[2],
                                                             m, k))
+    if scale is not None and scale.shape[0] != m:
+        raise ValueError("pack_into: scale must have %d values, got %d" % (m, scale.shape[0]))
     with nogil:
         # written in order, read as ROWS streams of rows
         for panel in range(panels):
-            for column in range(k):
-                for r in range(ROWS):
-                    row = panel * ROWS + r
-                    packed[panel, column, r] = rows[row, column] if row < m else 0
+            if scale is None:
+                for column in range(k):
+                    for r in range(ROWS):
+                        row = panel * ROWS + r
+                        packed[panel, column, r] = rows[row, column] if row < m else 0
+            else:
+                for column in range(k):
+                    for r in range(ROWS):
+                        row = panel * ROWS + r
+                        packed[panel, column, r] = (rows[row, column] * scale[row] if row < m
+                                                    else 0)
 
 
 cdef class PointwiseStep:

@@ -275,3 +275,49 @@ def test_deploy_trace_sees_the_plain_ops():
     with fastdl.no_grad():
         expected = model(fastdl.tensor(x)).numpy()
     np.testing.assert_allclose(plan(x), expected, rtol=1e-4, atol=1e-4)
+
+
+class Inverted(nn.Module):
+    """A MobileNetV2 block: pointwise, depthwise, pointwise, each with its batch norm,
+    keeping every intermediate."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.expand = nn.Conv2d(8, 48, 1, bias=False)
+        self.bn1 = _random_bn(rng, 48, np.float32)
+        self.depthwise = nn.Conv2d(48, 48, 3, padding=1, groups=48, bias=False)
+        self.bn2 = _random_bn(rng, 48, np.float32)
+        self.project = nn.Conv2d(48, 8, 1, bias=False)
+        self.bn3 = _random_bn(rng, 8, np.float32)
+        self.seen = []
+
+    def forward(self, x):
+        first = F.relu(self.bn1(self.expand(x)))
+        second = F.relu(self.bn2(self.depthwise(first)))
+        out = self.bn3(self.project(second)) + x
+        self.seen = [first, second]
+        return out
+
+
+def test_a_chain_computes_each_conv_once(plain, monkeypatch):
+    """Pointwise -> depthwise -> pointwise runs as one chain; every intermediate the
+    forward kept gets its values from it, without a conv of its own."""
+    from fastdl.functional import _deferred_conv
+    from fastdl.kernels import conv as conv_kernels
+    model = Inverted(np.random.default_rng(5)).eval()
+    x = fastdl.randn(4, 8, 10, 10)
+    with fastdl.no_grad():
+        expected = plain(model, x)
+        expected_seen = [t.numpy().copy() for t in model.seen]
+        chains, singles = [], []
+        run_chain, single = _deferred_conv._run_chain, conv_kernels.conv2d_forward_unchecked
+        monkeypatch.setattr(_deferred_conv, "_run_chain",
+                            lambda epilogue: chains.append(1) or run_chain(epilogue))
+        monkeypatch.setattr(conv_kernels, "conv2d_forward_unchecked",
+                            lambda *a, **k: singles.append(1) or single(*a, **k))
+        out = model(x)
+    assert len(chains) == 1 and not singles
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=2e-5, atol=2e-5)
+    for got, want in zip(model.seen, expected_seen):
+        assert type(got) is Tensor
+        np.testing.assert_allclose(got.numpy(), want, rtol=2e-5, atol=2e-5)

@@ -11,9 +11,8 @@ from fastdl._checks import is_int, pair
 from fastdl.autograd import Function
 from fastdl.functional._util import as_tensor, data_of
 from fastdl.functional.padding import pad as _pad
+from fastdl.functional import _deferred_conv
 from fastdl.kernels import activation as activation_kernels, conv as kernels
-from fastdl.kernels import norm as norm_kernels
-from fastdl.shapes import conv_output_size
 
 __all__ = ["conv1d", "conv2d", "conv2d_relu", "conv_transpose1d", "conv_transpose2d",
            "same_padding"]
@@ -79,49 +78,24 @@ def _string_padding(op, input, weight, padding, stride, dilation):
 
 
 def _apply_conv2d(op, input, weight, bias, stride, padding, dilation, groups, relu):
-    unbatched = data_of(input).ndim == 3
+    # a deferred conv's output is checked by its shape and dtype, not yet computed: this
+    # conv may take it as the step before it in one chain (_deferred_conv)
+    source = None if isinstance(padding, str) else tensor_deferred.pending(input)
+    x = data_of(input) if source is None else _deferred_conv.stand_in(source)
+    unbatched = x.ndim == 3
     if unbatched:   # one sample (C, H, W), as torch takes it
-        input = as_tensor(input).reshape((1,) + data_of(input).shape)
+        input = as_tensor(input).reshape((1,) + x.shape)
     if isinstance(padding, str):
         input, padding = _string_padding(op, input, weight, padding, stride, dilation)
+        x = data_of(input)
     stride, padding, dilation, _ = kernels.check_conv2d_args(
-        op, data_of(input), data_of(weight), data_of(bias), stride, padding, dilation, groups)
+        op, x, data_of(weight), data_of(bias), stride, padding, dilation, groups)
     if not unbatched and tensor_deferred.active(input, weight, bias):
-        return _deferred_conv2d(data_of(input), data_of(weight), data_of(bias), stride,
-                                padding, dilation, groups, relu)
+        return _deferred_conv.defer_conv2d(input, source, data_of(weight), data_of(bias),
+                                           stride, padding, dilation, groups, relu)
     out = Conv2d.apply(as_tensor(input), as_tensor(weight), as_tensor(bias), stride, padding,
                        dilation, groups, relu)
     return out.reshape(out.shape[1:]) if unbatched else out
-
-
-def _deferred_conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
-    """The conv as a ``DeferredTensor``: its values computed when first read, with the
-    batch norm, residual add and ReLU applied to it meanwhile in its epilogue."""
-    shape = (x.shape[0], weight.shape[0]) + tuple(
-        conv_output_size(x.shape[2 + axis], weight.shape[2 + axis], stride[axis],
-                         padding[axis], dilation[axis]) for axis in (0, 1))
-    return tensor_deferred.defer(tensor_deferred.Epilogue(
-        _run_deferred_conv2d, (x, weight, bias, stride, padding, dilation, groups), shape,
-        x.dtype, slope=0.0 if relu else None))
-
-
-def _run_deferred_conv2d(epilogue):
-    x, weight, bias, stride, padding, dilation, groups = epilogue.operands
-    scale, residual, slope = epilogue.scale, epilogue.residual, epilogue.slope
-    if scale is not None:   # a batch norm: y = z * scale + shift
-        if weight.size * 2 > x.shape[0] * epilogue.shape[1] * epilogue.shape[2] \
-                * epilogue.shape[3]:
-            # more weights than outputs (ResNet-18's last stages at batch 1): one pass
-            # over the output after the conv costs less than rewriting the weights
-            out = kernels.conv2d_forward_unchecked(x, weight, bias, stride, padding,
-                                                   dilation, groups)
-            return norm_kernels.channel_affine_(out, scale, epilogue.shift, residual, slope)
-        # folded into the weights and bias, as deploy.fusion does
-        weight = weight * scale.astype(weight.dtype).reshape(-1, 1, 1, 1)
-        shift = epilogue.shift if bias is None else bias * scale + epilogue.shift
-        bias = shift.astype(weight.dtype)
-    return kernels.conv2d_forward_unchecked(x, weight, bias, stride, padding, dilation,
-                                            groups, residual=residual, negative_slope=slope)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

@@ -52,12 +52,16 @@ def threads_for(multiply_adds):
     return max(1, min(runtime.get_num_threads(), int(multiply_adds) // _WORK_PER_THREAD))
 
 
-def pack(weight):
+def pack(weight, scale=None):
     """The weights (M, K, 1, 1) of a pointwise conv in panels of ``ROWS`` rows, (ceil(M /
-    ROWS), K, ROWS): ``packed[b, k, r] = weight[b * ROWS + r, k]``, zero past M."""
+    ROWS), K, ROWS): ``packed[b, k, r] = weight[b * ROWS + r, k]``, zero past M; with
+    ``scale`` (M,), each row times its factor rounded to the weights' dtype (a batch norm
+    folded in, as ``weight * scale`` would)."""
     m, k = weight.shape[:2]
     packed = np.empty((-(-m // ROWS), k, ROWS), dtype=weight.dtype)
-    _ext.pack_into(np.ascontiguousarray(weight).reshape(m, k), packed)
+    if scale is not None:
+        scale = np.ascontiguousarray(scale, dtype=weight.dtype)
+    _ext.pack_into(np.ascontiguousarray(weight).reshape(m, k), packed, scale)
     return packed
 
 
@@ -73,14 +77,16 @@ class PointwiseLayer:
         ``v if v > 0 else negative_slope * v`` last (0: ReLU); None: no activation.
     threads : int
         The team the chain will run on (sets the blocking only).
+    scale : ndarray (M,), optional
+        Each output channel's weights times this (a batch norm folded in while packing).
     """
 
-    def __init__(self, input_shape, weight, bias, negative_slope, threads):
+    def __init__(self, input_shape, weight, bias, negative_slope, threads, scale=None):
         n, k, height, width = input_shape
         m = weight.shape[0]
         self.out_shape = (n, m, height, width)
         self.multiply_adds = n * m * k * height * width
-        self.packed = pack(weight)
+        self.packed = pack(weight, scale)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=weight.dtype)
         self.activate = negative_slope is not None
         self.slope = 0.0 if negative_slope is None else float(negative_slope)
@@ -121,16 +127,21 @@ class DepthwiseLayer:
 
 
 def layer(input_shape, weight, bias, stride, padding, dilation, groups, negative_slope,
-          threads=None):
+          threads=None, scale=None):
     """A ``PointwiseLayer`` or ``DepthwiseLayer`` for this conv (pairs normalised), or
-    None where neither applies. ``threads``: the team's size (default the runtime's)."""
+    None where neither applies. ``threads``: the team's size (default the runtime's).
+    ``scale`` (C_out,): each output channel's weights times it (a batch norm folded in;
+    ``bias`` already includes its shift)."""
     if weight.dtype not in (np.float32, np.float64) or len(input_shape) != 4:
         return None
     if (tuple(weight.shape[2:]) == (1, 1) and tuple(stride) == (1, 1)
             and tuple(padding) == (0, 0) and groups == 1):
         return PointwiseLayer(input_shape, weight, bias, negative_slope,
-                              runtime.get_num_threads() if threads is None else threads)
+                              runtime.get_num_threads() if threads is None else threads,
+                              scale)
     if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape):
+        if scale is not None:
+            weight = weight * np.asarray(scale, dtype=weight.dtype).reshape(-1, 1, 1, 1)
         return DepthwiseLayer(input_shape, weight, bias, stride, padding, negative_slope)
     return None
 
