@@ -11,10 +11,12 @@ model call:
 * An eval-mode batch norm of it folds into the conv (``w * scale``, ``(b - mean) *
   scale + beta``, as ``deploy.fusion``; where the weights outnumber the outputs, as in
   ResNet-18's last stages at batch 1, a pass over the output in place instead, with the
-  residual and activation, costs less than rewriting them); an add of a
-  tensor of its shape and dtype becomes the conv's residual; a ReLU its activation, in
-  that order (the conv's epilogue order). Each gives a new deferred tensor (``relu_``
-  and ``+=`` update the tensor itself), so the tensor they took keeps its own value.
+  residual and activation, costs less than rewriting them); an add of a tensor of its
+  shape and dtype becomes the conv's residual; a ReLU its activation, in that order
+  (the conv's epilogue order). Each gives a new deferred tensor (``relu_`` and ``+=``
+  update the tensor itself), so the tensor they took keeps its own value.
+* A pointwise or depthwise conv of such a tensor may keep it as the link before it
+  (``functional._deferred_conv``): the links then run as one chain.
 * Anything else that reads the values (``_data``, ``.array``, ``.numpy()``, any other
   op) runs the conv once, epilogue fused, and the tensor becomes a plain ``Tensor``.
 * Nothing deferred outlives the outermost module call: when it returns, every tensor

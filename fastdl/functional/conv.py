@@ -85,6 +85,7 @@ def _apply_conv2d(op, input, weight, bias, stride, padding, dilation, groups, re
     unbatched = x.ndim == 3
     if unbatched:   # one sample (C, H, W), as torch takes it
         input = as_tensor(input).reshape((1,) + x.shape)
+        x = data_of(input)
     if isinstance(padding, str):
         input, padding = _string_padding(op, input, weight, padding, stride, dilation)
         x = data_of(input)
