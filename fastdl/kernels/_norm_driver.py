@@ -8,9 +8,9 @@ import numpy as np
 # is_real tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_real
-from fastdl.kernels._norm_loops import (LONG_RUN_BYTES, memory_order,
-                                        normalize_backward_kernel, normalize_forward_kernel,
-                                        normalize_given_kernel)
+from fastdl.kernels._norm_loops import (LONG_RUN_BYTES, affine_segments_kernel,
+                                        given_vectors_kernel, memory_order,
+                                        normalize_backward_kernel, normalize_forward_kernel)
 from fastdl.kernels._norm_rows import layer_norm_backward_kernel, layer_norm_forward_kernel
 
 class _Layout:
@@ -86,8 +86,11 @@ def _forward(x, layout, weight, bias, eps, mean=None, inv_std=None):
                                  use_input_stats, mean, var, inv_std, y,
                                  memory_order(x3, layout.n_sub))
     else:
-        normalize_given_kernel(x3, weight, bias, layout.n_params, layout.n_sub, mean,
-                               inv_std, y)
+        shifts, scales, offsets = given_vectors_kernel(weight, bias, layout.n_params,
+                                                       layout.n_sub, mean, inv_std, x3)
+        segments = x3.reshape(x3.shape[0], -1, x3.shape[2] // layout.n_sub)
+        affine_segments_kernel(segments, shifts, scales, offsets, segments, False, False,
+                               x3.dtype.type(0), y.reshape(segments.shape))
     return y.reshape(x.shape), mean, var if use_input_stats else None, inv_std
 
 

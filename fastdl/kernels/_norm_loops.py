@@ -310,72 +310,61 @@ def _normalize_forward(x, weight, bias, n_params, n_sub, eps, use_input_stats, m
 normalize_forward_kernel = jit(_normalize_forward, parallel=True, fastmath=_FASTMATH)
 
 
-def _normalize_given(x, weight, bias, n_params, n_sub, mean, inv_std, y):
-    # the forward with given statistics (eval): one elementwise pass,
-    # y = (x - mean) * (inv_std * w) + b per segment of B elements (the expression of
-    # _normalize_piece, so that given statistics reproduce the training forward), the
-    # scale formed once per (k, s); over the flat arrays in memory order, in items of
-    # about _GIVEN_ITEM elements. Flat indexing keeps a 4x4 map's 16-element segment
-    # one vector with no per-row view to build (N32 C960 4^2: 0.26 -> 0.05 ms), and
-    # memory order keeps the streams sequential where channel order would jump by a
-    # channel's whole stride.
-    n_outer, n_kept, n_run = x.shape
-    n_inner = n_run // n_sub
-    kinds = n_kept * n_sub
-    shifts = np.empty(kinds, dtype=x.dtype)
-    scales = np.empty(kinds, dtype=x.dtype)
-    offsets = np.empty(kinds, dtype=x.dtype)
+def _given_vectors(weight, bias, n_params, n_sub, mean, inv_std, like):
+    # per segment kind (k, s) of the forward with given statistics: the shift (mean[k]),
+    # the scale inv_std[k] * w and the offset b, in the dtype of ``like``, the scale
+    # formed as the training forward forms it (_normalize_piece), so that given
+    # statistics reproduce that forward bit for bit (SyncBatchNorm's split)
+    n_kept = mean.shape[0]
+    shifts = np.empty(n_kept * n_sub, dtype=like.dtype)
+    scales = np.empty(n_kept * n_sub, dtype=like.dtype)
+    offsets = np.empty(n_kept * n_sub, dtype=like.dtype)
     for k in range(n_kept):
         base = (k % n_params) * n_sub
         for s in range(n_sub):
             shifts[k * n_sub + s] = mean[k]
-            scales[k * n_sub + s] = inv_std[k]   # rounded to x's dtype, as the
-            scales[k * n_sub + s] *= weight[base + s]   # training forward's scale
+            scales[k * n_sub + s] = inv_std[k]   # rounded to x's dtype first
+            scales[k * n_sub + s] *= weight[base + s]
             offsets[k * n_sub + s] = bias[base + s]
+    return shifts, scales, offsets
+
+
+given_vectors_kernel = jit(_given_vectors, fastmath=_FASTMATH)
+
+
+def _affine_segments(x, shift, scale, offset, residual, add_residual, activate, slope, y):
+    # y = act((x - shift[j]) * scale[j] + offset[j] (+ residual)) on x (A, J, B), segment
+    # kind j, y may be x: the forward with given statistics (eval batch norm), and a conv's
+    # batch norm epilogue (shift 0). Over the flat arrays in memory order, in items of
+    # about _GIVEN_ITEM elements: flat indexing keeps a 4x4 map's 16-element segment one
+    # vector with no per-row view to build (N32 C960 4^2: 0.26 -> 0.05 ms), and memory
+    # order keeps the streams sequential where channel order would jump by a channel's
+    # whole stride.
+    n_outer, kinds, n_run = x.shape
     x_flat = x.reshape(-1)
     y_flat = y.reshape(-1)
-    segments = n_outer * kinds
-    per_item = max(1, _GIVEN_ITEM // max(n_inner, 1))
-    for item in prange((segments + per_item - 1) // per_item):
-        for segment in range(item * per_item, min(segments, (item + 1) * per_item)):
-            kind = segment % kinds
-            shift = shifts[kind]
-            scale = scales[kind]
-            offset = offsets[kind]
-            x_segment = x_flat[segment * n_inner:(segment + 1) * n_inner]
-            y_segment = y_flat[segment * n_inner:(segment + 1) * n_inner]
-            for i in range(n_inner):
-                y_segment[i] = (x_segment[i] - shift) * scale + offset
-
-
-normalize_given_kernel = jit(_normalize_given, parallel=True, fastmath=_FASTMATH)
-
-
-def _channel_epilogue(x, scale, shift, residual, add_residual, activate, slope):
-    # in place on x (A, K, B): x = act(x * scale[k] + shift[k] (+ residual)), over the
-    # flat arrays in memory order, items as _normalize_given's
-    n_outer, n_kept, n_run = x.shape
-    x_flat = x.reshape(-1)
     residual_flat = residual.reshape(-1)
-    segments = n_outer * n_kept
+    segments = n_outer * kinds
     per_item = max(1, _GIVEN_ITEM // max(n_run, 1))
     for item in prange((segments + per_item - 1) // per_item):
         for segment in range(item * per_item, min(segments, (item + 1) * per_item)):
-            k = segment % n_kept
-            factor = scale[k]
-            offset = shift[k]
+            kind = segment % kinds
+            subtract = shift[kind]
+            factor = scale[kind]
+            add = offset[kind]
             x_segment = x_flat[segment * n_run:(segment + 1) * n_run]
+            y_segment = y_flat[segment * n_run:(segment + 1) * n_run]
             residual_segment = residual_flat[segment * n_run:(segment + 1) * n_run]
             for i in range(n_run):
-                value = x_segment[i] * factor + offset
+                value = (x_segment[i] - subtract) * factor + add
                 if add_residual:
                     value += residual_segment[i]
                 if activate and value < 0:
                     value *= slope
-                x_segment[i] = value
+                y_segment[i] = value
 
 
-channel_epilogue_kernel = jit(_channel_epilogue, parallel=True, fastmath=_FASTMATH)
+affine_segments_kernel = jit(_affine_segments, parallel=True, fastmath=_FASTMATH)
 
 
 def _reduce_runs(grad_out, x, k, n_sub, param_base, weight, shift, scale, grad_weight_part,

@@ -69,7 +69,7 @@ import numpy as np
 # is_int tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_int
-from fastdl.kernels._norm_loops import (channel_epilogue_kernel, moments_kernel,
+from fastdl.kernels._norm_loops import (affine_segments_kernel, moments_kernel,
                                         normalize_input_grad_kernel)
 
 __all__ = [
@@ -304,11 +304,12 @@ def channel_affine_(x, scale, shift, residual=None, negative_slope=None):
         raise ValueError("channel_affine_: residual must be a %s array of shape %s, got %s %s"
                          % (x.dtype, x.shape, residual.dtype, residual.shape))
     view = x.reshape(x.shape[0], channels, -1)
-    channel_epilogue_kernel(view, scale, shift,
-                            view if residual is None else np.ascontiguousarray(
-                                residual).reshape(view.shape),
-                            residual is not None, negative_slope is not None,
-                            x.dtype.type(0.0 if negative_slope is None else negative_slope))
+    affine_segments_kernel(view, np.zeros(channels, x.dtype), scale, shift,
+                           view if residual is None else np.ascontiguousarray(
+                               residual).reshape(view.shape),
+                           residual is not None, negative_slope is not None,
+                           x.dtype.type(0.0 if negative_slope is None else negative_slope),
+                           view)
     return x
 
 
