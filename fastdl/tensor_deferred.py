@@ -16,7 +16,9 @@ model call:
   (the conv's epilogue order). Each gives a new deferred tensor (``relu_`` and ``+=``
   update the tensor itself), so the tensor they took keeps its own value.
 * A pointwise or depthwise conv of such a tensor may keep it as the link before it
-  (``functional._deferred_conv``): the links then run as one chain.
+  (``functional._deferred_conv``): the links then run as one chain. An add of two
+  deferred tensors keeps the other's epilogue as the residual, so a block's input
+  added back does not end the chain.
 * Anything else that reads the values (``_data``, ``.array``, ``.numpy()``, any other
   op) runs the conv once, epilogue fused, and the tensor becomes a plain ``Tensor``.
 * Nothing deferred outlives the outermost module call: when it returns, every tensor
@@ -69,8 +71,9 @@ class Epilogue:
     scale, shift : ndarray (C,) or None
         An eval-mode batch norm folded in: ``y = z * scale + shift`` per channel (axis 1)
         of the conv's output ``z`` (its bias included), float64.
-    residual : ndarray or None
-        Added after the conv (and the folded norm), C-contiguous, ``shape`` and ``dtype``.
+    residual : ndarray, Epilogue or None
+        Added after the conv (and the folded norm), C-contiguous, ``shape`` and ``dtype``;
+        an epilogue: a deferred tensor's values (``value``), read when this computes.
     slope : float or None
         The activation last: 0.0 ReLU.
     result : ndarray or None
@@ -111,17 +114,21 @@ class Epilogue:
             _assign(owner, array)
 
 
+def value(epilogue):
+    """An epilogue's values: its result, or computed now (and settled)."""
+    if epilogue.result is None:
+        epilogue.settle(epilogue.compute(epilogue))
+    return epilogue.result
+
+
 def _materialize(tensor):
-    value = _SLOT.__get__(tensor)
-    if isinstance(value, Epilogue):
-        epilogue = value
-        value = epilogue.result
-        if value is None:
-            value = epilogue.compute(epilogue)
-            epilogue.result = value
-        _SLOT.__set__(tensor, value)
-        tensor.__class__ = Tensor   # from now on a plain tensor, at plain speed
-    return value
+    current = _SLOT.__get__(tensor)
+    if not isinstance(current, Epilogue):
+        return current
+    array = value(current)
+    if type(tensor) is DeferredTensor:   # not settled (another epilogue's owner now)
+        _assign(tensor, array)
+    return array
 
 
 def _assign(tensor, value):
@@ -221,10 +228,16 @@ def with_residual(tensor, other, in_place=False):
             or not isinstance(other, Tensor) or other is tensor
             or not active(other)):
         return None
-    array = other._data   # computes ``other`` if it is deferred itself
-    if array.shape != epilogue.shape or array.dtype != epilogue.dtype:
+    # a deferred ``other`` stays deferred: its epilogue is the residual (a conv chained
+    # to it reads it from the chain)
+    residual = pending(other)
+    if residual is None:
+        residual = other._data
+    if residual.shape != epilogue.shape or residual.dtype != epilogue.dtype:
         return None
-    return _update(tensor, epilogue.replace(residual=np.ascontiguousarray(array)), in_place)
+    if not isinstance(residual, Epilogue):
+        residual = np.ascontiguousarray(residual)
+    return _update(tensor, epilogue.replace(residual=residual), in_place)
 
 
 def with_relu(tensor, in_place=False):

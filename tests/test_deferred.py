@@ -321,3 +321,41 @@ def test_a_chain_computes_each_conv_once(plain, monkeypatch):
     for got, want in zip(model.seen, expected_seen):
         assert type(got) is Tensor
         np.testing.assert_allclose(got.numpy(), want, rtol=2e-5, atol=2e-5)
+
+
+class TwoInverted(nn.Module):
+    """Two inverted residual blocks: the first adds its input (identity shortcut), the
+    second a 1x1 conv and batch norm of it (a conv shortcut)."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.first = Inverted(rng)
+        self.second = Inverted(rng)
+        self.second.project = nn.Conv2d(48, 12, 1, bias=False)
+        self.second.bn3 = _random_bn(rng, 12, np.float32)
+        self.shortcut = nn.Sequential(nn.Conv2d(8, 12, 1, bias=False),
+                                      _random_bn(rng, 12, np.float32))
+
+    def forward(self, x):
+        out = self.first(x)                 # first's output + x
+        second = self.second
+        hidden = F.relu(second.bn2(second.depthwise(F.relu(second.bn1(second.expand(out))))))
+        return second.bn3(second.project(hidden)) + self.shortcut(out)
+
+
+def test_residuals_join_the_chain_and_every_conv_runs_once(plain, monkeypatch):
+    """A block's input added back, and a shortcut conv of it, do not break the chain:
+    the shortcut computes first, then the rest as one chain; every conv is prepared
+    exactly once."""
+    from fastdl.kernels import pointwise
+    model = TwoInverted(np.random.default_rng(6)).eval()
+    x = fastdl.randn(3, 8, 9, 9)
+    with fastdl.no_grad():
+        expected = plain(model, x)
+        layers = []
+        make = pointwise.layer
+        monkeypatch.setattr(pointwise, "layer", lambda *a, **k: layers.append(1) or make(*a,
+                                                                                      **k))
+        out = model(x)
+    assert len(layers) == 7
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=2e-5, atol=2e-5)

@@ -5,8 +5,9 @@ depthwise, takes that conv as the step before it: when the last is read, the run
 them computes as one chain of ``kernels.pointwise`` (one parallel region; at large
 batches each thread takes whole images through every step, so a step's output is still
 in cache when the next reads it), as a compiled plan runs a MobileNet's inverted
-residuals. Each conv of the chain settles its own tensor's values; a tensor read
-before a later conv ran computes alone (the later conv then starts from its values).
+residuals, a block's input added back read from the chain too. Each conv of the chain
+settles its own tensor's values; a tensor read before a later conv ran computes alone
+(the later conv then starts from its values).
 """
 import math
 
@@ -82,6 +83,8 @@ def _run(epilogue):
             return _run_chain(epilogue)
         x = x.result
     scale, residual, slope = epilogue.scale, epilogue.residual, epilogue.slope
+    if isinstance(residual, tensor_deferred.Epilogue):
+        residual = tensor_deferred.value(residual)
     if scale is not None and weight.size * 2 > math.prod(epilogue.shape):
         # more weights than outputs (ResNet-18's last stages at batch 1): one pass over
         # the output after the conv costs less than rewriting the weights
@@ -95,8 +98,8 @@ def _run(epilogue):
                                             groups, residual=residual, negative_slope=slope)
 
 
-def _run_chain(epilogue):
-    """``epilogue`` and the uncomputed chain links before it as one pointwise chain."""
+def _links(epilogue):
+    """``epilogue`` and the uncomputed chain links before it, first to last."""
     links = [epilogue]
     while True:
         source = links[-1].operands[0]
@@ -104,6 +107,24 @@ def _run_chain(epilogue):
             break
         links.append(source)
     links.reverse()
+    return links
+
+
+def _run_chain(epilogue):
+    """``epilogue`` and the uncomputed chain links before it as one pointwise chain.
+
+    A link's residual that is an earlier link's output is read from the chain; one
+    from elsewhere (a shortcut conv of the same input) is computed first, and may
+    settle links of this chain, which then starts after them.
+    """
+    links = _links(epilogue)
+    outside = [link.residual for link in links
+               if isinstance(link.residual, tensor_deferred.Epilogue)
+               and not any(link.residual is other for other in links)]
+    if outside:
+        for residual in outside:
+            tensor_deferred.value(residual)
+        links = _links(epilogue)
     source = links[0].operands[0]
     first = np.ascontiguousarray(source.result if isinstance(source, tensor_deferred.Epilogue)
                                  else source)
@@ -118,7 +139,11 @@ def _run_chain(epilogue):
         layer = pointwise.layer(x.shape, weight, bias, stride, padding, dilation, groups,
                                 link.slope, threads, link.scale)
         out = np.empty(layer.out_shape, dtype=x.dtype)
-        steps.append(layer.step(x, out, link.residual))
+        residual = link.residual
+        if isinstance(residual, tensor_deferred.Epilogue):   # a link's output, or computed
+            residual = next((earlier_out for earlier, earlier_out in zip(links, outs)
+                             if earlier is residual), residual.result)
+        steps.append(layer.step(x, out, residual))
         outs.append(out)
         x = out
     pointwise.prepare_chain(steps, threads).run(first)
