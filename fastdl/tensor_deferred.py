@@ -38,7 +38,8 @@ from fastdl import autograd   # by module: autograd imports this one (through te
 from fastdl.autograd import Tensor, _grad_mode
 
 __all__ = ["DeferredTensor", "Epilogue", "scope", "active", "defer", "foldable", "pending",
-           "materialize_all", "with_affine", "with_residual", "with_relu", "enabled"]
+           "materialize_all", "value", "with_affine", "with_residual", "with_relu",
+           "enabled"]
 
 #: Whether ops defer (module-level switch; the plain path is always correct).
 enabled = True
@@ -97,8 +98,8 @@ class Epilogue:
         self.result = self.owner = None
 
     def replace(self, **fields):
-        """A new epilogue with ``fields`` changed (epilogues are never changed in place;
-        the copy has no result and no owner yet)."""
+        """A new epilogue with ``fields`` changed (what a pending epilogue computes never
+        changes; the copy has no result and no owner yet)."""
         copy = Epilogue.__new__(Epilogue)
         for name in self._FIELDS:
             setattr(copy, name, fields.get(name, getattr(self, name)))
@@ -107,8 +108,10 @@ class Epilogue:
 
     def settle(self, array):
         """Record ``array`` as the values; the owner, if it still waits on this
-        epilogue, takes them."""
+        epilogue, takes them. The operands go: a computed link no longer holds the
+        links before it (nor, through them, every activation of a chain)."""
         self.result = array
+        self.operands = self.residual = self.scale = self.shift = None
         owner = self.owner() if self.owner is not None else None
         if type(owner) is DeferredTensor and _SLOT.__get__(owner) is self:
             _assign(owner, array)
