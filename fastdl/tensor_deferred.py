@@ -243,12 +243,13 @@ def with_residual(tensor, other, in_place=False):
     return _update(tensor, epilogue.replace(residual=residual), in_place)
 
 
-def with_relu(tensor, in_place=False):
-    """``relu(tensor)`` as the conv's activation, or None where it cannot be."""
+def with_relu(tensor, in_place=False, slope=0.0):
+    """``relu(tensor)`` (``slope`` 0) or ``leaky_relu(tensor, slope)`` as the conv's
+    activation, or None where it cannot be."""
     epilogue = pending(tensor)
     if epilogue is None or epilogue.slope is not None or not active():
         return None
-    return _update(tensor, epilogue.replace(slope=0.0), in_place)
+    return _update(tensor, epilogue.replace(slope=slope), in_place)
 
 
 def foldable(tensor, channels):

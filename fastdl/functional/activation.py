@@ -87,10 +87,14 @@ class LeakyReLU(Function):
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     """``input if input > 0 else negative_slope * input``."""
-    check_float("leaky_relu", "input", input)
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
         raise TypeError("leaky_relu: negative_slope must be a number, got %r"
                         % (negative_slope,))
+    if type(input) is DeferredTensor:   # a conv's output: its activation
+        fused = with_relu(input, inplace, float(negative_slope))
+        if fused is not None:
+            return fused
+    check_float("leaky_relu", "input", input)
     return finish_inplace(input, LeakyReLU.apply(as_tensor(input), float(negative_slope)),
                           inplace)
 
