@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from fastdl import tensor_ops  # by module: any import order
+from fastdl import tensor_deferred, tensor_ops  # by module: any import order
 from fastdl.autograd import Function, Tensor, normalize_dim, tensor_method, unbroadcast
 from fastdl.dtypes import get_default_dtype
 
@@ -309,6 +309,10 @@ clip = tensor_method(name="clip")(clamp)
 @tensor_method
 def relu(self):
     """``max(x, 0)``."""
+    if type(self) is tensor_deferred.DeferredTensor:   # a conv's output: its activation
+        fused = tensor_deferred.with_relu(self)
+        if fused is not None:
+            return fused
     return Clamp.apply(self, 0, None)
 
 

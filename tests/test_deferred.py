@@ -54,7 +54,8 @@ class RandomBlock(nn.Module):
         self.add = (rng.choice(["plus", "iadd", "reversed"])
                     if self.stride == 1 and out_channels == channels and rng.random() < 0.6
                     else None)
-        self.relu = rng.choice(["functional", "module", "leaky", "none", "before_add"])
+        self.relu = rng.choice(["functional", "module", "method", "leaky", "none",
+                                "before_add"])
         self.inplace_relu = nn.ReLU(inplace=True)
         self.out_channels = out_channels
 
@@ -74,6 +75,8 @@ class RandomBlock(nn.Module):
             out = F.relu(out)
         elif self.relu == "module":
             out = self.inplace_relu(out)
+        elif self.relu == "method":
+            out = out.relu()
         elif self.relu == "leaky":
             out = F.leaky_relu(out, 0.1)
         return out
