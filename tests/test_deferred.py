@@ -351,3 +351,19 @@ def test_residuals_join_the_chain_and_every_conv_runs_once(plain, monkeypatch):
         out = model(x)
     assert len(layers) == 7
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_deferred_values_do_not_depend_on_the_thread_count(seed):
+    """The chains, the folded convs and the post-conv pass give the same bits on 1, 2 and
+    3 threads (what every eager path guarantees)."""
+    rng = np.random.default_rng(seed)
+    model = TwoInverted(rng).eval() if seed % 2 else _random_model(rng, 8, np.float32)
+    channels = 8
+    x = fastdl.tensor(rng.standard_normal((5, channels, 9, 9)).astype(np.float32))
+    outputs = []
+    for threads in (1, 2, 3):
+        with _threads(threads), fastdl.no_grad():
+            outputs.append(model(x).numpy().copy())
+    for other in outputs[1:]:
+        np.testing.assert_array_equal(other, outputs[0])
