@@ -13,9 +13,9 @@ import numbers
 
 import numpy as np
 
+from fastdl import tensor_deferred   # by module: it imports this one through autograd
 from fastdl.autograd import Function, Tensor, tensor_method, unbroadcast
 from fastdl.dtypes import get_default_dtype
-from fastdl import tensor_deferred   # by module: it imports this one through autograd
 
 __all__ = ["unbroadcast", "promote", "cast", "add", "sub", "mul", "div", "matmul", "mm",
            "bmm", "power"]

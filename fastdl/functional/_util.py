@@ -1,8 +1,8 @@
 """Argument handling shared by the functional wrappers."""
 import numpy as np
 
-from fastdl._checks import check_reduction  # noqa: F401  (re-exported)
 from fastdl import tensor_deferred
+from fastdl._checks import check_reduction  # noqa: F401  (re-exported)
 from fastdl.autograd import Tensor
 from fastdl.tensor_convert import data_of  # noqa: F401  (re-exported)
 

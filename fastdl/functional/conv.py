@@ -9,9 +9,9 @@ the end, by zero-padding the input first, as ATen does).
 from fastdl import tensor_deferred
 from fastdl._checks import is_int, pair
 from fastdl.autograd import Function
+from fastdl.functional import _deferred_conv
 from fastdl.functional._util import as_tensor, data_of
 from fastdl.functional.padding import pad as _pad
-from fastdl.functional import _deferred_conv
 from fastdl.kernels import activation as activation_kernels, conv as kernels
 
 __all__ = ["conv1d", "conv2d", "conv2d_relu", "conv_transpose1d", "conv_transpose2d",

@@ -93,7 +93,7 @@ class _BatchNorm(_NormBase):
         if not self.training and self.running_mean is not None \
                 and type(input) is DeferredTensor and input.ndim in self._allowed_ndim:
             folded = fold_into_conv(input, self.running_mean, self.running_var,
-                                      self.weight, self.bias, self.eps)
+                                    self.weight, self.bias, self.eps)
             if folded is not None:
                 return folded
         name = type(self).__name__
