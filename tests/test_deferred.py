@@ -367,3 +367,19 @@ def test_deferred_values_do_not_depend_on_the_thread_count(seed):
             outputs.append(model(x).numpy().copy())
     for other in outputs[1:]:
         np.testing.assert_array_equal(other, outputs[0])
+
+
+class Mismatched(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(3, 8, 1)
+        self.second = nn.Conv2d(4, 8, 1)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+def test_a_conv_of_a_deferred_output_checks_its_arguments():
+    with fastdl.no_grad(), pytest.raises(ValueError, match="input has 8 channels"):
+        Mismatched().eval()(fastdl.randn(1, 3, 4, 4))
+    assert tensor_deferred.scope.depth == 0 and not tensor_deferred.scope.live
