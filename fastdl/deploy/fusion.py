@@ -20,14 +20,7 @@ import copy
 
 import numpy as np
 
-
-def _bn_scale(running_mean, running_var, eps, gamma, beta):
-    """Float64 ``(scale, mean, beta)`` with eval-mode BN equal to ``(z - mean)*scale + beta``."""
-    mean = np.asarray(running_mean, dtype=np.float64)
-    var = np.asarray(running_var, dtype=np.float64)
-    gamma = np.ones_like(mean) if gamma is None else np.asarray(gamma, dtype=np.float64)
-    beta = np.zeros_like(mean) if beta is None else np.asarray(beta, dtype=np.float64)
-    return gamma / np.sqrt(var + eps), mean, beta
+from fastdl.kernels.bn_fold import batch_norm_eval_scale
 
 
 def fuse_conv_bn_weights(weight, bias, running_mean, running_var, eps, gamma=None, beta=None,
@@ -55,7 +48,7 @@ def fuse_conv_bn_weights(weight, bias, running_mean, running_var, eps, gamma=Non
     """
     weight = np.asarray(weight)
     out_channels = running_mean.shape[0]
-    scale64, mean, beta64 = _bn_scale(running_mean, running_var, eps, gamma, beta)
+    scale64, mean, beta64 = batch_norm_eval_scale(running_mean, running_var, eps, gamma, beta)
     if transposed:
         in_channels, out_per_group = weight.shape[0], weight.shape[1]
         if out_per_group * groups != out_channels:
@@ -89,7 +82,7 @@ def fuse_linear_bn_weights(weight, bias, running_mean, running_var, eps, gamma=N
     if weight.shape[0] != running_mean.shape[0]:
         raise ValueError("fuse_linear_bn_weights: weight has %d output features, BN has %d"
                          % (weight.shape[0], running_mean.shape[0]))
-    scale64, mean, beta64 = _bn_scale(running_mean, running_var, eps, gamma, beta)
+    scale64, mean, beta64 = batch_norm_eval_scale(running_mean, running_var, eps, gamma, beta)
     fused_weight = weight.astype(np.float64) * scale64[:, None]
     linear_bias = np.zeros(weight.shape[0]) if bias is None else np.asarray(bias, np.float64)
     fused_bias = (linear_bias - mean) * scale64 + beta64

@@ -17,6 +17,7 @@ from fastdl.functional._util import as_tensor, check_float, contiguous, data_of
 from fastdl.functional.padding import pad
 from fastdl.functional.pooling import avg_pool2d
 from fastdl.kernels import norm as kernels
+from fastdl.kernels.bn_fold import batch_norm_eval_scale
 
 
 class _Normalization(Function):
@@ -47,23 +48,18 @@ class BatchNorm(_Normalization):
         return y
 
 
-def fold_into_conv(input, running_mean, running_var, weight, bias, eps):
+def _fold_into_conv(input, running_mean, running_var, weight, bias, eps):
     """Eval-mode batch norm of a conv's deferred output (``tensor_deferred``), folded into
     the conv; None where it is not one."""
     if type(input) is not tensor_deferred.DeferredTensor or running_mean is None \
             or running_var is None:
         return None
-    mean, var = data_of(running_mean), data_of(running_var)
-    epilogue = tensor_deferred.foldable(input, mean.shape[0])
+    epilogue = tensor_deferred.foldable(input, data_of(running_mean).shape[0])
     if epilogue is None:
         return None
-    scale = 1.0 / np.sqrt(var.astype(np.float64) + eps)
-    if weight is not None:
-        scale *= data_of(weight)
-    shift = -mean * scale
-    if bias is not None:
-        shift += data_of(bias)
-    return tensor_deferred.with_affine(epilogue, scale, shift)
+    scale, mean, beta = batch_norm_eval_scale(
+        data_of(running_mean), data_of(running_var), eps, data_of(weight), data_of(bias))
+    return tensor_deferred.with_affine(epilogue, scale, beta - mean * scale)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
@@ -75,7 +71,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     the running statistics.
     """
     if not training:
-        folded = fold_into_conv(input, running_mean, running_var, weight, bias, eps)
+        folded = _fold_into_conv(input, running_mean, running_var, weight, bias, eps)
         if folded is not None:
             return folded
     check_float("batch_norm", "input", input)

@@ -11,12 +11,11 @@ import numpy as np
 
 from fastdl import functional as F
 from fastdl._checks import check_ndim, non_negative_float, positive_int
-from fastdl.functional.normalization import fold_into_conv
+from fastdl.autograd import Tensor
 from fastdl.nn._factory import parameter_dtype
 from fastdl.nn.module import Module
 from fastdl.nn.parameter import Parameter
 from fastdl.tensor_convert import data_of
-from fastdl.tensor_deferred import DeferredTensor
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
            "LayerNorm", "LocalResponseNorm"]
@@ -90,18 +89,14 @@ class _BatchNorm(_NormBase):
     _allowed_ndim = (2, 3, 4)
 
     def forward(self, input):
-        if not self.training and self.running_mean is not None \
-                and type(input) is DeferredTensor and input.ndim in self._allowed_ndim:
-            folded = fold_into_conv(input, self.running_mean, self.running_var,
-                                    self.weight, self.bias, self.eps)
-            if folded is not None:
-                return folded
         name = type(self).__name__
-        array = data_of(input)
+        # a Tensor's shape, not its values: a deferred conv output stays deferred for
+        # F.batch_norm to fold into the conv
+        array = input if isinstance(input, Tensor) else data_of(input)
         check_ndim(name, array, self._allowed_ndim)
         if array.shape[1] != self.num_features:
             raise ValueError("%s: expected %d channels, input has shape %s"
-                             % (name, self.num_features, array.shape))
+                             % (name, self.num_features, tuple(array.shape)))
         batches = None
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
