@@ -567,7 +567,9 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
                                   tuple padding, tuple dilation, int groups, int images,
                                   int num_threads):
     """``conv2d_grad_input_into`` with work items of ``images`` whole images (disjoint
-    writes); ``grad_input`` must be zero on entry."""
+    writes); ``grad_input``'s values on entry are not read: each item zeroes its images
+    before it adds into them (in parallel, and into the cache the adds then use: a
+    separate ``np.zeros`` was a serial pass over memory, ~0.3 ms of a 2 MB gradient)."""
     cdef int n_images = grad_input.shape[0]
     cdef tuple weight_shape = (weight.shape[0], weight.shape[1], weight.shape[2],
                                weight.shape[3])
@@ -594,6 +596,8 @@ def conv2d_grad_input_images_into(const floating[:, :, :, ::1] grad_out,
             cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
             rows = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
             phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
+            memset(&grad_input[first, 0, 0, 0], 0, sizeof(floating) * <size_t>count
+                   * grad_input.shape[1] * grad_input.shape[2] * grad_input.shape[3])
             for group in range(groups):
                 _gather_rows(&grad_out[first, group * out_per_group, 0, 0], out_stride,
                              out_per_group, positions, count, rows)

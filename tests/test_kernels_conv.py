@@ -217,7 +217,7 @@ def test_whole_image_items_match_the_reference(case, dtype, rtol, rng):
     grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, *pairs, groups)
     grad_weight = conv.conv2d_grad_weight(x, grad_out, weight.shape, *pairs, groups)
     for images, threads in ((2, 1), (3, 2)):
-        by_items = np.zeros(x.shape, dtype)
+        by_items = np.full(x.shape, np.nan, dtype)   # each item zeroes its own images
         compiled.conv2d_grad_input_images_into(grad_out, weight, by_items, *pairs, groups,
                                                images, threads)
         np.testing.assert_allclose(by_items, grad_input, rtol=rtol, atol=rtol * scale)
@@ -245,7 +245,7 @@ def test_whole_image_items_on_two_threads_equal_one_thread(stride, rng):
     def run(threads):
         out = np.empty(grad_out.shape, np.float32)
         compiled.conv2d_forward_images_into(x, weight, out, *pairs, 1, 1, threads)
-        grad_input = np.zeros(x.shape, np.float32)
+        grad_input = np.full(x.shape, np.nan, np.float32)
         compiled.conv2d_grad_input_images_into(grad_out, weight, grad_input, *pairs, 1, 1,
                                                threads)
         partial = np.zeros((threads, 1, c * 9, c_out), np.float32)   # (threads, g, K, C_out)

@@ -286,20 +286,22 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
                                             groups, multiply_adds)
     if forward_runner is not None:
         return forward_runner(grad_out)
-    # a pointwise conv's GEMMs write every value (their tiles are the gradient's own
-    # disjoint columns); the other paths add into it
-    allocate = np.empty if _is_pointwise(weight.shape[2:], stride, padding) else np.zeros
-    grad_input = allocate(tuple(input_shape), dtype=grad_out.dtype)
     if winograd.applies(weight.shape, stride, dilation, groups):
-        return winograd.grad_input(grad_out, weight, grad_input, padding,
+        return winograd.grad_input(grad_out, weight,
+                                   np.zeros(tuple(input_shape), dtype=grad_out.dtype), padding,
                                    _threads_for(multiply_adds * 4 // 9))
     threads = _threads_for(multiply_adds)
     images = _image_items(grad_out.shape[0], weight.shape, positions, grad_out.itemsize,
                           threads, stride, padding, dilation)
-    if images:
+    if images:   # its work items zero their own images
+        grad_input = np.empty(tuple(input_shape), dtype=grad_out.dtype)
         _ext.conv2d_grad_input_images_into(grad_out, weight, grad_input, stride, padding,
                                            dilation, groups, images, threads)
         return grad_input
+    # a pointwise conv's GEMMs write every value (their tiles are the gradient's own
+    # disjoint columns); the tiled path adds into it
+    allocate = np.empty if _is_pointwise(weight.shape[2:], stride, padding) else np.zeros
+    grad_input = allocate(tuple(input_shape), dtype=grad_out.dtype)
     tile = _tile_size(k, positions, grad_out.itemsize, grad_out.shape[0], threads)
     if grad_out.shape[0] < threads <= weight.shape[1]:
         # Threads split the channels of each tile and meet at a barrier per tile:
