@@ -208,6 +208,28 @@ def test_transform_writes_every_value_of_memory_it_was_not_given_zeroed(flipped,
     np.testing.assert_array_equal(u, winograd.transform_weight(weight, 2, flipped))
 
 
+@pytest.mark.parametrize("threads, parts", [(1, 1), (2, 2), (2, 3), (1, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_parts_are_written_not_added_to(threads, parts, dtype, rng):
+    """Each thread's first block writes its part of the weight gradient and parts that
+    took no block (more parts than threads, or than blocks) come back zero: the parts
+    are not zeroed first, whatever the memory held."""
+    from fastdl_ext import winograd as compiled
+    n, c_in, c_out, size = 3, 5, 7, 6
+    x = rng.normal(size=(n, c_in, size, size)).astype(dtype)
+    grad_out = rng.normal(size=(n, c_out, size, size)).astype(dtype)
+    expected = winograd.grad_weight(x, grad_out, (c_out, c_in, 3, 3), (1, 1), 1)
+    for rows in (1, 100):   # several blocks a thread; one block in all
+        partial = np.full((parts, 16, c_out * c_in + 16), np.nan, dtype)
+        compiled.winograd_grad_weight_into(x, grad_out, partial, (1, 1), rows, threads)
+        assert not np.isnan(partial[:, :, :c_out * c_in]).any()
+        partial[:, :, c_out * c_in:] = 0
+        grad_w = np.empty((c_out, c_in, 3, 3), dtype)
+        compiled.weight_from_transformed_into(partial, grad_w)
+        np.testing.assert_allclose(grad_w, expected, rtol=1e-5 if dtype == np.float32
+                                   else 1e-12, atol=1e-5 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 def test_weights_beyond_l2_take_blocks_of_many_tiles(threads, dtype, rtol, rng):

@@ -157,7 +157,7 @@ def grad_weight(x, grad_out, weight_shape, padding, threads):
     c_out, c_in = weight_shape[:2]
     rows = _rows_per_block(x.shape[0], grad_out.shape[2], grad_out.shape[3], c_in, c_out,
                            x.itemsize, threads)
-    partial = _planes((threads,), c_out, c_in, x.dtype)
+    partial = _planes((threads,), c_out, c_in, x.dtype, zeros=False)   # written, not added to
     _ext.winograd_grad_weight_into(x, grad_out, partial, padding, rows, threads)
     grad_w = np.empty(tuple(weight_shape), dtype=x.dtype)
     _ext.weight_from_transformed_into(partial, grad_w, threads)  # sums the parts, too
