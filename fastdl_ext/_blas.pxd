@@ -9,6 +9,7 @@ by swapping the operands and m ↔ n.
 The operands read are ``const`` (read-only arrays may be passed); SciPy's ``.pxd``
 declares them as plain pointers, hence the casts.
 """
+from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 ctypedef fused floating:
@@ -34,3 +35,26 @@ cdef inline void gemv(char trans, int m, int n, floating alpha, const floating* 
         sgemv(&trans, &m, &n, &alpha, <float*>a, &lda, <float*>x, &incx, &beta, y, &incy)
     else:
         dgemv(&trans, &m, &n, &alpha, <double*>a, &lda, <double*>x, &incx, &beta, y, &incy)
+
+
+# Sums that threads build in parts of their own (one part a thread, added by the caller):
+# a thread's first product writes its part (beta 0), the later ones add to it, and the
+# parts no thread wrote are zeroed after the parallel loop. No pass zeroes every part
+# first (the 2 x 16 x 512² values of a Winograd weight gradient: 33 MB).
+
+cdef inline double part_beta(char* written, int part) noexcept nogil:
+    """GEMM beta for the next product into ``part``: 0 for its first (the part's values
+    on entry are never read), 1 after; marks the part written."""
+    if written[part]:
+        return 1.0
+    written[part] = 1
+    return 0.0
+
+
+cdef inline void zero_unwritten_parts(floating* parts, size_t part_size, int count,
+                                      const char* written) noexcept nogil:
+    """Zero each of the ``count`` parts (``part_size`` values apart) not ``written``."""
+    cdef int part
+    for part in range(count):
+        if not written[part]:
+            memset(parts + <size_t>part * part_size, 0, sizeof(floating) * part_size)

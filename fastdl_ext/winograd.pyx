@@ -30,7 +30,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from fastdl_ext._epilogue cimport epilogue_rows
-from fastdl_ext._blas cimport floating, gemm
+from fastdl_ext._blas cimport floating, gemm, part_beta, zero_unwritten_parts
 from fastdl_ext._winograd cimport _adjoint_rows, _input_rows, _tile_rows
 
 
@@ -398,13 +398,10 @@ def winograd_grad_weight_into(const floating[:, :, :, ::1] x,
                               floating[:, :, ::1] partial, tuple padding,
                               int rows_per_block, int num_threads):
     """partial[thread, ξ] = Σ_tiles dM[ξ] V[ξ]ᵀ over the thread's blocks, the gradient of
-    ``u``; its values on entry are not read.
+    ``u``; its values on entry are not read (``part_beta``).
 
     ``partial`` is (threads, 16, plane) laid out like ``u``; the caller sums over threads and
-    maps the result back to 3×3 weights (``Gᵀ dU G``). A thread's first block writes its
-    part (GEMM beta 0), later ones add to it, and the parts of threads that took no block
-    are zeroed after: no zeroing pass over all parts first (2 × 16 × 512² values, 33 MB,
-    for ResNet-18's last stage).
+    maps the result back to 3×3 weights (``Gᵀ dU G``).
     """
     cdef int n_images = x.shape[0], in_channels = x.shape[1]
     cdef int out_channels = grad_out.shape[1]
@@ -435,18 +432,15 @@ def winograd_grad_weight_into(const floating[:, :, :, ::1] x,
             tiles = units * s.tiles_x
             _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows, 0, in_channels)
             _adjoint_output(&grad_out[0, 0, 0, 0], s, first, units, dm)
-            beta = 1 if written[thread] else 0
-            written[thread] = 1
+            beta = part_beta(written, thread)
             for xi in range(16):
                 gemm(c'T', c'N', in_channels, out_channels, tiles, 1,
                      v + xi * _plane(in_channels, tiles), tiles,
                      dm + xi * _plane(out_channels, tiles), tiles, beta,
                      &partial[thread, xi, 0], in_channels)
         free(v)
-    for thread in range(parts):
-        if not written[thread]:
-            memset(&partial[thread, 0, 0], 0,
-                   sizeof(floating) * <size_t>partial.shape[1] * partial.shape[2])
+    zero_unwritten_parts(&partial[0, 0, 0], <size_t>partial.shape[1] * partial.shape[2],
+                         parts, written)
     free(written)
 
 
