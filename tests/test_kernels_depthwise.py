@@ -106,6 +106,43 @@ def test_thread_counts_are_bitwise_equal(threads, dtype, rng):
         assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
 
 
+def test_stride_1_same_input_gradients_take_the_forward_loops():
+    """A depthwise conv's input gradient runs as the forward of the turned filters where
+    that is itself a "same" depthwise conv; elsewhere the input-gradient loops."""
+    turned = conv._depthwise_turned_is_same
+    assert turned((8, 1, 3, 3), (1, 1), (1, 1), 8)
+    assert turned((8, 1, 5, 5), (1, 1), (2, 2), 8)
+    assert not turned((8, 1, 3, 3), (1, 1), (0, 0), 8)     # valid: padding 2 turned
+    assert not turned((8, 1, 3, 3), (1, 1), (1, 0), 8)
+    assert not turned((8, 1, 3, 3), (2, 2), (1, 1), 8)     # strided: spread first
+    assert not turned((16, 1, 3, 3), (1, 1), (1, 1), 8)    # multiplier 2: sums channels
+
+
+@pytest.mark.parametrize("shape, kernel", [((8, 96, 16, 16), 3), ((32, 160, 4, 4), 3),
+                                           ((2, 24, 32, 32), 3), ((3, 7, 9, 13), 5),
+                                           ((1, 64, 8, 8), 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_input_gradient_by_the_forward_loops_matches_its_own_loops(shape, kernel, dtype, rng):
+    """The turned forward (MobileNetV2's map sizes, and odd ones) against the
+    input-gradient loops, and bitwise the same for 1, 2 and 3 threads."""
+    padding = (kernel // 2, kernel // 2)
+    x, weight, _ = _arrays(shape + (1, kernel), dtype, rng)
+    grad_out = rng.normal(size=_out_shape(x, weight, (1, 1), padding)).astype(dtype)
+    own = depthwise.grad_input(grad_out, weight, x.shape, (1, 1), padding, 1)
+    results = []
+    before = fastdl.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastdl.set_num_threads(threads)
+            results.append(conv.conv2d_grad_input(grad_out, weight, x.shape, 1, padding, 1,
+                                                  shape[1]))
+    finally:
+        fastdl.set_num_threads(before)
+    _assert_close(results[0], own, dtype)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_non_contiguous_and_read_only_inputs(dtype, rng):
     x, weight, bias = _arrays((3, 4, 10, 9, 1, 3), dtype, rng)

@@ -334,41 +334,54 @@ FASTDL_CLONES static void DW(grad_weight)(const fastdl_dw_shape *s, const DW_T *
     Py_ssize_t out_channels = s->channels * s->multiplier;
     Py_ssize_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     DW_T *grad = scratch + s->stride_w * rows * cols;
-    DW_V sums[25], bias_sum;
-    for (Py_ssize_t co = first; co < end; co++) {
-        for (int t = 0; t < kernel * kernel; t++)
-            sums[t] = (DW_V){0};
-        bias_sum = (DW_V){0};
+    /* Channels are taken FASTDL_DW_BLOCK at a time and walked image by image, each
+       image's planes of the block one after another in memory: channel by channel
+       through all images, every plane was a jump of C planes, a cache line apart on
+       4x4 maps (MobileNetV2's 960 channels at 4x4, batch 32: 3-5x the forward's time).
+       Each channel's sums still take its images in order: the same values. */
+    DW_V sums[FASTDL_DW_BLOCK][25], bias_sums[FASTDL_DW_BLOCK];
+    for (Py_ssize_t block = first; block < end; block += FASTDL_DW_BLOCK) {
+        Py_ssize_t stop = block + FASTDL_DW_BLOCK < end ? block + FASTDL_DW_BLOCK : end;
+        for (Py_ssize_t co = block; co < stop; co++) {
+            for (int t = 0; t < kernel * kernel; t++)
+                sums[co - block][t] = (DW_V){0};
+            bias_sums[co - block] = (DW_V){0};
+        }
         for (Py_ssize_t n = 0; n < s->images; n++) {
-            const DW_T *from = grad_out + (n * out_channels + co) * out_plane;
-            DW(fill_phases)(x + (n * s->channels + co / s->multiplier) * in_plane,
-                            s->height, s->width, s->pad_h, s->pad_w, s->stride_w, used,
-                            scratch, rows, cols);
-            DW(copy_rows)(grad, grad_cols, from, s->out_w, s->out_h, s->out_w);
+            for (Py_ssize_t co = block; co < stop; co++) {
+                DW_V *mine = sums[co - block];
+                const DW_T *from = grad_out + (n * out_channels + co) * out_plane;
+                DW(fill_phases)(x + (n * s->channels + co / s->multiplier) * in_plane,
+                                s->height, s->width, s->pad_h, s->pad_w, s->stride_w, used,
+                                scratch, rows, cols);
+                DW(copy_rows)(grad, grad_cols, from, s->out_w, s->out_h, s->out_w);
 #define FASTDL_DW_TAPS(sw, k, first, tap_rows)                                       \
     DW(tap_sums)(scratch, rows, cols, s->stride_h, sw, k, first, tap_rows, grad, s->out_h, \
-                 grad_cols, sums + (first) * (k))
-            if (kernel == 3 && s->stride_w == 1) {
-                FASTDL_DW_TAPS(1, 3, 0, 3);
-            } else if (kernel == 3) {
-                FASTDL_DW_TAPS(2, 3, 0, 3);
-            } else {
-                for (int i = 0; i < 5; i++) {
-                    if (s->stride_w == 1)
-                        FASTDL_DW_TAPS(1, 5, i, 1);
-                    else
-                        FASTDL_DW_TAPS(2, 5, i, 1);
+                 grad_cols, mine + (first) * (k))
+                if (kernel == 3 && s->stride_w == 1) {
+                    FASTDL_DW_TAPS(1, 3, 0, 3);
+                } else if (kernel == 3) {
+                    FASTDL_DW_TAPS(2, 3, 0, 3);
+                } else {
+                    for (int i = 0; i < 5; i++) {
+                        if (s->stride_w == 1)
+                            FASTDL_DW_TAPS(1, 5, i, 1);
+                        else
+                            FASTDL_DW_TAPS(2, 5, i, 1);
+                    }
                 }
-            }
 #undef FASTDL_DW_TAPS
-            if (grad_bias != NULL)
-                for (Py_ssize_t q = 0; q < s->out_h * grad_cols; q += DW_LANES)
-                    bias_sum += *(const DW_VU *)(grad + q);
+                if (grad_bias != NULL)
+                    for (Py_ssize_t q = 0; q < s->out_h * grad_cols; q += DW_LANES)
+                        bias_sums[co - block] += *(const DW_VU *)(grad + q);
+            }
         }
-        for (int t = 0; t < kernel * kernel; t++)
-            grad_weight[co * kernel * kernel + t] = DW(lane_sum)(&sums[t]);
-        if (grad_bias != NULL)
-            grad_bias[co] = DW(lane_sum)(&bias_sum);
+        for (Py_ssize_t co = block; co < stop; co++) {
+            for (int t = 0; t < kernel * kernel; t++)
+                grad_weight[co * kernel * kernel + t] = DW(lane_sum)(&sums[co - block][t]);
+            if (grad_bias != NULL)
+                grad_bias[co] = DW(lane_sum)(&bias_sums[co - block]);
+        }
     }
 }
 
