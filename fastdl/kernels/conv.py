@@ -321,9 +321,10 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
 def _depthwise_turned_is_same(weight_shape, stride, padding, in_channels):
     """Whether a depthwise conv's input gradient is the depthwise forward of the turned
     filters with the same padding: stride 1, one filter per channel (multiplier 1), "same"
-    padding (``k - 1 - padding == padding``). The chain's loops then serve it as they serve the
-    forward (MobileNetV2's stride-1 shapes at batch 32, interleaved: 960 at 4², 1.18 ->
-    see the commit; the input-gradient loops took 2-7x the forward's time)."""
+    padding (``k - 1 - padding == padding``). The chain's loops then serve it as they
+    serve the forward: at batch 32, MobileNetV2's input gradients took 14.0 ms in all
+    through the input-gradient loops (2-7x the forwards'), 6.0 this way (960 at 4²,
+    1.18 -> 0.19)."""
     kernel = weight_shape[2]
     return (tuple(stride) == (1, 1) and weight_shape[0] == in_channels
             and tuple(padding) == ((kernel - 1) // 2,) * 2 and kernel % 2 == 1)
