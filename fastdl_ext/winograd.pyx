@@ -418,6 +418,8 @@ def winograd_grad_weight_into(const floating[:, :, :, ::1] x,
     cdef char* written
     if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
         blocks = 0
+    if parts == 0:
+        return
     written = <char*>calloc(parts, 1)
     if written == NULL:
         raise MemoryError()
