@@ -108,19 +108,26 @@ def test_thread_counts_are_bitwise_equal(threads, dtype, rng):
 
 def test_stride_1_same_input_gradients_take_the_forward_loops():
     """A depthwise conv's input gradient runs as the forward of the turned filters where
-    that is itself a "same" depthwise conv; elsewhere the input-gradient loops."""
-    turned = conv._depthwise_turned_is_same
-    assert turned((8, 1, 3, 3), (1, 1), (1, 1), 8)
-    assert turned((8, 1, 5, 5), (1, 1), (2, 2), 8)
-    assert not turned((8, 1, 3, 3), (1, 1), (0, 0), 8)     # valid: padding 2 turned
-    assert not turned((8, 1, 3, 3), (1, 1), (1, 0), 8)
-    assert not turned((8, 1, 3, 3), (2, 2), (1, 1), 8)     # strided: spread first
-    assert not turned((16, 1, 3, 3), (1, 1), (1, 1), 8)    # multiplier 2: sums channels
+    that is itself a "same" depthwise conv and the work pays for the chain; elsewhere
+    the input-gradient loops."""
+    def by_forward(weight_shape, stride, padding, input_shape):
+        work = input_shape[0] * weight_shape[0] * input_shape[2] * input_shape[3] * 9
+        return conv._depthwise_grad_input_by_forward(weight_shape, stride, padding,
+                                                     input_shape, work)
+    assert by_forward((8, 1, 3, 3), (1, 1), (1, 1), (8, 8, 16, 16))
+    assert by_forward((8, 1, 5, 5), (1, 1), (2, 2), (8, 8, 16, 16))
+    assert by_forward((960, 1, 3, 3), (1, 1), (1, 1), (1, 960, 4, 4))    # small map
+    assert not by_forward((16, 1, 3, 3), (1, 1), (1, 1), (1, 16, 4, 4))  # little work
+    assert not by_forward((576, 1, 3, 3), (1, 1), (1, 1), (1, 576, 8, 8))  # one image
+    assert not by_forward((8, 1, 3, 3), (1, 1), (0, 0), (8, 8, 16, 16))  # valid
+    assert not by_forward((8, 1, 3, 3), (1, 1), (1, 0), (8, 8, 16, 16))
+    assert not by_forward((8, 1, 3, 3), (2, 2), (1, 1), (8, 8, 16, 16))  # strided
+    assert not by_forward((16, 1, 3, 3), (1, 1), (1, 1), (8, 8, 16, 16))  # multiplier 2
 
 
 @pytest.mark.parametrize("shape, kernel", [((8, 96, 16, 16), 3), ((32, 160, 4, 4), 3),
-                                           ((2, 24, 32, 32), 3), ((3, 7, 9, 13), 5),
-                                           ((1, 64, 8, 8), 3)])
+                                           ((9, 24, 32, 32), 3), ((8, 7, 9, 13), 5),
+                                           ((1, 960, 4, 4), 3), ((2, 24, 8, 8), 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_input_gradient_by_the_forward_loops_matches_its_own_loops(shape, kernel, dtype, rng):
     """The turned forward (MobileNetV2's map sizes, and odd ones) against the

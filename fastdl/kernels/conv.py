@@ -281,7 +281,8 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
     if depthwise.applies(weight.shape, stride, padding, dilation, groups, input_shape,
                          grad_out.shape):
         threads = _threads_for(multiply_adds)
-        if _depthwise_turned_is_same(weight.shape, stride, padding, input_shape[1]):
+        if _depthwise_grad_input_by_forward(weight.shape, stride, padding, input_shape,
+                                            multiply_adds):
             # the forward's chain loops on the turned filters (its own correlation)
             turned = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
             layer = pointwise.DepthwiseLayer(grad_out.shape, turned, None, stride, padding,
@@ -318,16 +319,30 @@ def conv2d_grad_input_unchecked(grad_out, weight, input_shape, stride, padding, 
     return grad_input
 
 
-def _depthwise_turned_is_same(weight_shape, stride, padding, in_channels):
-    """Whether a depthwise conv's input gradient is the depthwise forward of the turned
-    filters with the same padding: stride 1, one filter per channel (multiplier 1), "same"
-    padding (``k - 1 - padding == padding``). The chain's loops then serve it as they
-    serve the forward: at batch 32, MobileNetV2's input gradients took 14.0 ms in all
-    through the input-gradient loops (2-7x the forwards'), 6.0 this way (960 at 4²,
-    1.18 -> 0.19)."""
+# Where a depthwise input gradient runs as the forward chain (below): from this batch, or
+# on maps of at most _DEPTHWISE_SMALL_MAP positions from _DEPTHWISE_SMALL_WORK
+# multiply-adds. Preparing the one-step chain costs ~20 us, which the input-gradient loops
+# beat on one image of 8x8 and larger maps (576 at 8², 26 vs 37 us; 144 at 56², 90 vs
+# 123), while on 4x4 maps the chain's in-register loops win from one image on (960 at
+# 4²: 31 vs 44 us; at batch 32, 140 vs 707) and from batch 8 it is even or ahead.
+_DEPTHWISE_CHAIN_BATCH = 8
+_DEPTHWISE_SMALL_MAP = 16
+_DEPTHWISE_SMALL_WORK = 1 << 17
+
+
+def _depthwise_grad_input_by_forward(weight_shape, stride, padding, input_shape,
+                                     multiply_adds):
+    """Whether a depthwise conv's input gradient runs as the forward chain's loops on the
+    turned filters: where it is itself a "same" depthwise conv (stride 1, one filter per
+    channel, ``k - 1 - padding == padding``) and the work pays for the chain (above). At
+    batch 32, MobileNetV2's input gradients took 14.0 ms in all through the
+    input-gradient loops (2-7x the forwards'), 6.0 this way (960 at 4², 1.18 -> 0.19)."""
     kernel = weight_shape[2]
-    return (tuple(stride) == (1, 1) and weight_shape[0] == in_channels
-            and tuple(padding) == ((kernel - 1) // 2,) * 2 and kernel % 2 == 1)
+    same = (tuple(stride) == (1, 1) and weight_shape[0] == input_shape[1] and kernel % 2 == 1
+            and tuple(padding) == ((kernel - 1) // 2,) * 2)
+    small_map = input_shape[2] * input_shape[3] <= _DEPTHWISE_SMALL_MAP
+    return same and (input_shape[0] >= _DEPTHWISE_CHAIN_BATCH
+                     or (small_map and multiply_adds >= _DEPTHWISE_SMALL_WORK))
 
 
 def _grad_input_as_forward(grad_out_shape, weight, stride, padding, dilation, groups,
