@@ -280,6 +280,50 @@ def conv2d_grad_weight_into(const floating[:, :, :, ::1] x,
             free(cols)
 
 
+# Elements a side of the tiles that weight_from_parts_into turns: 16 x 16 floats are
+# 16 cache lines read and 16 written, where NumPy's transposed copy of a (2304, 512) sum
+# strode 2 KiB between values and took 4.5 ms (every column in the same cache sets).
+cdef enum:
+    _TURN_TILE = 16
+
+
+def weight_from_parts_into(const floating[:, :, :, ::1] partial,
+                           floating[:, :, ::1] weight, int num_threads=1):
+    """weight[g, o, k] = Σ_t partial[t, g, k, o]: the threads' parts of a weight gradient
+    (``conv2d_grad_weight_into``'s transposed layout) summed in order of ``t`` (as
+    ``partial.sum(axis=0)``: the same values) and turned, in 16 x 16 tiles."""
+    cdef Py_ssize_t parts = partial.shape[0], groups = partial.shape[1]
+    cdef Py_ssize_t depth = partial.shape[2], outs = partial.shape[3]
+    if weight.shape[0] != groups or weight.shape[1] != outs or weight.shape[2] != depth:
+        raise ValueError("weight_from_parts_into: weight must be (%d, %d, %d), got %s"
+                         % (groups, outs, depth, tuple(weight.shape)[:3]))
+    if parts == 0:
+        raise ValueError("weight_from_parts_into: no parts")
+    cdef Py_ssize_t tiles_k = (depth + _TURN_TILE - 1) // _TURN_TILE
+    cdef Py_ssize_t tiles_o = (outs + _TURN_TILE - 1) // _TURN_TILE
+    cdef Py_ssize_t tile, group, k0, o0, k, o, t, k_end, o_end
+    cdef floating* block   # each thread's tile of sums (a C array here would be shared)
+    with nogil, parallel(num_threads=max(1, num_threads)):
+        block = <floating*>malloc(sizeof(floating) * _TURN_TILE * _TURN_TILE)
+        for tile in prange(groups * tiles_k * tiles_o, schedule="static"):
+            group = tile // (tiles_k * tiles_o)
+            k0 = (tile // tiles_o) % tiles_k * _TURN_TILE
+            o0 = tile % tiles_o * _TURN_TILE
+            k_end = min(k0 + _TURN_TILE, depth)
+            o_end = min(o0 + _TURN_TILE, outs)
+            for k in range(k0, k_end):
+                for o in range(o0, o_end):
+                    block[(k - k0) * _TURN_TILE + o - o0] = partial[0, group, k, o]
+            for t in range(1, parts):
+                for k in range(k0, k_end):
+                    for o in range(o0, o_end):
+                        block[(k - k0) * _TURN_TILE + o - o0] += partial[t, group, k, o]
+            for o in range(o0, o_end):
+                for k in range(k0, k_end):
+                    weight[group, o, k] = block[(k - k0) * _TURN_TILE + o - o0]
+        free(block)
+
+
 cdef void _grad_input_by_channels(const floating[:, :, :, ::1] grad_out,
                                   const floating[:, :, :, ::1] weight,
                                   floating[:, :, :, ::1] grad_input, Geometry g, int groups,

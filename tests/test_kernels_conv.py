@@ -268,6 +268,23 @@ def test_whole_image_items_on_two_threads_equal_one_thread(stride, rng):
     np.testing.assert_array_equal(run(2)[1], one[1])
 
 
+@pytest.mark.parametrize("parts, groups, depth, outs", [(1, 1, 27, 6), (2, 1, 2304, 512),
+                                                      (3, 2, 17, 33), (2, 3, 16, 16)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_from_parts_sums_in_order_and_turns(parts, groups, depth, outs, dtype, rng):
+    """The threads' parts of an im2col weight gradient, summed and turned in tiles: the
+    values of NumPy's sum over the parts and transposed copy, for any thread count."""
+    from fastdl_ext import conv as compiled
+    partial = rng.normal(size=(parts, groups, depth, outs)).astype(dtype)
+    expected = partial.sum(axis=0).transpose(0, 2, 1)
+    for threads in (1, 2, 3):
+        weight = np.full((groups, outs, depth), np.nan, dtype)
+        compiled.weight_from_parts_into(partial, weight, threads)
+        np.testing.assert_array_equal(weight, expected)
+    with pytest.raises(ValueError, match="weight must be"):
+        compiled.weight_from_parts_into(partial, np.empty((groups, depth, outs + 1), dtype))
+
+
 def test_images_per_item_balances_threads():
     # 64 positions of 576 taps: 4 images an item at batch 32 (8 items, 4 a thread)
     assert conv._images_per_item(32, 576, 64, 4, 2) == 4

@@ -449,8 +449,9 @@ def _grad_weight_gemm(x, grad_out, weight_shape, stride, padding, dilation, grou
         tile = _tile_size(k, positions, x.itemsize, x.shape[0], threads)
         _ext.conv2d_grad_weight_into(x, grad_out, partial, tuple(weight_shape), stride,
                                      padding, dilation, groups, tile, threads)
-    summed = partial[0] if threads == 1 else partial.sum(axis=0)   # (groups, K, C_out/g)
-    return np.ascontiguousarray(summed.transpose(0, 2, 1)).reshape(tuple(weight_shape))
+    grad_weight = np.empty((groups, out_per_group, k), dtype=x.dtype)
+    _ext.weight_from_parts_into(partial, grad_weight, threads)   # summed and turned
+    return grad_weight.reshape(tuple(weight_shape))
 
 
 def conv2d_grad_bias(grad_out):
