@@ -129,13 +129,13 @@ def test_stride_1_same_input_gradients_take_the_forward_loops():
                                            ((9, 24, 32, 32), 3), ((8, 7, 9, 13), 5),
                                            ((1, 960, 4, 4), 3), ((2, 24, 8, 8), 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_input_gradient_by_the_forward_loops_matches_its_own_loops(shape, kernel, dtype, rng):
-    """The turned forward (MobileNetV2's map sizes, and odd ones) against the
-    input-gradient loops, and bitwise the same for 1, 2 and 3 threads."""
+def test_input_gradient_by_the_forward_loops_matches_reference(shape, kernel, dtype, rng):
+    """The turned forward (MobileNetV2's map sizes, and odd ones) against the tap-by-tap
+    reference, and bitwise the same for 1, 2 and 3 threads."""
     padding = (kernel // 2, kernel // 2)
     x, weight, _ = _arrays(shape + (1, kernel), dtype, rng)
     grad_out = rng.normal(size=_out_shape(x, weight, (1, 1), padding)).astype(dtype)
-    own = depthwise.grad_input(grad_out, weight, x.shape, (1, 1), padding, 1)
+    expected, _ = conv2d_grads_reference(x, weight, grad_out, (1, 1), padding, shape[1])
     results = []
     before = fastdl.get_num_threads()
     try:
@@ -145,9 +145,35 @@ def test_input_gradient_by_the_forward_loops_matches_its_own_loops(shape, kernel
                                                   shape[1]))
     finally:
         fastdl.set_num_threads(before)
-    _assert_close(results[0], own, dtype)
+    _assert_close(results[0], expected, dtype)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 10), c=st.integers(2, 40), size=st.sampled_from([2, 3, 4, 5, 8, 11]),
+       kernel=st.sampled_from([3, 5]), threads=st.integers(1, 3), double=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_random_batches_through_the_chain_and_channel_blocks_match_reference(
+        n, c, size, kernel, threads, double, seed):
+    """Random batches, channel counts (blocks of 16 with remainders) and thread counts:
+    the input gradient (by the forward's chain from batch 8 or on small maps) and the
+    weight gradient (16 channels at a time) against the reference."""
+    dtype = np.float64 if double else np.float32
+    rng = np.random.default_rng(seed)
+    padding = (kernel // 2, kernel // 2)
+    x, weight, _ = _arrays((n, c, size, size, 1, kernel), dtype, rng)
+    grad_out = rng.normal(size=_out_shape(x, weight, (1, 1), padding)).astype(dtype)
+    grad_input, grad_weight = conv2d_grads_reference(x, weight, grad_out, (1, 1), padding, c)
+    before = fastdl.get_num_threads()
+    try:
+        fastdl.set_num_threads(threads)
+        _assert_close(conv.conv2d_grad_input(grad_out, weight, x.shape, 1, padding, 1, c),
+                      grad_input, dtype)
+        _assert_close(conv.conv2d_grad_weight(x, grad_out, weight.shape, 1, padding, 1, c),
+                      grad_weight, dtype)
+    finally:
+        fastdl.set_num_threads(before)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
