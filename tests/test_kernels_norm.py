@@ -571,6 +571,51 @@ def test_bitwise_identical_at_one_and_two_threads(rng, dtype, shape):
         assert one.tobytes() == two.tobytes()
 
 
+def test_chunks_share_items_evenly():
+    from fastdl.kernels._norm_loops import _chunk_bounds, _grad_chunks
+    for n_items in range(1, 300):
+        n_chunks = _grad_chunks(n_items)
+        bounds = [_chunk_bounds(chunk, n_chunks, n_items) for chunk in range(n_chunks)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n_items
+        assert all(stop == first for (_, stop), (first, _) in zip(bounds, bounds[1:]))
+        sizes = [stop - first for first, stop in bounds]
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+# channels and rows that are not a multiple of the 64 chunks (each chunk two or three),
+# on short runs (walked in memory order) and long ones
+@pytest.mark.parametrize("shape", [(3, 150, 4, 4), (2, 100, 17, 17)])
+def test_uneven_chunks_same_bits_at_any_thread_count_and_right(rng, shape):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    grad_out = rng.standard_normal(shape).astype(np.float32)
+    channels = shape[1]
+    weight = rng.standard_normal(channels).astype(np.float32)
+    bias = rng.standard_normal(channels).astype(np.float32)
+
+    def run():
+        y, mean, inv_std = norm.batch_norm_forward(x, weight, bias, None, None, True)
+        rows = x.reshape(-1, shape[-1])
+        row_weight = weight[:shape[-1]]
+        rows_y, rows_mean, rows_inv = norm.layer_norm_forward(rows, shape[-1], row_weight)
+        return ([y] + list(norm.batch_norm_backward(grad_out, x, mean, inv_std, weight, True))
+                + [rows_y] + list(norm.layer_norm_backward(grad_out.reshape(rows.shape), rows,
+                                                           rows_mean, rows_inv, row_weight,
+                                                           shape[-1])))
+    previous = numba.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            results.append(run())
+    finally:
+        numba.set_num_threads(previous)
+    for other in results[1:]:
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(results[0], other))
+    expected = batch_norm_reference(x.astype(np.float64), weight, bias, EPS)
+    np.testing.assert_allclose(results[0][0], expected, **tolerance(np.float32))
+
+
 # ---------------------------------------------------------------------------
 # torch as an extra oracle
 # ---------------------------------------------------------------------------

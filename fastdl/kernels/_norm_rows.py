@@ -7,8 +7,8 @@ import numpy as np
 
 from fastdl.kernels._jit import jit, prange
 from fastdl.kernels._norm_loops import (_BLOCK, _FASTMATH, _SPAN, _block_moments_kernel,
-                                        _grad_chunks_kernel, _inlined, _moments_of_kernel,
-                                        _sum_chunks_kernel)
+                                        _chunk_bounds_kernel, _grad_chunks_kernel, _inlined,
+                                        _moments_of_kernel, _sum_chunks_kernel)
 
 # backward: rows whose parameter-gradient terms are summed in x's dtype before
 # joining the float64 chunk sums (float64 read-modify-writes of every element
@@ -43,9 +43,10 @@ def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y):
     # x, y: (rows, row_length); weight, bias: (row_length,) in x's dtype;
     # mean, var (biased), inv_std: (rows,) float64 outputs
     n_rows = x.shape[0]
-    n_chunks, per_chunk = _grad_chunks_kernel(n_rows)
+    n_chunks = _grad_chunks_kernel(n_rows)
     for chunk in prange(n_chunks):
-        for row in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_rows)):
+        first, stop = _chunk_bounds_kernel(chunk, n_chunks, n_rows)
+        for row in range(first, stop):
             # no software prefetch of the rows ahead, the hardware's streams do better:
             # prefetching the row two ahead took the 4096x768 forward 1.3-1.4x the time
             # (the backward prefetches neither: x and g ahead slowed it, dx for
@@ -83,7 +84,7 @@ def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_
     # that its few instructions per line keep many loads in flight; the second, in
     # L1, writes dx and adds the per-column parameter terms.
     n_rows, row_length = x.shape
-    n_chunks, per_chunk = _grad_chunks_kernel(n_rows)
+    n_chunks = _grad_chunks_kernel(n_rows)
     # each chunk's sums zeroed by the thread that fills them, in parallel
     grad_weight_parts = np.empty((n_chunks, row_length))
     grad_bias_parts = np.empty((n_chunks, row_length))
@@ -93,8 +94,8 @@ def _layer_norm_backward(grad_out, x, weight, mean, inv_std, needs_grad_x, grad_
         grad_bias_parts[chunk] = 0.0
         tile_grad_weight = np.zeros(row_length, dtype=x.dtype)
         tile_grad_bias = np.zeros(row_length, dtype=x.dtype)
-        chunk_stop = min((chunk + 1) * per_chunk, n_rows)
-        for tile_start in range(chunk * per_chunk, chunk_stop, _PARAM_TILE):
+        chunk_start, chunk_stop = _chunk_bounds_kernel(chunk, n_chunks, n_rows)
+        for tile_start in range(chunk_start, chunk_stop, _PARAM_TILE):
             for row in range(tile_start, min(tile_start + _PARAM_TILE, chunk_stop)):
                 shift, scale = to_dtype(mean[row]), to_dtype(inv_std[row])
                 grad_row, x_row = grad_out[row], x[row]
