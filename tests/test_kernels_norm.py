@@ -337,16 +337,21 @@ def test_property_batch_norm_walk_orders_agree(n, c, h, w, double, seed):
 
 def _check_memory_order(rng, dtype, shape):
     """Runs of at most SHORT_RUN_BYTES (4x4 and 8x8 maps) are walked image by image; the
-    sums are formed run by run in the same order as channel by channel (144 channels:
-    chunks past the last channel stay empty). LLVM may reassociate the float64 moment
-    merge differently in the two loops, so the statistics agree to rounding (1e-14 of
-    each vector's largest value) and the outputs and gradients, computed from them in
-    x's dtype, to x's rounding."""
+    run walk forms its sums run by run in the same order as the channel walk, so the
+    statistics agree to float64 rounding (1e-14 of each vector's largest value; LLVM
+    may reassociate the float64 moment merge differently in the two loops). Runs of at
+    most LANE_RUN_BYTES go lane by lane, their x's-dtype partial sums grouped by lane
+    rather than by run: there the statistics agree to x's rounding. The outputs and
+    gradients, computed from them in x's dtype, agree to x's rounding."""
     from fastdl.kernels import _norm_loops as loops
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype).reshape(shape[0], shape[1], -1)
     grad = rng.standard_normal(x.shape).astype(dtype)
     weight, bias = rng.standard_normal((2, shape[1])).astype(dtype)
-    assert loops.memory_order(x, 1) == (x.shape[2] * x.itemsize <= loops.SHORT_RUN_BYTES)
+    run_bytes = x.shape[2] * x.itemsize
+    walk = loops.memory_order(x, 1)
+    assert walk == (loops.CHANNEL_WALK if run_bytes > loops.SHORT_RUN_BYTES or shape[0] < 2
+                    else loops.LANE_WALK if run_bytes <= loops.LANE_RUN_BYTES
+                    else loops.RUN_WALK)
 
     def run(memory_order):
         stats = [np.empty(shape[1]) for _ in range(3)]
@@ -367,16 +372,30 @@ def _check_memory_order(rng, dtype, shape):
                                                     memory_order)
         return [y, grad_x, fixed_grad_x], [*stats, *sums, *fixed, *sums_only]
 
-    (outputs, float64s), (plain_outputs, plain_float64s) = run(True), run(False)
-    tolerance = 4 * np.finfo(dtype).eps
-    for image_order, channel_order in zip(outputs, plain_outputs):
-        np.testing.assert_allclose(image_order, channel_order, rtol=tolerance,
-                                   atol=tolerance * np.abs(channel_order).max(initial=1.0))
-    for image_order, channel_order in zip(float64s, plain_float64s):
-        # a gradient sum can cancel to far below its terms: rounding is relative to the
-        # largest value of the vector, not to each element
-        np.testing.assert_allclose(image_order, channel_order, rtol=1e-14,
-                                   atol=1e-14 * np.abs(channel_order).max(initial=1e-300))
+    (plain_outputs, plain_float64s) = run(loops.CHANNEL_WALK)
+    # dx is a difference of terms of the size of inv_std * w * g, which can cancel far
+    # below them (two values a channel): its rounding is relative to the terms
+    terms = np.abs(plain_float64s[2][None, :, None] * weight[None, :, None] * grad).max()
+    x_hat = (x - plain_float64s[0][None, :, None]) * plain_float64s[2][None, :, None]
+    term_sizes = np.abs(grad).max() * max(1.0, np.abs(x_hat).max())
+    for other_walk in {walk, loops.RUN_WALK, loops.LANE_WALK} if shape[0] > 1 else {walk}:
+        outputs, float64s = run(other_walk)
+        lanes = other_walk == loops.LANE_WALK
+        tolerance = (16 if lanes else 4) * np.finfo(dtype).eps
+        for image_order, channel_order in zip(outputs, plain_outputs):
+            scale = max(np.abs(channel_order).max(initial=1.0), terms if lanes else 0.0)
+            np.testing.assert_allclose(image_order, channel_order, rtol=tolerance,
+                                       atol=tolerance * scale)
+        sums_tolerance = tolerance if lanes else 1e-14
+        for index, (image_order, channel_order) in enumerate(zip(float64s, plain_float64s)):
+            # a gradient sum can cancel to far below its terms: rounding is relative to
+            # the largest value of the vector, not to each element, and where the
+            # partial sums are grouped differently (lanes), to the sum of its terms
+            scale = np.abs(channel_order).max(initial=1e-300)
+            if lanes and index >= 3:
+                scale = max(scale, x.shape[0] * x.shape[2] * term_sizes)
+            np.testing.assert_allclose(image_order, channel_order, rtol=sums_tolerance,
+                                       atol=sums_tolerance * scale)
 
 
 # ---------------------------------------------------------------------------

@@ -69,7 +69,7 @@ import numpy as np
 # is_int tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_int
-from fastdl.kernels._norm_loops import (affine_segments_kernel, moments_kernel,
+from fastdl.kernels._norm_loops import (affine_segments_kernel, memory_order, moments_kernel,
                                         normalize_input_grad_kernel)
 
 __all__ = [
@@ -213,7 +213,8 @@ def batch_norm_statistics(x):
     """
     x, _, layout = _check_input("batch_norm_statistics", x, 2, 0.0, _batch_norm_layout)
     mean, var = np.empty(layout.n_kept), np.empty(layout.n_kept)
-    moments_kernel(layout.view(x), mean, var)
+    x3 = layout.view(x)
+    moments_kernel(x3, mean, var, memory_order(x3, layout.n_sub))
     return mean, var
 
 
