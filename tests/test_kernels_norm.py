@@ -343,15 +343,15 @@ def _check_memory_order(rng, dtype, shape):
     most LANE_RUN_BYTES go lane by lane, their x's-dtype partial sums grouped by lane
     rather than by run: there the statistics agree to x's rounding. The outputs and
     gradients, computed from them in x's dtype, agree to x's rounding."""
-    from fastdl.kernels import _norm_loops as loops
+    from fastdl.kernels import _norm_loops as loops, _norm_short as walks
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype).reshape(shape[0], shape[1], -1)
     grad = rng.standard_normal(x.shape).astype(dtype)
     weight, bias = rng.standard_normal((2, shape[1])).astype(dtype)
     run_bytes = x.shape[2] * x.itemsize
-    walk = loops.memory_order(x, 1)
-    assert walk == (loops.CHANNEL_WALK if run_bytes > loops.SHORT_RUN_BYTES or shape[0] < 2
-                    else loops.LANE_WALK if run_bytes <= loops.LANE_RUN_BYTES
-                    else loops.RUN_WALK)
+    walk = walks.memory_order(x, 1)
+    assert walk == (walks.CHANNEL_WALK if run_bytes > walks.SHORT_RUN_BYTES or shape[0] < 2
+                    else walks.LANE_WALK if run_bytes <= walks.LANE_RUN_BYTES
+                    else walks.RUN_WALK)
 
     def run(memory_order):
         stats = [np.empty(shape[1]) for _ in range(3)]
@@ -372,15 +372,15 @@ def _check_memory_order(rng, dtype, shape):
                                                     memory_order)
         return [y, grad_x, fixed_grad_x], [*stats, *sums, *fixed, *sums_only]
 
-    (plain_outputs, plain_float64s) = run(loops.CHANNEL_WALK)
+    (plain_outputs, plain_float64s) = run(walks.CHANNEL_WALK)
     # dx is a difference of terms of the size of inv_std * w * g, which can cancel far
     # below them (two values a channel): its rounding is relative to the terms
     terms = np.abs(plain_float64s[2][None, :, None] * weight[None, :, None] * grad).max()
     x_hat = (x - plain_float64s[0][None, :, None]) * plain_float64s[2][None, :, None]
     term_sizes = np.abs(grad).max() * max(1.0, np.abs(x_hat).max())
-    for other_walk in {walk, loops.RUN_WALK, loops.LANE_WALK} if shape[0] > 1 else {walk}:
+    for other_walk in {walk, walks.RUN_WALK, walks.LANE_WALK} if shape[0] > 1 else {walk}:
         outputs, float64s = run(other_walk)
-        lanes = other_walk == loops.LANE_WALK
+        lanes = other_walk == walks.LANE_WALK
         tolerance = (16 if lanes else 4) * np.finfo(dtype).eps
         for image_order, channel_order in zip(outputs, plain_outputs):
             scale = max(np.abs(channel_order).max(initial=1.0), terms if lanes else 0.0)
@@ -591,7 +591,7 @@ def test_bitwise_identical_at_one_and_two_threads(rng, dtype, shape):
 
 
 def test_chunks_share_items_evenly():
-    from fastdl.kernels._norm_loops import _chunk_bounds, _grad_chunks
+    from fastdl.kernels._norm_pieces import _chunk_bounds, _grad_chunks
     for n_items in range(1, 300):
         n_chunks = _grad_chunks(n_items)
         bounds = [_chunk_bounds(chunk, n_chunks, n_items) for chunk in range(n_chunks)]

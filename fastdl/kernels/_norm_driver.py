@@ -9,9 +9,10 @@ import numpy as np
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_real
 from fastdl.kernels._norm_loops import (LONG_RUN_BYTES, affine_segments_kernel,
-                                        given_vectors_kernel, memory_order,
-                                        normalize_backward_kernel, normalize_forward_kernel)
+                                        given_vectors_kernel, normalize_backward_kernel,
+                                        normalize_forward_kernel)
 from fastdl.kernels._norm_rows import layer_norm_backward_kernel, layer_norm_forward_kernel
+from fastdl.kernels._norm_short import memory_order
 
 class _Layout:
     """The ``(A, K, S, B)`` view of one input and its parameter period ``P``.

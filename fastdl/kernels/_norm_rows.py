@@ -6,9 +6,10 @@ Inlined helpers and one set of fastmath flags per kernel, as in ``_norm_loops``.
 import numpy as np
 
 from fastdl.kernels._jit import jit, prange
-from fastdl.kernels._norm_loops import (_BLOCK, _FASTMATH, _SPAN, _block_moments_kernel,
-                                        _chunk_bounds_kernel, _grad_chunks_kernel, _inlined,
-                                        _moments_of_kernel, _sum_chunks_kernel)
+from fastdl.kernels._norm_loops import _moments_of_kernel
+from fastdl.kernels._norm_pieces import (_BLOCK, _FASTMATH, _SPAN, _block_moments_kernel,
+                                         _chunk_bounds_kernel, _grad_chunks_kernel, _inlined,
+                                         _move_into, _sum_chunks_kernel)
 
 # backward: rows whose parameter-gradient terms are summed in x's dtype before
 # joining the float64 chunk sums (float64 read-modify-writes of every element
@@ -62,13 +63,6 @@ def _layer_norm_forward(x, weight, bias, eps, mean, var, inv_std, y):
 
 
 layer_norm_forward_kernel = jit(_layer_norm_forward, parallel=True, fastmath=_FASTMATH)
-
-
-def _move_into(partial, total):
-    """``total += partial`` (widening to ``total``'s dtype), then ``partial = 0``."""
-    for i in range(partial.shape[0]):
-        total[i] += partial[i]
-        partial[i] = 0
 
 
 # a call, once per _PARAM_TILE rows

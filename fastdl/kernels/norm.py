@@ -59,8 +59,14 @@ For a given ``(a, k)`` the ``S * B`` elements are one contiguous run.
   of microseconds on a busy host. Even an ``np.zeros`` in a parallel kernel
   is a parallel loop of its own: the backward's per-chunk parameter sums were
   zeroed that way, and zeroing them inside the chunk loop made the batch, group
-  and instance norm backward 10-20 % faster. The compiled loops are in
-  ``_norm_loops`` (and ``_norm_rows`` for layer norm).
+  and instance norm backward 10-20 % faster. The fixed chunks share the ``k`` out
+  evenly (sizes differ by at most one), so each thread gets its share.
+* Batch norm on 4x4 and 8x8 maps walks a chunk of channels in memory order, image
+  by image (``_norm_short``): a run is then one to four cache lines, and walking
+  channel by channel jumps a whole image between them.
+
+The compiled loops are in ``_norm_loops`` and ``_norm_short`` (``_norm_rows`` for
+layer norm), the pieces they inline in ``_norm_pieces``.
 """
 import math
 
@@ -69,8 +75,9 @@ import numpy as np
 # is_int tests plain types first: the checks run on every call, after kernels that
 # streamed megabytes through the caches, where the numbers ABCs are slow
 from fastdl._checks import is_int
-from fastdl.kernels._norm_loops import (affine_segments_kernel, memory_order, moments_kernel,
+from fastdl.kernels._norm_loops import (affine_segments_kernel, moments_kernel,
                                         normalize_input_grad_kernel)
+from fastdl.kernels._norm_short import memory_order
 
 __all__ = [
     "batch_norm_forward", "batch_norm_backward",
