@@ -38,6 +38,42 @@ from fastdl_ext._unfold cimport fastdl_unfold_geometry, fastdl_unfold_scratch, u
 from fastdl_ext._blas cimport floating, gemm as _gemm
 
 
+cdef extern from "fastdl_panel_gemm.h":
+    int _panel_wide "fastdl_pw_wide"() noexcept nogil
+    void _panel_gemm_float "fastdl_panel_gemm_float"(
+        const float* packed, Py_ssize_t rows, Py_ssize_t depth, Py_ssize_t positions,
+        Py_ssize_t images, const float* x, Py_ssize_t ldx, Py_ssize_t x_image_stride,
+        float* out, Py_ssize_t ldout, Py_ssize_t out_image_stride, const float* bias,
+        const float* residual, int activate, float slope, float* spill,
+        int wide) noexcept nogil
+    void _panel_gemm_double "fastdl_panel_gemm_double"(
+        const double* packed, Py_ssize_t rows, Py_ssize_t depth, Py_ssize_t positions,
+        Py_ssize_t images, const double* x, Py_ssize_t ldx, Py_ssize_t x_image_stride,
+        double* out, Py_ssize_t ldout, Py_ssize_t out_image_stride, const double* bias,
+        const double* residual, int activate, double slope, double* spill,
+        int wide) noexcept nogil
+
+
+cdef int _WIDE = _panel_wide()
+
+
+cdef inline void _panel_gemm(const floating* packed, Py_ssize_t rows, Py_ssize_t depth,
+                             Py_ssize_t positions, Py_ssize_t images, const floating* x,
+                             Py_ssize_t ldx, Py_ssize_t x_image_stride, floating* out,
+                             Py_ssize_t ldout, Py_ssize_t out_image_stride,
+                             const floating* bias, const floating* residual, bint activate,
+                             double slope, floating* spill) noexcept nogil:
+    """``include/fastdl_panel_gemm.h``'s GEMM for this dtype."""
+    if floating is float:
+        _panel_gemm_float(packed, rows, depth, positions, images, x, ldx, x_image_stride,
+                          out, ldout, out_image_stride, bias, residual, activate,
+                          <float>slope, spill, _WIDE)
+    else:
+        _panel_gemm_double(packed, rows, depth, positions, images, x, ldx, x_image_stride,
+                           out, ldout, out_image_stride, bias, residual, activate, slope,
+                           spill, _WIDE)
+
+
 cdef struct Geometry:
     int channels       # input channels of one group
     int height
@@ -560,6 +596,55 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
                               if residual_ptr != NULL else NULL, activate, slope_value)
             free(phases)
             free(result)
+            free(cols)
+
+
+def conv2d_forward_images_packed_into(const floating[:, :, :, ::1] x,
+                                      const floating[:, :, ::1] packed,
+                                      floating[:, :, :, ::1] out, tuple weight_shape,
+                                      tuple stride, tuple padding, tuple dilation, int images,
+                                      int num_threads,
+                                      const floating[::1] bias=None,
+                                      const floating[:, :, :, ::1] residual=None,
+                                      bint activate=False, double slope=0.0):
+    """``conv2d_forward_images_into`` (one group) with its weights packed in panels
+    (``kernels.pointwise.pack`` of the (M, K) weights: ``packed`` (ceil(M / 8), K, 8)):
+    the pointwise convs' register tiles multiply them by each item's columns and store
+    the rows, epilogue included, straight into ``out`` (``include/fastdl_panel_gemm.h``)."""
+    cdef int n_images = x.shape[0], out_channels = weight_shape[0]
+    cdef ImageItems plan = _image_items(n_images, x.shape[1], x.shape[2], x.shape[3],
+                                        weight_shape, out.shape[2], out.shape[3], stride,
+                                        padding, dilation, 1, images)
+    if packed.shape[1] != plan.k or packed.shape[0] * packed.shape[2] < out_channels:
+        raise ValueError("conv2d_forward_images_packed_into: packed must hold (%d, %d) "
+                         "weights, got %s" % (out_channels, plan.k, tuple(packed.shape)[:3]))
+    cdef Geometry g = plan.g
+    cdef int k = plan.k, positions = plan.positions
+    cdef Py_ssize_t in_stride = plan.in_stride, out_stride = plan.out_stride
+    cdef Py_ssize_t phase_size = plan.phase_size
+    cdef int item, first, count
+    cdef floating* cols
+    cdef floating* spill
+    cdef floating* phases
+    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
+    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
+        else NULL
+    if n_images == 0 or positions == 0:
+        return
+    with nogil:
+        for item in prange(plan.items, num_threads=num_threads, schedule="static"):
+            first = item * images
+            count = min(images, n_images - first)
+            cols = <floating*>malloc(sizeof(floating) * <size_t>k * count * positions)
+            spill = <floating*>malloc(<size_t>k * 64)
+            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
+            _unfold_images(&x[first, 0, 0, 0], in_stride, g, positions, count, cols, phases)
+            _panel_gemm(&packed[0, 0, 0], out_channels, k, positions, count, cols,
+                        count * positions, positions, &out[first, 0, 0, 0], positions,
+                        out_stride, bias_ptr, residual_ptr + first * out_stride
+                        if residual_ptr != NULL else NULL, activate, slope, spill)
+            free(phases)
+            free(spill)
             free(cols)
 
 

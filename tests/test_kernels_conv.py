@@ -229,6 +229,78 @@ def test_whole_image_items_match_the_reference(case, dtype, rtol, rng):
     assert abs(np.sum(weight.astype(np.float64) * grad_weight) - inner) <= rtol * total
 
 
+# one group: the packed-panel forward; maps whose output is whole vectors of positions,
+# a vector and a part (the spilled run), and less than one; kernels and strides the
+# images path takes (3x3 and 1x1 at stride 2, 5x5 at stride 1)
+PACKED_CASES = [
+    # (N, C_in, H, W, C_out, (kh, kw), stride, padding)
+    (5, 3, 9, 8, 4, (3, 3), 2, 1),
+    (4, 2, 7, 7, 3, (4, 5), 2, 3),
+    (3, 24, 16, 16, 20, (3, 3), 2, 1),       # 8x8: four vectors
+    (3, 10, 14, 14, 17, (3, 3), 2, 1),       # 7x7: three vectors and a part
+    (4, 16, 18, 18, 9, (1, 1), 2, 0),        # 9x9 shortcut
+    (2, 6, 9, 9, 33, (5, 5), 1, 2),
+]
+
+
+@pytest.mark.parametrize("case", PACKED_CASES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 2e-5), (np.float64, 1e-11)])
+def test_packed_panels_forward_matches_the_reference(case, dtype, rtol, rng):
+    from fastdl.kernels import pointwise
+    from fastdl_ext import conv as compiled
+    n, c, h, w, c_out, kernel, stride, padding = case
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c) + kernel).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    pairs = (stride, stride), (padding, padding), (1, 1)
+    expected = conv2d_reference(x, weight, bias, *pairs, 1)
+    residual = rng.normal(size=expected.shape).astype(dtype)
+    with_residual = expected + residual
+    activated = np.where(with_residual > 0, with_residual, 0.1 * with_residual)
+    scale = np.abs(activated).max()
+    packed = pointwise.pack(weight.reshape(c_out, -1, 1, 1))
+    for images, threads in ((2, 1), (3, 2), (n, 1), (1, 2)):
+        out = np.full(expected.shape, np.nan, dtype)
+        compiled.conv2d_forward_images_packed_into(x, packed, out, weight.shape, *pairs,
+                                                   images, threads, bias)
+        np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * scale)
+        fused = np.full(expected.shape, np.nan, dtype)
+        compiled.conv2d_forward_images_packed_into(x, packed, fused, weight.shape, *pairs,
+                                                   images, threads, bias, residual, True, 0.1)
+        np.testing.assert_allclose(fused, activated, rtol=rtol, atol=rtol * scale)
+        if images == 2 and threads == 1:
+            first = fused
+        else:   # each output sums its products in order whatever the items and threads
+            np.testing.assert_array_equal(fused, first)
+    with pytest.raises(ValueError, match="packed must hold"):
+        compiled.conv2d_forward_images_packed_into(x, np.ascontiguousarray(packed[:, :-1]),
+                                                   out, weight.shape, *pairs, 1, 1)
+
+
+def test_images_forward_takes_the_packed_panels_where_they_pay(monkeypatch, rng):
+    from fastdl_ext import conv as compiled
+    taken = []
+    for name in ("conv2d_forward_images_packed_into", "conv2d_forward_images_into"):
+        original = getattr(compiled, name)
+        monkeypatch.setattr(conv._ext, name,
+                            lambda *args, _f=original, _n=name: (taken.append(_n), _f(*args)))
+    weight = rng.normal(size=(128, 8, 3, 3)).astype(np.float32)
+
+    def path(n, size, once=True):
+        taken.clear()
+        x = rng.normal(size=(n, 8, size, size)).astype(np.float32)
+        run = conv.conv2d_runner(x.shape, weight, None, (2, 2), (1, 1), (1, 1), 1, once=once)
+        expected = conv2d_reference(x, weight, None, (2, 2), (1, 1), (1, 1), 1)
+        np.testing.assert_allclose(run(x), expected, rtol=1e-4,
+                                   atol=1e-4 * np.abs(expected).max())
+        return taken[-1] if taken else None
+    assert path(32, 16) == "conv2d_forward_images_packed_into"           # 64 positions an image
+    assert path(32, 8) == "conv2d_forward_images_packed_into"            # 16: one vector
+    assert path(32, 6) == "conv2d_forward_images_into"                   # 9: under a vector
+    assert path(4, 16) == "conv2d_forward_images_into"                   # 256 in all, run once
+    assert path(4, 16, once=False) == "conv2d_forward_images_packed_into"  # packed once
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_whole_image_items_on_two_threads_equal_one_thread(stride, rng):
     # many items of one image each, so both threads are inside the loop at once: each

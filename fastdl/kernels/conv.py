@@ -60,6 +60,19 @@ _THIN_POSITIONS = 256
 # 128 -> 256 at 8², 1.80 vs 2.58; 64 -> 128 at 32², 6.0 vs 7.2; but 32 -> 64 at 16²,
 # 0.74 vs 0.55.
 _GEMM_FORWARD_CHANNELS = 128
+# The image items' forward multiplies the columns by weights packed in panels with the
+# pointwise convs' register tiles (``_images_runner``), where OpenBLAS packed both
+# operands on every call: batch 32, stride 2, 2 threads, interleaved, 64 -> 128 from
+# 16², 2.42-2.50 -> 2.02-2.11 ms; 128 -> 256 from 8², 2.49 -> 2.12; 256 -> 512 from 8²,
+# 7.9-8.1 -> 6.1-6.5. On an image's output of fewer positions than a vector (16 float32)
+# most lanes would be empty (256 -> 512 from 4², 2.3 -> 6.3 ms): those keep OpenBLAS. (The
+# input gradient's GEMM by the same tiles, on the turned weights, measured even: 64 ->
+# 128 from 16², 1.95-2.03 against 2.07-2.11 ms; 256 -> 512 from 8², 8.9 against 8.1-9.5
+# before packing its 1.2 M weights.)
+# Packing 256 -> 512's 1.2 M weights takes 0.5 ms, paid back from about 200 positions in
+# all: a conv run once packs from ``_PANEL_COLUMNS``.
+_PANEL_MIN_POSITIONS = 16
+_PANEL_COLUMNS = 512
 
 
 def _threads_for(multiply_adds):
@@ -204,9 +217,8 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
                           padding, dilation)
     if (images and stride == (2, 2) and dilation == (1, 1) and kh * kw > 1
             and c_out >= _GEMM_FORWARD_CHANNELS):
-        return fused_runner(_ext.conv2d_forward_images_into, out_shape, weight,
-                            (stride, padding, dilation, groups, images, threads), bias,
-                            negative_slope)
+        return _images_runner(out_shape, weight, bias, stride, padding, dilation, groups,
+                              images, threads, negative_slope, once)
     # direct before Winograd: up to 32 output channels Winograd's 16 GEMMs are too
     # thin (ResNet's first stage, 16 -> 16 at 32²: 1.5 vs 3.3 ms at batch 32)
     if direct.applies(weight.shape, stride, dilation, groups, input_shape, padding,
@@ -217,12 +229,38 @@ def conv2d_runner(input_shape, weight, bias=None, stride=(1, 1), padding=(0, 0),
         return winograd.forward_runner(input_shape, weight, bias, padding,
                                        _threads_for(multiply_adds * 4 // 9), negative_slope)
     if images:
-        return fused_runner(_ext.conv2d_forward_images_into, out_shape, weight,
-                            (stride, padding, dilation, groups, images, threads), bias,
-                            negative_slope)
+        return _images_runner(out_shape, weight, bias, stride, padding, dilation, groups,
+                              images, threads, negative_slope, once)
     tile = _tile_size(k, positions, weight.itemsize, n, threads)
     return fused_runner(_ext.conv2d_forward_into, out_shape, weight,
                         (stride, padding, dilation, groups, tile, threads), bias, negative_slope)
+
+
+def _by_panels(n_images, positions, groups, once):
+    """Whether the image items' GEMM runs on weights packed in panels (``_images_runner``):
+    one group, a vector of positions an image, and where the weights are packed for one
+    call, ``_PANEL_COLUMNS`` positions in all."""
+    return (groups == 1 and positions >= _PANEL_MIN_POSITIONS
+            and (not once or n_images * positions >= _PANEL_COLUMNS))
+
+
+def _images_runner(out_shape, weight, bias, stride, padding, dilation, groups, images,
+                   threads, negative_slope, once):
+    """The forward by work items of whole images: their columns times the weights packed
+    in panels by the pointwise convs' register tiles (``conv2d_forward_images_packed_into``)
+    where there is one group and an image's output holds a vector of positions (on
+    fewer, most lanes of the tiles would be empty), else OpenBLAS's GEMM. A conv run
+    once packs its weights for the call, which pays from ``_PANEL_COLUMNS`` positions
+    in all."""
+    n, c_out = out_shape[:2]
+    if _by_panels(n, out_shape[2] * out_shape[3], groups, once):
+        packed = pointwise.pack(weight.reshape(c_out, -1, 1, 1))
+        return fused_runner(_ext.conv2d_forward_images_packed_into, out_shape, packed,
+                            (tuple(weight.shape), stride, padding, dilation, images, threads),
+                            bias, negative_slope)
+    return fused_runner(_ext.conv2d_forward_images_into, out_shape, weight,
+                        (stride, padding, dilation, groups, images, threads), bias,
+                        negative_slope)
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
