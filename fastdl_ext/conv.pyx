@@ -36,42 +36,10 @@ from libc.string cimport memcpy, memset
 from fastdl_ext._epilogue cimport epilogue_rows
 from fastdl_ext._unfold cimport fastdl_unfold_geometry, fastdl_unfold_scratch, unfold_s2
 from fastdl_ext._blas cimport floating, gemm as _gemm
+from fastdl_ext._panels cimport panel_gemm, panel_wide
 
 
-cdef extern from "fastdl_panel_gemm.h":
-    int _panel_wide "fastdl_pw_wide"() noexcept nogil
-    void _panel_gemm_float "fastdl_panel_gemm_float"(
-        const float* packed, Py_ssize_t rows, Py_ssize_t depth, Py_ssize_t positions,
-        Py_ssize_t images, const float* x, Py_ssize_t ldx, Py_ssize_t x_image_stride,
-        float* out, Py_ssize_t ldout, Py_ssize_t out_image_stride, const float* bias,
-        const float* residual, int activate, float slope, float* spill,
-        int wide) noexcept nogil
-    void _panel_gemm_double "fastdl_panel_gemm_double"(
-        const double* packed, Py_ssize_t rows, Py_ssize_t depth, Py_ssize_t positions,
-        Py_ssize_t images, const double* x, Py_ssize_t ldx, Py_ssize_t x_image_stride,
-        double* out, Py_ssize_t ldout, Py_ssize_t out_image_stride, const double* bias,
-        const double* residual, int activate, double slope, double* spill,
-        int wide) noexcept nogil
-
-
-cdef int _WIDE = _panel_wide()
-
-
-cdef inline void _panel_gemm(const floating* packed, Py_ssize_t rows, Py_ssize_t depth,
-                             Py_ssize_t positions, Py_ssize_t images, const floating* x,
-                             Py_ssize_t ldx, Py_ssize_t x_image_stride, floating* out,
-                             Py_ssize_t ldout, Py_ssize_t out_image_stride,
-                             const floating* bias, const floating* residual, bint activate,
-                             double slope, floating* spill) noexcept nogil:
-    """``include/fastdl_panel_gemm.h``'s GEMM for this dtype."""
-    if floating is float:
-        _panel_gemm_float(packed, rows, depth, positions, images, x, ldx, x_image_stride,
-                          out, ldout, out_image_stride, bias, residual, activate,
-                          <float>slope, spill, _WIDE)
-    else:
-        _panel_gemm_double(packed, rows, depth, positions, images, x, ldx, x_image_stride,
-                           out, ldout, out_image_stride, bias, residual, activate, slope,
-                           spill, _WIDE)
+cdef int _WIDE = panel_wide()
 
 
 cdef struct Geometry:
@@ -639,10 +607,10 @@ def conv2d_forward_images_packed_into(const floating[:, :, :, ::1] x,
             spill = <floating*>malloc(<size_t>k * 64)
             phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
             _unfold_images(&x[first, 0, 0, 0], in_stride, g, positions, count, cols, phases)
-            _panel_gemm(&packed[0, 0, 0], out_channels, k, positions, count, cols,
-                        count * positions, positions, &out[first, 0, 0, 0], positions,
-                        out_stride, bias_ptr, residual_ptr + first * out_stride
-                        if residual_ptr != NULL else NULL, activate, slope, spill)
+            panel_gemm(&packed[0, 0, 0], out_channels, k, positions, count, cols,
+                       count * positions, positions, &out[first, 0, 0, 0], positions,
+                       out_stride, bias_ptr, residual_ptr + first * out_stride
+                       if residual_ptr != NULL else NULL, activate, slope, spill, _WIDE)
             free(phases)
             free(spill)
             free(cols)

@@ -31,7 +31,11 @@ from libc.string cimport memset
 
 from fastdl_ext._epilogue cimport epilogue_rows
 from fastdl_ext._blas cimport floating, gemm, part_beta, zero_unwritten_parts
+from fastdl_ext._panels cimport _PANEL_ROWS, panel_gemm, panel_wide
 from fastdl_ext._winograd cimport _adjoint_rows, _input_rows, _tile_rows
+
+
+cdef int _WIDE = panel_wide()
 
 
 cdef struct Tiling:
@@ -263,12 +267,15 @@ cdef void _adjoint_output(const floating* grad_out, Tiling s, int first, int uni
 
 def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                           floating[:, :, :, ::1] out, tuple padding, int rows_per_block,
-                          int num_threads, const floating[::1] bias=None,
+                          int num_threads, bint packed, const floating[::1] bias=None,
                           const floating[:, :, :, ::1] residual=None, bint activate=False,
                           double slope=0.0):
     """out = act(conv3x3(x) + bias + residual), ``u`` the transformed weights (16, C_out, C_in).
 
     ``rows_per_block`` tile rows (of ``ceil(OW/2)`` tiles each) make one work item.
+    ``packed``: each ξ's (C_out, C_in) matrix of ``u`` is in panels (``transform_weight_into``
+    with ``packed``), multiplied by the pointwise convs' register tiles
+    (``include/fastdl_panel_gemm.h``) instead of OpenBLAS's GEMM.
     """
     cdef int n_images = x.shape[0], in_channels = x.shape[1], out_channels = out.shape[1]
     cdef int blocks, block, first, units, tiles, xi
@@ -279,28 +286,40 @@ def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1]
     cdef floating* v
     cdef floating* m
     cdef floating* rows
+    cdef floating* spill
     cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
     cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
         else NULL
     cdef floating slope_value = <floating>slope
     if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
         return
+    if packed and u.shape[1] < _packed_size(out_channels, in_channels):
+        raise ValueError("winograd_forward_into: packed u must be (16, >= %d), got %s"
+                         % (_packed_size(out_channels, in_channels), tuple(u.shape)[:2]))
     with nogil, parallel(num_threads=num_threads):
         v = _scratch(s, max_tiles, <floating*>NULL)
         m = v + _input_planes(s, max_tiles)
         rows = m + _output_planes(s, max_tiles)
+        spill = <floating*>malloc(<size_t>in_channels * 64) if packed else NULL
         for block in prange(blocks, schedule="static"):
             first = block * s.rows_per_block
             units = _block_units(s, block, n_images)
             tiles = units * s.tiles_x
             _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows, 0, in_channels)
             for xi in range(16):
-                gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
-                     v + xi * _plane(in_channels, tiles), tiles,
-                     &u[xi, 0], in_channels, 0,
-                     m + xi * _plane(out_channels, tiles), tiles)
+                if packed:
+                    panel_gemm(&u[xi, 0], out_channels, in_channels, tiles, 1,
+                               v + xi * _plane(in_channels, tiles), tiles, 0,
+                               m + xi * _plane(out_channels, tiles), tiles, 0, NULL, NULL,
+                               False, 0.0, spill, _WIDE)
+                else:
+                    gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
+                         v + xi * _plane(in_channels, tiles), tiles,
+                         &u[xi, 0], in_channels, 0,
+                         m + xi * _plane(out_channels, tiles), tiles)
             _transform_output(m, s, first, units, &out[0, 0, 0, 0], bias_ptr, residual_ptr,
                               activate, slope_value, 0, out_channels)
+        free(spill)
         free(v)
 
 
@@ -465,18 +484,38 @@ cdef inline void _transform_filter(const floating* g, Py_ssize_t step, floating*
         u[(4 * r + 3) * plane + column] = rows[r][2]
 
 
+cdef inline Py_ssize_t _packed_size(Py_ssize_t rows, Py_ssize_t depth) noexcept nogil:
+    """Values of one ξ's (rows, depth) matrix in panels of PANEL_ROWS rows."""
+    return (rows + _PANEL_ROWS - 1) // _PANEL_ROWS * _PANEL_ROWS * depth
+
+
+cdef inline Py_ssize_t _panel_index(Py_ssize_t row, Py_ssize_t column,
+                                    Py_ssize_t depth) noexcept nogil:
+    """Where (row, column) of a (rows, depth) matrix lies in its panels (as
+    ``kernels.pointwise.pack`` lays them out: (ceil(rows / 8), depth, 8))."""
+    return (row // _PANEL_ROWS * depth + column) * _PANEL_ROWS + row % _PANEL_ROWS
+
+
+def packed_size(Py_ssize_t rows, Py_ssize_t depth):
+    """Values of one ξ's (rows, depth) matrix in panels (``transform_weight_into``)."""
+    return _packed_size(rows, depth)
+
+
 def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] u,
-                          int num_threads=1, bint flipped=False):
+                          int num_threads=1, bint flipped=False, bint packed=False):
     """u[ξ, o*C_in + c] = (G g Gᵀ)[ξ] for each 3×3 filter g = weight[o, c].
 
     ``flipped``: the transform of the input gradient's forward conv instead, whose
     filters are weight's turned by 180 degrees with the channels swapped:
     u[ξ, c*C_out + o] from g = weight[o, c, ::-1, ::-1] (no flipped copy is made).
     ``u`` is (16, plane) with plane ≥ C_out·C_in (rows padded apart, see the callers).
-    Threads take whole rows of ``u``'s matrices; each value is computed the same way
-    by any thread.
+    ``packed``: each ξ's matrix in panels of 8 rows (``_panel_index``; plane ≥
+    ``packed_size``), the rows past the last zero, for ``winograd_forward_into``'s
+    register tiles. Threads take whole rows of ``u``'s matrices; each value is computed
+    the same way by any thread.
     """
-    cdef Py_ssize_t o, c, column
+    cdef Py_ssize_t o, c, column, rows, depth
+    cdef int xi
     cdef Py_ssize_t out_channels = weight.shape[0], in_channels = weight.shape[1]
     cdef Py_ssize_t plane = u.shape[1]
     cdef const floating* g
@@ -489,20 +528,32 @@ def transform_weight_into(const floating[:, :, :, ::1] weight, floating[:, ::1] 
                          "(16, >= C_out*C_in), got (%d, %d, %d, %d) and (%d, %d)"
                          % (weight.shape[0], weight.shape[1], weight.shape[2],
                             weight.shape[3], u.shape[0], u.shape[1]))
+    rows = in_channels if flipped else out_channels
+    depth = out_channels if flipped else in_channels
+    if packed and plane < _packed_size(rows, depth):
+        raise ValueError("transform_weight_into: packed u must be (16, >= %d), got (%d, %d)"
+                         % (_packed_size(rows, depth), u.shape[0], plane))
     g = &weight[0, 0, 0, 0]
     target = &u[0, 0]
     with nogil:
+        if packed and rows % _PANEL_ROWS:
+            for xi in range(16):   # the last panel, whose rows past the matrix stay zero
+                for o in range(_packed_size(rows, depth) - _PANEL_ROWS * depth,
+                               _packed_size(rows, depth)):
+                    target[xi * plane + o] = 0
         if flipped:
             # by rows of the result (weight's input channels): its writes run in order
             for c in prange(in_channels, num_threads=max(1, num_threads), schedule="static"):
                 for o in range(out_channels):
                     _transform_filter(g + 9 * (o * in_channels + c) + 8, -1, target, plane,
-                                      c * out_channels + o)
+                                      _panel_index(c, o, depth) if packed
+                                      else c * out_channels + o)
         else:
             for o in prange(out_channels, num_threads=max(1, num_threads), schedule="static"):
                 for c in range(in_channels):
                     column = o * in_channels + c
-                    _transform_filter(g + 9 * column, 1, target, plane, column)
+                    _transform_filter(g + 9 * column, 1, target, plane,
+                                      _panel_index(o, c, depth) if packed else column)
 
 
 cdef enum:

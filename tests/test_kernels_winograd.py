@@ -320,7 +320,7 @@ def test_one_shared_block_equals_the_blocks_bitwise(case, dtype, rtol, slope, rn
     residual = rng.normal(size=out_shape).astype(dtype)
     u = winograd.transform_weight(weight)
     blocked = np.empty(out_shape, dtype=dtype)
-    winograd._ext.winograd_forward_into(x, u, blocked, padding, 1, 2, bias, residual,
+    winograd._ext.winograd_forward_into(x, u, blocked, padding, 1, 2, False, bias, residual,
                                         slope is not None, slope or 0.0)
     for threads in (1, 2, 3):
         shared = np.full(out_shape, np.nan, dtype=dtype)
@@ -349,3 +349,47 @@ def test_large_weights_on_few_tiles_share_one_block(rng):
                          optimize=True)
     out = winograd.forward_runner(x.shape, weight, None, (1, 1), 2)(x)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transform_into_panels_lays_out_what_pack_would(flipped, dtype, rng):
+    from fastdl.kernels import pointwise
+    weight = rng.normal(size=(13, 6, 3, 3)).astype(dtype)
+    plain = winograd.transform_weight(weight, 2, flipped)
+    packed = winograd.transform_weight(weight, 2, flipped, packed=True)
+    rows, depth = (6, 13) if flipped else (13, 6)
+    size = winograd._ext.packed_size(rows, depth)
+    assert size == -(-rows // 8) * 8 * depth   # panels of 8 rows, the last one's tail zero
+    for xi in range(16):
+        matrix = plain[xi, :rows * depth].reshape(rows, depth, 1, 1)
+        np.testing.assert_array_equal(packed[xi, :size], pointwise.pack(matrix).ravel())
+    with pytest.raises(ValueError, match="packed u must be"):
+        winograd._ext.transform_weight_into(weight, plain[:, :size - 1], 1, flipped, True)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_forward_by_panels_matches_the_reference_at_any_thread_count(dtype, rtol, rng):
+    """The blocks' 16 products by the register tiles on packed weights (odd channel
+    counts: a last panel of zero rows; tiles that end in part of a vector)."""
+    x = rng.normal(size=(3, 11, 9, 7)).astype(dtype)
+    weight = rng.normal(size=(13, 11, 3, 3)).astype(dtype)
+    bias = rng.normal(size=13).astype(dtype)
+    padding = (1, 1)
+    out_shape = (3, 13, 9, 7)
+    residual = rng.normal(size=out_shape).astype(dtype)
+    expected = _reference(x, weight, padding, bias) + residual
+    expected = np.where(expected > 0, expected, 0.1 * expected)
+    u = winograd.transform_weight(weight, 1, packed=True)
+    results = []
+    for rows, threads in ((1, 1), (2, 2), (5, 3)):
+        out = np.full(out_shape, np.nan, dtype=dtype)
+        winograd._ext.winograd_forward_into(x, u, out, padding, rows, threads, True, bias,
+                                            residual, True, 0.1)
+        np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+        results.append(out)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    with pytest.raises(ValueError, match="packed u must be"):
+        winograd._ext.winograd_forward_into(x, np.ascontiguousarray(u[:, :100]), out, padding,
+                                            1, 1, True)
