@@ -138,3 +138,13 @@ cdef inline void epilogue_rows(floating* target, Py_ssize_t target_stride,
 cdef inline void leaky_relu(floating* values, Py_ssize_t count, floating slope) noexcept nogil:
     """values[i] = values[i] if values[i] > 0 else slope * values[i] (0: ReLU)."""
     epilogue_rows(values, 0, values, 0, NULL, 0, 1, count, NULL, True, slope)
+
+
+cdef inline const floating* bias_pointer(const floating[::1] bias):
+    """A fused epilogue's bias: its first value, or NULL where there is none."""
+    return &bias[0] if bias is not None and bias.shape[0] else NULL
+
+
+cdef inline const floating* residual_pointer(const floating[:, :, :, ::1] residual):
+    """A fused epilogue's residual (N, C, H, W): its first value, or NULL."""
+    return &residual[0, 0, 0, 0] if residual is not None else NULL

@@ -33,7 +33,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from fastdl_ext._epilogue cimport epilogue_rows
+from fastdl_ext._epilogue cimport bias_pointer, epilogue_rows, residual_pointer
 from fastdl_ext._unfold cimport fastdl_unfold_geometry, fastdl_unfold_scratch, unfold_s2
 from fastdl_ext._blas cimport floating, gemm as _gemm
 from fastdl_ext._panels cimport panel_gemm, panel_wide
@@ -211,9 +211,8 @@ def conv2d_forward_into(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef floating* cols
     cdef floating* operand
     cdef int ld_operand
-    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
-    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
-        else NULL
+    cdef const floating* bias_ptr = bias_pointer(bias)
+    cdef const floating* residual_ptr = residual_pointer(residual)
     cdef floating slope_value = <floating>slope
     cdef Py_ssize_t image_size = <Py_ssize_t>out_channels * positions
     if n_images == 0 or positions == 0:
@@ -536,9 +535,8 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
     cdef floating* cols
     cdef floating* result
     cdef floating* phases
-    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
-    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
-        else NULL
+    cdef const floating* bias_ptr = bias_pointer(bias)
+    cdef const floating* residual_ptr = residual_pointer(residual)
     cdef floating slope_value = <floating>slope
     if n_images == 0 or positions == 0:
         return
@@ -594,9 +592,8 @@ def conv2d_forward_images_packed_into(const floating[:, :, :, ::1] x,
     cdef floating* cols
     cdef floating* spill
     cdef floating* phases
-    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
-    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
-        else NULL
+    cdef const floating* bias_ptr = bias_pointer(bias)
+    cdef const floating* residual_ptr = residual_pointer(residual)
     if n_images == 0 or positions == 0:
         return
     with nogil:

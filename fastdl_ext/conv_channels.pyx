@@ -19,7 +19,7 @@ import numpy as np
 from cython.parallel cimport prange, threadid
 
 from fastdl_ext._blas cimport floating
-from fastdl_ext._epilogue cimport epilogue_rows
+from fastdl_ext._epilogue cimport bias_pointer, epilogue_rows
 
 cdef extern from "fastdl_thin.h":
     int THIN_ROWS "FASTDL_THIN_ROWS"
@@ -71,7 +71,7 @@ def conv2d_channels_into(const floating[:, ::1] cols, const floating[:, ::1] wei
     cdef floating* tile
     cdef floating* scratch_ptr
     cdef const floating* added
-    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
+    cdef const floating* bias_ptr = bias_pointer(bias)
     cdef const floating* residual_ptr = &residual[0, 0, 0] if residual is not None else NULL
     cdef floating slope_value = <floating>slope
     if (cols.shape[0] != k or width < n_images * positions or width % COLUMN_BLOCK

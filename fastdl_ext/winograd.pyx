@@ -29,7 +29,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from fastdl_ext._epilogue cimport epilogue_rows
+from fastdl_ext._epilogue cimport bias_pointer, epilogue_rows, residual_pointer
 from fastdl_ext._blas cimport floating, gemm, part_beta, zero_unwritten_parts
 from fastdl_ext._panels cimport _PANEL_ROWS, panel_gemm, panel_wide
 from fastdl_ext._winograd cimport _adjoint_rows, _input_rows, _tile_rows
@@ -287,9 +287,8 @@ def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1]
     cdef floating* m
     cdef floating* rows
     cdef floating* spill
-    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
-    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
-        else NULL
+    cdef const floating* bias_ptr = bias_pointer(bias)
+    cdef const floating* residual_ptr = residual_pointer(residual)
     cdef floating slope_value = <floating>slope
     if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
         return
@@ -340,9 +339,8 @@ def winograd_forward_shared_into(const floating[:, :, :, ::1] x, const floating[
     cdef floating* v
     cdef floating* m
     cdef floating* rows
-    cdef const floating* bias_ptr = &bias[0] if bias is not None and bias.shape[0] else NULL
-    cdef const floating* residual_ptr = &residual[0, 0, 0, 0] if residual is not None \
-        else NULL
+    cdef const floating* bias_ptr = bias_pointer(bias)
+    cdef const floating* residual_ptr = residual_pointer(residual)
     cdef floating slope_value = <floating>slope
     if n_images == 0 or out.shape[2] == 0 or out.shape[3] == 0:
         return
