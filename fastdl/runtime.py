@@ -23,6 +23,7 @@ Why each setting:
   so a forked child (a data loader worker, a process pool, a pre-fork server)
   trains and infers on all its threads instead of hanging or being killed.
 """
+import functools
 import math
 import os
 import stat
@@ -351,6 +352,29 @@ def pin_blas_to_one_thread():
     """
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=1, user_api="blas")
+
+
+# OpenBLAS kernels that run AVX-512 (its ``architecture`` names)
+_AVX512_BLAS_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")
+
+
+@functools.lru_cache(maxsize=None)
+def blas_runs_avx512():
+    """Whether the OpenBLAS that ``fastdl_ext`` calls (SciPy's) runs an AVX-512 kernel.
+
+    False on an AVX2-only CPU, and where ``OPENBLAS_CORETYPE`` pins it to an older
+    kernel (``Haswell``: AVX2) on an AVX-512 CPU. The conv kernels then take their own
+    AVX-512 register tiles for more of the products. Unknown (no such library found):
+    True, the choice an unpinned OpenBLAS would make.
+    """
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded, so threadpoolctl lists it)
+    from threadpoolctl import threadpool_info
+    kernels = [info.get("architecture") or "" for info in threadpool_info()
+               if info.get("internal_api") == "openblas"
+               and "scipy" in os.path.basename(info.get("filepath", ""))]
+    if not kernels:
+        return True
+    return any(kernel in _AVX512_BLAS_KERNELS for kernel in kernels)
 
 
 # -- fork ------------------------------------------------------------------------------

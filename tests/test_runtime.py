@@ -168,3 +168,29 @@ def test_importing_fastdl_leaves_the_process_as_it_was_until_its_kernels_load():
                                                    "30000000000")
     assert _policies(MPI_LOCALNRANKS="2", GOMP_SPINCOUNT="1000") == \
         ("(None, False) (None, True)", "1000")
+
+
+@pytest.mark.parametrize("kernels, expected", [
+    (["SkylakeX"], True), (["Haswell"], False), (["Zen"], False), ([], True),
+    (["Haswell", "Cooperlake"], True)])
+def test_blas_kernel_is_read_from_scipys_openblas(monkeypatch, kernels, expected):
+    import threadpoolctl
+    from fastdl.kernels import pointwise, winograd
+    infos = [{"internal_api": "openblas", "architecture": kernel,
+              "filepath": "/lib/libscipy_openblas-%d.so" % i} for i, kernel in enumerate(kernels)]
+    # NumPy's own OpenBLAS is not the one fastdl_ext calls: its kernel does not count
+    infos.append({"internal_api": "openblas", "architecture": "Prescott",
+                  "filepath": "/lib/libopenblas64_p.so"})
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: infos)
+    runtime.blas_runs_avx512.cache_clear()
+    try:
+        assert runtime.blas_runs_avx512() is expected
+        # Winograd's GEMMs take the register tiles at every size where those are AVX-512
+        # and OpenBLAS's kernel is not
+        monkeypatch.setattr(pointwise, "WIDE", 3)
+        assert winograd._panel_channels() == (winograd._PANEL_CHANNELS if expected
+                                              else winograd.MIN_CHANNELS)
+        monkeypatch.setattr(pointwise, "WIDE", 1)
+        assert winograd._panel_channels() == winograd._PANEL_CHANNELS
+    finally:
+        runtime.blas_runs_avx512.cache_clear()

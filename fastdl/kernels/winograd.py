@@ -9,6 +9,7 @@ beat im2col (2.25× fewer multiplies, plus cheap transforms).
 """
 import numpy as np
 
+from fastdl import runtime
 from fastdl.kernels import pointwise
 from fastdl.kernels._runner import fused_runner
 from fastdl.shapes import conv_output_size
@@ -55,6 +56,17 @@ _MAX_SHARED_TILES = 128
 # 7.3 -> 6.2-6.6); 128 -> 128 at 16², 6.7-7.0 -> 6.6; but 64 -> 64 at 32², 7.45 ->
 # 7.68 (a GEMM of depth 64 stores as often as it adds).
 _PANEL_CHANNELS = 128
+
+
+def _panel_channels():
+    """``_PANEL_CHANNELS``; every Winograd conv (``MIN_CHANNELS``) where the register tiles
+    are AVX-512 and the OpenBLAS kernel is not (``OPENBLAS_CORETYPE=Haswell`` on an
+    AVX-512 CPU), whose GEMMs then lose at every size. Pinned, batch 32, 2 threads,
+    interleaved: 64 -> 64 at 32², 11.0-11.2 -> 7.8-8.0 ms; at 16², 2.7-2.8 -> 1.9-2.0;
+    128 -> 128 at 16², 8.5-8.7 -> 6.3-6.4; batch 1, 64 -> 64 at 32², 0.41 -> 0.29."""
+    if pointwise.WIDE > 1 and not runtime.blas_runs_avx512():
+        return MIN_CHANNELS
+    return _PANEL_CHANNELS
 
 
 def applies(weight_shape, stride, dilation, groups):
@@ -140,7 +152,7 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
                             bias, negative_slope)
     rows = _rows_per_block(n, out_h, out_w, c_in, c_out, weight.itemsize, threads,
                            budget=_FORWARD_BLOCK_BYTES)
-    packed = min(c_in, c_out) >= _PANEL_CHANNELS
+    packed = min(c_in, c_out) >= _panel_channels()
     return fused_runner(_ext.winograd_forward_into, out_shape,
                         transform_weight(weight, threads, flipped, packed),
                         (padding, rows, threads, packed), bias, negative_slope)
