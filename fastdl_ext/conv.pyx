@@ -518,15 +518,30 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
                                tuple dilation, int groups, int images, int num_threads,
                                const floating[::1] bias=None,
                                const floating[:, :, :, ::1] residual=None,
-                               bint activate=False, double slope=0.0):
+                               bint activate=False, double slope=0.0,
+                               const floating[:, :, ::1] packed=None):
     """``conv2d_forward_into`` with work items of ``images`` whole images (one GEMM
-    over all their positions each)."""
+    over all their positions each).
+
+    ``packed``: the weights (one group) as ``kernels.pointwise.pack`` packs the (M, K)
+    matrix, (ceil(M / 8), K, 8): the pointwise convs' register tiles then multiply them
+    by each item's columns and store the rows, epilogue included, straight into ``out``
+    (``include/fastdl_panel_gemm.h``), instead of OpenBLAS's GEMM and a scatter.
+    """
     cdef int n_images = x.shape[0], out_channels = weight.shape[0]
     cdef tuple weight_shape = (weight.shape[0], weight.shape[1], weight.shape[2],
                                weight.shape[3])
     cdef ImageItems plan = _image_items(n_images, x.shape[1], x.shape[2], x.shape[3],
                                         weight_shape, out.shape[2], out.shape[3], stride,
                                         padding, dilation, groups, images)
+    cdef const floating* panels = NULL
+    if packed is not None:
+        if groups != 1 or packed.shape[1] != plan.k or \
+                packed.shape[0] * packed.shape[2] < out_channels:
+            raise ValueError("conv2d_forward_images_into: packed must hold one group's "
+                             "(%d, %d) weights, got %s for %d groups"
+                             % (out_channels, plan.k, tuple(packed.shape)[:3], groups))
+        panels = &packed[0, 0, 0]
     cdef Geometry g = plan.g
     cdef int k = plan.k, positions = plan.positions, out_per_group = plan.out_per_group
     cdef Py_ssize_t in_stride = plan.in_stride, out_stride = plan.out_stride
@@ -546,70 +561,32 @@ def conv2d_forward_images_into(const floating[:, :, :, ::1] x,
             count = min(images, n_images - first)
             width_t = count * positions
             cols = <floating*>malloc(sizeof(floating) * <size_t>k * width_t)
-            result = <floating*>malloc(sizeof(floating) * <size_t>out_per_group * width_t)
             phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
-            for group in range(groups):
-                _unfold_images(&x[first, group * g.channels, 0, 0], in_stride, g, positions,
-                               count, cols, phases)
-                _gemm(c'N', c'N', width_t, out_per_group, k, 1, cols, width_t,
-                      &weight[group * out_per_group, 0, 0, 0], k, 0, result, width_t)
-                _scatter_rows(result, out_per_group, positions, count,
-                              &out[first, group * out_per_group, 0, 0], out_stride)
-            if bias_ptr != NULL or residual_ptr != NULL or activate:
-                for b in range(count):
-                    _epilogue(&out[first + b, 0, 0, 0], out_channels, positions, positions,
-                              bias_ptr, residual_ptr + (first + b) * out_stride
-                              if residual_ptr != NULL else NULL, activate, slope_value)
+            if panels != NULL:
+                result = <floating*>malloc(<size_t>k * 64)   # the tiles' spill
+                _unfold_images(&x[first, 0, 0, 0], in_stride, g, positions, count, cols,
+                               phases)
+                panel_gemm(panels, out_channels, k, positions, count, cols, width_t,
+                           positions, &out[first, 0, 0, 0], positions, out_stride, bias_ptr,
+                           residual_ptr + first * out_stride if residual_ptr != NULL
+                           else NULL, activate, slope, result, _WIDE)
+            else:
+                result = <floating*>malloc(sizeof(floating) * <size_t>out_per_group
+                                           * width_t)
+                for group in range(groups):
+                    _unfold_images(&x[first, group * g.channels, 0, 0], in_stride, g,
+                                   positions, count, cols, phases)
+                    _gemm(c'N', c'N', width_t, out_per_group, k, 1, cols, width_t,
+                          &weight[group * out_per_group, 0, 0, 0], k, 0, result, width_t)
+                    _scatter_rows(result, out_per_group, positions, count,
+                                  &out[first, group * out_per_group, 0, 0], out_stride)
+                if bias_ptr != NULL or residual_ptr != NULL or activate:
+                    for b in range(count):
+                        _epilogue(&out[first + b, 0, 0, 0], out_channels, positions,
+                                  positions, bias_ptr, residual_ptr + (first + b) * out_stride
+                                  if residual_ptr != NULL else NULL, activate, slope_value)
             free(phases)
             free(result)
-            free(cols)
-
-
-def conv2d_forward_images_packed_into(const floating[:, :, :, ::1] x,
-                                      const floating[:, :, ::1] packed,
-                                      floating[:, :, :, ::1] out, tuple weight_shape,
-                                      tuple stride, tuple padding, tuple dilation, int images,
-                                      int num_threads,
-                                      const floating[::1] bias=None,
-                                      const floating[:, :, :, ::1] residual=None,
-                                      bint activate=False, double slope=0.0):
-    """``conv2d_forward_images_into`` (one group) with its weights packed in panels
-    (``kernels.pointwise.pack`` of the (M, K) weights: ``packed`` (ceil(M / 8), K, 8)):
-    the pointwise convs' register tiles multiply them by each item's columns and store
-    the rows, epilogue included, straight into ``out`` (``include/fastdl_panel_gemm.h``)."""
-    cdef int n_images = x.shape[0], out_channels = weight_shape[0]
-    cdef ImageItems plan = _image_items(n_images, x.shape[1], x.shape[2], x.shape[3],
-                                        weight_shape, out.shape[2], out.shape[3], stride,
-                                        padding, dilation, 1, images)
-    if packed.shape[1] != plan.k or packed.shape[0] * packed.shape[2] < out_channels:
-        raise ValueError("conv2d_forward_images_packed_into: packed must hold (%d, %d) "
-                         "weights, got %s" % (out_channels, plan.k, tuple(packed.shape)[:3]))
-    cdef Geometry g = plan.g
-    cdef int k = plan.k, positions = plan.positions
-    cdef Py_ssize_t in_stride = plan.in_stride, out_stride = plan.out_stride
-    cdef Py_ssize_t phase_size = plan.phase_size
-    cdef int item, first, count
-    cdef floating* cols
-    cdef floating* spill
-    cdef floating* phases
-    cdef const floating* bias_ptr = bias_pointer(bias)
-    cdef const floating* residual_ptr = residual_pointer(residual)
-    if n_images == 0 or positions == 0:
-        return
-    with nogil:
-        for item in prange(plan.items, num_threads=num_threads, schedule="static"):
-            first = item * images
-            count = min(images, n_images - first)
-            cols = <floating*>malloc(sizeof(floating) * <size_t>k * count * positions)
-            spill = <floating*>malloc(<size_t>k * 64)
-            phases = <floating*>malloc(sizeof(floating) * phase_size) if phase_size else NULL
-            _unfold_images(&x[first, 0, 0, 0], in_stride, g, positions, count, cols, phases)
-            panel_gemm(&packed[0, 0, 0], out_channels, k, positions, count, cols,
-                       count * positions, positions, &out[first, 0, 0, 0], positions,
-                       out_stride, bias_ptr, residual_ptr + first * out_stride
-                       if residual_ptr != NULL else NULL, activate, slope, spill, _WIDE)
-            free(phases)
-            free(spill)
             free(cols)
 
 

@@ -261,29 +261,33 @@ def test_packed_panels_forward_matches_the_reference(case, dtype, rtol, rng):
     packed = pointwise.pack(weight.reshape(c_out, -1, 1, 1))
     for images, threads in ((2, 1), (3, 2), (n, 1), (1, 2)):
         out = np.full(expected.shape, np.nan, dtype)
-        compiled.conv2d_forward_images_packed_into(x, packed, out, weight.shape, *pairs,
-                                                   images, threads, bias)
+        compiled.conv2d_forward_images_into(x, weight, out, *pairs, 1, images, threads, bias,
+                                            packed=packed)
         np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * scale)
         fused = np.full(expected.shape, np.nan, dtype)
-        compiled.conv2d_forward_images_packed_into(x, packed, fused, weight.shape, *pairs,
-                                                   images, threads, bias, residual, True, 0.1)
+        compiled.conv2d_forward_images_into(x, weight, fused, *pairs, 1, images, threads, bias,
+                                            residual, True, 0.1, packed)
         np.testing.assert_allclose(fused, activated, rtol=rtol, atol=rtol * scale)
         if images == 2 and threads == 1:
             first = fused
         else:   # each output sums its products in order whatever the items and threads
             np.testing.assert_array_equal(fused, first)
     with pytest.raises(ValueError, match="packed must hold"):
-        compiled.conv2d_forward_images_packed_into(x, np.ascontiguousarray(packed[:, :-1]),
-                                                   out, weight.shape, *pairs, 1, 1)
+        compiled.conv2d_forward_images_into(x, weight, out, *pairs, 1, 1, 1,
+                                            packed=np.ascontiguousarray(packed[:, :-1]))
+    with pytest.raises(ValueError, match="for 2 groups"):   # the tiles take one group
+        compiled.conv2d_forward_images_into(x, weight, out, *pairs, 2, 1, 1, packed=packed)
 
 
 def test_images_forward_takes_the_packed_panels_where_they_pay(monkeypatch, rng):
     from fastdl_ext import conv as compiled
     taken = []
-    for name in ("conv2d_forward_images_packed_into", "conv2d_forward_images_into"):
-        original = getattr(compiled, name)
-        monkeypatch.setattr(conv._ext, name,
-                            lambda *args, _f=original, _n=name: (taken.append(_n), _f(*args)))
+    original = compiled.conv2d_forward_images_into
+
+    def recorded(*args, **kwargs):
+        taken.append("panels" if kwargs.get("packed") is not None else "OpenBLAS")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(conv._ext, "conv2d_forward_images_into", recorded)
     weight = rng.normal(size=(128, 8, 3, 3)).astype(np.float32)
 
     def path(n, size, once=True):
@@ -294,11 +298,11 @@ def test_images_forward_takes_the_packed_panels_where_they_pay(monkeypatch, rng)
         np.testing.assert_allclose(run(x), expected, rtol=1e-4,
                                    atol=1e-4 * np.abs(expected).max())
         return taken[-1] if taken else None
-    assert path(32, 16) == "conv2d_forward_images_packed_into"           # 64 positions an image
-    assert path(32, 8) == "conv2d_forward_images_packed_into"            # 16: one vector
-    assert path(32, 6) == "conv2d_forward_images_into"                   # 9: under a vector
-    assert path(4, 16) == "conv2d_forward_images_into"                   # 256 in all, run once
-    assert path(4, 16, once=False) == "conv2d_forward_images_packed_into"  # packed once
+    assert path(32, 16) == "panels"                 # 64 positions an image
+    assert path(32, 8) == "panels"                  # 16: one vector
+    assert path(32, 6) == "OpenBLAS"                # 9: under a vector
+    assert path(4, 16) == "OpenBLAS"                # 256 in all, run once
+    assert path(4, 16, once=False) == "panels"      # packed once, for every call
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -370,3 +374,31 @@ def test_images_per_item_balances_threads():
     images = conv._images_per_item(n, 576, 64, 4, threads)
     items = -(-n // images)
     assert -(-items // threads) * images <= 18                     # 17 is the ideal
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5), c=st.integers(1, 12), c_out=st.integers(1, 20),
+       h=st.integers(3, 14), w=st.integers(3, 14), kernel=st.sampled_from([1, 2, 3, 5]),
+       stride=st.integers(1, 3), padding=st.integers(0, 2), images=st.integers(1, 5),
+       threads=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_property_packed_panels_forward_matches_the_reference(n, c, c_out, h, w, kernel,
+                                                              stride, padding, images,
+                                                              threads, seed):
+    """The packed-panel forward against the reference on random shapes: rows that leave
+    a part of a panel, outputs of a part of a vector or several, items of any size."""
+    from fastdl.kernels import pointwise
+    from fastdl_ext import conv as compiled
+    rng = np.random.default_rng(seed)
+    if (h + 2 * padding - kernel) < 0 or (w + 2 * padding - kernel) < 0:
+        return
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    weight = rng.normal(size=(c_out, c, kernel, kernel)).astype(np.float32)
+    bias = rng.normal(size=c_out).astype(np.float32)
+    pairs = (stride, stride), (padding, padding), (1, 1)
+    expected = conv2d_reference(x.astype(np.float64), weight.astype(np.float64), bias,
+                                *pairs, 1)
+    out = np.full(expected.shape, np.nan, np.float32)
+    compiled.conv2d_forward_images_into(
+        x, weight, out, *pairs, 1, min(images, n), threads, bias,
+        packed=pointwise.pack(weight.reshape(c_out, -1, 1, 1)))
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

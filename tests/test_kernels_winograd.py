@@ -393,3 +393,26 @@ def test_forward_by_panels_matches_the_reference_at_any_thread_count(dtype, rtol
     with pytest.raises(ValueError, match="packed u must be"):
         winograd._ext.winograd_forward_into(x, np.ascontiguousarray(u[:, :100]), out, padding,
                                             1, 1, True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3), c_in=st.integers(1, 20), c_out=st.integers(1, 20),
+       h=st.integers(2, 12), w=st.integers(2, 12), padding=st.integers(0, 1),
+       rows=st.integers(1, 4), threads=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_property_forward_by_panels_matches_the_reference(n, c_in, c_out, h, w, padding,
+                                                          rows, threads, seed):
+    """Random shapes, block sizes and thread counts: the packed forward against SciPy's
+    reference, and bitwise the same as one thread with one row a block."""
+    if h + 2 * padding < 3 or w + 2 * padding < 3:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, c_in, h, w)).astype(np.float32)
+    weight = rng.normal(size=(c_out, c_in, 3, 3)).astype(np.float32)
+    pads = (padding, padding)
+    expected = _reference(x.astype(np.float64), weight.astype(np.float64), pads)
+    u = winograd.transform_weight(weight, 1, packed=True)
+    out, single = (np.full(expected.shape, np.nan, np.float32) for _ in range(2))
+    winograd._ext.winograd_forward_into(x, u, out, pads, rows, threads, True)
+    winograd._ext.winograd_forward_into(x, u, single, pads, 1, 1, True)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_array_equal(out, single)

@@ -19,6 +19,8 @@ output ``(N, C_out, OH, OW)`` with
 ``OH = floor((H + 2*pad_h - dil_h*(kH - 1) - 1) / stride_h) + 1`` (likewise OW).
 """
 
+import functools
+
 import numpy as np
 
 from fastdl import runtime
@@ -247,18 +249,19 @@ def _by_panels(n_images, positions, groups, once):
 def _images_runner(out_shape, weight, bias, stride, padding, dilation, groups, images,
                    threads, negative_slope, once):
     """The forward by work items of whole images: their columns times the weights packed
-    in panels by the pointwise convs' register tiles (``conv2d_forward_images_packed_into``)
+    in panels by the pointwise convs' register tiles (``conv2d_forward_images_into``'s
+    ``packed``)
     where there is one group and an image's output holds a vector of positions (on
     fewer, most lanes of the tiles would be empty), else OpenBLAS's GEMM. A conv run
     once packs its weights for the call, which pays from ``_PANEL_COLUMNS`` positions
     in all."""
     n, c_out = out_shape[:2]
     if _by_panels(n, out_shape[2] * out_shape[3], groups, once):
-        packed = pointwise.pack(weight.reshape(c_out, -1, 1, 1))
-        return fused_runner(_ext.conv2d_forward_images_packed_into, out_shape, packed,
-                            (tuple(weight.shape), stride, padding, dilation, images, threads),
-                            bias, negative_slope)
-    return fused_runner(_ext.conv2d_forward_images_into, out_shape, weight,
+        forward = functools.partial(_ext.conv2d_forward_images_into,
+                                    packed=pointwise.pack(weight.reshape(c_out, -1, 1, 1)))
+    else:
+        forward = _ext.conv2d_forward_images_into
+    return fused_runner(forward, out_shape, weight,
                         (stride, padding, dilation, groups, images, threads), bias,
                         negative_slope)
 
