@@ -250,11 +250,7 @@ def _images_runner(out_shape, weight, bias, stride, padding, dilation, groups, i
                    threads, negative_slope, once):
     """The forward by work items of whole images: their columns times the weights packed
     in panels by the pointwise convs' register tiles (``conv2d_forward_images_into``'s
-    ``packed``)
-    where there is one group and an image's output holds a vector of positions (on
-    fewer, most lanes of the tiles would be empty), else OpenBLAS's GEMM. A conv run
-    once packs its weights for the call, which pays from ``_PANEL_COLUMNS`` positions
-    in all."""
+    ``packed``) where ``_by_panels`` says so, else OpenBLAS's GEMM."""
     n, c_out = out_shape[:2]
     if _by_panels(n, out_shape[2] * out_shape[3], groups, once):
         forward = functools.partial(_ext.conv2d_forward_images_into,
