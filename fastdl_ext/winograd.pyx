@@ -265,6 +265,28 @@ cdef void _adjoint_output(const floating* grad_out, Tiling s, int first, int uni
             t = t + s.tiles_x
 
 
+cdef inline void _transformed_product(const floating* u, const floating* v, floating* m,
+                                      int in_channels, int out_channels, int tiles,
+                                      bint packed, floating* spill) noexcept nogil:
+    """One ξ's ``M = U V`` of a forward: (C_out, C_in) weights ``u`` (in panels where
+    ``packed``, by the register tiles, ``spill`` their scratch; else OpenBLAS's GEMM)
+    times (C_in, tiles) ``v``, written to (C_out, tiles) ``m``."""
+    if packed:
+        panel_gemm(u, out_channels, in_channels, tiles, 1, v, tiles, 0, m, tiles, 0, NULL,
+                   NULL, False, 0.0, spill, _WIDE)
+    else:
+        gemm(c'N', c'N', tiles, out_channels, in_channels, 1, v, tiles, u, in_channels, 0,
+             m, tiles)
+
+
+def _check_packed(str name, const floating[:, ::1] u, bint packed, int out_channels,
+                  int in_channels):
+    """Refuse a packed ``u`` too short for its panels (the tiles read whole panels)."""
+    if packed and u.shape[1] < _packed_size(out_channels, in_channels):
+        raise ValueError("%s: packed u must be (16, >= %d), got %s"
+                         % (name, _packed_size(out_channels, in_channels), tuple(u.shape)[:2]))
+
+
 def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                           floating[:, :, :, ::1] out, tuple padding, int rows_per_block,
                           int num_threads, bint packed, const floating[::1] bias=None,
@@ -292,9 +314,7 @@ def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1]
     cdef floating slope_value = <floating>slope
     if n_images == 0 or s.rows_per_image == 0 or s.tiles_x == 0:
         return
-    if packed and u.shape[1] < _packed_size(out_channels, in_channels):
-        raise ValueError("winograd_forward_into: packed u must be (16, >= %d), got %s"
-                         % (_packed_size(out_channels, in_channels), tuple(u.shape)[:2]))
+    _check_packed("winograd_forward_into", u, packed, out_channels, in_channels)
     with nogil, parallel(num_threads=num_threads):
         v = _scratch(s, max_tiles, <floating*>NULL)
         m = v + _input_planes(s, max_tiles)
@@ -306,16 +326,9 @@ def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1]
             tiles = units * s.tiles_x
             _transform_input(&x[0, 0, 0, 0], s, first, units, v, rows, 0, in_channels)
             for xi in range(16):
-                if packed:
-                    panel_gemm(&u[xi, 0], out_channels, in_channels, tiles, 1,
-                               v + xi * _plane(in_channels, tiles), tiles, 0,
-                               m + xi * _plane(out_channels, tiles), tiles, 0, NULL, NULL,
-                               False, 0.0, spill, _WIDE)
-                else:
-                    gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
-                         v + xi * _plane(in_channels, tiles), tiles,
-                         &u[xi, 0], in_channels, 0,
-                         m + xi * _plane(out_channels, tiles), tiles)
+                _transformed_product(&u[xi, 0], v + xi * _plane(in_channels, tiles),
+                                     m + xi * _plane(out_channels, tiles), in_channels,
+                                     out_channels, tiles, packed, spill)
             _transform_output(m, s, first, units, &out[0, 0, 0, 0], bias_ptr, residual_ptr,
                               activate, slope_value, 0, out_channels)
         free(spill)
@@ -324,7 +337,7 @@ def winograd_forward_into(const floating[:, :, :, ::1] x, const floating[:, ::1]
 
 def winograd_forward_shared_into(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                                  floating[:, :, :, ::1] out, tuple padding, int num_threads,
-                                 const floating[::1] bias=None,
+                                 bint packed, const floating[::1] bias=None,
                                  const floating[:, :, :, ::1] residual=None,
                                  bint activate=False, double slope=0.0):
     """``winograd_forward_into`` as one block of every tile, the threads sharing its three
@@ -332,6 +345,8 @@ def winograd_forward_shared_into(const floating[:, :, :, ::1] x, const floating[
     transform by output channels (a barrier between steps). Each thread reads only its
     ξ's transformed weights, once: blocks of tiles each read all of them, which costs
     more than the GEMMs where they are large (512 channels) and the maps small.
+    ``packed``: ``u`` in panels, multiplied by the register tiles (as
+    ``winograd_forward_into``).
     """
     cdef int n_images = x.shape[0], in_channels = x.shape[1], out_channels = out.shape[1]
     cdef int blocks, units, tiles, xi, c
@@ -339,11 +354,13 @@ def winograd_forward_shared_into(const floating[:, :, :, ::1] x, const floating[
     cdef floating* v
     cdef floating* m
     cdef floating* rows
+    cdef floating* spill
     cdef const floating* bias_ptr = bias_pointer(bias)
     cdef const floating* residual_ptr = residual_pointer(residual)
     cdef floating slope_value = <floating>slope
     if n_images == 0 or out.shape[2] == 0 or out.shape[3] == 0:
         return
+    _check_packed("winograd_forward_shared_into", u, packed, out_channels, in_channels)
     s = _tiling(n_images, in_channels, out_channels, x.shape[2], x.shape[3], padding,
                 out.shape[2], out.shape[3], 0, 1, 1, &blocks)
     units = n_images * s.rows_per_image
@@ -356,15 +373,17 @@ def winograd_forward_shared_into(const floating[:, :, :, ::1] x, const floating[
     m = v + _input_planes(s, tiles)
     with nogil, parallel(num_threads=num_threads):
         rows = <floating*>malloc(sizeof(floating) * 8 * _row_width(s))
+        spill = <floating*>malloc(<size_t>in_channels * 64) if packed else NULL
         for c in prange(in_channels, schedule="static"):
             _transform_input(&x[0, 0, 0, 0], s, 0, units, v, rows, c, c + 1)
         for xi in prange(16, schedule="static"):
-            gemm(c'N', c'N', tiles, out_channels, in_channels, 1,
-                 v + xi * _plane(in_channels, tiles), tiles, &u[xi, 0], in_channels, 0,
-                 m + xi * _plane(out_channels, tiles), tiles)
+            _transformed_product(&u[xi, 0], v + xi * _plane(in_channels, tiles),
+                                 m + xi * _plane(out_channels, tiles), in_channels,
+                                 out_channels, tiles, packed, spill)
         for c in prange(out_channels, schedule="static"):
             _transform_output(m, s, 0, units, &out[0, 0, 0, 0], bias_ptr, residual_ptr,
                               activate, slope_value, c, c + 1)
+        free(spill)
         free(rows)
     free(v)
 

@@ -56,6 +56,23 @@ def test_applies_to_few_output_channels_single_group_any_stride():
     assert not direct.applies((c, 1, 5, 5), (1, 1), (1, 1), 1, (1, 1, 512, 512), (2, 2))
 
 
+def test_few_tiles_stay_direct_unless_their_channels_are_many():
+    """Below ``MIN_WINOGRAD_TILES`` a stride-1 3x3 conv runs direct, except where its tiles
+    times its fewer channels reach ``MIN_WINOGRAD_TILE_CHANNELS`` on ``MIN_FEW_TILES``
+    tiles or more (Winograd's products then pay for its transformed weights)."""
+    def takes_direct(n, channels, size):
+        return direct.applies((channels, channels, 3, 3), (1, 1), (1, 1), 1,
+                              (n, channels, size, size), (1, 1))
+    assert takes_direct(1, 512, 4)          # 4 tiles
+    assert not takes_direct(2, 512, 4)      # 8 tiles x 512
+    assert takes_direct(2, 128, 4)          # 8 x 128 = 1024
+    assert not takes_direct(1, 256, 8)      # 16 x 256
+    assert takes_direct(1, 64, 8)           # 16 x 64
+    assert not takes_direct(2, 64, 8)       # 32 x 64 = 2048
+    assert not takes_direct(16, 64, 8)      # MIN_WINOGRAD_TILES
+    assert takes_direct(64, 32, 32)         # few channels: direct at any tile count
+
+
 def test_packed_weight_layout(rng):
     weight = rng.normal(size=(6, 2, 3, 3))
     packed = direct.pack_weight(weight, 4)

@@ -312,20 +312,23 @@ def test_flipped_transform_reads_the_turned_swapped_filters(dtype, rng, monkeypa
 @pytest.mark.parametrize("case", CASES[::2])
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 @pytest.mark.parametrize("slope", [None, 0.1])
-def test_one_shared_block_equals_the_blocks_bitwise(case, dtype, rtol, slope, rng):
+@pytest.mark.parametrize("packed", [False, True])
+def test_one_shared_block_equals_the_blocks_bitwise(case, dtype, rtol, slope, packed, rng):
     """``winograd_forward_shared_into`` (the threads share one block's steps) gives the
-    blocked loop's bits at 1-3 threads, with its epilogue, and matches SciPy."""
+    blocked loop's bits at 1-3 threads, with its epilogue, by OpenBLAS's GEMM or by the
+    register tiles (``packed``), and matches SciPy."""
     x, weight, padding, out_shape = _arrays(case, dtype, rng)
     bias = rng.normal(size=out_shape[1]).astype(dtype)
     residual = rng.normal(size=out_shape).astype(dtype)
-    u = winograd.transform_weight(weight)
+    u = winograd.transform_weight(weight, packed=packed)
     blocked = np.empty(out_shape, dtype=dtype)
-    winograd._ext.winograd_forward_into(x, u, blocked, padding, 1, 2, False, bias, residual,
+    winograd._ext.winograd_forward_into(x, u, blocked, padding, 1, 2, packed, bias, residual,
                                         slope is not None, slope or 0.0)
     for threads in (1, 2, 3):
         shared = np.full(out_shape, np.nan, dtype=dtype)
-        winograd._ext.winograd_forward_shared_into(x, u, shared, padding, threads, bias,
-                                                   residual, slope is not None, slope or 0.0)
+        winograd._ext.winograd_forward_shared_into(x, u, shared, padding, threads, packed,
+                                                   bias, residual, slope is not None,
+                                                   slope or 0.0)
         np.testing.assert_array_equal(shared, blocked)
     expected = _reference(x, weight, padding, bias) + residual
     if slope is not None:

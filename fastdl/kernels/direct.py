@@ -72,6 +72,17 @@ MIN_GRAD_GRID = 128
 # 64 -> 64 at 8² (16 tiles) 78 µs vs direct 46; 128 -> 128 at 4², 113 vs 59; at 16²
 # (64 tiles) about even, 146 vs 139.
 MIN_WINOGRAD_TILES = 64
+# Below MIN_WINOGRAD_TILES Winograd still wins where it has this many tile-channels (its
+# tiles times the fewer of its channels) on ``MIN_FEW_TILES`` tiles or more: its products
+# then stream the transformed weights for enough tiles, where the direct loops' work grows
+# with every image. Prepared runners, 2 threads, interleaved (direct vs Winograd, ms):
+# 512 -> 512 at 4², batch 2 (8 tiles), 1.62 vs 0.96; 256 -> 256 at 8², batch 1 (16),
+# 0.35 vs 0.29, batch 2, 0.70 vs 0.27; 128 -> 128 at 4², batch 4, 0.14 vs 0.10; 64 -> 64
+# at 8², batch 2, 0.049 vs 0.036. Direct kept: 512 -> 512 at 4², batch 1 (4 tiles), 0.64
+# vs 0.75; 128 -> 128 at 4², batch 2, 0.073 vs 0.093; 256 -> 256 at 4², batch 1, 0.14
+# vs 0.24 (at 8 tiles 256 -> 256 is even, 0.26 vs 0.27).
+MIN_WINOGRAD_TILE_CHANNELS = 2048
+MIN_FEW_TILES = 8
 # A thread keeps one padded image and its output planes on the wide grid: about L2.
 MAX_IMAGE_BYTES = 256 * 1024
 # Input channels from which a chained 3x3 stride-1 conv that reads its input in place
@@ -122,7 +133,8 @@ def applies(weight_shape, stride, dilation, groups, input_shape=None, padding=(0
     With ``input_shape`` (N, C_in, H, W) the padded image must also fit a thread's
     cache budget (large images go through im2col's bounded tiles instead). Any
     channel count takes the direct path at a stride above 1 and where Winograd
-    would have fewer than ``MIN_WINOGRAD_TILES`` tiles.
+    would have fewer than ``MIN_WINOGRAD_TILES`` tiles, unless those tiles are many
+    enough for its channels (``MIN_WINOGRAD_TILE_CHANNELS``).
 
     float32 only (``itemsize`` 4): the register blocks' 8-lane vectors of doubles
     span two AVX2 registers, and GCC keeps them on the stack; float64 convs ran
@@ -137,7 +149,9 @@ def applies(weight_shape, stride, dilation, groups, input_shape=None, padding=(0
         return few_channels
     out_h = conv_output_size(input_shape[2], kh, stride[0], padding[0], 1)
     out_w = conv_output_size(input_shape[3], kw, stride[1], padding[1], 1)
-    few_tiles = input_shape[0] * -(-out_h // 2) * -(-out_w // 2) < MIN_WINOGRAD_TILES
+    tiles = input_shape[0] * -(-out_h // 2) * -(-out_w // 2)
+    few_tiles = tiles < MIN_WINOGRAD_TILES and (
+        tiles < MIN_FEW_TILES or tiles * min(c_in, c_out) < MIN_WINOGRAD_TILE_CHANNELS)
     # strided convs compete with im2col only (no Winograd), and win at any channel count
     return (few_channels or few_tiles or stride != (1, 1)) and _fits_cache(
         c_in, input_shape, padding, itemsize)

@@ -45,9 +45,12 @@ _MIN_STREAMED_TILES = 64
 # thread reads the weights of its 8 of the 16 GEMMs once, where blocks each read all).
 # 2 threads, fastest of 15 interleaved: 512 -> 512 at 4², batch 32, 7.77 vs 7.43 ms;
 # batch 8, 2.79 vs 2.36; 256 -> 256 at 8² (4 MiB of them) even, 7.22 vs 7.39 and 1.73
-# vs 1.71; 128 -> 128 at 16², 6.07 vs 8.67.
+# vs 1.71; 128 -> 128 at 16², 6.07 vs 8.67. Up to 64 tiles: with the products on the
+# register tiles (OpenBLAS pinned to Haswell, interleaved), 512 -> 512 at 4², batch 8,
+# shared 2.6 vs blocks 2.9 ms; batch 16 even (4.2-4.5 vs 4.0-4.5); batch 32, 6.4-7.0 vs
+# 5.7-6.2 (OpenBLAS unpinned, shared on its GEMM: 7.8 vs 7.3).
 _SHARED_WEIGHT_BYTES = 4 * 1024 * 1024
-_MAX_SHARED_TILES = 128
+_MAX_SHARED_TILES = 64
 # Channels (in and out) from which the forward by blocks multiplies its 16 products by
 # the pointwise convs' register tiles, on weights transformed straight into their panels
 # (``transform_weight(packed=True)``), instead of OpenBLAS's GEMM, which packs both
@@ -146,13 +149,13 @@ def forward_runner(input_shape, weight, bias, padding, threads, negative_slope=N
     out_h = conv_output_size(height, 3, 1, padding[0], 1)
     out_w = conv_output_size(width, 3, 1, padding[1], 1)
     out_shape = (n, c_out, out_h, out_w)
+    packed = min(c_in, c_out) >= _panel_channels()
     if _shares_one_block(n, out_h, out_w, c_in, c_out, weight.itemsize):
         return fused_runner(_ext.winograd_forward_shared_into, out_shape,
-                            transform_weight(weight, threads, flipped), (padding, threads),
-                            bias, negative_slope)
+                            transform_weight(weight, threads, flipped, packed),
+                            (padding, threads, packed), bias, negative_slope)
     rows = _rows_per_block(n, out_h, out_w, c_in, c_out, weight.itemsize, threads,
                            budget=_FORWARD_BLOCK_BYTES)
-    packed = min(c_in, c_out) >= _panel_channels()
     return fused_runner(_ext.winograd_forward_into, out_shape,
                         transform_weight(weight, threads, flipped, packed),
                         (padding, rows, threads, packed), bias, negative_slope)
