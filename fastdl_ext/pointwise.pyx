@@ -8,7 +8,7 @@ all of them: at batch 1 a MobileNet layer takes a few to tens of microseconds, a
 what waking a sleeping team costs. The results are bitwise the same for any thread
 count.
 """
-from cython.parallel cimport parallel, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -99,11 +99,11 @@ PACK = True
 
 
 def pack_into(const floating[:, ::1] rows, floating[:, :, ::1] packed,
-              const floating[::1] scale=None):
+              const floating[::1] scale=None, int num_threads=1):
     """packed[b, k, r] = rows[b * PANEL_ROWS + r, k] (times ``scale[row]`` where given: a
     batch norm folded in), zero past the rows (M, K): the weights of a pointwise conv in
     panels (``kernels.pointwise.pack``), in one pass (NumPy's transposing copy of 8-value
-    runs took 0.4 ms for 1280 x 320 weights)."""
+    runs took 0.4 ms for 1280 x 320 weights), the panels shared among ``num_threads``."""
     cdef Py_ssize_t m = rows.shape[0], k = rows.shape[1], panels = packed.shape[0]
     cdef Py_ssize_t panel, row, column, r
     if packed.shape[1] != k or packed.shape[2] != ROWS or panels * ROWS < m \
@@ -116,7 +116,7 @@ def pack_into(const floating[:, ::1] rows, floating[:, :, ::1] packed,
         raise ValueError("pack_into: scale must have %d values, got %d" % (m, scale.shape[0]))
     with nogil:
         # written in order, read as ROWS streams of rows
-        for panel in range(panels):
+        for panel in prange(panels, num_threads=max(num_threads, 1), schedule="static"):
             if scale is None:
                 for column in range(k):
                     for r in range(ROWS):

@@ -240,6 +240,8 @@ PACKED_CASES = [
     (3, 10, 14, 14, 17, (3, 3), 2, 1),       # 7x7: three vectors and a part
     (4, 16, 18, 18, 9, (1, 1), 2, 0),        # 9x9 shortcut
     (2, 6, 9, 9, 33, (5, 5), 1, 2),
+    (5, 12, 8, 8, 20, (3, 3), 2, 1),         # 4x4: whole vectors, tiles across images
+    (4, 6, 16, 16, 9, (3, 3), 2, 1),         # 8x8: four vectors an image, across too
 ]
 
 
@@ -277,6 +279,31 @@ def test_packed_panels_forward_matches_the_reference(case, dtype, rtol, rng):
                                             packed=np.ascontiguousarray(packed[:, :-1]))
     with pytest.raises(ValueError, match="for 2 groups"):   # the tiles take one group
         compiled.conv2d_forward_images_into(x, weight, out, *pairs, 2, 1, 1, packed=packed)
+
+
+def test_pack_lays_out_panels_on_any_thread_count(rng):
+    """``pointwise.pack``: ``packed[b, k, r] = weight[b * ROWS + r, k]``, zeros past the
+    rows, scaled rows with ``scale``; weights past ``_THREADED_PACK`` are packed by the
+    threads, to the same values."""
+    from fastdl import runtime
+    from fastdl.kernels import pointwise
+    rows = pointwise.ROWS
+    for m, k in ((13, 7), (515, 600)):
+        weight = rng.normal(size=(m, k, 1, 1)).astype(np.float32)
+        scale = rng.normal(size=m).astype(np.float32)
+        padded = np.zeros((-(-m // rows) * rows, k), np.float32)
+        padded[:m] = weight.reshape(m, k)
+        expected = padded.reshape(-1, rows, k).transpose(0, 2, 1)
+        previous = runtime.get_num_threads()
+        runtime.set_num_threads(2)
+        try:
+            np.testing.assert_array_equal(pointwise.pack(weight), expected)
+            scaled = pointwise.pack(weight, scale)
+        finally:
+            runtime.set_num_threads(previous)
+        padded[:m] *= scale[:, None]
+        np.testing.assert_array_equal(scaled, padded.reshape(-1, rows, k).transpose(0, 2, 1))
+    assert 515 * 600 >= pointwise._THREADED_PACK
 
 
 def test_images_forward_takes_the_packed_panels_where_they_pay(monkeypatch, rng):

@@ -16,6 +16,49 @@
 
 #include "fastdl_pointwise.h"
 
+/* fastdl_panel_gemm where the images' columns lie side by side and each image holds
+   ``per_image`` whole vectors of positions: a tile's vectors run on across images (an
+   image of 16 float32 positions alone would fill one vector of the three a tile takes),
+   each stored to its own image. */
+#define FASTDL_PANEL_GEMM_ACROSS(T)                                                      \
+    FASTDL_PW_CLONES static void fastdl_panel_gemm_across_##T(                          \
+            const T *packed, Py_ssize_t rows, Py_ssize_t depth, Py_ssize_t per_image,    \
+            Py_ssize_t images, const T *x, Py_ssize_t ldx, T *out, Py_ssize_t ldout,     \
+            Py_ssize_t out_image_stride, const T *bias, const T *residual, int activate, \
+            T slope, int wide) {                                                         \
+        const Py_ssize_t lanes = (Py_ssize_t)(64 / sizeof(T));                           \
+        const Py_ssize_t vectors_in_all = per_image * images;                            \
+        fastdl_pw_vec_##T acc[FASTDL_PW_ROWS][FASTDL_PW_WIDE];                           \
+        fastdl_pw_vec_##T one[FASTDL_PW_ROWS][FASTDL_PW_WIDE];                           \
+        for (Py_ssize_t q = 0; q < vectors_in_all; q += wide) {                          \
+            int vectors = vectors_in_all - q < wide ? (int)(vectors_in_all - q) : wide;  \
+            const T *columns = x + q * lanes;                                            \
+            for (Py_ssize_t m = 0; m < rows; m += FASTDL_PW_ROWS) {                      \
+                const T *w = packed + m * depth;                                         \
+                int rows_here = rows - m < FASTDL_PW_ROWS ? (int)(rows - m)              \
+                                                          : FASTDL_PW_ROWS;              \
+                if (vectors == 3)                                                        \
+                    fastdl_pw_tile3_##T(w, columns, ldx, depth, acc);                    \
+                else if (vectors == 2)                                                   \
+                    fastdl_pw_tile2_##T(w, columns, ldx, depth, acc);                    \
+                else                                                                     \
+                    fastdl_pw_tile1_##T(w, columns, ldx, depth, acc);                    \
+                for (int j = 0; j < vectors; j++) {                                      \
+                    Py_ssize_t image = (q + j) / per_image;                              \
+                    Py_ssize_t at = image * out_image_stride + m * ldout                 \
+                                    + (q + j) % per_image * lanes;                       \
+                    for (int r = 0; r < rows_here; r++)                                  \
+                        one[r][0] = acc[r][j];                                           \
+                    fastdl_pw_store_##T(one, rows_here, 1, lanes, out + at,              \
+                                        residual != NULL ? residual + at : NULL, ldout,  \
+                                        bias != NULL ? bias + m : NULL, activate, slope); \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }
+FASTDL_PANEL_GEMM_ACROSS(float)
+FASTDL_PANEL_GEMM_ACROSS(double)
+
 /* out[b][m, p] = act(sum_k packed[m // ROWS, k, m % ROWS] * x[b][k, p] + bias[m]
    + residual[b][m, p]) for the ``images`` images, ``rows`` rows (M), ``depth`` (K) and
    ``positions`` (P) an image: image b of x at ``x + b * x_image_stride``, its rows
@@ -30,6 +73,12 @@
             const T *residual, int activate, T slope, T *spill, int wide) {              \
         const Py_ssize_t lanes = (Py_ssize_t)(64 / sizeof(T));                           \
         fastdl_pw_vec_##T acc[FASTDL_PW_ROWS][FASTDL_PW_WIDE];                           \
+        if (images > 1 && positions % lanes == 0 && x_image_stride == positions) {       \
+            fastdl_panel_gemm_across_##T(packed, rows, depth, positions / lanes, images, \
+                                         x, ldx, out, ldout, out_image_stride, bias,     \
+                                         residual, activate, slope, wide);               \
+            return;                                                                      \
+        }                                                                                \
         for (Py_ssize_t b = 0; b < images; b++) {                                        \
             T *target = out + b * out_image_stride;                                      \
             const T *added = residual != NULL ? residual + b * out_image_stride : NULL;  \
