@@ -16,6 +16,12 @@
 
 #include "fastdl_pointwise.h"
 
+/* acc = the tile of ``vectors`` (1 to FASTDL_PW_WIDE) vectors of positions. */
+#define FASTDL_PANEL_TILE(T, vectors, w, columns, ld, depth, acc)                        \
+    ((vectors) == 3 ? fastdl_pw_tile3_##T(w, columns, ld, depth, acc)                    \
+     : (vectors) == 2 ? fastdl_pw_tile2_##T(w, columns, ld, depth, acc)                  \
+                      : fastdl_pw_tile1_##T(w, columns, ld, depth, acc))
+
 /* fastdl_panel_gemm where the images' columns lie side by side and each image holds
    ``per_image`` whole vectors of positions: a tile's vectors run on across images (an
    image of 16 float32 positions alone would fill one vector of the three a tile takes),
@@ -37,12 +43,7 @@
                 const T *w = packed + m * depth;                                         \
                 int rows_here = rows - m < FASTDL_PW_ROWS ? (int)(rows - m)              \
                                                           : FASTDL_PW_ROWS;              \
-                if (vectors == 3)                                                        \
-                    fastdl_pw_tile3_##T(w, columns, ldx, depth, acc);                    \
-                else if (vectors == 2)                                                   \
-                    fastdl_pw_tile2_##T(w, columns, ldx, depth, acc);                    \
-                else                                                                     \
-                    fastdl_pw_tile1_##T(w, columns, ldx, depth, acc);                    \
+                FASTDL_PANEL_TILE(T, vectors, w, columns, ldx, depth, acc);              \
                 for (int j = 0; j < vectors; j++) {                                      \
                     Py_ssize_t image = (q + j) / per_image;                              \
                     Py_ssize_t at = image * out_image_stride + m * ldout                 \
@@ -100,12 +101,7 @@ FASTDL_PANEL_GEMM_ACROSS(double)
                 }                                                                        \
                 for (Py_ssize_t m = 0; m < rows; m += FASTDL_PW_ROWS) {                  \
                     const T *w = packed + m * depth;                                     \
-                    if (vectors == 3)                                                    \
-                        fastdl_pw_tile3_##T(w, columns, ld, depth, acc);                 \
-                    else if (vectors == 2)                                               \
-                        fastdl_pw_tile2_##T(w, columns, ld, depth, acc);                 \
-                    else                                                                 \
-                        fastdl_pw_tile1_##T(w, columns, ld, depth, acc);                 \
+                    FASTDL_PANEL_TILE(T, vectors, w, columns, ld, depth, acc);           \
                     fastdl_pw_store_##T(                                                 \
                         acc, rows - m < FASTDL_PW_ROWS ? (int)(rows - m) : FASTDL_PW_ROWS, \
                         vectors, cols, target + m * ldout + p,                           \
