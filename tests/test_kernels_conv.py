@@ -281,6 +281,46 @@ def test_packed_panels_forward_matches_the_reference(case, dtype, rtol, rng):
         compiled.conv2d_forward_images_into(x, weight, out, *pairs, 2, 1, 1, packed=packed)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 6), c=st.integers(1, 10), c_out=st.integers(1, 20),
+       out_size=st.sampled_from([(4, 4), (8, 8), (4, 8), (2, 8), (4, 12)]),
+       kernel=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2), padding=st.integers(0, 2),
+       images=st.integers(2, 6), threads=st.integers(1, 3), dtype=st.sampled_from(
+           [np.float32, np.float64]), seed=st.integers(0, 2 ** 16))
+def test_property_tiles_across_images_match_the_reference(n, c, c_out, out_size, kernel,
+                                                         stride, padding, images, threads,
+                                                         dtype, seed):
+    """Outputs of whole vectors an image (16 float32, 8 float64 positions: the tiles run
+    across images) against the reference, epilogue included, and bitwise the same as
+    items of one image (the tiles within each image)."""
+    from fastdl.kernels import pointwise
+    from fastdl_ext import conv as compiled
+    rng = np.random.default_rng(seed)
+    h, w = ((size - 1) * stride + kernel - 2 * padding for size in out_size)
+    if min(h, w) < 1:
+        return
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    weight = rng.normal(size=(c_out, c, kernel, kernel)).astype(dtype)
+    bias = rng.normal(size=c_out).astype(dtype)
+    pairs = (stride, stride), (padding, padding), (1, 1)
+    expected = conv2d_reference(x.astype(np.float64), weight.astype(np.float64), bias,
+                                *pairs, 1)
+    assert expected.shape[2:] == out_size
+    residual = rng.normal(size=expected.shape).astype(dtype)
+    expected = expected + residual
+    expected = np.where(expected > 0, expected, 0.1 * expected)
+    packed = pointwise.pack(weight.reshape(c_out, -1, 1, 1))
+    results = []
+    for count in (min(images, n), 1):
+        out = np.full(expected.shape, np.nan, dtype)
+        compiled.conv2d_forward_images_into(x, weight, out, *pairs, 1, count, threads, bias,
+                                            residual, True, 0.1, packed)
+        results.append(out)
+    np.testing.assert_allclose(results[0], expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_pack_lays_out_panels_on_any_thread_count(rng):
     """``pointwise.pack``: ``packed[b, k, r] = weight[b * ROWS + r, k]``, zeros past the
     rows, scaled rows with ``scale``; weights past ``_THREADED_PACK`` are packed by the

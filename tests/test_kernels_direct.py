@@ -73,6 +73,28 @@ def test_few_tiles_stay_direct_unless_their_channels_are_many():
     assert takes_direct(64, 32, 32)         # few channels: direct at any tile count
 
 
+@pytest.mark.parametrize("n, channels, size", [(2, 64, 8), (1, 128, 8), (3, 80, 6)])
+def test_few_tiles_with_many_channels_match_the_reference(n, channels, size, rng):
+    """The convs this rule sends to Winograd: forward (bias, residual, ReLU) against
+    SciPy, and the input gradient against the adjoint identity <conv(x), g> = <x, dx>
+    with the reference forward."""
+    x = rng.normal(size=(n, channels, size, size)).astype(np.float32)
+    weight = (rng.normal(size=(channels, channels, 3, 3)) / 20).astype(np.float32)
+    bias = rng.normal(size=channels).astype(np.float32)
+    residual = rng.normal(size=x.shape).astype(np.float32)
+    assert not direct.applies(weight.shape, (1, 1), (1, 1), 1, x.shape, (1, 1))
+    expected = np.maximum(conv2d_reference(x, weight, bias, padding=(1, 1)) + residual, 0)
+    out = conv.conv2d_forward(x, weight, bias, padding=1, residual=residual,
+                              negative_slope=0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    grad_out = rng.normal(size=x.shape).astype(np.float32)
+    grad_input = conv.conv2d_grad_input(grad_out, weight, x.shape, 1, 1)
+    probe = rng.normal(size=x.shape)
+    forward = conv2d_reference(probe, weight.astype(np.float64), padding=(1, 1))
+    np.testing.assert_allclose(np.vdot(probe, grad_input), np.vdot(forward, grad_out),
+                               rtol=1e-4)
+
+
 def test_packed_weight_layout(rng):
     weight = rng.normal(size=(6, 2, 3, 3))
     packed = direct.pack_weight(weight, 4)

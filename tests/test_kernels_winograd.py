@@ -393,9 +393,12 @@ def test_forward_by_panels_matches_the_reference_at_any_thread_count(dtype, rtol
         results.append(out)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
-    with pytest.raises(ValueError, match="packed u must be"):
+    with pytest.raises(ValueError, match="winograd_forward_into: packed u must be"):
         winograd._ext.winograd_forward_into(x, np.ascontiguousarray(u[:, :100]), out, padding,
                                             1, 1, True)
+    with pytest.raises(ValueError, match="winograd_forward_shared_into: packed u must be"):
+        winograd._ext.winograd_forward_shared_into(x, np.ascontiguousarray(u[:, :100]), out,
+                                                   padding, 1, True)
 
 
 @settings(max_examples=30, deadline=None)
